@@ -1,0 +1,21 @@
+//! `freqsweep-common`: the frequency science every other crate relies on, in plain Rust (no
+//! libtorch, no async runtime), so the coordinator, tests and tools build in seconds.
+//!
+//! - [`spectrum`]: centred spectra, [`spectrum::Cell`]s, conjugate pairs, FFT plans, Fourier basis.
+//! - [`bands`]: the four radial bands, band sets like `B124`, batched band filtering.
+//! - [`syn`]: the `Syn_d` generator.
+//! - [`dataset`], [`npy`]: datasets in memory, `.npy` and CIFAR-10 readers.
+//! - [`metrics`]: confusion matrices, per-class F1, cosine similarity.
+//! - [`heatmap`]: cell chunks and the idempotent merge of chunk results.
+//! - [`image`]: PNG output.
+//! - [`logging`]: the `tracing` set-up shared by both binaries.
+
+pub mod bands;
+pub mod dataset;
+pub mod heatmap;
+pub mod image;
+pub mod logging;
+pub mod metrics;
+pub mod npy;
+pub mod spectrum;
+pub mod syn;

@@ -1,0 +1,204 @@
+//! `cargo xtask …`: the project's own automation (the cargo-xtask convention). Every command sets
+//! itself up: it fetches libtorch into the cache when needed and builds what it runs.
+//!
+//! - `cargo xtask demo`     the main job on the embedded default (see README.md)
+//! - `cargo xtask test`     fmt, clippy, the whole test suite; `.ci/run` calls exactly this
+//! - `cargo xtask build`    release binaries into `target/release/`
+//! - `cargo xtask bench`    benchmarks, tables into `BENCHMARKS.md`
+//! - `cargo xtask libtorch` print (and fetch if needed) the libtorch location; `--verify` re-hashes it
+
+mod libtorch;
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+const USAGE: &str = "usage: cargo xtask <demo|test|build|bench|libtorch [--verify]>";
+
+fn main() {
+    if let Err(err) = run() {
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(command) = args.first() else {
+        bail!("{USAGE}")
+    };
+    let rest = &args[1..];
+    match command.as_str() {
+        "libtorch" => cmd_libtorch(rest),
+        "build" => cmd_build(),
+        "test" => cmd_test(rest),
+        "demo" => cmd_demo(rest),
+        "bench" => cmd_bench(rest),
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command {other:?}; {USAGE}"),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the root")
+        .to_path_buf()
+}
+
+/// A `cargo` child in the workspace root with libtorch wired in.
+fn cargo(source: &libtorch::Source) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    for (key, value) in source.cargo_env() {
+        cmd.env(key, value);
+    }
+    cmd
+}
+
+fn step(name: &str, cmd: &mut Command) -> Result<()> {
+    let started = Instant::now();
+    eprintln!("xtask: ── {name}");
+    let status = cmd.status().with_context(|| format!("starting {name}"))?;
+    if !status.success() {
+        bail!("{name} failed ({status})");
+    }
+    eprintln!(
+        "xtask: ── {name} ok in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn cmd_libtorch(rest: &[String]) -> Result<()> {
+    let source = libtorch::ensure()?;
+    match &source {
+        libtorch::Source::UserDir(dir) | libtorch::Source::Cache(dir) => {
+            if rest.iter().any(|a| a == "--verify") {
+                let n = libtorch::verify(dir)?;
+                eprintln!("xtask: {n} files match their recorded sha256");
+            }
+            println!("{}", dir.display());
+        }
+        libtorch::Source::Python => {
+            println!("LIBTORCH_USE_PYTORCH (paths come from the active Python's torch)")
+        }
+    }
+    Ok(())
+}
+
+fn cmd_build() -> Result<()> {
+    let source = libtorch::ensure()?;
+    step(
+        "cargo build --release",
+        cargo(&source).args(["build", "--release", "--workspace", "--bins"]),
+    )?;
+    let bin = workspace_root().join("target/release");
+    eprintln!(
+        "xtask: binaries: {} and {}",
+        bin.join("freqsweep").display(),
+        bin.join("freqsweep-worker").display()
+    );
+    Ok(())
+}
+
+fn cmd_test(rest: &[String]) -> Result<()> {
+    let started = Instant::now();
+    let source = libtorch::ensure()?;
+    step(
+        "cargo fmt --check",
+        cargo(&source).args(["fmt", "--all", "--check"]),
+    )?;
+    step(
+        "cargo clippy",
+        cargo(&source).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    // End-to-end tests start the real binaries; build them first so tests find them beside their own executable.
+    step(
+        "cargo build (binaries)",
+        cargo(&source).args(["build", "--workspace", "--bins", "--locked"]),
+    )?;
+    let mut test = cargo(&source);
+    test.args(["test", "--workspace", "--locked"]);
+    if !rest.is_empty() {
+        test.arg("--").args(rest);
+    }
+    step("cargo test", &mut test)?;
+    guard_no_libtorch_in(&source, "freqsweep-coordinator")?;
+    guard_no_libtorch_in(&source, "freqsweep-common")?;
+    eprintln!(
+        "xtask: all checks passed in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Architecture invariant: the coordinator and `common` never link libtorch.
+fn guard_no_libtorch_in(source: &libtorch::Source, package: &str) -> Result<()> {
+    let out = cargo(source)
+        .args(["tree", "--locked", "-e", "normal,build", "-p", package])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "cargo tree -p {package} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tree = String::from_utf8_lossy(&out.stdout);
+    if let Some(line) = tree
+        .lines()
+        .find(|l| l.contains(" tch ") || l.contains("torch-sys"))
+    {
+        bail!(
+            "{package} must not depend on libtorch, but its tree has: {}",
+            line.trim()
+        );
+    }
+    eprintln!("xtask: {package} has no tch/torch-sys in its dependency tree");
+    Ok(())
+}
+
+fn cmd_demo(rest: &[String]) -> Result<()> {
+    let source = libtorch::ensure()?;
+    step(
+        "cargo build --release",
+        cargo(&source).args(["build", "--release", "--workspace", "--bins"]),
+    )?;
+    let root = workspace_root();
+    let out = rest
+        .first()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("demo-run"));
+    let freqsweep = root.join("target/release/freqsweep");
+    step(
+        "freqsweep run examples/demo.toml",
+        Command::new(&freqsweep)
+            .current_dir(&root)
+            .args(["run", "examples/demo.toml", "--local-workers", "2", "--out"])
+            .arg(&out),
+    )?;
+    eprintln!("xtask: demo finished; results in {}", out.display());
+    Ok(())
+}
+
+fn cmd_bench(rest: &[String]) -> Result<()> {
+    let source = libtorch::ensure()?;
+    let mut bench = cargo(&source);
+    bench.args(["bench", "--workspace"]);
+    if !rest.is_empty() {
+        bench.arg("--").args(rest);
+    }
+    step("cargo bench", &mut bench)
+}
