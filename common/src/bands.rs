@@ -12,9 +12,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// One of the four radial bands, `B1` (lowest) … `B4` (highest).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Band(u8);
 
 impl Band {
@@ -60,9 +58,7 @@ pub struct BandLayout {
 
 impl Default for BandLayout {
     fn default() -> Self {
-        BandLayout {
-            upper_radii: [4.0, 8.0, 12.0],
-        }
+        BandLayout { upper_radii: [4.0, 8.0, 12.0] }
     }
 }
 
@@ -82,11 +78,7 @@ impl BandLayout {
         }
         // Compare squared radii in integers where possible so boundary cells (r = 4 exactly) are exact.
         let r2 = f64::from(cell.u * cell.u + cell.v * cell.v);
-        let band = self
-            .upper_radii
-            .iter()
-            .position(|&r| r2 <= r * r)
-            .map_or(4, |i| i as u8 + 1);
+        let band = self.upper_radii.iter().position(|&r| r2 <= r * r).map_or(4, |i| i as u8 + 1);
         Some(Band(band))
     }
 
@@ -103,16 +95,7 @@ impl BandLayout {
 
     /// A centred `H × W` 0/1 mask keeping DC and the bands of `set`.
     pub fn mask(&self, shape: Shape2, set: BandSet) -> Vec<f32> {
-        shape
-            .cells()
-            .map(|c| {
-                if self.band_of(c).is_none_or(|b| set.contains(b)) {
-                    1.0
-                } else {
-                    0.0
-                }
-            })
-            .collect()
+        shape.cells().map(|c| if self.band_of(c).is_none_or(|b| set.contains(b)) { 1.0 } else { 0.0 }).collect()
     }
 }
 
@@ -163,18 +146,14 @@ impl FromStr for BandSet {
     type Err = BandError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let digits = s
-            .strip_prefix('B')
-            .or_else(|| s.strip_prefix('b'))
-            .ok_or_else(|| BandError::Syntax(s.into()))?;
+        let digits = s.strip_prefix('B').or_else(|| s.strip_prefix('b')).ok_or_else(|| BandError::Syntax(s.into()))?;
         if digits.is_empty() {
             return Err(BandError::Syntax(s.into()));
         }
         let mut set = BandSet::EMPTY;
         for ch in digits.chars() {
             let d = ch.to_digit(10).ok_or_else(|| BandError::Syntax(s.into()))?;
-            let band = Band::new(d as u8)
-                .map_err(|_| BandError::NoSuchBand(format!("{ch} (in {s:?})")))?;
+            let band = Band::new(d as u8).map_err(|_| BandError::NoSuchBand(format!("{ch} (in {s:?})")))?;
             if set.contains(band) {
                 return Err(BandError::Repeated(s.into(), band.0));
             }
@@ -215,11 +194,7 @@ impl BandFilter {
     /// A filter from a centred mask. Panics if the mask is not conjugate-symmetric or has the wrong
     /// length (a programming error: masks come from [`BandLayout::mask`] or similar).
     pub fn from_centred_mask(shape: Shape2, centred_mask: &[f32], clip: bool) -> Self {
-        assert_eq!(
-            centred_mask.len(),
-            shape.len(),
-            "mask length does not match {shape:?}"
-        );
+        assert_eq!(centred_mask.len(), shape.len(), "mask length does not match {shape:?}");
         for cell in shape.cells() {
             assert_eq!(
                 centred_mask[shape.centred_index(cell)],
@@ -233,11 +208,7 @@ impl BandFilter {
             let (row, col) = (dft / shape.w, dft % shape.w);
             mask_transposed[col * shape.h + row] = centred_mask[shape.centred_index(cell)];
         }
-        BandFilter {
-            fft: Fft2::new(shape),
-            mask_transposed,
-            clip,
-        }
+        BandFilter { fft: Fft2::new(shape), mask_transposed, clip }
     }
 
     /// Keep DC and the bands of `set`. `clip` clamps the result to `[0, 1]` (default in specs: off).
@@ -304,16 +275,9 @@ mod tests {
             match layout.band_of(cell) {
                 None => dc += 1,
                 Some(b) => {
-                    let in_sets = Band::ALL
-                        .iter()
-                        .filter(|&&x| BandSet::from_bands([x]).contains(b))
-                        .count();
+                    let in_sets = Band::ALL.iter().filter(|&&x| BandSet::from_bands([x]).contains(b)).count();
                     assert_eq!(in_sets, 1);
-                    assert_eq!(
-                        layout.band_of(shape.conjugate(cell)),
-                        Some(b),
-                        "conjugates share a band"
-                    );
+                    assert_eq!(layout.band_of(shape.conjugate(cell)), Some(b), "conjugates share a band");
                 }
             }
         }
@@ -330,26 +294,15 @@ mod tests {
         assert!(!set.contains(Band(3)));
         assert_eq!("B1234".parse::<BandSet>().unwrap(), BandSet::ALL);
         assert_eq!("B421".parse::<BandSet>().unwrap().to_string(), "B124");
-        assert!(matches!(
-            "124".parse::<BandSet>(),
-            Err(BandError::Syntax(_))
-        ));
+        assert!(matches!("124".parse::<BandSet>(), Err(BandError::Syntax(_))));
         assert!(matches!("B".parse::<BandSet>(), Err(BandError::Syntax(_))));
-        assert!(matches!(
-            "B15".parse::<BandSet>(),
-            Err(BandError::NoSuchBand(_))
-        ));
-        assert!(matches!(
-            "B11".parse::<BandSet>(),
-            Err(BandError::Repeated(_, 1))
-        ));
+        assert!(matches!("B15".parse::<BandSet>(), Err(BandError::NoSuchBand(_))));
+        assert!(matches!("B11".parse::<BandSet>(), Err(BandError::Repeated(_, 1))));
         assert_eq!(BandSet::ALL.without(Band(3)).to_string(), "B124");
     }
 
     fn test_images(n_planes: usize, plane: usize) -> Vec<f32> {
-        (0..n_planes * plane)
-            .map(|i| ((i * 7919 % 1013) as f32) / 1013.0)
-            .collect()
+        (0..n_planes * plane).map(|i| ((i * 7919 % 1013) as f32) / 1013.0).collect()
     }
 
     #[test]
@@ -360,11 +313,7 @@ mod tests {
             let original = test_images(n_planes, shape.len());
             let mut x = original.clone();
             filter.apply(&mut x);
-            let max_err = x
-                .iter()
-                .zip(&original)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
+            let max_err = x.iter().zip(&original).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
             assert!(max_err < 1e-5, "{n_planes} planes: max error {max_err}");
         }
     }
@@ -403,10 +352,7 @@ mod tests {
         let shape = Shape2::new(32, 32);
         let layout = BandLayout::default();
         let x = test_images(2, shape.len());
-        let mean: Vec<f32> = x
-            .chunks(shape.len())
-            .map(|p| p.iter().sum::<f32>() / p.len() as f32)
-            .collect();
+        let mean: Vec<f32> = x.chunks(shape.len()).map(|p| p.iter().sum::<f32>() / p.len() as f32).collect();
         let energy = |v: &[f32]| -> f64 {
             v.chunks(shape.len())
                 .zip(&mean)
@@ -422,10 +368,7 @@ mod tests {
                 energy(&y)
             })
             .sum();
-        assert!(
-            (total - parts).abs() / total < 1e-4,
-            "total {total} vs sum of bands {parts}"
-        );
+        assert!((total - parts).abs() / total < 1e-4, "total {total} vs sum of bands {parts}");
     }
 
     #[test]

@@ -22,17 +22,11 @@ pub enum DatasetError {
     #[error("{path}: {detail}")]
     Invalid { path: PathBuf, detail: String },
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 fn invalid(path: &Path, detail: impl Into<String>) -> DatasetError {
-    DatasetError::Invalid {
-        path: path.to_path_buf(),
-        detail: detail.into(),
-    }
+    DatasetError::Invalid { path: path.to_path_buf(), detail: detail.into() }
 }
 
 impl Dataset {
@@ -56,11 +50,7 @@ impl Dataset {
 
     /// Number of classes implied by the labels (`max + 1`).
     pub fn classes(&self) -> usize {
-        self.labels
-            .iter()
-            .copied()
-            .max()
-            .map_or(0, |m| m as usize + 1)
+        self.labels.iter().copied().max().map_or(0, |m| m as usize + 1)
     }
 
     /// A dataset made of the images at `indices`, in that order.
@@ -78,10 +68,8 @@ impl Dataset {
 
     /// Write `{prefix}_x.npy` (float32 NCHW) and `{prefix}_y.npy` (int64) into `dir`.
     pub fn write_npy(&self, dir: &Path, prefix: &str) -> Result<(), DatasetError> {
-        NpyArray::from_f32(self.dims.to_vec(), &self.images)
-            .write(&dir.join(format!("{prefix}_x.npy")))?;
-        NpyArray::from_i64(vec![self.labels.len()], &self.labels)
-            .write(&dir.join(format!("{prefix}_y.npy")))?;
+        NpyArray::from_f32(self.dims.to_vec(), &self.images).write(&dir.join(format!("{prefix}_x.npy")))?;
+        NpyArray::from_i64(vec![self.labels.len()], &self.labels).write(&dir.join(format!("{prefix}_y.npy")))?;
         Ok(())
     }
 }
@@ -92,27 +80,18 @@ pub fn read_images_npy(path: &Path) -> Result<([usize; 4], Vec<f32>), DatasetErr
     images_from_array(path, &array)
 }
 
-fn images_from_array(
-    path: &Path,
-    array: &NpyArray,
-) -> Result<([usize; 4], Vec<f32>), DatasetError> {
+fn images_from_array(path: &Path, array: &NpyArray) -> Result<([usize; 4], Vec<f32>), DatasetError> {
     let shape = &array.shape;
     if shape.len() != 4 {
         return Err(invalid(
             path,
-            format!(
-                "images must be 4-D (float32 [N,C,H,W] or uint8 [N,H,W,C]), got shape {shape:?}"
-            ),
+            format!("images must be 4-D (float32 [N,C,H,W] or uint8 [N,H,W,C]), got shape {shape:?}"),
         ));
     }
     match array.dtype {
         DType::F32 | DType::F64 => {
             let values = array.to_f32().expect("float dtype");
-            if let Some((i, v)) = values
-                .iter()
-                .enumerate()
-                .find(|(_, v)| !(0.0..=1.0).contains(*v))
-            {
+            if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !(0.0..=1.0).contains(*v)) {
                 return Err(invalid(
                     path,
                     format!("float images must lie in [0, 1]; element {i} is {v} (scale uint8 data by 1/255 or save it as uint8 NHWC)"),
@@ -125,9 +104,7 @@ fn images_from_array(
             if !(1..=4).contains(&c) {
                 return Err(invalid(
                     path,
-                    format!(
-                        "uint8 images must be NHWC with 1-4 channels last, got shape {shape:?}"
-                    ),
+                    format!("uint8 images must be NHWC with 1-4 channels last, got shape {shape:?}"),
                 ));
             }
             let mut out = vec![0.0f32; array.data.len()];
@@ -144,10 +121,7 @@ fn images_from_array(
             }
             Ok(([n, c, h, w], out))
         }
-        other => Err(invalid(
-            path,
-            format!("images must be float32 or uint8, got {other:?}"),
-        )),
+        other => Err(invalid(path, format!("images must be float32 or uint8, got {other:?}"))),
     }
 }
 
@@ -155,22 +129,12 @@ fn images_from_array(
 pub fn read_labels_npy(path: &Path) -> Result<Vec<i64>, DatasetError> {
     let array = NpyArray::read(path)?;
     if array.shape.len() != 1 {
-        return Err(invalid(
-            path,
-            format!("labels must be 1-D [N], got shape {:?}", array.shape),
-        ));
+        return Err(invalid(path, format!("labels must be 1-D [N], got shape {:?}", array.shape)));
     }
-    let labels = array.to_i64().ok_or_else(|| {
-        invalid(
-            path,
-            format!("labels must be integers, got {:?}", array.dtype),
-        )
-    })?;
+    let labels =
+        array.to_i64().ok_or_else(|| invalid(path, format!("labels must be integers, got {:?}", array.dtype)))?;
     if let Some(bad) = labels.iter().find(|&&l| l < 0) {
-        return Err(invalid(
-            path,
-            format!("labels must be non-negative, found {bad}"),
-        ));
+        return Err(invalid(path, format!("labels must be non-negative, found {bad}")));
     }
     Ok(labels)
 }
@@ -182,19 +146,10 @@ pub fn read_npy_pair(images: &Path, labels: &Path) -> Result<Dataset, DatasetErr
     if labels_data.len() != dims[0] {
         return Err(invalid(
             labels,
-            format!(
-                "{} labels but {} has {} images",
-                labels_data.len(),
-                images.display(),
-                dims[0]
-            ),
+            format!("{} labels but {} has {} images", labels_data.len(), images.display(), dims[0]),
         ));
     }
-    Ok(Dataset {
-        dims,
-        images: images_data,
-        labels: labels_data,
-    })
+    Ok(Dataset { dims, images: images_data, labels: labels_data })
 }
 
 /// CIFAR-10 binary format: records of 1 label byte + 3072 bytes (1024 R, 1024 G, 1024 B; row-major).
@@ -202,10 +157,7 @@ pub const CIFAR10_RECORD: usize = 1 + 3 * 32 * 32;
 
 /// Read one CIFAR-10 binary batch file.
 pub fn read_cifar10_batch(path: &Path) -> Result<Dataset, DatasetError> {
-    let bytes = std::fs::read(path).map_err(|source| DatasetError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| DatasetError::Io { path: path.to_path_buf(), source })?;
     if bytes.is_empty() || bytes.len() % CIFAR10_RECORD != 0 {
         return Err(invalid(
             path,
@@ -217,32 +169,32 @@ pub fn read_cifar10_batch(path: &Path) -> Result<Dataset, DatasetError> {
     let mut labels = Vec::with_capacity(n);
     for (i, record) in bytes.chunks_exact(CIFAR10_RECORD).enumerate() {
         if record[0] > 9 {
-            return Err(invalid(path, format!("record {i} has label {} (CIFAR-10 labels are 0-9): not a CIFAR-10 binary batch", record[0])));
+            return Err(invalid(
+                path,
+                format!("record {i} has label {} (CIFAR-10 labels are 0-9): not a CIFAR-10 binary batch", record[0]),
+            ));
         }
         labels.push(i64::from(record[0]));
         images.extend(record[1..].iter().map(|&b| f32::from(b) / 255.0));
     }
-    Ok(Dataset {
-        dims: [n, 3, 32, 32],
-        images,
-        labels,
-    })
+    Ok(Dataset { dims: [n, 3, 32, 32], images, labels })
 }
 
 /// CIFAR-10 from the directory of the binary distribution (`cifar-10-batches-bin`): the train split
 /// is `data_batch_1..5.bin`, the test split `test_batch.bin`.
 pub fn read_cifar10(dir: &Path, train: bool) -> Result<Dataset, DatasetError> {
     let files: Vec<PathBuf> = if train {
-        (1..=5)
-            .map(|i| dir.join(format!("data_batch_{i}.bin")))
-            .collect()
+        (1..=5).map(|i| dir.join(format!("data_batch_{i}.bin"))).collect()
     } else {
         vec![dir.join("test_batch.bin")]
     };
     let mut all: Option<Dataset> = None;
     for file in &files {
         if !file.exists() {
-            return Err(invalid(file, "missing: point the cifar10 dataset at the extracted cifar-10-batches-bin directory"));
+            return Err(invalid(
+                file,
+                "missing: point the cifar10 dataset at the extracted cifar-10-batches-bin directory",
+            ));
         }
         let part = read_cifar10_batch(file)?;
         match &mut all {
@@ -264,78 +216,38 @@ mod tests {
     #[test]
     fn npy_pair_round_trip_and_uint8_nhwc() {
         let dir = tempfile::tempdir().unwrap();
-        let d = Dataset {
-            dims: [2, 3, 2, 2],
-            images: (0..24).map(|i| i as f32 / 24.0).collect(),
-            labels: vec![1, 0],
-        };
+        let d = Dataset { dims: [2, 3, 2, 2], images: (0..24).map(|i| i as f32 / 24.0).collect(), labels: vec![1, 0] };
         d.write_npy(dir.path(), "train").unwrap();
-        let back = read_npy_pair(
-            &dir.path().join("train_x.npy"),
-            &dir.path().join("train_y.npy"),
-        )
-        .unwrap();
+        let back = read_npy_pair(&dir.path().join("train_x.npy"), &dir.path().join("train_y.npy")).unwrap();
         assert_eq!(back, d);
 
         // uint8 NHWC: pixel (y=0,x=1) of image 0 has channels (10, 20, 30).
         let mut raw = vec![0u8; 2 * 2 * 2 * 3];
         raw[3..6].copy_from_slice(&[10, 20, 30]);
-        NpyArray::from_u8(vec![2, 2, 2, 3], &raw)
-            .write(&dir.path().join("u8.npy"))
-            .unwrap();
+        NpyArray::from_u8(vec![2, 2, 2, 3], &raw).write(&dir.path().join("u8.npy")).unwrap();
         let (dims, x) = read_images_npy(&dir.path().join("u8.npy")).unwrap();
         assert_eq!(dims, [2, 3, 2, 2]);
-        assert_eq!(
-            [x[1], x[4 + 1], x[8 + 1]],
-            [10.0 / 255.0, 20.0 / 255.0, 30.0 / 255.0]
-        );
+        assert_eq!([x[1], x[4 + 1], x[8 + 1]], [10.0 / 255.0, 20.0 / 255.0, 30.0 / 255.0]);
     }
 
     #[test]
     fn npy_validation_errors_name_file_and_problem() {
         let dir = tempfile::tempdir().unwrap();
         let p = |n: &str| dir.path().join(n);
-        NpyArray::from_f32(vec![2, 3, 2, 2], &[0.5; 24])
-            .write(&p("x.npy"))
-            .unwrap();
-        NpyArray::from_i64(vec![3], &[0, 1, 2])
-            .write(&p("y3.npy"))
-            .unwrap();
-        let err = read_npy_pair(&p("x.npy"), &p("y3.npy"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("y3.npy") && err.contains("3 labels but") && err.contains("2 images"),
-            "{err}"
-        );
+        NpyArray::from_f32(vec![2, 3, 2, 2], &[0.5; 24]).write(&p("x.npy")).unwrap();
+        NpyArray::from_i64(vec![3], &[0, 1, 2]).write(&p("y3.npy")).unwrap();
+        let err = read_npy_pair(&p("x.npy"), &p("y3.npy")).unwrap_err().to_string();
+        assert!(err.contains("y3.npy") && err.contains("3 labels but") && err.contains("2 images"), "{err}");
 
-        NpyArray::from_f32(vec![1, 3, 1, 1], &[0.0, 1.5, 0.2])
-            .write(&p("range.npy"))
-            .unwrap();
+        NpyArray::from_f32(vec![1, 3, 1, 1], &[0.0, 1.5, 0.2]).write(&p("range.npy")).unwrap();
         let err = read_images_npy(&p("range.npy")).unwrap_err().to_string();
-        assert!(
-            err.contains("range.npy") && err.contains("[0, 1]") && err.contains("1.5"),
-            "{err}"
-        );
+        assert!(err.contains("range.npy") && err.contains("[0, 1]") && err.contains("1.5"), "{err}");
 
-        NpyArray::from_f32(vec![4, 4], &[0.0; 16])
-            .write(&p("flat.npy"))
-            .unwrap();
-        assert!(read_images_npy(&p("flat.npy"))
-            .unwrap_err()
-            .to_string()
-            .contains("4-D"));
-        assert!(read_labels_npy(&p("flat.npy"))
-            .unwrap_err()
-            .to_string()
-            .contains("1-D"));
-        NpyArray::from_f32(vec![2], &[0.0, 1.0])
-            .write(&p("fl.npy"))
-            .unwrap();
-        assert!(read_labels_npy(&p("fl.npy"))
-            .unwrap_err()
-            .to_string()
-            .contains("integers"));
+        NpyArray::from_f32(vec![4, 4], &[0.0; 16]).write(&p("flat.npy")).unwrap();
+        assert!(read_images_npy(&p("flat.npy")).unwrap_err().to_string().contains("4-D"));
+        assert!(read_labels_npy(&p("flat.npy")).unwrap_err().to_string().contains("1-D"));
+        NpyArray::from_f32(vec![2], &[0.0, 1.0]).write(&p("fl.npy")).unwrap();
+        assert!(read_labels_npy(&p("fl.npy")).unwrap_err().to_string().contains("integers"));
     }
 
     #[test]
@@ -356,19 +268,10 @@ mod tests {
 
         std::fs::write(&good, &bytes[..bytes.len() - 100]).unwrap();
         let err = read_cifar10(dir.path(), false).unwrap_err().to_string();
-        assert!(
-            err.contains("test_batch.bin") && err.contains("truncated"),
-            "{err}"
-        );
+        assert!(err.contains("test_batch.bin") && err.contains("truncated"), "{err}");
         bytes[0] = 42;
         std::fs::write(&good, &bytes).unwrap();
-        assert!(read_cifar10(dir.path(), false)
-            .unwrap_err()
-            .to_string()
-            .contains("label 42"));
-        assert!(read_cifar10(dir.path(), true)
-            .unwrap_err()
-            .to_string()
-            .contains("data_batch_1.bin"));
+        assert!(read_cifar10(dir.path(), false).unwrap_err().to_string().contains("label 42"));
+        assert!(read_cifar10(dir.path(), true).unwrap_err().to_string().contains("data_batch_1.bin"));
     }
 }

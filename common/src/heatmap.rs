@@ -26,10 +26,7 @@ pub fn partition_cells(cells: &[Cell], chunks: usize) -> Vec<CellChunk> {
     (0..chunks)
         .map(|index| {
             let len = base + usize::from(index < extra);
-            let chunk = CellChunk {
-                index,
-                cells: cells[start..start + len].to_vec(),
-            };
+            let chunk = CellChunk { index, cells: cells[start..start + len].to_vec() };
             start += len;
             chunk
         })
@@ -38,12 +35,7 @@ pub fn partition_cells(cells: &[Cell], chunks: usize) -> Vec<CellChunk> {
 
 /// How many chunks to cut a map into so `workers` stay busy: about `chunks_per_worker` each, but no
 /// chunk smaller than `min_cells` (tiny chunks cost more in scheduling than they compute).
-pub fn chunk_count(
-    n_cells: usize,
-    workers: usize,
-    chunks_per_worker: usize,
-    min_cells: usize,
-) -> usize {
+pub fn chunk_count(n_cells: usize, workers: usize, chunks_per_worker: usize, min_cells: usize) -> usize {
     let wanted = workers.max(1) * chunks_per_worker.max(1);
     let most = (n_cells / min_cells.max(1)).max(1);
     wanted.min(most).min(n_cells.max(1))
@@ -80,11 +72,7 @@ pub enum MergeError {
     #[error("cell {cell:?} is outside the {shape:?} map")]
     OutOfRange { cell: Cell, shape: Shape2 },
     #[error("cell {cell:?} was already written with different values ({old:?} vs {new:?})")]
-    Conflict {
-        cell: Cell,
-        old: CellStat,
-        new: CellStat,
-    },
+    Conflict { cell: Cell, old: CellStat, new: CellStat },
 }
 
 /// A full map being assembled from chunks, centred layout.
@@ -96,10 +84,7 @@ pub struct HeatmapAccumulator {
 
 impl HeatmapAccumulator {
     pub fn new(shape: Shape2) -> Self {
-        HeatmapAccumulator {
-            shape,
-            stats: vec![CellStat::default(); shape.len()],
-        }
+        HeatmapAccumulator { shape, stats: vec![CellStat::default(); shape.len()] }
     }
 
     pub fn shape(&self) -> Shape2 {
@@ -110,19 +95,12 @@ impl HeatmapAccumulator {
     /// (idempotent); different values for a written cell are a [`MergeError::Conflict`].
     pub fn write(&mut self, cell: Cell, stat: CellStat) -> Result<(), MergeError> {
         if !self.shape.contains(cell) {
-            return Err(MergeError::OutOfRange {
-                cell,
-                shape: self.shape,
-            });
+            return Err(MergeError::OutOfRange { cell, shape: self.shape });
         }
         for c in [cell, self.shape.conjugate(cell)] {
             let slot = &mut self.stats[self.shape.centred_index(c)];
             if slot.n != 0 && *slot != stat {
-                return Err(MergeError::Conflict {
-                    cell: c,
-                    old: *slot,
-                    new: stat,
-                });
+                return Err(MergeError::Conflict { cell: c, old: *slot, new: stat });
             }
             *slot = stat;
         }
@@ -140,11 +118,7 @@ impl HeatmapAccumulator {
 
     /// Canonical cells still missing.
     pub fn missing(&self) -> Vec<Cell> {
-        self.shape
-            .heatmap_cells()
-            .into_iter()
-            .filter(|&c| self.get(c).n == 0)
-            .collect()
+        self.shape.heatmap_cells().into_iter().filter(|&c| self.get(c).n == 0).collect()
     }
 
     pub fn is_complete(&self) -> bool {
@@ -167,10 +141,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn fake_stat(c: Cell) -> CellStat {
-        CellStat {
-            sum: f64::from((c.u * 31 + c.v).rem_euclid(50)),
-            n: 50,
-        }
+        CellStat { sum: f64::from((c.u * 31 + c.v).rem_euclid(50)), n: 50 }
     }
 
     #[test]
@@ -189,14 +160,8 @@ mod tests {
         acc.write(c, CellStat { sum: 3.0, n: 10 }).unwrap();
         acc.write(c, CellStat { sum: 3.0, n: 10 }).unwrap();
         assert_eq!(acc.get(Cell::new(-1, -2)), CellStat { sum: 3.0, n: 10 });
-        assert!(matches!(
-            acc.write(c, CellStat { sum: 4.0, n: 10 }),
-            Err(MergeError::Conflict { .. })
-        ));
-        assert!(matches!(
-            acc.write(Cell::new(4, 0), CellStat::default()),
-            Err(MergeError::OutOfRange { .. })
-        ));
+        assert!(matches!(acc.write(c, CellStat { sum: 4.0, n: 10 }), Err(MergeError::Conflict { .. })));
+        assert!(matches!(acc.write(Cell::new(4, 0), CellStat::default()), Err(MergeError::OutOfRange { .. })));
         assert!((acc.get(c).standard_error() - (0.3f64 * 0.7 / 10.0).sqrt()).abs() < 1e-12);
     }
 

@@ -12,44 +12,28 @@ pub enum ImageError {
 
 /// Write an 8-bit RGB image (`rgb.len() == 3·width·height`).
 pub fn write_rgb_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> Result<(), ImageError> {
-    let err = |detail: String| ImageError::Write {
-        path: path.display().to_string(),
-        detail,
-    };
-    assert_eq!(
-        rgb.len(),
-        3 * width as usize * height as usize,
-        "rgb buffer does not match {width}x{height}"
-    );
+    let err = |detail: String| ImageError::Write { path: path.display().to_string(), detail };
+    assert_eq!(rgb.len(), 3 * width as usize * height as usize, "rgb buffer does not match {width}x{height}");
     let file = std::fs::File::create(path).map_err(|e| err(e.to_string()))?;
     let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), width, height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     let mut writer = encoder.write_header().map_err(|e| err(e.to_string()))?;
-    writer
-        .write_image_data(rgb)
-        .map_err(|e| err(e.to_string()))?;
+    writer.write_image_data(rgb).map_err(|e| err(e.to_string()))?;
     writer.finish().map_err(|e| err(e.to_string()))
 }
 
 /// A grid with one row per class (`0..classes`) of up to `per_class` images each, every pixel
 /// magnified `scale` times, separated by a 2-pixel white gutter. Images must be RGB or grey.
 /// Returns `(width, height, rgb)`.
-pub fn sample_grid(
-    data: &Dataset,
-    classes: usize,
-    per_class: usize,
-    scale: usize,
-) -> (u32, u32, Vec<u8>) {
+pub fn sample_grid(data: &Dataset, classes: usize, per_class: usize, scale: usize) -> (u32, u32, Vec<u8>) {
     let [_, c, h, w] = data.dims;
     let gutter = 2;
     let (cell_w, cell_h) = (w * scale + gutter, h * scale + gutter);
     let (width, height) = (per_class * cell_w + gutter, classes * cell_h + gutter);
     let mut rgb = vec![255u8; width * height * 3];
     for class in 0..classes {
-        let members = (0..data.len())
-            .filter(|&i| data.labels[i] == class as i64)
-            .take(per_class);
+        let members = (0..data.len()).filter(|&i| data.labels[i] == class as i64).take(per_class);
         for (col, i) in members.enumerate() {
             let img = data.image(i);
             for y in 0..h * scale {
@@ -73,11 +57,7 @@ mod tests {
 
     #[test]
     fn grid_png_has_expected_size_and_pixels() {
-        let data = Dataset {
-            dims: [2, 3, 2, 2],
-            images: [vec![1.0; 12], vec![0.0; 12]].concat(),
-            labels: vec![1, 0],
-        };
+        let data = Dataset { dims: [2, 3, 2, 2], images: [vec![1.0; 12], vec![0.0; 12]].concat(), labels: vec![1, 0] };
         let (w, h, rgb) = sample_grid(&data, 2, 3, 2);
         assert_eq!((w, h), (3 * 6 + 2, 2 * 6 + 2));
         // Row 0 (class 0) starts with the black image, row 1 with the white one.
@@ -86,8 +66,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.png");
         write_rgb_png(&path, w, h, &rgb).unwrap();
-        let decoder =
-            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
+        let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
         let reader = decoder.read_info().unwrap();
         assert_eq!((reader.info().width, reader.info().height), (w, h));
     }

@@ -26,9 +26,9 @@ impl std::str::FromStr for LogFormat {
 /// Install the global subscriber; a second call is ignored (tests may call it repeatedly).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // Colours only for a person at a terminal; log files and CI get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match format {
         LogFormat::Pretty => builder.compact().try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -32,23 +32,13 @@ pub struct ClassScores {
 
 impl ConfusionMatrix {
     pub fn new(classes: usize) -> Self {
-        ConfusionMatrix {
-            classes,
-            counts: vec![0; classes * classes],
-        }
+        ConfusionMatrix { classes, counts: vec![0; classes * classes] }
     }
 
     /// Build from parallel slices of true labels and predicted classes.
-    pub fn from_predictions(
-        classes: usize,
-        labels: &[i64],
-        predictions: &[i64],
-    ) -> Result<Self, MetricsError> {
+    pub fn from_predictions(classes: usize, labels: &[i64], predictions: &[i64]) -> Result<Self, MetricsError> {
         if labels.len() != predictions.len() {
-            return Err(MetricsError::LengthMismatch {
-                predictions: predictions.len(),
-                labels: labels.len(),
-            });
+            return Err(MetricsError::LengthMismatch { predictions: predictions.len(), labels: labels.len() });
         }
         let mut m = Self::new(classes);
         for (&t, &p) in labels.iter().zip(predictions) {
@@ -62,10 +52,7 @@ impl ConfusionMatrix {
             usize::try_from(label)
                 .ok()
                 .filter(|&l| l < self.classes)
-                .ok_or(MetricsError::LabelOutOfRange {
-                    label,
-                    classes: self.classes,
-                })
+                .ok_or(MetricsError::LabelOutOfRange { label, classes: self.classes })
         };
         let (t, p) = (check(truth)?, check(predicted)?);
         self.counts[t * self.classes + p] += 1;
@@ -92,10 +79,7 @@ impl ConfusionMatrix {
 
     /// Rows of counts, `rows()[true][pred]`.
     pub fn rows(&self) -> Vec<Vec<u64>> {
-        self.counts
-            .chunks(self.classes.max(1))
-            .map(<[u64]>::to_vec)
-            .collect()
+        self.counts.chunks(self.classes.max(1)).map(<[u64]>::to_vec).collect()
     }
 
     pub fn total(&self) -> u64 {
@@ -113,17 +97,8 @@ impl ConfusionMatrix {
         let support: u64 = (0..self.classes).map(|p| self.get(class, p)).sum();
         let precision = ratio(tp, predicted);
         let recall = ratio(tp, support);
-        let f1 = if precision + recall == 0.0 {
-            0.0
-        } else {
-            2.0 * precision * recall / (precision + recall)
-        };
-        ClassScores {
-            precision,
-            recall,
-            f1,
-            support,
-        }
+        let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
+        ClassScores { precision, recall, f1, support }
     }
 
     pub fn per_class(&self) -> Vec<ClassScores> {
@@ -176,19 +151,13 @@ mod tests {
     fn hand_computed_three_class_case() {
         // truth:      0 0 0 1 1 2 2 2 2
         // predicted:  0 0 1 1 2 2 2 2 0
-        let m = ConfusionMatrix::from_predictions(
-            3,
-            &[0, 0, 0, 1, 1, 2, 2, 2, 2],
-            &[0, 0, 1, 1, 2, 2, 2, 2, 0],
-        )
-        .unwrap();
+        let m =
+            ConfusionMatrix::from_predictions(3, &[0, 0, 0, 1, 1, 2, 2, 2, 2], &[0, 0, 1, 1, 2, 2, 2, 2, 0]).unwrap();
         assert_eq!(m.rows(), vec![vec![2, 1, 0], vec![0, 1, 1], vec![1, 0, 3]]);
         assert!((m.accuracy() - 6.0 / 9.0).abs() < 1e-12);
         let s = m.per_class();
         // class 0: tp 2, predicted 3, support 3 → p = r = 2/3, f1 = 2/3
-        assert!(
-            (s[0].precision - 2.0 / 3.0).abs() < 1e-12 && (s[0].recall - 2.0 / 3.0).abs() < 1e-12
-        );
+        assert!((s[0].precision - 2.0 / 3.0).abs() < 1e-12 && (s[0].recall - 2.0 / 3.0).abs() < 1e-12);
         assert!((s[0].f1 - 2.0 / 3.0).abs() < 1e-12);
         // class 1: tp 1, predicted 2, support 2 → 0.5, 0.5, 0.5
         assert!((s[1].f1 - 0.5).abs() < 1e-12);
@@ -211,27 +180,15 @@ mod tests {
     fn bad_labels_and_merges_are_errors() {
         assert_eq!(
             ConfusionMatrix::from_predictions(2, &[0, 2], &[0, 0]),
-            Err(MetricsError::LabelOutOfRange {
-                label: 2,
-                classes: 2
-            })
+            Err(MetricsError::LabelOutOfRange { label: 2, classes: 2 })
         );
         assert_eq!(
             ConfusionMatrix::from_predictions(2, &[-1], &[0]),
-            Err(MetricsError::LabelOutOfRange {
-                label: -1,
-                classes: 2
-            })
+            Err(MetricsError::LabelOutOfRange { label: -1, classes: 2 })
         );
-        assert!(matches!(
-            ConfusionMatrix::from_predictions(2, &[0], &[]),
-            Err(MetricsError::LengthMismatch { .. })
-        ));
+        assert!(matches!(ConfusionMatrix::from_predictions(2, &[0], &[]), Err(MetricsError::LengthMismatch { .. })));
         let mut a = ConfusionMatrix::new(2);
-        assert_eq!(
-            a.merge(&ConfusionMatrix::new(3)),
-            Err(MetricsError::ClassMismatch(2, 3))
-        );
+        assert_eq!(a.merge(&ConfusionMatrix::new(3)), Err(MetricsError::ClassMismatch(2, 3)));
         let b = ConfusionMatrix::from_predictions(2, &[0, 1], &[0, 0]).unwrap();
         a.merge(&b).unwrap();
         a.merge(&b).unwrap();

@@ -76,10 +76,7 @@ impl DType {
 #[derive(Debug, thiserror::Error)]
 pub enum NpyError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a .npy file ({detail})")]
     Format { path: PathBuf, detail: String },
     #[error("{path}: unsupported dtype {descr:?} (supported: u1 i1 u2 i2 u4 i4 u8 i8 f4 f8, little-endian)")]
@@ -87,12 +84,7 @@ pub enum NpyError {
     #[error("{path}: Fortran-order arrays are not supported; save with np.ascontiguousarray")]
     FortranOrder { path: PathBuf },
     #[error("{path}: truncated: header promises {expected} data bytes for shape {shape:?}, file has {actual}")]
-    Truncated {
-        path: PathBuf,
-        expected: usize,
-        actual: usize,
-        shape: Vec<usize>,
-    },
+    Truncated { path: PathBuf, expected: usize, actual: usize, shape: Vec<usize> },
     #[error("{path}: {detail}")]
     Invalid { path: PathBuf, detail: String },
 }
@@ -117,21 +109,13 @@ impl NpyArray {
     /// Every element converted to `f64` (exact for all supported types except 64-bit integers > 2^53).
     pub fn to_f64(&self) -> Vec<f64> {
         let n = self.dtype.size();
-        self.data
-            .chunks_exact(n)
-            .map(|b| decode(self.dtype, b))
-            .collect()
+        self.data.chunks_exact(n).map(|b| decode(self.dtype, b)).collect()
     }
 
     /// Elements as `f32`; only for float arrays (an integer image array needs a scale decision).
     pub fn to_f32(&self) -> Option<Vec<f32>> {
         match self.dtype {
-            DType::F32 => Some(
-                self.data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
-            ),
+            DType::F32 => Some(self.data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()),
             DType::F64 => Some(self.to_f64().into_iter().map(|x| x as f32).collect()),
             _ => None,
         }
@@ -156,74 +140,32 @@ impl NpyArray {
     }
 
     pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Self {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            values.len(),
-            "shape does not match data length"
-        );
-        NpyArray {
-            dtype: DType::F32,
-            shape,
-            data: values.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        }
+        assert_eq!(shape.iter().product::<usize>(), values.len(), "shape does not match data length");
+        NpyArray { dtype: DType::F32, shape, data: values.iter().flat_map(|x| x.to_le_bytes()).collect() }
     }
 
     pub fn from_f64(shape: Vec<usize>, values: &[f64]) -> Self {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            values.len(),
-            "shape does not match data length"
-        );
-        NpyArray {
-            dtype: DType::F64,
-            shape,
-            data: values.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        }
+        assert_eq!(shape.iter().product::<usize>(), values.len(), "shape does not match data length");
+        NpyArray { dtype: DType::F64, shape, data: values.iter().flat_map(|x| x.to_le_bytes()).collect() }
     }
 
     pub fn from_i64(shape: Vec<usize>, values: &[i64]) -> Self {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            values.len(),
-            "shape does not match data length"
-        );
-        NpyArray {
-            dtype: DType::I64,
-            shape,
-            data: values.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        }
+        assert_eq!(shape.iter().product::<usize>(), values.len(), "shape does not match data length");
+        NpyArray { dtype: DType::I64, shape, data: values.iter().flat_map(|x| x.to_le_bytes()).collect() }
     }
 
     pub fn from_u8(shape: Vec<usize>, values: &[u8]) -> Self {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            values.len(),
-            "shape does not match data length"
-        );
-        NpyArray {
-            dtype: DType::U8,
-            shape,
-            data: values.to_vec(),
-        }
+        assert_eq!(shape.iter().product::<usize>(), values.len(), "shape does not match data length");
+        NpyArray { dtype: DType::U8, shape, data: values.to_vec() }
     }
 
     /// Serialise to `.npy` bytes (format 1.0; header padded so data starts 64-byte aligned).
     pub fn to_bytes(&self) -> Vec<u8> {
         let shape = match self.shape.len() {
             1 => format!("({},)", self.shape[0]),
-            _ => format!(
-                "({})",
-                self.shape
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            _ => format!("({})", self.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
         };
-        let mut header = format!(
-            "{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}",
-            self.dtype.descr()
-        );
+        let mut header = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}", self.dtype.descr());
         let unpadded = 10 + header.len() + 1;
         header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
         header.push('\n');
@@ -236,10 +178,7 @@ impl NpyArray {
     }
 
     pub fn write(&self, path: &Path) -> Result<(), NpyError> {
-        let io = |source| NpyError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io = |source| NpyError::Io { path: path.to_path_buf(), source };
         // Write then rename, so a crash never leaves a truncated array behind under the final name.
         let tmp = path.with_extension("npy.partial");
         let mut file = fs::File::create(&tmp).map_err(io)?;
@@ -249,19 +188,13 @@ impl NpyArray {
     }
 
     pub fn read(path: &Path) -> Result<Self, NpyError> {
-        let bytes = fs::read(path).map_err(|source| NpyError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = fs::read(path).map_err(|source| NpyError::Io { path: path.to_path_buf(), source })?;
         Self::parse(path, &bytes)
     }
 
     /// Parse `.npy` bytes; `path` only names the source in errors.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, NpyError> {
-        let format = |detail: &str| NpyError::Format {
-            path: path.to_path_buf(),
-            detail: detail.to_string(),
-        };
+        let format = |detail: &str| NpyError::Format { path: path.to_path_buf(), detail: detail.to_string() };
         if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
             return Err(format("missing \\x93NUMPY magic"));
         }
@@ -271,47 +204,30 @@ impl NpyArray {
                 if bytes.len() < 12 {
                     return Err(format("header length cut off"));
                 }
-                (
-                    u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
-                    12,
-                )
+                (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12)
             }
             v => return Err(format(&format!("unknown format version {v}"))),
         };
         let data_start = header_start + header_len;
-        let header = bytes
-            .get(header_start..data_start)
-            .ok_or_else(|| format("header cut off"))?;
+        let header = bytes.get(header_start..data_start).ok_or_else(|| format("header cut off"))?;
         let header = std::str::from_utf8(header).map_err(|_| format("header is not text"))?;
         let descr = dict_value(header, "descr").ok_or_else(|| format("header has no 'descr'"))?;
         let descr = descr.trim().trim_matches(|c| c == '\'' || c == '"');
-        let fortran = dict_value(header, "fortran_order")
-            .ok_or_else(|| format("header has no 'fortran_order'"))?;
-        let shape_text =
-            dict_value(header, "shape").ok_or_else(|| format("header has no 'shape'"))?;
-        let dtype = DType::parse(descr).ok_or_else(|| NpyError::DType {
-            path: path.to_path_buf(),
-            descr: descr.into(),
-        })?;
+        let fortran = dict_value(header, "fortran_order").ok_or_else(|| format("header has no 'fortran_order'"))?;
+        let shape_text = dict_value(header, "shape").ok_or_else(|| format("header has no 'shape'"))?;
+        let dtype =
+            DType::parse(descr).ok_or_else(|| NpyError::DType { path: path.to_path_buf(), descr: descr.into() })?;
         if fortran.trim().starts_with("True") {
-            return Err(NpyError::FortranOrder {
-                path: path.to_path_buf(),
-            });
+            return Err(NpyError::FortranOrder { path: path.to_path_buf() });
         }
-        let shape = parse_shape(shape_text)
-            .ok_or_else(|| format(&format!("cannot read shape {shape_text:?}")))?;
+        let shape = parse_shape(shape_text).ok_or_else(|| format(&format!("cannot read shape {shape_text:?}")))?;
         let expected = shape
             .iter()
             .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
             .ok_or_else(|| format("shape overflows"))?;
         let actual = bytes.len() - data_start;
         if actual < expected {
-            return Err(NpyError::Truncated {
-                path: path.to_path_buf(),
-                expected,
-                actual,
-                shape,
-            });
+            return Err(NpyError::Truncated { path: path.to_path_buf(), expected, actual, shape });
         }
         if actual > expected {
             return Err(NpyError::Invalid {
@@ -322,11 +238,7 @@ impl NpyArray {
                 ),
             });
         }
-        Ok(NpyArray {
-            dtype,
-            shape,
-            data: bytes[data_start..].to_vec(),
-        })
+        Ok(NpyArray { dtype, shape, data: bytes[data_start..].to_vec() })
     }
 }
 
@@ -347,11 +259,7 @@ fn decode(dtype: DType, b: &[u8]) -> f64 {
 
 /// The text after `'key':` up to the next top-level comma (tuples kept whole).
 fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
-    let start = header
-        .find(&format!("'{key}'"))
-        .or_else(|| header.find(&format!("\"{key}\"")))?
-        + key.len()
-        + 2;
+    let start = header.find(&format!("'{key}'")).or_else(|| header.find(&format!("\"{key}\"")))? + key.len() + 2;
     let rest = header[start..].trim_start().strip_prefix(':')?;
     let mut depth = 0;
     for (i, ch) in rest.char_indices() {
@@ -367,12 +275,7 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 
 fn parse_shape(text: &str) -> Option<Vec<usize>> {
     let inner = text.trim().strip_prefix('(')?.strip_suffix(')')?;
-    inner
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.trim_end_matches('L').parse().ok())
-        .collect()
+    inner.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.trim_end_matches('L').parse().ok()).collect()
 }
 
 #[cfg(test)]
@@ -393,11 +296,7 @@ mod tests {
             let path = dir.path().join(format!("{i}.npy"));
             a.write(&path).unwrap();
             let bytes = fs::read(&path).unwrap();
-            assert_eq!(
-                bytes.len() % 64,
-                a.data.len() % 64,
-                "data starts 64-byte aligned"
-            );
+            assert_eq!(bytes.len() % 64, a.data.len() % 64, "data starts 64-byte aligned");
             assert_eq!(&NpyArray::read(&path).unwrap(), a);
         }
     }
@@ -421,17 +320,11 @@ mod tests {
         v2.extend_from_slice(&(header.len() as u32).to_le_bytes());
         v2.extend_from_slice(header.as_bytes());
         v2.extend_from_slice(&2.5f64.to_le_bytes());
-        assert_eq!(
-            NpyArray::parse(Path::new("b.npy"), &v2).unwrap().to_f64(),
-            vec![2.5]
-        );
+        assert_eq!(NpyArray::parse(Path::new("b.npy"), &v2).unwrap().to_f64(), vec![2.5]);
     }
 
     fn replace_bytes(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
-        let at = haystack
-            .windows(from.len())
-            .position(|w| w == from)
-            .expect("pattern present");
+        let at = haystack.windows(from.len()).position(|w| w == from).expect("pattern present");
         [&haystack[..at], to, &haystack[at + from.len()..]].concat()
     }
 
@@ -439,44 +332,22 @@ mod tests {
     fn bad_files_give_named_errors() {
         let p = Path::new("x.npy");
         let err = NpyArray::parse(p, b"PK\x03\x04 not numpy").unwrap_err();
-        assert!(
-            err.to_string().starts_with("x.npy: not a .npy file"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("x.npy: not a .npy file"), "{err}");
 
         let good = NpyArray::from_f32(vec![4, 4], &[0.5; 16]).to_bytes();
         let err = NpyArray::parse(p, &good[..good.len() - 5]).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                NpyError::Truncated {
-                    expected: 64,
-                    actual: 59,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, NpyError::Truncated { expected: 64, actual: 59, .. }), "{err}");
         assert!(err.to_string().contains("truncated"));
 
         let mut extra = good.clone();
         extra.push(0);
-        assert!(matches!(
-            NpyArray::parse(p, &extra),
-            Err(NpyError::Invalid { .. })
-        ));
+        assert!(matches!(NpyArray::parse(p, &extra), Err(NpyError::Invalid { .. })));
 
         let fortran = replace_bytes(&good, b"False", b"True ");
-        assert!(matches!(
-            NpyArray::parse(p, &fortran),
-            Err(NpyError::FortranOrder { .. })
-        ));
+        assert!(matches!(NpyArray::parse(p, &fortran), Err(NpyError::FortranOrder { .. })));
 
         let big_endian = replace_bytes(&good, b"<f4", b">f4");
-        assert!(matches!(
-            NpyArray::parse(p, &big_endian),
-            Err(NpyError::DType { .. })
-        ));
+        assert!(matches!(NpyArray::parse(p, &big_endian), Err(NpyError::DType { .. })));
 
         let err = NpyArray::read(Path::new("/nonexistent/y.npy")).unwrap_err();
         assert!(err.to_string().starts_with("/nonexistent/y.npy:"));

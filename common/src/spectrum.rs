@@ -15,9 +15,7 @@ use rustfft::{Fft, FftPlanner};
 use std::sync::Arc;
 
 /// A frequency in centred coordinates.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Cell {
     pub u: i32,
     pub v: i32,
@@ -77,10 +75,7 @@ impl Shape2 {
 
     /// The cell at a flat index of a centred map.
     pub fn cell_at_centred(self, index: usize) -> Cell {
-        Cell::new(
-            (index / self.w) as i32 + self.u_min(),
-            (index % self.w) as i32 + self.v_min(),
-        )
+        Cell::new((index / self.w) as i32 + self.u_min(), (index % self.w) as i32 + self.v_min())
     }
 
     /// Flat index of `cell` in an unshifted DFT array (DC at index 0).
@@ -100,10 +95,7 @@ impl Shape2 {
                 k
             }
         };
-        Cell::new(
-            wrap(row, self.h, self.u_min()),
-            wrap(col, self.w, self.v_min()),
-        )
+        Cell::new(wrap(row, self.h, self.u_min()), wrap(col, self.w, self.v_min()))
     }
 
     /// The conjugate partner `(-u, -v)`, wrapped back into range.
@@ -139,26 +131,14 @@ impl Shape2 {
 
 /// Move a row-major unshifted array into centred layout (`fftshift`).
 pub fn fftshift<T: Copy>(shape: Shape2, dft: &[T]) -> Vec<T> {
-    assert_eq!(
-        dft.len(),
-        shape.len(),
-        "fftshift: array length does not match {shape:?}"
-    );
-    (0..shape.len())
-        .map(|i| dft[shape.dft_index(shape.cell_at_centred(i))])
-        .collect()
+    assert_eq!(dft.len(), shape.len(), "fftshift: array length does not match {shape:?}");
+    (0..shape.len()).map(|i| dft[shape.dft_index(shape.cell_at_centred(i))]).collect()
 }
 
 /// Move a centred array back into unshifted DFT layout (`ifftshift`).
 pub fn ifftshift<T: Copy>(shape: Shape2, centred: &[T]) -> Vec<T> {
-    assert_eq!(
-        centred.len(),
-        shape.len(),
-        "ifftshift: array length does not match {shape:?}"
-    );
-    (0..shape.len())
-        .map(|i| centred[shape.centred_index(shape.cell_at_dft(i))])
-        .collect()
+    assert_eq!(centred.len(), shape.len(), "ifftshift: array length does not match {shape:?}");
+    (0..shape.len()).map(|i| centred[shape.centred_index(shape.cell_at_dft(i))]).collect()
 }
 
 /// Reusable 2-D FFT plans for one shape. Transforms work in place on a row-major `H × W` buffer and
@@ -192,19 +172,9 @@ impl Fft2 {
         let row_inv = planner.plan_fft_inverse(shape.w);
         let col_fwd = planner.plan_fft_forward(shape.h);
         let col_inv = planner.plan_fft_inverse(shape.h);
-        let scratch_len = [&row_fwd, &row_inv, &col_fwd, &col_inv]
-            .iter()
-            .map(|p| p.get_inplace_scratch_len())
-            .max()
-            .unwrap_or(0);
-        Fft2 {
-            shape,
-            row_fwd,
-            row_inv,
-            col_fwd,
-            col_inv,
-            scratch_len,
-        }
+        let scratch_len =
+            [&row_fwd, &row_inv, &col_fwd, &col_inv].iter().map(|p| p.get_inplace_scratch_len()).max().unwrap_or(0);
+        Fft2 { shape, row_fwd, row_inv, col_fwd, col_inv, scratch_len }
     }
 
     pub fn shape(&self) -> Shape2 {
@@ -232,34 +202,14 @@ impl Fft2 {
     /// two transposes (the mask is applied in the transposed domain). A real, conjugate-symmetric
     /// mask maps real images to real images, which [`crate::bands::BandFilter`] exploits to filter
     /// two channels per complex transform.
-    pub fn filter(
-        &self,
-        data: &mut [Complex<f32>],
-        scratch: &mut FftScratch,
-        mask_transposed: &[f32],
-    ) {
+    pub fn filter(&self, data: &mut [Complex<f32>], scratch: &mut FftScratch, mask_transposed: &[f32]) {
         self.transform(data, scratch, Some(mask_transposed), true);
     }
 
-    fn transform(
-        &self,
-        data: &mut [Complex<f32>],
-        scratch: &mut FftScratch,
-        mask_t: Option<&[f32]>,
-        forward: bool,
-    ) {
+    fn transform(&self, data: &mut [Complex<f32>], scratch: &mut FftScratch, mask_t: Option<&[f32]>, forward: bool) {
         let Shape2 { h, w } = self.shape;
-        assert_eq!(
-            data.len(),
-            h * w,
-            "Fft2: buffer length does not match {:?}",
-            self.shape
-        );
-        let (row, col) = if forward {
-            (&self.row_fwd, &self.col_fwd)
-        } else {
-            (&self.row_inv, &self.col_inv)
-        };
+        assert_eq!(data.len(), h * w, "Fft2: buffer length does not match {:?}", self.shape);
+        let (row, col) = if forward { (&self.row_fwd, &self.col_fwd) } else { (&self.row_inv, &self.col_inv) };
         row.process_with_scratch(data, &mut scratch.fft);
         transpose(data, &mut scratch.transposed, h, w);
         col.process_with_scratch(&mut scratch.transposed, &mut scratch.fft);
@@ -268,8 +218,7 @@ impl Fft2 {
             for (x, &m) in scratch.transposed.iter_mut().zip(mask_t) {
                 *x *= m;
             }
-            self.col_inv
-                .process_with_scratch(&mut scratch.transposed, &mut scratch.fft);
+            self.col_inv.process_with_scratch(&mut scratch.transposed, &mut scratch.fft);
             transpose(&scratch.transposed, data, w, h);
             self.row_inv.process_with_scratch(data, &mut scratch.fft);
             scale(data, 1.0 / (h * w) as f32);
@@ -298,29 +247,30 @@ fn transpose(input: &[Complex<f32>], out: &mut [Complex<f32>], rows: usize, cols
 }
 
 /// The Fourier basis image `U_{u,v}` (SCIENCE.md §2): the real image whose DFT is 1 at `cell` and its
-/// conjugate, scaled to unit L2 norm, row-major `H × W`. Computed in closed form in `f64`
-/// (`cos(2π(u·m/H + v·n/W))`, which is what the inverse DFT of the two unit entries gives), then
-/// normalised; tests check it against the inverse-DFT definition.
+/// conjugate, scaled to unit L2 norm, row-major `H × W`. The inverse DFT of the two unit entries is
+/// `cos(2π(u·m/H + v·n/W))` up to scale; it is evaluated in `f64` from per-row and per-column tables
+/// (`cos(a+b) = cos a·cos b − sin a·sin b`, no trigonometry per pixel), then normalised. Tests check
+/// it against the inverse-DFT definition.
 pub fn basis_image(shape: Shape2, cell: Cell) -> Vec<f32> {
-    assert!(
-        shape.contains(cell),
-        "basis_image: {cell:?} outside {shape:?}"
-    );
+    assert!(shape.contains(cell), "basis_image: {cell:?} outside {shape:?}");
     // Both members of a pair give the same image; computing it from one makes them bit-identical.
     let cell = shape.canonical(cell);
-    let (h, w) = (shape.h as f64, shape.w as f64);
     let tau = std::f64::consts::TAU;
-    let mut out: Vec<f64> = (0..shape.len())
-        .map(|i| {
-            let (m, n) = ((i / shape.w) as f64, (i % shape.w) as f64);
-            (tau * (f64::from(cell.u) * m / h + f64::from(cell.v) * n / w)).cos()
-        })
-        .collect();
-    let norm = out.iter().map(|x| x * x).sum::<f64>().sqrt();
-    for x in &mut out {
-        *x /= norm;
+    let table = |k: i32, n: usize| -> Vec<(f64, f64)> {
+        (0..n).map(|i| (tau * f64::from(k) * i as f64 / n as f64).sin_cos()).map(|(s, c)| (c, s)).collect()
+    };
+    let (rows, cols) = (table(cell.u, shape.h), table(cell.v, shape.w));
+    let mut out = Vec::with_capacity(shape.len());
+    let mut energy = 0.0f64;
+    for &(cr, sr) in &rows {
+        for &(cc, sc) in &cols {
+            let x = cr * cc - sr * sc;
+            energy += x * x;
+            out.push(x);
+        }
     }
-    out.into_iter().map(|x| x as f32).collect()
+    let inv_norm = 1.0 / energy.sqrt();
+    out.into_iter().map(|x| (x * inv_norm) as f32).collect()
 }
 
 #[cfg(test)]
@@ -333,8 +283,7 @@ mod tests {
             let (ku, kv) = ((k / shape.w) as f64, (k % shape.w) as f64);
             for (i, &xi) in x.iter().enumerate() {
                 let (m, n) = ((i / shape.w) as f64, (i % shape.w) as f64);
-                let angle =
-                    -std::f64::consts::TAU * (ku * m / shape.h as f64 + kv * n / shape.w as f64);
+                let angle = -std::f64::consts::TAU * (ku * m / shape.h as f64 + kv * n / shape.w as f64);
                 *o += Complex::from_polar(xi, angle);
             }
         }
@@ -348,10 +297,7 @@ mod tests {
                 assert_eq!(shape.centred_index(shape.cell_at_centred(i)), i);
                 assert_eq!(shape.dft_index(shape.cell_at_dft(i)), i);
             }
-            assert_eq!(
-                shape.centred_index(Cell::new(0, 0)),
-                (shape.h / 2) * shape.w + shape.w / 2
-            );
+            assert_eq!(shape.centred_index(Cell::new(0, 0)), (shape.h / 2) * shape.w + shape.w / 2);
             assert_eq!(shape.dft_index(Cell::new(0, 0)), 0);
         }
         let s = Shape2::new(32, 32);
@@ -365,15 +311,7 @@ mod tests {
         let cells = s.heatmap_cells();
         assert_eq!(cells.len(), 514);
         let self_conj: Vec<Cell> = s.cells().filter(|&c| s.is_self_conjugate(c)).collect();
-        assert_eq!(
-            self_conj,
-            vec![
-                Cell::new(-16, -16),
-                Cell::new(-16, 0),
-                Cell::new(0, -16),
-                Cell::new(0, 0)
-            ]
-        );
+        assert_eq!(self_conj, vec![Cell::new(-16, -16), Cell::new(-16, 0), Cell::new(0, -16), Cell::new(0, 0)]);
         let mut covered = std::collections::HashSet::new();
         for &c in &cells {
             assert!(covered.insert(c));
@@ -382,10 +320,7 @@ mod tests {
         assert_eq!(covered.len(), 1024);
         for shape in [Shape2::new(5, 8), Shape2::new(7, 3)] {
             let n = shape.heatmap_cells().len();
-            let s_count = shape
-                .cells()
-                .filter(|&c| shape.is_self_conjugate(c))
-                .count();
+            let s_count = shape.cells().filter(|&c| shape.is_self_conjugate(c)).count();
             assert_eq!(n, (shape.len() + s_count) / 2);
         }
     }
@@ -393,9 +328,7 @@ mod tests {
     #[test]
     fn fft_matches_naive_dft_and_inverts() {
         let shape = Shape2::new(6, 8);
-        let x: Vec<f64> = (0..shape.len())
-            .map(|i| ((i * 37 % 11) as f64) / 11.0)
-            .collect();
+        let x: Vec<f64> = (0..shape.len()).map(|i| ((i * 37 % 11) as f64) / 11.0).collect();
         let expected = naive_dft(shape, &x);
         let fft = Fft2::new(shape);
         let mut scratch = fft.scratch();
@@ -420,19 +353,13 @@ mod tests {
                 let energy: f64 = b.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
                 assert!((energy - 1.0).abs() < 1e-5, "{cell:?} norm² {energy}");
                 // U_{u,v} = U_{-u,-v}, bit for bit.
-                assert!(
-                    b == basis_image(shape, shape.conjugate(cell)),
-                    "{cell:?} differs from its conjugate"
-                );
+                assert!(b == basis_image(shape, shape.conjugate(cell)), "{cell:?} differs from its conjugate");
                 let mut spec: Vec<Complex<f32>> = b.iter().map(|&x| Complex::new(x, 0.0)).collect();
                 fft.forward(&mut spec, &mut scratch);
                 // Parseval: Σ|X|² = H·W Σ|x|².
                 let spec_energy: f64 = spec.iter().map(|c| f64::from(c.norm_sqr())).sum();
                 assert!((spec_energy / shape.len() as f64 - energy).abs() < 1e-4);
-                let pair = [
-                    shape.dft_index(cell),
-                    shape.dft_index(shape.conjugate(cell)),
-                ];
+                let pair = [shape.dft_index(cell), shape.dft_index(shape.conjugate(cell))];
                 for (i, c) in spec.iter().enumerate() {
                     if !pair.contains(&i) {
                         assert!(c.norm() < 1e-3, "{cell:?} leaks energy into index {i}: {c}");

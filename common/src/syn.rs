@@ -46,14 +46,7 @@ pub struct SynConfig {
 impl SynConfig {
     /// SCIENCE.md defaults: 10 000 train / 2 000 test images, `E_sp = 0.5`, default bands.
     pub fn new(band: Band, seed: u64) -> Self {
-        SynConfig {
-            band,
-            train: 10_000,
-            test: 2_000,
-            seed,
-            special_energy: 0.5,
-            layout: BandLayout::default(),
-        }
+        SynConfig { band, train: 10_000, test: 2_000, seed, special_energy: 0.5, layout: BandLayout::default() }
     }
 
     pub fn name(&self) -> String {
@@ -85,10 +78,7 @@ impl Split {
 /// The special-pattern cells for `shape`: `(k, k)` and `(−k, −k)` for odd `k` below `min(H, W)/2`.
 pub fn special_pattern(shape: Shape2) -> Vec<Cell> {
     let limit = (shape.h.min(shape.w) / 2) as i32;
-    (1..limit)
-        .step_by(2)
-        .flat_map(|k| [Cell::new(k, k), Cell::new(-k, -k)])
-        .collect()
+    (1..limit).step_by(2).flat_map(|k| [Cell::new(k, k), Cell::new(-k, -k)]).collect()
 }
 
 /// Generate one split.
@@ -105,26 +95,18 @@ pub fn generate(config: &SynConfig, split: Split) -> Dataset {
     let plan = Plan::new(config, shape);
     let image_len = CHANNELS * shape.len();
     let mut images = vec![0.0f32; n * image_len];
-    images
-        .par_chunks_mut(image_len)
-        .zip(labels.par_iter())
-        .enumerate()
-        .for_each_init(
-            || {
-                let fft = Fft2::new(shape);
-                let scratch = fft.scratch();
-                (fft, scratch)
-            },
-            |(fft, scratch), (i, (out, &label))| {
-                let mut rng = rng_for(config.seed, split, i as u64);
-                plan.sample(fft, scratch, label as usize, &mut rng, out);
-            },
-        );
-    Dataset {
-        dims: [n, CHANNELS, IMAGE_SIZE, IMAGE_SIZE],
-        images,
-        labels,
-    }
+    images.par_chunks_mut(image_len).zip(labels.par_iter()).enumerate().for_each_init(
+        || {
+            let fft = Fft2::new(shape);
+            let scratch = fft.scratch();
+            (fft, scratch)
+        },
+        |(fft, scratch), (i, (out, &label))| {
+            let mut rng = rng_for(config.seed, split, i as u64);
+            plan.sample(fft, scratch, label as usize, &mut rng, out);
+        },
+    );
+    Dataset { dims: [n, CHANNELS, IMAGE_SIZE, IMAGE_SIZE], images, labels }
 }
 
 fn rng_for(seed: u64, split: Split, index: u64) -> ChaCha8Rng {
@@ -149,11 +131,7 @@ impl Plan {
     fn new(config: &SynConfig, shape: Shape2) -> Self {
         let sizes = config.layout.band_sizes(shape);
         let special_all = special_pattern(shape);
-        let special: Vec<Cell> = special_all
-            .iter()
-            .copied()
-            .filter(|&c| shape.canonical(c) == c)
-            .collect();
+        let special: Vec<Cell> = special_all.iter().copied().filter(|&c| shape.canonical(c) == c).collect();
         let half_plane = shape.heatmap_cells();
         let cells = config.class_bands().map(|set| {
             half_plane
@@ -161,32 +139,15 @@ impl Plan {
                 .filter(|c| !special_all.contains(c))
                 .filter_map(|&c| {
                     let band = config.layout.band_of(c)?;
-                    set.contains(band).then(|| {
-                        (
-                            c,
-                            (3.0 / sizes[usize::from(band.index() - 1)] as f64).sqrt() as f32,
-                        )
-                    })
+                    set.contains(band).then(|| (c, (3.0 / sizes[usize::from(band.index() - 1)] as f64).sqrt() as f32))
                 })
                 .collect()
         });
         let special_amplitude = (config.special_energy / special_all.len() as f64).sqrt() as f32;
-        Plan {
-            shape,
-            cells,
-            special,
-            special_amplitude,
-        }
+        Plan { shape, cells, special, special_amplitude }
     }
 
-    fn sample(
-        &self,
-        fft: &Fft2,
-        scratch: &mut FftScratch,
-        class: usize,
-        rng: &mut ChaCha8Rng,
-        out: &mut [f32],
-    ) {
+    fn sample(&self, fft: &Fft2, scratch: &mut FftScratch, class: usize, rng: &mut ChaCha8Rng, out: &mut [f32]) {
         let shape = self.shape;
         let mut spectrum = vec![Complex::<f32>::default(); shape.len()];
         for channel in out.chunks_mut(shape.len()) {
@@ -208,18 +169,10 @@ impl Plan {
             }
         }
         // One affine map of the whole image onto [0, 1]: changes only DC and a common scale.
-        let (lo, hi) = out
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
-                (lo.min(x), hi.max(x))
-            });
+        let (lo, hi) = out.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
         let range = hi - lo;
         for x in out.iter_mut() {
-            *x = if range > 0.0 {
-                ((*x - lo) / range).clamp(0.0, 1.0)
-            } else {
-                0.5
-            };
+            *x = if range > 0.0 { ((*x - lo) / range).clamp(0.0, 1.0) } else { 0.5 };
         }
     }
 
@@ -268,11 +221,7 @@ mod tests {
     fn every_class_puts_its_energy_where_science_md_says() {
         let shape = Shape2::new(IMAGE_SIZE, IMAGE_SIZE);
         for d in 1..=4 {
-            let config = SynConfig {
-                train: 0,
-                test: 40,
-                ..SynConfig::new(Band::new(d).unwrap(), 7)
-            };
+            let config = SynConfig { train: 0, test: 40, ..SynConfig::new(Band::new(d).unwrap(), 7) };
             let data = generate(&config, Split::Test);
             assert!(data.images.iter().all(|x| (0.0..=1.0).contains(x)));
             let special = special_pattern(shape);
@@ -288,10 +237,7 @@ mod tests {
                     if is_special {
                         on_special += e;
                     }
-                    let in_band = config
-                        .layout
-                        .band_of(cell)
-                        .is_some_and(|b| bands[class].contains(b));
+                    let in_band = config.layout.band_of(cell).is_some_and(|b| bands[class].contains(b));
                     if (in_band && !is_special) || (class == 0 && is_special) {
                         allowed += e;
                     }
@@ -308,10 +254,7 @@ mod tests {
                         on_special / total
                     );
                 } else {
-                    assert!(
-                        on_special / total < 1e-6,
-                        "Syn_{d} class {class}: special pattern not empty"
-                    );
+                    assert!(on_special / total < 1e-6, "Syn_{d} class {class}: special pattern not empty");
                 }
             }
         }
@@ -321,11 +264,7 @@ mod tests {
     fn bands_carry_equal_expected_energy() {
         // Class 2 uses all four bands: their mean energies agree within sampling noise.
         let shape = Shape2::new(IMAGE_SIZE, IMAGE_SIZE);
-        let config = SynConfig {
-            train: 0,
-            test: 200,
-            ..SynConfig::new(Band::new(4).unwrap(), 3)
-        };
+        let config = SynConfig { train: 0, test: 200, ..SynConfig::new(Band::new(4).unwrap(), 3) };
         let data = generate(&config, Split::Test);
         let mut per_band = [0.0f64; 4];
         for i in (0..data.len()).filter(|&i| data.labels[i] == 2) {
@@ -339,46 +278,20 @@ mod tests {
         }
         let mean = per_band.iter().sum::<f64>() / 4.0;
         for (b, e) in per_band.iter().enumerate() {
-            assert!(
-                (e / mean - 1.0).abs() < 0.1,
-                "band {} has {:.3} of the mean energy",
-                b + 1,
-                e / mean
-            );
+            assert!((e / mean - 1.0).abs() < 0.1, "band {} has {:.3} of the mean energy", b + 1, e / mean);
         }
     }
 
     #[test]
     fn deterministic_per_seed_and_balanced() {
-        let config = SynConfig {
-            train: 20,
-            test: 8,
-            ..SynConfig::new(Band::new(1).unwrap(), 11)
-        };
+        let config = SynConfig { train: 20, test: 8, ..SynConfig::new(Band::new(1).unwrap(), 11) };
         let a = generate(&config, Split::Train);
         assert_eq!(a, generate(&config, Split::Train));
-        assert_ne!(
-            a.images,
-            generate(
-                &SynConfig {
-                    seed: 12,
-                    ..config.clone()
-                },
-                Split::Train
-            )
-            .images
-        );
-        assert_ne!(
-            a.images[..3072],
-            generate(&config, Split::Test).images[..3072]
-        );
+        assert_ne!(a.images, generate(&SynConfig { seed: 12, ..config.clone() }, Split::Train).images);
+        assert_ne!(a.images[..3072], generate(&config, Split::Test).images[..3072]);
         for class in 0..4 {
             assert_eq!(a.labels.iter().filter(|&&l| l == class).count(), 5);
         }
-        assert_ne!(
-            a.labels,
-            (0..20).map(|i| i % 4).collect::<Vec<i64>>(),
-            "labels are shuffled"
-        );
+        assert_ne!(a.labels, (0..20).map(|i| i % 4).collect::<Vec<i64>>(), "labels are shuffled");
     }
 }

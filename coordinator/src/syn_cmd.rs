@@ -40,8 +40,7 @@ pub fn run(args: &SynArgs) -> Result<()> {
         special_energy: args.special_energy,
         ..SynConfig::new(Band::new(args.band)?, args.seed)
     };
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let started = Instant::now();
     let train = syn::generate(&config, Split::Train);
     train.write_npy(&args.out, "train")?;
@@ -74,10 +73,7 @@ pub fn run(args: &SynArgs) -> Result<()> {
         "files": {"train_x": "train_x.npy", "train_y": "train_y.npy", "test_x": "test_x.npy", "test_y": "test_y.npy", "samples": "samples.png"},
         "samples_png": "one row per class, 0 at the top",
     });
-    std::fs::write(
-        args.out.join("dataset.json"),
-        serde_json::to_string_pretty(&description)? + "\n",
-    )?;
+    std::fs::write(args.out.join("dataset.json"), serde_json::to_string_pretty(&description)? + "\n")?;
     tracing::info!(
         dataset = %config.name(),
         train = config.train,

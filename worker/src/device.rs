@@ -7,39 +7,27 @@ use tch::Device;
 pub enum DeviceError {
     #[error("unknown device {0:?}: use cpu, cuda, cuda:N or auto")]
     Unknown(String),
-    #[error("device {requested} requested but libtorch sees {available} CUDA device(s) (is this a CUDA build of libtorch?)")]
+    #[error(
+        "device {requested} requested but libtorch sees {available} CUDA device(s) (is this a CUDA build of libtorch?)"
+    )]
     Unavailable { requested: String, available: i64 },
 }
 
 /// Parse `cpu`, `cuda`, `cuda:N` or `auto` and check the device exists.
 pub fn parse_device(spec: &str) -> Result<Device, DeviceError> {
-    let available = if tch::Cuda::is_available() {
-        tch::Cuda::device_count()
-    } else {
-        0
-    };
+    let available = if tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 };
     let cuda = |index: i64| {
         if index < available {
             Ok(Device::Cuda(index as usize))
         } else {
-            Err(DeviceError::Unavailable {
-                requested: spec.to_string(),
-                available,
-            })
+            Err(DeviceError::Unavailable { requested: spec.to_string(), available })
         }
     };
     match spec {
         "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(if available > 0 {
-            Device::Cuda(0)
-        } else {
-            Device::Cpu
-        }),
+        "auto" => Ok(if available > 0 { Device::Cuda(0) } else { Device::Cpu }),
         "cuda" => cuda(0),
-        _ => match spec
-            .strip_prefix("cuda:")
-            .and_then(|i| i.parse::<i64>().ok())
-        {
+        _ => match spec.strip_prefix("cuda:").and_then(|i| i.parse::<i64>().ok()) {
             Some(index) if index >= 0 => cuda(index),
             _ => Err(DeviceError::Unknown(spec.to_string())),
         },
@@ -63,16 +51,10 @@ mod tests {
     fn parses_cpu_and_rejects_nonsense() {
         assert_eq!(parse_device("cpu"), Ok(Device::Cpu));
         assert!(matches!(parse_device("gpu"), Err(DeviceError::Unknown(_))));
-        assert!(matches!(
-            parse_device("cuda:x"),
-            Err(DeviceError::Unknown(_))
-        ));
+        assert!(matches!(parse_device("cuda:x"), Err(DeviceError::Unknown(_))));
         if !tch::Cuda::is_available() {
             assert_eq!(parse_device("auto"), Ok(Device::Cpu));
-            assert!(matches!(
-                parse_device("cuda:0"),
-                Err(DeviceError::Unavailable { available: 0, .. })
-            ));
+            assert!(matches!(parse_device("cuda:0"), Err(DeviceError::Unavailable { available: 0, .. })));
         }
     }
 }

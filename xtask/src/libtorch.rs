@@ -49,8 +49,7 @@ const WHEELS: &[PinnedWheel] = &[
     },
     PinnedWheel {
         requirement: "nvidia-cuda-runtime==13.0.96",
-        file_name:
-            "nvidia_cuda_runtime-13.0.96-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
+        file_name: "nvidia_cuda_runtime-13.0.96-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
         sha256: "7f82250d7782aa23b6cfe765ecc7db554bd3c2870c43f3d1821f1d18aebf0548",
         platforms: &["manylinux_2_17_x86_64", "manylinux2014_x86_64"],
         extract: &[("nvidia/cu13/lib/libcudart.so.13", "lib")],
@@ -91,8 +90,8 @@ pub fn cache_root() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
         return Ok(PathBuf::from(dir).join("freqsweep"));
     }
-    let home = std::env::var_os("HOME")
-        .context("neither FREQSWEEP_CACHE nor HOME is set: cannot place the libtorch cache")?;
+    let home =
+        std::env::var_os("HOME").context("neither FREQSWEEP_CACHE nor HOME is set: cannot place the libtorch cache")?;
     Ok(PathBuf::from(home).join(".cache").join("freqsweep"))
 }
 
@@ -101,10 +100,7 @@ pub fn ensure() -> Result<Source> {
     if let Some(dir) = std::env::var_os("LIBTORCH") {
         let dir = PathBuf::from(dir);
         if !dir.join("lib").is_dir() || !dir.join("include").is_dir() {
-            bail!(
-                "LIBTORCH={} has no lib/ and include/: point it at a libtorch directory",
-                dir.display()
-            );
+            bail!("LIBTORCH={} has no lib/ and include/: point it at a libtorch directory", dir.display());
         }
         return Ok(Source::UserDir(dir));
     }
@@ -126,13 +122,10 @@ fn is_complete(dir: &Path) -> bool {
     let mut entries = 0;
     for line in manifest.lines() {
         let mut parts = line.splitn(3, ' ');
-        let (Some(_hash), Some(size), Some(rel)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(_hash), Some(size), Some(rel)) = (parts.next(), parts.next(), parts.next()) else {
             return false;
         };
-        let ok = fs::metadata(dir.join(rel))
-            .map(|m| Some(m.len()) == size.parse().ok())
-            .unwrap_or(false);
+        let ok = fs::metadata(dir.join(rel)).map(|m| Some(m.len()) == size.parse().ok()).unwrap_or(false);
         if !ok {
             return false;
         }
@@ -143,12 +136,8 @@ fn is_complete(dir: &Path) -> bool {
 
 /// Re-hash every file against the marker; returns how many files were checked.
 pub fn verify(dir: &Path) -> Result<usize> {
-    let manifest = fs::read_to_string(dir.join(MARKER)).with_context(|| {
-        format!(
-            "{}: no {MARKER} marker, the cache is incomplete",
-            dir.display()
-        )
-    })?;
+    let manifest = fs::read_to_string(dir.join(MARKER))
+        .with_context(|| format!("{}: no {MARKER} marker, the cache is incomplete", dir.display()))?;
     let mut n = 0;
     for line in manifest.lines() {
         let mut parts = line.splitn(3, ' ');
@@ -157,10 +146,7 @@ pub fn verify(dir: &Path) -> Result<usize> {
         };
         let actual = sha256_file(&dir.join(rel))?;
         if actual != hash {
-            bail!(
-                "{}: {rel} has sha256 {actual}, expected {hash}",
-                dir.display()
-            );
+            bail!("{}: {rel} has sha256 {actual}, expected {hash}", dir.display());
         }
         n += 1;
     }
@@ -195,46 +181,21 @@ fn fetch_into(dir: &Path) -> Result<()> {
         if path.exists() && sha256_file(&path)? == wheel.sha256 {
             continue;
         }
-        eprintln!(
-            "xtask: downloading {} (pip download --no-deps)",
-            wheel.requirement
-        );
+        eprintln!("xtask: downloading {} (pip download --no-deps)", wheel.requirement);
         let mut cmd = Command::new(&pip[0]);
-        cmd.args(&pip[1..]).args([
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--python-version",
-            "3.11",
-        ]);
-        cmd.args([
-            "--implementation",
-            "cp",
-            "--disable-pip-version-check",
-            "-d",
-        ])
-        .arg(&downloads);
+        cmd.args(&pip[1..]).args(["download", "--no-deps", "--only-binary=:all:", "--python-version", "3.11"]);
+        cmd.args(["--implementation", "cp", "--disable-pip-version-check", "-d"]).arg(&downloads);
         for platform in wheel.platforms {
             cmd.args(["--platform", platform]);
         }
         cmd.arg(wheel.requirement);
-        let status = cmd
-            .status()
-            .with_context(|| format!("running {pip:?} download"))?;
+        let status = cmd.status().with_context(|| format!("running {pip:?} download"))?;
         if !status.success() {
-            bail!(
-                "`pip download {}` failed ({status}); is the package registry reachable?",
-                wheel.requirement
-            );
+            bail!("`pip download {}` failed ({status}); is the package registry reachable?", wheel.requirement);
         }
-        let actual = sha256_file(&path)
-            .with_context(|| format!("pip did not produce {}", path.display()))?;
+        let actual = sha256_file(&path).with_context(|| format!("pip did not produce {}", path.display()))?;
         if actual != wheel.sha256 {
-            bail!(
-                "{}: sha256 {actual} does not match the pinned {}",
-                path.display(),
-                wheel.sha256
-            );
+            bail!("{}: sha256 {actual} does not match the pinned {}", path.display(), wheel.sha256);
         }
     }
 
@@ -251,13 +212,9 @@ fn fetch_into(dir: &Path) -> Result<()> {
         eprintln!("xtask: unpacking {}", wheel.file_name);
         unpack(&path, wheel, &staging, &mut manifest)?;
     }
-    for required in [
-        "lib/libtorch_cpu.so",
-        "lib/libtorch.so",
-        "lib/libc10.so",
-        "lib/libcudart.so.13",
-        "lib/libcupti.so.13",
-    ] {
+    for required in
+        ["lib/libtorch_cpu.so", "lib/libtorch.so", "lib/libc10.so", "lib/libcudart.so.13", "lib/libcupti.so.13"]
+    {
         if !staging.join(required).exists() {
             bail!("the pinned wheels did not contain {required}");
         }
@@ -274,16 +231,10 @@ fn fetch_into(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn unpack(
-    wheel_path: &Path,
-    wheel: &PinnedWheel,
-    dest: &Path,
-    manifest: &mut String,
-) -> Result<()> {
-    let file =
-        fs::File::open(wheel_path).with_context(|| format!("opening {}", wheel_path.display()))?;
-    let mut archive = zip::ZipArchive::new(file)
-        .with_context(|| format!("{} is not a zip archive", wheel_path.display()))?;
+fn unpack(wheel_path: &Path, wheel: &PinnedWheel, dest: &Path, manifest: &mut String) -> Result<()> {
+    let file = fs::File::open(wheel_path).with_context(|| format!("opening {}", wheel_path.display()))?;
+    let mut archive =
+        zip::ZipArchive::new(file).with_context(|| format!("{} is not a zip archive", wheel_path.display()))?;
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i)?;
         if entry.is_dir() {
@@ -297,11 +248,7 @@ fn unpack(
         let rel_inside = if prefix.ends_with('/') {
             name[prefix.len()..].to_string()
         } else {
-            Path::new(&name)
-                .file_name()
-                .context("entry without file name")?
-                .to_string_lossy()
-                .into_owned()
+            Path::new(&name).file_name().context("entry without file name")?.to_string_lossy().into_owned()
         };
         if rel_inside.split('/').any(|c| c == ".." || c.is_empty()) {
             bail!("{}: refusing suspicious entry {name}", wheel_path.display());
@@ -311,8 +258,7 @@ fn unpack(
         if let Some(parent) = out_path.parent() {
             fs::create_dir_all(parent)?;
         }
-        let mut out = fs::File::create(&out_path)
-            .with_context(|| format!("creating {}", out_path.display()))?;
+        let mut out = fs::File::create(&out_path).with_context(|| format!("creating {}", out_path.display()))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut size = 0u64;

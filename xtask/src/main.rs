@@ -7,6 +7,7 @@
 //! - `cargo xtask bench`    benchmarks, tables into `BENCHMARKS.md`
 //! - `cargo xtask libtorch` print (and fetch if needed) the libtorch location; `--verify` re-hashes it
 
+mod bench;
 mod libtorch;
 
 use anyhow::{bail, Context, Result};
@@ -25,9 +26,7 @@ fn main() {
 
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(command) = args.first() else {
-        bail!("{USAGE}")
-    };
+    let Some(command) = args.first() else { bail!("{USAGE}") };
     let rest = &args[1..];
     match command.as_str() {
         "libtorch" => cmd_libtorch(rest),
@@ -43,15 +42,12 @@ fn run() -> Result<()> {
     }
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives one level below the root")
-        .to_path_buf()
+pub(crate) fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives one level below the root").to_path_buf()
 }
 
 /// A `cargo` child in the workspace root with libtorch wired in.
-fn cargo(source: &libtorch::Source) -> Command {
+pub(crate) fn cargo(source: &libtorch::Source) -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root());
     for (key, value) in source.cargo_env() {
@@ -60,17 +56,14 @@ fn cargo(source: &libtorch::Source) -> Command {
     cmd
 }
 
-fn step(name: &str, cmd: &mut Command) -> Result<()> {
+pub(crate) fn step(name: &str, cmd: &mut Command) -> Result<()> {
     let started = Instant::now();
     eprintln!("xtask: ── {name}");
     let status = cmd.status().with_context(|| format!("starting {name}"))?;
     if !status.success() {
         bail!("{name} failed ({status})");
     }
-    eprintln!(
-        "xtask: ── {name} ok in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("xtask: ── {name} ok in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -93,43 +86,22 @@ fn cmd_libtorch(rest: &[String]) -> Result<()> {
 
 fn cmd_build() -> Result<()> {
     let source = libtorch::ensure()?;
-    step(
-        "cargo build --release",
-        cargo(&source).args(["build", "--release", "--workspace", "--bins"]),
-    )?;
+    step("cargo build --release", cargo(&source).args(["build", "--release", "--workspace", "--bins"]))?;
     let bin = workspace_root().join("target/release");
-    eprintln!(
-        "xtask: binaries: {} and {}",
-        bin.join("freqsweep").display(),
-        bin.join("freqsweep-worker").display()
-    );
+    eprintln!("xtask: binaries: {} and {}", bin.join("freqsweep").display(), bin.join("freqsweep-worker").display());
     Ok(())
 }
 
 fn cmd_test(rest: &[String]) -> Result<()> {
     let started = Instant::now();
     let source = libtorch::ensure()?;
-    step(
-        "cargo fmt --check",
-        cargo(&source).args(["fmt", "--all", "--check"]),
-    )?;
+    step("cargo fmt --check", cargo(&source).args(["fmt", "--all", "--check"]))?;
     step(
         "cargo clippy",
-        cargo(&source).args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--locked",
-            "--",
-            "-D",
-            "warnings",
-        ]),
+        cargo(&source).args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]),
     )?;
     // End-to-end tests start the real binaries; build them first so tests find them beside their own executable.
-    step(
-        "cargo build (binaries)",
-        cargo(&source).args(["build", "--workspace", "--bins", "--locked"]),
-    )?;
+    step("cargo build (binaries)", cargo(&source).args(["build", "--workspace", "--bins", "--locked"]))?;
     let mut test = cargo(&source);
     test.args(["test", "--workspace", "--locked"]);
     if !rest.is_empty() {
@@ -138,67 +110,45 @@ fn cmd_test(rest: &[String]) -> Result<()> {
     step("cargo test", &mut test)?;
     guard_no_libtorch_in(&source, "freqsweep-coordinator")?;
     guard_no_libtorch_in(&source, "freqsweep-common")?;
-    eprintln!(
-        "xtask: all checks passed in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("xtask: all checks passed in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
 /// Architecture invariant: the coordinator and `common` never link libtorch.
 fn guard_no_libtorch_in(source: &libtorch::Source, package: &str) -> Result<()> {
-    let out = cargo(source)
-        .args(["tree", "--locked", "-e", "normal,build", "-p", package])
-        .output()?;
+    let out = cargo(source).args(["tree", "--locked", "-e", "normal,build", "-p", package]).output()?;
     if !out.status.success() {
-        bail!(
-            "cargo tree -p {package} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("cargo tree -p {package} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let tree = String::from_utf8_lossy(&out.stdout);
-    if let Some(line) = tree
-        .lines()
-        .find(|l| l.contains(" tch ") || l.contains("torch-sys"))
-    {
-        bail!(
-            "{package} must not depend on libtorch, but its tree has: {}",
-            line.trim()
-        );
+    if let Some(line) = tree.lines().find(|l| l.contains(" tch ") || l.contains("torch-sys")) {
+        bail!("{package} must not depend on libtorch, but its tree has: {}", line.trim());
     }
     eprintln!("xtask: {package} has no tch/torch-sys in its dependency tree");
     Ok(())
 }
 
+/// The main job on the embedded default, as far as it exists end to end today: generate a small
+/// Syn_4 dataset with the real generator and check the worker's libtorch. Grows with the
+/// coordinator (`freqsweep run examples/demo.toml --local-workers 2`).
 fn cmd_demo(rest: &[String]) -> Result<()> {
     let source = libtorch::ensure()?;
-    step(
-        "cargo build --release",
-        cargo(&source).args(["build", "--release", "--workspace", "--bins"]),
-    )?;
+    step("cargo build --release", cargo(&source).args(["build", "--release", "--workspace", "--bins"]))?;
     let root = workspace_root();
-    let out = rest
-        .first()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("demo-run"));
-    let freqsweep = root.join("target/release/freqsweep");
+    let out = rest.first().map(PathBuf::from).unwrap_or_else(|| root.join("demo-run"));
+    let bin = root.join("target/release");
     step(
-        "freqsweep run examples/demo.toml",
-        Command::new(&freqsweep)
-            .current_dir(&root)
-            .args(["run", "examples/demo.toml", "--local-workers", "2", "--out"])
-            .arg(&out),
+        "freqsweep syn --band 4",
+        Command::new(bin.join("freqsweep"))
+            .args(["syn", "--band", "4", "--train", "2000", "--test", "400", "--seed", "0", "--out"])
+            .arg(out.join("syn4")),
     )?;
-    eprintln!("xtask: demo finished; results in {}", out.display());
+    step("freqsweep-worker info", Command::new(bin.join("freqsweep-worker")).args(["info", "--device", "auto"]))?;
+    eprintln!("xtask: demo finished; dataset and sample grid in {}", out.join("syn4").display());
     Ok(())
 }
 
 fn cmd_bench(rest: &[String]) -> Result<()> {
     let source = libtorch::ensure()?;
-    let mut bench = cargo(&source);
-    bench.args(["bench", "--workspace"]);
-    if !rest.is_empty() {
-        bench.arg("--").args(rest);
-    }
-    step("cargo bench", &mut bench)
+    bench::spectral(&source, rest)
 }

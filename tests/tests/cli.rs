@@ -1,0 +1,93 @@
+//! The binaries as a user runs them: `--help`, `freqsweep syn`, `freqsweep-worker info`, and the
+//! one-line errors for bad input.
+
+use freqsweep_common::dataset::read_npy_pair;
+use freqsweep_tests::{binary, run_bounded};
+use std::process::Command;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+#[test]
+fn every_binary_and_subcommand_has_help() {
+    for (bin, args) in [
+        ("freqsweep", vec!["--help"]),
+        ("freqsweep", vec!["syn", "--help"]),
+        ("freqsweep-worker", vec!["--help"]),
+        ("freqsweep-worker", vec!["info", "--help"]),
+    ] {
+        let out = run_bounded(Command::new(binary(bin)).args(&args), LIMIT);
+        assert!(out.status.success(), "{bin} {args:?} failed");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"), "{bin} {args:?}");
+    }
+}
+
+#[test]
+fn syn_writes_a_complete_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_bounded(
+        Command::new(binary("freqsweep"))
+            .args(["syn", "--band", "1", "--train", "40", "--test", "12", "--seed", "3"])
+            .arg("--out")
+            .arg(dir.path()),
+        LIMIT,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let train = read_npy_pair(&dir.path().join("train_x.npy"), &dir.path().join("train_y.npy")).unwrap();
+    let test = read_npy_pair(&dir.path().join("test_x.npy"), &dir.path().join("test_y.npy")).unwrap();
+    assert_eq!(train.dims, [40, 3, 32, 32]);
+    assert_eq!(test.dims, [12, 3, 32, 32]);
+    for class in 0..4 {
+        assert_eq!(train.labels.iter().filter(|&&l| l == class).count(), 10);
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("dataset.json")).unwrap()).unwrap();
+    assert_eq!(meta["name"], "Syn_1");
+    assert_eq!(meta["classes"][3]["bands"], "B1");
+    assert_eq!(meta["classes"][0]["bands"], "B234");
+    let png = std::fs::read(dir.path().join("samples.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+
+    // The same seed gives the same bytes.
+    let again = tempfile::tempdir().unwrap();
+    let out = run_bounded(
+        Command::new(binary("freqsweep"))
+            .args(["syn", "--band", "1", "--train", "40", "--test", "12", "--seed", "3"])
+            .arg("--out")
+            .arg(again.path()),
+        LIMIT,
+    );
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read(dir.path().join("train_x.npy")).unwrap(),
+        std::fs::read(again.path().join("train_x.npy")).unwrap()
+    );
+}
+
+#[test]
+fn bad_input_gives_a_one_line_error_and_nonzero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let out = run_bounded(Command::new(binary("freqsweep")).args(["syn", "--band", "2", "--out"]).arg(&file), LIMIT);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("freqsweep: error:") && last.contains("not-a-dir"), "{stderr}");
+
+    let out = run_bounded(Command::new(binary("freqsweep-worker")).args(["info", "--device", "tpu"]), LIMIT);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device \"tpu\""));
+}
+
+#[test]
+fn worker_info_reports_a_working_libtorch() {
+    let out = run_bounded(
+        Command::new(binary("freqsweep-worker")).args(["info", "--device", "cpu"]).env_remove("LD_LIBRARY_PATH"),
+        LIMIT,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(info["device"].as_str().unwrap().starts_with("cpu"));
+    assert!(info["cpu_threads"].as_i64().unwrap() >= 1);
+}

@@ -1,0 +1,126 @@
+//! `cargo xtask bench`: run each benchmark next to its baseline in the same run and write the
+//! ratios into BENCHMARKS.md, one marked section per benchmark (other sections are kept).
+
+use crate::{cargo, libtorch, step, workspace_root};
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Python packages the baselines need, installed into the cache (never into the system Python).
+fn python_deps(packages: &[&str]) -> Result<PathBuf> {
+    let target = libtorch::cache_root()?.join("pydeps");
+    let have = |pkg: &str| target.join(pkg).is_dir();
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !have(p)).collect();
+    if !missing.is_empty() {
+        let status = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
+            .arg(&target)
+            .args(&missing)
+            .status()
+            .context("running python3 -m pip (install python3-pip)")?;
+        if !status.success() {
+            bail!("pip install {missing:?} failed");
+        }
+    }
+    Ok(target)
+}
+
+fn criterion_seconds(group: &str, name: &str) -> Result<f64> {
+    let path = workspace_root().join("target/criterion").join(group).join(name).join("new/estimates.json");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let key = "\"median\":";
+    // estimates.json: {"mean":{...,"point_estimate":X,...},"median":{...,"point_estimate":Y,...},...}
+    let median = text.find(key).map(|i| &text[i..]).context("no median in estimates.json")?;
+    let point = median.find("\"point_estimate\":").context("no point_estimate")? + "\"point_estimate\":".len();
+    let digits: String = median[point..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
+        .collect();
+    Ok(digits.parse::<f64>()? * 1e-9)
+}
+
+fn json_number(json: &str, key: &str) -> Result<f64> {
+    let at = json.find(&format!("\"{key}\":")).with_context(|| format!("baseline printed no {key}"))? + key.len() + 3;
+    let digits: String = json[at..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
+        .collect();
+    Ok(digits.parse()?)
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{cpu}, {cores} cores")
+}
+
+/// Replace (or append) the section between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->`.
+fn write_section(name: &str, body: &str) -> Result<()> {
+    let path: &Path = &workspace_root().join("BENCHMARKS.md");
+    let mut doc = fs::read_to_string(path).unwrap_or_else(|_| {
+        "# Benchmarks\n\nWritten by `cargo xtask bench`; every figure is measured next to its baseline in the same run.\n\n".into()
+    });
+    let (open, close) = (format!("<!-- bench:{name} -->"), format!("<!-- /bench:{name} -->"));
+    let section = format!("{open}\n{body}{close}\n");
+    match (doc.find(&open), doc.find(&close)) {
+        (Some(a), Some(b)) => doc.replace_range(a..b + close.len() + 1, &section),
+        _ => doc.push_str(&format!("\n{section}")),
+    }
+    fs::write(path, doc)?;
+    eprintln!("xtask: wrote section {name} of {}", path.display());
+    Ok(())
+}
+
+pub fn spectral(source: &libtorch::Source, rest: &[String]) -> Result<()> {
+    let mut bench = cargo(source);
+    bench.args(["bench", "-p", "freqsweep-common", "--bench", "spectral"]);
+    if !rest.is_empty() {
+        bench.arg("--").args(rest);
+    }
+    step("cargo bench spectral", &mut bench)?;
+    let pydeps = python_deps(&["numpy"])?;
+    let out = Command::new("python3")
+        .arg(workspace_root().join("bench/numpy_spectral.py"))
+        .env("PYTHONPATH", &pydeps)
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .context("running bench/numpy_spectral.py")?;
+    if !out.status.success() {
+        bail!("numpy baseline failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let baseline = String::from_utf8_lossy(&out.stdout).to_string();
+    let numpy_version =
+        baseline.split("\"numpy\": \"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("?").to_string();
+    let rows = [
+        ("band_filter_10k", "band filter `B124`, 10 000 × 3 × 32 × 32"),
+        ("basis_all_cells_32x32", "all 514 basis images of a 32 × 32 heatmap"),
+        ("perturb_10k", "perturb 10 000 × 3 × 32 × 32 with one basis image"),
+    ];
+    let mut body = format!(
+        "## Spectral kernels (`common`)\n\nMachine: {}. NumPy {numpy_version} (single-threaded pocketfft) vs freqsweep-common \
+         (rustfft, rayon over all cores), median times. Command: `cargo xtask bench`.\n\n\
+         | kernel | NumPy | freqsweep | speed-up |\n|---|---:|---:|---:|\n",
+        machine()
+    );
+    for (key, label) in rows {
+        let ours = criterion_seconds("spectral", key)?;
+        let theirs = json_number(&baseline, key)?;
+        body.push_str(&format!(
+            "| {label} | {:.2} ms | {:.2} ms | {:.1}× |\n",
+            theirs * 1e3,
+            ours * 1e3,
+            theirs / ours
+        ));
+    }
+    body.push('\n');
+    write_section("spectral", &body)
+}
