@@ -2,7 +2,8 @@
 //! of the workspace that links libtorch.
 //!
 //! - [`device`]: choosing and describing the compute device (`--device cuda:N|cpu`).
-//! - [`nets`]: network definitions built from a `tch::nn::Path`.
+//! - [`models`]: ResNet18-CIFAR, AlexNet-CIFAR and a tiny CNN with named intermediate outputs.
+//!   Its tests include the smoke test that proves libtorch trains and runs `fft2` here.
 
 pub mod device;
-pub mod nets;
+pub mod models;

@@ -1,0 +1,400 @@
+//! The built-in classifiers for 32 × 32 inputs (SCIENCE.md §6), with named intermediate outputs
+//! for the layer heatmaps (SCIENCE.md §3):
+//!
+//! - **ResNet18-CIFAR**: 3×3 stem (64 channels, stride 1, no max-pool), four stages of two basic
+//!   blocks (64, 128, 256, 512 channels; stride 2 from stage 2 on), global average pool, linear.
+//!   Named outputs: `layer1` … `layer4` (each stage's output, i.e. after its last convolution, the
+//!   residual add and ReLU) and `fc` (the logits).
+//! - **AlexNet-CIFAR** (the usual CIFAR variant, no batch norm): conv 64 (3×3, stride 2) → pool →
+//!   conv 192 → pool → conv 384 → conv 256 → conv 256 → pool → dropout, fc 4096, dropout, fc 4096,
+//!   fc. Named outputs: `conv1` … `conv5` (each conv block after ReLU and its pool) and `fc`.
+//! - **Tiny**: two conv stages and a linear layer, for tests and quick sweeps. Named outputs:
+//!   `conv1`, `conv2`, `fc`.
+//!
+//! Every model takes `float32 [N, 3, 32, 32]` in `[0, 1]` and normalises inside (`(x − mean)/std`),
+//! so perturbations are applied to raw pixels, never after normalisation.
+
+use tch::nn;
+use tch::{Device, Kind, Tensor};
+
+/// Which network to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Tiny,
+    AlexNet,
+    ResNet18,
+}
+
+impl std::str::FromStr for Arch {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "tiny" => Ok(Arch::Tiny),
+            "alexnet" => Ok(Arch::AlexNet),
+            "resnet18" => Ok(Arch::ResNet18),
+            _ => Err(format!("unknown model {s:?}: use alexnet, resnet18 or tiny")),
+        }
+    }
+}
+
+/// Everything needed to rebuild a model's graph (weights live in the `VarStore`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub classes: i64,
+    /// Per-channel normalisation applied inside the model.
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
+}
+
+impl ModelConfig {
+    /// Normalisation `mean 0.5, std 0.25` suits any `[0, 1]` data (Syn_d images span the full range).
+    pub fn new(arch: Arch, classes: i64) -> Self {
+        ModelConfig { arch, classes, mean: [0.5; 3], std: [0.25; 3] }
+    }
+}
+
+/// A classifier whose intermediate outputs can be observed by name.
+pub trait Classifier: Send {
+    /// Logits `[N, classes]`; `sink` sees every named intermediate output as it is computed (the
+    /// last one is `fc`, the logits themselves). Training passes a no-op sink.
+    fn forward_named(&self, x: &Tensor, train: bool, sink: &mut dyn FnMut(&'static str, &Tensor)) -> Tensor;
+
+    /// Names `forward_named` reports, in order.
+    fn layer_names(&self) -> &'static [&'static str];
+
+    fn logits(&self, x: &Tensor, train: bool) -> Tensor {
+        self.forward_named(x, train, &mut |_, _| {})
+    }
+}
+
+/// Build `config`'s network with its weights under `vs.root()`.
+pub fn build(vs: &nn::VarStore, config: &ModelConfig) -> Box<dyn Classifier> {
+    let p = vs.root();
+    let norm = Normalize::new(config, vs.device());
+    match config.arch {
+        Arch::Tiny => Box::new(Tiny::new(&p, config.classes, norm)),
+        Arch::AlexNet => Box::new(AlexNet::new(&p, config.classes, norm)),
+        Arch::ResNet18 => Box::new(ResNet18::new(&p, config.classes, norm)),
+    }
+}
+
+struct Normalize {
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl Normalize {
+    fn new(config: &ModelConfig, device: Device) -> Self {
+        let t = |v: [f64; 3]| Tensor::from_slice(&v).to_kind(Kind::Float).view([1, 3, 1, 1]).to_device(device);
+        Normalize { mean: t(config.mean), std: t(config.std) }
+    }
+
+    fn apply(&self, x: &Tensor) -> Tensor {
+        (x - &self.mean) / &self.std
+    }
+}
+
+fn conv3x3(p: nn::Path, cin: i64, cout: i64, stride: i64, bias: bool) -> nn::Conv2D {
+    nn::conv2d(p, cin, cout, 3, nn::ConvConfig { stride, padding: 1, bias, ..Default::default() })
+}
+
+struct Tiny {
+    norm: Normalize,
+    conv1: nn::Conv2D,
+    conv2: nn::Conv2D,
+    fc: nn::Linear,
+}
+
+impl Tiny {
+    fn new(p: &nn::Path, classes: i64, norm: Normalize) -> Self {
+        Tiny {
+            norm,
+            conv1: conv3x3(p / "conv1", 3, 8, 1, true),
+            conv2: conv3x3(p / "conv2", 8, 16, 1, true),
+            fc: nn::linear(p / "fc", 16 * 8 * 8, classes, Default::default()),
+        }
+    }
+}
+
+impl Classifier for Tiny {
+    fn forward_named(&self, x: &Tensor, _train: bool, sink: &mut dyn FnMut(&'static str, &Tensor)) -> Tensor {
+        let x = self.norm.apply(x).apply(&self.conv1).relu().max_pool2d_default(2);
+        sink("conv1", &x);
+        let x = x.apply(&self.conv2).relu().max_pool2d_default(2);
+        sink("conv2", &x);
+        let logits = x.flatten(1, -1).apply(&self.fc);
+        sink("fc", &logits);
+        logits
+    }
+
+    fn layer_names(&self) -> &'static [&'static str] {
+        &["conv1", "conv2", "fc"]
+    }
+}
+
+struct AlexNet {
+    norm: Normalize,
+    convs: [nn::Conv2D; 5],
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    fc3: nn::Linear,
+}
+
+impl AlexNet {
+    fn new(p: &nn::Path, classes: i64, norm: Normalize) -> Self {
+        let f = p / "features";
+        let c = p / "classifier";
+        AlexNet {
+            norm,
+            convs: [
+                conv3x3(&f / "0", 3, 64, 2, true),
+                conv3x3(&f / "3", 64, 192, 1, true),
+                conv3x3(&f / "6", 192, 384, 1, true),
+                conv3x3(&f / "8", 384, 256, 1, true),
+                conv3x3(&f / "10", 256, 256, 1, true),
+            ],
+            fc1: nn::linear(&c / "1", 256 * 2 * 2, 4096, Default::default()),
+            fc2: nn::linear(&c / "4", 4096, 4096, Default::default()),
+            fc3: nn::linear(&c / "6", 4096, classes, Default::default()),
+        }
+    }
+}
+
+impl Classifier for AlexNet {
+    fn forward_named(&self, x: &Tensor, train: bool, sink: &mut dyn FnMut(&'static str, &Tensor)) -> Tensor {
+        const NAMES: [&str; 5] = ["conv1", "conv2", "conv3", "conv4", "conv5"];
+        const POOLED: [bool; 5] = [true, true, false, false, true];
+        let mut x = self.norm.apply(x);
+        for ((conv, name), pooled) in self.convs.iter().zip(NAMES).zip(POOLED) {
+            x = x.apply(conv).relu();
+            if pooled {
+                x = x.max_pool2d_default(2);
+            }
+            sink(name, &x);
+        }
+        let x = x.flatten(1, -1).dropout(0.5, train).apply(&self.fc1).relu().dropout(0.5, train);
+        let logits = x.apply(&self.fc2).relu().apply(&self.fc3);
+        sink("fc", &logits);
+        logits
+    }
+
+    fn layer_names(&self) -> &'static [&'static str] {
+        &["conv1", "conv2", "conv3", "conv4", "conv5", "fc"]
+    }
+}
+
+struct BasicBlock {
+    conv1: nn::Conv2D,
+    bn1: nn::BatchNorm,
+    conv2: nn::Conv2D,
+    bn2: nn::BatchNorm,
+    shortcut: Option<(nn::Conv2D, nn::BatchNorm)>,
+}
+
+impl BasicBlock {
+    fn new(p: nn::Path, cin: i64, cout: i64, stride: i64) -> Self {
+        let shortcut = (stride != 1 || cin != cout).then(|| {
+            let d = &p / "downsample";
+            let conv = nn::conv2d(&d / "0", cin, cout, 1, nn::ConvConfig { stride, bias: false, ..Default::default() });
+            (conv, nn::batch_norm2d(&d / "1", cout, Default::default()))
+        });
+        BasicBlock {
+            conv1: conv3x3(&p / "conv1", cin, cout, stride, false),
+            bn1: nn::batch_norm2d(&p / "bn1", cout, Default::default()),
+            conv2: conv3x3(&p / "conv2", cout, cout, 1, false),
+            bn2: nn::batch_norm2d(&p / "bn2", cout, Default::default()),
+            shortcut,
+        }
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let y = x.apply(&self.conv1).apply_t(&self.bn1, train).relu();
+        let y = y.apply(&self.conv2).apply_t(&self.bn2, train);
+        let skip = match &self.shortcut {
+            Some((conv, bn)) => x.apply(conv).apply_t(bn, train),
+            None => x.shallow_clone(),
+        };
+        (y + skip).relu()
+    }
+}
+
+struct ResNet18 {
+    norm: Normalize,
+    conv1: nn::Conv2D,
+    bn1: nn::BatchNorm,
+    stages: Vec<Vec<BasicBlock>>,
+    fc: nn::Linear,
+}
+
+impl ResNet18 {
+    fn new(p: &nn::Path, classes: i64, norm: Normalize) -> Self {
+        let widths = [64, 128, 256, 512];
+        let mut cin = 64;
+        let stages = widths
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let stage = p / format!("layer{}", i + 1);
+                let stride = if i == 0 { 1 } else { 2 };
+                let blocks =
+                    vec![BasicBlock::new(&stage / "0", cin, w, stride), BasicBlock::new(&stage / "1", w, w, 1)];
+                cin = w;
+                blocks
+            })
+            .collect();
+        ResNet18 {
+            norm,
+            conv1: conv3x3(p / "conv1", 3, 64, 1, false),
+            bn1: nn::batch_norm2d(p / "bn1", 64, Default::default()),
+            stages,
+            fc: nn::linear(p / "fc", 512, classes, Default::default()),
+        }
+    }
+}
+
+impl Classifier for ResNet18 {
+    fn forward_named(&self, x: &Tensor, train: bool, sink: &mut dyn FnMut(&'static str, &Tensor)) -> Tensor {
+        const NAMES: [&str; 4] = ["layer1", "layer2", "layer3", "layer4"];
+        let mut x = self.norm.apply(x).apply(&self.conv1).apply_t(&self.bn1, train).relu();
+        for (blocks, name) in self.stages.iter().zip(NAMES) {
+            for block in blocks {
+                x = block.forward(&x, train);
+            }
+            sink(name, &x);
+        }
+        let logits = x.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc);
+        sink("fc", &logits);
+        logits
+    }
+
+    fn layer_names(&self) -> &'static [&'static str] {
+        &["layer1", "layer2", "layer3", "layer4", "fc"]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::OptimizerConfig;
+
+    fn parameter_count(vs: &nn::VarStore) -> i64 {
+        vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+    }
+
+    fn shapes(model: &dyn Classifier, x: &Tensor) -> Vec<(&'static str, Vec<i64>)> {
+        let mut seen = Vec::new();
+        let logits = tch::no_grad(|| model.forward_named(x, false, &mut |name, t| seen.push((name, t.size()))));
+        assert_eq!(seen.last().unwrap().1, logits.size(), "fc is the logits");
+        seen
+    }
+
+    #[test]
+    fn resnet18_has_the_known_size_and_stage_shapes() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = build(&vs, &ModelConfig::new(Arch::ResNet18, 10));
+        // The CIFAR ResNet18 of the literature has 11 173 962 trainable parameters for 10 classes.
+        assert_eq!(parameter_count(&vs), 11_173_962);
+        let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        assert_eq!(
+            shapes(model.as_ref(), &x),
+            vec![
+                ("layer1", vec![2, 64, 32, 32]),
+                ("layer2", vec![2, 128, 16, 16]),
+                ("layer3", vec![2, 256, 8, 8]),
+                ("layer4", vec![2, 512, 4, 4]),
+                ("fc", vec![2, 10]),
+            ]
+        );
+        assert_eq!(model.layer_names(), ["layer1", "layer2", "layer3", "layer4", "fc"]);
+        assert!(vs.variables().contains_key("layer2.0.downsample.0.weight"), "readable checkpoint keys");
+    }
+
+    #[test]
+    fn alexnet_has_the_known_size_and_block_shapes() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = build(&vs, &ModelConfig::new(Arch::AlexNet, 10));
+        // conv 1 792 + 110 784 + 663 936 + 884 992 + 590 080, fc 4 198 400 + 16 781 312 + 40 970.
+        assert_eq!(parameter_count(&vs), 23_272_266);
+        let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let names: Vec<_> = shapes(model.as_ref(), &x).into_iter().map(|(n, s)| (n, s[1..].to_vec())).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("conv1", vec![64, 8, 8]),
+                ("conv2", vec![192, 4, 4]),
+                ("conv3", vec![384, 4, 4]),
+                ("conv4", vec![256, 4, 4]),
+                ("conv5", vec![256, 2, 2]),
+                ("fc", vec![10]),
+            ]
+        );
+    }
+
+    #[test]
+    fn observing_layers_does_not_change_logits_and_normalisation_is_inside() {
+        tch::manual_seed(1);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = build(&vs, &ModelConfig::new(Arch::Tiny, 4));
+        let x = Tensor::rand([3, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let plain = model.logits(&x, false);
+        let observed = model.forward_named(&x, false, &mut |_, _| {});
+        assert!(plain.allclose(&observed, 0.0, 0.0, false));
+        // The model sees (x − 0.5)/0.25: an all-0.5 image gives the same logits as the graph run on zeros
+        // without normalisation, which differs from feeding raw 0.5s.
+        let half = Tensor::full([1, 3, 32, 32], 0.5, (Kind::Float, Device::Cpu));
+        let mut first = None;
+        let _ = model.forward_named(&half, false, &mut |name, t| {
+            if name == "conv1" {
+                first = Some(t.copy());
+            }
+        });
+        let vars = vs.variables();
+        let zeros_through_conv1 = Tensor::zeros([1, 3, 32, 32], (Kind::Float, Device::Cpu))
+            .conv2d(&vars["conv1.weight"], Some(&vars["conv1.bias"]), [1, 1], [1, 1], [1, 1], 1)
+            .relu()
+            .max_pool2d_default(2);
+        assert!(first.unwrap().allclose(&zeros_through_conv1, 1e-6, 1e-6, false));
+    }
+
+    #[test]
+    fn model_names_parse() {
+        assert_eq!("ResNet18".parse::<Arch>(), Ok(Arch::ResNet18));
+        assert_eq!("alexnet".parse::<Arch>(), Ok(Arch::AlexNet));
+        assert!("vgg".parse::<Arch>().unwrap_err().contains("unknown model"));
+    }
+
+    /// The smoke test of the foundation: libtorch really runs here. A tiny conv net takes SGD steps
+    /// on a fixed batch and its loss goes down; `fft2` through libtorch matches the DFT definition.
+    #[test]
+    fn libtorch_trains_a_tiny_cnn_and_computes_fft2() {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = build(&vs, &ModelConfig::new(Arch::Tiny, 4));
+        let mut opt = nn::Adam::default().build(&vs, 1e-2).unwrap();
+        let x = Tensor::rand([32, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let y = Tensor::arange(32, (Kind::Int64, Device::Cpu)).remainder(4);
+        let loss_at = |net: &dyn Classifier| f64::try_from(net.logits(&x, false).cross_entropy_for_logits(&y)).unwrap();
+        let initial = loss_at(net.as_ref());
+        for _ in 0..20 {
+            let loss = net.logits(&x, true).cross_entropy_for_logits(&y);
+            opt.backward_step(&loss);
+        }
+        let trained = loss_at(net.as_ref());
+        assert!(trained < 0.5 * initial, "loss did not decrease: {initial} -> {trained}");
+
+        // fft2 of a 2-D cosine puts energy H·W/2 at (u, v) and its conjugate only.
+        let (h, w, u, v) = (8i64, 8i64, 1i64, 2i64);
+        let m = Tensor::arange(h, (Kind::Double, Device::Cpu)).view([h, 1]);
+        let n = Tensor::arange(w, (Kind::Double, Device::Cpu)).view([1, w]);
+        let img = ((m * (u as f64 / h as f64) + n * (v as f64 / w as f64)) * std::f64::consts::TAU).cos();
+        let spec = img.fft_fft2(None::<&[i64]>, [-2i64, -1].as_slice(), "backward").abs();
+        let at = |r: i64, c: i64| f64::try_from(spec.get(r).get(c)).unwrap();
+        assert!((at(u, v) - (h * w) as f64 / 2.0).abs() < 1e-9);
+        assert!((at(h - u, w - v) - (h * w) as f64 / 2.0).abs() < 1e-9);
+        let total = f64::try_from(spec.square().sum(Kind::Double)).unwrap();
+        assert!((total - 2.0 * ((h * w) as f64 / 2.0).powi(2)).abs() < 1e-6, "energy outside the pair");
+    }
+}
