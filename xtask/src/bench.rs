@@ -107,7 +107,9 @@ pub fn spectral(source: &libtorch::Source, rest: &[String]) -> Result<()> {
     ];
     let mut body = format!(
         "## Spectral kernels (`common`)\n\nMachine: {}. NumPy {numpy_version} (single-threaded pocketfft) vs freqsweep-common \
-         (rustfft, rayon over all cores), median times. Command: `cargo xtask bench`.\n\n\
+         (rustfft), median times. Command: `cargo xtask bench`. The band filter runs on all cores (rayon; the NumPy \
+         baseline is its fastest plain form, `irfft2(rfft2(x) · mask)`, on one thread), so divide its speed-up by the \
+         core count for a per-core figure; basis generation and perturbation run on one thread in both.\n\n\
          | kernel | NumPy | freqsweep | speed-up |\n|---|---:|---:|---:|\n",
         machine()
     );
