@@ -2,8 +2,10 @@
 //! of the workspace that links libtorch.
 //!
 //! - [`device`]: choosing and describing the compute device (`--device cuda:N|cpu`).
+//! - [`eval`]: confusion matrices on band-filtered test sets, batched, without gradients.
 //! - [`models`]: ResNet18-CIFAR, AlexNet-CIFAR and a tiny CNN with named intermediate outputs.
 //!   Its tests include the smoke test that proves libtorch trains and runs `fft2` here.
 
 pub mod device;
+pub mod eval;
 pub mod models;
