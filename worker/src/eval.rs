@@ -65,7 +65,12 @@ pub fn predict(model: &dyn Classifier, images: &Tensor, batch: i64) -> Vec<i64> 
 }
 
 /// The confusion matrix of `model` on one test set.
-pub fn evaluate(model: &dyn Classifier, set: &TestSet, classes: usize, batch: i64) -> Result<ConfusionMatrix, MetricsError> {
+pub fn evaluate(
+    model: &dyn Classifier,
+    set: &TestSet,
+    classes: usize,
+    batch: i64,
+) -> Result<ConfusionMatrix, MetricsError> {
     ConfusionMatrix::from_predictions(classes, &set.labels, &predict(model, &set.images, batch))
 }
 
