@@ -95,7 +95,7 @@ mod tests {
         tch::no_grad(|| {
             let vars = vs.variables();
             let _ = vars["fc.weight"].shallow_clone().zero_();
-            let _ = vars["fc.bias"].shallow_clone().copy_(&Tensor::from_slice(&[0.0f32, 0.0, 1.0, 0.0]));
+            vars["fc.bias"].shallow_clone().copy_(&Tensor::from_slice(&[0.0f32, 0.0, 1.0, 0.0]));
         });
         let sets = band_filtered_test_sets(&data, &[BandSet::ALL], &BandLayout::default(), false, Device::Cpu);
         // Batch 5 does not divide 24: the tail batch must be handled.
