@@ -22,17 +22,21 @@ fn every_binary_and_subcommand_has_help() {
     }
 }
 
+/// `freqsweep syn` for a small Syn_1 (40 train, 12 test, seed 3) into `out`; asserts it succeeded.
+fn write_small_syn_1(out: &std::path::Path) {
+    let result = run_bounded(
+        Command::new(binary("freqsweep"))
+            .args(["syn", "--band", "1", "--train", "40", "--test", "12", "--seed", "3", "--out"])
+            .arg(out),
+        LIMIT,
+    );
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+}
+
 #[test]
 fn syn_writes_a_complete_dataset() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_bounded(
-        Command::new(binary("freqsweep"))
-            .args(["syn", "--band", "1", "--train", "40", "--test", "12", "--seed", "3"])
-            .arg("--out")
-            .arg(dir.path()),
-        LIMIT,
-    );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    write_small_syn_1(dir.path());
     let train = read_npy_pair(&dir.path().join("train_x.npy"), &dir.path().join("train_y.npy")).unwrap();
     let test = read_npy_pair(&dir.path().join("test_x.npy"), &dir.path().join("test_y.npy")).unwrap();
     assert_eq!(train.dims, [40, 3, 32, 32]);
@@ -50,14 +54,7 @@ fn syn_writes_a_complete_dataset() {
 
     // The same seed gives the same bytes.
     let again = tempfile::tempdir().unwrap();
-    let out = run_bounded(
-        Command::new(binary("freqsweep"))
-            .args(["syn", "--band", "1", "--train", "40", "--test", "12", "--seed", "3"])
-            .arg("--out")
-            .arg(again.path()),
-        LIMIT,
-    );
-    assert!(out.status.success());
+    write_small_syn_1(again.path());
     assert_eq!(
         std::fs::read(dir.path().join("train_x.npy")).unwrap(),
         std::fs::read(again.path().join("train_x.npy")).unwrap()

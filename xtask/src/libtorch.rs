@@ -115,42 +115,42 @@ pub fn ensure() -> Result<Source> {
     Ok(Source::Cache(dir))
 }
 
+/// One marker line: `<sha256> <size> <path relative to the cache dir>`.
+struct MarkerEntry<'a> {
+    sha256: &'a str,
+    size: u64,
+    rel: &'a str,
+}
+
+fn parse_marker(manifest: &str) -> Option<Vec<MarkerEntry<'_>>> {
+    manifest
+        .lines()
+        .map(|line| {
+            let mut parts = line.splitn(3, ' ');
+            let (sha256, size, rel) = (parts.next()?, parts.next()?.parse().ok()?, parts.next()?);
+            Some(MarkerEntry { sha256, size, rel })
+        })
+        .collect()
+}
+
 fn is_complete(dir: &Path) -> bool {
-    let Ok(manifest) = fs::read_to_string(dir.join(MARKER)) else {
-        return false;
-    };
-    let mut entries = 0;
-    for line in manifest.lines() {
-        let mut parts = line.splitn(3, ' ');
-        let (Some(_hash), Some(size), Some(rel)) = (parts.next(), parts.next(), parts.next()) else {
-            return false;
-        };
-        let ok = fs::metadata(dir.join(rel)).map(|m| Some(m.len()) == size.parse().ok()).unwrap_or(false);
-        if !ok {
-            return false;
-        }
-        entries += 1;
-    }
-    entries > 0
+    let Ok(manifest) = fs::read_to_string(dir.join(MARKER)) else { return false };
+    let Some(entries) = parse_marker(&manifest) else { return false };
+    !entries.is_empty() && entries.iter().all(|e| fs::metadata(dir.join(e.rel)).is_ok_and(|m| m.len() == e.size))
 }
 
 /// Re-hash every file against the marker; returns how many files were checked.
 pub fn verify(dir: &Path) -> Result<usize> {
     let manifest = fs::read_to_string(dir.join(MARKER))
         .with_context(|| format!("{}: no {MARKER} marker, the cache is incomplete", dir.display()))?;
-    let mut n = 0;
-    for line in manifest.lines() {
-        let mut parts = line.splitn(3, ' ');
-        let (Some(hash), Some(_), Some(rel)) = (parts.next(), parts.next(), parts.next()) else {
-            bail!("{}: malformed marker line {line:?}", dir.display());
-        };
-        let actual = sha256_file(&dir.join(rel))?;
-        if actual != hash {
-            bail!("{}: {rel} has sha256 {actual}, expected {hash}", dir.display());
+    let entries = parse_marker(&manifest).with_context(|| format!("{}: malformed {MARKER} marker", dir.display()))?;
+    for entry in &entries {
+        let actual = sha256_file(&dir.join(entry.rel))?;
+        if actual != entry.sha256 {
+            bail!("{}: {} has sha256 {actual}, expected {}", dir.display(), entry.rel, entry.sha256);
         }
-        n += 1;
     }
-    Ok(n)
+    Ok(entries.len())
 }
 
 fn pip_command() -> Result<Vec<String>> {
