@@ -9,6 +9,7 @@
 //! - [`heatmap`]: cell chunks and the idempotent merge of chunk results.
 //! - [`image`]: PNG output.
 //! - [`logging`]: the `tracing` set-up shared by both binaries.
+//! - [`task`]: task descriptions, outcomes and metric points exchanged by coordinator and worker.
 
 pub mod bands;
 pub mod dataset;
@@ -19,3 +20,4 @@ pub mod metrics;
 pub mod npy;
 pub mod spectrum;
 pub mod syn;
+pub mod task;

@@ -1,0 +1,331 @@
+//! Task descriptions: the contract between the coordinator (which expands a sweep into tasks) and
+//! the worker's engine (which runs them). A task travels as the JSON of [`TaskSpec`] inside a
+//! `Lease`; results come back as the JSON of [`TaskOutcome`], metric points as [`MetricPoint`]s.
+//! Everything here is plain data with serde, so the wire format can grow without protocol changes.
+
+use crate::bands::{BandLayout, BandSet};
+use crate::heatmap::CellStat;
+use crate::spectrum::Cell;
+use crate::syn::SynConfig;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Where a task's images come from. Syn_d is described rather than shipped: it is deterministic
+/// given its config, so a worker regenerates it bit for bit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DatasetSource {
+    Syn(SynConfig),
+    /// The CIFAR-10 binary version (`data_batch_1.bin` …, `test_batch.bin`) in a directory.
+    Cifar10 {
+        path: PathBuf,
+    },
+    /// `.npy` files: images `float32 [N,3,H,W]` in `[0,1]` or `uint8 [N,H,W,3]`, labels `[N]`.
+    Npy {
+        train_images: PathBuf,
+        train_labels: PathBuf,
+        test_images: PathBuf,
+        test_labels: PathBuf,
+    },
+}
+
+impl DatasetSource {
+    /// A short human name: `Syn_4`, `cifar10`, or the test images' file stem.
+    pub fn name(&self) -> String {
+        match self {
+            DatasetSource::Syn(config) => config.name(),
+            DatasetSource::Cifar10 { .. } => "cifar10".to_string(),
+            DatasetSource::Npy { test_images, .. } => {
+                test_images.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "npy".into())
+            }
+        }
+    }
+}
+
+/// The optimizer and its hyperparameters.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Optimizer {
+    /// PyTorch's SGD: `v = μ v + (g + λ w)`, `w -= lr v` (Nesterov: `w -= lr (g + λ w + μ v)`).
+    Sgd {
+        #[serde(default)]
+        momentum: f64,
+        #[serde(default)]
+        weight_decay: f64,
+        #[serde(default)]
+        nesterov: bool,
+    },
+    /// PyTorch's Adam with L2 weight decay added to the gradient (not AdamW).
+    Adam {
+        #[serde(default)]
+        weight_decay: f64,
+        #[serde(default = "default_beta1")]
+        beta1: f64,
+        #[serde(default = "default_beta2")]
+        beta2: f64,
+        #[serde(default = "default_adam_eps")]
+        eps: f64,
+    },
+}
+
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_adam_eps() -> f64 {
+    1e-8
+}
+
+impl Optimizer {
+    pub fn sgd(momentum: f64, weight_decay: f64) -> Self {
+        Optimizer::Sgd { momentum, weight_decay, nesterov: false }
+    }
+
+    pub fn adam() -> Self {
+        Optimizer::Adam { weight_decay: 0.0, beta1: default_beta1(), beta2: default_beta2(), eps: default_adam_eps() }
+    }
+}
+
+/// Learning-rate schedule, evaluated per epoch (like PyTorch's `StepLR` / `CosineAnnealingLR`
+/// stepped once per epoch).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LrSchedule {
+    Constant,
+    /// `lr · gamma^(epoch / every_epochs)`.
+    Step {
+        every_epochs: u32,
+        gamma: f64,
+    },
+    /// `min_lr + (lr − min_lr)(1 + cos(π · epoch / epochs)) / 2`.
+    Cosine {
+        #[serde(default)]
+        min_lr: f64,
+    },
+}
+
+impl LrSchedule {
+    /// The learning rate of (0-based) `epoch` out of `epochs`, starting from `base`.
+    pub fn lr(&self, base: f64, epoch: u32, epochs: u32) -> f64 {
+        match *self {
+            LrSchedule::Constant => base,
+            LrSchedule::Step { every_epochs, gamma } => base * gamma.powi((epoch / every_epochs.max(1)) as i32),
+            LrSchedule::Cosine { min_lr } => {
+                let t = f64::from(epoch) / f64::from(epochs.max(1));
+                min_lr + (base - min_lr) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0
+            }
+        }
+    }
+}
+
+/// Training-time data augmentation; off by default (the poster trains without it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Augment {
+    /// Random horizontal flip with probability 1/2.
+    #[serde(default)]
+    pub flip: bool,
+    /// Random crop after zero-padding by this many pixels on each side (0: off; CIFAR uses 4).
+    #[serde(default)]
+    pub crop_padding: u32,
+}
+
+/// Everything a training run needs besides its data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// `alexnet`, `resnet18` or `tiny`.
+    pub model: String,
+    pub classes: usize,
+    pub optimizer: Optimizer,
+    pub lr: f64,
+    pub schedule: LrSchedule,
+    pub batch_size: usize,
+    pub epochs: u32,
+    pub seed: u64,
+    #[serde(default)]
+    pub augment: Augment,
+    /// Band-filtered test sets evaluated after every epoch (`B1234`, `B124`, …).
+    pub test_sets: Vec<BandSet>,
+    #[serde(default)]
+    pub band_layout: BandLayout,
+    /// Clamp band-filtered test images to `[0, 1]` (SCIENCE.md §4: default off).
+    #[serde(default)]
+    pub clip_filtered: bool,
+    /// Also evaluate every this many steps (0: only per epoch) …
+    #[serde(default)]
+    pub eval_every_steps: u32,
+    /// … during the first this many epochs.
+    #[serde(default)]
+    pub eval_steps_epochs: u32,
+    /// Use only the first this many test images (0: all) for the per-epoch evaluations.
+    #[serde(default)]
+    pub test_limit: usize,
+}
+
+/// One training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainTask {
+    pub dataset: DatasetSource,
+    pub train: TrainConfig,
+}
+
+/// Which model a heatmap task evaluates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelSource {
+    /// A freqsweep checkpoint (the artifact of the named input, or a file path when standalone).
+    Checkpoint { artifact: String },
+    /// A TorchScript classifier file: `float32 [N,3,H,W]` in `[0,1]` → logits.
+    TorchScript { path: PathBuf },
+}
+
+/// A chunk of one Fourier heatmap (SCIENCE.md §2–3): the error rate (and layer cosine distances)
+/// of `model` on the test split of `dataset`, perturbed at each of `cells` with norm `eps`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeatmapTask {
+    pub dataset: DatasetSource,
+    pub model: ModelSource,
+    pub eps: f64,
+    /// Canonical cells of this chunk (each stands for its conjugate too).
+    pub cells: Vec<Cell>,
+    /// Chunk number within the map (for names and logs).
+    #[serde(default)]
+    pub chunk: usize,
+    /// Intermediate layers whose cosine-distance maps are wanted (empty: error map only).
+    #[serde(default)]
+    pub layers: Vec<String>,
+    /// Use only the first this many test images (0: all).
+    #[serde(default)]
+    pub images: usize,
+    /// Seed of the per-image, per-channel signs `r`.
+    pub seed: u64,
+    /// Perturbed images per forward pass (bounds memory).
+    pub batch: usize,
+}
+
+/// A task as leased to a worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TaskSpec {
+    Train(TrainTask),
+    Heatmap(HeatmapTask),
+}
+
+/// Final figures of one test set after training.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TestSetSummary {
+    pub test_set: String,
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    pub per_class_f1: Vec<f64>,
+    /// `confusion[truth][predicted]`.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+/// What a finished training run reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainOutcome {
+    pub epochs: u32,
+    pub steps: u64,
+    pub final_loss: f64,
+    pub test_sets: Vec<TestSetSummary>,
+    pub seconds: f64,
+    pub device: String,
+    /// Name of the checkpoint artifact (or file) holding the final weights.
+    pub checkpoint: String,
+}
+
+/// What a heatmap chunk reports: counts, not rates, so chunks merge by writing cells.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeatmapOutcome {
+    pub eps: f64,
+    pub chunk: usize,
+    pub images: usize,
+    /// Misclassified clean images out of `images`.
+    pub clean: CellStat,
+    /// Per canonical cell: misclassified perturbed images out of `n`.
+    pub error: Vec<(Cell, CellStat)>,
+    /// Per layer, per canonical cell: summed cosine distance out of `n`.
+    pub layers: BTreeMap<String, Vec<(Cell, CellStat)>>,
+    pub seconds: f64,
+    /// Perturbed images pushed through the model per second.
+    pub images_per_second: f64,
+    pub device: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TaskOutcome {
+    Train(TrainOutcome),
+    Heatmap(HeatmapOutcome),
+}
+
+/// One measured value during training. Names: `loss` (mean training loss since the previous
+/// point), `lr`, `accuracy`, `macro_f1`, `f1`/`precision`/`recall` (per class), and `confusion`,
+/// whose `class_index` is `truth · classes + predicted` and value the count.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricPoint {
+    pub name: String,
+    /// Fractional for evaluations inside an epoch (`1.25` = a quarter into the second epoch).
+    pub epoch: f64,
+    pub step: u64,
+    /// Empty for training metrics.
+    pub test_set: String,
+    /// `-1` when the metric is not per class.
+    pub class_index: i32,
+    pub value: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bands::Band;
+
+    #[test]
+    fn schedules_follow_pytorch() {
+        let step = LrSchedule::Step { every_epochs: 2, gamma: 0.1 };
+        let lrs: Vec<f64> = (0..5).map(|e| step.lr(1.0, e, 5)).collect();
+        assert_eq!(lrs[0], 1.0);
+        assert_eq!(lrs[1], 1.0);
+        assert!((lrs[2] - 0.1).abs() < 1e-15 && (lrs[4] - 0.01).abs() < 1e-15);
+        let cos = LrSchedule::Cosine { min_lr: 0.0 };
+        assert_eq!(cos.lr(0.1, 0, 10), 0.1);
+        assert!((cos.lr(0.1, 5, 10) - 0.05).abs() < 1e-12);
+        assert_eq!(LrSchedule::Constant.lr(0.3, 7, 10), 0.3);
+    }
+
+    #[test]
+    fn task_json_round_trips_and_rejects_unknown_fields() {
+        let task = TaskSpec::Train(TrainTask {
+            dataset: DatasetSource::Syn(SynConfig::new(Band::new(4).unwrap(), 1)),
+            train: TrainConfig {
+                model: "tiny".into(),
+                classes: 4,
+                optimizer: Optimizer::adam(),
+                lr: 1e-3,
+                schedule: LrSchedule::Cosine { min_lr: 0.0 },
+                batch_size: 32,
+                epochs: 2,
+                seed: 3,
+                augment: Augment { flip: true, crop_padding: 4 },
+                test_sets: vec!["B1234".parse().unwrap(), "B124".parse().unwrap()],
+                band_layout: BandLayout::default(),
+                clip_filtered: false,
+                eval_every_steps: 10,
+                eval_steps_epochs: 1,
+                test_limit: 0,
+            },
+        });
+        let json = serde_json::to_string(&task).unwrap();
+        assert!(json.contains("\"kind\":\"train\""), "{json}");
+        assert_eq!(serde_json::from_str::<TaskSpec>(&json).unwrap(), task);
+        let bad = json.replace("\"epochs\":2", "\"epochs\":2,\"epochz\":3");
+        assert!(serde_json::from_str::<TaskSpec>(&bad).unwrap_err().to_string().contains("epochz"));
+    }
+}
