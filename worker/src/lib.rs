@@ -6,6 +6,10 @@
 //! - [`models`]: ResNet18-CIFAR, AlexNet-CIFAR and a tiny CNN with named intermediate outputs.
 //!   Its tests include the smoke test that proves libtorch trains and runs `fft2` here.
 
+pub mod checkpoint;
+pub mod data;
 pub mod device;
 pub mod eval;
 pub mod models;
+pub mod optim;
+pub mod train;

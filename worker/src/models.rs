@@ -60,14 +60,18 @@ impl ModelConfig {
 pub trait Classifier: Send {
     /// Logits `[N, classes]`; `sink` sees every named intermediate output as it is computed (the
     /// last one is `fc`, the logits themselves). Training passes a no-op sink.
-    fn forward_named(&self, x: &Tensor, train: bool, sink: &mut dyn FnMut(&'static str, &Tensor)) -> Tensor;
+    fn forward_named(&self, x: &Tensor, train: bool, sink: &mut dyn FnMut(&str, &Tensor)) -> Tensor;
 
     /// Names `forward_named` reports, in order.
-    fn layer_names(&self) -> &'static [&'static str];
+    fn layer_names(&self) -> Vec<String>;
 
     fn logits(&self, x: &Tensor, train: bool) -> Tensor {
         self.forward_named(x, train, &mut |_, _| {})
     }
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
 }
 
 /// Build `config`'s network with its weights under `vs.root()`.
@@ -120,7 +124,7 @@ impl Tiny {
 }
 
 impl Classifier for Tiny {
-    fn forward_named(&self, x: &Tensor, _train: bool, sink: &mut dyn FnMut(&'static str, &Tensor)) -> Tensor {
+    fn forward_named(&self, x: &Tensor, _train: bool, sink: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
         let x = self.norm.apply(x).apply(&self.conv1).relu().max_pool2d_default(2);
         sink("conv1", &x);
         let x = x.apply(&self.conv2).relu().max_pool2d_default(2);
@@ -130,8 +134,8 @@ impl Classifier for Tiny {
         logits
     }
 
-    fn layer_names(&self) -> &'static [&'static str] {
-        &["conv1", "conv2", "fc"]
+    fn layer_names(&self) -> Vec<String> {
+        names(&["conv1", "conv2", "fc"])
     }
 }
 
@@ -164,7 +168,7 @@ impl AlexNet {
 }
 
 impl Classifier for AlexNet {
-    fn forward_named(&self, x: &Tensor, train: bool, sink: &mut dyn FnMut(&'static str, &Tensor)) -> Tensor {
+    fn forward_named(&self, x: &Tensor, train: bool, sink: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
         const NAMES: [&str; 5] = ["conv1", "conv2", "conv3", "conv4", "conv5"];
         const POOLED: [bool; 5] = [true, true, false, false, true];
         let mut x = self.norm.apply(x);
@@ -181,8 +185,8 @@ impl Classifier for AlexNet {
         logits
     }
 
-    fn layer_names(&self) -> &'static [&'static str] {
-        &["conv1", "conv2", "conv3", "conv4", "conv5", "fc"]
+    fn layer_names(&self) -> Vec<String> {
+        names(&["conv1", "conv2", "conv3", "conv4", "conv5", "fc"])
     }
 }
 
@@ -256,7 +260,7 @@ impl ResNet18 {
 }
 
 impl Classifier for ResNet18 {
-    fn forward_named(&self, x: &Tensor, train: bool, sink: &mut dyn FnMut(&'static str, &Tensor)) -> Tensor {
+    fn forward_named(&self, x: &Tensor, train: bool, sink: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
         const NAMES: [&str; 4] = ["layer1", "layer2", "layer3", "layer4"];
         let mut x = self.norm.apply(x).apply(&self.conv1).apply_t(&self.bn1, train).relu();
         for (blocks, name) in self.stages.iter().zip(NAMES) {
@@ -270,8 +274,8 @@ impl Classifier for ResNet18 {
         logits
     }
 
-    fn layer_names(&self) -> &'static [&'static str] {
-        &["layer1", "layer2", "layer3", "layer4", "fc"]
+    fn layer_names(&self) -> Vec<String> {
+        names(&["layer1", "layer2", "layer3", "layer4", "fc"])
     }
 }
 
@@ -284,11 +288,16 @@ mod tests {
         vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
     }
 
-    fn shapes(model: &dyn Classifier, x: &Tensor) -> Vec<(&'static str, Vec<i64>)> {
+    fn shapes(model: &dyn Classifier, x: &Tensor) -> Vec<(String, Vec<i64>)> {
         let mut seen = Vec::new();
-        let logits = tch::no_grad(|| model.forward_named(x, false, &mut |name, t| seen.push((name, t.size()))));
+        let logits =
+            tch::no_grad(|| model.forward_named(x, false, &mut |name, t| seen.push((name.to_string(), t.size()))));
         assert_eq!(seen.last().unwrap().1, logits.size(), "fc is the logits");
         seen
+    }
+
+    fn owned(expected: Vec<(&str, Vec<i64>)>) -> Vec<(String, Vec<i64>)> {
+        expected.into_iter().map(|(n, s)| (n.to_string(), s)).collect()
     }
 
     #[test]
@@ -300,13 +309,13 @@ mod tests {
         let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
         assert_eq!(
             shapes(model.as_ref(), &x),
-            vec![
+            owned(vec![
                 ("layer1", vec![2, 64, 32, 32]),
                 ("layer2", vec![2, 128, 16, 16]),
                 ("layer3", vec![2, 256, 8, 8]),
                 ("layer4", vec![2, 512, 4, 4]),
                 ("fc", vec![2, 10]),
-            ]
+            ])
         );
         assert_eq!(model.layer_names(), ["layer1", "layer2", "layer3", "layer4", "fc"]);
         assert!(vs.variables().contains_key("layer2.0.downsample.0.weight"), "readable checkpoint keys");
@@ -322,14 +331,14 @@ mod tests {
         let names: Vec<_> = shapes(model.as_ref(), &x).into_iter().map(|(n, s)| (n, s[1..].to_vec())).collect();
         assert_eq!(
             names,
-            vec![
+            owned(vec![
                 ("conv1", vec![64, 8, 8]),
                 ("conv2", vec![192, 4, 4]),
                 ("conv3", vec![384, 4, 4]),
                 ("conv4", vec![256, 4, 4]),
                 ("conv5", vec![256, 2, 2]),
                 ("fc", vec![10]),
-            ]
+            ])
         );
     }
 

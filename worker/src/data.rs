@@ -1,0 +1,34 @@
+//! Loading a task's data on the worker: Syn_d is regenerated from its config (deterministic, so no
+//! bytes travel), CIFAR-10 and `.npy` files are read from paths and validated by
+//! `freqsweep_common::dataset`.
+
+use freqsweep_common::dataset::{self, Dataset, DatasetError};
+use freqsweep_common::syn::{self, Split};
+use freqsweep_common::task::DatasetSource;
+
+/// The train and test splits of `source`.
+pub fn load(source: &DatasetSource) -> Result<(Dataset, Dataset), DatasetError> {
+    Ok((load_split(source, Split::Train)?, load_split(source, Split::Test)?))
+}
+
+/// One split of `source` (heatmaps only need the test split).
+pub fn load_split(source: &DatasetSource, split: Split) -> Result<Dataset, DatasetError> {
+    match (source, split) {
+        (DatasetSource::Syn(config), split) => Ok(syn::generate(config, split)),
+        (DatasetSource::Cifar10 { path }, split) => dataset::read_cifar10(path, split == Split::Train),
+        (DatasetSource::Npy { train_images, train_labels, .. }, Split::Train) => {
+            dataset::read_npy_pair(train_images, train_labels)
+        }
+        (DatasetSource::Npy { test_images, test_labels, .. }, Split::Test) => {
+            dataset::read_npy_pair(test_images, test_labels)
+        }
+    }
+}
+
+/// The first `limit` images of `data` (all when `limit` is 0 or larger than the set).
+pub fn truncate(data: Dataset, limit: usize) -> Dataset {
+    if limit == 0 || limit >= data.len() {
+        return data;
+    }
+    data.subset(&(0..limit).collect::<Vec<_>>())
+}

@@ -1,0 +1,454 @@
+//! One training run (SCIENCE.md §6): the model learns the train split with SGD or Adam under a
+//! learning-rate schedule, is evaluated after every epoch — and every `k` steps during the first
+//! epochs when asked — on each band-filtered test set, and is checkpointed after every epoch.
+//!
+//! Reproducibility: weights are initialised from `seed`; epoch `e` shuffles, augments and drops out
+//! with randomness derived from `(seed, e)` alone, so a run resumed from the checkpoint after epoch
+//! `e` continues exactly as if it had never stopped (on the same device). Checkpoints are written
+//! only after the epoch's loss was checked finite, so the last checkpoint is always a good one.
+
+use crate::checkpoint::{self, CheckpointError, CheckpointMeta};
+use crate::device;
+use crate::eval::{self, TestSet};
+use crate::models::{self, Arch, ModelConfig};
+use crate::optim::OptimizerState;
+use freqsweep_common::dataset::Dataset;
+use freqsweep_common::metrics::ConfusionMatrix;
+use freqsweep_common::task::{MetricPoint, TestSetSummary, TrainConfig, TrainOutcome, TrainTask};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{nn, Device, Kind, Tensor};
+
+/// Images per forward pass when evaluating (independent of the training batch).
+const EVAL_BATCH: i64 = 500;
+/// Check the accumulated loss for NaN/inf at least this often (it needs a device sync).
+const LOSS_CHECK_STEPS: u64 = 50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("invalid training task: {0}")]
+    Invalid(String),
+    #[error(
+        "training loss became {loss} at epoch {epoch}, step {step}; stopped, last good checkpoint (epoch {epochs_done}) kept at {checkpoint}"
+    )]
+    NonFinite { loss: f64, epoch: u32, step: u64, epochs_done: u32, checkpoint: PathBuf },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("libtorch: {0}")]
+    Torch(String),
+}
+
+/// What the caller hears during a run. Every method has a default that ignores it.
+pub trait TrainObserver {
+    /// New metric points (evaluations and training loss), in order.
+    fn metrics(&mut self, _points: &[MetricPoint]) {}
+    /// Progress within the run, in `[0, 1]`, and training throughput in images per second.
+    fn progress(&mut self, _fraction: f64, _images_per_second: f64) {}
+    /// An epoch finished and its checkpoint is on disk; `history` is every point so far.
+    fn epoch_done(&mut self, _epoch: u32, _checkpoint: &Path, _history: &[MetricPoint]) {}
+    /// Asked between steps: stop now (the run can be resumed from its last checkpoint).
+    fn should_stop(&mut self) -> bool {
+        false
+    }
+}
+
+/// A run that ignores everything it is told.
+pub struct Quiet;
+impl TrainObserver for Quiet {}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum TrainEnd {
+    Finished {
+        outcome: TrainOutcome,
+        history: Vec<MetricPoint>,
+    },
+    /// `should_stop` said so; `epochs_done` epochs are in the checkpoint.
+    Stopped {
+        epochs_done: u32,
+    },
+}
+
+/// Check a task before spending anything on it.
+pub fn validate(config: &TrainConfig, train: &Dataset, test: &Dataset) -> Result<Arch, TrainError> {
+    let invalid = |s: String| Err(TrainError::Invalid(s));
+    let arch: Arch = config.model.parse().map_err(TrainError::Invalid)?;
+    if config.batch_size == 0 {
+        return invalid("batch_size must be at least 1".into());
+    }
+    if !(config.lr.is_finite() && config.lr > 0.0) {
+        return invalid(format!("lr must be a positive number, got {}", config.lr));
+    }
+    if config.classes < 2 {
+        return invalid(format!("classes must be at least 2, got {}", config.classes));
+    }
+    for (name, data) in [("train", train), ("test", test)] {
+        if data.is_empty() {
+            return invalid(format!("the {name} split is empty"));
+        }
+        if data.dims[1] != 3 {
+            return invalid(format!("{name} images have {} channels; the models take 3", data.dims[1]));
+        }
+        if data.classes() > config.classes {
+            return invalid(format!(
+                "{name} labels go up to {} but the model has {} classes",
+                data.classes() - 1,
+                config.classes
+            ));
+        }
+    }
+    if test.dims[2..] != train.dims[2..] {
+        return invalid(format!("train images are {:?} but test images {:?}", &train.dims[2..], &test.dims[2..]));
+    }
+    Ok(arch)
+}
+
+/// Train `task` on `train`/`test` on `device`, checkpointing to `checkpoint_path`. If that file
+/// exists and belongs to the same task, the run resumes after its last completed epoch.
+pub fn run(
+    task: &TrainTask,
+    train: &Dataset,
+    test: &Dataset,
+    device: Device,
+    checkpoint_path: &Path,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainEnd, TrainError> {
+    let config = &task.train;
+    let arch = validate(config, train, test)?;
+    let model_config = ModelConfig::new(arch, config.classes as i64);
+    let started = Instant::now();
+
+    tch::manual_seed(config.seed as i64);
+    let mut vs = nn::VarStore::new(device);
+    let model = models::build(&vs, &model_config);
+    let mut optimizer = OptimizerState::new(&vs, config.optimizer);
+    let mut meta = CheckpointMeta::new(model_config, Some(task.clone()));
+
+    if checkpoint_path.exists() {
+        let stored = checkpoint::load(checkpoint_path)?;
+        if stored.meta.train.as_ref() != Some(task) {
+            return Err(CheckpointError::Mismatch {
+                path: checkpoint_path.to_path_buf(),
+                detail: "belongs to a different training task (remove it or use another output directory)".into(),
+            }
+            .into());
+        }
+        stored.restore_model(&mut vs, checkpoint_path)?;
+        optimizer
+            .load_state(&stored.optimizer)
+            .map_err(|detail| CheckpointError::Mismatch { path: checkpoint_path.to_path_buf(), detail })?;
+        meta = stored.meta;
+        tracing::info!(checkpoint = %checkpoint_path.display(), epochs_done = meta.epochs_done, step = meta.step, "resuming");
+    }
+
+    let test = crate::data::truncate(test.clone(), config.test_limit);
+    let test_sets =
+        eval::band_filtered_test_sets(&test, &config.test_sets, &config.band_layout, config.clip_filtered, device);
+    let train_images = eval::images_tensor(train, device);
+    let train_labels = Tensor::from_slice(&train.labels).to_device(device);
+    let n = train.len();
+    let batch = config.batch_size.min(n);
+    let steps_per_epoch = n.div_ceil(batch) as u64;
+    let total_steps = steps_per_epoch * u64::from(config.epochs);
+
+    let emit = |meta: &mut CheckpointMeta, points: Vec<MetricPoint>, observer: &mut dyn TrainObserver| {
+        observer.metrics(&points);
+        meta.metrics.extend(points);
+    };
+
+    if meta.step == 0 && meta.metrics.is_empty() {
+        let points = evaluate_all(model.as_ref(), &test_sets, config.classes, 0.0, 0);
+        emit(&mut meta, points, observer);
+    }
+
+    let mut last_loss = f64::NAN;
+    for epoch in meta.epochs_done..config.epochs {
+        let lr = config.schedule.lr(config.lr, epoch, config.epochs);
+        let epoch_seed = mix(config.seed, u64::from(epoch));
+        tch::manual_seed(epoch_seed as i64);
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        rng.set_stream(u64::from(epoch) + 1);
+        let mut order: Vec<i64> = (0..n as i64).collect();
+        order.shuffle(&mut rng);
+
+        let epoch_started = Instant::now();
+        let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
+        let mut loss_steps = 0u64;
+        for (i, chunk) in order.chunks(batch).enumerate() {
+            if observer.should_stop() {
+                return Ok(TrainEnd::Stopped { epochs_done: meta.epochs_done });
+            }
+            let index = Tensor::from_slice(chunk).to_device(device);
+            let mut x = train_images.index_select(0, &index);
+            let y = train_labels.index_select(0, &index);
+            x = augment(x, &config.augment, &mut rng);
+            let logits = model.logits(&x, true);
+            let loss = logits.cross_entropy_for_logits(&y);
+            optimizer.zero_grad();
+            loss.backward();
+            optimizer.step(lr);
+            loss_sum += loss.detach();
+            loss_steps += 1;
+            meta.step += 1;
+
+            let step_in_epoch = i as u64 + 1;
+            let eval_now = config.eval_every_steps > 0
+                && epoch < config.eval_steps_epochs
+                && step_in_epoch % u64::from(config.eval_every_steps) == 0
+                && step_in_epoch < steps_per_epoch;
+            if eval_now || step_in_epoch == steps_per_epoch || meta.step % LOSS_CHECK_STEPS == 0 {
+                let mean = f64::try_from(&loss_sum).map_err(|e| TrainError::Torch(e.to_string()))? / loss_steps as f64;
+                if !mean.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        loss: mean,
+                        epoch,
+                        step: meta.step,
+                        epochs_done: meta.epochs_done,
+                        checkpoint: checkpoint_path.to_path_buf(),
+                    });
+                }
+                last_loss = mean;
+            }
+            if eval_now || step_in_epoch == steps_per_epoch {
+                let at = f64::from(epoch) + step_in_epoch as f64 / steps_per_epoch as f64;
+                let mut points = vec![point("loss", at, meta.step, "", -1, last_loss)];
+                if step_in_epoch == steps_per_epoch {
+                    points.push(point("lr", at, meta.step, "", -1, lr));
+                }
+                points.extend(evaluate_all(model.as_ref(), &test_sets, config.classes, at, meta.step));
+                emit(&mut meta, points, observer);
+                loss_sum = Tensor::zeros([], (Kind::Float, device));
+                loss_steps = 0;
+            }
+            let done = (u64::from(epoch) * steps_per_epoch + step_in_epoch) as f64 / total_steps.max(1) as f64;
+            let rate = (step_in_epoch as usize * batch) as f64 / epoch_started.elapsed().as_secs_f64().max(1e-9);
+            observer.progress(done, rate);
+        }
+        meta.epochs_done = epoch + 1;
+        checkpoint::save(checkpoint_path, &vs, &optimizer.state_tensors(), &meta)?;
+        let seconds = epoch_started.elapsed().as_secs_f64();
+        tracing::info!(
+            epoch = epoch + 1,
+            epochs = config.epochs,
+            loss = last_loss,
+            lr,
+            seconds,
+            images_per_second = n as f64 / seconds.max(1e-9),
+            "epoch done"
+        );
+        observer.epoch_done(epoch + 1, checkpoint_path, &meta.metrics);
+    }
+
+    let test_sets_summary = summarise(model.as_ref(), &test_sets, config.classes);
+    Ok(TrainEnd::Finished {
+        outcome: TrainOutcome {
+            epochs: meta.epochs_done,
+            steps: meta.step,
+            final_loss: last_loss,
+            test_sets: test_sets_summary,
+            seconds: started.elapsed().as_secs_f64(),
+            device: device::describe(device),
+            checkpoint: checkpoint_path.display().to_string(),
+        },
+        history: meta.metrics,
+    })
+}
+
+/// A seed for epoch `epoch` of a run seeded `seed` (SplitMix64 finaliser: nearby inputs give
+/// unrelated outputs, so epochs do not share dropout masks).
+fn mix(seed: u64, epoch: u64) -> u64 {
+    let mut z = seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) & (i64::MAX as u64)
+}
+
+fn point(name: &str, epoch: f64, step: u64, test_set: &str, class_index: i32, value: f64) -> MetricPoint {
+    MetricPoint { name: name.to_string(), epoch, step, test_set: test_set.to_string(), class_index, value }
+}
+
+/// Random flips and crops (both off by default), decided on the host from the epoch's RNG.
+fn augment(x: Tensor, augment: &freqsweep_common::task::Augment, rng: &mut ChaCha8Rng) -> Tensor {
+    let mut x = x;
+    let n = x.size()[0];
+    if augment.flip {
+        let flips: Vec<bool> = (0..n).map(|_| rng.random_bool(0.5)).collect();
+        let mask = Tensor::from_slice(&flips).to_device(x.device()).view([n, 1, 1, 1]);
+        x = x.flip([3]).where_self(&mask, &x);
+    }
+    let p = i64::from(augment.crop_padding);
+    if p > 0 {
+        let [h, w] = [x.size()[2], x.size()[3]];
+        let padded = x.constant_pad_nd([p, p, p, p]);
+        let crops: Vec<Tensor> = (0..n)
+            .map(|i| {
+                let (dy, dx) = (rng.random_range(0..=2 * p), rng.random_range(0..=2 * p));
+                padded.get(i).narrow(1, dy, h).narrow(2, dx, w)
+            })
+            .collect();
+        x = Tensor::stack(&crops, 0);
+    }
+    x
+}
+
+/// The metric points of one evaluation: for every test set accuracy, macro-F1, per-class
+/// precision/recall/F1 and the confusion matrix.
+fn evaluate_all(
+    model: &dyn models::Classifier,
+    sets: &[TestSet],
+    classes: usize,
+    epoch: f64,
+    step: u64,
+) -> Vec<MetricPoint> {
+    let mut points = Vec::new();
+    for set in sets {
+        let m = eval::evaluate(model, set, classes, EVAL_BATCH).expect("labels were validated against classes");
+        points.extend(confusion_points(&m, &set.name, epoch, step));
+    }
+    points
+}
+
+/// Metric points describing one confusion matrix (see `MetricPoint` for the names).
+pub fn confusion_points(m: &ConfusionMatrix, test_set: &str, epoch: f64, step: u64) -> Vec<MetricPoint> {
+    let classes = m.classes();
+    let mut points = vec![
+        point("accuracy", epoch, step, test_set, -1, m.accuracy()),
+        point("macro_f1", epoch, step, test_set, -1, m.macro_f1()),
+    ];
+    for (c, scores) in m.per_class().iter().enumerate() {
+        points.push(point("f1", epoch, step, test_set, c as i32, scores.f1));
+        points.push(point("precision", epoch, step, test_set, c as i32, scores.precision));
+        points.push(point("recall", epoch, step, test_set, c as i32, scores.recall));
+    }
+    for truth in 0..classes {
+        for predicted in 0..classes {
+            let index = (truth * classes + predicted) as i32;
+            points.push(point("confusion", epoch, step, test_set, index, m.get(truth, predicted) as f64));
+        }
+    }
+    points
+}
+
+fn summarise(model: &dyn models::Classifier, sets: &[TestSet], classes: usize) -> Vec<TestSetSummary> {
+    sets.iter()
+        .map(|set| {
+            let m = eval::evaluate(model, set, classes, EVAL_BATCH).expect("labels were validated against classes");
+            TestSetSummary {
+                test_set: set.name.clone(),
+                accuracy: m.accuracy(),
+                macro_f1: m.macro_f1(),
+                per_class_f1: m.per_class().iter().map(|s| s.f1).collect(),
+                confusion: m.rows(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use freqsweep_common::bands::{Band, BandLayout};
+    use freqsweep_common::syn::{self, Split, SynConfig};
+    use freqsweep_common::task::{Augment, DatasetSource, LrSchedule, Optimizer};
+
+    pub(crate) fn tiny_task(epochs: u32) -> (TrainTask, Dataset, Dataset) {
+        let syn = SynConfig { train: 256, test: 128, ..SynConfig::new(Band::new(4).unwrap(), 7) };
+        let train = syn::generate(&syn, Split::Train);
+        let test = syn::generate(&syn, Split::Test);
+        let task = TrainTask {
+            dataset: DatasetSource::Syn(syn),
+            train: TrainConfig {
+                model: "tiny".into(),
+                classes: 4,
+                optimizer: Optimizer::adam(),
+                lr: 3e-3,
+                schedule: LrSchedule::Constant,
+                batch_size: 32,
+                epochs,
+                seed: 11,
+                augment: Augment::default(),
+                test_sets: vec!["B1234".parse().unwrap(), "B124".parse().unwrap()],
+                band_layout: BandLayout::default(),
+                clip_filtered: false,
+                eval_every_steps: 4,
+                eval_steps_epochs: 1,
+                test_limit: 0,
+            },
+        };
+        (task, train, test)
+    }
+
+    fn finished(end: TrainEnd) -> (TrainOutcome, Vec<MetricPoint>) {
+        match end {
+            TrainEnd::Finished { outcome, history } => (outcome, history),
+            TrainEnd::Stopped { .. } => panic!("run stopped"),
+        }
+    }
+
+    #[test]
+    fn a_tiny_model_learns_syn4_above_chance() {
+        let (task, train, test) = tiny_task(3);
+        let dir = tempfile::tempdir().unwrap();
+        let (outcome, history) =
+            finished(run(&task, &train, &test, Device::Cpu, &dir.path().join("ckpt.ot"), &mut Quiet).unwrap());
+        let all = &outcome.test_sets[0];
+        assert_eq!(all.test_set, "B1234");
+        assert!(all.accuracy > 0.5, "accuracy {} after 3 epochs (chance 0.25)", all.accuracy);
+        assert_eq!(outcome.steps, 3 * 8);
+        // Evaluations: before training, at steps 4 of epoch 1 (step 8 is the epoch end), every epoch.
+        let epochs: Vec<f64> =
+            history.iter().filter(|p| p.name == "accuracy" && p.test_set == "B1234").map(|p| p.epoch).collect();
+        assert_eq!(epochs, [0.0, 0.5, 1.0, 2.0, 3.0]);
+        let confusion: f64 = history
+            .iter()
+            .filter(|p| p.name == "confusion" && p.test_set == "B124" && p.epoch == 3.0)
+            .map(|p| p.value)
+            .sum();
+        assert_eq!(confusion, 128.0, "confusion counts cover the test set");
+    }
+
+    #[test]
+    fn nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint() {
+        let (mut task, train, test) = tiny_task(2);
+        task.train.lr = 1e30;
+        task.train.optimizer = Optimizer::sgd(0.0, 0.0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ckpt.ot");
+        let err = run(&task, &train, &test, Device::Cpu, &path, &mut Quiet).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, TrainError::NonFinite { .. }), "{text}");
+        assert!(text.contains("training loss became") && !text.contains('\n'), "{text}");
+    }
+
+    #[test]
+    fn bad_tasks_are_rejected_before_training() {
+        let (mut task, train, test) = tiny_task(1);
+        task.train.classes = 3;
+        let dir = tempfile::tempdir().unwrap();
+        let err = run(&task, &train, &test, Device::Cpu, &dir.path().join("c.ot"), &mut Quiet).unwrap_err();
+        assert!(err.to_string().contains("labels go up to 3 but the model has 3 classes"), "{err}");
+        task.train.classes = 4;
+        task.train.model = "vgg".into();
+        let err = run(&task, &train, &test, Device::Cpu, &dir.path().join("c.ot"), &mut Quiet).unwrap_err();
+        assert!(err.to_string().contains("unknown model"), "{err}");
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_task_is_not_resumed() {
+        let (task, train, test) = tiny_task(1);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.ot");
+        finished(run(&task, &train, &test, Device::Cpu, &path, &mut Quiet).unwrap());
+        let mut other = task.clone();
+        other.train.seed = 12;
+        let err = run(&other, &train, &test, Device::Cpu, &path, &mut Quiet).unwrap_err();
+        assert!(err.to_string().contains("different training task"), "{err}");
+        std::fs::write(&path, b"not a checkpoint").unwrap();
+        let err = run(&task, &train, &test, Device::Cpu, &path, &mut Quiet).unwrap_err();
+        assert!(err.to_string().contains("not a freqsweep checkpoint"), "{err}");
+        assert!(!err.to_string().contains('\n'), "{err}");
+    }
+}
