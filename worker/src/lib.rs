@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod heatmap;
 pub mod models;
 pub mod optim;
 pub mod train;
