@@ -279,6 +279,97 @@ impl Classifier for ResNet18 {
     }
 }
 
+/// A TorchScript classifier: `forward(x: float32 [N, 3, H, W] in [0, 1]) -> logits [N, classes]`.
+/// If the module also has a method `layers(x) -> Dict[str, Tensor]`, its entries are the named
+/// intermediate outputs (for layer heatmaps), reported before the logits (`fc`).
+pub struct ScriptClassifier {
+    module: tch::CModule,
+    layers: Vec<String>,
+}
+
+impl ScriptClassifier {
+    /// Load `path` onto `device` and probe it with one zero image of `height × width`, so a module
+    /// that is not a classifier fails here, with a clear message, rather than mid-heatmap.
+    pub fn load(path: &std::path::Path, device: Device, height: i64, width: i64) -> Result<Self, String> {
+        let first = |e: tch::TchError| e.to_string().lines().next().unwrap_or("").trim().to_string();
+        let mut module = tch::CModule::load_on_device(path, device)
+            .map_err(|e| format!("{}: not a TorchScript module ({})", path.display(), first(e)))?;
+        module.set_eval();
+        let probe = Tensor::zeros([1, 3, height, width], (Kind::Float, device));
+        let logits = tch::no_grad(|| module.forward_ts(&[&probe])).map_err(|e| {
+            format!("{}: forward on float32 [1, 3, {height}, {width}] failed ({})", path.display(), first(e))
+        })?;
+        if logits.dim() != 2 || logits.size()[0] != 1 {
+            return Err(format!(
+                "{}: forward returned shape {:?}; expected logits [N, classes]",
+                path.display(),
+                logits.size()
+            ));
+        }
+        let mut script = ScriptClassifier { module, layers: Vec::new() };
+        if let Ok(named) = tch::no_grad(|| script.named_layers(&probe)) {
+            script.layers = named.into_iter().map(|(name, _)| name).collect();
+        }
+        Ok(script)
+    }
+
+    fn named_layers(&self, x: &Tensor) -> Result<Vec<(String, Tensor)>, tch::TchError> {
+        let out = self.module.method_is("layers", &[tch::IValue::Tensor(x.shallow_clone())])?;
+        let tch::IValue::GenericDict(entries) = out else {
+            return Err(tch::TchError::Kind(format!("layers() returned {out:?}, expected Dict[str, Tensor]")));
+        };
+        entries
+            .into_iter()
+            .map(|(k, v)| match (k, v) {
+                (tch::IValue::String(name), tch::IValue::Tensor(t)) => Ok((name, t)),
+                _ => Err(tch::TchError::Kind("layers() must map str to Tensor".into())),
+            })
+            .collect()
+    }
+}
+
+impl Classifier for ScriptClassifier {
+    fn forward_named(&self, x: &Tensor, _train: bool, sink: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
+        if !self.layers.is_empty() {
+            for (name, t) in self.named_layers(x).expect("layers() worked on the probe") {
+                sink(&name, &t);
+            }
+        }
+        let logits = self.module.forward_ts(&[x]).expect("forward worked on the probe");
+        sink("fc", &logits);
+        logits
+    }
+
+    fn layer_names(&self) -> Vec<String> {
+        let mut names = self.layers.clone();
+        names.push("fc".into());
+        names
+    }
+}
+
+/// Save `model` as TorchScript (traced on `example`, `[N, 3, H, W]`), so any tool that loads
+/// TorchScript — including `freqsweep-worker heatmap` and PyTorch — can run it.
+/// The weights are frozen while tracing (the tracer stores them as constants, which must not
+/// require gradients) and unfrozen afterwards.
+pub fn export_torchscript(
+    vs: &mut nn::VarStore,
+    model: &dyn Classifier,
+    example: &Tensor,
+    path: &std::path::Path,
+) -> Result<(), String> {
+    let first = |e: tch::TchError| e.to_string().lines().next().unwrap_or("").trim().to_string();
+    vs.freeze();
+    let traced = tch::CModule::create_by_tracing("FreqsweepClassifier", "forward", &[example.copy()], &mut |inputs| {
+        vec![model.logits(&inputs[0], false)]
+    })
+    .map_err(|e| format!("tracing failed: {}", first(e)))
+    .and_then(|module| module.save(path).map_err(|e| format!("{}: {}", path.display(), first(e))));
+    // Unfreeze only after saving: the module shares the weight tensors, and a constant that
+    // requires grad at save time cannot be loaded back ("Unsupported value kind: Tensor").
+    vs.unfreeze();
+    traced
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,6 +457,25 @@ mod tests {
             .relu()
             .max_pool2d_default(2);
         assert!(first.unwrap().allclose(&zeros_through_conv1, 1e-6, 1e-6, false));
+    }
+
+    #[test]
+    fn exported_torchscript_gives_the_same_logits_and_bad_files_are_named() {
+        tch::manual_seed(2);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let model = build(&vs, &ModelConfig::new(Arch::Tiny, 4));
+        let x = Tensor::rand([5, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.pt");
+        export_torchscript(&mut vs, model.as_ref(), &x.narrow(0, 0, 2), &path).unwrap();
+        let script = ScriptClassifier::load(&path, Device::Cpu, 32, 32).unwrap();
+        let (a, b) = tch::no_grad(|| (model.logits(&x, false), script.logits(&x, false)));
+        assert!(a.allclose(&b, 1e-5, 1e-5, false), "traced module reproduces the logits for another batch size");
+        assert_eq!(script.layer_names(), ["fc"]);
+
+        std::fs::write(dir.path().join("junk.pt"), b"PK not really").unwrap();
+        let err = ScriptClassifier::load(&dir.path().join("junk.pt"), Device::Cpu, 32, 32).err().unwrap();
+        assert!(err.contains("junk.pt: not a TorchScript module") && !err.contains('\n'), "{err}");
     }
 
     #[test]
