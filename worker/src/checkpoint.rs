@@ -145,3 +145,29 @@ impl Checkpoint {
         })
     }
 }
+
+/// Load a classifier for evaluation from either a freqsweep checkpoint or a TorchScript file
+/// (tried in that order), for `height × width` inputs. Returns the model and a description.
+pub fn load_classifier(
+    path: &Path,
+    device: Device,
+    height: i64,
+    width: i64,
+) -> Result<(Box<dyn crate::models::Classifier>, String), String> {
+    match load(path) {
+        Ok(stored) => {
+            let mut vs = nn::VarStore::new(device);
+            let model = crate::models::build(&vs, &stored.meta.model);
+            stored.restore_model(&mut vs, path).map_err(|e| e.to_string())?;
+            let what =
+                format!("freqsweep checkpoint ({:?}, {} epochs)", stored.meta.model.arch, stored.meta.epochs_done);
+            Ok((model, what))
+        }
+        Err(CheckpointError::NotACheckpoint { .. }) if path.is_file() => {
+            crate::models::ScriptClassifier::load(path, device, height, width)
+                .map(|m| (Box::new(m) as Box<dyn crate::models::Classifier>, "TorchScript module".to_string()))
+                .map_err(|e| format!("{e} (and not a freqsweep checkpoint either)"))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}

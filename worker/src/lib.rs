@@ -13,4 +13,5 @@ pub mod eval;
 pub mod heatmap;
 pub mod models;
 pub mod optim;
+pub mod progress;
 pub mod train;

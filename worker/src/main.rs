@@ -1,10 +1,22 @@
-//! `freqsweep-worker`: the GPU side of freqsweep. Subcommands are added as they work end to end;
-//! each one listed by `--help` does what it says.
+//! `freqsweep-worker`: the GPU side of freqsweep. Standalone subcommands (`train`, `heatmap`) run
+//! the engine without a coordinator and write plain files; each one listed by `--help` works end
+//! to end.
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use freqsweep_common::bands::{BandLayout, BandSet};
+use freqsweep_common::dataset::{self, Dataset};
+use freqsweep_common::heatmap::{write_map_files, HeatmapAccumulator};
 use freqsweep_common::logging::{self, LogFormat};
-use freqsweep_worker::device;
+use freqsweep_common::spectrum::{Cell, Shape2};
+use freqsweep_common::syn::SynConfig;
+use freqsweep_common::task::{Augment, DatasetSource, LrSchedule, MetricPoint, Optimizer, TrainConfig, TrainTask};
+use freqsweep_worker::heatmap::{self, HeatmapConfig};
+use freqsweep_worker::progress::Progress;
+use freqsweep_worker::train::{TrainEnd, TrainObserver};
+use freqsweep_worker::{checkpoint, data, device, eval, models};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(name = "freqsweep-worker", version, about = "freqsweep worker: trains and evaluates models on libtorch", long_about = None)]
@@ -24,6 +36,132 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// Train one model without a coordinator; resumes if DIR holds a checkpoint of the same run.
+    ///
+    /// Writes DIR/task.json, DIR/checkpoint.ot (after every epoch), DIR/metrics.csv and
+    /// DIR/metrics.jsonl (per-epoch and every-k-steps evaluations), DIR/result.json and
+    /// DIR/model.pt (TorchScript, usable with `freqsweep-worker heatmap`).
+    Train(TrainArgs),
+    /// Fourier heatmap of a model (SCIENCE.md §2-3): test error under perturbation at every frequency.
+    ///
+    /// Writes DIR/heatmap.npy (float64 HxW error rate, DC at the centre), DIR/heatmap.png,
+    /// DIR/heatmap.json and, with --layers, DIR/heatmap_<layer>.npy/.png (mean cosine distance).
+    Heatmap(HeatmapArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// A training task as JSON (freqsweep_common::task::TrainTask); overrides every flag below.
+    #[arg(long)]
+    task: Option<PathBuf>,
+    /// Device: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Syn_D data set: the band D (1-4) of class 3.
+    #[arg(long, default_value_t = 4)]
+    syn_band: u8,
+    /// Syn_D training images.
+    #[arg(long, default_value_t = 2000)]
+    train: usize,
+    /// Syn_D test images.
+    #[arg(long, default_value_t = 400)]
+    test: usize,
+    /// Seed of the Syn_D generator.
+    #[arg(long, default_value_t = 0)]
+    data_seed: u64,
+    /// Use CIFAR-10 (binary version) from this directory instead of Syn_D.
+    #[arg(long)]
+    cifar10: Option<PathBuf>,
+    /// Use .npy files instead: train images, train labels, test images, test labels.
+    #[arg(long, num_args = 4, value_names = ["TRAIN_X", "TRAIN_Y", "TEST_X", "TEST_Y"])]
+    npy: Option<Vec<PathBuf>>,
+    /// Model: alexnet, resnet18 or tiny.
+    #[arg(long, default_value = "resnet18")]
+    model: String,
+    /// Number of classes (default: from the labels).
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Optimizer: sgd or adam.
+    #[arg(long, default_value = "adam")]
+    optimizer: String,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Learning-rate schedule: constant, step or cosine.
+    #[arg(long, default_value = "constant")]
+    schedule: String,
+    /// Step schedule: multiply the rate by --gamma every this many epochs.
+    #[arg(long, default_value_t = 10)]
+    step_every: u32,
+    #[arg(long, default_value_t = 0.1)]
+    gamma: f64,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 3)]
+    epochs: u32,
+    /// Seed of weight initialisation, shuffling, augmentation and dropout.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Random horizontal flips.
+    #[arg(long)]
+    flip: bool,
+    /// Random crops after zero padding by this many pixels.
+    #[arg(long, default_value_t = 0)]
+    crop_padding: u32,
+    /// Band-filtered test sets, comma separated.
+    #[arg(long, default_value = "B1234,B124", value_delimiter = ',')]
+    test_sets: Vec<String>,
+    /// Also evaluate every this many steps …
+    #[arg(long, default_value_t = 0)]
+    eval_every_steps: u32,
+    /// … during the first this many epochs.
+    #[arg(long, default_value_t = 1)]
+    eval_steps_epochs: u32,
+    /// Evaluate on the first N test images only (0: all).
+    #[arg(long, default_value_t = 0)]
+    test_limit: usize,
+    /// Clip band-filtered test images to [0, 1].
+    #[arg(long)]
+    clip: bool,
+}
+
+#[derive(Args)]
+struct HeatmapArgs {
+    /// The model: a TorchScript file or a freqsweep checkpoint (.ot).
+    #[arg(long)]
+    model: PathBuf,
+    /// Test images: float32 [N,3,H,W] in [0,1] or uint8 [N,H,W,3].
+    #[arg(long)]
+    images: PathBuf,
+    /// Test labels: integer [N].
+    #[arg(long)]
+    labels: PathBuf,
+    /// L2 norm of the perturbation of one channel (Yin et al.: 4 for CIFAR-10).
+    #[arg(long)]
+    eps: f64,
+    #[arg(long)]
+    out: PathBuf,
+    /// Perturbed images per forward pass (bounds memory).
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Layers for cosine-distance maps, comma separated, or `all`.
+    #[arg(long, value_delimiter = ',')]
+    layers: Vec<String>,
+    /// Seed of the random signs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use the first N images only (0: all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    #[arg(long, default_value = "auto")]
+    device: String,
 }
 
 fn main() {
@@ -31,6 +169,8 @@ fn main() {
     logging::init(cli.log_format);
     let result: Result<()> = match cli.command {
         Command::Info { device } => info(&device),
+        Command::Train(args) => train(args),
+        Command::Heatmap(args) => heatmap_cmd(args),
     };
     if let Err(err) = result {
         eprintln!("freqsweep-worker: error: {err:#}");
@@ -51,5 +191,226 @@ fn info(device_spec: &str) -> Result<()> {
         "libtorch_lib": option_env!("FREQSWEEP_LIBTORCH_LIB"),
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn task_from_flags(args: &TrainArgs, train: &Dataset) -> Result<TrainTask> {
+    let dataset = if let Some(path) = &args.cifar10 {
+        DatasetSource::Cifar10 { path: path.clone() }
+    } else if let Some(files) = &args.npy {
+        DatasetSource::Npy {
+            train_images: files[0].clone(),
+            train_labels: files[1].clone(),
+            test_images: files[2].clone(),
+            test_labels: files[3].clone(),
+        }
+    } else {
+        let band = freqsweep_common::bands::Band::new(args.syn_band).context("--syn-band")?;
+        DatasetSource::Syn(SynConfig { train: args.train, test: args.test, ..SynConfig::new(band, args.data_seed) })
+    };
+    let optimizer = match args.optimizer.as_str() {
+        "sgd" => Optimizer::Sgd { momentum: args.momentum, weight_decay: args.weight_decay, nesterov: false },
+        "adam" => match Optimizer::adam() {
+            Optimizer::Adam { beta1, beta2, eps, .. } => {
+                Optimizer::Adam { weight_decay: args.weight_decay, beta1, beta2, eps }
+            }
+            sgd => sgd,
+        },
+        other => bail!("unknown optimizer {other:?}: use sgd or adam"),
+    };
+    let schedule = match args.schedule.as_str() {
+        "constant" => LrSchedule::Constant,
+        "step" => LrSchedule::Step { every_epochs: args.step_every, gamma: args.gamma },
+        "cosine" => LrSchedule::Cosine { min_lr: 0.0 },
+        other => bail!("unknown schedule {other:?}: use constant, step or cosine"),
+    };
+    let test_sets = args
+        .test_sets
+        .iter()
+        .map(|s| s.parse::<BandSet>().map_err(|e| anyhow::anyhow!("--test-sets: {e}")))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(TrainTask {
+        dataset,
+        train: TrainConfig {
+            model: args.model.clone(),
+            classes: args.classes.unwrap_or_else(|| train.classes()),
+            optimizer,
+            lr: args.lr,
+            schedule,
+            batch_size: args.batch_size,
+            epochs: args.epochs,
+            seed: args.seed,
+            augment: Augment { flip: args.flip, crop_padding: args.crop_padding },
+            test_sets,
+            band_layout: BandLayout::default(),
+            clip_filtered: args.clip,
+            eval_every_steps: args.eval_every_steps,
+            eval_steps_epochs: args.eval_steps_epochs,
+            test_limit: args.test_limit,
+        },
+    })
+}
+
+/// Writes the metric history as CSV and JSON lines after every epoch (rewritten whole, so a
+/// resumed run never duplicates rows), and drives the progress bar.
+struct FileObserver {
+    out: PathBuf,
+    progress: Progress,
+}
+
+impl TrainObserver for FileObserver {
+    fn progress(&mut self, fraction: f64, _images_per_second: f64) {
+        self.progress.set((fraction * 1000.0).round() as u64);
+    }
+
+    fn epoch_done(&mut self, _epoch: u32, _checkpoint: &Path, history: &[MetricPoint]) {
+        if let Err(e) = write_metrics(&self.out, history) {
+            tracing::warn!(error = %e, "could not write metrics");
+        }
+    }
+}
+
+fn write_metrics(dir: &Path, history: &[MetricPoint]) -> Result<()> {
+    let mut csv = String::from("epoch,step,test_set,name,class,value\n");
+    let mut jsonl = String::new();
+    for p in history {
+        csv.push_str(&format!("{},{},{},{},{},{}\n", p.epoch, p.step, p.test_set, p.name, p.class_index, p.value));
+        jsonl.push_str(&serde_json::to_string(p)?);
+        jsonl.push('\n');
+    }
+    write_atomic(&dir.join("metrics.csv"), csv.as_bytes())?;
+    write_atomic(&dir.join("metrics.jsonl"), jsonl.as_bytes())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let partial = path.with_extension("partial");
+    let mut f = std::fs::File::create(&partial).with_context(|| format!("{}", partial.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&partial, path).with_context(|| format!("{}", path.display()))
+}
+
+fn train(args: TrainArgs) -> Result<()> {
+    let device = device::parse_device(&args.device)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let task: TrainTask = match &args.task {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{}: not a training task", path.display()))?
+        }
+        None => {
+            // Flags describe the data; load it once to learn the class count, then build the task.
+            let provisional = task_from_flags(&args, &Dataset { dims: [0; 4], images: vec![], labels: vec![] })?;
+            let train = data::load_split(&provisional.dataset, freqsweep_common::syn::Split::Train)?;
+            task_from_flags(&args, &train)?
+        }
+    };
+    write_atomic(&args.out.join("task.json"), serde_json::to_string_pretty(&task)?.as_bytes())?;
+    let (train_set, test_set) = data::load(&task.dataset)?;
+    tracing::info!(
+        dataset = %task.dataset.name(),
+        model = %task.train.model,
+        train = train_set.len(),
+        test = test_set.len(),
+        device = %device::describe(device),
+        "training"
+    );
+    let checkpoint_path = args.out.join("checkpoint.ot");
+    let mut observer = FileObserver { out: args.out.clone(), progress: Progress::new("train", 1000, "‰") };
+    let end = freqsweep_worker::train::run(&task, &train_set, &test_set, device, &checkpoint_path, &mut observer)?;
+    observer.progress.finish();
+    let TrainEnd::Finished { outcome, history } = end else { bail!("training stopped before the end") };
+    write_metrics(&args.out, &history)?;
+    write_atomic(&args.out.join("result.json"), serde_json::to_string_pretty(&outcome)?.as_bytes())?;
+
+    // A TorchScript copy of the final model, for `heatmap` and for PyTorch users.
+    let mut vs = tch::nn::VarStore::new(device);
+    let stored = checkpoint::load(&checkpoint_path)?;
+    let export_model = models::build(&vs, &stored.meta.model);
+    stored.restore_model(&mut vs, &checkpoint_path)?;
+    let example = eval::images_tensor(&test_set.subset(&[0]), device);
+    models::export_torchscript(&mut vs, export_model.as_ref(), &example, &args.out.join("model.pt"))
+        .map_err(anyhow::Error::msg)?;
+
+    for s in &outcome.test_sets {
+        println!(
+            "{:<6} accuracy {:.3}  macro-F1 {:.3}  per-class F1 [{}]",
+            s.test_set,
+            s.accuracy,
+            s.macro_f1,
+            s.per_class_f1.iter().map(|f| format!("{f:.2}")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    println!(
+        "{} epochs, {} steps in {:.1} s on {}; wrote {}",
+        outcome.epochs,
+        outcome.steps,
+        outcome.seconds,
+        outcome.device,
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn heatmap_cmd(args: HeatmapArgs) -> Result<()> {
+    let device = device::parse_device(&args.device)?;
+    let data = data::truncate(dataset::read_npy_pair(&args.images, &args.labels)?, args.limit);
+    if data.dims[1] != 3 {
+        bail!("{}: images have {} channels; the models take 3", args.images.display(), data.dims[1]);
+    }
+    let (h, w) = (data.dims[2], data.dims[3]);
+    let (model, what) =
+        checkpoint::load_classifier(&args.model, device, h as i64, w as i64).map_err(anyhow::Error::msg)?;
+    let layers = if args.layers.iter().any(|l| l == "all") { model.layer_names() } else { args.layers.clone() };
+    let shape = Shape2::new(h, w);
+    let cells: Vec<Cell> = shape.heatmap_cells();
+    let config = HeatmapConfig { eps: args.eps, cells, layers: layers.clone(), seed: args.seed, batch: args.batch };
+    let images = eval::images_tensor(&data, device);
+    tracing::info!(model = %args.model.display(), kind = %what, images = data.len(), cells = config.cells.len(), eps = args.eps, device = %device::describe(device), "heatmap");
+    let started = std::time::Instant::now();
+    let mut progress = Progress::new("heatmap", (config.cells.len() * data.len()) as u64, "images");
+    let counts = heatmap::compute(model.as_ref(), &images, &data.labels, &config, &mut |done, _| progress.set(done))
+        .with_context(|| format!("{}", args.model.display()))?;
+    progress.finish();
+    let seconds = started.elapsed().as_secs_f64();
+
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let mut error_map = HeatmapAccumulator::new(shape);
+    error_map.write_all(&counts.error)?;
+    write_map_files(&args.out, "heatmap", &error_map, Some((0.0, 1.0))).map_err(anyhow::Error::msg)?;
+    for (layer, stats) in &counts.layers {
+        let mut map = HeatmapAccumulator::new(shape);
+        map.write_all(stats)?;
+        write_map_files(&args.out, &format!("heatmap_{layer}"), &map, None).map_err(anyhow::Error::msg)?;
+    }
+    let means = error_map.means();
+    let rows: Vec<&[f64]> = means.chunks(w).collect();
+    let json = serde_json::json!({
+        "eps": args.eps,
+        "height": h,
+        "width": w,
+        "clean_error": counts.clean.mean(),
+        "images": counts.images,
+        "seed": args.seed,
+        "model": args.model.display().to_string(),
+        "device": device::describe(device),
+        "layers": layers,
+        "seconds": seconds,
+        "perturbed_images_per_second": (config.cells.len() * counts.images) as f64 / seconds.max(1e-9),
+        "error": rows,
+    });
+    write_atomic(&args.out.join("heatmap.json"), serde_json::to_string(&json)?.as_bytes())?;
+    let worst = means.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    println!(
+        "clean error {:.3}; perturbed error mean {:.3}, max {:.3} over {} cells x {} images in {:.1} s ({:.0} images/s); wrote {}",
+        counts.clean.mean(),
+        means.iter().sum::<f64>() / means.len() as f64,
+        worst,
+        config.cells.len(),
+        counts.images,
+        seconds,
+        (config.cells.len() * counts.images) as f64 / seconds.max(1e-9),
+        args.out.display()
+    );
     Ok(())
 }
