@@ -197,9 +197,9 @@ pub fn run(
             let step_in_epoch = i as u64 + 1;
             let eval_now = config.eval_every_steps > 0
                 && epoch < config.eval_steps_epochs
-                && step_in_epoch % u64::from(config.eval_every_steps) == 0
+                && step_in_epoch.is_multiple_of(u64::from(config.eval_every_steps))
                 && step_in_epoch < steps_per_epoch;
-            if eval_now || step_in_epoch == steps_per_epoch || meta.step % LOSS_CHECK_STEPS == 0 {
+            if eval_now || step_in_epoch == steps_per_epoch || meta.step.is_multiple_of(LOSS_CHECK_STEPS) {
                 let mean = f64::try_from(&loss_sum).map_err(|e| TrainError::Torch(e.to_string()))? / loss_steps as f64;
                 if !mean.is_finite() {
                     return Err(TrainError::NonFinite {
