@@ -15,6 +15,8 @@ fn every_binary_and_subcommand_has_help() {
         ("freqsweep", vec!["syn", "--help"]),
         ("freqsweep-worker", vec!["--help"]),
         ("freqsweep-worker", vec!["info", "--help"]),
+        ("freqsweep-worker", vec!["train", "--help"]),
+        ("freqsweep-worker", vec!["heatmap", "--help"]),
     ] {
         let out = run_bounded(Command::new(binary(bin)).args(&args), LIMIT);
         assert!(out.status.success(), "{bin} {args:?} failed");

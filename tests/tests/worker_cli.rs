@@ -1,0 +1,126 @@
+//! `freqsweep-worker train` and `heatmap` as a user runs them: a tiny model trained on a tiny Syn_4,
+//! its heatmap from the exported TorchScript file and from the checkpoint, the files DESIGN.md
+//! lists, and one-line errors for bad models, labels and images.
+
+use freqsweep_common::npy::NpyArray;
+use freqsweep_tests::{binary, run_bounded};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(300);
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn last_error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "expected a failure");
+    String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default().to_string()
+}
+
+fn worker(args: &[&str], paths: &[&Path]) -> Output {
+    let mut cmd = Command::new(binary("freqsweep-worker"));
+    cmd.args(args).args(paths).args(["--device", "cpu"]);
+    run_bounded(&mut cmd, LIMIT)
+}
+
+fn heatmap(model: &Path, images: &Path, labels: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut cmd = Command::new(binary("freqsweep-worker"));
+    cmd.arg("heatmap").arg("--model").arg(model).arg("--images").arg(images).arg("--labels").arg(labels);
+    cmd.arg("--out").arg(out).args(["--eps", "4", "--device", "cpu", "--limit", "16", "--batch", "128"]).args(extra);
+    run_bounded(&mut cmd, LIMIT)
+}
+
+#[test]
+fn train_then_heatmap_writes_every_promised_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let args = [
+        "train",
+        "--model",
+        "tiny",
+        "--syn-band",
+        "4",
+        "--train",
+        "256",
+        "--test",
+        "64",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--eval-every-steps",
+        "4",
+        "--test-sets",
+        "B1234,B124",
+        "--out",
+    ];
+    let stdout = ok(&worker(&args, &[&run]));
+    assert!(stdout.contains("B124") && stdout.contains("accuracy"), "{stdout}");
+    for file in ["task.json", "checkpoint.ot", "metrics.csv", "metrics.jsonl", "result.json", "model.pt"] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert!(csv.starts_with("epoch,step,test_set,name,class,value\n"));
+    assert!(csv.lines().any(|l| l.starts_with("0.5,4,B124,f1,3,")), "every-4-steps F1 of class 3 on B124");
+
+    // Running the same command again resumes from the finished checkpoint: no new steps.
+    let again = ok(&worker(&args, &[&run]));
+    assert!(again.contains("2 epochs, 16 steps"), "{again}");
+
+    let data = dir.path().join("syn");
+    let syn = Command::new(binary("freqsweep"))
+        .args(["syn", "--band", "4", "--train", "4", "--test", "16", "--out"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(syn.status.success());
+    let (x, y) = (data.join("test_x.npy"), data.join("test_y.npy"));
+
+    let from_script = dir.path().join("hm_script");
+    ok(&heatmap(&run.join("model.pt"), &x, &y, &from_script, &[]));
+    let from_checkpoint = dir.path().join("hm_ckpt");
+    ok(&heatmap(&run.join("checkpoint.ot"), &x, &y, &from_checkpoint, &["--layers", "all"]));
+
+    let map = NpyArray::read(&from_script.join("heatmap.npy")).unwrap();
+    assert_eq!(map.shape, [32, 32]);
+    let values = map.to_f64();
+    assert!(values.iter().all(|v| (0.0..=1.0).contains(v)), "error rates");
+    // Conjugate symmetry: (u, v) and (-u, -v) hold the same value (centred layout, DC at 16,16).
+    assert_eq!(values[(16 + 3) * 32 + (16 - 5)], values[(16 - 3) * 32 + (16 + 5)]);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(from_script.join("heatmap.json")).unwrap()).unwrap();
+    assert_eq!(
+        (json["eps"].as_f64(), json["height"].as_u64(), json["images"].as_u64()),
+        (Some(4.0), Some(32), Some(16))
+    );
+    assert_eq!(json["error"].as_array().unwrap().len(), 32);
+    assert!(std::fs::read(from_script.join("heatmap.png")).unwrap().starts_with(b"\x89PNG"));
+    // The TorchScript export and the checkpoint are the same model: the same map.
+    assert_eq!(
+        std::fs::read(from_script.join("heatmap.npy")).unwrap(),
+        std::fs::read(from_checkpoint.join("heatmap.npy")).unwrap()
+    );
+    for layer in ["conv1", "conv2", "fc"] {
+        assert!(from_checkpoint.join(format!("heatmap_{layer}.npy")).is_file(), "{layer} map");
+    }
+
+    // Bad input: one line naming the cause.
+    let bad = dir.path().join("bad");
+    let line = last_error_line(&heatmap(&x, &x, &y, &bad, &[]));
+    assert!(line.contains("not a TorchScript module") && line.contains("test_x.npy"), "{line}");
+    let line = last_error_line(&heatmap(&run.join("model.pt"), &x, &data.join("train_y.npy"), &bad, &[]));
+    assert!(line.contains("4 labels but") && line.contains("16 images"), "{line}");
+    let wide_labels = dir.path().join("labels9.npy");
+    NpyArray::from_i64(vec![16], &[9; 16]).write(&wide_labels).unwrap();
+    let line = last_error_line(&heatmap(&run.join("model.pt"), &x, &wide_labels, &bad, &[]));
+    assert!(line.contains("outputs 4 values per image but the labels go up to 9"), "{line}");
+    let bright = dir.path().join("bright.npy");
+    NpyArray::from_f32(vec![16, 3, 32, 32], &vec![2.0; 16 * 3 * 32 * 32]).write(&bright).unwrap();
+    let line = last_error_line(&heatmap(&run.join("model.pt"), &bright, &y, &bad, &[]));
+    assert!(line.contains("[0, 1]"), "{line}");
+    let line = last_error_line(&heatmap(&run.join("model.pt"), &x, &y, &bad, &["--layers", "layer7"]));
+    assert!(line.contains("unknown layer \"layer7\""), "{line}");
+}
