@@ -9,6 +9,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod engine;
 pub mod eval;
 pub mod heatmap;
 pub mod models;

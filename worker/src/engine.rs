@@ -1,0 +1,310 @@
+//! The engine behind leased tasks: turns a `TaskSpec` (from `freqsweep_common::task`) into a
+//! `TaskOutcome` plus output artifacts, reporting metrics and progress as it goes. The worker's
+//! client loop talks only to the [`Engine`] trait, so it can be tested with a fake engine and the
+//! libtorch code stays in [`TorchEngine`].
+
+use crate::checkpoint;
+use crate::heatmap::{self, HeatmapConfig};
+use crate::train::{self, TrainEnd, TrainError, TrainObserver};
+use crate::{data, device, eval};
+use freqsweep_common::dataset::Dataset;
+use freqsweep_common::task::{DatasetSource, HeatmapOutcome, MetricPoint, ModelSource, TaskOutcome, TaskSpec};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::Device;
+
+/// Name of the checkpoint artifact a train task produces (and a retried attempt resumes from).
+pub const CHECKPOINT_ARTIFACT: &str = "checkpoint";
+
+/// Why a task failed, and whether another attempt could succeed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct EngineError {
+    pub message: String,
+    /// False for deterministic failures (bad input, NaN loss): retrying fails the same way.
+    pub retryable: bool,
+}
+
+impl EngineError {
+    pub fn fatal(message: impl Into<String>) -> Self {
+        EngineError { message: message.into(), retryable: false }
+    }
+    pub fn transient(message: impl Into<String>) -> Self {
+        EngineError { message: message.into(), retryable: true }
+    }
+}
+
+/// What a task hears while running; the client loop streams these to the coordinator.
+pub trait EngineEvents {
+    fn metrics(&mut self, points: &[MetricPoint]);
+    /// Progress in `[0, 1]` and items per second.
+    fn progress(&mut self, fraction: f64, throughput: f64);
+    /// A checkpoint was written (after every epoch): the loop may upload it so a retry resumes.
+    fn checkpoint(&mut self, path: &Path);
+    /// Stop as soon as possible (cancel or drain).
+    fn should_stop(&mut self) -> bool;
+}
+
+/// How a task ended.
+#[derive(Debug)]
+pub enum EngineResult {
+    Done {
+        outcome: TaskOutcome,
+        artifacts: Vec<(String, PathBuf)>,
+    },
+    /// Stopped on request; the task can be resumed by a later attempt.
+    Stopped,
+}
+
+pub trait Engine {
+    /// Run `task`; `inputs` maps input artifact names to local files.
+    fn run(
+        &mut self,
+        task_key: &str,
+        task: &TaskSpec,
+        inputs: &HashMap<String, PathBuf>,
+        events: &mut dyn EngineEvents,
+    ) -> Result<EngineResult, EngineError>;
+
+    /// The device, in words (for registration and logs).
+    fn device(&self) -> String;
+}
+
+/// The libtorch engine: one device, a work directory for checkpoints, and a cache of loaded
+/// datasets (a sweep's heatmap chunks reuse the same test split many times).
+pub struct TorchEngine {
+    device: Device,
+    work_dir: PathBuf,
+    datasets: HashMap<String, (Dataset, Dataset)>,
+}
+
+impl TorchEngine {
+    pub fn new(device: Device, work_dir: PathBuf) -> Self {
+        TorchEngine { device, work_dir, datasets: HashMap::new() }
+    }
+
+    fn dataset(&mut self, source: &DatasetSource) -> Result<&(Dataset, Dataset), EngineError> {
+        let key = serde_json::to_string(source).expect("serialisable");
+        if !self.datasets.contains_key(&key) {
+            // Bad paths or files are the spec's fault: retrying elsewhere would not help.
+            let loaded = data::load(source).map_err(|e| EngineError::fatal(e.to_string()))?;
+            if self.datasets.len() >= 4 {
+                self.datasets.clear();
+            }
+            self.datasets.insert(key.clone(), loaded);
+        }
+        Ok(&self.datasets[&key])
+    }
+
+    fn task_dir(&self, task_key: &str) -> PathBuf {
+        let safe: String =
+            task_key.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+        self.work_dir.join(safe)
+    }
+}
+
+struct Relay<'a> {
+    events: &'a mut dyn EngineEvents,
+}
+
+impl TrainObserver for Relay<'_> {
+    fn metrics(&mut self, points: &[MetricPoint]) {
+        self.events.metrics(points);
+    }
+    fn progress(&mut self, fraction: f64, images_per_second: f64) {
+        self.events.progress(fraction, images_per_second);
+    }
+    fn epoch_done(&mut self, _epoch: u32, checkpoint: &Path, _history: &[MetricPoint]) {
+        self.events.checkpoint(checkpoint);
+    }
+    fn should_stop(&mut self) -> bool {
+        self.events.should_stop()
+    }
+}
+
+impl Engine for TorchEngine {
+    fn device(&self) -> String {
+        device::describe(self.device)
+    }
+
+    fn run(
+        &mut self,
+        task_key: &str,
+        task: &TaskSpec,
+        inputs: &HashMap<String, PathBuf>,
+        events: &mut dyn EngineEvents,
+    ) -> Result<EngineResult, EngineError> {
+        let dir = self.task_dir(task_key);
+        std::fs::create_dir_all(&dir).map_err(|e| EngineError::transient(format!("{}: {e}", dir.display())))?;
+        match task {
+            TaskSpec::Train(train_task) => {
+                let checkpoint_path = dir.join("checkpoint.ot");
+                // A previous attempt's checkpoint (shipped by the coordinator) resumes the run.
+                if let Some(previous) = inputs.get(CHECKPOINT_ARTIFACT) {
+                    if previous != &checkpoint_path {
+                        std::fs::copy(previous, &checkpoint_path)
+                            .map_err(|e| EngineError::transient(format!("{}: {e}", previous.display())))?;
+                    }
+                }
+                let device = self.device;
+                let (train_set, test_set) = self.dataset(&train_task.dataset)?;
+                let end = train::run(train_task, train_set, test_set, device, &checkpoint_path, &mut Relay { events })
+                    .map_err(|e| match e {
+                        TrainError::Torch(_) => EngineError::transient(e.to_string()),
+                        _ => EngineError::fatal(e.to_string()),
+                    })?;
+                match end {
+                    TrainEnd::Stopped { .. } => Ok(EngineResult::Stopped),
+                    TrainEnd::Finished { outcome, .. } => Ok(EngineResult::Done {
+                        outcome: TaskOutcome::Train(outcome),
+                        artifacts: vec![(CHECKPOINT_ARTIFACT.to_string(), checkpoint_path)],
+                    }),
+                }
+            }
+            TaskSpec::Heatmap(h) => {
+                let started = Instant::now();
+                let device = self.device;
+                let model_path = match &h.model {
+                    ModelSource::Checkpoint { artifact } => inputs.get(artifact).cloned().ok_or_else(|| {
+                        EngineError::transient(format!("input artifact {artifact:?} was not provided"))
+                    })?,
+                    ModelSource::TorchScript { path } => path.clone(),
+                };
+                let test = data::truncate(self.dataset(&h.dataset)?.1.clone(), h.images);
+                let (height, width) = (test.dims[2] as i64, test.dims[3] as i64);
+                let (model, _) =
+                    checkpoint::load_classifier(&model_path, device, height, width).map_err(EngineError::fatal)?;
+                let images = eval::images_tensor(&test, device);
+                let config = HeatmapConfig {
+                    eps: h.eps,
+                    cells: h.cells.clone(),
+                    layers: h.layers.clone(),
+                    seed: h.seed,
+                    batch: h.batch,
+                };
+                let mut stopped = false;
+                let counts = heatmap::compute(model.as_ref(), &images, &test.labels, &config, &mut |done, total| {
+                    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                    events.progress(done as f64 / total.max(1) as f64, rate);
+                    stopped |= events.should_stop();
+                })
+                .map_err(|e| EngineError::fatal(format!("{}: {e}", model_path.display())))?;
+                if stopped {
+                    // Chunks are short: finishing is cheaper than redoing; report it done anyway.
+                    tracing::debug!(task = task_key, "stop requested during a heatmap chunk; finished it");
+                }
+                let seconds = started.elapsed().as_secs_f64();
+                let perturbed = (h.cells.len() * counts.images) as f64;
+                Ok(EngineResult::Done {
+                    outcome: TaskOutcome::Heatmap(HeatmapOutcome {
+                        eps: h.eps,
+                        chunk: h.chunk,
+                        images: counts.images,
+                        clean: counts.clean,
+                        error: counts.error,
+                        layers: counts.layers,
+                        seconds,
+                        images_per_second: perturbed / seconds.max(1e-9),
+                        device: device::describe(device),
+                    }),
+                    artifacts: Vec::new(),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use freqsweep_common::bands::{Band, BandLayout};
+    use freqsweep_common::spectrum::{Cell, Shape2};
+    use freqsweep_common::syn::SynConfig;
+    use freqsweep_common::task::{Augment, HeatmapTask, LrSchedule, Optimizer, TrainConfig, TrainTask};
+
+    #[derive(Default)]
+    struct Recorder {
+        points: usize,
+        checkpoints: usize,
+        last_progress: f64,
+    }
+
+    impl EngineEvents for Recorder {
+        fn metrics(&mut self, points: &[MetricPoint]) {
+            self.points += points.len();
+        }
+        fn progress(&mut self, fraction: f64, _: f64) {
+            self.last_progress = fraction;
+        }
+        fn checkpoint(&mut self, _: &Path) {
+            self.checkpoints += 1;
+        }
+        fn should_stop(&mut self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_train_task_then_a_heatmap_chunk_of_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = TorchEngine::new(Device::Cpu, dir.path().to_path_buf());
+        let syn = SynConfig { train: 64, test: 32, ..SynConfig::new(Band::new(3).unwrap(), 1) };
+        let task = TaskSpec::Train(TrainTask {
+            dataset: DatasetSource::Syn(syn.clone()),
+            train: TrainConfig {
+                model: "tiny".into(),
+                classes: 4,
+                optimizer: Optimizer::adam(),
+                lr: 1e-3,
+                schedule: LrSchedule::Constant,
+                batch_size: 16,
+                epochs: 2,
+                seed: 1,
+                augment: Augment::default(),
+                test_sets: vec!["B1234".parse().unwrap()],
+                band_layout: BandLayout::default(),
+                clip_filtered: false,
+                eval_every_steps: 0,
+                eval_steps_epochs: 0,
+                test_limit: 0,
+            },
+        });
+        let mut events = Recorder::default();
+        let EngineResult::Done { outcome, artifacts } =
+            engine.run("train/a b", &task, &HashMap::new(), &mut events).unwrap()
+        else {
+            panic!("stopped")
+        };
+        assert!(matches!(outcome, TaskOutcome::Train(ref t) if t.epochs == 2));
+        assert_eq!(events.checkpoints, 2);
+        assert!(events.points > 0 && events.last_progress == 1.0);
+        assert_eq!(artifacts[0].0, CHECKPOINT_ARTIFACT);
+        assert!(artifacts[0].1.starts_with(dir.path().join("train_a_b")), "{:?}", artifacts[0].1);
+
+        let cells: Vec<Cell> = Shape2::new(32, 32).heatmap_cells()[..10].to_vec();
+        let chunk = TaskSpec::Heatmap(HeatmapTask {
+            dataset: DatasetSource::Syn(syn),
+            model: ModelSource::Checkpoint { artifact: "model".into() },
+            eps: 4.0,
+            cells: cells.clone(),
+            chunk: 3,
+            layers: vec!["fc".into()],
+            images: 16,
+            seed: 0,
+            batch: 64,
+        });
+        let inputs = HashMap::from([("model".to_string(), artifacts[0].1.clone())]);
+        let EngineResult::Done { outcome: TaskOutcome::Heatmap(h), .. } =
+            engine.run("heatmap/x", &chunk, &inputs, &mut events).unwrap()
+        else {
+            panic!("not a heatmap outcome")
+        };
+        assert_eq!((h.chunk, h.images, h.error.len()), (3, 16, 10));
+        assert_eq!(h.error.iter().map(|(c, _)| *c).collect::<Vec<_>>(), cells);
+        assert_eq!(h.layers["fc"].len(), 10);
+
+        let err = engine.run("heatmap/y", &chunk, &HashMap::new(), &mut events).unwrap_err();
+        assert!(err.retryable && err.message.contains("\"model\" was not provided"), "{err:?}");
+    }
+}
