@@ -1,0 +1,539 @@
+//! The durable store of a sweep: one SQLite database (`freqsweep.db` in the run directory, WAL
+//! mode) holding the spec, tasks and their states, attempts, metric points, the artifact index and
+//! the worker log. Users query it with `sqlite3` (tables below); a restarted coordinator resumes
+//! from it.
+//!
+//! **Group commit.** One writer thread owns the write connection. Callers submit batches of
+//! [`Change`]s with a completion callback; the writer takes everything queued (up to a bound), applies
+//! it in **one** transaction, commits (`synchronous = FULL`: on disk before returning), and only then
+//! runs the callbacks. So every change is durable before it is acknowledged, and throughput comes
+//! from batching many changes per fsync rather than from weakening the guarantee.
+//!
+//! Tables (all times are milliseconds since the Unix epoch):
+//! - `sweep(key, value)`: `spec_toml`, `name`, `created_ms`, … as key/value rows.
+//! - `tasks(id, key, kind, spec_json, deps_json, state, attempts, result_json, error, updated_ms)`.
+//! - `attempts(id, task_id, worker, started_ms, ended_ms, outcome)`.
+//! - `metric_batches(attempt_id, seq)`: which batches were stored (duplicates are dropped).
+//! - `metrics(task_id, attempt_id, name, epoch, step, test_set, class_index, value)`.
+//! - `artifacts(digest, name, size, path, task_id)`.
+//! - `workers(id, hostname, device, joined_ms, left_ms)`.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {detail}")]
+    Open { path: PathBuf, detail: String },
+    #[error("store: {0}")]
+    Sql(String),
+    #[error("store writer has stopped")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sql(e.to_string())
+    }
+}
+
+/// A task as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskRow {
+    pub id: u64,
+    pub key: String,
+    pub kind: String,
+    pub spec_json: String,
+    pub deps: Vec<u64>,
+    pub state: String,
+    pub attempts: u32,
+    pub result_json: Option<String>,
+    pub error: Option<String>,
+}
+
+/// One metric value as stored (mirrors `freqsweep_common::task::MetricPoint`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricRow {
+    pub name: String,
+    pub epoch: f64,
+    pub step: u64,
+    pub test_set: String,
+    pub class_index: i32,
+    pub value: f64,
+}
+
+/// One write.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    SweepValue {
+        key: String,
+        value: String,
+    },
+    /// Insert a task (ignored if the key exists: resuming a sweep re-plans the same tasks).
+    InsertTask {
+        id: u64,
+        key: String,
+        kind: String,
+        spec_json: String,
+        deps: Vec<u64>,
+    },
+    TaskState {
+        id: u64,
+        state: String,
+        attempts: u32,
+        now_ms: u64,
+    },
+    TaskResult {
+        id: u64,
+        result_json: String,
+    },
+    TaskError {
+        id: u64,
+        error: String,
+    },
+    AttemptStarted {
+        id: u64,
+        task_id: u64,
+        worker: String,
+        now_ms: u64,
+    },
+    AttemptEnded {
+        id: u64,
+        outcome: String,
+        now_ms: u64,
+    },
+    /// A batch of metric points; dropped whole if `(attempt_id, seq)` was stored before.
+    Metrics {
+        task_id: u64,
+        attempt_id: u64,
+        seq: u64,
+        points: Vec<MetricRow>,
+    },
+    Artifact {
+        digest: String,
+        name: String,
+        size: u64,
+        path: String,
+        task_id: Option<u64>,
+    },
+    WorkerJoined {
+        id: String,
+        hostname: String,
+        device: String,
+        now_ms: u64,
+    },
+    WorkerLeft {
+        id: String,
+        now_ms: u64,
+    },
+}
+
+type Callback = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+enum Command {
+    Write(Vec<Change>, Option<Callback>),
+    Stop,
+}
+
+/// Most commands folded into one transaction (bounds the latency of the first one).
+const MAX_GROUP: usize = 4096;
+
+/// Handle to the writer thread; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Command>,
+    path: PathBuf,
+}
+
+/// Owns the writer thread; dropping it (or [`StoreWriter::stop`]) drains the queue and closes.
+pub struct StoreWriter {
+    tx: mpsc::Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let open_err = |e: rusqlite::Error| StoreError::Open { path: path.to_path_buf(), detail: e.to_string() };
+    let conn = Connection::open(path).map_err(open_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(open_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
+    conn.pragma_update(None, "foreign_keys", "OFF").map_err(open_err)?;
+    Ok(conn)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sweep (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, spec_json TEXT NOT NULL,
+    deps_json TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    result_json TEXT, error TEXT, updated_ms INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY, task_id INTEGER NOT NULL, worker TEXT NOT NULL,
+    started_ms INTEGER NOT NULL, ended_ms INTEGER, outcome TEXT);
+CREATE INDEX IF NOT EXISTS attempts_task ON attempts(task_id);
+CREATE TABLE IF NOT EXISTS metric_batches (attempt_id INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (attempt_id, seq));
+CREATE TABLE IF NOT EXISTS metrics (
+    task_id INTEGER NOT NULL, attempt_id INTEGER NOT NULL, name TEXT NOT NULL, epoch REAL NOT NULL,
+    step INTEGER NOT NULL, test_set TEXT NOT NULL, class_index INTEGER NOT NULL, value REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS metrics_task ON metrics(task_id, name);
+CREATE TABLE IF NOT EXISTS artifacts (digest TEXT PRIMARY KEY, name TEXT NOT NULL, size INTEGER NOT NULL, path TEXT NOT NULL, task_id INTEGER);
+CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, hostname TEXT NOT NULL, device TEXT NOT NULL, joined_ms INTEGER NOT NULL, left_ms INTEGER);
+";
+
+impl Store {
+    /// Open (creating if needed) the database at `path` and start its writer thread.
+    pub fn open(path: &Path) -> Result<(Store, StoreWriter), StoreError> {
+        let conn = open_connection(path)?;
+        conn.execute_batch(SCHEMA).map_err(|e| StoreError::Open { path: path.to_path_buf(), detail: e.to_string() })?;
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Open { path: path.to_path_buf(), detail: e.to_string() })?;
+        Ok((Store { tx: tx.clone(), path: path.to_path_buf() }, StoreWriter { tx, thread: Some(thread) }))
+    }
+
+    /// Queue `changes`; `done` runs after they are committed (or failed).
+    pub fn submit(&self, changes: Vec<Change>, done: impl FnOnce(Result<(), StoreError>) + Send + 'static) {
+        if let Err(mpsc::SendError(Command::Write(_, Some(cb)))) =
+            self.tx.send(Command::Write(changes, Some(Box::new(done))))
+        {
+            cb(Err(StoreError::Closed));
+        }
+    }
+
+    /// Queue `changes` and wait until they are committed.
+    pub fn write(&self, changes: Vec<Change>) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(changes, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// A read-only connection for queries (WAL lets readers run beside the writer).
+    pub fn reader(&self) -> Result<Reader, StoreError> {
+        Ok(Reader { conn: open_connection(&self.path)? })
+    }
+}
+
+impl StoreWriter {
+    /// Commit everything queued, then stop the writer thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.tx.send(Command::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for StoreWriter {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Command>) {
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = rx.recv() else { return };
+        let mut group: Vec<(Vec<Change>, Option<Callback>)> = Vec::new();
+        match first {
+            Command::Write(c, cb) => group.push((c, cb)),
+            Command::Stop => stopping = true,
+        }
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(Command::Write(c, cb)) => group.push((c, cb)),
+                Ok(Command::Stop) => stopping = true,
+                Err(_) => break,
+            }
+        }
+        if group.is_empty() {
+            continue;
+        }
+        let result = apply(&mut conn, group.iter().map(|(c, _)| c.as_slice())).map_err(StoreError::from);
+        for (_, cb) in group {
+            if let Some(cb) = cb {
+                cb(result.clone());
+            }
+        }
+    }
+}
+
+fn apply<'a>(conn: &mut Connection, groups: impl Iterator<Item = &'a [Change]>) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert_metric = tx.prepare_cached(
+            "INSERT INTO metrics (task_id, attempt_id, name, epoch, step, test_set, class_index, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let mut insert_batch =
+            tx.prepare_cached("INSERT OR IGNORE INTO metric_batches (attempt_id, seq) VALUES (?1, ?2)")?;
+        for changes in groups {
+            for change in changes {
+                match change {
+                    Change::SweepValue { key, value } => {
+                        tx.execute("INSERT OR REPLACE INTO sweep (key, value) VALUES (?1, ?2)", params![key, value])?;
+                    }
+                    Change::InsertTask { id, key, kind, spec_json, deps } => {
+                        let deps = serde_json::to_string(deps).expect("ids serialise");
+                        tx.prepare_cached(
+                            "INSERT OR IGNORE INTO tasks (id, key, kind, spec_json, deps_json, state) VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+                        )?
+                        .execute(params![*id as i64, key, kind, spec_json, deps])?;
+                    }
+                    Change::TaskState { id, state, attempts, now_ms } => {
+                        tx.prepare_cached("UPDATE tasks SET state = ?2, attempts = ?3, updated_ms = ?4 WHERE id = ?1")?
+                            .execute(params![*id as i64, state, attempts, *now_ms as i64])?;
+                    }
+                    Change::TaskResult { id, result_json } => {
+                        tx.prepare_cached("UPDATE tasks SET result_json = ?2 WHERE id = ?1")?
+                            .execute(params![*id as i64, result_json])?;
+                    }
+                    Change::TaskError { id, error } => {
+                        tx.prepare_cached("UPDATE tasks SET error = ?2 WHERE id = ?1")?
+                            .execute(params![*id as i64, error])?;
+                    }
+                    Change::AttemptStarted { id, task_id, worker, now_ms } => {
+                        tx.prepare_cached(
+                            "INSERT OR IGNORE INTO attempts (id, task_id, worker, started_ms) VALUES (?1, ?2, ?3, ?4)",
+                        )?
+                        .execute(params![
+                            *id as i64,
+                            *task_id as i64,
+                            worker,
+                            *now_ms as i64
+                        ])?;
+                    }
+                    Change::AttemptEnded { id, outcome, now_ms } => {
+                        tx.prepare_cached(
+                            "UPDATE attempts SET ended_ms = ?2, outcome = ?3 WHERE id = ?1 AND ended_ms IS NULL",
+                        )?
+                        .execute(params![*id as i64, *now_ms as i64, outcome])?;
+                    }
+                    Change::Metrics { task_id, attempt_id, seq, points } => {
+                        if insert_batch.execute(params![*attempt_id as i64, *seq as i64])? == 0 {
+                            continue; // a duplicate batch: already stored
+                        }
+                        for p in points {
+                            insert_metric.execute(params![
+                                *task_id as i64,
+                                *attempt_id as i64,
+                                p.name,
+                                p.epoch,
+                                p.step as i64,
+                                p.test_set,
+                                p.class_index,
+                                p.value
+                            ])?;
+                        }
+                    }
+                    Change::Artifact { digest, name, size, path, task_id } => {
+                        tx.execute(
+                            "INSERT OR REPLACE INTO artifacts (digest, name, size, path, task_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+                            params![digest, name, *size as i64, path, task_id.map(|t| t as i64)],
+                        )?;
+                    }
+                    Change::WorkerJoined { id, hostname, device, now_ms } => {
+                        tx.execute(
+                            "INSERT OR REPLACE INTO workers (id, hostname, device, joined_ms, left_ms) VALUES (?1, ?2, ?3, ?4, NULL)",
+                            params![id, hostname, device, *now_ms as i64],
+                        )?;
+                    }
+                    Change::WorkerLeft { id, now_ms } => {
+                        tx.execute("UPDATE workers SET left_ms = ?2 WHERE id = ?1", params![id, *now_ms as i64])?;
+                    }
+                }
+            }
+        }
+    }
+    tx.commit()
+}
+
+/// Read-only queries.
+pub struct Reader {
+    conn: Connection,
+}
+
+impl Reader {
+    pub fn sweep_value(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.conn.query_row("SELECT value FROM sweep WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    pub fn tasks(&self) -> Result<Vec<TaskRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, key, kind, spec_json, deps_json, state, attempts, result_json, error FROM tasks ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let deps: String = r.get(4)?;
+            Ok(TaskRow {
+                id: r.get::<_, i64>(0)? as u64,
+                key: r.get(1)?,
+                kind: r.get(2)?,
+                spec_json: r.get(3)?,
+                deps: serde_json::from_str(&deps).unwrap_or_default(),
+                state: r.get(5)?,
+                attempts: r.get(6)?,
+                result_json: r.get(7)?,
+                error: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The largest attempt id ever issued (new attempts continue above it after a restart).
+    pub fn max_attempt_id(&self) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row("SELECT COALESCE(MAX(id), 0) FROM attempts", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// Metric points of a task, in insertion order.
+    pub fn metrics(&self, task_id: u64) -> Result<Vec<MetricRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT name, epoch, step, test_set, class_index, value FROM metrics WHERE task_id = ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map([task_id as i64], |r| {
+            Ok(MetricRow {
+                name: r.get(0)?,
+                epoch: r.get(1)?,
+                step: r.get::<_, i64>(2)? as u64,
+                test_set: r.get(3)?,
+                class_index: r.get(4)?,
+                value: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn metric_count(&self) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row("SELECT COUNT(*) FROM metrics", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// `(name, size, path)` of an artifact by digest.
+    pub fn artifact(&self, digest: &str) -> Result<Option<(String, u64, String)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT name, size, path FROM artifacts WHERE digest = ?1", [digest], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
+            })
+            .optional()?)
+    }
+
+    /// Artifacts produced by a task: `(name, digest, size, path)`.
+    pub fn task_artifacts(&self, task_id: u64) -> Result<Vec<(String, String, u64, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name, digest, size, path FROM artifacts WHERE task_id = ?1 ORDER BY name")?;
+        let rows =
+            stmt.query_map([task_id as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(v: f64) -> MetricRow {
+        MetricRow { name: "f1".into(), epoch: 1.5, step: 10, test_set: "B124".into(), class_index: 3, value: v }
+    }
+
+    #[test]
+    fn changes_survive_a_reopen_and_duplicates_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("freqsweep.db");
+        {
+            let (store, writer) = Store::open(&path).unwrap();
+            store
+                .write(vec![
+                    Change::SweepValue { key: "name".into(), value: "demo".into() },
+                    Change::InsertTask {
+                        id: 1,
+                        key: "train/a".into(),
+                        kind: "train".into(),
+                        spec_json: "{}".into(),
+                        deps: vec![],
+                    },
+                    Change::InsertTask {
+                        id: 2,
+                        key: "heatmap/a/0".into(),
+                        kind: "heatmap".into(),
+                        spec_json: "{}".into(),
+                        deps: vec![1],
+                    },
+                    Change::AttemptStarted { id: 7, task_id: 1, worker: "w1".into(), now_ms: 5 },
+                    Change::Metrics { task_id: 1, attempt_id: 7, seq: 0, points: vec![point(0.5), point(0.6)] },
+                ])
+                .unwrap();
+            // The same batch again (a retransmission) and the same task key again (a resumed plan).
+            store
+                .write(vec![
+                    Change::Metrics { task_id: 1, attempt_id: 7, seq: 0, points: vec![point(0.9)] },
+                    Change::InsertTask {
+                        id: 9,
+                        key: "train/a".into(),
+                        kind: "train".into(),
+                        spec_json: "{}".into(),
+                        deps: vec![],
+                    },
+                    Change::TaskState { id: 1, state: "done".into(), attempts: 1, now_ms: 9 },
+                    Change::AttemptEnded { id: 7, outcome: "done".into(), now_ms: 9 },
+                ])
+                .unwrap();
+            writer.stop();
+        }
+        let (store, _writer) = Store::open(&path).unwrap();
+        let reader = store.reader().unwrap();
+        assert_eq!(reader.sweep_value("name").unwrap().as_deref(), Some("demo"));
+        let tasks = reader.tasks().unwrap();
+        assert_eq!(tasks.len(), 2, "re-inserting a key is ignored");
+        assert_eq!((tasks[0].state.as_str(), tasks[0].attempts), ("done", 1));
+        assert_eq!(tasks[1].deps, [1]);
+        assert_eq!(reader.metrics(1).unwrap(), [point(0.5), point(0.6)], "duplicate batch dropped");
+        assert_eq!(reader.max_attempt_id().unwrap(), 7);
+    }
+
+    #[test]
+    fn many_concurrent_submitters_are_group_committed_and_all_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = Store::open(&dir.path().join("db")).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let store = store.clone();
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    for seq in 0..250u64 {
+                        let tx = tx.clone();
+                        let points = vec![point(seq as f64); 4];
+                        store.submit(vec![Change::Metrics { task_id: t, attempt_id: t, seq, points }], move |r| {
+                            tx.send(r).unwrap()
+                        });
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(tx);
+        let acks: Vec<_> = rx.iter().take(1000).collect();
+        assert_eq!(acks.len(), 1000);
+        assert!(acks.iter().all(|r| r.is_ok()));
+        writer.stop();
+        let (store, _w) = Store::open(&dir.path().join("db")).unwrap();
+        assert_eq!(store.reader().unwrap().metric_count().unwrap(), 4000);
+    }
+
+    #[test]
+    fn an_unopenable_path_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Store::open(&dir.path().join("missing/dir/freqsweep.db")).err().unwrap();
+        assert!(err.to_string().contains("missing/dir/freqsweep.db"), "{err}");
+    }
+}
