@@ -149,9 +149,8 @@ pub fn write_map_files(
         .write(&dir.join(format!("{stem}.npy")))
         .map_err(|e| e.to_string())?;
     let finite = means.iter().copied().filter(|v| v.is_finite());
-    let (lo, hi) = range.unwrap_or_else(|| {
-        finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
-    });
+    let (lo, hi) =
+        range.unwrap_or_else(|| finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v))));
     let (lo, hi) = if lo.is_finite() && hi.is_finite() { (lo, hi) } else { (0.0, 1.0) };
     let scale = (256 / shape.h.max(shape.w)).max(1);
     let (w, h, rgb) = crate::image::heatmap_rgb(&means, shape.h, shape.w, lo, hi, scale);
