@@ -18,6 +18,7 @@
 //! - `artifacts(digest, name, size, path, task_id)`.
 //! - `workers(id, hostname, device, joined_ms, left_ms)`.
 
+use freqsweep_common::task::MetricPoint;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -51,17 +52,6 @@ pub struct TaskRow {
     pub attempts: u32,
     pub result_json: Option<String>,
     pub error: Option<String>,
-}
-
-/// One metric value as stored (mirrors `freqsweep_common::task::MetricPoint`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct MetricRow {
-    pub name: String,
-    pub epoch: f64,
-    pub step: u64,
-    pub test_set: String,
-    pub class_index: i32,
-    pub value: f64,
 }
 
 /// One write.
@@ -109,7 +99,7 @@ pub enum Change {
         task_id: u64,
         attempt_id: u64,
         seq: u64,
-        points: Vec<MetricRow>,
+        points: Vec<MetricPoint>,
     },
     Artifact {
         digest: String,
@@ -393,12 +383,12 @@ impl Reader {
     }
 
     /// Metric points of a task, in insertion order.
-    pub fn metrics(&self, task_id: u64) -> Result<Vec<MetricRow>, StoreError> {
+    pub fn metrics(&self, task_id: u64) -> Result<Vec<MetricPoint>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT name, epoch, step, test_set, class_index, value FROM metrics WHERE task_id = ?1 ORDER BY rowid",
         )?;
         let rows = stmt.query_map([task_id as i64], |r| {
-            Ok(MetricRow {
+            Ok(MetricPoint {
                 name: r.get(0)?,
                 epoch: r.get(1)?,
                 step: r.get::<_, i64>(2)? as u64,
@@ -439,8 +429,8 @@ impl Reader {
 mod tests {
     use super::*;
 
-    fn point(v: f64) -> MetricRow {
-        MetricRow { name: "f1".into(), epoch: 1.5, step: 10, test_set: "B124".into(), class_index: 3, value: v }
+    fn point(v: f64) -> MetricPoint {
+        MetricPoint { name: "f1".into(), epoch: 1.5, step: 10, test_set: "B124".into(), class_index: 3, value: v }
     }
 
     #[test]

@@ -291,7 +291,7 @@ impl ScriptClassifier {
     /// Load `path` onto `device` and probe it with one zero image of `height × width`, so a module
     /// that is not a classifier fails here, with a clear message, rather than mid-heatmap.
     pub fn load(path: &std::path::Path, device: Device, height: i64, width: i64) -> Result<Self, String> {
-        let first = |e: tch::TchError| e.to_string().lines().next().unwrap_or("").trim().to_string();
+        let first = crate::checkpoint::first_line;
         let mut module = tch::CModule::load_on_device(path, device)
             .map_err(|e| format!("{}: not a TorchScript module ({})", path.display(), first(e)))?;
         module.set_eval();
@@ -357,7 +357,7 @@ pub fn export_torchscript(
     example: &Tensor,
     path: &std::path::Path,
 ) -> Result<(), String> {
-    let first = |e: tch::TchError| e.to_string().lines().next().unwrap_or("").trim().to_string();
+    let first = crate::checkpoint::first_line;
     vs.freeze();
     let traced = tch::CModule::create_by_tracing("FreqsweepClassifier", "forward", &[example.copy()], &mut |inputs| {
         vec![model.logits(&inputs[0], false)]
