@@ -143,8 +143,37 @@ fn cmd_demo(rest: &[String]) -> Result<()> {
             .args(["syn", "--band", "4", "--train", "2000", "--test", "400", "--seed", "0", "--out"])
             .arg(out.join("syn4")),
     )?;
-    step("freqsweep-worker info", Command::new(bin.join("freqsweep-worker")).args(["info", "--device", "auto"]))?;
-    eprintln!("xtask: demo finished; dataset and sample grid in {}", out.join("syn4").display());
+    let worker = bin.join("freqsweep-worker");
+    step("freqsweep-worker info", Command::new(&worker).args(["info", "--device", "auto"]))?;
+    // Until the coordinator's `freqsweep run` lands, the demo runs the engine standalone: the
+    // poster's AlexNet on Syn_4 (Adam 1e-4, batch 64 — AlexNet without batch norm stalls with SGD),
+    // evaluated every 10 steps on B1234 and B124, then its Fourier heatmap with layer maps.
+    let model_dir = out.join("alexnet-syn4");
+    step(
+        "freqsweep-worker train (AlexNet on Syn_4, 3 epochs)",
+        Command::new(&worker)
+            .args(["train", "--model", "alexnet", "--optimizer", "adam", "--lr", "1e-4", "--batch-size", "64"])
+            .args(["--epochs", "3", "--syn-band", "4", "--train", "2000", "--test", "400", "--eval-every-steps", "10"])
+            .args(["--test-sets", "B1234,B124", "--out"])
+            .arg(&model_dir),
+    )?;
+    step(
+        "freqsweep-worker heatmap (eps 4, 100 images, all layers)",
+        Command::new(&worker)
+            .arg("heatmap")
+            .arg("--model")
+            .arg(model_dir.join("checkpoint.ot"))
+            .arg("--images")
+            .arg(out.join("syn4/test_x.npy"))
+            .arg("--labels")
+            .arg(out.join("syn4/test_y.npy"))
+            .args(["--eps", "4", "--limit", "100", "--layers", "all", "--out"])
+            .arg(model_dir.join("heatmap-eps4")),
+    )?;
+    eprintln!(
+        "xtask: demo finished in {}: syn4/ (dataset, samples.png), alexnet-syn4/ (metrics.csv, checkpoint, model.pt, heatmap-eps4/)",
+        out.display()
+    );
     Ok(())
 }
 
