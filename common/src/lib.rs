@@ -4,6 +4,7 @@
 //! - [`spectrum`]: centred spectra, [`spectrum::Cell`]s, conjugate pairs, FFT plans, Fourier basis.
 //! - [`bands`]: the four radial bands, band sets like `B124`, batched band filtering.
 //! - [`syn`]: the `Syn_d` generator.
+//! - [`digest`]: `sha256:` content digests of artifacts.
 //! - [`dataset`], [`npy`]: datasets in memory, `.npy` and CIFAR-10 readers.
 //! - [`metrics`]: confusion matrices, per-class F1, cosine similarity.
 //! - [`heatmap`]: cell chunks and the idempotent merge of chunk results.
@@ -13,6 +14,7 @@
 
 pub mod bands;
 pub mod dataset;
+pub mod digest;
 pub mod heatmap;
 pub mod image;
 pub mod logging;
