@@ -7,6 +7,7 @@
 //!   Its tests include the smoke test that proves libtorch trains and runs `fft2` here.
 
 pub mod checkpoint;
+pub mod client;
 pub mod data;
 pub mod device;
 pub mod engine;

@@ -24,8 +24,23 @@ struct Cli {
     /// Log format on stderr: pretty or json (filter with RUST_LOG, default info).
     #[arg(long, global = true, default_value = "pretty")]
     log_format: LogFormat,
+    /// Join a sweep: the coordinator's address, e.g. http://10.0.0.5:7070 (used without a subcommand).
+    #[arg(long, env = "FREQSWEEP_COORDINATOR")]
+    coordinator: Option<String>,
+    /// Shared token of the sweep (sent on every call).
+    #[arg(long, env = "FREQSWEEP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Device for leased tasks: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Where inputs are cached and tasks work (default: $FREQSWEEP_CACHE/worker or ~/.cache/freqsweep/worker).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Exit with an error when no coordinator answers for this many seconds.
+    #[arg(long, default_value_t = 300)]
+    connect_timeout: u64,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -168,14 +183,66 @@ fn main() {
     let cli = Cli::parse();
     logging::init(cli.log_format);
     let result: Result<()> = match cli.command {
-        Command::Info { device } => info(&device),
-        Command::Train(args) => train(args),
-        Command::Heatmap(args) => heatmap_cmd(args),
+        Some(Command::Info { device }) => info(&device),
+        Some(Command::Train(args)) => train(args),
+        Some(Command::Heatmap(args)) => heatmap_cmd(args),
+        None => match cli.coordinator.clone() {
+            Some(url) => join(cli, url),
+            None => Err(anyhow::anyhow!(
+                "nothing to do: give --coordinator URL to join a sweep, or a subcommand (see --help)"
+            )),
+        },
     };
     if let Err(err) = result {
         eprintln!("freqsweep-worker: error: {err:#}");
         std::process::exit(1);
     }
+}
+
+/// Join a sweep and lease tasks until it ends; SIGTERM/SIGINT drain (the running task is released).
+fn join(cli: Cli, url: String) -> Result<()> {
+    let device = device::parse_device(&cli.device)?;
+    let cache_dir = match cli.cache_dir {
+        Some(dir) => dir,
+        None => default_cache_dir()?.join("worker"),
+    };
+    std::fs::create_dir_all(&cache_dir).with_context(|| format!("cannot create {}", cache_dir.display()))?;
+    let engine = freqsweep_worker::engine::TorchEngine::new(device, cache_dir.join("tasks"));
+    let config = freqsweep_worker::client::ClientConfig {
+        coordinator: url,
+        token: cli.token,
+        cache_dir,
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default(),
+        connect_timeout: Some(std::time::Duration::from_secs(cli.connect_timeout)),
+        max_backoff: std::time::Duration::from_secs(10),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let exit = runtime.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("signal received: draining");
+            let _ = tx.send(true);
+        });
+        freqsweep_worker::client::run(config, Box::new(engine), device::describe(device), rx).await
+    })?;
+    tracing::info!(?exit, "worker finished");
+    Ok(())
+}
+
+fn default_cache_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("FREQSWEEP_CACHE") {
+        return Ok(PathBuf::from(dir));
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set; pass --cache-dir")?;
+    Ok(PathBuf::from(home).join(".cache/freqsweep"))
 }
 
 fn info(device_spec: &str) -> Result<()> {

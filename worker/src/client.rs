@@ -1,0 +1,569 @@
+//! The worker's client loop: dial the coordinator, register, hold one `Session` stream, lease
+//! tasks, run them on the [`Engine`] and report back; survive a coordinator that goes away.
+//!
+//! Shape:
+//! - The engine runs on its own OS thread (libtorch work is blocking and long); it receives jobs
+//!   over a channel and sends events (metrics, progress, finish) back to the async loop. So the
+//!   loop always answers the stream and **heartbeats never wait on a task** (a worker in a long
+//!   epoch is not declared dead).
+//! - Every report names its attempt id; metric batches carry a per-attempt sequence number, so
+//!   the coordinator drops duplicates and stale attempts.
+//! - Reports that could not be delivered (the stream broke) are kept and sent first after the
+//!   next successful registration; a task keeps running while the loop reconnects with
+//!   exponential backoff. `connect_timeout` bounds how long a worker waits for a coordinator that
+//!   never answers (then it exits with a one-line error naming the address).
+//! - Draining (SIGTERM, or the `shutdown` signal): the running task is asked to stop at its next
+//!   step and its lease is released (the coordinator re-queues it); an idle worker exits at once.
+//! - Inputs are downloaded by digest into a local cache (verified, `.partial` then rename) and
+//!   reused across tasks; outputs are uploaded in chunks with their digest before the result that
+//!   names them is sent.
+
+use crate::engine::{Engine, EngineError, EngineEvents, EngineResult};
+use freqsweep_common::digest;
+use freqsweep_common::task::{MetricPoint, TaskSpec};
+use freqsweep_proto::v1::coordinator_client::CoordinatorClient;
+use freqsweep_proto::v1::{self as pb, coordinator_message, worker_message};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// Bytes per artifact chunk on the wire (well under gRPC's default 4 MiB message limit).
+const CHUNK: usize = 1 << 20;
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// `http://host:port` (or `https://…` with TLS).
+    pub coordinator: String,
+    /// Shared token sent as `authorization: Bearer <token>` on every call.
+    pub token: Option<String>,
+    /// Where downloaded inputs and task work directories live.
+    pub cache_dir: PathBuf,
+    pub hostname: String,
+    /// Give up when no coordinator could be reached for this long (`None`: never).
+    pub connect_timeout: Option<Duration>,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+/// Why the loop ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientExit {
+    /// The coordinator said the sweep is done.
+    SweepDone,
+    /// Asked to shut down; any running task was released.
+    Drained,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the coordinator at {url} for {waited:?}: {detail}")]
+    Unreachable { url: String, waited: Duration, detail: String },
+    #[error("the coordinator at {url} rejected this worker: {detail}")]
+    Rejected { url: String, detail: String },
+    #[error("{0}")]
+    Local(String),
+}
+
+type Client = CoordinatorClient<InterceptedService<Channel, Auth>>;
+
+/// Adds the bearer token to every request.
+#[derive(Clone)]
+pub struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+async fn connect(config: &ClientConfig) -> Result<Client, String> {
+    let endpoint = Channel::from_shared(config.coordinator.clone()).map_err(|e| e.to_string())?;
+    let channel =
+        endpoint.connect_timeout(Duration::from_secs(5)).connect().await.map_err(|e| {
+            format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())
+        })?;
+    let token = match &config.token {
+        Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| "the token is not valid ASCII".to_string())?),
+        None => None,
+    };
+    Ok(CoordinatorClient::with_interceptor(channel, Auth(token)).max_decoding_message_size(64 << 20))
+}
+
+// ---------------------------------------------------------------- engine thread
+
+struct Job {
+    attempt: u64,
+    task_key: String,
+    spec: TaskSpec,
+    inputs: HashMap<String, PathBuf>,
+    stop: Arc<AtomicBool>,
+}
+
+enum FromEngine {
+    Metrics(u64, Vec<MetricPoint>),
+    Progress(u64, f64, f64),
+    Finished(u64, Result<EngineResult, EngineError>, f64),
+}
+
+struct Relay {
+    attempt: u64,
+    tx: mpsc::UnboundedSender<FromEngine>,
+    stop: Arc<AtomicBool>,
+}
+
+impl EngineEvents for Relay {
+    fn metrics(&mut self, points: &[MetricPoint]) {
+        let _ = self.tx.send(FromEngine::Metrics(self.attempt, points.to_vec()));
+    }
+    fn progress(&mut self, fraction: f64, throughput: f64) {
+        let _ = self.tx.send(FromEngine::Progress(self.attempt, fraction, throughput));
+    }
+    fn checkpoint(&mut self, _path: &Path) {}
+    fn should_stop(&mut self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+fn spawn_engine(
+    mut engine: Box<dyn Engine + Send>,
+    events: mpsc::UnboundedSender<FromEngine>,
+) -> std::sync::mpsc::Sender<Job> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || {
+            for job in rx {
+                let started = Instant::now();
+                let mut relay = Relay { attempt: job.attempt, tx: events.clone(), stop: job.stop.clone() };
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    engine.run(&job.task_key, &job.spec, &job.inputs, &mut relay)
+                }))
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "unknown panic".into());
+                    Err(EngineError::transient(format!("engine panicked: {}", what.lines().next().unwrap_or(""))))
+                });
+                let _ = events.send(FromEngine::Finished(job.attempt, result, started.elapsed().as_secs_f64()));
+            }
+        })
+        .expect("spawn engine thread");
+    tx
+}
+
+// ---------------------------------------------------------------- artifacts
+
+/// Download `artifact` into the cache unless it is there already; returns the local path.
+async fn fetch_input(client: &mut Client, cache: &Path, artifact: &pb::ArtifactRef) -> Result<PathBuf, String> {
+    let path = cache.join("artifacts").join(digest::file_name(&artifact.digest));
+    if path.is_file() {
+        return Ok(path);
+    }
+    tokio::fs::create_dir_all(path.parent().expect("has a parent")).await.map_err(|e| e.to_string())?;
+    let partial = path.with_extension("partial");
+    let mut file = tokio::fs::File::create(&partial).await.map_err(|e| format!("{}: {e}", partial.display()))?;
+    let mut stream = client
+        .download_artifact(pb::DownloadRequest { digest: artifact.digest.clone(), offset: 0 })
+        .await
+        .map_err(|s| format!("download {}: {}", artifact.name, s.message()))?
+        .into_inner();
+    let mut hasher = digest::Hasher::default();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|s| format!("download {}: {}", artifact.name, s.message()))?;
+        hasher.update(&chunk.data);
+        size += chunk.data.len() as u64;
+        file.write_all(&chunk.data).await.map_err(|e| e.to_string())?;
+    }
+    file.sync_all().await.map_err(|e| e.to_string())?;
+    let got = hasher.finish();
+    if got != artifact.digest || size != artifact.size {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(format!(
+            "download {}: got {size} bytes with digest {got}, expected {} bytes {}",
+            artifact.name, artifact.size, artifact.digest
+        ));
+    }
+    tokio::fs::rename(&partial, &path).await.map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+/// Upload a file in chunks; the coordinator verifies the digest and size.
+async fn upload(client: &mut Client, name: &str, path: &Path) -> Result<pb::ArtifactRef, String> {
+    let (digest, size) = digest::of_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = tokio::fs::read(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+    let reference = pb::ArtifactRef { name: name.to_string(), digest, size };
+    let first = reference.clone();
+    let chunks: Vec<pb::ArtifactChunk> = if bytes.is_empty() {
+        vec![pb::ArtifactChunk { artifact: Some(first), offset: 0, data: Vec::new() }]
+    } else {
+        bytes
+            .chunks(CHUNK)
+            .enumerate()
+            .map(|(i, data)| pb::ArtifactChunk {
+                artifact: (i == 0).then(|| first.clone()),
+                offset: (i * CHUNK) as u64,
+                data: data.to_vec(),
+            })
+            .collect()
+    };
+    client.upload_artifact(tokio_stream::iter(chunks)).await.map_err(|s| format!("upload {name}: {}", s.message()))?;
+    Ok(reference)
+}
+
+// ---------------------------------------------------------------- the loop
+
+struct Running {
+    attempt: u64,
+    task_id: u64,
+    stop: Arc<AtomicBool>,
+    seq: u64,
+    progress: f64,
+    throughput: f64,
+    /// Why it was asked to stop, for the `Release` message.
+    stop_reason: Option<String>,
+}
+
+fn body(worker_id: &str, body: worker_message::Body) -> pb::WorkerMessage {
+    pb::WorkerMessage { worker_id: worker_id.to_string(), body: Some(body) }
+}
+
+/// Run until the sweep ends, the worker is drained, or the coordinator stays unreachable.
+pub async fn run(
+    config: ClientConfig,
+    engine: Box<dyn Engine + Send>,
+    device: String,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<ClientExit, ClientError> {
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let jobs = spawn_engine(engine, events_tx);
+    let mut running: Option<Running> = None;
+    // Reports not yet delivered (sent first after every (re)connection).
+    let mut outbox: Vec<worker_message::Body> = Vec::new();
+    let mut draining = *shutdown.borrow();
+    let mut backoff = Duration::from_millis(200);
+    let mut unreachable_since: Option<Instant> = None;
+
+    loop {
+        if draining && running.is_none() && outbox.is_empty() {
+            return Ok(ClientExit::Drained);
+        }
+        // ---- connect and register
+        let attempt_connect = async {
+            let mut client = connect(&config).await?;
+            let reply = client
+                .register(pb::RegisterRequest {
+                    protocol_version: freqsweep_proto::PROTOCOL_VERSION,
+                    worker_version: env!("CARGO_PKG_VERSION").to_string(),
+                    hostname: config.hostname.clone(),
+                    capabilities: Some(pb::Capabilities {
+                        device: device.clone(),
+                        device_memory_bytes: 0,
+                        cpu_threads: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+                        libtorch_version: "2.11.0".into(),
+                    }),
+                    cached_artifacts: cached_digests(&config.cache_dir),
+                })
+                .await
+                .map_err(|s| {
+                    if matches!(
+                        s.code(),
+                        tonic::Code::Unauthenticated | tonic::Code::FailedPrecondition | tonic::Code::PermissionDenied
+                    ) {
+                        format!("rejected: {}", s.message())
+                    } else {
+                        s.message().to_string()
+                    }
+                })?;
+            Ok::<_, String>((client, reply.into_inner()))
+        };
+        let (mut client, registration) = match attempt_connect.await {
+            Ok(ok) => ok,
+            Err(detail) if detail.starts_with("rejected: ") => {
+                return Err(ClientError::Rejected {
+                    url: config.coordinator.clone(),
+                    detail: detail.trim_start_matches("rejected: ").to_string(),
+                })
+            }
+            Err(detail) => {
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if let Some(limit) = config.connect_timeout {
+                    if since.elapsed() >= limit {
+                        return Err(ClientError::Unreachable {
+                            url: config.coordinator.clone(),
+                            waited: since.elapsed(),
+                            detail,
+                        });
+                    }
+                }
+                tracing::warn!(coordinator = %config.coordinator, error = %detail, retry_in_ms = backoff.as_millis() as u64, "coordinator unreachable");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => { draining = true; if let Some(r) = &mut running { request_stop(r, "draining"); } }
+                }
+                backoff = (backoff * 2).min(config.max_backoff);
+                continue;
+            }
+        };
+        unreachable_since = None;
+        backoff = Duration::from_millis(200);
+        let worker_id = registration.worker_id.clone();
+        let heartbeat_every = Duration::from_millis(u64::from(registration.heartbeat_interval_ms.max(100)));
+        tracing::info!(worker = %worker_id, coordinator = %config.coordinator, sweep = %registration.sweep_id, "registered");
+
+        let (out_tx, out_rx) = mpsc::channel::<pb::WorkerMessage>(1024);
+        let mut inbound = match client.session(tokio_stream::wrappers::ReceiverStream::new(out_rx)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                tracing::warn!(error = %status.message(), "session refused; reconnecting");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        let send = |b: worker_message::Body| out_tx.try_send(body(&worker_id, b)).is_ok();
+        // Deliver what an earlier session could not.
+        outbox.retain(|b| !send(b.clone()));
+        let mut want_lease = running.is_none() && !draining;
+        let mut lease_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
+        let mut heartbeat = tokio::time::interval(heartbeat_every);
+
+        let session_end: Result<Option<ClientExit>, String> = loop {
+            if want_lease && running.is_none() && !draining {
+                if let Some(at) = lease_at {
+                    if tokio::time::Instant::now() >= at {
+                        send(worker_message::Body::LeaseRequest(pb::LeaseRequest { slots: 1 }));
+                        want_lease = false;
+                        lease_at = None;
+                    }
+                }
+            }
+            if draining && running.is_none() {
+                break Ok(Some(ClientExit::Drained));
+            }
+            let sleep_until = lease_at
+                .filter(|_| want_lease)
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                message = inbound.next() => {
+                    let message = match message {
+                        Some(Ok(m)) => m,
+                        Some(Err(status)) => break Err(status.message().to_string()),
+                        None => break Err("the coordinator closed the session".into()),
+                    };
+                    match message.body {
+                        Some(coordinator_message::Body::Lease(lease)) => {
+                            if running.is_some() || draining {
+                                send(worker_message::Body::Release(pb::Release { attempt_id: lease.attempt_id, reason: "busy or draining".into() }));
+                                continue;
+                            }
+                            match prepare(&mut client, &config, &lease).await {
+                                Ok((spec, inputs)) => {
+                                    let stop = Arc::new(AtomicBool::new(false));
+                                    tracing::info!(task = lease.task_id, attempt = lease.attempt_id, kind = kind_of(&spec), "leased");
+                                    running = Some(Running { attempt: lease.attempt_id, task_id: lease.task_id, stop: stop.clone(), seq: 0, progress: 0.0, throughput: 0.0, stop_reason: None });
+                                    let job = Job { attempt: lease.attempt_id, task_key: format!("task-{}", lease.task_id), spec, inputs, stop };
+                                    if jobs.send(job).is_err() {
+                                        return Err(ClientError::Local("the engine thread has stopped".into()));
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::warn!(task = lease.task_id, attempt = lease.attempt_id, error = %e.message, "task could not start");
+                                    send(worker_message::Body::Failure(pb::TaskFailure { attempt_id: lease.attempt_id, error: e.message, retryable: e.retryable }));
+                                    want_lease = true;
+                                    lease_at = Some(tokio::time::Instant::now());
+                                }
+                            }
+                        }
+                        Some(coordinator_message::Body::Cancel(cancel)) => {
+                            if let Some(r) = running.as_mut().filter(|r| r.attempt == cancel.attempt_id) {
+                                tracing::info!(attempt = cancel.attempt_id, reason = %cancel.reason, "cancelled");
+                                request_stop(r, &format!("cancelled: {}", cancel.reason));
+                            }
+                        }
+                        Some(coordinator_message::Body::NoWork(no_work)) => {
+                            want_lease = true;
+                            lease_at = Some(tokio::time::Instant::now() + Duration::from_millis(u64::from(no_work.retry_after_ms.max(50))));
+                        }
+                        Some(coordinator_message::Body::Ack(ack)) if !ack.accepted => {
+                            tracing::debug!(attempt = ack.attempt_id, "report not accepted (stale attempt)");
+                        }
+                        Some(coordinator_message::Body::SweepDone(_)) => {
+                            if let Some(r) = &mut running {
+                                request_stop(r, "sweep finished");
+                            } else {
+                                break Ok(Some(ClientExit::SweepDone));
+                            }
+                        }
+                        Some(coordinator_message::Body::Ack(_)) | None => {}
+                    }
+                }
+                Some(event) = events.recv() => match event {
+                    FromEngine::Metrics(attempt, points) => {
+                        if let Some(r) = running.as_mut().filter(|r| r.attempt == attempt) {
+                            let batch = pb::MetricBatch { attempt_id: attempt, seq: r.seq, points: points.iter().map(to_wire).collect() };
+                            r.seq += 1;
+                            let b = worker_message::Body::Metrics(batch);
+                            if !send(b.clone()) { outbox.push(b); }
+                        }
+                    }
+                    FromEngine::Progress(attempt, fraction, throughput) => {
+                        if let Some(r) = running.as_mut().filter(|r| r.attempt == attempt) {
+                            r.progress = fraction;
+                            r.throughput = throughput;
+                        }
+                    }
+                    FromEngine::Finished(attempt, result, seconds) => {
+                        let finished = running.take().filter(|r| r.attempt == attempt);
+                        let reason = finished.as_ref().and_then(|r| r.stop_reason.clone()).unwrap_or_else(|| "stopped".into());
+                        let task_id = finished.as_ref().map_or(0, |r| r.task_id);
+                        let report = report(&mut client, attempt, task_id, result, seconds, reason).await;
+                        if !send(report.clone()) { outbox.push(report); }
+                        want_lease = !draining;
+                        lease_at = Some(tokio::time::Instant::now());
+                    }
+                },
+                _ = heartbeat.tick() => {
+                    let (attempts, progress, throughput) = running.as_ref().map_or((vec![], 0.0, 0.0), |r| (vec![r.attempt], r.progress, r.throughput));
+                    send(worker_message::Body::Heartbeat(pb::Heartbeat { running_attempts: attempts, progress, throughput }));
+                }
+                _ = tokio::time::sleep_until(sleep_until) => {}
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        draining = true;
+                        match &mut running {
+                            Some(r) => { tracing::info!(attempt = r.attempt, "draining: stopping the running task"); request_stop(r, "worker draining"); }
+                            None => break Ok(Some(ClientExit::Drained)),
+                        }
+                    }
+                }
+            }
+        };
+        // Let the stream flush what was queued before the session ends.
+        drop(out_tx);
+        match session_end {
+            Ok(Some(exit)) => {
+                // Give the transport a moment to deliver the last messages (Release, results).
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Ok(exit);
+            }
+            Ok(None) => {}
+            Err(detail) => {
+                tracing::warn!(error = %detail, "session lost; reconnecting");
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+}
+
+fn request_stop(running: &mut Running, reason: &str) {
+    running.stop.store(true, Ordering::Relaxed);
+    running.stop_reason.get_or_insert_with(|| reason.to_string());
+}
+
+fn kind_of(spec: &TaskSpec) -> &'static str {
+    match spec {
+        TaskSpec::Train(_) => "train",
+        TaskSpec::Heatmap(_) => "heatmap",
+    }
+}
+
+/// Parse the task and fetch its inputs.
+async fn prepare(
+    client: &mut Client,
+    config: &ClientConfig,
+    lease: &pb::Lease,
+) -> Result<(TaskSpec, HashMap<String, PathBuf>), EngineError> {
+    let spec: TaskSpec = serde_json::from_str(&lease.task_json).map_err(|e| {
+        EngineError::fatal(format!("task {} is not a task this worker understands: {e}", lease.task_id))
+    })?;
+    let mut inputs = HashMap::new();
+    for artifact in &lease.inputs {
+        let path = fetch_input(client, &config.cache_dir, artifact).await.map_err(EngineError::transient)?;
+        inputs.insert(artifact.name.clone(), path);
+    }
+    Ok((spec, inputs))
+}
+
+/// Turn an engine result into the report for the coordinator (uploading outputs first).
+async fn report(
+    client: &mut Client,
+    attempt: u64,
+    task_id: u64,
+    result: Result<EngineResult, EngineError>,
+    seconds: f64,
+    stop_reason: String,
+) -> worker_message::Body {
+    match result {
+        Ok(EngineResult::Done { outcome, artifacts }) => {
+            let mut outputs = Vec::new();
+            for (name, path) in &artifacts {
+                match upload(client, name, path).await {
+                    Ok(reference) => outputs.push(reference),
+                    Err(e) => {
+                        return worker_message::Body::Failure(pb::TaskFailure {
+                            attempt_id: attempt,
+                            error: e,
+                            retryable: true,
+                        })
+                    }
+                }
+            }
+            tracing::info!(task = task_id, attempt, seconds, "done");
+            worker_message::Body::Result(pb::TaskResult {
+                attempt_id: attempt,
+                result_json: serde_json::to_string(&outcome).expect("outcomes serialise"),
+                outputs,
+                seconds,
+            })
+        }
+        Ok(EngineResult::Stopped) => {
+            tracing::info!(task = task_id, attempt, reason = %stop_reason, "released");
+            worker_message::Body::Release(pb::Release { attempt_id: attempt, reason: stop_reason })
+        }
+        Err(e) => {
+            tracing::warn!(task = task_id, attempt, error = %e.message, retryable = e.retryable, "failed");
+            worker_message::Body::Failure(pb::TaskFailure {
+                attempt_id: attempt,
+                error: e.message,
+                retryable: e.retryable,
+            })
+        }
+    }
+}
+
+fn to_wire(p: &MetricPoint) -> pb::MetricPoint {
+    pb::MetricPoint {
+        name: p.name.clone(),
+        epoch: p.epoch,
+        step: p.step,
+        test_set: p.test_set.clone(),
+        class_index: p.class_index,
+        value: p.value,
+    }
+}
+
+/// Digests of the artifacts already in the cache (sent at registration, for locality).
+fn cached_digests(cache: &Path) -> Vec<String> {
+    std::fs::read_dir(cache.join("artifacts"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| !n.ends_with(".partial"))
+                .filter_map(|n| n.strip_prefix("sha256-").map(|hex| format!("sha256:{hex}")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
