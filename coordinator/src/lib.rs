@@ -2,7 +2,9 @@
 //! It never links libtorch.
 //!
 //! - [`artifacts`]: content-addressed artifact files, verified uploads, chunked downloads.
+//! - [`merge`]: heatmap chunks into maps, metric points into curves and confusion matrices.
 //! - [`store`]: the durable SQLite store with group commit.
 
 pub mod artifacts;
+pub mod merge;
 pub mod store;

@@ -1,0 +1,173 @@
+//! Merging what workers report into the run directory's result files (DESIGN.md "run directory"):
+//! heatmap chunks into full maps (`heatmaps/`), metric points into per-class learning curves
+//! (`curves/`) and final confusion matrices (`confusion/`). Pure functions over outcomes and metric
+//! points plus small writers; the report renderer builds figures on top of these files.
+
+use freqsweep_common::heatmap::{write_map_files, CellStat, HeatmapAccumulator, MergeError};
+use freqsweep_common::spectrum::Shape2;
+use freqsweep_common::task::{HeatmapOutcome, MetricPoint};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// A full heatmap (error map plus layer maps) assembled from chunks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MergedHeatmap {
+    pub eps: f64,
+    pub images: usize,
+    pub clean: CellStat,
+    pub error: HeatmapAccumulator,
+    pub layers: BTreeMap<String, HeatmapAccumulator>,
+}
+
+impl MergedHeatmap {
+    pub fn new(shape: Shape2, eps: f64) -> Self {
+        MergedHeatmap {
+            eps,
+            images: 0,
+            clean: CellStat::default(),
+            error: HeatmapAccumulator::new(shape),
+            layers: BTreeMap::new(),
+        }
+    }
+
+    /// Write one chunk's cells. Idempotent: the same chunk twice changes nothing; a chunk that
+    /// disagrees with cells already written is a [`MergeError::Conflict`].
+    pub fn add(&mut self, chunk: &HeatmapOutcome) -> Result<(), MergeError> {
+        self.error.write_all(&chunk.error)?;
+        for (layer, cells) in &chunk.layers {
+            let shape = self.error.shape();
+            self.layers.entry(layer.clone()).or_insert_with(|| HeatmapAccumulator::new(shape)).write_all(cells)?;
+        }
+        // Every chunk evaluates the same clean images; keep one copy.
+        self.clean = chunk.clean;
+        self.images = chunk.images;
+        Ok(())
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.error.is_complete() && self.layers.values().all(HeatmapAccumulator::is_complete)
+    }
+
+    /// `DIR/<stem>.npy/.png` (error rate, colour scale 0..1) and `DIR/<stem>_<layer>.npy/.png`.
+    pub fn write(&self, dir: &Path, stem: &str) -> Result<(), String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        write_map_files(dir, stem, &self.error, Some((0.0, 1.0)))?;
+        for (layer, map) in &self.layers {
+            write_map_files(dir, &format!("{stem}_{layer}"), map, None)?;
+        }
+        Ok(())
+    }
+}
+
+/// Per-class F1 over training as CSV: `epoch,step,test_set,class,f1`, in the order measured.
+pub fn f1_curve_csv(points: &[MetricPoint]) -> String {
+    let mut csv = String::from("epoch,step,test_set,class,f1\n");
+    for p in points.iter().filter(|p| p.name == "f1") {
+        let _ = writeln!(csv, "{},{},{},{},{}", p.epoch, p.step, p.test_set, p.class_index, p.value);
+    }
+    csv
+}
+
+/// The last confusion matrix of every test set, `test set → rows[truth][predicted]`.
+pub fn final_confusions(points: &[MetricPoint], classes: usize) -> BTreeMap<String, Vec<Vec<u64>>> {
+    let mut last_step: BTreeMap<&str, u64> = BTreeMap::new();
+    for p in points.iter().filter(|p| p.name == "confusion") {
+        let step = last_step.entry(&p.test_set).or_insert(p.step);
+        *step = (*step).max(p.step);
+    }
+    let mut out = BTreeMap::new();
+    for (set, step) in last_step {
+        let mut rows = vec![vec![0u64; classes]; classes];
+        for p in points.iter().filter(|p| p.name == "confusion" && p.test_set == set && p.step == step) {
+            let index = p.class_index.max(0) as usize;
+            if index < classes * classes {
+                rows[index / classes][index % classes] = p.value as u64;
+            }
+        }
+        out.insert(set.to_string(), rows);
+    }
+    out
+}
+
+/// A confusion matrix as CSV with a header row of predicted classes.
+pub fn confusion_csv(rows: &[Vec<u64>]) -> String {
+    let mut csv = String::from("truth");
+    for c in 0..rows.len() {
+        let _ = write!(csv, ",pred_{c}");
+    }
+    csv.push('\n');
+    for (truth, row) in rows.iter().enumerate() {
+        let _ = write!(csv, "{truth}");
+        for v in row {
+            let _ = write!(csv, ",{v}");
+        }
+        csv.push('\n');
+    }
+    csv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use freqsweep_common::heatmap::partition_cells;
+
+    fn chunk(cells: &[freqsweep_common::spectrum::Cell], index: usize) -> HeatmapOutcome {
+        let stat = |i: usize| CellStat { sum: (i % 5) as f64, n: 10 };
+        HeatmapOutcome {
+            eps: 4.0,
+            chunk: index,
+            images: 10,
+            clean: CellStat { sum: 2.0, n: 10 },
+            error: cells.iter().enumerate().map(|(i, &c)| (c, stat(i))).collect(),
+            layers: BTreeMap::from([(
+                "fc".to_string(),
+                cells.iter().map(|&c| (c, CellStat { sum: 0.5, n: 10 })).collect(),
+            )]),
+            seconds: 1.0,
+            images_per_second: 1.0,
+            device: "cpu".into(),
+        }
+    }
+
+    #[test]
+    fn chunks_merge_into_a_complete_symmetric_map_idempotently() {
+        let shape = Shape2::new(8, 8);
+        let cells = shape.heatmap_cells();
+        let chunks: Vec<_> = partition_cells(&cells, 3).iter().map(|c| chunk(&c.cells, c.index)).collect();
+        let mut merged = MergedHeatmap::new(shape, 4.0);
+        for c in &chunks {
+            merged.add(c).unwrap();
+        }
+        assert!(merged.layers["fc"].missing().is_empty());
+        merged.add(&chunks[1]).unwrap();
+        assert!(merged.is_complete());
+        let (u, v) = (freqsweep_common::spectrum::Cell::new(-3, 2), freqsweep_common::spectrum::Cell::new(3, -2));
+        assert_eq!(merged.error.get(u), merged.error.get(v), "conjugate cells mirrored");
+        let dir = tempfile::tempdir().unwrap();
+        merged.write(dir.path(), "m_eps4").unwrap();
+        for f in ["m_eps4.npy", "m_eps4.png", "m_eps4_fc.npy", "m_eps4_fc.png"] {
+            assert!(dir.path().join(f).is_file(), "{f}");
+        }
+        // A chunk that disagrees with what is written is refused.
+        let mut bad = chunks[0].clone();
+        bad.error[0].1.sum += 1.0;
+        assert!(matches!(merged.add(&bad), Err(MergeError::Conflict { .. })));
+    }
+
+    #[test]
+    fn final_confusion_is_the_last_evaluation() {
+        let p = |step: u64, index: i32, value: f64| MetricPoint {
+            name: "confusion".into(),
+            epoch: step as f64,
+            step,
+            test_set: "B124".into(),
+            class_index: index,
+            value,
+        };
+        let points = vec![p(1, 0, 9.0), p(1, 3, 1.0), p(2, 0, 5.0), p(2, 1, 5.0), p(2, 3, 10.0)];
+        let m = final_confusions(&points, 2);
+        assert_eq!(m["B124"], vec![vec![5, 5], vec![0, 10]]);
+        assert_eq!(confusion_csv(&m["B124"]), "truth,pred_0,pred_1\n0,5,5\n1,0,10\n");
+    }
+}
