@@ -3,8 +3,10 @@
 //!
 //! - [`artifacts`]: content-addressed artifact files, verified uploads, chunked downloads.
 //! - [`merge`]: heatmap chunks into maps, metric points into curves and confusion matrices.
+//! - [`scheduler`]: the sans-IO scheduler core (tasks, attempts, leases, workers; time is an input).
 //! - [`store`]: the durable SQLite store with group commit.
 
 pub mod artifacts;
 pub mod merge;
+pub mod scheduler;
 pub mod store;

@@ -1,0 +1,986 @@
+//! The scheduler core: a pure state machine over tasks, attempts and workers. It reads no clock
+//! and touches no socket or file: time is an input (`now`, milliseconds), decisions are outputs.
+//! A driver owns it, feeds it [`Input`]s from RPCs and timers, persists the [`Output::Transition`]s
+//! and sends the leases and cancellations it returns.
+//!
+//! ```text
+//!             deps done                 lease                 result
+//!  Blocked ───────────────► Ready ───────────────► Running ───────────────► Done
+//!                            ▲  ▲                  │  │  │
+//!                            │  └── released, worker left or expired (attempt kept)
+//!                            │                     │  │
+//!                            └──── Backoff ◄───────┘  └── failure: not retryable or
+//!                                  (retryable failure,     attempts exhausted ──► Failed
+//!                                   exponential delay)     (dependents ──► Cancelled)
+//! ```
+//!
+//! Rules (each unit-tested, and checked after every step of random event sequences):
+//! - A task has at most one live attempt; a report from any other attempt is not accepted, so
+//!   late or duplicate reports change nothing and a task is completed at most once.
+//! - A worker's liveness deadline is `now + lease_timeout`, renewed by any message; past it the
+//!   worker is dropped and its tasks return to the queue at once (front of the queue).
+//! - A released or orphaned attempt does not count against `max_attempts`; a failure does.
+//!   Retryable failures wait `min(base · 2^(k−1), max)` before the task is ready again.
+//! - Leases prefer a task whose inputs the worker already holds (it produced or downloaded them),
+//!   then retried tasks, then lower priority values (train before heatmap), then FIFO.
+//! - Costs: lease, report and expiry are O(log n); nothing scans all tasks.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+pub type Millis = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(pub u64);
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AttemptId(pub u64);
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerId(pub u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StateName {
+    Blocked,
+    Ready,
+    Running,
+    Backoff,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl StateName {
+    pub const ALL: [StateName; 7] = [
+        StateName::Blocked,
+        StateName::Ready,
+        StateName::Running,
+        StateName::Backoff,
+        StateName::Done,
+        StateName::Failed,
+        StateName::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateName::Blocked => "blocked",
+            StateName::Ready => "ready",
+            StateName::Running => "running",
+            StateName::Backoff => "backoff",
+            StateName::Done => "done",
+            StateName::Failed => "failed",
+            StateName::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<StateName> {
+        StateName::ALL.into_iter().find(|n| n.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, StateName::Done | StateName::Failed | StateName::Cancelled)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// A worker silent for this long is dead.
+    pub lease_timeout: Millis,
+    /// Failed attempts allowed per task (releases and lost workers do not count).
+    pub max_attempts: u32,
+    pub backoff_base: Millis,
+    pub backoff_max: Millis,
+    /// What `NoWork` tells an idle worker.
+    pub idle_retry: Millis,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            lease_timeout: 30_000,
+            max_attempts: 3,
+            backoff_base: 1_000,
+            backoff_max: 60_000,
+            idle_retry: 1_000,
+        }
+    }
+}
+
+/// A task as the scheduler sees it: an id, what it waits for, an ordering hint and locality keys.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewTask {
+    pub id: TaskId,
+    pub deps: Vec<TaskId>,
+    /// Lower runs first among ready tasks (e.g. train 0, heatmap 1, report 2).
+    pub priority: u8,
+    /// Keys of the inputs (e.g. `task:7/checkpoint`); a worker holding them is preferred.
+    pub inputs: Vec<String>,
+}
+
+/// How a task was left in the store (for [`Scheduler::restore`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoredState {
+    Pending,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    WorkerJoined {
+        worker: WorkerId,
+        cached: Vec<String>,
+    },
+    WorkerLeft {
+        worker: WorkerId,
+    },
+    /// Any message from the worker proves it alive.
+    Heartbeat {
+        worker: WorkerId,
+    },
+    LeaseRequest {
+        worker: WorkerId,
+        slots: u32,
+    },
+    Completed {
+        attempt: AttemptId,
+        outputs: Vec<String>,
+    },
+    Failed {
+        attempt: AttemptId,
+        error: String,
+        retryable: bool,
+    },
+    Released {
+        attempt: AttemptId,
+    },
+    Cancel {
+        task: TaskId,
+        reason: String,
+    },
+    /// Time passed: expire workers and end backoffs due by `now`.
+    Tick,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    Lease {
+        worker: WorkerId,
+        task: TaskId,
+        attempt: AttemptId,
+    },
+    NoWork {
+        worker: WorkerId,
+        retry_after: Millis,
+    },
+    Cancel {
+        worker: WorkerId,
+        attempt: AttemptId,
+        reason: String,
+    },
+    /// Whether a report (completion, failure, release) of `attempt` was accepted.
+    Report {
+        attempt: AttemptId,
+        accepted: bool,
+    },
+    Transition {
+        task: TaskId,
+        from: StateName,
+        to: StateName,
+        attempt: Option<AttemptId>,
+        worker: Option<WorkerId>,
+    },
+    WorkerExpired {
+        worker: WorkerId,
+    },
+    SweepFinished,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum State {
+    Blocked,
+    Ready,
+    Running { attempt: AttemptId, worker: WorkerId },
+    Backoff { until: Millis },
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl State {
+    fn name(&self) -> StateName {
+        match self {
+            State::Blocked => StateName::Blocked,
+            State::Ready => StateName::Ready,
+            State::Running { .. } => StateName::Running,
+            State::Backoff { .. } => StateName::Backoff,
+            State::Done => StateName::Done,
+            State::Failed => StateName::Failed,
+            State::Cancelled => StateName::Cancelled,
+        }
+    }
+}
+
+struct Task {
+    state: State,
+    deps_left: usize,
+    dependents: Vec<TaskId>,
+    failures: u32,
+    priority: u8,
+    inputs: Vec<String>,
+    /// Queue position while ready.
+    queued: Option<QueueKey>,
+}
+
+/// Ordering of the ready queue: retried tasks first, then priority, then arrival.
+type QueueKey = (bool, u8, u64, TaskId);
+
+struct Worker {
+    deadline: Millis,
+    running: BTreeSet<TaskId>,
+    cached: HashSet<String>,
+    /// Most recent cached keys first: the locality lookup tries these.
+    recent: Vec<String>,
+}
+
+/// How many of a worker's most recent inputs the locality lookup tries.
+const LOCALITY_KEYS: usize = 16;
+
+pub struct Scheduler {
+    config: SchedulerConfig,
+    tasks: HashMap<TaskId, Task>,
+    ready: BTreeSet<QueueKey>,
+    /// Input key → ready tasks that need it.
+    by_input: HashMap<String, BTreeSet<QueueKey>>,
+    attempts: HashMap<AttemptId, TaskId>,
+    workers: HashMap<WorkerId, Worker>,
+    worker_deadlines: BTreeSet<(Millis, WorkerId)>,
+    backoffs: BTreeSet<(Millis, TaskId)>,
+    counts: BTreeMap<StateName, usize>,
+    next_attempt: u64,
+    next_seq: u64,
+    finished_announced: bool,
+}
+
+impl Scheduler {
+    /// A fresh sweep: every task pending. `first_attempt` seeds attempt ids (above any stored one).
+    pub fn new(config: SchedulerConfig, tasks: Vec<NewTask>, first_attempt: u64) -> Self {
+        let stored = tasks.into_iter().map(|t| (t, StoredState::Pending, 0)).collect();
+        Self::restore(config, stored, first_attempt)
+    }
+
+    /// Rebuild from the store: done/failed/cancelled tasks stay so; everything else is pending
+    /// again (an attempt that was running when the coordinator stopped is re-leased).
+    pub fn restore(config: SchedulerConfig, tasks: Vec<(NewTask, StoredState, u32)>, first_attempt: u64) -> Self {
+        let mut s = Scheduler {
+            config,
+            tasks: HashMap::with_capacity(tasks.len()),
+            ready: BTreeSet::new(),
+            by_input: HashMap::new(),
+            attempts: HashMap::new(),
+            workers: HashMap::new(),
+            worker_deadlines: BTreeSet::new(),
+            backoffs: BTreeSet::new(),
+            counts: BTreeMap::new(),
+            next_attempt: first_attempt.max(1),
+            next_seq: 0,
+            finished_announced: false,
+        };
+        let mut edges = Vec::new();
+        for (t, stored, failures) in &tasks {
+            let state = match stored {
+                StoredState::Done => State::Done,
+                StoredState::Failed => State::Failed,
+                StoredState::Cancelled => State::Cancelled,
+                StoredState::Pending => State::Blocked,
+            };
+            *s.counts.entry(state.name()).or_default() += 1;
+            s.tasks.insert(
+                t.id,
+                Task {
+                    state,
+                    deps_left: 0,
+                    dependents: Vec::new(),
+                    failures: *failures,
+                    priority: t.priority,
+                    inputs: t.inputs.clone(),
+                    queued: None,
+                },
+            );
+            for d in &t.deps {
+                edges.push((*d, t.id));
+            }
+        }
+        for (dep, task) in edges {
+            let dep_done = s.tasks.get(&dep).is_none_or(|d| d.state == State::Done);
+            if let Some(d) = s.tasks.get_mut(&dep) {
+                d.dependents.push(task);
+            }
+            if !dep_done {
+                s.tasks.get_mut(&task).expect("task exists").deps_left += 1;
+            }
+        }
+        // Pending tasks whose deps are all done are ready; pending tasks behind a failed or
+        // cancelled dependency can never run.
+        let mut order: Vec<(TaskId, u8)> = tasks.iter().map(|(t, _, _)| (t.id, t.priority)).collect();
+        order.sort();
+        let mut out = Vec::new();
+        for (id, _) in order {
+            let task = &s.tasks[&id];
+            if task.state == State::Blocked && task.deps_left == 0 {
+                s.set_state(id, State::Ready, None, None, &mut Vec::new());
+            }
+        }
+        let doomed: Vec<TaskId> = s
+            .tasks
+            .iter()
+            .filter(|(_, t)| matches!(t.state, State::Failed | State::Cancelled))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in doomed {
+            s.cancel_dependents(id, &mut out);
+        }
+        s
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// Apply one input at time `now`; returns what the driver must do.
+    pub fn handle(&mut self, now: Millis, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::WorkerJoined { worker, cached } => {
+                // The same id joining again is a new incarnation: the old one's work is orphaned.
+                self.drop_worker(worker, &mut out);
+                let recent: Vec<String> = cached.iter().rev().take(LOCALITY_KEYS).cloned().collect();
+                self.workers.insert(
+                    worker,
+                    Worker { deadline: 0, running: BTreeSet::new(), cached: cached.into_iter().collect(), recent },
+                );
+                self.renew(worker, now);
+            }
+            Input::WorkerLeft { worker } => self.drop_worker(worker, &mut out),
+            Input::Heartbeat { worker } => self.renew(worker, now),
+            Input::LeaseRequest { worker, slots } => {
+                if !self.workers.contains_key(&worker) {
+                    return out;
+                }
+                self.renew(worker, now);
+                let mut granted = 0;
+                while granted < slots {
+                    let Some(task) = self.pick(worker) else { break };
+                    let attempt = AttemptId(self.next_attempt);
+                    self.next_attempt += 1;
+                    self.attempts.insert(attempt, task);
+                    self.workers.get_mut(&worker).expect("worker exists").running.insert(task);
+                    self.set_state(task, State::Running { attempt, worker }, Some(attempt), Some(worker), &mut out);
+                    out.push(Output::Lease { worker, task, attempt });
+                    granted += 1;
+                }
+                if granted == 0 {
+                    out.push(Output::NoWork { worker, retry_after: self.config.idle_retry });
+                }
+            }
+            Input::Completed { attempt, outputs } => {
+                let Some((task, worker)) = self.current(attempt) else {
+                    out.push(Output::Report { attempt, accepted: false });
+                    return out;
+                };
+                self.renew(worker, now);
+                self.end_attempt(attempt, task, worker);
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    for key in outputs {
+                        if w.cached.insert(key.clone()) {
+                            w.recent.insert(0, key);
+                            w.recent.truncate(LOCALITY_KEYS);
+                        }
+                    }
+                }
+                self.set_state(task, State::Done, Some(attempt), Some(worker), &mut out);
+                out.push(Output::Report { attempt, accepted: true });
+                let dependents = self.tasks[&task].dependents.clone();
+                for d in dependents {
+                    let dep = self.tasks.get_mut(&d).expect("dependent exists");
+                    dep.deps_left = dep.deps_left.saturating_sub(1);
+                    if dep.deps_left == 0 && dep.state == State::Blocked {
+                        self.set_state(d, State::Ready, None, None, &mut out);
+                    }
+                }
+            }
+            Input::Failed { attempt, error: _, retryable } => {
+                let Some((task, worker)) = self.current(attempt) else {
+                    out.push(Output::Report { attempt, accepted: false });
+                    return out;
+                };
+                self.renew(worker, now);
+                self.end_attempt(attempt, task, worker);
+                out.push(Output::Report { attempt, accepted: true });
+                let t = self.tasks.get_mut(&task).expect("task exists");
+                t.failures += 1;
+                if retryable && t.failures < self.config.max_attempts {
+                    let shift = (t.failures - 1).min(20);
+                    let delay = self.config.backoff_base.saturating_mul(1 << shift).min(self.config.backoff_max);
+                    self.set_state(task, State::Backoff { until: now + delay }, Some(attempt), Some(worker), &mut out);
+                } else {
+                    self.set_state(task, State::Failed, Some(attempt), Some(worker), &mut out);
+                    self.cancel_dependents(task, &mut out);
+                }
+            }
+            Input::Released { attempt } => {
+                let Some((task, worker)) = self.current(attempt) else {
+                    out.push(Output::Report { attempt, accepted: false });
+                    return out;
+                };
+                self.renew(worker, now);
+                self.end_attempt(attempt, task, worker);
+                out.push(Output::Report { attempt, accepted: true });
+                self.requeue(task, Some(attempt), Some(worker), &mut out);
+            }
+            Input::Cancel { task, reason } => {
+                if let Some(state) = self.tasks.get(&task).map(|t| t.state.clone()) {
+                    if let State::Running { attempt, worker } = state {
+                        self.end_attempt(attempt, task, worker);
+                        out.push(Output::Cancel { worker, attempt, reason });
+                    }
+                    if !state.name().is_terminal() {
+                        self.set_state(task, State::Cancelled, None, None, &mut out);
+                        self.cancel_dependents(task, &mut out);
+                    }
+                }
+            }
+            Input::Tick => {}
+        }
+        self.expire(now, &mut out);
+        if self.is_finished() && !self.finished_announced {
+            self.finished_announced = true;
+            out.push(Output::SweepFinished);
+        }
+        out
+    }
+
+    /// The earliest time at which a `Tick` would change something.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        let w = self.worker_deadlines.first().map(|(t, _)| *t);
+        let b = self.backoffs.first().map(|(t, _)| *t);
+        match (w, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Every task is done, failed or cancelled.
+    pub fn is_finished(&self) -> bool {
+        let terminal: usize = self.counts.iter().filter(|(name, _)| name.is_terminal()).map(|(_, count)| *count).sum();
+        terminal == self.tasks.len()
+    }
+
+    pub fn counts(&self) -> &BTreeMap<StateName, usize> {
+        &self.counts
+    }
+
+    pub fn state(&self, task: TaskId) -> Option<StateName> {
+        self.tasks.get(&task).map(|t| t.state.name())
+    }
+
+    pub fn failures(&self, task: TaskId) -> u32 {
+        self.tasks.get(&task).map_or(0, |t| t.failures)
+    }
+
+    /// Tasks running on `worker`.
+    pub fn running_on(&self, worker: WorkerId) -> Vec<TaskId> {
+        self.workers.get(&worker).map(|w| w.running.iter().copied().collect()).unwrap_or_default()
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = WorkerId> + '_ {
+        self.workers.keys().copied()
+    }
+
+    /// The task and worker of a live attempt.
+    pub fn attempt(&self, attempt: AttemptId) -> Option<(TaskId, WorkerId)> {
+        self.current(attempt)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    fn current(&self, attempt: AttemptId) -> Option<(TaskId, WorkerId)> {
+        let task = *self.attempts.get(&attempt)?;
+        match self.tasks[&task].state {
+            State::Running { attempt: a, worker } if a == attempt => Some((task, worker)),
+            _ => None,
+        }
+    }
+
+    fn end_attempt(&mut self, attempt: AttemptId, task: TaskId, worker: WorkerId) {
+        self.attempts.remove(&attempt);
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.running.remove(&task);
+        }
+    }
+
+    fn renew(&mut self, worker: WorkerId, now: Millis) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            self.worker_deadlines.remove(&(w.deadline, worker));
+            w.deadline = now + self.config.lease_timeout;
+            self.worker_deadlines.insert((w.deadline, worker));
+        }
+    }
+
+    fn drop_worker(&mut self, worker: WorkerId, out: &mut Vec<Output>) {
+        let Some(w) = self.workers.remove(&worker) else { return };
+        self.worker_deadlines.remove(&(w.deadline, worker));
+        for task in w.running {
+            if let State::Running { attempt, .. } = self.tasks[&task].state {
+                self.attempts.remove(&attempt);
+                self.requeue(task, Some(attempt), Some(worker), out);
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Millis, out: &mut Vec<Output>) {
+        while let Some(&(deadline, worker)) = self.worker_deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            out.push(Output::WorkerExpired { worker });
+            self.drop_worker(worker, out);
+        }
+        while let Some(&(until, task)) = self.backoffs.first() {
+            if until > now {
+                break;
+            }
+            self.backoffs.remove(&(until, task));
+            self.set_retry_ready(task, out);
+        }
+    }
+
+    /// Back to the front of the queue without counting a failure.
+    fn requeue(&mut self, task: TaskId, attempt: Option<AttemptId>, worker: Option<WorkerId>, out: &mut Vec<Output>) {
+        self.set_state_with(task, State::Ready, attempt, worker, true, out);
+    }
+
+    fn set_retry_ready(&mut self, task: TaskId, out: &mut Vec<Output>) {
+        self.set_state_with(task, State::Ready, None, None, true, out);
+    }
+
+    fn set_state(
+        &mut self,
+        task: TaskId,
+        to: State,
+        attempt: Option<AttemptId>,
+        worker: Option<WorkerId>,
+        out: &mut Vec<Output>,
+    ) {
+        self.set_state_with(task, to, attempt, worker, false, out);
+    }
+
+    fn set_state_with(
+        &mut self,
+        id: TaskId,
+        to: State,
+        attempt: Option<AttemptId>,
+        worker: Option<WorkerId>,
+        front: bool,
+        out: &mut Vec<Output>,
+    ) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let task = self.tasks.get_mut(&id).expect("task exists");
+        let from = task.state.name();
+        // Leave the old state's indexes.
+        if let Some(key) = task.queued.take() {
+            self.ready.remove(&key);
+            for input in &task.inputs {
+                if let Some(set) = self.by_input.get_mut(input) {
+                    set.remove(&key);
+                    if set.is_empty() {
+                        self.by_input.remove(input);
+                    }
+                }
+            }
+        }
+        if let State::Backoff { until } = task.state {
+            self.backoffs.remove(&(until, id));
+        }
+        // Enter the new one.
+        match &to {
+            State::Ready => {
+                let key = (!front, task.priority, seq, id);
+                self.ready.insert(key);
+                for input in &task.inputs {
+                    self.by_input.entry(input.clone()).or_default().insert(key);
+                }
+                task.queued = Some(key);
+            }
+            State::Backoff { until } => {
+                self.backoffs.insert((*until, id));
+            }
+            _ => {}
+        }
+        let to_name = to.name();
+        task.state = to;
+        *self.counts.entry(from).or_default() -= 1;
+        *self.counts.entry(to_name).or_default() += 1;
+        out.push(Output::Transition { task: id, from, to: to_name, attempt, worker });
+    }
+
+    /// Cancel everything that (transitively) depends on `task`, which can no longer complete.
+    fn cancel_dependents(&mut self, task: TaskId, out: &mut Vec<Output>) {
+        let mut stack = self.tasks[&task].dependents.clone();
+        while let Some(d) = stack.pop() {
+            let state = self.tasks[&d].state.clone();
+            if state.name().is_terminal() {
+                continue;
+            }
+            if let State::Running { attempt, worker } = state {
+                self.end_attempt(attempt, d, worker);
+                out.push(Output::Cancel { worker, attempt, reason: format!("dependency {} failed", task.0) });
+            }
+            self.set_state(d, State::Cancelled, None, None, out);
+            stack.extend(self.tasks[&d].dependents.iter().copied());
+        }
+    }
+
+    /// The best ready task for `worker`: one whose inputs it holds, else the queue's head.
+    fn pick(&self, worker: WorkerId) -> Option<TaskId> {
+        let w = self.workers.get(&worker)?;
+        let local = w.recent.iter().filter_map(|key| self.by_input.get(key)?.first()).min();
+        local.or_else(|| self.ready.first()).map(|key| key.3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn task(id: u64, deps: &[u64], priority: u8, inputs: &[&str]) -> NewTask {
+        NewTask {
+            id: TaskId(id),
+            deps: deps.iter().map(|&d| TaskId(d)).collect(),
+            priority,
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn config() -> SchedulerConfig {
+        SchedulerConfig { lease_timeout: 1_000, max_attempts: 3, backoff_base: 100, backoff_max: 1_000, idle_retry: 50 }
+    }
+
+    fn leases(out: &[Output]) -> Vec<(TaskId, AttemptId)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Lease { task, attempt, .. } => Some((*task, *attempt)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn lease_one(s: &mut Scheduler, now: Millis, worker: u64) -> Option<(TaskId, AttemptId)> {
+        leases(&s.handle(now, Input::LeaseRequest { worker: WorkerId(worker), slots: 1 })).first().copied()
+    }
+
+    fn join(s: &mut Scheduler, now: Millis, worker: u64) {
+        s.handle(now, Input::WorkerJoined { worker: WorkerId(worker), cached: vec![] });
+    }
+
+    #[test]
+    fn dependencies_gate_readiness_and_the_sweep_finishes_once() {
+        let mut s = Scheduler::new(config(), vec![task(1, &[], 0, &[]), task(2, &[1], 1, &[])], 1);
+        assert_eq!(s.state(TaskId(2)), Some(StateName::Blocked));
+        join(&mut s, 0, 1);
+        let (t, a) = lease_one(&mut s, 0, 1).unwrap();
+        assert_eq!(t, TaskId(1));
+        assert_eq!(lease_one(&mut s, 0, 1), None, "task 2 waits for task 1");
+        let out = s.handle(5, Input::Completed { attempt: a, outputs: vec![] });
+        assert!(out.contains(&Output::Report { attempt: a, accepted: true }));
+        assert_eq!(s.state(TaskId(2)), Some(StateName::Ready));
+        let (t2, a2) = lease_one(&mut s, 6, 1).unwrap();
+        assert_eq!(t2, TaskId(2));
+        let out = s.handle(7, Input::Completed { attempt: a2, outputs: vec![] });
+        assert!(out.contains(&Output::SweepFinished));
+        assert!(!s.handle(8, Input::Tick).contains(&Output::SweepFinished), "announced once");
+    }
+
+    #[test]
+    fn stale_and_duplicate_reports_change_nothing() {
+        let mut s = Scheduler::new(config(), vec![task(1, &[], 0, &[])], 10);
+        join(&mut s, 0, 1);
+        let (_, a) = lease_one(&mut s, 0, 1).unwrap();
+        assert_eq!(a, AttemptId(10), "attempt ids start where the store left off");
+        s.handle(1, Input::Completed { attempt: a, outputs: vec![] });
+        let again = s.handle(2, Input::Completed { attempt: a, outputs: vec![] });
+        assert_eq!(again, vec![Output::Report { attempt: a, accepted: false }]);
+        let late = s.handle(2, Input::Failed { attempt: a, error: "x".into(), retryable: true });
+        assert_eq!(late, vec![Output::Report { attempt: a, accepted: false }]);
+        assert_eq!(s.state(TaskId(1)), Some(StateName::Done));
+    }
+
+    #[test]
+    fn a_silent_worker_expires_and_its_task_goes_back_to_the_front() {
+        let mut s = Scheduler::new(config(), vec![task(1, &[], 0, &[]), task(2, &[], 0, &[])], 1);
+        join(&mut s, 0, 1);
+        join(&mut s, 0, 2);
+        let (t, a) = lease_one(&mut s, 0, 1).unwrap();
+        assert_eq!(s.next_deadline(), Some(1_000));
+        s.handle(900, Input::Heartbeat { worker: WorkerId(2) });
+        let out = s.handle(1_000, Input::Tick);
+        assert!(out.contains(&Output::WorkerExpired { worker: WorkerId(1) }));
+        assert_eq!(s.state(t), Some(StateName::Ready));
+        assert_eq!(s.failures(t), 0, "a lost worker is not the task's failure");
+        let (again, a2) = lease_one(&mut s, 1_001, 2).unwrap();
+        assert_eq!(again, t, "the orphaned task is re-leased before the untouched one");
+        assert_ne!(a, a2);
+        let late = s.handle(1_002, Input::Completed { attempt: a, outputs: vec![] });
+        assert_eq!(late, vec![Output::Report { attempt: a, accepted: false }], "the old attempt is stale");
+    }
+
+    #[test]
+    fn retryable_failures_back_off_then_fail_after_max_attempts_and_cancel_dependents() {
+        let mut s =
+            Scheduler::new(config(), vec![task(1, &[], 0, &[]), task(2, &[1], 0, &[]), task(3, &[2], 0, &[])], 1);
+        join(&mut s, 0, 1);
+        let mut now = 0;
+        for k in 1..=3u32 {
+            let (t, a) = lease_one(&mut s, now, 1).unwrap();
+            assert_eq!(t, TaskId(1));
+            s.handle(now, Input::Failed { attempt: a, error: "oom".into(), retryable: true });
+            if k < 3 {
+                assert_eq!(s.state(t), Some(StateName::Backoff));
+                let wait = 100 << (k - 1);
+                assert_eq!(lease_one(&mut s, now + wait - 1, 1), None, "still backing off");
+                assert_eq!(s.next_deadline().map(|d| d.min(now + wait)), Some(now + wait));
+                now += wait;
+                s.handle(now, Input::Tick);
+                assert_eq!(s.state(t), Some(StateName::Ready));
+            }
+        }
+        assert_eq!(s.state(TaskId(1)), Some(StateName::Failed));
+        assert_eq!(s.state(TaskId(2)), Some(StateName::Cancelled));
+        assert_eq!(s.state(TaskId(3)), Some(StateName::Cancelled));
+        assert!(s.is_finished());
+    }
+
+    #[test]
+    fn a_non_retryable_failure_fails_at_once() {
+        let mut s = Scheduler::new(config(), vec![task(1, &[], 0, &[])], 1);
+        join(&mut s, 0, 1);
+        let (_, a) = lease_one(&mut s, 0, 1).unwrap();
+        let out = s.handle(1, Input::Failed { attempt: a, error: "NaN loss".into(), retryable: false });
+        assert_eq!(s.state(TaskId(1)), Some(StateName::Failed));
+        assert!(out.contains(&Output::SweepFinished));
+    }
+
+    #[test]
+    fn release_and_worker_leave_requeue_without_counting_a_failure() {
+        let mut s = Scheduler::new(config(), vec![task(1, &[], 0, &[]), task(2, &[], 0, &[])], 1);
+        join(&mut s, 0, 1);
+        let (t, a) = lease_one(&mut s, 0, 1).unwrap();
+        s.handle(1, Input::Released { attempt: a });
+        assert_eq!((s.state(t), s.failures(t)), (Some(StateName::Ready), 0));
+        let (t2, _) = lease_one(&mut s, 2, 1).unwrap();
+        assert_eq!(t2, t, "released work goes first");
+        s.handle(3, Input::WorkerLeft { worker: WorkerId(1) });
+        assert_eq!(s.state(t), Some(StateName::Ready));
+        assert!(s.running_on(WorkerId(1)).is_empty());
+    }
+
+    #[test]
+    fn locality_prefers_the_worker_that_holds_the_input() {
+        let tasks = vec![
+            task(1, &[], 0, &[]),
+            task(2, &[], 0, &[]),
+            task(10, &[1], 1, &["task:1/checkpoint"]),
+            task(20, &[2], 1, &["task:2/checkpoint"]),
+        ];
+        let mut s = Scheduler::new(config(), tasks, 1);
+        join(&mut s, 0, 1);
+        join(&mut s, 0, 2);
+        let (t1, a1) = lease_one(&mut s, 0, 1).unwrap();
+        let (t2, a2) = lease_one(&mut s, 0, 2).unwrap();
+        assert_eq!((t1, t2), (TaskId(1), TaskId(2)));
+        s.handle(1, Input::Completed { attempt: a1, outputs: vec!["task:1/checkpoint".into()] });
+        s.handle(1, Input::Completed { attempt: a2, outputs: vec!["task:2/checkpoint".into()] });
+        // FIFO would hand task 10 to whoever asks first; locality gives each worker its own.
+        assert_eq!(lease_one(&mut s, 2, 2).unwrap().0, TaskId(20));
+        assert_eq!(lease_one(&mut s, 2, 1).unwrap().0, TaskId(10));
+    }
+
+    #[test]
+    fn priority_orders_ready_tasks_and_cancel_stops_the_live_attempt() {
+        let mut s = Scheduler::new(config(), vec![task(1, &[], 2, &[]), task(2, &[], 0, &[])], 1);
+        join(&mut s, 0, 1);
+        let (t, a) = lease_one(&mut s, 0, 1).unwrap();
+        assert_eq!(t, TaskId(2), "lower priority value first");
+        let out = s.handle(1, Input::Cancel { task: t, reason: "user".into() });
+        assert!(out.contains(&Output::Cancel { worker: WorkerId(1), attempt: a, reason: "user".into() }));
+        assert_eq!(s.state(t), Some(StateName::Cancelled));
+        let late = s.handle(2, Input::Completed { attempt: a, outputs: vec![] });
+        assert_eq!(late, vec![Output::Report { attempt: a, accepted: false }]);
+    }
+
+    #[test]
+    fn restore_keeps_finished_work_and_requeues_the_rest() {
+        let stored = vec![
+            (task(1, &[], 0, &[]), StoredState::Done, 1),
+            (task(2, &[1], 1, &[]), StoredState::Pending, 1),
+            (task(3, &[2], 2, &[]), StoredState::Pending, 0),
+            (task(4, &[], 0, &[]), StoredState::Failed, 3),
+            (task(5, &[4], 1, &[]), StoredState::Pending, 0),
+        ];
+        let mut s = Scheduler::restore(config(), stored, 42);
+        assert_eq!(s.state(TaskId(1)), Some(StateName::Done));
+        assert_eq!(s.state(TaskId(2)), Some(StateName::Ready));
+        assert_eq!(s.state(TaskId(3)), Some(StateName::Blocked));
+        assert_eq!(s.state(TaskId(5)), Some(StateName::Cancelled), "behind a failed task");
+        assert_eq!(s.failures(TaskId(2)), 1, "failure counts survive a restart");
+        join(&mut s, 0, 1);
+        assert_eq!(lease_one(&mut s, 0, 1), Some((TaskId(2), AttemptId(42))));
+    }
+
+    #[test]
+    fn a_hundred_thousand_tasks_lease_and_complete() {
+        let tasks: Vec<NewTask> = (0..100_000).map(|i| task(i, &[], (i % 3) as u8, &[])).collect();
+        let mut s = Scheduler::new(config(), tasks, 1);
+        join(&mut s, 0, 1);
+        let mut done = 0;
+        while let Some((_, a)) = lease_one(&mut s, 1, 1) {
+            s.handle(1, Input::Completed { attempt: a, outputs: vec![] });
+            done += 1;
+        }
+        assert_eq!(done, 100_000);
+        assert!(s.is_finished());
+    }
+
+    // ---- randomised event sequences against invariants
+
+    #[derive(Clone, Debug)]
+    enum Event {
+        Join(u64),
+        Leave(u64),
+        Beat(u64),
+        Lease(u64, u32),
+        Complete(usize),
+        Fail(usize, bool),
+        Release(usize),
+        Cancel(u64),
+        Advance(u64),
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            (0..4u64).prop_map(Event::Join),
+            (0..4u64).prop_map(Event::Leave),
+            (0..4u64).prop_map(Event::Beat),
+            ((0..4u64), (1..3u32)).prop_map(|(w, s)| Event::Lease(w, s)),
+            (0..64usize).prop_map(Event::Complete),
+            ((0..64usize), any::<bool>()).prop_map(|(i, r)| Event::Fail(i, r)),
+            (0..64usize).prop_map(Event::Release),
+            (0..12u64).prop_map(Event::Cancel),
+            (0..1500u64).prop_map(Event::Advance),
+        ]
+    }
+
+    fn check_invariants(s: &Scheduler, total: usize, completed: &HashMap<TaskId, usize>) {
+        let counted: usize = s.counts().values().sum();
+        assert_eq!(counted, total, "no task lost or duplicated");
+        for (name, count) in s.counts() {
+            let actual = s.tasks.values().filter(|t| t.state.name() == *name).count();
+            assert_eq!(*count, actual, "count of {name:?}");
+        }
+        assert!(completed.values().all(|&n| n <= 1), "a task completed more than once");
+        for (id, t) in &s.tasks {
+            if let State::Running { attempt, worker } = t.state {
+                let w = s.workers.get(&worker).expect("a running task's worker is alive");
+                assert!(w.running.contains(id));
+                assert_eq!(s.attempts.get(&attempt), Some(id));
+            }
+            assert_eq!(t.queued.is_some(), t.state == State::Ready, "queued iff ready");
+        }
+        for (wid, w) in &s.workers {
+            for task in &w.running {
+                assert!(matches!(s.tasks[task].state, State::Running { worker, .. } if worker == *wid));
+            }
+        }
+        assert_eq!(s.ready.len(), s.tasks.values().filter(|t| t.state == State::Ready).count());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+        #[test]
+        fn random_event_sequences_keep_the_invariants(events in prop::collection::vec(event(), 1..120)) {
+            let tasks: Vec<NewTask> = (0..12u64)
+                .map(|i| task(i, &[], (i % 2) as u8, &[]))
+                .enumerate()
+                .map(|(i, mut t)| {
+                    if i >= 4 {
+                        t.deps = vec![TaskId(i as u64 % 4)];
+                        t.inputs = vec![format!("task:{}/checkpoint", i % 4)];
+                    }
+                    t
+                })
+                .collect();
+            let mut s = Scheduler::new(config(), tasks, 1);
+            let mut now = 0;
+            let mut live: Vec<AttemptId> = Vec::new();
+            let mut completed: HashMap<TaskId, usize> = HashMap::new();
+            for e in events {
+                let out = match e {
+                    Event::Join(w) => s.handle(now, Input::WorkerJoined { worker: WorkerId(w), cached: vec![] }),
+                    Event::Leave(w) => s.handle(now, Input::WorkerLeft { worker: WorkerId(w) }),
+                    Event::Beat(w) => s.handle(now, Input::Heartbeat { worker: WorkerId(w) }),
+                    Event::Lease(w, n) => s.handle(now, Input::LeaseRequest { worker: WorkerId(w), slots: n }),
+                    Event::Complete(i) if !live.is_empty() => {
+                        let a = live[i % live.len()];
+                        let task = s.attempt(a).map(|(t, _)| t);
+                        let out = s.handle(now, Input::Completed { attempt: a, outputs: vec![] });
+                        if out.contains(&Output::Report { attempt: a, accepted: true }) {
+                            *completed.entry(task.expect("accepted attempts are live")).or_default() += 1;
+                        }
+                        out
+                    }
+                    Event::Fail(i, r) if !live.is_empty() => {
+                        let a = live[i % live.len()];
+                        s.handle(now, Input::Failed { attempt: a, error: "e".into(), retryable: r })
+                    }
+                    Event::Release(i) if !live.is_empty() => {
+                        s.handle(now, Input::Released { attempt: live[i % live.len()] })
+                    }
+                    Event::Cancel(t) => s.handle(now, Input::Cancel { task: TaskId(t), reason: "r".into() }),
+                    Event::Advance(dt) => {
+                        now += dt;
+                        s.handle(now, Input::Tick)
+                    }
+                    _ => Vec::new(),
+                };
+                for o in &out {
+                    if let Output::Lease { attempt, .. } = o {
+                        live.push(*attempt);
+                    }
+                }
+                check_invariants(&s, 12, &completed);
+            }
+            // Liveness: one worker that keeps working finishes the sweep.
+            s.handle(now, Input::WorkerJoined { worker: WorkerId(99), cached: vec![] });
+            for _ in 0..200 {
+                if s.is_finished() {
+                    break;
+                }
+                now += 1_000;
+                s.handle(now, Input::Heartbeat { worker: WorkerId(99) });
+                let out = s.handle(now, Input::LeaseRequest { worker: WorkerId(99), slots: 4 });
+                for (_, a) in leases(&out) {
+                    s.handle(now, Input::Completed { attempt: a, outputs: vec![] });
+                }
+            }
+            prop_assert!(s.is_finished(), "the sweep finishes: {:?}", s.counts());
+        }
+    }
+}
