@@ -10,6 +10,7 @@
 //! - [`heatmap`]: cell chunks and the idempotent merge of chunk results.
 //! - [`image`]: PNG output.
 //! - [`logging`]: the `tracing` set-up shared by both binaries.
+//! - [`spec`]: sweep specs (TOML), validation with line numbers, grid expansion.
 //! - [`task`]: task descriptions, outcomes and metric points exchanged by coordinator and worker.
 
 pub mod bands;
@@ -20,6 +21,7 @@ pub mod image;
 pub mod logging;
 pub mod metrics;
 pub mod npy;
+pub mod spec;
 pub mod spectrum;
 pub mod syn;
 pub mod task;
