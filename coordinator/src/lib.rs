@@ -2,11 +2,13 @@
 //! It never links libtorch.
 //!
 //! - [`artifacts`]: content-addressed artifact files, verified uploads, chunked downloads.
+//! - [`graph`]: the task graph of a sweep (train tasks, heatmap chunks) with stable keys.
 //! - [`merge`]: heatmap chunks into maps, metric points into curves and confusion matrices.
 //! - [`scheduler`]: the sans-IO scheduler core (tasks, attempts, leases, workers; time is an input).
 //! - [`store`]: the durable SQLite store with group commit.
 
 pub mod artifacts;
+pub mod graph;
 pub mod merge;
 pub mod scheduler;
 pub mod store;

@@ -179,7 +179,8 @@ impl Engine for TorchEngine {
                 let config = HeatmapConfig {
                     eps: h.eps,
                     cells: h.cells.clone(),
-                    layers: h.layers.clone(),
+                    // `["all"]` asks for every named layer of whatever model this is.
+                    layers: if h.layers.iter().any(|l| l == "all") { model.layer_names() } else { h.layers.clone() },
                     seed: h.seed,
                     batch: h.batch,
                 };
