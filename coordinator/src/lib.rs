@@ -5,10 +5,12 @@
 //! - [`graph`]: the task graph of a sweep (train tasks, heatmap chunks) with stable keys.
 //! - [`merge`]: heatmap chunks into maps, metric points into curves and confusion matrices.
 //! - [`scheduler`]: the sans-IO scheduler core (tasks, attempts, leases, workers; time is an input).
+//! - [`service`]: the tonic service and driver around the scheduler.
 //! - [`store`]: the durable SQLite store with group commit.
 
 pub mod artifacts;
 pub mod graph;
 pub mod merge;
 pub mod scheduler;
+pub mod service;
 pub mod store;

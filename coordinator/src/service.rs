@@ -1,0 +1,645 @@
+//! The coordinator's I/O shell: the tonic service and the driver around the sans-IO
+//! [`Scheduler`]. RPCs become scheduler [`Input`]s, scheduler [`Output`]s become messages on the
+//! workers' session streams and [`Change`]s in the store. Nothing here decides what runs where.
+//!
+//! Durability: a report (result, failure, release) is acknowledged only from the store's commit
+//! callback, i.e. after every change it caused is on disk. Metric batches are stored keyed by
+//! `(attempt, seq)`; batches of a stale attempt are dropped.
+//!
+//! Logs: one structured line per task transition (task key, attempt, worker, seconds) and per
+//! worker join/leave/expiry, so a cluster can be followed from the coordinator's log alone.
+
+use crate::artifacts::ArtifactDir;
+use crate::graph::PlannedTask;
+use crate::scheduler::{
+    AttemptId, Input, Output, Scheduler, SchedulerConfig, StateName, StoredState, TaskId, WorkerId,
+};
+use crate::store::{Change, Store, StoreError};
+use freqsweep_common::task::MetricPoint;
+use freqsweep_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
+use freqsweep_proto::v1::{self as pb, coordinator_message, worker_message};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
+
+/// Settings of a running coordinator.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// Shared token every call must carry (`None`: no authentication, loopback use only).
+    pub token: Option<String>,
+    pub scheduler: SchedulerConfig,
+    pub heartbeat_interval_ms: u32,
+}
+
+struct WorkerInfo {
+    hostname: String,
+    device: String,
+    last_seen: Instant,
+    throughput: f64,
+}
+
+struct Core {
+    scheduler: Scheduler,
+    tasks: HashMap<TaskId, PlannedTask>,
+    /// Artifacts each finished task produced (train tasks: the checkpoint).
+    outputs: HashMap<TaskId, Vec<pb::ArtifactRef>>,
+    /// Digest → locality key, to translate a worker's cache into keys the scheduler knows.
+    digest_keys: HashMap<String, String>,
+    sessions: HashMap<WorkerId, Outbound>,
+    workers: HashMap<WorkerId, WorkerInfo>,
+    next_worker: u64,
+    lease_started: HashMap<AttemptId, Instant>,
+    metric_points: u64,
+    sweep_done: bool,
+}
+
+/// Everything the RPC handlers share.
+pub struct Shared {
+    core: Mutex<Core>,
+    store: Store,
+    artifacts: ArtifactDir,
+    config: ServiceConfig,
+    started: Instant,
+    finished: watch::Sender<bool>,
+    sweep_id: String,
+}
+
+/// Stored task state → what the scheduler restores.
+fn stored_state(state: &str) -> StoredState {
+    match StateName::parse(state) {
+        Some(StateName::Done) => StoredState::Done,
+        Some(StateName::Failed) => StoredState::Failed,
+        Some(StateName::Cancelled) => StoredState::Cancelled,
+        _ => StoredState::Pending,
+    }
+}
+
+impl Shared {
+    /// Build the service state from planned tasks and what the store already holds.
+    /// `stored` maps task id → (state, failures, outputs).
+    pub fn new(
+        config: ServiceConfig,
+        store: Store,
+        artifacts: ArtifactDir,
+        tasks: Vec<PlannedTask>,
+        stored: HashMap<TaskId, (String, u32, Vec<pb::ArtifactRef>)>,
+        first_attempt: u64,
+        sweep_id: String,
+    ) -> Arc<Shared> {
+        let mut outputs = HashMap::new();
+        let mut digest_keys = HashMap::new();
+        let restore: Vec<_> = tasks
+            .iter()
+            .map(|t| {
+                let (state, failures) = stored.get(&t.id).map_or((StoredState::Pending, 0), |(s, f, outs)| {
+                    if !outs.is_empty() {
+                        for o in outs {
+                            digest_keys.insert(o.digest.clone(), PlannedTask::checkpoint_key(t.id));
+                        }
+                        outputs.insert(t.id, outs.clone());
+                    }
+                    (stored_state(s), *f)
+                });
+                (t.to_new_task(), state, failures)
+            })
+            .collect();
+        let scheduler = Scheduler::restore(config.scheduler.clone(), restore, first_attempt);
+        let finished = scheduler.is_finished();
+        let core = Core {
+            scheduler,
+            tasks: tasks.into_iter().map(|t| (t.id, t)).collect(),
+            outputs,
+            digest_keys,
+            sessions: HashMap::new(),
+            workers: HashMap::new(),
+            next_worker: 1,
+            lease_started: HashMap::new(),
+            metric_points: 0,
+            sweep_done: finished,
+        };
+        let (tx, _) = watch::channel(finished);
+        Arc::new(Shared {
+            core: Mutex::new(core),
+            store,
+            artifacts,
+            config,
+            started: Instant::now(),
+            finished: tx,
+            sweep_id,
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Resolves when every task is terminal.
+    pub fn finished(&self) -> watch::Receiver<bool> {
+        self.finished.subscribe()
+    }
+
+    /// Counts by state (for `status` and the end-of-run summary).
+    pub fn counts(&self) -> Vec<(String, usize)> {
+        let core = self.core.lock().expect("core lock");
+        core.scheduler.counts().iter().filter(|(_, c)| **c > 0).map(|(s, c)| (s.as_str().to_string(), *c)).collect()
+    }
+
+    /// Feed one input and act on the outputs; `then` runs after the resulting changes commit.
+    fn drive(&self, core: &mut Core, input: Input, extra: Vec<Change>, then: Option<Box<dyn FnOnce(bool) + Send>>) {
+        let now = self.now();
+        let outputs = core.scheduler.handle(now, input);
+        let mut changes = extra;
+        let mut accepted = None;
+        for output in outputs {
+            match output {
+                Output::Lease { worker, task, attempt } => {
+                    let planned = &core.tasks[&task];
+                    let inputs: Vec<pb::ArtifactRef> =
+                        planned.deps.iter().filter_map(|d| core.outputs.get(d)).flatten().cloned().collect();
+                    let lease = pb::Lease {
+                        task_id: task.0,
+                        attempt_id: attempt.0,
+                        task_json: serde_json::to_string(&planned.spec).expect("task specs serialise"),
+                        lease_timeout_ms: self.config.scheduler.lease_timeout as u32,
+                        inputs,
+                    };
+                    core.lease_started.insert(attempt, Instant::now());
+                    changes.push(Change::AttemptStarted {
+                        id: attempt.0,
+                        task_id: task.0,
+                        worker: worker_name(worker),
+                        now_ms: wall_ms(),
+                    });
+                    send(core, worker, coordinator_message::Body::Lease(lease));
+                }
+                Output::NoWork { worker, retry_after } => {
+                    let body = if core.sweep_done {
+                        coordinator_message::Body::SweepDone(pb::SweepDone {})
+                    } else {
+                        coordinator_message::Body::NoWork(pb::NoWork { retry_after_ms: retry_after as u32 })
+                    };
+                    send(core, worker, body);
+                }
+                Output::Cancel { worker, attempt, reason } => {
+                    send(core, worker, coordinator_message::Body::Cancel(pb::Cancel { attempt_id: attempt.0, reason }));
+                }
+                Output::Report { accepted: a, .. } => accepted = Some(a),
+                Output::Transition { task, from, to, attempt, worker } => {
+                    let planned = &core.tasks[&task];
+                    let seconds = attempt
+                        .filter(|_| from == StateName::Running)
+                        .and_then(|a| core.lease_started.remove(&a))
+                        .map(|t| t.elapsed().as_secs_f64());
+                    log_transition(planned, from, to, attempt, worker, seconds);
+                    changes.push(Change::TaskState {
+                        id: task.0,
+                        state: to.as_str().to_string(),
+                        attempts: core.scheduler.failures(task),
+                        now_ms: wall_ms(),
+                    });
+                    if let Some(a) = attempt.filter(|_| from == StateName::Running) {
+                        changes.push(Change::AttemptEnded {
+                            id: a.0,
+                            outcome: to.as_str().to_string(),
+                            now_ms: wall_ms(),
+                        });
+                    }
+                }
+                Output::WorkerExpired { worker } => {
+                    tracing::warn!(worker = %worker_name(worker), "worker expired (no heartbeat)");
+                    core.sessions.remove(&worker);
+                    core.workers.remove(&worker);
+                    changes.push(Change::WorkerLeft { id: worker_name(worker), now_ms: wall_ms() });
+                }
+                Output::SweepFinished => {
+                    core.sweep_done = true;
+                    for tx in core.sessions.values() {
+                        let _ = tx.try_send(Ok(pb::CoordinatorMessage {
+                            body: Some(coordinator_message::Body::SweepDone(pb::SweepDone {})),
+                        }));
+                    }
+                    tracing::info!(counts = ?core.scheduler.counts(), seconds = self.started.elapsed().as_secs_f64(), "sweep finished");
+                }
+            }
+        }
+        let finished_now = core.sweep_done;
+        let finished = self.finished.clone();
+        let accepted = accepted.unwrap_or(true);
+        self.store.submit(changes, move |result: Result<(), StoreError>| {
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "store write failed");
+            }
+            if let Some(then) = then {
+                then(accepted && result.is_ok());
+            }
+            if finished_now {
+                let _ = finished.send(true);
+            }
+        });
+    }
+
+    /// Periodic deadline processing (worker expiry, backoff ends).
+    pub fn tick(&self) {
+        let mut core = self.core.lock().expect("core lock");
+        self.drive(&mut core, Input::Tick, Vec::new(), None);
+    }
+}
+
+fn send(core: &Core, worker: WorkerId, body: coordinator_message::Body) {
+    if let Some(tx) = core.sessions.get(&worker) {
+        let _ = tx.try_send(Ok(pb::CoordinatorMessage { body: Some(body) }));
+    }
+}
+
+fn worker_name(worker: WorkerId) -> String {
+    format!("w{}", worker.0)
+}
+
+fn parse_worker(name: &str) -> Option<WorkerId> {
+    name.strip_prefix('w')?.parse().ok().map(WorkerId)
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn log_transition(
+    task: &PlannedTask,
+    from: StateName,
+    to: StateName,
+    attempt: Option<AttemptId>,
+    worker: Option<WorkerId>,
+    seconds: Option<f64>,
+) {
+    let attempt = attempt.map(|a| a.0);
+    let worker = worker.map(worker_name);
+    match to {
+        StateName::Failed => {
+            tracing::warn!(task = %task.key, id = task.id.0, ?attempt, ?worker, ?seconds, from = from.as_str(), "task failed")
+        }
+        _ => tracing::info!(
+            task = %task.key,
+            id = task.id.0,
+            ?attempt,
+            ?worker,
+            ?seconds,
+            from = from.as_str(),
+            to = to.as_str(),
+            "task"
+        ),
+    }
+}
+
+fn ack(tx: Outbound, attempt: u64) -> Box<dyn FnOnce(bool) + Send> {
+    Box::new(move |accepted| {
+        let _ = tx.try_send(Ok(pb::CoordinatorMessage {
+            body: Some(coordinator_message::Body::Ack(pb::Ack { attempt_id: attempt, accepted })),
+        }));
+    })
+}
+
+/// The tonic service.
+#[derive(Clone)]
+pub struct Service(pub Arc<Shared>);
+
+impl Service {
+    /// The service wrapped with the token check.
+    pub fn into_server(self) -> tonic::service::interceptor::InterceptedService<CoordinatorServer<Service>, Auth> {
+        let token = self.0.config.token.clone().map(|t| format!("Bearer {t}"));
+        tonic::service::interceptor::InterceptedService::new(
+            CoordinatorServer::new(self).max_decoding_message_size(64 << 20),
+            Auth(token),
+        )
+    }
+
+    fn handle_message(&self, worker: WorkerId, tx: &Outbound, message: pb::WorkerMessage) {
+        let shared = &self.0;
+        let mut core = shared.core.lock().expect("core lock");
+        if let Some(info) = core.workers.get_mut(&worker) {
+            info.last_seen = Instant::now();
+        }
+        let Some(body) = message.body else { return };
+        match body {
+            worker_message::Body::Heartbeat(h) => {
+                if let Some(info) = core.workers.get_mut(&worker) {
+                    info.throughput = h.throughput;
+                }
+                shared.drive(&mut core, Input::Heartbeat { worker }, Vec::new(), None);
+            }
+            worker_message::Body::LeaseRequest(r) => {
+                shared.drive(&mut core, Input::LeaseRequest { worker, slots: r.slots.max(1) }, Vec::new(), None);
+            }
+            worker_message::Body::Metrics(batch) => {
+                let Some((task, _)) = core.scheduler.attempt(AttemptId(batch.attempt_id)) else { return };
+                core.metric_points += batch.points.len() as u64;
+                let points = batch.points.into_iter().map(from_wire).collect();
+                let change = Change::Metrics { task_id: task.0, attempt_id: batch.attempt_id, seq: batch.seq, points };
+                shared.drive(&mut core, Input::Heartbeat { worker }, vec![change], None);
+            }
+            worker_message::Body::Result(r) => {
+                let attempt = AttemptId(r.attempt_id);
+                let Some((task, _)) = core.scheduler.attempt(attempt) else {
+                    ack(tx.clone(), r.attempt_id)(false);
+                    return;
+                };
+                if let Some(missing) = r.outputs.iter().find(|o| !shared.artifacts.contains(&o.digest)) {
+                    let error =
+                        format!("result names artifact {} ({}) that was never uploaded", missing.name, missing.digest);
+                    let input = Input::Failed { attempt, error: error.clone(), retryable: true };
+                    shared.drive(
+                        &mut core,
+                        input,
+                        vec![Change::TaskError { id: task.0, error }],
+                        Some(ack(tx.clone(), r.attempt_id)),
+                    );
+                    return;
+                }
+                let mut changes = vec![Change::TaskResult { id: task.0, result_json: r.result_json }];
+                let mut keys = Vec::new();
+                for o in &r.outputs {
+                    let key = PlannedTask::checkpoint_key(task);
+                    core.digest_keys.insert(o.digest.clone(), key.clone());
+                    keys.push(key);
+                    changes.push(Change::Artifact {
+                        digest: o.digest.clone(),
+                        name: o.name.clone(),
+                        size: o.size,
+                        path: shared.artifacts.path(&o.digest).display().to_string(),
+                        task_id: Some(task.0),
+                    });
+                }
+                if !r.outputs.is_empty() {
+                    core.outputs.insert(task, r.outputs.clone());
+                }
+                shared.drive(
+                    &mut core,
+                    Input::Completed { attempt, outputs: keys },
+                    changes,
+                    Some(ack(tx.clone(), r.attempt_id)),
+                );
+            }
+            worker_message::Body::Failure(f) => {
+                let attempt = AttemptId(f.attempt_id);
+                let task = core.scheduler.attempt(attempt).map(|(t, _)| t);
+                let changes =
+                    task.map(|t| vec![Change::TaskError { id: t.0, error: f.error.clone() }]).unwrap_or_default();
+                if let Some(t) = task {
+                    tracing::warn!(task = %core.tasks[&t].key, attempt = f.attempt_id, retryable = f.retryable, error = %f.error, "attempt failed");
+                }
+                let input = Input::Failed { attempt, error: f.error, retryable: f.retryable };
+                shared.drive(&mut core, input, changes, Some(ack(tx.clone(), f.attempt_id)));
+            }
+            worker_message::Body::Release(r) => {
+                tracing::info!(worker = %worker_name(worker), attempt = r.attempt_id, reason = %r.reason, "lease released");
+                shared.drive(
+                    &mut core,
+                    Input::Released { attempt: AttemptId(r.attempt_id) },
+                    Vec::new(),
+                    Some(ack(tx.clone(), r.attempt_id)),
+                );
+            }
+        }
+    }
+}
+
+/// Checks the bearer token on every call.
+#[derive(Clone)]
+pub struct Auth(Option<String>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.0 else { return Ok(request) };
+        match request.metadata().get("authorization").and_then(|v| v.to_str().ok()) {
+            Some(got) if got == expected => Ok(request),
+            Some(_) => Err(Status::unauthenticated("wrong token (check FREQSWEEP_TOKEN)")),
+            None => Err(Status::unauthenticated("missing token (set FREQSWEEP_TOKEN)")),
+        }
+    }
+}
+
+fn from_wire(p: pb::MetricPoint) -> MetricPoint {
+    MetricPoint {
+        name: p.name,
+        epoch: p.epoch,
+        step: p.step,
+        test_set: p.test_set,
+        class_index: p.class_index,
+        value: p.value,
+    }
+}
+
+type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Coordinator for Service {
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterReply>, Status> {
+        let r = request.into_inner();
+        if r.protocol_version != freqsweep_proto::PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "protocol version {} but this coordinator speaks {}",
+                r.protocol_version,
+                freqsweep_proto::PROTOCOL_VERSION
+            )));
+        }
+        let shared = &self.0;
+        let mut core = shared.core.lock().expect("core lock");
+        let worker = WorkerId(core.next_worker);
+        core.next_worker += 1;
+        let device = r.capabilities.as_ref().map(|c| c.device.clone()).unwrap_or_default();
+        let cached: Vec<String> = r.cached_artifacts.iter().filter_map(|d| core.digest_keys.get(d).cloned()).collect();
+        tracing::info!(worker = %worker_name(worker), hostname = %r.hostname, device = %device, version = %r.worker_version, "worker joined");
+        core.workers.insert(
+            worker,
+            WorkerInfo {
+                hostname: r.hostname.clone(),
+                device: device.clone(),
+                last_seen: Instant::now(),
+                throughput: 0.0,
+            },
+        );
+        let change = Change::WorkerJoined { id: worker_name(worker), hostname: r.hostname, device, now_ms: wall_ms() };
+        shared.drive(&mut core, Input::WorkerJoined { worker, cached }, vec![change], None);
+        Ok(Response::new(pb::RegisterReply {
+            worker_id: worker_name(worker),
+            heartbeat_interval_ms: shared.config.heartbeat_interval_ms,
+            lease_timeout_ms: shared.config.scheduler.lease_timeout as u32,
+            sweep_id: shared.sweep_id.clone(),
+        }))
+    }
+
+    type SessionStream = Boxed<pb::CoordinatorMessage>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(1024);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut worker = None;
+            while let Some(message) = inbound.next().await {
+                let Ok(message) = message else { break };
+                let id = match worker {
+                    Some(id) => id,
+                    None => {
+                        let Some(id) = parse_worker(&message.worker_id) else { break };
+                        let mut core = service.0.core.lock().expect("core lock");
+                        if !core.workers.contains_key(&id) {
+                            let _ = tx.try_send(Err(Status::failed_precondition("unknown worker id: register first")));
+                            break;
+                        }
+                        core.sessions.insert(id, tx.clone());
+                        worker = Some(id);
+                        id
+                    }
+                };
+                service.handle_message(id, &tx, message);
+            }
+            if let Some(id) = worker {
+                let shared = &service.0;
+                let mut core = shared.core.lock().expect("core lock");
+                core.sessions.remove(&id);
+                if core.workers.remove(&id).is_some() {
+                    tracing::info!(worker = %worker_name(id), "worker left");
+                    let change = Change::WorkerLeft { id: worker_name(id), now_ms: wall_ms() };
+                    shared.drive(&mut core, Input::WorkerLeft { worker: id }, vec![change], None);
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn upload_artifact(
+        &self,
+        request: Request<Streaming<pb::ArtifactChunk>>,
+    ) -> Result<Response<pb::UploadReply>, Status> {
+        let shared = self.0.clone();
+        let mut chunks = request.into_inner();
+        let first = chunks.next().await.ok_or_else(|| Status::invalid_argument("empty upload"))??;
+        let reference = first
+            .artifact
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("first chunk carries no artifact reference"))?;
+        if shared.artifacts.contains(&reference.digest) {
+            // Already stored (content-addressed): drain and accept.
+            while chunks.next().await.is_some() {}
+            return Ok(Response::new(pb::UploadReply { artifact: Some(reference) }));
+        }
+        let mut upload = shared
+            .artifacts
+            .begin(&reference.name, &reference.digest, reference.size)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut next = Some(first);
+        while let Some(chunk) = next.take() {
+            if let Err(e) = upload.write(chunk.offset, &chunk.data).await {
+                upload.abort().await;
+                return Err(Status::invalid_argument(e.to_string()));
+            }
+            match chunks.next().await {
+                Some(Ok(c)) => next = Some(c),
+                Some(Err(status)) => {
+                    upload.abort().await;
+                    return Err(status);
+                }
+                None => {}
+            }
+        }
+        upload.finish(&shared.artifacts).await.map_err(|e| Status::data_loss(e.to_string()))?;
+        Ok(Response::new(pb::UploadReply { artifact: Some(reference) }))
+    }
+
+    type DownloadArtifactStream = Boxed<pb::ArtifactChunk>;
+
+    async fn download_artifact(
+        &self,
+        request: Request<pb::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        let r = request.into_inner();
+        let chunks =
+            self.0.artifacts.read_chunks(&r.digest, r.offset).await.map_err(|e| Status::not_found(e.to_string()))?;
+        let mut offset = r.offset;
+        let messages: Vec<Result<pb::ArtifactChunk, Status>> = chunks
+            .into_iter()
+            .map(|data| {
+                let chunk = pb::ArtifactChunk { artifact: None, offset, data };
+                offset += chunk.data.len() as u64;
+                Ok(chunk)
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+    }
+
+    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        let shared = &self.0;
+        let core = shared.core.lock().expect("core lock");
+        let counts = core.scheduler.counts();
+        let tasks_by_state = counts.iter().map(|(s, c)| (s.as_str().to_string(), *c as u64)).collect();
+        let terminal: usize = counts.iter().filter(|(s, _)| s.is_terminal()).map(|(_, c)| c).sum();
+        let elapsed = shared.started.elapsed().as_secs_f64();
+        let remaining = core.scheduler.len() - terminal;
+        let eta = if terminal > 0 && remaining > 0 {
+            elapsed / terminal as f64 * remaining as f64
+        } else if remaining == 0 {
+            0.0
+        } else {
+            -1.0
+        };
+        let workers = core
+            .workers
+            .iter()
+            .map(|(id, w)| pb::WorkerStatus {
+                worker_id: worker_name(*id),
+                hostname: w.hostname.clone(),
+                device: w.device.clone(),
+                running_tasks: core.scheduler.running_on(*id).into_iter().map(|t| t.0).collect(),
+                throughput: w.throughput,
+                last_seen_ms_ago: w.last_seen.elapsed().as_millis() as u64,
+            })
+            .collect();
+        Ok(Response::new(pb::StatusReply {
+            sweep_id: shared.sweep_id.clone(),
+            tasks_by_state,
+            workers,
+            eta_seconds: eta,
+            metric_points: core.metric_points,
+        }))
+    }
+}
+
+/// Serve on `listener` until `shutdown` flips; ticks the scheduler's deadlines meanwhile.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
+    let ticker = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                interval.tick().await;
+                shared.tick();
+            }
+        })
+    };
+    let result = tonic::transport::Server::builder()
+        .add_service(Service(shared).into_server())
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+    ticker.abort();
+    result
+}
