@@ -1,6 +1,7 @@
 //! `freqsweep`: the coordinator binary. Subcommands are added as they work end to end; each one
 //! listed by `--help` does what it says.
 
+mod run_cmd;
 mod syn_cmd;
 
 use anyhow::Result;
@@ -21,6 +22,14 @@ struct Cli {
 enum Command {
     /// Write a frequency-controlled synthetic dataset Syn_D (npy arrays, a PNG sample grid, dataset.json).
     Syn(syn_cmd::SynArgs),
+    /// Run a sweep on this machine: the coordinator plus N local worker processes (resumes on the same --out).
+    Run(run_cmd::RunArgs),
+    /// Coordinate a sweep for remote workers (`freqsweep-worker --coordinator URL`).
+    Serve(run_cmd::ServeArgs),
+    /// Progress of a running coordinator: tasks by state, workers, ETA.
+    Status(run_cmd::StatusArgs),
+    /// Re-write a run directory's result files from its store alone.
+    Report(run_cmd::ReportArgs),
 }
 
 fn main() {
@@ -28,6 +37,10 @@ fn main() {
     logging::init(cli.log_format);
     let result: Result<()> = match cli.command {
         Command::Syn(args) => syn_cmd::run(&args),
+        Command::Run(args) => run_cmd::run(&args),
+        Command::Serve(args) => run_cmd::serve(&args),
+        Command::Status(args) => run_cmd::status(&args),
+        Command::Report(args) => run_cmd::report(&args),
     };
     if let Err(err) = result {
         // One line naming the cause chain, then a non-zero exit.

@@ -36,6 +36,9 @@ struct Cli {
     /// Where inputs are cached and tasks work (default: $FREQSWEEP_CACHE/worker or ~/.cache/freqsweep/worker).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// CPU threads for libtorch (default: libtorch's choice, usually every core).
+    #[arg(long, global = true)]
+    threads: Option<i32>,
     /// Exit with an error when no coordinator answers for this many seconds.
     #[arg(long, default_value_t = 300)]
     connect_timeout: u64,
@@ -182,6 +185,9 @@ struct HeatmapArgs {
 fn main() {
     let cli = Cli::parse();
     logging::init(cli.log_format);
+    if let Some(threads) = cli.threads {
+        tch::set_num_threads(threads.max(1));
+    }
     let result: Result<()> = match cli.command {
         Some(Command::Info { device }) => info(&device),
         Some(Command::Train(args)) => train(args),

@@ -1,0 +1,253 @@
+//! `freqsweep run`, `serve`, `status` and `report`: the CLI around [`freqsweep_coordinator::run`].
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use freqsweep_coordinator::run;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The sweep spec (TOML).
+    pub spec: PathBuf,
+    /// Local worker processes to start (CPU).
+    #[arg(long, default_value_t = 2)]
+    pub local_workers: usize,
+    /// Run directory (default: runs/<sweep name>). Running again on the same directory resumes.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Device of the local workers: cpu, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// libtorch CPU threads per local worker (default: cores / workers). Results are bit-identical
+    /// across runs with the same thread count.
+    #[arg(long)]
+    pub worker_threads: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    pub spec: PathBuf,
+    /// Address to listen on, e.g. 0.0.0.0:7070.
+    #[arg(long)]
+    pub listen: String,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Shared token workers must present (default: $FREQSWEEP_TOKEN).
+    #[arg(long, env = "FREQSWEEP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Coordinator address.
+    #[arg(long, default_value = "http://127.0.0.1:7070", env = "FREQSWEEP_COORDINATOR")]
+    pub coordinator: String,
+    #[arg(long, env = "FREQSWEEP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// A run directory (holding freqsweep.db).
+    pub dir: PathBuf,
+}
+
+fn out_dir(out: &Option<PathBuf>, spec: &Path) -> Result<PathBuf> {
+    if let Some(out) = out {
+        return Ok(out.clone());
+    }
+    let sweep = freqsweep_common::spec::load(spec)?;
+    Ok(PathBuf::from("runs").join(sweep.name))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+fn random_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u32(std::process::id());
+    format!("{:016x}{:08x}", h.finish(), std::process::id())
+}
+
+/// The worker binary next to this one (both are built into the same directory).
+fn worker_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name("freqsweep-worker");
+    if !path.is_file() {
+        bail!("{} not found next to {} (build both binaries: cargo xtask build)", path.display(), exe.display());
+    }
+    Ok(path)
+}
+
+fn print_summary(dir: &Path, summary: &run::Summary) -> Result<()> {
+    let counts: Vec<String> = summary.counts.iter().map(|(s, c)| format!("{c} {s}")).collect();
+    println!("sweep finished: {}; results in {}", counts.join(", "), dir.display());
+    if !summary.failed.is_empty() {
+        for (key, error) in &summary.failed {
+            eprintln!("failed: {key}: {error}");
+        }
+        bail!("{} task(s) failed (see above and {}/freqsweep.db)", summary.failed.len(), dir.display());
+    }
+    Ok(())
+}
+
+pub fn run(args: &RunArgs) -> Result<()> {
+    if args.local_workers == 0 {
+        bail!("--local-workers must be at least 1");
+    }
+    let dir = out_dir(&args.out, &args.spec)?;
+    let token = random_token();
+    let mut run = run::open(&args.spec, &dir, run::default_config(Some(token.clone())))?;
+    let worker = worker_binary()?;
+    let rt = runtime()?;
+    let threads = args
+        .worker_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) / args.local_workers)
+        .max(1);
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tracing::info!(coordinator = %url, workers = args.local_workers, run = %dir.display(), tasks = run.tasks.len(), "embedded sweep");
+        let mut children: Vec<Child> = Vec::new();
+        for k in 0..args.local_workers {
+            let cache = dir.join("workers").join(format!("w{k}"));
+            let child = Command::new(&worker)
+                .arg("--coordinator")
+                .arg(&url)
+                .args(["--device", &args.device, "--threads", &threads.to_string(), "--connect-timeout", "60"])
+                .arg("--cache-dir")
+                .arg(&cache)
+                .env("FREQSWEEP_TOKEN", &token)
+                .stdin(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {}", worker.display()))?;
+            children.push(child);
+        }
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // If every worker process dies before the sweep ends, stop instead of waiting forever.
+        let watcher = {
+            let mut pids: Vec<Child> = std::mem::take(&mut children);
+            tokio::task::spawn_blocking(move || {
+                loop {
+                    let alive = pids.iter_mut().map(|c| c.try_wait()).filter(|r| matches!(r, Ok(None))).count();
+                    if alive == 0 {
+                        let _ = stop_tx.send(true);
+                        return pids;
+                    }
+                    if stop_tx.is_closed() {
+                        return pids;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+        };
+        run.serve_until_finished(listener, stop_rx).await?;
+        let mut pids = match tokio::time::timeout(Duration::from_secs(15), watcher).await {
+            Ok(Ok(pids)) => pids,
+            _ => Vec::new(),
+        };
+        for child in &mut pids {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    let finished = run.shared.finished();
+    let done = *finished.borrow();
+    let summary = run.write_results()?;
+    if !done {
+        bail!("the local workers exited before the sweep finished (see their log lines above); run the same command again to resume");
+    }
+    print_summary(&dir, &summary)
+}
+
+pub fn serve(args: &ServeArgs) -> Result<()> {
+    let dir = out_dir(&args.out, &args.spec)?;
+    if args.token.is_none() {
+        tracing::warn!("no token set: any client that reaches {} can join (set FREQSWEEP_TOKEN)", args.listen);
+    }
+    let mut run = run::open(&args.spec, &dir, run::default_config(args.token.clone()))?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        tracing::info!(listen = %listener.local_addr()?, run = %dir.display(), tasks = run.tasks.len(), "serving");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            let _ = stop_tx.send(true);
+        });
+        run.serve_until_finished(listener, stop_rx).await
+    })?;
+    let summary = run.write_results()?;
+    print_summary(&dir, &summary)
+}
+
+pub fn status(args: &StatusArgs) -> Result<()> {
+    use freqsweep_proto::v1::coordinator_client::CoordinatorClient;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(args.coordinator.clone())?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the coordinator at {}", args.coordinator))?;
+        let token: Option<tonic::metadata::MetadataValue<_>> =
+            args.token.as_ref().map(|t| format!("Bearer {t}").parse()).transpose()?;
+        let mut client = CoordinatorClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+            if let Some(t) = &token {
+                r.metadata_mut().insert("authorization", t.clone());
+            }
+            Ok(r)
+        });
+        let s = client
+            .status(freqsweep_proto::v1::StatusRequest {})
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))?
+            .into_inner();
+        println!("sweep {}", s.sweep_id);
+        let mut states: Vec<_> = s.tasks_by_state.iter().collect();
+        states.sort();
+        for (state, count) in states {
+            println!("  {state:<10} {count:>7}");
+        }
+        let eta = if s.eta_seconds < 0.0 { "unknown".to_string() } else { format!("{:.0} s", s.eta_seconds) };
+        println!("  metric points {}; eta {eta}", s.metric_points);
+        println!("  {:<6} {:<20} {:<18} {:>10} {:>8}  running", "worker", "host", "device", "items/s", "seen");
+        for w in s.workers {
+            println!(
+                "  {:<6} {:<20} {:<18} {:>10.1} {:>7.1}s  {:?}",
+                w.worker_id,
+                w.hostname,
+                w.device,
+                w.throughput,
+                w.last_seen_ms_ago as f64 / 1000.0,
+                w.running_tasks
+            );
+        }
+        Ok(())
+    })
+}
+
+pub fn report(args: &ReportArgs) -> Result<()> {
+    let db = args.dir.join("freqsweep.db");
+    if !db.is_file() {
+        bail!("{} is not a run directory (no freqsweep.db)", args.dir.display());
+    }
+    let (store, writer) = freqsweep_coordinator::store::Store::open(&db)?;
+    let reader = store.reader()?;
+    let text = reader.sweep_value("spec_toml")?.context("the store holds no spec")?;
+    let sweep = freqsweep_common::spec::parse(&text, &format!("{} (stored spec)", db.display()))?;
+    let tasks = freqsweep_coordinator::graph::plan(&sweep);
+    let summary = run::write_results(&args.dir, &reader, &sweep, &tasks)?;
+    writer.stop();
+    print_summary(&args.dir, &summary)
+}
