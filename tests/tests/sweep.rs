@@ -1,0 +1,145 @@
+//! End-to-end sweeps with the real binaries on loopback: `freqsweep run` starts the coordinator
+//! and real `freqsweep-worker` processes over a tiny Syn_d grid (train + heatmaps + layer maps),
+//! the run directory is complete, 1, 2 and 3 workers give identical merged results (seeded, one
+//! libtorch thread each), running again resumes without redoing anything, and `freqsweep report`
+//! recreates the same CSV from the store.
+
+use freqsweep_common::npy::NpyArray;
+use freqsweep_tests::{binary, run_bounded};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(600);
+
+const SPEC: &str = r#"name = "e2e"
+[[dataset]]
+kind = "syn"
+band = [1, 4]
+train = 128
+test = 32
+[model]
+arch = "tiny"
+[train]
+lr = 0.003
+batch_size = 32
+epochs = 2
+seed = 1
+[eval]
+test_sets = ["B1234", "B124"]
+every_steps = 2
+[heatmap]
+eps = [4.0]
+layers = ["conv1", "fc"]
+images = 16
+chunk_cells = 128
+"#;
+
+fn run(spec: &Path, out: &Path, workers: usize) -> (String, String) {
+    let result = run_bounded(
+        Command::new(binary("freqsweep"))
+            .arg("run")
+            .arg(spec)
+            .args(["--local-workers", &workers.to_string(), "--worker-threads", "1", "--out"])
+            .arg(out),
+        LIMIT,
+    );
+    let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
+    assert!(result.status.success(), "freqsweep run failed: {}", stderr.lines().last().unwrap_or(""));
+    (stdout, stderr)
+}
+
+fn file(dir: &Path, rel: &str) -> Vec<u8> {
+    std::fs::read(dir.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+const POINTS: [&str; 2] = ["Syn_1-tiny-adam-lr0.003-bs32-ep2-seed1", "Syn_4-tiny-adam-lr0.003-bs32-ep2-seed1"];
+
+fn results_without_timing(dir: &Path) -> String {
+    // Drop the wall-clock column; everything else must match exactly.
+    let text = String::from_utf8(file(dir, "results.csv")).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let seconds = header.iter().position(|h| *h == "seconds").unwrap();
+    text.lines()
+        .map(|l| l.split(',').enumerate().filter(|(i, _)| *i != seconds).map(|(_, v)| v).collect::<Vec<_>>().join(","))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_tiny_sweep_is_complete_identical_across_worker_counts_and_resumable() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("e2e.toml");
+    std::fs::write(&spec, SPEC).unwrap();
+
+    let two = dir.path().join("two");
+    let (stdout, _) = run(&spec, &two, 2);
+    assert!(stdout.contains("sweep finished: 12 done"), "{stdout}");
+    for point in POINTS {
+        for rel in [
+            format!("heatmaps/{point}_eps4.npy"),
+            format!("heatmaps/{point}_eps4.png"),
+            format!("heatmaps/{point}_eps4_conv1.npy"),
+            format!("heatmaps/{point}_eps4_fc.npy"),
+            format!("curves/{point}.csv"),
+            format!("confusion/{point}_B124.csv"),
+            format!("checkpoints/{point}.ot"),
+        ] {
+            assert!(two.join(&rel).is_file(), "{rel} missing");
+        }
+        let map = NpyArray::read(&two.join(format!("heatmaps/{point}_eps4.npy"))).unwrap().to_f64();
+        assert_eq!(map.len(), 1024);
+        assert!(map.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)), "every cell computed");
+        let confusion = String::from_utf8(file(&two, &format!("confusion/{point}_B1234.csv"))).unwrap();
+        let total: u64 =
+            confusion.lines().skip(1).flat_map(|l| l.split(',').skip(1)).map(|v| v.parse::<u64>().unwrap()).sum();
+        assert_eq!(total, 32, "the final confusion matrix covers the test set");
+    }
+    let results = results_without_timing(&two);
+    assert_eq!(results.lines().count(), 3, "header + one row per grid point");
+    assert!(results.lines().skip(1).all(|l| l.contains(",done,")), "{results}");
+
+    // The same sweep with 1 and 3 workers: identical merged heatmaps, curves and results.
+    for (workers, name) in [(1, "one"), (3, "three")] {
+        let other = dir.path().join(name);
+        run(&spec, &other, workers);
+        for point in POINTS {
+            for rel in [
+                format!("heatmaps/{point}_eps4.npy"),
+                format!("heatmaps/{point}_eps4_fc.npy"),
+                format!("curves/{point}.csv"),
+            ] {
+                assert_eq!(file(&two, &rel), file(&other, &rel), "{rel} differs between 2 and {workers} workers");
+            }
+        }
+        assert_eq!(results_without_timing(&other), results, "results.csv differs with {workers} workers");
+    }
+
+    // Running again on the same directory resumes: nothing is leased again.
+    let (stdout, stderr) = run(&spec, &two, 2);
+    assert!(stdout.contains("sweep finished: 12 done"), "{stdout}");
+    assert!(!stderr.contains("leased"), "a finished sweep re-ran tasks");
+    assert_eq!(results_without_timing(&two), results);
+
+    // `freqsweep report` rewrites the CSV from the store alone.
+    std::fs::remove_file(two.join("results.csv")).unwrap();
+    let report = run_bounded(Command::new(binary("freqsweep")).arg("report").arg(&two), LIMIT);
+    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+    assert_eq!(results_without_timing(&two), results);
+}
+
+#[test]
+fn a_bad_spec_is_one_line_naming_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("bad.toml");
+    std::fs::write(&spec, SPEC.replace("epochs = 2", "epochs = -2")).unwrap();
+    let out = run_bounded(
+        Command::new(binary("freqsweep")).arg("run").arg(&spec).arg("--out").arg(dir.path().join("o")),
+        LIMIT,
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("bad.toml:12:") && last.contains("epochs must be a positive integer"), "{stderr}");
+}
