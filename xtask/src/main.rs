@@ -143,36 +143,21 @@ fn cmd_demo(rest: &[String]) -> Result<()> {
             .args(["syn", "--band", "4", "--train", "2000", "--test", "400", "--seed", "0", "--out"])
             .arg(out.join("syn4")),
     )?;
-    let worker = bin.join("freqsweep-worker");
-    step("freqsweep-worker info", Command::new(&worker).args(["info", "--device", "auto"]))?;
-    // Until the coordinator's `freqsweep run` lands, the demo runs the engine standalone: the
-    // poster's AlexNet on Syn_4 (Adam 1e-4, batch 64 — AlexNet without batch norm stalls with SGD),
-    // evaluated every 10 steps on B1234 and B124, then its Fourier heatmap with layer maps.
-    let model_dir = out.join("alexnet-syn4");
+    step("freqsweep-worker info", Command::new(bin.join("freqsweep-worker")).args(["info", "--device", "auto"]))?;
+    // The main job on the embedded default: coordinator + 2 local CPU workers, the poster's study
+    // shrunk (Syn_4, AlexNet, per-step F1 early on, Fourier heatmap with layer maps).
     step(
-        "freqsweep-worker train (AlexNet on Syn_4, 3 epochs)",
-        Command::new(&worker)
-            .args(["train", "--model", "alexnet", "--optimizer", "adam", "--lr", "1e-4", "--batch-size", "64"])
-            .args(["--epochs", "3", "--syn-band", "4", "--train", "2000", "--test", "400", "--eval-every-steps", "10"])
-            .args(["--test-sets", "B1234,B124", "--out"])
-            .arg(&model_dir),
-    )?;
-    step(
-        "freqsweep-worker heatmap (eps 4, 100 images, all layers)",
-        Command::new(&worker)
-            .arg("heatmap")
-            .arg("--model")
-            .arg(model_dir.join("checkpoint.ot"))
-            .arg("--images")
-            .arg(out.join("syn4/test_x.npy"))
-            .arg("--labels")
-            .arg(out.join("syn4/test_y.npy"))
-            .args(["--eps", "4", "--limit", "100", "--layers", "all", "--out"])
-            .arg(model_dir.join("heatmap-eps4")),
+        "freqsweep run examples/demo.toml --local-workers 2",
+        Command::new(bin.join("freqsweep"))
+            .arg("run")
+            .arg(root.join("examples/demo.toml"))
+            .args(["--local-workers", "2", "--out"])
+            .arg(out.join("demo")),
     )?;
     eprintln!(
-        "xtask: demo finished in {}: syn4/ (dataset, samples.png), alexnet-syn4/ (metrics.csv, checkpoint, model.pt, heatmap-eps4/)",
-        out.display()
+        "xtask: demo finished: {} (results.csv, heatmaps/, curves/, confusion/, checkpoints/, freqsweep.db); Syn_4 samples in {}",
+        out.join("demo").display(),
+        out.join("syn4").display()
     );
     Ok(())
 }
