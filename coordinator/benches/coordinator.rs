@@ -3,7 +3,7 @@
 //! (`synchronous = FULL`) before it is acknowledged.
 //!
 //! Prints one JSON object (read by `cargo xtask bench`):
-//! - `cycles_per_second`: lease + result + ack cycles with 16 simulated workers;
+//! - `cycles_per_second`: lease + result + ack cycles with 64 simulated workers;
 //! - `baseline_cycles_per_second`: the same with one worker, where every report waits for its own
 //!   commit (nothing to group) — the cost group commit amortises;
 //! - `metric_points_per_second`: points ingested durably (batches of 1 000, 16 workers);
@@ -193,7 +193,7 @@ async fn sessions(count: usize) -> f64 {
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        let (seconds, done, _c) = cycles(20_000, 16, 0).await;
+        let (seconds, done, _c) = cycles(40_000, 64, 0).await;
         let cycles_per_second = done as f64 / seconds;
         let (base_seconds, base_done, _b) = cycles(2_000, 1, 0).await;
         let baseline = base_done as f64 / base_seconds;

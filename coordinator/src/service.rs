@@ -156,6 +156,7 @@ impl Shared {
         let outputs = core.scheduler.handle(now, input);
         let mut changes = extra;
         let mut accepted = None;
+        let mut sweep_done_to: Vec<Outbound> = Vec::new();
         for output in outputs {
             match output {
                 Output::Lease { worker, task, attempt } => {
@@ -219,11 +220,8 @@ impl Shared {
                 }
                 Output::SweepFinished => {
                     core.sweep_done = true;
-                    for tx in core.sessions.values() {
-                        let _ = tx.try_send(Ok(pb::CoordinatorMessage {
-                            body: Some(coordinator_message::Body::SweepDone(pb::SweepDone {})),
-                        }));
-                    }
+                    // Told from the commit callback below, after the last acknowledgement.
+                    sweep_done_to = core.sessions.values().cloned().collect();
                     tracing::info!(counts = ?core.scheduler.counts(), seconds = self.started.elapsed().as_secs_f64(), "sweep finished");
                 }
             }
@@ -237,6 +235,11 @@ impl Shared {
             }
             if let Some(then) = then {
                 then(accepted && result.is_ok());
+            }
+            for tx in sweep_done_to {
+                let _ = tx.try_send(Ok(pb::CoordinatorMessage {
+                    body: Some(coordinator_message::Body::SweepDone(pb::SweepDone {})),
+                }));
             }
             if finished_now {
                 let _ = finished.send(true);

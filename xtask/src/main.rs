@@ -162,7 +162,15 @@ fn cmd_demo(rest: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask bench [spectral|coordinator] [criterion args]`: all benchmarks, or one.
 fn cmd_bench(rest: &[String]) -> Result<()> {
     let source = libtorch::ensure()?;
-    bench::spectral(&source, rest)
+    match rest.first().map(String::as_str) {
+        Some("spectral") => bench::spectral(&source, &rest[1..]),
+        Some("coordinator") => bench::coordinator(&source),
+        _ => {
+            bench::spectral(&source, rest)?;
+            bench::coordinator(&source)
+        }
+    }
 }
