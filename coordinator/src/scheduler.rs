@@ -1,6 +1,7 @@
 //! The scheduler core: a pure state machine over tasks, attempts and workers. It reads no clock
-//! and touches no socket or file: time is an input (`now`, milliseconds), decisions are outputs.
-//! A driver owns it, feeds it [`Input`]s from RPCs and timers, persists the [`Output::Transition`]s
+//! and touches no socket or file: time is an input (`now`, milliseconds since any fixed origin the
+//! driver picks, e.g. its start), decisions are outputs. A driver owns it, feeds it [`Input`]s from
+//! RPCs and from a timer set to [`Scheduler::next_deadline`], persists the [`Output::Transition`]s
 //! and sends the leases and cancellations it returns.
 //!
 //! ```text
@@ -12,30 +13,47 @@
 //!                            └──── Backoff ◄───────┘  └── failure: not retryable or
 //!                                  (retryable failure,     attempts exhausted ──► Failed
 //!                                   exponential delay)     (dependents ──► Cancelled)
+//!
+//!  any state but Done/Failed ── Cancel / CancelSweep ──► Cancelled (dependents ──► Cancelled)
 //! ```
 //!
 //! Rules (each unit-tested, and checked after every step of random event sequences):
-//! - A task has at most one live attempt; a report from any other attempt is not accepted, so
-//!   late or duplicate reports change nothing and a task is completed at most once.
+//! - A task has at most one live attempt (so never two on one worker; no speculative copies);
+//!   a report from any other attempt is not accepted, so late or duplicate reports change nothing
+//!   and a task is completed at most once. Attempt ids only grow, also across restarts (the driver
+//!   seeds them above the store's largest).
 //! - A worker's liveness deadline is `now + lease_timeout`, renewed by any message; past it the
-//!   worker is dropped and its tasks return to the queue at once (front of the queue).
+//!   worker is dropped and its tasks return to the queue at once (front of the queue). A worker
+//!   that leaves is treated the same way without waiting.
 //! - A released or orphaned attempt does not count against `max_attempts`; a failure does.
-//!   Retryable failures wait `min(base · 2^(k−1), max)` before the task is ready again.
+//!   Retryable failures wait `min(base · 2^(k−1), max)` before the task is ready again, at the
+//!   front of the queue.
+//! - A task that can no longer run because a dependency failed or was cancelled is **Cancelled**
+//!   (not Failed), with the reason naming the dependency: Failed means "this task's own attempts
+//!   failed", which keeps the report's failure list short and honest. The sweep still finishes.
 //! - Leases prefer a task whose inputs the worker already holds (it produced or downloaded them),
 //!   then retried tasks, then lower priority values (train before heatmap), then FIFO.
-//! - Costs: lease, report and expiry are O(log n); nothing scans all tasks.
+//! - Every state change is one [`Output::Transition`]; one that ends a live attempt names it, so
+//!   the store can close the attempt. Replaying the transitions reproduces the core's states.
+//! - Costs: lease, report and expiry are O(log n); nothing scans all tasks (only `restore` and
+//!   `CancelSweep`, once per sweep).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+/// Time as the driver measures it: milliseconds since a fixed origin of its choice.
 pub type Millis = u64;
 
+/// A task of the sweep (the graph numbers them; the store keys rows by it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskId(pub u64);
+/// One lease of a task to a worker; every report names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AttemptId(pub u64);
+/// One connected worker incarnation (the service numbers sessions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkerId(pub u64);
 
+/// A task's state without its data, as logged and stored (`as_str`/`parse`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum StateName {
     Blocked,
@@ -79,16 +97,27 @@ impl StateName {
     }
 }
 
+/// Timeouts, retry bounds and backoff of the scheduler.
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
     /// A worker silent for this long is dead.
     pub lease_timeout: Millis,
     /// Failed attempts allowed per task (releases and lost workers do not count).
     pub max_attempts: u32,
+    /// Wait after the first retryable failure; doubles with each further one …
     pub backoff_base: Millis,
+    /// … up to this.
     pub backoff_max: Millis,
     /// What `NoWork` tells an idle worker.
     pub idle_retry: Millis,
+}
+
+impl SchedulerConfig {
+    /// How long a task waits after its `failures`-th failure: `min(base · 2^(failures−1), max)`.
+    pub fn backoff_delay(&self, failures: u32) -> Millis {
+        let shift = failures.saturating_sub(1).min(32);
+        self.backoff_base.saturating_mul(1 << shift).min(self.backoff_max)
+    }
 }
 
 impl Default for SchedulerConfig {
@@ -123,74 +152,49 @@ pub enum StoredState {
     Cancelled,
 }
 
+/// Something that happened, as the driver tells the core.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Input {
-    WorkerJoined {
-        worker: WorkerId,
-        cached: Vec<String>,
-    },
-    WorkerLeft {
-        worker: WorkerId,
-    },
+    /// A worker connected, already holding `cached` input keys (locality). A known id joining
+    /// again is a new incarnation: the old one's attempts are re-queued.
+    WorkerJoined { worker: WorkerId, cached: Vec<String> },
+    /// A worker disconnected or drained: its attempts are re-queued at once.
+    WorkerLeft { worker: WorkerId },
     /// Any message from the worker proves it alive.
-    Heartbeat {
-        worker: WorkerId,
-    },
-    LeaseRequest {
-        worker: WorkerId,
-        slots: u32,
-    },
-    Completed {
-        attempt: AttemptId,
-        outputs: Vec<String>,
-    },
-    Failed {
-        attempt: AttemptId,
-        error: String,
-        retryable: bool,
-    },
-    Released {
-        attempt: AttemptId,
-    },
-    Cancel {
-        task: TaskId,
-        reason: String,
-    },
+    Heartbeat { worker: WorkerId },
+    /// A worker has `slots` free: up to that many leases, or `NoWork`.
+    LeaseRequest { worker: WorkerId, slots: u32 },
+    /// An attempt finished; `outputs` are the keys the worker now holds (locality).
+    Completed { attempt: AttemptId, outputs: Vec<String> },
+    /// An attempt failed; a non-retryable failure fails the task at once.
+    Failed { attempt: AttemptId, error: String, retryable: bool },
+    /// The worker gives an attempt back unfinished (drain): re-queued, not a failure.
+    Released { attempt: AttemptId },
+    /// Cancel one task (its live attempt is told to stop) and everything that depends on it.
+    Cancel { task: TaskId, reason: String },
+    /// Cancel every task that has not finished: the sweep ends with what it has.
+    CancelSweep { reason: String },
     /// Time passed: expire workers and end backoffs due by `now`.
     Tick,
 }
 
+/// What the driver must do, persist or log, in the order given.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
-    Lease {
-        worker: WorkerId,
-        task: TaskId,
-        attempt: AttemptId,
-    },
-    NoWork {
-        worker: WorkerId,
-        retry_after: Millis,
-    },
-    Cancel {
-        worker: WorkerId,
-        attempt: AttemptId,
-        reason: String,
-    },
+    /// Send this lease to `worker`.
+    Lease { worker: WorkerId, task: TaskId, attempt: AttemptId },
+    /// Nothing to lease now; the worker may ask again after `retry_after`.
+    NoWork { worker: WorkerId, retry_after: Millis },
+    /// Tell `worker` to stop `attempt` (its reports will not be accepted any more).
+    Cancel { worker: WorkerId, attempt: AttemptId, reason: String },
     /// Whether a report (completion, failure, release) of `attempt` was accepted.
-    Report {
-        attempt: AttemptId,
-        accepted: bool,
-    },
-    Transition {
-        task: TaskId,
-        from: StateName,
-        to: StateName,
-        attempt: Option<AttemptId>,
-        worker: Option<WorkerId>,
-    },
-    WorkerExpired {
-        worker: WorkerId,
-    },
+    Report { attempt: AttemptId, accepted: bool },
+    /// A task changed state (persist it; one log line). `attempt`/`worker` name the attempt
+    /// that starts (to Running) or ends (from Running), if any.
+    Transition { task: TaskId, from: StateName, to: StateName, attempt: Option<AttemptId>, worker: Option<WorkerId> },
+    /// `worker` missed its deadline and was dropped (its tasks are re-queued).
+    WorkerExpired { worker: WorkerId },
+    /// Every task is terminal; emitted once.
     SweepFinished,
 }
 
@@ -244,6 +248,7 @@ struct Worker {
 /// How many of a worker's most recent inputs the locality lookup tries.
 const LOCALITY_KEYS: usize = 16;
 
+/// The scheduler core; see the module documentation for its rules.
 pub struct Scheduler {
     config: SchedulerConfig,
     tasks: HashMap<TaskId, Task>,
@@ -258,6 +263,9 @@ pub struct Scheduler {
     next_attempt: u64,
     next_seq: u64,
     finished_announced: bool,
+    /// Transitions decided while restoring (cascaded cancellations the store has not seen yet);
+    /// the first `handle` emits them so the store catches up.
+    restored: Vec<Output>,
 }
 
 impl Scheduler {
@@ -267,8 +275,12 @@ impl Scheduler {
         Self::restore(config, stored, first_attempt)
     }
 
-    /// Rebuild from the store: done/failed/cancelled tasks stay so; everything else is pending
-    /// again (an attempt that was running when the coordinator stopped is re-leased).
+    /// Rebuild from the store: each task with its stored state and failure count. Done, failed and
+    /// cancelled tasks stay so; everything else is pending again: an attempt that was running when
+    /// the coordinator stopped is re-leased under a new id (its failure count kept), a backoff
+    /// ends at once. Pending tasks behind a failed or cancelled dependency are cancelled; those
+    /// transitions come out of the first `handle` so the store catches up. A dependency that names
+    /// no task counts as done. `first_attempt` must exceed every attempt id already stored.
     pub fn restore(config: SchedulerConfig, tasks: Vec<(NewTask, StoredState, u32)>, first_attempt: u64) -> Self {
         let mut s = Scheduler {
             config,
@@ -283,6 +295,7 @@ impl Scheduler {
             next_attempt: first_attempt.max(1),
             next_seq: 0,
             finished_announced: false,
+            restored: Vec::new(),
         };
         let mut edges = Vec::new();
         for (t, stored, failures) in &tasks {
@@ -322,22 +335,25 @@ impl Scheduler {
         // cancelled dependency can never run.
         let mut order: Vec<(TaskId, u8)> = tasks.iter().map(|(t, _, _)| (t.id, t.priority)).collect();
         order.sort();
-        let mut out = Vec::new();
         for (id, _) in order {
             let task = &s.tasks[&id];
             if task.state == State::Blocked && task.deps_left == 0 {
                 s.set_state(id, State::Ready, None, None, &mut Vec::new());
             }
         }
-        let doomed: Vec<TaskId> = s
+        let mut doomed: Vec<TaskId> = s
             .tasks
             .iter()
             .filter(|(_, t)| matches!(t.state, State::Failed | State::Cancelled))
             .map(|(id, _)| *id)
             .collect();
+        doomed.sort_unstable();
+        let mut out = Vec::new();
         for id in doomed {
-            s.cancel_dependents(id, &mut out);
+            let reason = format!("dependency {} {}", id.0, s.tasks[&id].state.name().as_str());
+            s.cancel_dependents(id, &reason, &mut out);
         }
+        s.restored = out;
         s
     }
 
@@ -345,13 +361,34 @@ impl Scheduler {
         &self.config
     }
 
-    /// Apply one input at time `now`; returns what the driver must do.
+    /// Apply one input at time `now`; returns what the driver must do, in order.
     pub fn handle(&mut self, now: Millis, input: Input) -> Vec<Output> {
         let mut out = Vec::new();
+        self.handle_into(now, input, &mut out);
+        out
+    }
+
+    /// [`Scheduler::handle`] appending to a caller-owned buffer, so a driver that reuses one
+    /// `Vec` does not allocate per event.
+    ///
+    /// The input is applied before the deadlines due at `now` are processed: a worker whose
+    /// message arrives after its deadline but before the timer fired is alive (the message proves
+    /// it), so its report is still accepted.
+    pub fn handle_into(&mut self, now: Millis, input: Input, out: &mut Vec<Output>) {
+        out.append(&mut self.restored);
+        self.apply(now, input, out);
+        self.expire(now, out);
+        if self.is_finished() && !self.finished_announced {
+            self.finished_announced = true;
+            out.push(Output::SweepFinished);
+        }
+    }
+
+    fn apply(&mut self, now: Millis, input: Input, out: &mut Vec<Output>) {
         match input {
             Input::WorkerJoined { worker, cached } => {
                 // The same id joining again is a new incarnation: the old one's work is orphaned.
-                self.drop_worker(worker, &mut out);
+                self.drop_worker(worker, out);
                 let recent: Vec<String> = cached.iter().rev().take(LOCALITY_KEYS).cloned().collect();
                 self.workers.insert(
                     worker,
@@ -359,11 +396,12 @@ impl Scheduler {
                 );
                 self.renew(worker, now);
             }
-            Input::WorkerLeft { worker } => self.drop_worker(worker, &mut out),
+            Input::WorkerLeft { worker } => self.drop_worker(worker, out),
             Input::Heartbeat { worker } => self.renew(worker, now),
             Input::LeaseRequest { worker, slots } => {
+                // An unknown (expired or never joined) worker gets nothing; it must join again.
                 if !self.workers.contains_key(&worker) {
-                    return out;
+                    return;
                 }
                 self.renew(worker, now);
                 let mut granted = 0;
@@ -373,7 +411,7 @@ impl Scheduler {
                     self.next_attempt += 1;
                     self.attempts.insert(attempt, task);
                     self.workers.get_mut(&worker).expect("worker exists").running.insert(task);
-                    self.set_state(task, State::Running { attempt, worker }, Some(attempt), Some(worker), &mut out);
+                    self.set_state(task, State::Running { attempt, worker }, Some(attempt), Some(worker), out);
                     out.push(Output::Lease { worker, task, attempt });
                     granted += 1;
                 }
@@ -384,7 +422,7 @@ impl Scheduler {
             Input::Completed { attempt, outputs } => {
                 let Some((task, worker)) = self.current(attempt) else {
                     out.push(Output::Report { attempt, accepted: false });
-                    return out;
+                    return;
                 };
                 self.renew(worker, now);
                 self.end_attempt(attempt, task, worker);
@@ -396,66 +434,64 @@ impl Scheduler {
                         }
                     }
                 }
-                self.set_state(task, State::Done, Some(attempt), Some(worker), &mut out);
+                self.set_state(task, State::Done, Some(attempt), Some(worker), out);
                 out.push(Output::Report { attempt, accepted: true });
-                let dependents = self.tasks[&task].dependents.clone();
-                for d in dependents {
+                for i in 0..self.tasks[&task].dependents.len() {
+                    let d = self.tasks[&task].dependents[i];
                     let dep = self.tasks.get_mut(&d).expect("dependent exists");
                     dep.deps_left = dep.deps_left.saturating_sub(1);
                     if dep.deps_left == 0 && dep.state == State::Blocked {
-                        self.set_state(d, State::Ready, None, None, &mut out);
+                        self.set_state(d, State::Ready, None, None, out);
                     }
                 }
             }
             Input::Failed { attempt, error: _, retryable } => {
                 let Some((task, worker)) = self.current(attempt) else {
                     out.push(Output::Report { attempt, accepted: false });
-                    return out;
+                    return;
                 };
                 self.renew(worker, now);
                 self.end_attempt(attempt, task, worker);
                 out.push(Output::Report { attempt, accepted: true });
                 let t = self.tasks.get_mut(&task).expect("task exists");
-                t.failures += 1;
+                t.failures = t.failures.saturating_add(1);
                 if retryable && t.failures < self.config.max_attempts {
-                    let shift = (t.failures - 1).min(20);
-                    let delay = self.config.backoff_base.saturating_mul(1 << shift).min(self.config.backoff_max);
-                    self.set_state(task, State::Backoff { until: now + delay }, Some(attempt), Some(worker), &mut out);
+                    let delay = self.config.backoff_delay(t.failures);
+                    let until = now.saturating_add(delay);
+                    self.set_state(task, State::Backoff { until }, Some(attempt), Some(worker), out);
                 } else {
-                    self.set_state(task, State::Failed, Some(attempt), Some(worker), &mut out);
-                    self.cancel_dependents(task, &mut out);
+                    self.set_state(task, State::Failed, Some(attempt), Some(worker), out);
+                    self.cancel_dependents(task, &format!("dependency {} failed", task.0), out);
                 }
             }
             Input::Released { attempt } => {
                 let Some((task, worker)) = self.current(attempt) else {
                     out.push(Output::Report { attempt, accepted: false });
-                    return out;
+                    return;
                 };
                 self.renew(worker, now);
                 self.end_attempt(attempt, task, worker);
                 out.push(Output::Report { attempt, accepted: true });
-                self.requeue(task, Some(attempt), Some(worker), &mut out);
+                self.requeue(task, Some(attempt), Some(worker), out);
             }
             Input::Cancel { task, reason } => {
-                if let Some(state) = self.tasks.get(&task).map(|t| t.state.clone()) {
-                    if let State::Running { attempt, worker } = state {
-                        self.end_attempt(attempt, task, worker);
-                        out.push(Output::Cancel { worker, attempt, reason });
-                    }
-                    if !state.name().is_terminal() {
-                        self.set_state(task, State::Cancelled, None, None, &mut out);
-                        self.cancel_dependents(task, &mut out);
-                    }
+                if self.tasks.contains_key(&task) {
+                    self.cancel_one(task, &reason, out);
+                    self.cancel_dependents(task, &format!("dependency {} cancelled: {reason}", task.0), out);
+                }
+            }
+            Input::CancelSweep { reason } => {
+                // Once per sweep, so a walk over all tasks is fine; sorted so outputs are
+                // deterministic (the store and logs see the same order on every run).
+                let mut live: Vec<TaskId> =
+                    self.tasks.iter().filter(|(_, t)| !t.state.name().is_terminal()).map(|(id, _)| *id).collect();
+                live.sort_unstable();
+                for task in live {
+                    self.cancel_one(task, &reason, out);
                 }
             }
             Input::Tick => {}
         }
-        self.expire(now, &mut out);
-        if self.is_finished() && !self.finished_announced {
-            self.finished_announced = true;
-            out.push(Output::SweepFinished);
-        }
-        out
     }
 
     /// The earliest time at which a `Tick` would change something.
@@ -528,7 +564,7 @@ impl Scheduler {
     fn renew(&mut self, worker: WorkerId, now: Millis) {
         if let Some(w) = self.workers.get_mut(&worker) {
             self.worker_deadlines.remove(&(w.deadline, worker));
-            w.deadline = now + self.config.lease_timeout;
+            w.deadline = now.saturating_add(self.config.lease_timeout);
             self.worker_deadlines.insert((w.deadline, worker));
         }
     }
@@ -631,19 +667,30 @@ impl Scheduler {
         out.push(Output::Transition { task: id, from, to: to_name, attempt, worker });
     }
 
+    /// Cancel `task` unless it already finished; a live attempt is told to stop, and the
+    /// transition names it so the store can close the attempt.
+    fn cancel_one(&mut self, task: TaskId, reason: &str, out: &mut Vec<Output>) {
+        let (attempt, worker) = match self.tasks[&task].state {
+            State::Running { attempt, worker } => {
+                self.end_attempt(attempt, task, worker);
+                out.push(Output::Cancel { worker, attempt, reason: reason.to_string() });
+                (Some(attempt), Some(worker))
+            }
+            ref state if state.name().is_terminal() => return,
+            _ => (None, None),
+        };
+        self.set_state(task, State::Cancelled, attempt, worker, out);
+    }
+
     /// Cancel everything that (transitively) depends on `task`, which can no longer complete.
-    fn cancel_dependents(&mut self, task: TaskId, out: &mut Vec<Output>) {
+    /// Each task is visited once: a cancelled one is terminal and stops the walk.
+    fn cancel_dependents(&mut self, task: TaskId, reason: &str, out: &mut Vec<Output>) {
         let mut stack = self.tasks[&task].dependents.clone();
         while let Some(d) = stack.pop() {
-            let state = self.tasks[&d].state.clone();
-            if state.name().is_terminal() {
+            if self.tasks[&d].state.name().is_terminal() {
                 continue;
             }
-            if let State::Running { attempt, worker } = state {
-                self.end_attempt(attempt, d, worker);
-                out.push(Output::Cancel { worker, attempt, reason: format!("dependency {} failed", task.0) });
-            }
-            self.set_state(d, State::Cancelled, None, None, out);
+            self.cancel_one(d, reason, out);
             stack.extend(self.tasks[&d].dependents.iter().copied());
         }
     }
@@ -857,6 +904,182 @@ mod tests {
         }
         assert_eq!(done, 100_000);
         assert!(s.is_finished());
+    }
+
+    fn transitions(out: &[Output]) -> Vec<(TaskId, StateName, StateName, Option<AttemptId>)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Transition { task, from, to, attempt, .. } => Some((*task, *from, *to, *attempt)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cancelling_a_running_task_names_its_attempt_and_cancels_dependents() {
+        let mut s = Scheduler::new(config(), vec![task(1, &[], 0, &[]), task(2, &[1], 0, &[])], 1);
+        join(&mut s, 0, 1);
+        let (_, a) = lease_one(&mut s, 0, 1).unwrap();
+        let out = s.handle(1, Input::Cancel { task: TaskId(1), reason: "user".into() });
+        // The store closes an attempt only when the transition out of Running names it.
+        assert_eq!(
+            transitions(&out),
+            vec![
+                (TaskId(1), StateName::Running, StateName::Cancelled, Some(a)),
+                (TaskId(2), StateName::Blocked, StateName::Cancelled, None),
+            ]
+        );
+        assert!(s.running_on(WorkerId(1)).is_empty());
+        assert!(out.contains(&Output::SweepFinished));
+        let again = s.handle(2, Input::Cancel { task: TaskId(1), reason: "user".into() });
+        assert!(transitions(&again).is_empty(), "cancelling a cancelled task changes nothing");
+    }
+
+    #[test]
+    fn cancelling_the_sweep_stops_every_live_attempt_and_keeps_finished_work() {
+        let tasks = (1..=5).map(|i| task(i, &[], 0, &[])).collect();
+        let mut s = Scheduler::new(config(), tasks, 1);
+        join(&mut s, 0, 1);
+        join(&mut s, 0, 2);
+        let (done, a_done) = lease_one(&mut s, 0, 1).unwrap();
+        s.handle(0, Input::Completed { attempt: a_done, outputs: vec![] });
+        let (_, a1) = lease_one(&mut s, 0, 1).unwrap();
+        let (_, a2) = lease_one(&mut s, 0, 2).unwrap();
+        let (backing_off, a3) = lease_one(&mut s, 0, 2).unwrap();
+        s.handle(0, Input::Failed { attempt: a3, error: "oom".into(), retryable: true });
+        assert_eq!(s.state(backing_off), Some(StateName::Backoff));
+        let out = s.handle(1, Input::CancelSweep { reason: "user".into() });
+        let cancels: Vec<_> = out.iter().filter(|o| matches!(o, Output::Cancel { .. })).collect();
+        assert_eq!(cancels.len(), 2);
+        assert!(out.contains(&Output::Cancel { worker: WorkerId(1), attempt: a1, reason: "user".into() }));
+        assert!(out.contains(&Output::Cancel { worker: WorkerId(2), attempt: a2, reason: "user".into() }));
+        assert_eq!(s.state(done), Some(StateName::Done));
+        assert_eq!(s.counts().get(&StateName::Cancelled), Some(&4));
+        assert_eq!(s.next_deadline(), Some(1_000), "the backoff timer is gone; only liveness remains");
+        assert!(out.contains(&Output::SweepFinished));
+    }
+
+    #[test]
+    fn one_task_never_has_two_live_attempts() {
+        let mut s = Scheduler::new(config(), vec![task(1, &[], 0, &[])], 1);
+        join(&mut s, 0, 1);
+        join(&mut s, 0, 2);
+        let out = s.handle(0, Input::LeaseRequest { worker: WorkerId(1), slots: 4 });
+        assert_eq!(leases(&out).len(), 1, "four slots, one task: one lease");
+        let out = s.handle(0, Input::LeaseRequest { worker: WorkerId(2), slots: 4 });
+        assert_eq!(out, vec![Output::NoWork { worker: WorkerId(2), retry_after: 50 }]);
+        let mut s = Scheduler::new(config(), (1..=3).map(|i| task(i, &[], 0, &[])).collect(), 1);
+        join(&mut s, 0, 1);
+        let mut got: Vec<TaskId> =
+            leases(&s.handle(0, Input::LeaseRequest { worker: WorkerId(1), slots: 3 })).iter().map(|l| l.0).collect();
+        got.sort();
+        assert_eq!(got, vec![TaskId(1), TaskId(2), TaskId(3)]);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let c = config();
+        let delays: Vec<Millis> = (1..=6).map(|k| c.backoff_delay(k)).collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1_000, 1_000]);
+        let huge = SchedulerConfig { backoff_base: Millis::MAX / 2, backoff_max: Millis::MAX, ..config() };
+        assert_eq!(huge.backoff_delay(u32::MAX), Millis::MAX, "saturates instead of overflowing");
+    }
+
+    #[test]
+    fn heartbeats_keep_a_busy_worker_alive_and_silence_expires_it_exactly_at_the_deadline() {
+        let mut s = Scheduler::new(config(), vec![task(1, &[], 0, &[])], 1);
+        join(&mut s, 0, 1);
+        let (t, _) = lease_one(&mut s, 0, 1).unwrap();
+        let mut now = 0;
+        for _ in 0..20 {
+            now += 900;
+            s.handle(now, Input::Heartbeat { worker: WorkerId(1) });
+            assert!(!s.handle(now, Input::Tick).contains(&Output::WorkerExpired { worker: WorkerId(1) }));
+        }
+        assert_eq!(s.state(t), Some(StateName::Running), "a long task survives on heartbeats alone");
+        assert_eq!(s.next_deadline(), Some(now + 1_000));
+        assert!(s.handle(now + 999, Input::Tick).is_empty());
+        let out = s.handle(now + 1_000, Input::Tick);
+        assert_eq!(out[0], Output::WorkerExpired { worker: WorkerId(1) });
+        assert_eq!(s.state(t), Some(StateName::Ready));
+        assert_eq!(s.workers().count(), 0);
+    }
+
+    #[test]
+    fn a_report_that_beats_the_expiry_timer_is_accepted() {
+        let mut s = Scheduler::new(config(), vec![task(1, &[], 0, &[])], 1);
+        join(&mut s, 0, 1);
+        let (t, a) = lease_one(&mut s, 0, 1).unwrap();
+        // The deadline (1000) passed, but no Tick ran: the message itself proves the worker alive.
+        let out = s.handle(1_500, Input::Completed { attempt: a, outputs: vec![] });
+        assert!(out.contains(&Output::Report { attempt: a, accepted: true }));
+        assert!(!out.contains(&Output::WorkerExpired { worker: WorkerId(1) }));
+        assert_eq!(s.state(t), Some(StateName::Done));
+    }
+
+    #[test]
+    fn an_expired_or_unknown_worker_gets_no_lease_until_it_joins_again() {
+        let mut s = Scheduler::new(config(), vec![task(1, &[], 0, &[])], 1);
+        assert!(s.handle(0, Input::LeaseRequest { worker: WorkerId(7), slots: 1 }).is_empty());
+        join(&mut s, 0, 7);
+        s.handle(1_000, Input::Tick);
+        assert!(s.handle(1_001, Input::LeaseRequest { worker: WorkerId(7), slots: 1 }).is_empty());
+        assert!(s.handle(1_001, Input::Heartbeat { worker: WorkerId(7) }).is_empty(), "no resurrection");
+        assert_eq!(s.state(TaskId(1)), Some(StateName::Ready));
+        join(&mut s, 1_002, 7);
+        assert_eq!(lease_one(&mut s, 1_002, 7).map(|l| l.0), Some(TaskId(1)));
+    }
+
+    #[test]
+    fn a_worker_joining_again_orphans_its_old_attempts() {
+        let mut s = Scheduler::new(config(), vec![task(1, &[], 0, &[])], 1);
+        join(&mut s, 0, 1);
+        let (t, a) = lease_one(&mut s, 0, 1).unwrap();
+        s.handle(10, Input::WorkerJoined { worker: WorkerId(1), cached: vec![] });
+        assert_eq!((s.state(t), s.failures(t)), (Some(StateName::Ready), 0));
+        assert!(s.running_on(WorkerId(1)).is_empty());
+        let late = s.handle(11, Input::Completed { attempt: a, outputs: vec![] });
+        assert_eq!(late, vec![Output::Report { attempt: a, accepted: false }]);
+        let (again, a2) = lease_one(&mut s, 12, 1).unwrap();
+        assert_eq!(again, t);
+        assert!(a2 > a);
+    }
+
+    #[test]
+    fn cached_inputs_given_at_join_count_for_locality() {
+        let stored = vec![
+            (task(1, &[], 0, &[]), StoredState::Done, 0),
+            (task(2, &[], 0, &[]), StoredState::Done, 0),
+            (task(10, &[1], 1, &["task:1/checkpoint"]), StoredState::Pending, 0),
+            (task(20, &[2], 1, &["task:2/checkpoint"]), StoredState::Pending, 0),
+        ];
+        let mut s = Scheduler::restore(config(), stored, 1);
+        s.handle(0, Input::WorkerJoined { worker: WorkerId(1), cached: vec!["task:2/checkpoint".into()] });
+        assert_eq!(lease_one(&mut s, 0, 1).map(|l| l.0), Some(TaskId(20)), "not the FIFO head, task 10");
+    }
+
+    #[test]
+    fn restore_reports_cascaded_cancellations_once() {
+        let stored = vec![
+            (task(1, &[], 0, &[]), StoredState::Failed, 3),
+            (task(2, &[1], 0, &[]), StoredState::Pending, 0),
+            (task(3, &[2], 0, &[]), StoredState::Pending, 0),
+        ];
+        let mut s = Scheduler::restore(config(), stored, 1);
+        assert!(s.is_finished());
+        let mut out = Vec::new();
+        s.handle_into(0, Input::Tick, &mut out);
+        let mut changed = transitions(&out);
+        changed.sort();
+        assert_eq!(
+            changed,
+            vec![
+                (TaskId(2), StateName::Blocked, StateName::Cancelled, None),
+                (TaskId(3), StateName::Blocked, StateName::Cancelled, None),
+            ]
+        );
+        assert_eq!(out.last(), Some(&Output::SweepFinished));
+        assert!(s.handle(1, Input::Tick).is_empty(), "emitted once");
     }
 
     // ---- randomised event sequences against invariants
