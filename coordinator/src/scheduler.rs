@@ -1094,101 +1094,233 @@ mod tests {
         Fail(usize, bool),
         Release(usize),
         Cancel(u64),
+        CancelSweep,
         Advance(u64),
+        /// The coordinator crashes and restarts from what the store holds; workers must rejoin.
+        Restart,
     }
 
     fn event() -> impl Strategy<Value = Event> {
         prop_oneof![
-            (0..4u64).prop_map(Event::Join),
-            (0..4u64).prop_map(Event::Leave),
-            (0..4u64).prop_map(Event::Beat),
-            ((0..4u64), (1..3u32)).prop_map(|(w, s)| Event::Lease(w, s)),
-            (0..64usize).prop_map(Event::Complete),
-            ((0..64usize), any::<bool>()).prop_map(|(i, r)| Event::Fail(i, r)),
-            (0..64usize).prop_map(Event::Release),
-            (0..12u64).prop_map(Event::Cancel),
-            (0..1500u64).prop_map(Event::Advance),
+            30 => (0..4u64).prop_map(Event::Join),
+            10 => (0..4u64).prop_map(Event::Leave),
+            20 => (0..4u64).prop_map(Event::Beat),
+            40 => ((0..4u64), (1..3u32)).prop_map(|(w, s)| Event::Lease(w, s)),
+            40 => (0..64usize).prop_map(Event::Complete),
+            20 => ((0..64usize), any::<bool>()).prop_map(|(i, r)| Event::Fail(i, r)),
+            10 => (0..64usize).prop_map(Event::Release),
+            10 => (0..TASKS).prop_map(Event::Cancel),
+            30 => (0..1500u64).prop_map(Event::Advance),
+            10 => Just(Event::Restart),
+            // Rare, or nearly every sequence would end cancelled.
+            1 => Just(Event::CancelSweep),
         ]
     }
 
-    fn check_invariants(s: &Scheduler, total: usize, completed: &HashMap<TaskId, usize>) {
+    const TASKS: u64 = 12;
+
+    /// Three layers: trains 0–3; heatmaps 4–7 on train `i % 4`; 8–11 on train `i % 4` and on
+    /// heatmap `i − 4` (a second level, so cascades and readiness go through two hops).
+    fn random_sweep() -> Vec<NewTask> {
+        (0..TASKS)
+            .map(|i| {
+                let root = i % 4;
+                let key = format!("task:{root}/checkpoint");
+                match i {
+                    0..4 => task(i, &[], 0, &[]),
+                    4..8 => task(i, &[root], 1, &[&key]),
+                    _ => task(i, &[root, i - 4], 2, &[&key]),
+                }
+            })
+            .collect()
+    }
+
+    /// What the store would hold: states replayed from transitions, plus failure counts.
+    struct ShadowStore {
+        states: HashMap<TaskId, StateName>,
+        failures: HashMap<TaskId, u32>,
+        /// Largest attempt id handed out so far (the store's `max(attempt_id)`).
+        max_attempt: u64,
+    }
+
+    impl ShadowStore {
+        /// Apply one step's outputs, checking them against what the store knew before.
+        fn apply(&mut self, s: &Scheduler, out: &[Output], live_before: &HashMap<AttemptId, (TaskId, WorkerId)>) {
+            let mut started = HashMap::new();
+            for o in out {
+                match o {
+                    Output::Transition { task, from, to, attempt, worker } => {
+                        let known = self.states[task];
+                        assert_eq!(*from, known, "transition of {task:?} starts where the store left it");
+                        assert!(!known.is_terminal(), "{task:?} left terminal state {known:?}");
+                        assert_ne!(from, to, "a transition changes the state");
+                        if *to == StateName::Running {
+                            started.insert(
+                                attempt.expect("a lease names its attempt"),
+                                (*task, worker.expect("and worker")),
+                            );
+                        }
+                        if *from == StateName::Running {
+                            let a = attempt.expect("leaving Running names the attempt that ends");
+                            assert!(live_before.contains_key(&a) || started.contains_key(&a), "{a:?} was live");
+                        }
+                        self.states.insert(*task, *to);
+                        self.failures.insert(*task, s.failures(*task));
+                    }
+                    Output::Lease { worker, task, attempt } => {
+                        assert_eq!(started.get(attempt), Some(&(*task, *worker)), "a lease follows its transition");
+                        assert!(attempt.0 > self.max_attempt, "attempt ids only grow, across restarts too");
+                        self.max_attempt = attempt.0;
+                    }
+                    Output::Cancel { attempt, worker, .. } => {
+                        let owner = live_before.get(attempt).or_else(|| started.get(attempt));
+                        assert_eq!(owner.map(|o| o.1), Some(*worker), "a cancel names a live attempt and its worker");
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        fn restore(&self) -> Scheduler {
+            let stored = random_sweep()
+                .into_iter()
+                .map(|t| {
+                    let state = match self.states[&t.id] {
+                        StateName::Done => StoredState::Done,
+                        StateName::Failed => StoredState::Failed,
+                        StateName::Cancelled => StoredState::Cancelled,
+                        _ => StoredState::Pending,
+                    };
+                    let failures = self.failures.get(&t.id).copied().unwrap_or(0);
+                    (t, state, failures)
+                })
+                .collect();
+            Scheduler::restore(config(), stored, self.max_attempt + 1)
+        }
+    }
+
+    fn check_invariants(s: &Scheduler, store: &ShadowStore, completed: &HashMap<TaskId, usize>) {
         let counted: usize = s.counts().values().sum();
-        assert_eq!(counted, total, "no task lost or duplicated");
+        assert_eq!(counted, TASKS as usize, "no task lost or duplicated");
         for (name, count) in s.counts() {
             let actual = s.tasks.values().filter(|t| t.state.name() == *name).count();
             assert_eq!(*count, actual, "count of {name:?}");
         }
         assert!(completed.values().all(|&n| n <= 1), "a task completed more than once");
+        let sweep = random_sweep();
         for (id, t) in &s.tasks {
+            assert_eq!(store.states[id], t.state.name(), "replaying transitions gives the core's state");
             if let State::Running { attempt, worker } = t.state {
                 let w = s.workers.get(&worker).expect("a running task's worker is alive");
                 assert!(w.running.contains(id));
                 assert_eq!(s.attempts.get(&attempt), Some(id));
             }
             assert_eq!(t.queued.is_some(), t.state == State::Ready, "queued iff ready");
+            if matches!(t.state, State::Ready | State::Running { .. } | State::Backoff { .. } | State::Done) {
+                let deps = &sweep[id.0 as usize].deps;
+                assert!(deps.iter().all(|d| s.tasks[d].state == State::Done), "{id:?} ran before its deps");
+            }
+            if matches!(t.state, State::Failed | State::Cancelled) {
+                for d in &t.dependents {
+                    assert!(s.tasks[d].state.name().is_terminal(), "{d:?} waits on a dead {id:?}");
+                }
+            }
+            if t.state.name() == StateName::Failed {
+                // Failed only by its own attempts: a non-retryable failure or `max_attempts` of them.
+                assert!(t.failures >= 1, "{id:?} failed without a failed attempt");
+            }
+            assert!(t.failures <= s.config.max_attempts, "{id:?} retried past the bound");
         }
+        let running = s.counts().get(&StateName::Running).copied().unwrap_or(0);
+        assert_eq!(s.attempts.len(), running, "one live attempt per running task, no leftovers");
+        let leased: usize = s.workers.values().map(|w| w.running.len()).sum();
+        assert_eq!(leased, running, "every live attempt is on exactly one worker");
         for (wid, w) in &s.workers {
             for task in &w.running {
                 assert!(matches!(s.tasks[task].state, State::Running { worker, .. } if worker == *wid));
             }
         }
         assert_eq!(s.ready.len(), s.tasks.values().filter(|t| t.state == State::Ready).count());
+        let backing_off = s.counts().get(&StateName::Backoff).copied().unwrap_or(0);
+        assert_eq!(s.backoffs.len(), backing_off, "a timer per backoff");
+        assert_eq!(s.worker_deadlines.len(), s.workers.len(), "a deadline per worker");
+    }
+
+    fn live_attempts(s: &Scheduler) -> HashMap<AttemptId, (TaskId, WorkerId)> {
+        s.attempts.keys().map(|&a| (a, s.attempt(a).expect("attempts index holds live attempts"))).collect()
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
         #[test]
-        fn random_event_sequences_keep_the_invariants(events in prop::collection::vec(event(), 1..120)) {
-            let tasks: Vec<NewTask> = (0..12u64)
-                .map(|i| task(i, &[], (i % 2) as u8, &[]))
-                .enumerate()
-                .map(|(i, mut t)| {
-                    if i >= 4 {
-                        t.deps = vec![TaskId(i as u64 % 4)];
-                        t.inputs = vec![format!("task:{}/checkpoint", i % 4)];
-                    }
-                    t
-                })
-                .collect();
-            let mut s = Scheduler::new(config(), tasks, 1);
+        fn random_event_sequences_keep_the_invariants(events in prop::collection::vec(event(), 1..150)) {
+            let mut s = Scheduler::new(config(), random_sweep(), 1);
+            let mut store = ShadowStore {
+                states: random_sweep().iter().map(|t| (t.id, StateName::Blocked)).collect(),
+                failures: HashMap::new(),
+                max_attempt: 0,
+            };
             let mut now = 0;
-            let mut live: Vec<AttemptId> = Vec::new();
+            // Every attempt ever leased, so reports also come from stale ones.
+            let mut leased: Vec<AttemptId> = Vec::new();
             let mut completed: HashMap<TaskId, usize> = HashMap::new();
+            let mut out = Vec::new();
+            // The constructor's Blocked → Ready changes are not transitions (the store inserts
+            // tasks as pending); mirror them like the store's reading of "pending".
+            for (id, t) in &s.tasks {
+                store.states.insert(*id, t.state.name());
+            }
             for e in events {
-                let out = match e {
-                    Event::Join(w) => s.handle(now, Input::WorkerJoined { worker: WorkerId(w), cached: vec![] }),
-                    Event::Leave(w) => s.handle(now, Input::WorkerLeft { worker: WorkerId(w) }),
-                    Event::Beat(w) => s.handle(now, Input::Heartbeat { worker: WorkerId(w) }),
-                    Event::Lease(w, n) => s.handle(now, Input::LeaseRequest { worker: WorkerId(w), slots: n }),
-                    Event::Complete(i) if !live.is_empty() => {
-                        let a = live[i % live.len()];
+                let live_before = live_attempts(&s);
+                out.clear();
+                let pick = |i: usize| (!leased.is_empty()).then(|| leased[i % leased.len()]);
+                match e {
+                    Event::Join(w) => s.handle_into(now, Input::WorkerJoined { worker: WorkerId(w), cached: vec![] }, &mut out),
+                    Event::Leave(w) => s.handle_into(now, Input::WorkerLeft { worker: WorkerId(w) }, &mut out),
+                    Event::Beat(w) => s.handle_into(now, Input::Heartbeat { worker: WorkerId(w) }, &mut out),
+                    Event::Lease(w, n) => s.handle_into(now, Input::LeaseRequest { worker: WorkerId(w), slots: n }, &mut out),
+                    Event::Complete(i) => if let Some(a) = pick(i) {
                         let task = s.attempt(a).map(|(t, _)| t);
-                        let out = s.handle(now, Input::Completed { attempt: a, outputs: vec![] });
-                        if out.contains(&Output::Report { attempt: a, accepted: true }) {
-                            *completed.entry(task.expect("accepted attempts are live")).or_default() += 1;
+                        let outputs = task.map(|t| vec![format!("task:{}/checkpoint", t.0)]).unwrap_or_default();
+                        s.handle_into(now, Input::Completed { attempt: a, outputs }, &mut out);
+                        let accepted = out.contains(&Output::Report { attempt: a, accepted: true });
+                        prop_assert_eq!(accepted, task.is_some(), "accepted exactly when the attempt was live");
+                        if accepted {
+                            *completed.entry(task.unwrap()).or_default() += 1;
                         }
-                        out
-                    }
-                    Event::Fail(i, r) if !live.is_empty() => {
-                        let a = live[i % live.len()];
-                        s.handle(now, Input::Failed { attempt: a, error: "e".into(), retryable: r })
-                    }
-                    Event::Release(i) if !live.is_empty() => {
-                        s.handle(now, Input::Released { attempt: live[i % live.len()] })
-                    }
-                    Event::Cancel(t) => s.handle(now, Input::Cancel { task: TaskId(t), reason: "r".into() }),
+                    },
+                    Event::Fail(i, r) => if let Some(a) = pick(i) {
+                        s.handle_into(now, Input::Failed { attempt: a, error: "e".into(), retryable: r }, &mut out);
+                    },
+                    Event::Release(i) => if let Some(a) = pick(i) {
+                        s.handle_into(now, Input::Released { attempt: a }, &mut out);
+                    },
+                    Event::Cancel(t) => s.handle_into(now, Input::Cancel { task: TaskId(t), reason: "r".into() }, &mut out),
+                    Event::CancelSweep => s.handle_into(now, Input::CancelSweep { reason: "r".into() }, &mut out),
                     Event::Advance(dt) => {
                         now += dt;
-                        s.handle(now, Input::Tick)
+                        s.handle_into(now, Input::Tick, &mut out);
                     }
-                    _ => Vec::new(),
-                };
-                for o in &out {
-                    if let Output::Lease { attempt, .. } = o {
-                        live.push(*attempt);
+                    Event::Restart => {
+                        s = store.restore();
+                        // Restoring turns running/backoff tasks back into pending ones: the
+                        // store's reading of anything unfinished.
+                        for (id, t) in &s.tasks {
+                            let stored = store.states[id];
+                            if !stored.is_terminal() {
+                                store.states.insert(*id, if t.queued.is_some() { StateName::Ready } else { StateName::Blocked });
+                            }
+                        }
+                        s.handle_into(now, Input::Tick, &mut out);
                     }
                 }
-                check_invariants(&s, 12, &completed);
+                store.apply(&s, &out, &live_before);
+                for o in &out {
+                    if let Output::Lease { attempt, .. } = o {
+                        leased.push(*attempt);
+                    }
+                }
+                check_invariants(&s, &store, &completed);
             }
             // Liveness: one worker that keeps working finishes the sweep.
             s.handle(now, Input::WorkerJoined { worker: WorkerId(99), cached: vec![] });
