@@ -16,13 +16,15 @@ pub struct OptimizerState {
     buffers: Vec<Vec<Tensor>>,
     /// Number of steps taken (Adam's bias correction uses it).
     steps: u64,
+    /// Per-parameter work space (not state: never saved).
+    scratch: Vec<Tensor>,
 }
 
 impl OptimizerState {
     pub fn new(vs: &nn::VarStore, kind: Optimizer) -> Self {
         let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
-        OptimizerState { kind, params, buffers: Vec::new(), steps: 0 }
+        OptimizerState { kind, params, buffers: Vec::new(), steps: 0, scratch: Vec::new() }
     }
 
     pub fn steps(&self) -> u64 {
@@ -42,38 +44,60 @@ impl OptimizerState {
         }
         self.steps += 1;
         let t = self.steps as i32;
+        if self.scratch.len() != self.params.len() {
+            self.scratch = self.params.iter().map(|(_, p)| p.zeros_like()).collect();
+        }
+        // Every update is in place, through one scratch tensor per parameter: temporaries the
+        // size of AlexNet's 16.8M-weight layer cost a fresh allocation (and page faults) each.
         tch::no_grad(|| {
-            for ((_, p), buffers) in self.params.iter_mut().zip(&mut self.buffers) {
-                let grad = p.grad();
-                if !grad.defined() {
+            for (((_, p), buffers), scratch) in self.params.iter_mut().zip(&mut self.buffers).zip(&mut self.scratch) {
+                let mut g = p.grad();
+                if !g.defined() {
                     continue;
                 }
+                let decay = match self.kind {
+                    Optimizer::Sgd { weight_decay, .. } | Optimizer::Adam { weight_decay, .. } => weight_decay,
+                };
+                if decay != 0.0 {
+                    scratch.copy_(p);
+                    let _ = g.g_add_(&scratch.g_mul_scalar_(decay));
+                }
                 match self.kind {
-                    Optimizer::Sgd { momentum, weight_decay, nesterov } => {
-                        let mut d = if weight_decay != 0.0 { &grad + &*p * weight_decay } else { grad };
+                    Optimizer::Sgd { momentum, nesterov, .. } => {
+                        let mut d = g.shallow_clone();
                         if momentum != 0.0 {
                             let buf = &mut buffers[0];
                             if t == 1 {
-                                buf.copy_(&d);
+                                buf.copy_(&g);
                             } else {
-                                let _ = buf.g_mul_scalar_(momentum);
-                                let _ = buf.g_add_(&d);
+                                let _ = buf.g_mul_scalar_(momentum).g_add_(&g);
                             }
-                            d = if nesterov { d + &*buf * momentum } else { buf.shallow_clone() };
+                            if nesterov {
+                                scratch.copy_(buf);
+                                let _ = g.g_add_(&scratch.g_mul_scalar_(momentum));
+                            } else {
+                                d = buf.shallow_clone();
+                            }
                         }
-                        let _ = p.g_add_(&(d * -lr));
+                        scratch.copy_(&d);
+                        let _ = p.g_add_(&scratch.g_mul_scalar_(-lr));
                     }
-                    Optimizer::Adam { weight_decay, beta1, beta2, eps } => {
-                        let g = if weight_decay != 0.0 { &grad + &*p * weight_decay } else { grad };
+                    Optimizer::Adam { beta1, beta2, eps, .. } => {
                         let (m, v) = buffers.split_at_mut(1);
                         let (m, v) = (&mut m[0], &mut v[0]);
                         let _ = m.lerp_(&g, 1.0 - beta1);
-                        let _ = v.g_mul_scalar_(beta2);
-                        let _ = v.g_add_(&(&g * &g * (1.0 - beta2)));
+                        scratch.copy_(&g);
+                        let _ = v.g_mul_scalar_(beta2).addcmul_(&g, &scratch.g_mul_scalar_(1.0 - beta2));
                         let bias1 = 1.0 - beta1.powi(t);
                         let bias2 = 1.0 - beta2.powi(t);
-                        let denom = v.sqrt() / bias2.sqrt() + eps;
-                        let _ = p.g_add_(&(&*m / denom * (-lr / bias1)));
+                        // p += -(lr / bias1) · m / (sqrt(v) / sqrt(bias2) + eps), as one addcdiv.
+                        scratch.copy_(v);
+                        let _ = scratch
+                            .sqrt_()
+                            .g_mul_scalar_(1.0 / bias2.sqrt())
+                            .g_add_scalar_(eps)
+                            .g_mul_scalar_(-bias1 / lr);
+                        let _ = p.addcdiv_(m, scratch);
                     }
                 }
             }
