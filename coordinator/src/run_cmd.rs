@@ -46,6 +46,9 @@ pub struct StatusArgs {
     pub coordinator: String,
     #[arg(long, env = "FREQSWEEP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Refresh every this many seconds until the coordinator goes away (0: print once).
+    #[arg(long, default_value_t = 0)]
+    pub watch: u64,
 }
 
 #[derive(Args)]
@@ -208,33 +211,47 @@ pub fn status(args: &StatusArgs) -> Result<()> {
             }
             Ok(r)
         });
-        let s = client
-            .status(freqsweep_proto::v1::StatusRequest {})
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", e.message()))?
-            .into_inner();
-        println!("sweep {}", s.sweep_id);
-        let mut states: Vec<_> = s.tasks_by_state.iter().collect();
-        states.sort();
-        for (state, count) in states {
-            println!("  {state:<10} {count:>7}");
+        let mut first = true;
+        loop {
+            let reply = client.status(freqsweep_proto::v1::StatusRequest {}).await;
+            let s = match reply {
+                Ok(s) => s.into_inner(),
+                // While watching, a coordinator that finished and exited ends the watch quietly.
+                Err(_) if !first && args.watch > 0 => return Ok(()),
+                Err(e) => bail!("{}: {}", args.coordinator, e.message()),
+            };
+            first = false;
+            print_status(&s);
+            if args.watch == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_secs(args.watch)).await;
+            println!();
         }
-        let eta = if s.eta_seconds < 0.0 { "unknown".to_string() } else { format!("{:.0} s", s.eta_seconds) };
-        println!("  metric points {}; eta {eta}", s.metric_points);
-        println!("  {:<6} {:<20} {:<18} {:>10} {:>8}  running", "worker", "host", "device", "items/s", "seen");
-        for w in s.workers {
-            println!(
-                "  {:<6} {:<20} {:<18} {:>10.1} {:>7.1}s  {:?}",
-                w.worker_id,
-                w.hostname,
-                w.device,
-                w.throughput,
-                w.last_seen_ms_ago as f64 / 1000.0,
-                w.running_tasks
-            );
-        }
-        Ok(())
     })
+}
+
+fn print_status(s: &freqsweep_proto::v1::StatusReply) {
+    println!("sweep {}", s.sweep_id);
+    let mut states: Vec<_> = s.tasks_by_state.iter().filter(|(_, c)| **c > 0).collect();
+    states.sort();
+    for (state, count) in states {
+        println!("  {state:<10} {count:>7}");
+    }
+    let eta = if s.eta_seconds < 0.0 { "unknown".to_string() } else { format!("{:.0} s", s.eta_seconds) };
+    println!("  metric points {}; eta {eta}", s.metric_points);
+    println!("  {:<6} {:<20} {:<18} {:>10} {:>8}  running", "worker", "host", "device", "items/s", "seen");
+    for w in &s.workers {
+        println!(
+            "  {:<6} {:<20} {:<18} {:>10.1} {:>7.1}s  {:?}",
+            w.worker_id,
+            w.hostname,
+            w.device,
+            w.throughput,
+            w.last_seen_ms_ago as f64 / 1000.0,
+            w.running_tasks
+        );
+    }
 }
 
 pub fn report(args: &ReportArgs) -> Result<()> {
