@@ -90,3 +90,78 @@ fn a_worker_killed_mid_task_is_replaced_and_the_sweep_completes() {
     let results = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(results.lines().filter(|l| l.contains(",done,")).count(), 2, "{results}");
 }
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn serve(spec: &std::path::Path, out: &std::path::Path, port: u16) -> std::process::Child {
+    Command::new(binary("freqsweep"))
+        .arg("serve")
+        .arg(spec)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--out"])
+        .arg(out)
+        .env("FREQSWEEP_TOKEN", "t")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_coordinator_killed_mid_sweep_restarts_from_its_store_and_the_worker_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("faults.toml");
+    std::fs::write(&spec, SPEC).unwrap();
+    let out = dir.path().join("run");
+    let port = free_port();
+    let mut first = serve(&spec, &out, port);
+    let mut worker = Command::new(binary("freqsweep-worker"))
+        .args(["--coordinator", &format!("http://127.0.0.1:{port}"), "--device", "cpu", "--threads", "1"])
+        .args(["--connect-timeout", "60", "--cache-dir"])
+        .arg(dir.path().join("cache"))
+        .env("FREQSWEEP_TOKEN", "t")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the coordinator once the first training task has finished (something is in the store).
+    let lines = BufReader::new(first.stderr.take().unwrap()).lines();
+    let mut saw_done = false;
+    for line in lines.map_while(Result::ok) {
+        if line.contains("to=\"done\"") {
+            saw_done = true;
+            break;
+        }
+    }
+    assert!(saw_done, "the first coordinator never completed a task");
+    first.kill().unwrap();
+    let _ = first.wait();
+
+    // Same spec, same directory, same port: it resumes and the worker reconnects by itself.
+    let mut second = serve(&spec, &out, port);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            let _ = second.kill();
+            let _ = worker.kill();
+            panic!("the restarted coordinator did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut log).unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut second.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert!(status.success(), "{}", log.lines().last().unwrap_or(""));
+    assert!(log.contains("resuming"), "the second coordinator resumed from the store");
+    assert!(stdout.contains("sweep finished: 6 done"), "{stdout}");
+    let worker_status = worker.wait().unwrap();
+    assert!(worker_status.success(), "the worker survived the coordinator's restart");
+    let results = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(results.lines().filter(|l| l.contains(",done,")).count(), 2, "{results}");
+}
