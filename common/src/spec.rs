@@ -1,183 +1,107 @@
 //! Sweep specs (TOML): parsing, validation with errors that name the key and the line, and grid
 //! expansion into one [`GridPoint`] (a `TrainTask` plus its grid values) per combination.
 //!
-//! A complete spec (every list-valued key under `[[dataset]]`, `[model]` and `[train]` expands;
-//! single values are one-element lists):
+//! The format follows W&B Sweeps / Ray Tune habits: a key holds one value or a list, and every
+//! list under `[[dataset]]`, `[model]` and `[train]` is a grid axis (the cartesian product of all
+//! axes is the grid); `[[exclude]]` / `[[include]]` remove and add points. A complete spec:
 //!
 //! ```toml
 //! name = "syn-demo"
 //!
 //! [[dataset]]              # one or more; each expands on its own
 //! kind = "syn"             # syn | cifar10 | npy
-//! band = [1, 4]            # syn: the band of class 3
+//! band = [1, 4]            # syn: the band of class 3 (a list expands)
 //! train = 2000             # syn: images per split
 //! test = 400
-//! seed = 0                 # syn: generator seed
+//! seed = 0                 # syn: generator seed (a list expands)
+//! # name = "small"         # optional label in point ids (needed when two datasets share one)
+//! # special_energy = 0.5   # syn: energy of the special pattern relative to one band
 //! # kind = "cifar10", path = "/data/cifar-10-batches-bin"
 //! # kind = "npy", train_images = "…", train_labels = "…", test_images = "…", test_labels = "…"
 //!
 //! [model]
 //! arch = ["alexnet", "resnet18"]   # alexnet | resnet18 | tiny
+//! # classes = 4            # default: 4 for syn, 10 otherwise
 //!
-//! [train]
-//! optimizer = "adam"       # adam | sgd
-//! lr = [1e-4]
+//! [train]                  # every key but the scalars noted below may be a list
+//! optimizer = ["adam", "sgd"]      # adam | sgd
+//! lr = [1e-4, 1e-2]
 //! batch_size = 64
 //! epochs = 3
 //! seed = [0, 1]
 //! schedule = "constant"    # constant | step | cosine
-//! momentum = 0.9           # sgd
 //! weight_decay = 0.0
-//! step_every = 10          # step schedule: epochs between decays …
-//! gamma = 0.1              # … and the factor
-//! augment_flip = false
-//! augment_crop = 0         # pixels of padding for random crops (0: off)
+//! momentum = 0.9           # sgd only (default 0.9)
+//! nesterov = false         # sgd only
+//! beta1 = 0.9              # adam only
+//! beta2 = 0.999            # adam only
+//! # adam_eps = 1e-8        # adam only, scalar
+//! # step_every = 10        # step schedule, scalar: epochs between decays …
+//! # gamma = 0.1            # … and the factor
+//! # min_lr = 0.0           # cosine schedule, scalar
+//! augment_flip = false     # scalar
+//! augment_crop = 0         # scalar: pixels of padding for random crops (0: off)
 //!
 //! [eval]
-//! test_sets = ["B1234", "B124"]   # "minus_one" adds every single-band-removed set
+//! test_sets = ["B1234", "B124"]   # any band subset; "all_minus_one" adds every single-band-removed set
 //! every_steps = 10         # also evaluate every k steps …
 //! steps_epochs = 1         # … during the first this many epochs
 //! test_limit = 0           # evaluate on the first N test images (0: all)
 //! clip = false             # clip band-filtered images to [0, 1]
 //!
 //! [heatmap]                # optional: Fourier heatmaps of every trained model
-//! eps = [4.0]
-//! layers = true            # true: every named layer; false; or a list of names
+//! eps = [4.0]              # one heatmap per value
+//! layers = true            # true: every named layer; false; or names such as ["conv1", "fc"]
 //! images = 500             # test images per heatmap (0: all)
 //! batch = 256              # perturbed images per forward pass
-//! chunk_cells = 64         # canonical cells per heatmap task
+//! chunk_cells = 64         # canonical cells per heatmap task (or chunks_per_map = 8)
 //! seed = 0
 //!
 //! [[exclude]]              # drop grid points matching every key given
-//! arch = "alexnet"
+//! arch = "resnet18"
 //! optimizer = "sgd"
 //!
-//! [[include]]              # add points; unspecified keys take each list's first value
-//! arch = "tiny"
-//! lr = 0.01
+//! [[include]]              # add a point; keys not given take each axis's first value
+//! arch = "resnet18"
+//! optimizer = "sgd"
+//! lr = 0.1                 # values outside the grid's lists are allowed
 //! ```
 //!
-//! Grid order is deterministic: datasets (in file order, each dataset's list values in order),
-//! then `arch`, `optimizer`, `lr`, `batch_size`, `epochs`, `schedule`, `momentum`, `weight_decay`,
-//! `seed`, the last varying fastest; includes follow, duplicates and excluded points are removed.
+//! **Grid order** is deterministic: the axes in [`GRID_KEYS`] order (`dataset` first, `seed` last
+//! and fastest), datasets in file order with each dataset's list values in order; then the
+//! included points in file order. `[[exclude]]` prunes the product; an `[[include]]` point is
+//! kept even when an exclude matches it ("no SGD for ResNet, except this one"). Repeats are dropped.
+//!
+//! **Keys that do not apply** to a point's optimizer (`momentum`, `nesterov` for Adam; `beta1`,
+//! `beta2` for SGD) are blank in its values and left out of its id, so
+//! `optimizer = ["adam", "sgd"]` × `momentum = [0, 0.9]` gives one Adam point, not two identical ones.
+//! Giving such a key when no point uses it is an error, as is any unknown key.
+//!
+//! **Point ids** read `Syn_4-alexnet-adam-lr0.0001-bs64-ep3-seed0`, plus `-sched…`, `-mom…`,
+//! `-nesterov`, `-wd…`, `-b1…`, `-b2…` for those keys that take more than one value in the spec.
+//! They are stable: the same spec always gives the same ids, and the coordinator keys its stored
+//! tasks by them.
 
 use crate::bands::{Band, BandLayout, BandSet};
 use crate::syn::SynConfig;
 use crate::task::{Augment, DatasetSource, LrSchedule, Optimizer, TrainConfig, TrainTask};
+use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use toml::Spanned;
+use std::sync::Arc;
+use toml::{Spanned, Value};
 
+/// A spec that cannot be used: the file, the 1-based line (0 when the file cannot be read) and a
+/// one-line message naming the key. Displays as `file:line: message`, like a compiler.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{file}:{line}: {message}")]
 pub struct SpecError {
     pub file: String,
     pub line: usize,
     pub message: String,
-}
-
-#[derive(Deserialize, Clone, Debug)]
-#[serde(untagged)]
-enum OneOrMany<T> {
-    Many(Vec<T>),
-    One(T),
-}
-
-impl<T: Clone> OneOrMany<T> {
-    fn values(&self) -> Vec<T> {
-        match self {
-            OneOrMany::One(v) => vec![v.clone()],
-            OneOrMany::Many(v) => v.clone(),
-        }
-    }
-}
-
-type List<T> = Spanned<OneOrMany<T>>;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSpec {
-    name: Option<String>,
-    dataset: Vec<Spanned<RawDataset>>,
-    model: RawModel,
-    train: RawTrain,
-    #[serde(default)]
-    eval: Option<RawEval>,
-    heatmap: Option<Spanned<RawHeatmap>>,
-    #[serde(default)]
-    include: Vec<Spanned<toml::Table>>,
-    #[serde(default)]
-    exclude: Vec<Spanned<toml::Table>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDataset {
-    kind: Spanned<String>,
-    band: Option<List<i64>>,
-    train: Option<Spanned<i64>>,
-    test: Option<Spanned<i64>>,
-    seed: Option<List<i64>>,
-    special_energy: Option<Spanned<f64>>,
-    path: Option<PathBuf>,
-    train_images: Option<PathBuf>,
-    train_labels: Option<PathBuf>,
-    test_images: Option<PathBuf>,
-    test_labels: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawModel {
-    arch: List<String>,
-    classes: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTrain {
-    optimizer: Option<List<String>>,
-    lr: List<f64>,
-    batch_size: List<i64>,
-    epochs: List<i64>,
-    seed: Option<List<i64>>,
-    schedule: Option<List<String>>,
-    momentum: Option<List<f64>>,
-    weight_decay: Option<List<f64>>,
-    step_every: Option<Spanned<i64>>,
-    gamma: Option<Spanned<f64>>,
-    min_lr: Option<Spanned<f64>>,
-    augment_flip: Option<bool>,
-    augment_crop: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawEval {
-    test_sets: Option<Spanned<Vec<String>>>,
-    every_steps: Option<Spanned<i64>>,
-    steps_epochs: Option<Spanned<i64>>,
-    test_limit: Option<Spanned<i64>>,
-    clip: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHeatmap {
-    eps: List<f64>,
-    layers: Option<Spanned<Layers>>,
-    images: Option<Spanned<i64>>,
-    batch: Option<Spanned<i64>>,
-    chunk_cells: Option<Spanned<i64>>,
-    seed: Option<i64>,
-}
-
-#[derive(Deserialize, Clone, Debug)]
-#[serde(untagged)]
-enum Layers {
-    All(bool),
-    Named(Vec<String>),
 }
 
 /// Which layer maps a heatmap computes.
@@ -188,6 +112,26 @@ pub enum LayerChoice {
     Named(Vec<String>),
 }
 
+/// How a heatmap's canonical cells are cut into tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Chunking {
+    /// At most this many cells per chunk (`chunk_cells`).
+    Cells(usize),
+    /// This many chunks per map (`chunks_per_map`), capped at one cell each.
+    PerMap(usize),
+}
+
+impl Chunking {
+    /// The number of chunks a map of `cells` canonical cells is cut into (at least 1).
+    pub fn chunks(self, cells: usize) -> usize {
+        match self {
+            Chunking::Cells(n) => cells.div_ceil(n.max(1)),
+            Chunking::PerMap(n) => n.min(cells),
+        }
+        .max(1)
+    }
+}
+
 /// The heatmap part of a spec.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HeatmapSpec {
@@ -195,7 +139,7 @@ pub struct HeatmapSpec {
     pub layers: LayerChoice,
     pub images: usize,
     pub batch: usize,
-    pub chunk_cells: usize,
+    pub chunks: Chunking,
     pub seed: u64,
 }
 
@@ -205,8 +149,58 @@ pub struct HeatmapSpec {
 pub struct GridPoint {
     /// A stable, readable id, e.g. `Syn_4-alexnet-adam-lr0.0001-bs64-ep3-seed0`.
     pub id: String,
-    pub values: BTreeMap<String, String>,
+    /// Grid key (every one of [`GRID_KEYS`]) → value label; blank where the key does not apply.
+    pub values: GridValues,
     pub task: TrainTask,
+}
+
+/// A point's grid values: key → label for every one of [`GRID_KEYS`] (blank where the key does
+/// not apply to the point). Compact on purpose: the labels live once per sweep and a point holds
+/// indices, so a 100 000-point grid costs a few megabytes, not hundreds.
+#[derive(Clone)]
+pub struct GridValues {
+    labels: Arc<Vec<Vec<String>>>,
+    idx: [usize; AXES],
+}
+
+impl GridValues {
+    /// The label of grid key `key` (`None` for a key that is not in [`GRID_KEYS`]).
+    pub fn get(&self, key: &str) -> Option<&String> {
+        GRID_KEYS.iter().position(|k| *k == key).map(|a| self.at(a))
+    }
+
+    /// Every grid key with its label, in [`GRID_KEYS`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
+        GRID_KEYS.iter().enumerate().map(|(a, k)| (*k, self.at(a).as_str()))
+    }
+
+    fn at(&self, axis: usize) -> &String {
+        static BLANK: String = String::new();
+        match self.idx[axis] {
+            NOT_APPLICABLE => &BLANK,
+            i => &self.labels[axis][i],
+        }
+    }
+}
+
+impl std::ops::Index<&str> for GridValues {
+    type Output = String;
+
+    fn index(&self, key: &str) -> &String {
+        self.get(key).unwrap_or_else(|| panic!("{key:?} is not a grid key"))
+    }
+}
+
+impl PartialEq for GridValues {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl fmt::Debug for GridValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
 }
 
 /// A parsed, validated sweep.
@@ -217,31 +211,52 @@ pub struct Sweep {
     pub heatmap: Option<HeatmapSpec>,
 }
 
-/// The grid keys, in expansion order (last varies fastest).
-pub const GRID_KEYS: [&str; 10] =
-    ["dataset", "arch", "optimizer", "lr", "batch_size", "epochs", "schedule", "momentum", "weight_decay", "seed"];
+/// The grid keys, in expansion order (the last varies fastest). `include`/`exclude` tables use them.
+pub const GRID_KEYS: [&str; 13] = [
+    "dataset",
+    "arch",
+    "optimizer",
+    "lr",
+    "batch_size",
+    "epochs",
+    "schedule",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "beta1",
+    "beta2",
+    "seed",
+];
 
-struct Ctx<'a> {
-    file: &'a str,
-    text: &'a str,
-}
+// Positions in `GRID_KEYS`.
+const DATASET: usize = 0;
+const ARCH: usize = 1;
+const OPTIMIZER: usize = 2;
+const LR: usize = 3;
+const BATCH: usize = 4;
+const EPOCHS: usize = 5;
+const SCHEDULE: usize = 6;
+const MOMENTUM: usize = 7;
+const NESTEROV: usize = 8;
+const DECAY: usize = 9;
+const BETA1: usize = 10;
+const BETA2: usize = 11;
+const SEED: usize = 12;
+const AXES: usize = GRID_KEYS.len();
 
-impl Ctx<'_> {
-    fn line(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].bytes().filter(|&b| b == b'\n').count() + 1
-    }
+/// Marks an axis that does not apply to a point (see the module docs).
+const NOT_APPLICABLE: usize = usize::MAX;
 
-    /// An error at `key` inside the table spanning `span` (tables carry no per-key spans).
-    fn err_at_key(&self, span: std::ops::Range<usize>, key: &str, message: impl Into<String>) -> SpecError {
-        let end = span.end.min(self.text.len());
-        let at = self.text[span.start..end].find(key).map_or(span.start, |i| span.start + i);
-        self.err(at..at, message)
-    }
+/// The built-in architectures and the layers each reports (as `worker/src/models.rs` names them;
+/// `fc` is the logits), so a spec asking for a layer a model lacks fails before any training.
+pub const ARCHS: [(&str, &[&str]); 3] = [
+    ("alexnet", &["conv1", "conv2", "conv3", "conv4", "conv5", "fc"]),
+    ("resnet18", &["layer1", "layer2", "layer3", "layer4", "fc"]),
+    ("tiny", &["conv1", "conv2", "fc"]),
+];
 
-    fn err(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> SpecError {
-        SpecError { file: self.file.to_string(), line: self.line(span.start), message: message.into() }
-    }
-}
+const OPTIMIZERS: [&str; 2] = ["adam", "sgd"];
+const SCHEDULES: [&str; 3] = ["constant", "step", "cosine"];
 
 /// Read and parse a spec file.
 pub fn load(path: &Path) -> Result<Sweep, SpecError> {
@@ -253,377 +268,342 @@ pub fn load(path: &Path) -> Result<Sweep, SpecError> {
     parse(&text, &path.display().to_string())
 }
 
-/// Parse spec text; `file` names it in errors.
+/// Parse and expand spec text; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Sweep, SpecError> {
     let ctx = Ctx { file, text };
     let raw: RawSpec = toml::from_str(text).map_err(|e| {
-        let line = e.span().map_or(0, |s| ctx.line(s.start));
-        SpecError { file: file.to_string(), line, message: e.message().trim().to_string() }
+        let line = e.span().map_or(1, |s| ctx.line(s.start));
+        // toml's messages may span lines (`expected one of …`); errors are one line.
+        let mut message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+        // Type and syntax errors do not say which key; the line does.
+        if let Some(key) = ctx.key_on_line(line).filter(|k| !message.contains(&format!("`{k}`"))) {
+            message = format!("{key}: {message}");
+        }
+        SpecError { file: file.to_string(), line, message }
     })?;
     build(&ctx, raw)
 }
 
-fn positive(ctx: &Ctx, v: &Spanned<i64>, key: &str) -> Result<usize, SpecError> {
-    match usize::try_from(*v.get_ref()) {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(ctx.err(v.span(), format!("{key} must be a positive integer, got {}", v.get_ref()))),
-    }
+// ---------------------------------------------------------------------------------------------
+// Raw structure. Every leaf keeps its span; values are checked by hand (not by serde) so every
+// message names its key.
+
+type Scalar = Option<Spanned<Value>>;
+type List = Option<Spanned<Values>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    name: Scalar,
+    #[serde(default)]
+    dataset: Vec<Spanned<RawDataset>>,
+    model: RawModel,
+    train: RawTrain,
+    #[serde(default)]
+    eval: RawEval,
+    heatmap: Option<Spanned<RawHeatmap>>,
+    #[serde(default)]
+    include: Vec<Spanned<RawPoint>>,
+    #[serde(default)]
+    exclude: Vec<Spanned<RawPoint>>,
 }
 
-fn non_negative(ctx: &Ctx, v: &Spanned<i64>, key: &str) -> Result<usize, SpecError> {
-    usize::try_from(*v.get_ref())
-        .map_err(|_| ctx.err(v.span(), format!("{key} must not be negative, got {}", v.get_ref())))
+type RawPoint = BTreeMap<String, Spanned<Value>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDataset {
+    kind: Spanned<Value>,
+    name: Scalar,
+    band: List,
+    train: Scalar,
+    test: Scalar,
+    seed: List,
+    special_energy: Scalar,
+    path: Scalar,
+    train_images: Scalar,
+    train_labels: Scalar,
+    test_images: Scalar,
+    test_labels: Scalar,
 }
 
-fn list<T: Clone>(ctx: &Ctx, v: &List<T>, key: &str) -> Result<Vec<T>, SpecError> {
-    let values = v.get_ref().values();
-    if values.is_empty() {
-        return Err(ctx.err(v.span(), format!("{key} is an empty list")));
-    }
-    Ok(values)
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    arch: Spanned<Values>,
+    classes: Scalar,
 }
 
-/// A dataset alternative: its grid label and source.
-fn datasets(ctx: &Ctx, raw: &Spanned<RawDataset>) -> Result<Vec<(String, DatasetSource)>, SpecError> {
-    let d = raw.get_ref();
-    let span = raw.span();
-    let kind = d.kind.get_ref().as_str();
-    let only_for = |present: bool, key: &str, kinds: &str| {
-        if present {
-            Err(ctx.err(span.clone(), format!("dataset key {key} applies to kind {kinds}, not {kind:?}")))
-        } else {
-            Ok(())
-        }
-    };
-    match kind {
-        "syn" => {
-            only_for(d.path.is_some(), "path", "cifar10")?;
-            only_for(d.train_images.is_some() || d.test_images.is_some(), "train_images/test_images", "npy")?;
-            let bands = match &d.band {
-                Some(b) => list(ctx, b, "band")?,
-                None => return Err(ctx.err(span, "a syn dataset needs band (1-4 or a list)")),
-            };
-            let seeds = match &d.seed {
-                Some(s) => list(ctx, s, "dataset seed")?,
-                None => vec![0],
-            };
-            let train = d.train.as_ref().map(|v| non_negative(ctx, v, "train")).transpose()?.unwrap_or(10_000);
-            let test = d.test.as_ref().map(|v| positive(ctx, v, "test")).transpose()?.unwrap_or(2_000);
-            let mut out = Vec::new();
-            for &b in &bands {
-                let band = u8::try_from(b).ok().and_then(|b| Band::new(b).ok()).ok_or_else(|| {
-                    ctx.err(d.band.as_ref().expect("checked").span(), format!("band must be 1-4, got {b}"))
-                })?;
-                for &seed in &seeds {
-                    let seed =
-                        u64::try_from(seed).map_err(|_| ctx.err(span.clone(), "dataset seed must not be negative"))?;
-                    let mut config = SynConfig { train, test, ..SynConfig::new(band, seed) };
-                    if let Some(e) = &d.special_energy {
-                        if !(e.get_ref().is_finite() && *e.get_ref() >= 0.0) {
-                            return Err(ctx.err(e.span(), "special_energy must be a non-negative number"));
-                        }
-                        config.special_energy = *e.get_ref();
-                    }
-                    let label = if seeds.len() > 1 { format!("{}s{seed}", config.name()) } else { config.name() };
-                    out.push((label, DatasetSource::Syn(config)));
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrain {
+    optimizer: List,
+    lr: Spanned<Values>,
+    batch_size: Spanned<Values>,
+    epochs: Spanned<Values>,
+    seed: List,
+    schedule: List,
+    momentum: List,
+    nesterov: List,
+    weight_decay: List,
+    beta1: List,
+    beta2: List,
+    adam_eps: Scalar,
+    step_every: Scalar,
+    gamma: Scalar,
+    min_lr: Scalar,
+    augment_flip: Scalar,
+    augment_crop: Scalar,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEval {
+    test_sets: List,
+    every_steps: Scalar,
+    steps_epochs: Scalar,
+    test_limit: Scalar,
+    clip: Scalar,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeatmap {
+    eps: Spanned<Values>,
+    layers: List,
+    images: Scalar,
+    batch: Scalar,
+    chunk_cells: Scalar,
+    chunks_per_map: Scalar,
+    seed: Scalar,
+}
+
+/// One value or a list of them. List elements keep their own spans (`None` for a lone value,
+/// which takes the key's), so an error inside a multi-line list points at the element's line.
+struct Values(Vec<(Option<Range<usize>>, Value)>);
+
+impl<'de> Deserialize<'de> for Values {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Values;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a value or a list of values")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Values, E> {
+                Ok(Values(vec![(None, Value::Boolean(v))]))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Values, E> {
+                Ok(Values(vec![(None, Value::Integer(v))]))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Values, E> {
+                let v = i64::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))?;
+                Ok(Values(vec![(None, Value::Integer(v))]))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Values, E> {
+                Ok(Values(vec![(None, Value::Float(v))]))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Values, E> {
+                Ok(Values(vec![(None, Value::String(v.to_string()))]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Values, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element::<Spanned<Value>>()? {
+                    out.push((Some(v.span()), v.into_inner()));
                 }
+                Ok(Values(out))
             }
-            Ok(out)
         }
-        "cifar10" => {
-            only_for(d.band.is_some(), "band", "syn")?;
-            let path = d.path.clone().ok_or_else(|| ctx.err(span, "a cifar10 dataset needs path"))?;
-            Ok(vec![("cifar10".into(), DatasetSource::Cifar10 { path })])
-        }
-        "npy" => {
-            only_for(d.band.is_some(), "band", "syn")?;
-            let need = |p: &Option<PathBuf>, key: &str| {
-                p.clone().ok_or_else(|| ctx.err(span.clone(), format!("an npy dataset needs {key}")))
-            };
-            let source = DatasetSource::Npy {
-                train_images: need(&d.train_images, "train_images")?,
-                train_labels: need(&d.train_labels, "train_labels")?,
-                test_images: need(&d.test_images, "test_images")?,
-                test_labels: need(&d.test_labels, "test_labels")?,
-            };
-            Ok(vec![(source.name(), source)])
-        }
-        other => Err(ctx.err(d.kind.span(), format!("unknown dataset kind {other:?}: use syn, cifar10 or npy"))),
+        d.deserialize_any(V)
     }
 }
 
-fn test_sets(ctx: &Ctx, raw: &Option<Spanned<Vec<String>>>) -> Result<Vec<BandSet>, SpecError> {
-    let Some(raw) = raw else {
-        return Ok(vec![BandSet::ALL, "B124".parse().expect("valid")]);
-    };
-    let mut out: Vec<BandSet> = Vec::new();
-    for name in raw.get_ref() {
-        let sets: Vec<BandSet> = if name == "minus_one" {
-            (1..=4).map(|b| BandSet::ALL.without(Band::new(b).expect("1-4"))).collect()
-        } else {
-            vec![name.parse().map_err(|e| ctx.err(raw.span(), format!("test_sets: {e}")))?]
-        };
-        for s in sets {
-            if !out.contains(&s) {
-                out.push(s);
-            }
-        }
-    }
-    if out.is_empty() {
-        return Err(ctx.err(raw.span(), "test_sets is empty"));
-    }
-    Ok(out)
+// ---------------------------------------------------------------------------------------------
+// Errors with lines.
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
 }
 
-fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
-    if raw.dataset.is_empty() {
-        return Err(SpecError {
-            file: ctx.file.into(),
-            line: 1,
-            message: "the spec needs at least one [[dataset]]".into(),
-        });
+impl Ctx<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.text.as_bytes()[..offset.min(self.text.len())].iter().filter(|&&b| b == b'\n').count() + 1
     }
-    let mut dataset_choices = Vec::new();
-    for d in &raw.dataset {
-        dataset_choices.extend(datasets(ctx, d)?);
+
+    /// The key assigned on 1-based `line` (`key = …`), if any.
+    fn key_on_line(&self, line: usize) -> Option<&str> {
+        let text = self.text.lines().nth(line.checked_sub(1)?)?;
+        let (key, _) = text.split_once('=')?;
+        let key = key.trim();
+        let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.';
+        (!key.is_empty() && key.chars().all(bare)).then_some(key)
     }
-    let archs = list(ctx, &raw.model.arch, "arch")?;
-    for a in &archs {
-        if !["alexnet", "resnet18", "tiny"].contains(&a.as_str()) {
-            return Err(ctx.err(raw.model.arch.span(), format!("unknown arch {a:?}: use alexnet, resnet18 or tiny")));
+
+    fn err(&self, span: &Range<usize>, message: impl Into<String>) -> SpecError {
+        SpecError { file: self.file.to_string(), line: self.line(span.start), message: message.into() }
+    }
+
+    /// An error about the whole spec rather than one key.
+    fn err_top(&self, message: impl Into<String>) -> SpecError {
+        SpecError { file: self.file.to_string(), line: 1, message: message.into() }
+    }
+
+    /// Check a scalar with `check`, placing its error on the value's line.
+    fn scalar<T>(&self, raw: &Scalar, default: T, check: impl Fn(&Value) -> Result<T, String>) -> Result<T, SpecError> {
+        match raw {
+            None => Ok(default),
+            Some(v) => check(v.get_ref()).map_err(|m| self.err(&v.span(), m)),
         }
     }
-    let t = &raw.train;
-    let optimizers = match &t.optimizer {
-        Some(o) => list(ctx, o, "optimizer")?,
-        None => vec!["adam".into()],
-    };
-    if let Some(bad) = optimizers.iter().find(|o| !["adam", "sgd"].contains(&o.as_str())) {
-        let span = t.optimizer.as_ref().expect("present").span();
-        return Err(ctx.err(span, format!("unknown optimizer {bad:?}: use adam or sgd")));
-    }
-    let lrs = list(ctx, &t.lr, "lr")?;
-    if let Some(bad) = lrs.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
-        return Err(ctx.err(t.lr.span(), format!("lr must be a positive number, got {bad}")));
-    }
-    let positive_list = |v: &List<i64>, key: &str| -> Result<Vec<usize>, SpecError> {
-        list(ctx, v, key)?
-            .into_iter()
-            .map(|n| {
-                usize::try_from(n)
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| ctx.err(v.span(), format!("{key} must be a positive integer, got {n}")))
+
+    /// Check every element of a one-or-many key; errors point at the element.
+    fn list<T>(
+        &self,
+        key: &str,
+        raw: &Spanned<Values>,
+        check: impl Fn(&Value) -> Result<T, String>,
+    ) -> Result<Vec<(Range<usize>, T)>, SpecError> {
+        let items = &raw.get_ref().0;
+        if items.is_empty() {
+            return Err(self.err(&raw.span(), format!("{key} is an empty list")));
+        }
+        items
+            .iter()
+            .map(|(span, v)| {
+                let span = span.clone().unwrap_or_else(|| raw.span());
+                check(v).map(|t| (span.clone(), t)).map_err(|m| self.err(&span, m))
             })
             .collect()
-    };
-    let batches = positive_list(&t.batch_size, "batch_size")?;
-    let epochs = positive_list(&t.epochs, "epochs")?;
-    let seeds: Vec<u64> = match &t.seed {
-        Some(s) => list(ctx, s, "seed")?
-            .into_iter()
-            .map(|n| u64::try_from(n).map_err(|_| ctx.err(s.span(), format!("seed must not be negative, got {n}"))))
-            .collect::<Result<_, _>>()?,
-        None => vec![0],
-    };
-    let schedules = match &t.schedule {
-        Some(s) => list(ctx, s, "schedule")?,
-        None => vec!["constant".into()],
-    };
-    let step_every = t.step_every.as_ref().map(|v| positive(ctx, v, "step_every")).transpose()?.unwrap_or(10) as u32;
-    let gamma = t.gamma.as_ref().map_or(0.1, |g| *g.get_ref());
-    let min_lr = t.min_lr.as_ref().map_or(0.0, |g| *g.get_ref());
-    let mut schedule_values = Vec::new();
-    for s in &schedules {
-        schedule_values.push(match s.as_str() {
-            "constant" => LrSchedule::Constant,
-            "step" => LrSchedule::Step { every_epochs: step_every, gamma },
-            "cosine" => LrSchedule::Cosine { min_lr },
-            other => {
-                let span = t.schedule.as_ref().expect("present").span();
-                return Err(ctx.err(span, format!("unknown schedule {other:?}: use constant, step or cosine")));
-            }
-        });
     }
-    let momenta = match &t.momentum {
-        Some(m) => list(ctx, m, "momentum")?,
-        None => vec![0.9],
-    };
-    if let Some(bad) = momenta.iter().find(|m| !(0.0..1.0).contains(*m)) {
-        return Err(
-            ctx.err(t.momentum.as_ref().expect("present").span(), format!("momentum must be in [0, 1), got {bad}"))
-        );
-    }
-    let decays = match &t.weight_decay {
-        Some(w) => list(ctx, w, "weight_decay")?,
-        None => vec![0.0],
-    };
-    if let Some(bad) = decays.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
-        return Err(
-            ctx.err(t.weight_decay.as_ref().expect("present").span(), format!("weight_decay must be >= 0, got {bad}"))
-        );
-    }
-    let augment = Augment {
-        flip: t.augment_flip.unwrap_or(false),
-        crop_padding: t.augment_crop.as_ref().map(|v| non_negative(ctx, v, "augment_crop")).transpose()?.unwrap_or(0)
-            as u32,
-    };
-    let eval = raw.eval.unwrap_or_default();
-    let sets = test_sets(ctx, &eval.test_sets)?;
-    let every_steps =
-        eval.every_steps.as_ref().map(|v| non_negative(ctx, v, "every_steps")).transpose()?.unwrap_or(0) as u32;
-    let steps_epochs =
-        eval.steps_epochs.as_ref().map(|v| non_negative(ctx, v, "steps_epochs")).transpose()?.unwrap_or(1) as u32;
-    let test_limit = eval.test_limit.as_ref().map(|v| non_negative(ctx, v, "test_limit")).transpose()?.unwrap_or(0);
-    let classes = raw.model.classes.as_ref().map(|v| positive(ctx, v, "classes")).transpose()?;
 
-    // Every grid axis as (label, value-index) pairs; the point is built from the chosen indices.
-    let axes: Vec<Vec<String>> = vec![
-        dataset_choices.iter().map(|(label, _)| label.clone()).collect(),
-        archs.clone(),
-        optimizers.clone(),
-        lrs.iter().map(|v| format_number(*v)).collect(),
-        batches.iter().map(|v| v.to_string()).collect(),
-        epochs.iter().map(|v| v.to_string()).collect(),
-        schedules.clone(),
-        momenta.iter().map(|v| format_number(*v)).collect(),
-        decays.iter().map(|v| format_number(*v)).collect(),
-        seeds.iter().map(|v| v.to_string()).collect(),
-    ];
-    let make = |idx: &[usize]| -> GridPoint {
-        let (dataset_label, source) = &dataset_choices[idx[0]];
-        let optimizer = match optimizers[idx[2]].as_str() {
-            "sgd" => Optimizer::Sgd { momentum: momenta[idx[7]], weight_decay: decays[idx[8]], nesterov: false },
-            _ => match Optimizer::adam() {
-                Optimizer::Adam { beta1, beta2, eps, .. } => {
-                    Optimizer::Adam { weight_decay: decays[idx[8]], beta1, beta2, eps }
-                }
-                other => other,
-            },
+    /// A grid axis from a one-or-many key (or `default` when absent); repeated values are errors.
+    fn axis<T>(
+        &self,
+        key: &str,
+        raw: Option<&Spanned<Values>>,
+        default: T,
+        check: impl Fn(&Value) -> Result<T, String>,
+        label: impl Fn(&T) -> String,
+    ) -> Result<Axis<T>, SpecError> {
+        let Some(raw) = raw else {
+            return Ok(Axis { labels: vec![label(&default)], values: vec![default] });
         };
-        let classes = classes.unwrap_or(match source {
-            DatasetSource::Syn(_) => crate::syn::CLASSES,
-            _ => 10,
-        });
-        let values: BTreeMap<String, String> =
-            GRID_KEYS.iter().zip(idx).zip(&axes).map(|((k, &i), axis)| (k.to_string(), axis[i].clone())).collect();
-        let id = format!(
-            "{}-{}-{}-lr{}-bs{}-ep{}{}-seed{}",
-            dataset_label,
-            archs[idx[1]],
-            optimizers[idx[2]],
-            axes[3][idx[3]],
-            batches[idx[4]],
-            epochs[idx[5]],
-            varying_suffix(&axes, idx),
-            seeds[idx[9]]
-        );
-        GridPoint {
-            id,
-            values,
-            task: TrainTask {
-                dataset: source.clone(),
-                train: TrainConfig {
-                    model: archs[idx[1]].clone(),
-                    classes,
-                    optimizer,
-                    lr: lrs[idx[3]],
-                    schedule: schedule_values[idx[6]],
-                    batch_size: batches[idx[4]],
-                    epochs: epochs[idx[5]] as u32,
-                    seed: seeds[idx[9]],
-                    augment,
-                    test_sets: sets.clone(),
-                    band_layout: BandLayout::default(),
-                    clip_filtered: eval.clip.unwrap_or(false),
-                    eval_every_steps: every_steps,
-                    eval_steps_epochs: steps_epochs,
-                    test_limit,
-                },
-            },
-        }
-    };
-
-    let excludes: Vec<(std::ops::Range<usize>, BTreeMap<String, String>)> =
-        raw.exclude.iter().map(|e| Ok((e.span(), grid_filter(ctx, e)?))).collect::<Result<_, SpecError>>()?;
-    let excluded = |values: &BTreeMap<String, String>| {
-        excludes.iter().any(|(_, f)| f.iter().all(|(k, v)| values.get(k) == Some(v)))
-    };
-    let mut points = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let total: usize = axes.iter().map(Vec::len).product();
-    let mut idx = vec![0usize; axes.len()];
-    for _ in 0..total {
-        let point = make(&idx);
-        if !excluded(&point.values) && seen.insert(point.id.clone()) {
-            points.push(point);
-        }
-        for d in (0..idx.len()).rev() {
-            idx[d] += 1;
-            if idx[d] < axes[d].len() {
-                break;
+        let mut axis = Axis { labels: Vec::new(), values: Vec::new() };
+        for (span, value) in self.list(key, raw, check)? {
+            let l = label(&value);
+            if axis.labels.contains(&l) {
+                return Err(self.err(&span, format!("{key} lists {l} twice")));
             }
-            idx[d] = 0;
+            axis.labels.push(l);
+            axis.values.push(value);
         }
+        Ok(axis)
     }
-    for inc in &raw.include {
-        let wanted = grid_filter(ctx, inc)?;
-        let mut chosen = vec![0usize; axes.len()];
-        for (k, v) in &wanted {
-            let axis = GRID_KEYS.iter().position(|g| g == k).expect("grid_filter checks keys");
-            chosen[axis] = axes[axis].iter().position(|a| a == v).ok_or_else(|| {
-                ctx.err(inc.span(), format!("include: {k} = {v} is not among the spec's values {:?}", axes[axis]))
-            })?;
-        }
-        let point = make(&chosen);
-        if !excluded(&point.values) && seen.insert(point.id.clone()) {
-            points.push(point);
-        }
-    }
-    if points.is_empty() {
-        return Err(SpecError {
-            file: ctx.file.into(),
-            line: 1,
-            message: "the grid is empty (everything was excluded)".into(),
-        });
-    }
-
-    let heatmap = match raw.heatmap {
-        None => None,
-        Some(h) => {
-            let h = h.into_inner();
-            let eps = list(ctx, &h.eps, "eps")?;
-            if let Some(bad) = eps.iter().find(|e| !(e.is_finite() && **e > 0.0)) {
-                return Err(ctx.err(h.eps.span(), format!("eps must be a positive number, got {bad}")));
-            }
-            let layers = match h.layers.as_ref().map(|l| l.get_ref().clone()) {
-                None | Some(Layers::All(false)) => LayerChoice::None,
-                Some(Layers::All(true)) => LayerChoice::All,
-                Some(Layers::Named(names)) if names.is_empty() => LayerChoice::None,
-                Some(Layers::Named(names)) => LayerChoice::Named(names),
-            };
-            Some(HeatmapSpec {
-                eps,
-                layers,
-                images: h.images.as_ref().map(|v| non_negative(ctx, v, "images")).transpose()?.unwrap_or(500),
-                batch: h.batch.as_ref().map(|v| positive(ctx, v, "batch")).transpose()?.unwrap_or(256),
-                chunk_cells: h.chunk_cells.as_ref().map(|v| positive(ctx, v, "chunk_cells")).transpose()?.unwrap_or(64),
-                seed: h.seed.map_or(0, |s| s.max(0) as u64),
-            })
-        }
-    };
-    Ok(Sweep { name: raw.name.unwrap_or_else(|| "sweep".into()), points, heatmap })
 }
 
-/// Keys beyond the always-named ones that vary in this grid, for readable ids.
-fn varying_suffix(axes: &[Vec<String>], idx: &[usize]) -> String {
-    let mut s = String::new();
-    for (k, name) in [(6, "sched"), (7, "mom"), (8, "wd")] {
-        if axes[k].len() > 1 {
-            s.push_str(&format!("-{name}{}", axes[k][idx[k]]));
-        }
+// ---------------------------------------------------------------------------------------------
+// Value checks: each returns the typed value or a message naming the key.
+
+fn show(v: &Value) -> String {
+    v.to_string()
+}
+
+fn integer(key: &str, v: &Value, min: i64, what: &str) -> Result<u64, String> {
+    match v {
+        Value::Integer(n) if *n >= min => Ok(*n as u64),
+        _ => Err(format!("{key} must be {what}, got {}", show(v))),
     }
-    s
+}
+
+fn positive_int(key: &str, v: &Value) -> Result<u64, String> {
+    integer(key, v, 1, "a positive integer")
+}
+
+fn non_negative_int(key: &str, v: &Value) -> Result<u64, String> {
+    integer(key, v, 0, "a non-negative integer")
+}
+
+fn positive_usize(key: &str, v: &Value) -> Result<usize, String> {
+    positive_int(key, v).and_then(|n| usize::try_from(n).map_err(|_| format!("{key} is too large: {n}")))
+}
+
+fn non_negative_usize(key: &str, v: &Value) -> Result<usize, String> {
+    non_negative_int(key, v).and_then(|n| usize::try_from(n).map_err(|_| format!("{key} is too large: {n}")))
+}
+
+fn small_positive(key: &str, v: &Value) -> Result<u32, String> {
+    positive_int(key, v).and_then(|n| u32::try_from(n).map_err(|_| format!("{key} is too large: {n}")))
+}
+
+fn small_non_negative(key: &str, v: &Value) -> Result<u32, String> {
+    non_negative_int(key, v).and_then(|n| u32::try_from(n).map_err(|_| format!("{key} is too large: {n}")))
+}
+
+/// A finite number (integers allowed) for which `ok` holds; `what` describes the allowed range.
+fn number(key: &str, v: &Value, ok: impl Fn(f64) -> bool, what: &str) -> Result<f64, String> {
+    let x = match v {
+        Value::Integer(n) => *n as f64,
+        Value::Float(f) => *f,
+        _ => return Err(format!("{key} must be {what}, got {}", show(v))),
+    };
+    if x.is_finite() && ok(x) {
+        Ok(x)
+    } else {
+        Err(format!("{key} must be {what}, got {}", show(v)))
+    }
+}
+
+fn positive_number(key: &str, v: &Value) -> Result<f64, String> {
+    number(key, v, |x| x > 0.0, "a positive number")
+}
+
+fn non_negative_number(key: &str, v: &Value) -> Result<f64, String> {
+    number(key, v, |x| x >= 0.0, "a number >= 0")
+}
+
+fn unit_interval(key: &str, v: &Value) -> Result<f64, String> {
+    number(key, v, |x| (0.0..1.0).contains(&x), "in [0, 1)")
+}
+
+fn string(key: &str, v: &Value) -> Result<String, String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        _ => Err(format!("{key} must be a string, got {}", show(v))),
+    }
+}
+
+fn boolean(key: &str, v: &Value) -> Result<bool, String> {
+    match v {
+        Value::Boolean(b) => Ok(*b),
+        _ => Err(format!("{key} must be true or false, got {}", show(v))),
+    }
+}
+
+/// `a, b or c`.
+fn alternatives(options: &[&str]) -> String {
+    match options {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+fn choice(key: &str, v: &Value, options: &[&str]) -> Result<String, String> {
+    let s = string(key, v)?;
+    if options.contains(&s.as_str()) {
+        Ok(s)
+    } else {
+        Err(format!("unknown {key} {s:?}: use {}", alternatives(options)))
+    }
+}
+
+fn path(key: &str, v: &Value) -> Result<PathBuf, String> {
+    let s = string(key, v)?;
+    if s.is_empty() {
+        return Err(format!("{key} is an empty path"));
+    }
+    Ok(PathBuf::from(s))
 }
 
 /// A number as written in ids and `results.csv` (shortest round-trip form).
@@ -631,29 +611,609 @@ fn format_number(v: f64) -> String {
     format!("{v}")
 }
 
-/// An include/exclude table as grid key → value label (the same labels the grid uses).
-fn grid_filter(ctx: &Ctx, table: &Spanned<toml::Table>) -> Result<BTreeMap<String, String>, SpecError> {
-    let mut out = BTreeMap::new();
-    for (k, v) in table.get_ref() {
-        if !GRID_KEYS.contains(&k.as_str()) {
-            return Err(ctx.err_at_key(
-                table.span(),
-                k,
-                format!("unknown grid key {k:?} (use one of {})", GRID_KEYS.join(", ")),
-            ));
+fn arch_names() -> Vec<&'static str> {
+    ARCHS.iter().map(|(name, _)| *name).collect()
+}
+
+// Grid-axis checks, shared by the lists and by include/exclude tables.
+fn check_arch(v: &Value) -> Result<String, String> {
+    choice("arch", v, &arch_names())
+}
+fn check_optimizer(v: &Value) -> Result<String, String> {
+    choice("optimizer", v, &OPTIMIZERS)
+}
+fn check_lr(v: &Value) -> Result<f64, String> {
+    positive_number("lr", v)
+}
+fn check_batch(v: &Value) -> Result<usize, String> {
+    positive_usize("batch_size", v)
+}
+fn check_epochs(v: &Value) -> Result<u32, String> {
+    small_positive("epochs", v)
+}
+fn check_schedule(v: &Value) -> Result<String, String> {
+    choice("schedule", v, &SCHEDULES)
+}
+fn check_momentum(v: &Value) -> Result<f64, String> {
+    unit_interval("momentum", v)
+}
+fn check_nesterov(v: &Value) -> Result<bool, String> {
+    boolean("nesterov", v)
+}
+fn check_decay(v: &Value) -> Result<f64, String> {
+    non_negative_number("weight_decay", v)
+}
+fn check_beta1(v: &Value) -> Result<f64, String> {
+    unit_interval("beta1", v)
+}
+fn check_beta2(v: &Value) -> Result<f64, String> {
+    unit_interval("beta2", v)
+}
+fn check_seed(v: &Value) -> Result<u64, String> {
+    non_negative_int("seed", v)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The grid.
+
+/// One grid axis: value labels (as in ids, `results.csv` and include/exclude) and typed values.
+struct Axis<T> {
+    labels: Vec<String>,
+    values: Vec<T>,
+}
+
+impl<T> Axis<T> {
+    fn position(&self, label: &str) -> Option<usize> {
+        self.labels.iter().position(|l| l == label)
+    }
+
+    /// The index of `value`, appending it when `add` (includes may add values outside the lists).
+    fn index(&mut self, key: &str, label: String, value: T, add: bool) -> Result<usize, String> {
+        if let Some(i) = self.position(&label) {
+            return Ok(i);
         }
-        let label = match v {
-            toml::Value::String(s) => s.clone(),
-            toml::Value::Integer(i) if matches!(k.as_str(), "lr" | "momentum" | "weight_decay") => {
-                format_number(*i as f64)
+        if !add {
+            return Err(format!("{key} = {label} is not among the spec's values ({})", self.labels.join(", ")));
+        }
+        self.labels.push(label);
+        self.values.push(value);
+        Ok(self.values.len() - 1)
+    }
+}
+
+struct Grid {
+    dataset: Axis<DatasetSource>,
+    arch: Axis<String>,
+    optimizer: Axis<String>,
+    lr: Axis<f64>,
+    batch: Axis<usize>,
+    epochs: Axis<u32>,
+    schedule: Axis<String>,
+    momentum: Axis<f64>,
+    nesterov: Axis<bool>,
+    decay: Axis<f64>,
+    beta1: Axis<f64>,
+    beta2: Axis<f64>,
+    seed: Axis<u64>,
+}
+
+impl Grid {
+    fn labels(&self, axis: usize) -> &[String] {
+        match axis {
+            DATASET => &self.dataset.labels,
+            ARCH => &self.arch.labels,
+            OPTIMIZER => &self.optimizer.labels,
+            LR => &self.lr.labels,
+            BATCH => &self.batch.labels,
+            EPOCHS => &self.epochs.labels,
+            SCHEDULE => &self.schedule.labels,
+            MOMENTUM => &self.momentum.labels,
+            NESTEROV => &self.nesterov.labels,
+            DECAY => &self.decay.labels,
+            BETA1 => &self.beta1.labels,
+            BETA2 => &self.beta2.labels,
+            _ => &self.seed.labels,
+        }
+    }
+
+    fn lens(&self) -> [usize; AXES] {
+        std::array::from_fn(|a| self.labels(a).len())
+    }
+
+    /// The index of grid key `key` = `v` on its axis (appending a new value when `add`).
+    fn index(&mut self, key: &str, v: &Value, add: bool) -> Result<(usize, usize), String> {
+        fn go<T>(
+            axis: &mut Axis<T>,
+            key: &str,
+            v: T,
+            label: impl Fn(&T) -> String,
+            add: bool,
+        ) -> Result<usize, String> {
+            let l = label(&v);
+            axis.index(key, l, v, add)
+        }
+        let axis = GRID_KEYS
+            .iter()
+            .position(|k| *k == key)
+            .ok_or_else(|| format!("unknown grid key {key:?} (use one of {})", GRID_KEYS.join(", ")))?;
+        let f = format_number;
+        let index = match axis {
+            DATASET => {
+                let s = string(key, v)?;
+                self.dataset.position(&s).ok_or_else(|| {
+                    format!("dataset = {s:?} is not one of the spec's datasets ({})", self.dataset.labels.join(", "))
+                })?
             }
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Float(f) => format_number(*f),
-            other => return Err(ctx.err_at_key(table.span(), k, format!("{k}: expected a single value, got {other}"))),
+            ARCH => go(&mut self.arch, key, check_arch(v)?, String::clone, add)?,
+            OPTIMIZER => go(&mut self.optimizer, key, check_optimizer(v)?, String::clone, add)?,
+            LR => go(&mut self.lr, key, check_lr(v)?, |x| f(*x), add)?,
+            BATCH => go(&mut self.batch, key, check_batch(v)?, usize::to_string, add)?,
+            EPOCHS => go(&mut self.epochs, key, check_epochs(v)?, u32::to_string, add)?,
+            SCHEDULE => go(&mut self.schedule, key, check_schedule(v)?, String::clone, add)?,
+            MOMENTUM => go(&mut self.momentum, key, check_momentum(v)?, |x| f(*x), add)?,
+            NESTEROV => go(&mut self.nesterov, key, check_nesterov(v)?, bool::to_string, add)?,
+            DECAY => go(&mut self.decay, key, check_decay(v)?, |x| f(*x), add)?,
+            BETA1 => go(&mut self.beta1, key, check_beta1(v)?, |x| f(*x), add)?,
+            BETA2 => go(&mut self.beta2, key, check_beta2(v)?, |x| f(*x), add)?,
+            _ => go(&mut self.seed, key, check_seed(v)?, u64::to_string, add)?,
         };
-        out.insert(k.clone(), label);
+        Ok((axis, index))
+    }
+
+    /// Blank out the axes that do not apply to the point's optimizer, so equal tasks compare equal.
+    fn normalise(&self, mut idx: [usize; AXES]) -> [usize; AXES] {
+        if self.optimizer.values[idx[OPTIMIZER]] == "sgd" {
+            idx[BETA1] = NOT_APPLICABLE;
+            idx[BETA2] = NOT_APPLICABLE;
+        } else {
+            idx[MOMENTUM] = NOT_APPLICABLE;
+            idx[NESTEROV] = NOT_APPLICABLE;
+        }
+        idx
+    }
+}
+
+/// Settings shared by every point (scalars, not axes).
+struct Fixed {
+    classes: Option<usize>,
+    adam_eps: f64,
+    step_every: u32,
+    gamma: f64,
+    min_lr: f64,
+    augment: Augment,
+    test_sets: Vec<BandSet>,
+    clip: bool,
+    every_steps: u32,
+    steps_epochs: u32,
+    test_limit: usize,
+}
+
+impl Grid {
+    /// The grid point at `idx`; `labels` is the sweep's shared copy of every axis's labels.
+    fn point(
+        &self,
+        idx: &[usize; AXES],
+        varying: &[bool; AXES],
+        labels: &Arc<Vec<Vec<String>>>,
+        fixed: &Fixed,
+    ) -> GridPoint {
+        let values = GridValues { labels: Arc::clone(labels), idx: *idx };
+        let label = |a: usize| values.at(a).as_str();
+        let mut id = format!(
+            "{}-{}-{}-lr{}-bs{}-ep{}",
+            label(DATASET),
+            label(ARCH),
+            label(OPTIMIZER),
+            label(LR),
+            label(BATCH),
+            label(EPOCHS)
+        );
+        for (a, prefix) in [(SCHEDULE, "sched"), (MOMENTUM, "mom"), (DECAY, "wd"), (BETA1, "b1"), (BETA2, "b2")] {
+            if varying[a] && idx[a] != NOT_APPLICABLE {
+                id.push_str(&format!("-{prefix}{}", label(a)));
+            }
+            if a == MOMENTUM
+                && varying[NESTEROV]
+                && idx[NESTEROV] != NOT_APPLICABLE
+                && self.nesterov.values[idx[NESTEROV]]
+            {
+                id.push_str("-nesterov");
+            }
+        }
+        id.push_str(&format!("-seed{}", label(SEED)));
+
+        let weight_decay = self.decay.values[idx[DECAY]];
+        let optimizer = if self.optimizer.values[idx[OPTIMIZER]] == "sgd" {
+            Optimizer::Sgd {
+                momentum: self.momentum.values[idx[MOMENTUM]],
+                weight_decay,
+                nesterov: self.nesterov.values[idx[NESTEROV]],
+            }
+        } else {
+            Optimizer::Adam {
+                weight_decay,
+                beta1: self.beta1.values[idx[BETA1]],
+                beta2: self.beta2.values[idx[BETA2]],
+                eps: fixed.adam_eps,
+            }
+        };
+        let schedule = match self.schedule.values[idx[SCHEDULE]].as_str() {
+            "step" => LrSchedule::Step { every_epochs: fixed.step_every, gamma: fixed.gamma },
+            "cosine" => LrSchedule::Cosine { min_lr: fixed.min_lr },
+            _ => LrSchedule::Constant,
+        };
+        let dataset = self.dataset.values[idx[DATASET]].clone();
+        let classes = fixed.classes.unwrap_or(match dataset {
+            DatasetSource::Syn(_) => crate::syn::CLASSES,
+            _ => 10,
+        });
+        GridPoint {
+            id,
+            values,
+            task: TrainTask {
+                dataset,
+                train: TrainConfig {
+                    model: self.arch.values[idx[ARCH]].clone(),
+                    classes,
+                    optimizer,
+                    lr: self.lr.values[idx[LR]],
+                    schedule,
+                    batch_size: self.batch.values[idx[BATCH]],
+                    epochs: self.epochs.values[idx[EPOCHS]],
+                    seed: self.seed.values[idx[SEED]],
+                    augment: fixed.augment,
+                    test_sets: fixed.test_sets.clone(),
+                    band_layout: BandLayout::default(),
+                    clip_filtered: fixed.clip,
+                    eval_every_steps: fixed.every_steps,
+                    eval_steps_epochs: fixed.steps_epochs,
+                    test_limit: fixed.test_limit,
+                },
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building the sweep.
+
+/// The alternatives one `[[dataset]]` table expands to, as `(label, source)`.
+fn datasets(ctx: &Ctx, raw: &Spanned<RawDataset>) -> Result<Vec<(String, DatasetSource)>, SpecError> {
+    let d = raw.get_ref();
+    let kind = ctx.scalar(&Some(d.kind.clone()), String::new(), |v| choice("kind", v, &["syn", "cifar10", "npy"]))?;
+    // A key that belongs to another kind is a mistake worth naming (a typo'd kind, a pasted block).
+    let reject = |present: &Scalar, key: &str, kinds: &str| match present {
+        Some(v) => Err(ctx.err(&v.span(), format!("dataset key {key} applies to kind {kinds}, not {kind:?}"))),
+        None => Ok(()),
+    };
+    let reject_list = |present: &List, key: &str| match present {
+        Some(v) => Err(ctx.err(&v.span(), format!("dataset key {key} applies to kind \"syn\", not {kind:?}"))),
+        None => Ok(()),
+    };
+    if kind != "syn" {
+        reject_list(&d.band, "band")?;
+        reject_list(&d.seed, "seed")?;
+        for (v, key) in [(&d.train, "train"), (&d.test, "test"), (&d.special_energy, "special_energy")] {
+            reject(v, key, "\"syn\"")?;
+        }
+    }
+    if kind != "cifar10" {
+        reject(&d.path, "path", "\"cifar10\"")?;
+    }
+    if kind != "npy" {
+        for (v, key) in [
+            (&d.train_images, "train_images"),
+            (&d.train_labels, "train_labels"),
+            (&d.test_images, "test_images"),
+            (&d.test_labels, "test_labels"),
+        ] {
+            reject(v, key, "\"npy\"")?;
+        }
+    }
+    let mut out: Vec<(String, DatasetSource)> = match kind.as_str() {
+        "syn" => {
+            let band =
+                d.band.as_ref().ok_or_else(|| ctx.err(&d.kind.span(), "a syn dataset needs band (1-4 or a list)"))?;
+            let bands = ctx.axis(
+                "band",
+                Some(band),
+                Band::ALL[0],
+                |v| {
+                    let n = integer("band", v, 1, "1-4")?;
+                    u8::try_from(n)
+                        .ok()
+                        .and_then(|b| Band::new(b).ok())
+                        .ok_or_else(|| format!("band must be 1-4, got {n}"))
+                },
+                |b| b.index().to_string(),
+            )?;
+            let seeds = ctx.axis("seed", d.seed.as_ref(), 0, |v| non_negative_int("seed", v), u64::to_string)?;
+            let train = ctx.scalar(&d.train, 10_000, |v| positive_usize("train", v))?;
+            let test = ctx.scalar(&d.test, 2_000, |v| positive_usize("test", v))?;
+            let special_energy = ctx.scalar(&d.special_energy, 0.5, |v| non_negative_number("special_energy", v))?;
+            let mut out = Vec::new();
+            for &band in &bands.values {
+                for &seed in &seeds.values {
+                    let config = SynConfig { train, test, special_energy, ..SynConfig::new(band, seed) };
+                    let label =
+                        if seeds.values.len() > 1 { format!("{}s{seed}", config.name()) } else { config.name() };
+                    out.push((label, DatasetSource::Syn(config)));
+                }
+            }
+            out
+        }
+        "cifar10" => {
+            let path = ctx.scalar(&d.path, None, |v| path("path", v).map(Some))?;
+            let path = path.ok_or_else(|| ctx.err(&d.kind.span(), "a cifar10 dataset needs path"))?;
+            vec![("cifar10".into(), DatasetSource::Cifar10 { path })]
+        }
+        _ => {
+            let need = |p: &Scalar, key: &str| {
+                ctx.scalar(p, None, |v| path(key, v).map(Some))?
+                    .ok_or_else(|| ctx.err(&d.kind.span(), format!("an npy dataset needs {key}")))
+            };
+            let source = DatasetSource::Npy {
+                train_images: need(&d.train_images, "train_images")?,
+                train_labels: need(&d.train_labels, "train_labels")?,
+                test_images: need(&d.test_images, "test_images")?,
+                test_labels: need(&d.test_labels, "test_labels")?,
+            };
+            vec![(source.name(), source)]
+        }
+    };
+    let name = ctx.scalar(&d.name, None, |v| {
+        let s = string("name", v)?;
+        if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+            return Err(format!("dataset name must be letters, digits, '_' or '.', got {s:?}"));
+        }
+        Ok(Some(s))
+    })?;
+    if let Some(name) = name {
+        let several = out.len() > 1;
+        for (label, _) in &mut out {
+            *label = if several { format!("{name}_{label}") } else { name.clone() };
+        }
     }
     Ok(out)
+}
+
+fn test_sets(ctx: &Ctx, raw: &List) -> Result<Vec<BandSet>, SpecError> {
+    let Some(raw) = raw else {
+        return Ok(vec![BandSet::ALL, BandSet::ALL.without(Band::ALL[2])]);
+    };
+    let named = ctx.list("test_sets", raw, |v| {
+        let name = string("test_sets", v)?;
+        if name == "all_minus_one" || name == "minus_one" {
+            return Ok(Band::ALL.iter().map(|&b| BandSet::ALL.without(b)).collect());
+        }
+        name.parse::<BandSet>().map(|s| vec![s]).map_err(|e| format!("test_sets: {e}"))
+    })?;
+    let mut out: Vec<BandSet> = Vec::new();
+    for set in named.into_iter().flat_map(|(_, sets)| sets) {
+        if !out.contains(&set) {
+            out.push(set);
+        }
+    }
+    Ok(out)
+}
+
+fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
+    let name = ctx.scalar(&raw.name, "sweep".to_string(), |v| {
+        let s = string("name", v)?;
+        if s.trim().is_empty() {
+            return Err("name must not be empty".into());
+        }
+        Ok(s)
+    })?;
+
+    if raw.dataset.is_empty() {
+        return Err(ctx.err_top("the spec needs at least one [[dataset]]"));
+    }
+    let mut dataset = Axis { labels: Vec::new(), values: Vec::new() };
+    for d in &raw.dataset {
+        for (label, source) in datasets(ctx, d)? {
+            if dataset.labels.contains(&label) {
+                return Err(ctx.err(
+                    &d.get_ref().kind.span(),
+                    format!("dataset {label} appears twice; give one of them a name = \"…\""),
+                ));
+            }
+            dataset.labels.push(label);
+            dataset.values.push(source);
+        }
+    }
+
+    let t = &raw.train;
+    let s = |x: &String| x.clone();
+    let f = |x: &f64| format_number(*x);
+    let mut grid = Grid {
+        dataset,
+        arch: ctx.axis("arch", Some(&raw.model.arch), String::new(), check_arch, s)?,
+        optimizer: ctx.axis("optimizer", t.optimizer.as_ref(), "adam".into(), check_optimizer, s)?,
+        lr: ctx.axis("lr", Some(&t.lr), 0.0, check_lr, f)?,
+        batch: ctx.axis("batch_size", Some(&t.batch_size), 0, check_batch, usize::to_string)?,
+        epochs: ctx.axis("epochs", Some(&t.epochs), 0, check_epochs, u32::to_string)?,
+        schedule: ctx.axis("schedule", t.schedule.as_ref(), "constant".into(), check_schedule, s)?,
+        momentum: ctx.axis("momentum", t.momentum.as_ref(), 0.9, check_momentum, f)?,
+        nesterov: ctx.axis("nesterov", t.nesterov.as_ref(), false, check_nesterov, bool::to_string)?,
+        decay: ctx.axis("weight_decay", t.weight_decay.as_ref(), 0.0, check_decay, f)?,
+        beta1: ctx.axis("beta1", t.beta1.as_ref(), 0.9, check_beta1, f)?,
+        beta2: ctx.axis("beta2", t.beta2.as_ref(), 0.999, check_beta2, f)?,
+        seed: ctx.axis("seed", t.seed.as_ref(), 0, check_seed, u64::to_string)?,
+    };
+    // The cartesian product covers the lists as written; includes may append values after it.
+    let grid_lens = grid.lens();
+
+    let table = |raw: &Spanned<RawPoint>, what: &str, grid: &mut Grid, add: bool| {
+        let mut out = Vec::new();
+        for (key, v) in raw.get_ref() {
+            let (axis, index) =
+                grid.index(key, v.get_ref(), add).map_err(|m| ctx.err(&v.span(), format!("{what}: {m}")))?;
+            out.push((axis, index));
+        }
+        if out.is_empty() {
+            return Err(ctx.err(&raw.span(), format!("an empty [[{what}]] table")));
+        }
+        Ok(out)
+    };
+    let mut includes = Vec::new();
+    for inc in &raw.include {
+        let mut idx = [0; AXES];
+        for (axis, index) in table(inc, "include", &mut grid, true)? {
+            idx[axis] = index;
+        }
+        includes.push(idx);
+    }
+    let excludes: Vec<Vec<(usize, usize)>> =
+        raw.exclude.iter().map(|e| table(e, "exclude", &mut grid, false)).collect::<Result<_, _>>()?;
+
+    // Keys that no point uses are mistakes (momentum for an Adam-only sweep, gamma without step).
+    let uses = |axis: &Axis<String>, value: &str| axis.values.iter().any(|v| v == value);
+    let inapplicable: [(Option<Range<usize>>, &str, bool, &str); 8] = [
+        (t.momentum.as_ref().map(Spanned::span), "momentum", uses(&grid.optimizer, "sgd"), "optimizer = \"sgd\""),
+        (t.nesterov.as_ref().map(Spanned::span), "nesterov", uses(&grid.optimizer, "sgd"), "optimizer = \"sgd\""),
+        (t.beta1.as_ref().map(Spanned::span), "beta1", uses(&grid.optimizer, "adam"), "optimizer = \"adam\""),
+        (t.beta2.as_ref().map(Spanned::span), "beta2", uses(&grid.optimizer, "adam"), "optimizer = \"adam\""),
+        (t.adam_eps.as_ref().map(Spanned::span), "adam_eps", uses(&grid.optimizer, "adam"), "optimizer = \"adam\""),
+        (t.step_every.as_ref().map(Spanned::span), "step_every", uses(&grid.schedule, "step"), "schedule = \"step\""),
+        (t.gamma.as_ref().map(Spanned::span), "gamma", uses(&grid.schedule, "step"), "schedule = \"step\""),
+        (t.min_lr.as_ref().map(Spanned::span), "min_lr", uses(&grid.schedule, "cosine"), "schedule = \"cosine\""),
+    ];
+    for (span, key, used, needs) in inapplicable {
+        if let (Some(span), false) = (span, used) {
+            return Err(ctx.err(&span, format!("{key} applies to {needs}, which no point of this spec uses")));
+        }
+    }
+
+    let eval = &raw.eval;
+    let fixed = Fixed {
+        classes: ctx.scalar(&raw.model.classes, None, |v| positive_usize("classes", v).map(Some))?,
+        adam_eps: ctx.scalar(&t.adam_eps, 1e-8, |v| positive_number("adam_eps", v))?,
+        step_every: ctx.scalar(&t.step_every, 10, |v| small_positive("step_every", v))?,
+        gamma: ctx.scalar(&t.gamma, 0.1, |v| positive_number("gamma", v))?,
+        min_lr: ctx.scalar(&t.min_lr, 0.0, |v| non_negative_number("min_lr", v))?,
+        augment: Augment {
+            flip: ctx.scalar(&t.augment_flip, false, |v| boolean("augment_flip", v))?,
+            crop_padding: ctx.scalar(&t.augment_crop, 0, |v| small_non_negative("augment_crop", v))?,
+        },
+        test_sets: test_sets(ctx, &eval.test_sets)?,
+        clip: ctx.scalar(&eval.clip, false, |v| boolean("clip", v))?,
+        every_steps: ctx.scalar(&eval.every_steps, 0, |v| small_non_negative("every_steps", v))?,
+        steps_epochs: ctx.scalar(&eval.steps_epochs, 1, |v| small_non_negative("steps_epochs", v))?,
+        test_limit: ctx.scalar(&eval.test_limit, 0, |v| non_negative_usize("test_limit", v))?,
+    };
+
+    let varying = grid.lens().map(|n| n > 1);
+    let labels = Arc::new((0..AXES).map(|a| grid.labels(a).to_vec()).collect::<Vec<_>>());
+    let total = grid_lens.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n));
+    let total =
+        total.filter(|&n| n <= 100_000_000).ok_or_else(|| ctx.err_top("the grid has over 100 000 000 points"))?;
+    let excluded = |idx: &[usize; AXES]| excludes.iter().any(|f| f.iter().all(|&(a, i)| idx[a] == i));
+    let nesterov_span = t.nesterov.as_ref().map_or(0..0, Spanned::span);
+    let mut seen: HashSet<[usize; AXES]> = HashSet::with_capacity(total + includes.len());
+    let mut points = Vec::with_capacity(total + includes.len());
+    let mut add = |idx: [usize; AXES], included: bool| -> Result<(), SpecError> {
+        let idx = grid.normalise(idx);
+        if (!included && excluded(&idx)) || !seen.insert(idx) {
+            return Ok(());
+        }
+        let point = grid.point(&idx, &varying, &labels, &fixed);
+        // PyTorch refuses Nesterov without momentum; say so here rather than on a worker.
+        if let Optimizer::Sgd { momentum, nesterov: true, .. } = point.task.train.optimizer {
+            if momentum == 0.0 {
+                return Err(ctx.err(
+                    &nesterov_span,
+                    format!("nesterov = true needs momentum > 0 (point {}; exclude it with [[exclude]])", point.id),
+                ));
+            }
+        }
+        points.push(point);
+        Ok(())
+    };
+    // Odometer over the product, the last axis fastest.
+    let mut idx = [0usize; AXES];
+    for _ in 0..total {
+        add(idx, false)?;
+        for a in (0..AXES).rev() {
+            idx[a] += 1;
+            if idx[a] < grid_lens[a] {
+                break;
+            }
+            idx[a] = 0;
+        }
+    }
+    for idx in includes {
+        add(idx, true)?;
+    }
+    if points.is_empty() {
+        return Err(ctx.err_top("the grid is empty (everything was excluded)"));
+    }
+
+    let heatmap = raw.heatmap.as_ref().map(|h| heatmap(ctx, h, &grid.arch.values)).transpose()?;
+    Ok(Sweep { name, points, heatmap })
+}
+
+fn heatmap(ctx: &Ctx, raw: &Spanned<RawHeatmap>, archs: &[String]) -> Result<HeatmapSpec, SpecError> {
+    let h = raw.get_ref();
+    let eps = ctx.axis("eps", Some(&h.eps), 0.0, |v| positive_number("eps", v), |x| format_number(*x))?.values;
+    let layers = match &h.layers {
+        None => LayerChoice::None,
+        Some(raw_layers) => match raw_layers.get_ref().0.as_slice() {
+            [(_, Value::Boolean(all))] => {
+                if *all {
+                    LayerChoice::All
+                } else {
+                    LayerChoice::None
+                }
+            }
+            _ => {
+                let names = ctx.list("layers", raw_layers, |v| {
+                    let name = string("layers", v)
+                        .map_err(|_| format!("layers must be true, false or a list of layer names, got {}", show(v)))?;
+                    if name == "all" {
+                        return Ok(name);
+                    }
+                    for arch in archs {
+                        let known = ARCHS.iter().find(|(a, _)| a == arch).map_or(&[][..], |(_, l)| *l);
+                        if !known.contains(&name.as_str()) {
+                            return Err(format!(
+                                "layers: {arch} has no layer {name:?} (its layers: {})",
+                                known.join(", ")
+                            ));
+                        }
+                    }
+                    Ok(name)
+                })?;
+                let mut out: Vec<String> = Vec::new();
+                for (span, name) in names {
+                    if out.contains(&name) {
+                        return Err(ctx.err(&span, format!("layers lists {name:?} twice")));
+                    }
+                    out.push(name);
+                }
+                if out.iter().any(|n| n == "all") {
+                    LayerChoice::All
+                } else {
+                    LayerChoice::Named(out)
+                }
+            }
+        },
+    };
+    let chunks = match (&h.chunk_cells, &h.chunks_per_map) {
+        (Some(_), Some(c)) => {
+            return Err(ctx.err(&c.span(), "give chunk_cells or chunks_per_map, not both"));
+        }
+        (_, Some(_)) => Chunking::PerMap(ctx.scalar(&h.chunks_per_map, 1, |v| positive_usize("chunks_per_map", v))?),
+        _ => Chunking::Cells(ctx.scalar(&h.chunk_cells, 64, |v| positive_usize("chunk_cells", v))?),
+    };
+    Ok(HeatmapSpec {
+        eps,
+        layers,
+        images: ctx.scalar(&h.images, 500, |v| non_negative_usize("images", v))?,
+        batch: ctx.scalar(&h.batch, 256, |v| positive_usize("batch", v))?,
+        chunks,
+        seed: ctx.scalar(&h.seed, 0, |v| non_negative_int("seed", v))?,
+    })
 }
 
 #[cfg(test)]
@@ -707,43 +1267,270 @@ lr = 0.0001
         assert_eq!(first.id, "Syn_1-alexnet-adam-lr0.0001-bs64-ep2-seed0");
         assert_eq!(sweep.points[1].id, "Syn_1-alexnet-adam-lr0.0001-bs64-ep2-seed1", "seed varies fastest");
         assert_eq!(first.values["dataset"], "Syn_1");
+        assert_eq!(first.values["momentum"], "", "momentum does not apply to adam");
+        assert_eq!(first.values["beta2"], "0.999");
+        assert_eq!(first.values.iter().count(), GRID_KEYS.len());
+        assert_eq!(first.values.get("nesterov"), Some(&String::new()));
+        assert_eq!(first.values.get("bogus"), None);
         assert_eq!(first.task.train.test_sets.len(), 5, "B1234 plus the four single-band-removed sets");
         assert_eq!(first.task.train.eval_every_steps, 5);
         assert!(sweep.points.iter().all(|p| !(p.values["arch"] == "alexnet" && p.values["optimizer"] == "sgd")));
-        let h = sweep.heatmap.unwrap();
-        assert_eq!((h.eps, h.layers, h.chunk_cells), (vec![2.0, 4.0], LayerChoice::All, 100));
-        assert_eq!(parse(SPEC, "t.toml").unwrap().points, sweep.points, "deterministic");
+        assert!(sweep.points.iter().all(|p| !(p.values["arch"] == "tiny" && p.values["lr"] == "0.0001")));
+        let h = sweep.heatmap.clone().unwrap();
+        assert_eq!((h.eps, h.layers, h.chunks), (vec![2.0, 4.0], LayerChoice::All, Chunking::Cells(100)));
+        assert_eq!(parse(SPEC, "t.toml").unwrap(), sweep, "deterministic");
+    }
+
+    #[test]
+    fn every_setting_reaches_the_train_task() {
+        let spec = r#"
+[[dataset]]
+kind = "syn"
+band = 3
+train = 100
+test = 20
+seed = 7
+special_energy = 0.25
+[model]
+arch = "resnet18"
+[train]
+optimizer = "sgd"
+lr = 0.1
+batch_size = 32
+epochs = 4
+seed = 9
+schedule = "step"
+step_every = 2
+gamma = 0.5
+momentum = 0.8
+nesterov = true
+weight_decay = 5e-4
+augment_flip = true
+augment_crop = 4
+[eval]
+test_sets = ["B1234", "b13"]
+every_steps = 3
+steps_epochs = 2
+test_limit = 10
+clip = true
+"#;
+        let sweep = parse(spec, "s.toml").unwrap();
+        assert_eq!(sweep.points.len(), 1);
+        assert_eq!(sweep.name, "sweep");
+        assert!(sweep.heatmap.is_none());
+        let p = &sweep.points[0];
+        let mut syn = SynConfig::new(Band::new(3).unwrap(), 7);
+        (syn.train, syn.test, syn.special_energy) = (100, 20, 0.25);
+        let expected = TrainTask {
+            dataset: DatasetSource::Syn(syn),
+            train: TrainConfig {
+                model: "resnet18".into(),
+                classes: 4,
+                optimizer: Optimizer::Sgd { momentum: 0.8, weight_decay: 5e-4, nesterov: true },
+                lr: 0.1,
+                schedule: LrSchedule::Step { every_epochs: 2, gamma: 0.5 },
+                batch_size: 32,
+                epochs: 4,
+                seed: 9,
+                augment: Augment { flip: true, crop_padding: 4 },
+                test_sets: vec![BandSet::ALL, "B13".parse().unwrap()],
+                band_layout: BandLayout::default(),
+                clip_filtered: true,
+                eval_every_steps: 3,
+                eval_steps_epochs: 2,
+                test_limit: 10,
+            },
+        };
+        assert_eq!(p.task, expected);
+        assert_eq!(p.id, "Syn_3-resnet18-sgd-lr0.1-bs32-ep4-seed9");
+        assert_eq!((p.values["momentum"].as_str(), p.values["beta1"].as_str()), ("0.8", ""));
+    }
+
+    /// The example in this module's documentation is a valid spec.
+    #[test]
+    fn the_documented_example_parses() {
+        let source = include_str!("spec.rs");
+        let example: String = source
+            .lines()
+            .filter_map(|l| l.strip_prefix("//!"))
+            .map(|l| l.strip_prefix(' ').unwrap_or(l))
+            .skip_while(|l| *l != "```toml")
+            .skip(1)
+            .take_while(|l| *l != "```")
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(example.contains("[[include]]"), "example found");
+        let sweep = parse(&example, "doc.toml").unwrap();
+        // 2 bands × 2 archs × (adam: 2 lrs × 2 seeds + sgd: 2 lrs × 2 seeds), minus resnet18+sgd
+        // (2 × 4), plus one included resnet18+sgd point.
+        assert_eq!(sweep.points.len(), 2 * 2 * 8 - 8 + 1);
+        let last = sweep.points.last().unwrap();
+        assert_eq!(last.id, "Syn_1-resnet18-sgd-lr0.1-bs64-ep3-seed0", "the include, with the first dataset and seed");
+        assert_eq!(last.task.train.lr, 0.1);
     }
 
     #[test]
     fn errors_name_the_key_and_the_line() {
-        let cases = [
-            (SPEC.replace("epochs = 2", "epochz = 2"), "line 16", "epochz"),
-            (SPEC.replace("lr = [1e-4, 0.01]", "lr = [1e-4, -1.0]"), "line 14", "lr must be a positive number"),
-            (SPEC.replace("batch_size = 64", "batch_size = 0"), "line 15", "batch_size must be a positive integer"),
-            (SPEC.replace("arch = [\"alexnet\", \"tiny\"]", "arch = [\"vgg\"]"), "line 10", "unknown arch \"vgg\""),
-            (SPEC.replace("\"minus_one\"", "\"B5\""), "line 20", "test_sets"),
-            (SPEC.replace("band = [1, 4]", "band = [1, 7]"), "line 5", "band must be 1-4"),
-            (SPEC.replace("eps = [2.0, 4.0]", "eps = [0.0]"), "line 24", "eps must be a positive number"),
-            (SPEC.replace("lr = [1e-4, 0.01]", "lr = []"), "line 14", "lr is an empty list"),
-            (SPEC.replace("optimizer = \"sgd\"", "optimiser = \"sgd\""), "line 30", "unknown grid key \"optimiser\""),
+        let cases: Vec<(String, usize, &str)> = vec![
+            (SPEC.replace("epochs = 2", "epochz = 2"), 16, "epochz"),
+            (SPEC.replace("[eval]", "[evaluation]"), 19, "evaluation"),
+            (SPEC.replace("lr = [1e-4, 0.01]", "lr = [1e-4, -1.0]"), 14, "lr must be a positive number, got -1.0"),
+            (SPEC.replace("lr = [1e-4, 0.01]", "lr = [\n  1e-4,\n  -1.0,\n]"), 16, "lr must be a positive number"),
+            (SPEC.replace("lr = [1e-4, 0.01]", "lr = \"fast\""), 14, "lr must be a positive number, got \"fast\""),
+            (SPEC.replace("batch_size = 64", "batch_size = 0"), 15, "batch_size must be a positive integer"),
+            (SPEC.replace("epochs = 2", "epochs = -2"), 16, "epochs must be a positive integer"),
+            (SPEC.replace("arch = [\"alexnet\", \"tiny\"]", "arch = [\"vgg\"]"), 10, "unknown arch \"vgg\""),
+            (SPEC.replace("\"minus_one\"", "\"B5\""), 20, "test_sets: there is no band 5"),
+            (SPEC.replace("band = [1, 4]", "band = [1, 7]"), 5, "band must be 1-4"),
+            (SPEC.replace("eps = [2.0, 4.0]", "eps = [0.0]"), 24, "eps must be a positive number"),
+            (SPEC.replace("eps = [2.0, 4.0]", "eps = [4.0, 4]"), 24, "eps lists 4 twice"),
+            (SPEC.replace("lr = [1e-4, 0.01]", "lr = []"), 14, "lr is an empty list"),
+            (SPEC.replace("seed = [0, 1]", "seed = [0, 1, 0]"), 17, "seed lists 0 twice"),
+            (SPEC.replace("optimizer = \"sgd\"", "optimiser = \"sgd\""), 30, "unknown grid key \"optimiser\""),
+            (
+                SPEC.replace("arch = \"tiny\"\nlr = 0.0001", "arch = \"tiny\"\nlr = 0.5"),
+                34,
+                "exclude: lr = 0.5 is not among",
+            ),
+            (SPEC.replace("test = 40", "test = 40\npath = \"/x\""), 8, "path applies to kind \"cifar10\""),
+            (SPEC.replace("band = [1, 4]\n", ""), 4, "a syn dataset needs band"),
+            (SPEC.replace("kind = \"syn\"", "kind = \"svhn\""), 4, "unknown kind \"svhn\""),
+            (SPEC.replace("every_steps = 5", "every_steps = -5"), 21, "every_steps must be a non-negative integer"),
+            (SPEC.replace("layers = true", "layers = [\"conv1\", \"layer1\"]"), 25, "alexnet has no layer \"layer1\""),
+            (
+                SPEC.replace("chunk_cells = 100", "chunk_cells = 100\nchunks_per_map = 4"),
+                27,
+                "chunk_cells or chunks_per_map",
+            ),
+            (SPEC.replace("chunk_cells = 100", "chunk_cells = 0"), 26, "chunk_cells must be a positive integer"),
+            (SPEC.replace("chunk_cells = 100", "seed = -1"), 26, "seed must be a non-negative integer"),
+            (SPEC.replace("epochs = 2", "epochs = 2\nbeta1 = 1.5"), 17, "beta1 must be in [0, 1)"),
+            (SPEC.replace("epochs = 2", "epochs = 2\ngamma = 0.5"), 17, "gamma applies to schedule = \"step\""),
+            (
+                SPEC.replace("optimizer = [\"adam\", \"sgd\"]", "optimizer = \"adam\"\nmomentum = 0.9")
+                    .replace("optimizer = \"sgd\"", "lr = 0.01"),
+                14,
+                "momentum applies to optimizer = \"sgd\"",
+            ),
+            (
+                SPEC.replace("epochs = 2", "epochs = 2\nmomentum = 0\nnesterov = true"),
+                18,
+                "nesterov = true needs momentum > 0",
+            ),
+            (SPEC.replace("name = \"t\"", "name = \"\""), 1, "name must not be empty"),
+            (
+                SPEC.replace("band = [1, 4]", "band = [1, 4]\n[[dataset]]\nkind = \"syn\"\nband = 4"),
+                7,
+                "dataset Syn_4 appears twice",
+            ),
+            (SPEC.replace("batch_size = 64", "batch_size = { n = 64 }"), 15, "batch_size: invalid type: map"),
+            (SPEC.replace("epochs = 2\n", ""), 12, "missing field `epochs`"),
+            (
+                SPEC.to_string() + "\n[[include]]\ndataset = \"Syn_9\"\n",
+                37,
+                "include: dataset = \"Syn_9\" is not one of",
+            ),
         ];
         for (text, line, what) in cases {
-            let err = parse(&text, "s.toml").unwrap_err().to_string();
-            assert!(err.starts_with(&format!("s.toml:{}:", &line[5..])) && err.contains(what), "{what}: {err}");
-            assert!(!err.contains('\n'), "one line: {err}");
+            let err = parse(&text, "s.toml").unwrap_err();
+            let shown = err.to_string();
+            assert!(
+                err.line == line && shown.starts_with(&format!("s.toml:{line}: ")),
+                "{what}: line {line} wanted: {shown}"
+            );
+            assert!(shown.contains(what), "{what}: {shown}");
+            assert!(!shown.contains('\n'), "one line: {shown}");
         }
     }
 
     #[test]
-    fn include_adds_points_and_unknown_values_are_refused() {
+    fn include_adds_points_even_with_new_values_or_excluded() {
+        let base = parse(SPEC, "t.toml").unwrap();
         let spec = SPEC.to_string() + "\n[[include]]\narch = \"alexnet\"\noptimizer = \"sgd\"\nseed = 1\n";
         let sweep = parse(&spec, "t.toml").unwrap();
-        assert_eq!(sweep.points.len(), 16, "an included point that is also excluded stays out");
-        let spec = SPEC.replace("[[exclude]]\narch = \"alexnet\"\noptimizer = \"sgd\"\n", "")
-            + "\n[[include]]\narch = \"tiny\"\nlr = 0.5\n";
-        let err = parse(&spec, "t.toml").unwrap_err().to_string();
-        assert!(err.contains("include: lr = 0.5 is not among"), "{err}");
+        assert_eq!(sweep.points.len(), 17, "an include overrides the excludes");
+        assert_eq!(sweep.points[16].id, "Syn_1-alexnet-sgd-lr0.0001-bs64-ep2-seed1");
+        let spec = SPEC.to_string() + "\n[[include]]\narch = \"tiny\"\nlr = 0.5\nbatch_size = 8\n";
+        let sweep = parse(&spec, "t.toml").unwrap();
+        assert_eq!(sweep.points.len(), 17);
+        assert_eq!(&sweep.points[..16], &base.points[..], "the grid itself is unchanged");
+        let added = &sweep.points[16];
+        assert_eq!(added.id, "Syn_1-tiny-adam-lr0.5-bs8-ep2-seed0");
+        assert_eq!((added.task.train.lr, added.task.train.batch_size), (0.5, 8));
+        // Including a point the grid already has adds nothing.
+        let spec = SPEC.to_string() + "\n[[include]]\narch = \"alexnet\"\n";
+        assert_eq!(parse(&spec, "t.toml").unwrap().points.len(), 16);
+    }
+
+    #[test]
+    fn keys_that_do_not_apply_do_not_multiply_points() {
+        let spec = "[[dataset]]\nkind = \"syn\"\nband = 1\n[model]\narch = \"tiny\"\n[train]\noptimizer = [\"adam\", \"sgd\"]\nlr = 0.01\nbatch_size = 8\nepochs = 1\nmomentum = [0.0, 0.9]\nbeta1 = [0.8, 0.9]\n";
+        let sweep = parse(spec, "t.toml").unwrap();
+        let ids: Vec<&str> = sweep.points.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "Syn_1-tiny-adam-lr0.01-bs8-ep1-b10.8-seed0",
+                "Syn_1-tiny-adam-lr0.01-bs8-ep1-b10.9-seed0",
+                "Syn_1-tiny-sgd-lr0.01-bs8-ep1-mom0-seed0",
+                "Syn_1-tiny-sgd-lr0.01-bs8-ep1-mom0.9-seed0",
+            ]
+        );
+        assert_eq!(
+            sweep.points[2].task.train.optimizer,
+            Optimizer::Sgd { momentum: 0.0, weight_decay: 0.0, nesterov: false }
+        );
+        let Optimizer::Adam { beta1, beta2, eps, .. } = sweep.points[0].task.train.optimizer else { panic!("adam") };
+        assert_eq!((beta1, beta2, eps), (0.8, 0.999, 1e-8));
+    }
+
+    #[test]
+    fn datasets_of_every_kind_and_names() {
+        let spec = r#"
+[[dataset]]
+kind = "syn"
+band = [2, 3]
+seed = [0, 5]
+name = "small"
+train = 40
+test = 8
+[[dataset]]
+kind = "cifar10"
+path = "/data/cifar"
+[[dataset]]
+kind = "npy"
+train_images = "a/x.npy"
+train_labels = "a/y.npy"
+test_images = "a/tx.npy"
+test_labels = "a/ty.npy"
+[model]
+arch = "tiny"
+classes = 10
+[train]
+lr = 0.1
+batch_size = 8
+epochs = 1
+schedule = ["constant", "cosine"]
+min_lr = 0.001
+[eval]
+test_sets = "all_minus_one"
+[heatmap]
+eps = 1
+chunks_per_map = 5
+layers = ["fc", "all"]
+"#;
+        let sweep = parse(spec, "d.toml").unwrap();
+        let datasets: Vec<&str> = sweep.points.iter().step_by(2).map(|p| p.values["dataset"].as_str()).collect();
+        assert_eq!(datasets, ["small_Syn_2s0", "small_Syn_2s5", "small_Syn_3s0", "small_Syn_3s5", "cifar10", "tx"]);
+        assert_eq!(sweep.points[1].id, "small_Syn_2s0-tiny-adam-lr0.1-bs8-ep1-schedcosine-seed0");
+        assert_eq!(sweep.points[1].task.train.schedule, LrSchedule::Cosine { min_lr: 0.001 });
+        assert!(sweep.points.iter().all(|p| p.task.train.classes == 10 && p.task.train.test_sets.len() == 4));
+        let h = sweep.heatmap.unwrap();
+        assert_eq!((h.chunks, h.layers, h.eps), (Chunking::PerMap(5), LayerChoice::All, vec![1.0]));
+        assert_eq!((h.images, h.batch, h.seed), (500, 256, 0), "defaults");
+        assert_eq!(Chunking::PerMap(5).chunks(514), 5);
+        assert_eq!(Chunking::PerMap(600).chunks(514), 514);
+        assert_eq!(Chunking::Cells(64).chunks(514), 9);
     }
 
     #[test]
@@ -755,7 +1542,8 @@ lr = 0.0001
         );
         let sweep = parse(&spec, "big.toml").unwrap();
         assert_eq!(sweep.points.len(), 100_000);
-        let ids: std::collections::HashSet<_> = sweep.points.iter().map(|p| &p.id).collect();
+        let ids: HashSet<_> = sweep.points.iter().map(|p| &p.id).collect();
         assert_eq!(ids.len(), 100_000, "ids are unique");
+        assert_eq!(sweep.points[99_999].id, "Syn_4-alexnet-adam-lr0.00001-bs64-ep1-seed2499");
     }
 }

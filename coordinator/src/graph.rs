@@ -2,7 +2,11 @@
 //! ε × chunk of canonical cells, each depending on its train task and taking its checkpoint as
 //! input. Plain data, no I/O. Keys are stable strings (`train/<point>`,
 //! `heatmap/<point>/eps<ε>/chunk<k>`), so a restarted coordinator matches stored tasks to the spec.
-//! Reports are rendered by the coordinator itself once every task is terminal.
+//! Reports are rendered by the coordinator itself once every task is terminal (they need the
+//! store, not a GPU), so the graph has no report task.
+//!
+//! Ids are 1-based positions in the plan, so every dependency points to an earlier task and the
+//! plan is already in topological order.
 
 use crate::scheduler::{NewTask, TaskId};
 use freqsweep_common::heatmap::partition_cells;
@@ -62,9 +66,18 @@ pub fn eps_label(eps: f64) -> String {
 
 /// Plan every task of `sweep`; ids are 1-based positions.
 pub fn plan(sweep: &Sweep) -> Vec<PlannedTask> {
-    let mut tasks = Vec::new();
-    let shape = Shape2::new(32, 32);
-    let cells = shape.heatmap_cells();
+    // Heatmaps are of 32 × 32 images (Syn_d, CIFAR-10): 514 canonical cells.
+    let cells = Shape2::new(32, 32).heatmap_cells();
+    let per_point = 1 + sweep.heatmap.as_ref().map_or(0, |h| h.eps.len() * h.chunks.chunks(cells.len()));
+    let mut tasks = Vec::with_capacity(sweep.points.len() * per_point);
+    // The chunks and layer names are the same for every point: cut them once.
+    let chunks =
+        sweep.heatmap.as_ref().map_or_else(Vec::new, |h| partition_cells(&cells, h.chunks.chunks(cells.len())));
+    let layers = match sweep.heatmap.as_ref().map(|h| &h.layers) {
+        None | Some(LayerChoice::None) => Vec::new(),
+        Some(LayerChoice::All) => vec!["all".to_string()],
+        Some(LayerChoice::Named(names)) => names.clone(),
+    };
     for (point_index, point) in sweep.points.iter().enumerate() {
         let train_id = TaskId(tasks.len() as u64 + 1);
         tasks.push(PlannedTask {
@@ -76,12 +89,6 @@ pub fn plan(sweep: &Sweep) -> Vec<PlannedTask> {
             deps: Vec::new(),
         });
         let Some(h) = &sweep.heatmap else { continue };
-        let chunks = partition_cells(&cells, cells.len().div_ceil(h.chunk_cells.max(1)));
-        let layers = match &h.layers {
-            LayerChoice::None => Vec::new(),
-            LayerChoice::All => vec!["all".to_string()],
-            LayerChoice::Named(names) => names.clone(),
-        };
         for &eps in &h.eps {
             for chunk in &chunks {
                 tasks.push(PlannedTask {
@@ -135,5 +142,62 @@ mod tests {
         }
         assert_eq!(covered, 514, "the chunks of one map cover every canonical cell once");
         assert_eq!(plan(&sweep), tasks, "planning is deterministic");
+    }
+
+    #[test]
+    fn keys_are_stable_and_name_point_eps_and_chunk() {
+        let tasks = plan(&spec::parse(SPEC, "t.toml").unwrap());
+        let last = tasks.last().unwrap();
+        assert_eq!(last.key, "heatmap/Syn_4-tiny-adam-lr0.001-bs16-ep1-seed0/eps4/chunk005");
+        assert_eq!((last.id, last.deps.as_slice()), (TaskId(26), &[TaskId(14)][..]));
+        let TaskSpec::Heatmap(h) = &last.spec else { panic!("heatmap expected") };
+        assert_eq!(
+            (h.eps, h.chunk, h.model.clone()),
+            (4.0, 5, ModelSource::Checkpoint { artifact: CHECKPOINT.into() })
+        );
+    }
+
+    #[test]
+    fn chunks_per_map_and_named_layers_reach_the_tasks() {
+        let text =
+            SPEC.replace("chunk_cells = 100", "chunks_per_map = 3").replace("layers = true", "layers = [\"fc\"]");
+        let tasks = plan(&spec::parse(&text, "t.toml").unwrap());
+        assert_eq!(tasks.len(), 2 * (1 + 2 * 3));
+        let TaskSpec::Heatmap(h) = &tasks[1].spec else { panic!("heatmap expected") };
+        assert_eq!((h.layers.as_slice(), h.cells.len()), (&["fc".to_string()][..], 172), "514 cells in 3 chunks");
+    }
+
+    /// A sweep of 100 000 tasks plans in one pass; every heatmap task depends on its own point's
+    /// train task, which comes earlier, and keys stay unique.
+    #[test]
+    fn a_hundred_thousand_task_graph() {
+        // 4 bands × 2 archs × 963 seeds = 7 704 points, each 1 train + 12 heatmap chunks.
+        let seeds: Vec<String> = (0..963).map(|s| s.to_string()).collect();
+        let text = format!(
+            "[[dataset]]\nkind = \"syn\"\nband = [1, 2, 3, 4]\n[model]\narch = [\"tiny\", \"alexnet\"]\n[train]\nlr = 0.01\nbatch_size = 64\nepochs = 1\nseed = [{}]\n[heatmap]\neps = 4\nchunks_per_map = 12\n",
+            seeds.join(", ")
+        );
+        let sweep = spec::parse(&text, "big.toml").unwrap();
+        let tasks = plan(&sweep);
+        assert_eq!(tasks.len(), 7_704 * 13);
+        assert!(tasks.len() >= 100_000);
+        let keys: std::collections::HashSet<&str> = tasks.iter().map(|t| t.key.as_str()).collect();
+        assert_eq!(keys.len(), tasks.len(), "keys are unique");
+        let mut cells_per_point = vec![0usize; sweep.points.len()];
+        for (i, t) in tasks.iter().enumerate() {
+            assert_eq!(t.id, TaskId(i as u64 + 1));
+            match t.kind {
+                TaskKind::Train => assert!(t.deps.is_empty()),
+                TaskKind::Heatmap => {
+                    let [dep] = t.deps[..] else { panic!("one dependency") };
+                    let train = &tasks[dep.0 as usize - 1];
+                    assert!(dep < t.id && train.kind == TaskKind::Train && train.point == t.point);
+                    assert!(t.key.starts_with(&format!("heatmap/{}/", sweep.points[t.point].id)));
+                    let TaskSpec::Heatmap(h) = &t.spec else { panic!("heatmap spec") };
+                    cells_per_point[t.point] += h.cells.len();
+                }
+            }
+        }
+        assert!(cells_per_point.iter().all(|&n| n == 514), "each point's map covers every cell once");
     }
 }
