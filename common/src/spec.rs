@@ -255,6 +255,9 @@ pub const ARCHS: [(&str, &[&str]); 3] = [
     ("tiny", &["conv1", "conv2", "fc"]),
 ];
 
+/// The largest grid product accepted.
+const MAX_POINTS: usize = 10_000_000;
+
 const OPTIMIZERS: [&str; 2] = ["adam", "sgd"];
 const SCHEDULES: [&str; 3] = ["constant", "step", "cosine"];
 
@@ -1105,13 +1108,17 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
 
     let varying = grid.lens().map(|n| n > 1);
     let labels = Arc::new((0..AXES).map(|a| grid.labels(a).to_vec()).collect::<Vec<_>>());
+    // A product of lists grows fast; refuse a grid far beyond what a coordinator can hold (each
+    // point is a task of its own) with a message instead of running out of memory.
     let total = grid_lens.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n));
-    let total =
-        total.filter(|&n| n <= 100_000_000).ok_or_else(|| ctx.err_top("the grid has over 100 000 000 points"))?;
+    let total = total
+        .filter(|&n| n <= MAX_POINTS)
+        .ok_or_else(|| ctx.err_top(format!("the grid has over {MAX_POINTS} points; split the sweep")))?;
     let excluded = |idx: &[usize; AXES]| excludes.iter().any(|f| f.iter().all(|&(a, i)| idx[a] == i));
     let nesterov_span = t.nesterov.as_ref().map_or(0..0, Spanned::span);
-    let mut seen: HashSet<[usize; AXES]> = HashSet::with_capacity(total + includes.len());
-    let mut points = Vec::with_capacity(total + includes.len());
+    let capacity = (total + includes.len()).min(1 << 20);
+    let mut seen: HashSet<[usize; AXES]> = HashSet::with_capacity(capacity);
+    let mut points = Vec::with_capacity(capacity);
     let mut add = |idx: [usize; AXES], included: bool| -> Result<(), SpecError> {
         let idx = grid.normalise(idx);
         if (!included && excluded(&idx)) || !seen.insert(idx) {
@@ -1531,6 +1538,17 @@ layers = ["fc", "all"]
         assert_eq!(Chunking::PerMap(5).chunks(514), 5);
         assert_eq!(Chunking::PerMap(600).chunks(514), 514);
         assert_eq!(Chunking::Cells(64).chunks(514), 9);
+    }
+
+    #[test]
+    fn an_exploding_grid_is_refused_before_expanding() {
+        let many: Vec<String> = (0..1000).map(|s| s.to_string()).collect();
+        let spec = format!(
+            "[[dataset]]\nkind = \"syn\"\nband = 1\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = [{0}]\nepochs = [{0}]\nseed = [{0}]\n",
+            many[1..].join(", ")
+        );
+        let err = parse(&spec, "huge.toml").unwrap_err().to_string();
+        assert!(err.starts_with("huge.toml:1: the grid has over 10000000 points"), "{err}");
     }
 
     #[test]
