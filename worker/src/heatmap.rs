@@ -136,11 +136,13 @@ pub fn compute(
 
     // Everything the loops need, on the device once.
     let basis: Vec<f32> = config.cells.iter().flat_map(|&c| basis_image(shape, c)).collect();
-    let basis = Tensor::from_slice(&basis).view([cells, 1, 1, h, w]).to_device(device);
+    // Scaled by ε once: `r · (ε U)` equals `(r · U) · ε` bit for bit, as `r` is ±1.
+    let basis = (Tensor::from_slice(&basis).view([cells, 1, 1, h, w]) * config.eps).to_device(device);
     let sign_values: Vec<f32> =
         config.cells.iter().flat_map(|&c| signs(config.seed, shape, c, n as usize, channels as usize)).collect();
     let signs = Tensor::from_slice(&sign_values).view([cells, n, channels, 1, 1]).to_device(device);
     let labels_t = Tensor::from_slice(labels).to_device(device);
+    let scratch = Tensor::empty([group * block, channels, h, w], (Kind::Float, device));
 
     let wanted = &config.layers;
     let wrong = Tensor::zeros([cells], (Kind::Int64, device));
@@ -171,7 +173,14 @@ pub fn compute(
                 let k = group.min(cells - first);
                 let u = basis.narrow(0, first, k);
                 let r = signs.narrow(0, first, k).narrow(1, start, m);
-                let perturbed = (x.unsqueeze(0) + r * u * config.eps).clamp(0.0, 1.0).view([k * m, channels, h, w]);
+                // `clamp(x + r·εU, 0, 1)` written in place into the reused buffer: no allocation per
+                // forward pass (a fresh multi-MB tensor each time made glibc map and unmap pages, which
+                // cost up to half the throughput of small models). Same values as the plain expression.
+                let perturbed = scratch.narrow(0, 0, k * m);
+                let mut copies = perturbed.view([k, m, channels, h, w]);
+                let _ = r.mul_out(&copies, &u);
+                let _ = copies.g_add_(&x.unsqueeze(0));
+                let _ = copies.clamp_(0.0, 1.0);
                 let (logits, layers) = forward(model, &perturbed, wanted);
                 let misses = logits.argmax(-1, false).view([k, m]).ne_tensor(&y.unsqueeze(0)).sum_dim_intlist(
                     1,

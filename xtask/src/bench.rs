@@ -50,6 +50,14 @@ fn json_number(json: &str, key: &str) -> Result<f64> {
     Ok(digits.parse()?)
 }
 
+/// The 1-minute load average, to show how busy the machine was around a benchmark.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -159,4 +167,198 @@ pub fn coordinator(source: &libtorch::Source) -> Result<()> {
         sessions / 1_000.0
     );
     write_section("coordinator", &body)
+}
+
+/// The PyTorch the engine baseline imports: the registry's `torch` wheel (the CUDA build, the one
+/// the libtorch cache comes from), unpacked into `<cache>/pydeps` without its ~3 GB of CUDA library
+/// wheels: only the CUDA runtime and CUPTI (a few MB, the same pins as `libtorch.rs`) and the pure
+/// Python dependencies `import torch` needs, plus CPU stand-ins for the other CUDA libraries
+/// written by `bench/torch_cpu_stubs.py` (the CPU never calls them).
+const TORCH_PYTHON: &[&str] = &[
+    "nvidia-cuda-runtime==13.0.96",
+    "nvidia-cuda-cupti==13.0.85",
+    "typing_extensions",
+    "sympy",
+    "mpmath",
+    "filelock",
+    "networkx",
+    "jinja2",
+    "MarkupSafe",
+    "fsspec",
+];
+
+fn torch_python() -> Result<PathBuf> {
+    let target = python_deps(&["numpy"])?;
+    let version = fs::read_to_string(target.join("torch/version.py")).unwrap_or_default();
+    if !version.contains(&format!("'{}", libtorch::TORCH_VERSION)) {
+        eprintln!(
+            "xtask: installing torch=={} for the PyTorch baseline into {}",
+            libtorch::TORCH_VERSION,
+            target.display()
+        );
+        let status = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", "--upgrade"])
+            .arg("--target")
+            .arg(&target)
+            .arg(format!("torch=={}", libtorch::TORCH_VERSION))
+            .args(TORCH_PYTHON)
+            .status()
+            .context("running python3 -m pip (install python3-pip)")?;
+        if !status.success() {
+            bail!("pip install torch=={} failed", libtorch::TORCH_VERSION);
+        }
+    }
+    if !target.join("nvidia/cu13/lib/libcublas.so.13").exists() {
+        let status = Command::new("python3")
+            .arg(workspace_root().join("bench/torch_cpu_stubs.py"))
+            .arg(&target)
+            .status()
+            .context("running bench/torch_cpu_stubs.py")?;
+        if !status.success() {
+            bail!("bench/torch_cpu_stubs.py failed (it needs readelf and cc)");
+        }
+    }
+    let check = Command::new("python3")
+        .args(["-c", "import torch; print(torch.__version__)"])
+        .current_dir(workspace_root())
+        .env("PYTHONPATH", &target)
+        .output()
+        .context("running python3")?;
+    if !check.status.success() {
+        bail!("`import torch` from {} failed: {}", target.display(), String::from_utf8_lossy(&check.stderr));
+    }
+    Ok(target)
+}
+
+/// Canonical cells per model in the engine run (the baseline's loop does twice as many: both
+/// members of each conjugate pair), training steps, and the batch size both heatmaps use.
+const ENGINE_CELLS: &str = "tiny=64,resnet18=16";
+const ENGINE_STEPS: &str = "tiny=200,resnet18=8";
+/// Perturbed images per forward pass in both heatmap codes (ResNet18 runs fastest on small batches
+/// on a CPU: see the forward sweep) and the batch sizes of the sweep.
+const ENGINE_BATCH: &str = "tiny=256,resnet18=64";
+const ENGINE_BATCHES: &str = "32,64,128,256,512";
+const ENGINE_ROUNDS: usize = 2;
+const ENGINE_MODELS: [(&str, &str); 2] = [("tiny", "Tiny CNN"), ("resnet18", "ResNet18-CIFAR")];
+
+/// The worker engine (`worker/benches/engine.rs`) next to PyTorch (`bench/torch_engine.py`) in
+/// the same run, on the same Syn_4 images, models and thread count: Fourier-heatmap throughput
+/// against the per-cell loop of public heatmap code, both against the pure forward pass, and
+/// training steps/s.
+pub fn engine(source: &libtorch::Source) -> Result<()> {
+    let pydeps = torch_python()?;
+    let data = workspace_root().join("target/bench-engine");
+    let loop_cells: Vec<String> = ENGINE_CELLS
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| format!("{k}={}", 2 * v.parse::<usize>().unwrap_or(16)))
+        .collect();
+    let load_before = load_average();
+    // Rust, PyTorch, Rust, PyTorch: each figure is the better of its two rounds, so a burst of
+    // other work on the machine during one half does not decide a ratio.
+    let (mut ours_rounds, mut theirs_rounds) = (Vec::new(), Vec::new());
+    for round in 1..=ENGINE_ROUNDS {
+        let mut bench = cargo(source);
+        bench.args(["bench", "-p", "freqsweep-worker", "--bench", "engine", "--", "--out"]).arg(&data);
+        bench.args(["--cells", ENGINE_CELLS, "--steps", ENGINE_STEPS, "--batches", ENGINE_BATCHES, "--sweep", "tiny"]);
+        bench.args(["--batch", ENGINE_BATCH]);
+        bench.stderr(std::process::Stdio::inherit());
+        eprintln!("xtask: ── cargo bench engine (Rust), round {round} of {ENGINE_ROUNDS}");
+        let out = bench.output().context("running the engine benchmark")?;
+        if !out.status.success() {
+            bail!("engine benchmark failed ({})", out.status);
+        }
+        let ours = String::from_utf8_lossy(&out.stdout).to_string();
+        let threads = json_number(&ours, "threads")? as usize;
+        ours_rounds.push(ours);
+
+        eprintln!("xtask: ── bench/torch_engine.py (PyTorch, {threads} threads), round {round} of {ENGINE_ROUNDS}");
+        let out = Command::new("python3")
+            .arg(workspace_root().join("bench/torch_engine.py"))
+            .arg("--data")
+            .arg(&data)
+            .args(["--threads", &threads.to_string(), "--batch", ENGINE_BATCH])
+            .args(["--models", "tiny,resnet18", "--loop-cells", &loop_cells.join(","), "--steps", ENGINE_STEPS])
+            .env("PYTHONPATH", &pydeps)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .context("running bench/torch_engine.py")?;
+        if !out.status.success() {
+            bail!("PyTorch baseline failed ({})", out.status);
+        }
+        theirs_rounds.push(String::from_utf8_lossy(&out.stdout).to_string());
+    }
+    let load_after = load_average();
+    let best = |rounds: &[String], key: &str| -> Result<f64> {
+        rounds.iter().map(|r| json_number(r, key)).try_fold(f64::MIN, |m, v| Ok(m.max(v?)))
+    };
+    let (ours, theirs) = (&ours_rounds[0], &theirs_rounds[0]);
+    let threads = json_number(ours, "threads")?;
+    let torch_version =
+        theirs.split("\"torch\": \"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("?").to_string();
+    let torch_threads = json_number(theirs, "threads")?;
+
+    let mut body = format!(
+        "## Worker engine (`worker/benches/engine.rs` vs `bench/torch_engine.py`)\n\n\
+         Machine: {}, CPU only (no GPU in this run). libtorch 2.11.0 in both: the Rust engine through `tch`, the baseline \
+         through PyTorch {torch_version} (the same wheel, so the same kernels); threads: {threads:.0} (libtorch in the Rust \
+         run) and {torch_threads:.0} (`torch.set_num_threads` in the baseline). Same freshly initialised architectures \
+         (`models.rs`, written layer for layer in PyTorch, normalisation inside the model), the same {images:.0} Syn_4 test \
+         images, ε = 4. Command: `cargo xtask bench engine` (also part of `cargo xtask bench`); numbers come from one \
+         run on a 2-core machine that others were using too (load average {load_before} before, {load_after} after), so \
+         compare ratios within the run; each figure is the better of {ENGINE_ROUNDS} rounds (Rust, PyTorch, Rust, PyTorch).\n\n\
+         - *PyTorch loop*: the per-cell loop of public Fourier-heatmap code: for every cell of the spectrum (both members \
+         of each conjugate pair) build the basis image, then for each batch of images draw random signs per image and \
+         channel, perturb, clamp, forward, count errors; timed over twice as many cells as the engine (the same cells \
+         counted the loop's way). Perturbed images/s.\n\
+         - *Rust engine*: `heatmap::compute` (canonical cells only, signs and basis images built once, counts kept on \
+         the device, one clean pass per image block, included in its time). Perturbed images/s.\n\
+         - *Forward*: the pure batched forward pass (`no_grad`, eval), the ceiling for both, at the same batch size.\n\
+         - *Time to full map*: a 32 × 32 map is 514 canonical cells for the engine and 1024 cells for the loop, \
+         so the ratio is (1024 / loop img/s) / (514 / engine img/s); goal ≥ 1.8×.\n\
+         - *Training*: steps/s at batch 64 with Adam (lr 1e-3). Rust: the step loop of `train::run` (index a batch, \
+         forward, cross-entropy, backward, `OptimizerState::step`) and, in brackets, `train::run` itself for one epoch \
+         of the same number of steps, end to end (with its evaluations before and after the epoch and its checkpoint); \
+         PyTorch: the plain loop with `torch.optim.Adam`. Goal: within 10 %.\n\n\
+         | model | batch | cells engine / loop | Rust heatmap img/s | PyTorch loop img/s | ratio | forward img/s Rust / PyTorch | Rust heatmap % of forward | time to full map, PyTorch / Rust | train steps/s Rust (train::run) | PyTorch | ratio |\n\
+         |---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        machine(),
+        images = json_number(ours, "cpu.tiny.images")?,
+    );
+    let batches: Vec<&str> = ENGINE_BATCHES.split(',').collect();
+    let mut sweep = format!(
+        "| model | measure | {} |\n|---|---|{}\n",
+        batches.join(" | "),
+        batches.iter().map(|_| "---:|").collect::<String>()
+    );
+    for (model, label) in ENGINE_MODELS {
+        let get = |what: &str| best(&ours_rounds, &format!("cpu.{model}.{what}"));
+        let theirs_get = |what: &str| best(&theirs_rounds, &format!("{model}.{what}"));
+        let cells = get("canonical_cells")?;
+        let batch = get("batch")?;
+        let heat = get("heatmap")?;
+        let forward = get("forward")?;
+        let looped = theirs_get("loop_images_per_second")?;
+        let loop_cells = theirs_get("loop_cells")?;
+        let torch_forward = theirs_get("forward_images_per_second")?;
+        let train_loop = get("train_loop")?;
+        let train_run = get("train_run")?;
+        let torch_train = theirs_get("train_steps_per_second")?;
+        body.push_str(&format!(
+            "| {label} | {batch:.0} | {cells:.0} / {loop_cells:.0} | {heat:.0} | {looped:.0} | {:.2}× | {forward:.0} / {torch_forward:.0} | {:.0} % | {:.2}× | {train_loop:.2} ({train_run:.2}) | {torch_train:.2} | {:.2}× |\n",
+            heat / looped,
+            100.0 * heat / forward,
+            (1024.0 / looped) / (514.0 / heat),
+            train_loop / torch_train,
+        ));
+        let row = |what: &str| -> Result<String> {
+            batches.iter().map(|b| Ok(format!(" {:.0} |", get(&format!("{what}.{b}"))?))).collect()
+        };
+        sweep.push_str(&format!("| {label} | forward img/s |{}\n", row("forward")?));
+        if model == "tiny" {
+            sweep.push_str(&format!("| {label} | heatmap img/s |{}\n", row("heatmap")?));
+        }
+    }
+    body.push_str(&format!("\nThe Rust side by batch size (images per forward pass), same run:\n\n{sweep}\n"));
+    write_section("engine", &body)
 }

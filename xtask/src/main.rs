@@ -162,15 +162,17 @@ fn cmd_demo(rest: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask bench [spectral|coordinator] [criterion args]`: all benchmarks, or one.
+/// `cargo xtask bench [spectral|coordinator|engine] [criterion args]`: all benchmarks, or one.
 fn cmd_bench(rest: &[String]) -> Result<()> {
     let source = libtorch::ensure()?;
     match rest.first().map(String::as_str) {
         Some("spectral") => bench::spectral(&source, &rest[1..]),
         Some("coordinator") => bench::coordinator(&source),
+        Some("engine") => bench::engine(&source),
         _ => {
             bench::spectral(&source, rest)?;
-            bench::coordinator(&source)
+            bench::coordinator(&source)?;
+            bench::engine(&source)
         }
     }
 }

@@ -1,0 +1,243 @@
+"""PyTorch baseline for the worker engine benchmark (`cargo xtask bench engine`).
+
+The same architectures as `worker/src/models.rs` (layer for layer, normalisation `(x - 0.5) / 0.25`
+inside the model), the same Syn_4 test images (written by `worker/benches/engine.rs`), the same
+thread count, and three measurements per model:
+
+- **loop**: the per-cell loop of public Fourier-heatmap code (Yin et al. 2019 and the PyTorch
+  re-implementations of it): for every cell of the H x W spectrum (both members of each conjugate
+  pair), build the Fourier basis image, then for each batch of images draw a random sign per image
+  and channel, perturb, clamp to [0, 1], forward, count errors. Reported in perturbed images/s over
+  `--loop-cells` cells (every cell costs the same, so a subset gives the full map's rate);
+- **forward**: the pure batched forward pass (`no_grad`, eval), the ceiling;
+- **train**: steps/s of the plain PyTorch training loop at batch 64 with `torch.optim.Adam`.
+
+Prints one JSON object. Usage:
+  python3 bench/torch_engine.py --data DIR --threads T [--batch tiny=256,resnet18=64] [--models tiny,resnet18]
+      [--loop-cells tiny=128,resnet18=32] [--steps tiny=200,resnet18=12]
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+EPS = 4.0
+TRAIN_BATCH = 64
+LR = 1e-3
+
+
+class Normalize(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.full((1, 3, 1, 1), 0.5))
+        self.register_buffer("std", torch.full((1, 3, 1, 1), 0.25))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class Tiny(nn.Module):
+    def __init__(self, classes):
+        super().__init__()
+        self.norm = Normalize()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 8 * 8, classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(self.norm(x))), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+class AlexNet(nn.Module):
+    def __init__(self, classes):
+        super().__init__()
+        self.norm = Normalize()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 192, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )  # fmt: skip
+        self.classifier = nn.Sequential(
+            nn.Dropout(0.5), nn.Linear(256 * 2 * 2, 4096), nn.ReLU(),
+            nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, classes),
+        )  # fmt: skip
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(self.norm(x)), 1))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet18(nn.Module):
+    """CIFAR variant: 3x3 stem, stride 1, no max-pool."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.norm = Normalize()
+        self.conv1 = nn.Conv2d(3, 64, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        stages, cin = [], 64
+        for i, width in enumerate([64, 128, 256, 512]):
+            stride = 1 if i == 0 else 2
+            stages.append(nn.Sequential(BasicBlock(cin, width, stride), BasicBlock(width, width, 1)))
+            cin = width
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.fc = nn.Linear(512, classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(self.norm(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+MODELS = {"tiny": Tiny, "alexnet": AlexNet, "resnet18": ResNet18}
+
+
+def fourier_basis(i, j, h, w):
+    """Unit-norm real image whose spectrum is 1 at centred cell (i, j) and its conjugate."""
+    spectrum = torch.zeros(h, w, dtype=torch.complex64)
+    u, v = i - h // 2, j - w // 2
+    spectrum[u % h, v % w] = 1
+    spectrum[(-u) % h, (-v) % w] = 1
+    basis = torch.fft.ifft2(spectrum).real
+    return basis / basis.norm()
+
+
+def per_cell_loop(model, images, labels, cells, batch):
+    """The per-cell loop of public Fourier-heatmap code; returns (perturbed images, seconds, errors)."""
+    n, c, h, w = images.shape
+    errors, count = 0, 0
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i, j in cells:
+            basis = fourier_basis(i, j, h, w)
+            for first in range(0, n, batch):
+                x, y = images[first : first + batch], labels[first : first + batch]
+                signs = torch.randint(0, 2, (x.shape[0], c, 1, 1)).float() * 2 - 1
+                perturbed = torch.clamp(x + EPS * signs * basis, 0, 1)
+                errors += (model(perturbed).argmax(1) != y).sum().item()
+                count += x.shape[0]
+    return count, time.perf_counter() - start, errors
+
+
+def forward_rate(model, images, batch, total):
+    chunk = images[:batch]
+    passes = max(1, -(-total // chunk.shape[0]))
+    with torch.no_grad():
+        model(chunk)
+        start = time.perf_counter()
+        for _ in range(passes):
+            model(chunk)
+        seconds = time.perf_counter() - start
+    return passes * chunk.shape[0] / seconds
+
+
+def train_rate(name, images, labels, steps):
+    torch.manual_seed(1)
+    model = MODELS[name](4)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    n = images.shape[0]
+    loss_sum = torch.zeros(())
+
+    def step():
+        nonlocal loss_sum
+        index = torch.randperm(n)[: min(TRAIN_BATCH, n)]
+        x, y = images.index_select(0, index), labels.index_select(0, index)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss_sum += loss.detach()
+
+    step()
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = time.perf_counter() - start
+    loss_sum.item()
+    return steps / seconds
+
+
+def parse_map(text):
+    return {k.strip().lower(): int(v) for k, v in (kv.split("=") for kv in text.split(",") if "=" in kv)}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", required=True, help="directory with syn4_test_x.npy / syn4_test_y.npy")
+    p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--batch", default="tiny=256,alexnet=256,resnet18=64")
+    p.add_argument("--models", default="tiny,resnet18")
+    p.add_argument("--loop-cells", default="tiny=128,alexnet=64,resnet18=32")
+    p.add_argument("--forward-images", default="tiny=16384,alexnet=8192,resnet18=4096")
+    p.add_argument("--steps", default="tiny=200,alexnet=20,resnet18=12")
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    images = torch.from_numpy(np.load(os.path.join(args.data, "syn4_test_x.npy")))
+    labels = torch.from_numpy(np.load(os.path.join(args.data, "syn4_test_y.npy")))
+    n, _, h, w = images.shape
+    loop_cells, forward_images, steps, batches = map(
+        parse_map, (args.loop_cells, args.forward_images, args.steps, args.batch)
+    )
+    every_cell = [(i, j) for i in range(h) for j in range(w)]
+
+    # Flat keys ("tiny.loop_images_per_second": …) so `cargo xtask bench` reads them without a JSON crate.
+    out = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "images": n,
+    }
+    for name in args.models.split(","):
+        torch.manual_seed(0)
+        model = MODELS[name](4).eval()
+        k = loop_cells.get(name, 32)
+        cells = [every_cell[t * len(every_cell) // k] for t in range(k)]
+        batch = batches.get(name, 256)
+        per_cell_loop(model, images, labels, cells[:1], batch)  # warm-up
+        count, seconds, _ = per_cell_loop(model, images, labels, cells, batch)
+        row = {
+            "batch": batch,
+            "loop_cells": k,
+            "loop_images_per_second": count / seconds,
+            "forward_images_per_second": forward_rate(model, images, batch, forward_images.get(name, 4096)),
+            "train_steps_per_second": train_rate(name, images, labels, steps.get(name, 10)),
+            "train_steps": steps.get(name, 10),
+        }
+        for key, value in row.items():
+            out[f"{name}.{key}"] = value
+            print(f"torch baseline: {name}.{key} = {value:.2f}", file=sys.stderr, flush=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
