@@ -17,7 +17,8 @@
 //! Options (all optional): `--out DIR`, `--images N`, `--batch tiny=256,resnet18=64` (main figures),
 //! `--batches 32,64,128,256,512` (forward sweep for every model, over `--sweep-images tiny=8192,…`
 //! images; heatmap sweep for the models in `--sweep tiny`), `--cells tiny=64,resnet18=16`,
-//! `--steps tiny=200,resnet18=12`, `--models tiny,resnet18`, `--device cpu|cuda`.
+//! `--steps tiny=200,resnet18=12`, `--models tiny,resnet18`, `--device cpu|cuda`, `--threads N` (libtorch's
+//! CPU threads; default: its own choice).
 
 use freqsweep_common::bands::{Band, BandLayout};
 use freqsweep_common::spectrum::{Cell, Shape2};
@@ -82,6 +83,7 @@ fn options() -> Options {
             "--images" => o.images = value().parse().expect("--images N"),
             "--batches" => o.batches = value().split(',').map(|b| b.parse().expect("batch size")).collect(),
             "--batch" => o.batch.extend(parse_map(&value())),
+            "--threads" => tch::set_num_threads(value().parse().expect("--threads N")),
             "--sweep-images" => o.sweep_images.extend(parse_map(&value())),
             "--sweep" => o.sweep = value().split(',').map(|m| m.parse().expect("model name")).collect(),
             "--cells" => o.cells.extend(parse_map(&value())),
@@ -150,8 +152,9 @@ fn bench_model(arch: Arch, device: Device, o: &Options, out: &mut Map<String, Va
 
     let perturbed = cells.len() * n;
     let forward_rate = |batch: usize, count: usize| -> f64 {
-        let b = batch.min(n) as i64;
-        let chunk = images.narrow(0, 0, b);
+        // A batch larger than the image set repeats the images, as the engine's cell × image copies do.
+        let b = batch as i64;
+        let chunk = images.repeat([(b + n as i64 - 1) / n as i64, 1, 1, 1]).narrow(0, 0, b);
         let passes = count.div_ceil(b as usize).max(1);
         let s = tch::no_grad(|| {
             let _ = model.logits(&chunk, false); // warm-up (oneDNN primitives, allocator)

@@ -244,7 +244,9 @@ const ENGINE_MODELS: [(&str, &str); 2] = [("tiny", "Tiny CNN"), ("resnet18", "Re
 /// The worker engine (`worker/benches/engine.rs`) next to PyTorch (`bench/torch_engine.py`) in
 /// the same run, on the same Syn_4 images, models and thread count: Fourier-heatmap throughput
 /// against the per-cell loop of public heatmap code, both against the pure forward pass, and
-/// training steps/s.
+/// training steps/s. `FREQSWEEP_BENCH_THREADS=N` sets libtorch's CPU threads in the Rust run (the
+/// baseline takes the same): on a shared machine one thread per side is far less disturbed by
+/// other work than two.
 pub fn engine(source: &libtorch::Source) -> Result<()> {
     let pydeps = torch_python()?;
     let data = workspace_root().join("target/bench-engine");
@@ -262,6 +264,9 @@ pub fn engine(source: &libtorch::Source) -> Result<()> {
         bench.args(["bench", "-p", "freqsweep-worker", "--bench", "engine", "--", "--out"]).arg(&data);
         bench.args(["--cells", ENGINE_CELLS, "--steps", ENGINE_STEPS, "--batches", ENGINE_BATCHES, "--sweep", "tiny"]);
         bench.args(["--batch", ENGINE_BATCH]);
+        if let Ok(threads) = std::env::var("FREQSWEEP_BENCH_THREADS") {
+            bench.args(["--threads", &threads]);
+        }
         bench.stderr(std::process::Stdio::inherit());
         eprintln!("xtask: ── cargo bench engine (Rust), round {round} of {ENGINE_ROUNDS}");
         let out = bench.output().context("running the engine benchmark")?;
