@@ -420,12 +420,7 @@ impl Scheduler {
                 }
             }
             Input::Completed { attempt, outputs } => {
-                let Some((task, worker)) = self.current(attempt) else {
-                    out.push(Output::Report { attempt, accepted: false });
-                    return;
-                };
-                self.renew(worker, now);
-                self.end_attempt(attempt, task, worker);
+                let Some((task, worker)) = self.close_reported(now, attempt, out) else { return };
                 if let Some(w) = self.workers.get_mut(&worker) {
                     for key in outputs {
                         if w.cached.insert(key.clone()) {
@@ -446,12 +441,7 @@ impl Scheduler {
                 }
             }
             Input::Failed { attempt, error: _, retryable } => {
-                let Some((task, worker)) = self.current(attempt) else {
-                    out.push(Output::Report { attempt, accepted: false });
-                    return;
-                };
-                self.renew(worker, now);
-                self.end_attempt(attempt, task, worker);
+                let Some((task, worker)) = self.close_reported(now, attempt, out) else { return };
                 out.push(Output::Report { attempt, accepted: true });
                 let t = self.tasks.get_mut(&task).expect("task exists");
                 t.failures = t.failures.saturating_add(1);
@@ -465,12 +455,7 @@ impl Scheduler {
                 }
             }
             Input::Released { attempt } => {
-                let Some((task, worker)) = self.current(attempt) else {
-                    out.push(Output::Report { attempt, accepted: false });
-                    return;
-                };
-                self.renew(worker, now);
-                self.end_attempt(attempt, task, worker);
+                let Some((task, worker)) = self.close_reported(now, attempt, out) else { return };
                 out.push(Output::Report { attempt, accepted: true });
                 self.requeue(task, Some(attempt), Some(worker), out);
             }
@@ -552,6 +537,18 @@ impl Scheduler {
             State::Running { attempt: a, worker } if a == attempt => Some((task, worker)),
             _ => None,
         }
+    }
+
+    /// A report (completion, failure, release) names `attempt`: if it is the task's live attempt,
+    /// end it and renew its worker; otherwise answer that the report was not accepted.
+    fn close_reported(&mut self, now: Millis, attempt: AttemptId, out: &mut Vec<Output>) -> Option<(TaskId, WorkerId)> {
+        let Some((task, worker)) = self.current(attempt) else {
+            out.push(Output::Report { attempt, accepted: false });
+            return None;
+        };
+        self.renew(worker, now);
+        self.end_attempt(attempt, task, worker);
+        Some((task, worker))
     }
 
     fn end_attempt(&mut self, attempt: AttemptId, task: TaskId, worker: WorkerId) {
