@@ -4,6 +4,7 @@
 //! - [`artifacts`]: content-addressed artifact files, verified uploads, chunked downloads.
 //! - [`graph`]: the task graph of a sweep (train tasks, heatmap chunks) with stable keys.
 //! - [`merge`]: heatmap chunks into maps, metric points into curves and confusion matrices.
+//! - [`report`]: result files, figures and `report.html` rendered from the store.
 //! - [`run`]: opening/resuming a run directory, serving until done, writing result files.
 //! - [`scheduler`]: the sans-IO scheduler core (tasks, attempts, leases, workers; time is an input).
 //! - [`service`]: the tonic service and driver around the scheduler.
@@ -12,6 +13,7 @@
 pub mod artifacts;
 pub mod graph;
 pub mod merge;
+pub mod report;
 pub mod run;
 pub mod scheduler;
 pub mod service;

@@ -3,12 +3,11 @@
 //! (`curves/`) and final confusion matrices (`confusion/`). Pure functions over outcomes and metric
 //! points plus small writers; the report renderer builds figures on top of these files.
 
-use freqsweep_common::heatmap::{write_map_files, CellStat, HeatmapAccumulator, MergeError};
+use freqsweep_common::heatmap::{CellStat, HeatmapAccumulator, MergeError};
 use freqsweep_common::spectrum::Shape2;
 use freqsweep_common::task::{HeatmapOutcome, MetricPoint};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
 
 /// A full heatmap (error map plus layer maps) assembled from chunks.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,16 +46,6 @@ impl MergedHeatmap {
 
     pub fn is_complete(&self) -> bool {
         self.error.is_complete() && self.layers.values().all(HeatmapAccumulator::is_complete)
-    }
-
-    /// `DIR/<stem>.npy/.png` (error rate, colour scale 0..1) and `DIR/<stem>_<layer>.npy/.png`.
-    pub fn write(&self, dir: &Path, stem: &str) -> Result<(), String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        write_map_files(dir, stem, &self.error, Some((0.0, 1.0)))?;
-        for (layer, map) in &self.layers {
-            write_map_files(dir, &format!("{stem}_{layer}"), map, None)?;
-        }
-        Ok(())
     }
 }
 
@@ -144,11 +133,6 @@ mod tests {
         assert!(merged.is_complete());
         let (u, v) = (freqsweep_common::spectrum::Cell::new(-3, 2), freqsweep_common::spectrum::Cell::new(3, -2));
         assert_eq!(merged.error.get(u), merged.error.get(v), "conjugate cells mirrored");
-        let dir = tempfile::tempdir().unwrap();
-        merged.write(dir.path(), "m_eps4").unwrap();
-        for f in ["m_eps4.npy", "m_eps4.png", "m_eps4_fc.npy", "m_eps4_fc.png"] {
-            assert!(dir.path().join(f).is_file(), "{f}");
-        }
         // A chunk that disagrees with what is written is refused.
         let mut bad = chunks[0].clone();
         bad.error[0].1.sum += 1.0;

@@ -7,18 +7,14 @@
 //! another sweep (different task keys) is refused rather than mixed.
 
 use crate::artifacts::ArtifactDir;
-use crate::graph::{self, PlannedTask, TaskKind};
-use crate::merge::{self, MergedHeatmap};
+use crate::graph::{self, PlannedTask};
 use crate::scheduler::{SchedulerConfig, TaskId};
 use crate::service::{self, ServiceConfig, Shared};
-use crate::store::{Change, Reader, Store, StoreWriter};
+use crate::store::{Change, Store, StoreWriter};
 use anyhow::{bail, Context, Result};
-use freqsweep_common::spec::{self, Sweep, GRID_KEYS};
-use freqsweep_common::spectrum::Shape2;
-use freqsweep_common::task::{HeatmapOutcome, TaskOutcome, TaskSpec};
+use freqsweep_common::spec::{self, Sweep};
 use freqsweep_proto::v1 as pb;
-use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +44,7 @@ pub fn open(spec_path: &Path, dir: &Path, config: ServiceConfig) -> Result<Run> 
             Change::SweepValue { key: "name".into(), value: sweep.name.clone() },
             Change::SweepValue { key: "spec_toml".into(), value: text },
             Change::SweepValue { key: "created_ms".into(), value: now_ms().to_string() },
+            Change::SweepValue { key: "git_revision".into(), value: crate::report::GIT_REVISION.to_string() },
         ];
         for t in &tasks {
             changes.push(Change::InsertTask {
@@ -92,11 +89,7 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// What the end-of-run summary reports.
-pub struct Summary {
-    pub counts: Vec<(String, usize)>,
-    pub failed: Vec<(String, String)>,
-}
+pub use crate::report::{write_results, Summary};
 
 impl Run {
     /// Serve until every task is terminal (or `stop` flips). Returns the local address it bound.
@@ -133,120 +126,6 @@ impl Run {
         let reader = Store::open(&self.dir.join("freqsweep.db"))?.0.reader()?;
         write_results(&self.dir, &reader, &self.sweep, &self.tasks)
     }
-}
-
-/// Render the result files of a run directory from its store alone.
-pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[PlannedTask]) -> Result<Summary> {
-    let rows: HashMap<u64, crate::store::TaskRow> = reader.tasks()?.into_iter().map(|r| (r.id, r)).collect();
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    let mut failed = Vec::new();
-    for t in tasks {
-        let row = &rows[&t.id.0];
-        *counts.entry(row.state.clone()).or_default() += 1;
-        if row.state == "failed" {
-            failed.push((t.key.clone(), row.error.clone().unwrap_or_default()));
-        }
-    }
-    let test_sets: Vec<String> = sweep
-        .points
-        .first()
-        .map(|p| p.task.train.test_sets.iter().map(|s| s.to_string()).collect())
-        .unwrap_or_default();
-    let eps_list: Vec<f64> = sweep.heatmap.as_ref().map(|h| h.eps.clone()).unwrap_or_default();
-    let mut csv = String::from("point,state");
-    for k in GRID_KEYS {
-        let _ = write!(csv, ",{k}");
-    }
-    csv.push_str(",epochs_done,steps,seconds,final_loss");
-    for s in &test_sets {
-        let _ = write!(csv, ",accuracy_{s},macro_f1_{s}");
-    }
-    for e in &eps_list {
-        let _ = write!(csv, ",clean_error_eps{0},mean_heatmap_error_eps{0}", graph::eps_label(*e));
-    }
-    csv.push('\n');
-
-    for (index, point) in sweep.points.iter().enumerate() {
-        let train =
-            tasks.iter().find(|t| t.point == index && t.kind == TaskKind::Train).expect("every point has a train task");
-        let row = &rows[&train.id.0];
-        let outcome = row.result_json.as_deref().and_then(|j| serde_json::from_str::<TaskOutcome>(j).ok());
-        let points = reader.metrics(train.id.0)?;
-        if !points.is_empty() {
-            write_file(&dir.join("curves").join(format!("{}.csv", point.id)), &merge::f1_curve_csv(&points))?;
-            for (set, rows) in merge::final_confusions(&points, point.task.train.classes) {
-                write_file(
-                    &dir.join("confusion").join(format!("{}_{set}.csv", point.id)),
-                    &merge::confusion_csv(&rows),
-                )?;
-            }
-        }
-        if let Some((_, _, _, path)) = reader.task_artifacts(train.id.0)?.into_iter().find(|a| a.0 == graph::CHECKPOINT)
-        {
-            let target = dir.join("checkpoints").join(format!("{}.ot", point.id));
-            std::fs::create_dir_all(target.parent().expect("has parent"))?;
-            std::fs::copy(&path, &target).with_context(|| format!("copying {path}"))?;
-        }
-        let _ = write!(csv, "{},{}", point.id, row.state);
-        for k in GRID_KEYS {
-            let _ = write!(csv, ",{}", point.values.get(k).map_or("", String::as_str));
-        }
-        match &outcome {
-            Some(TaskOutcome::Train(o)) => {
-                let _ = write!(csv, ",{},{},{:.3},{}", o.epochs, o.steps, o.seconds, o.final_loss);
-                for s in &test_sets {
-                    match o.test_sets.iter().find(|t| &t.test_set == s) {
-                        Some(t) => {
-                            let _ = write!(csv, ",{},{}", t.accuracy, t.macro_f1);
-                        }
-                        None => csv.push_str(",,"),
-                    }
-                }
-            }
-            _ => {
-                csv.push_str(",,,,");
-                for _ in &test_sets {
-                    csv.push_str(",,");
-                }
-            }
-        }
-        for &eps in &eps_list {
-            let chunks: Vec<HeatmapOutcome> = tasks
-                .iter()
-                .filter(|t| t.point == index && matches!(&t.spec, TaskSpec::Heatmap(h) if h.eps == eps))
-                .filter_map(|t| rows[&t.id.0].result_json.as_deref())
-                .filter_map(|j| match serde_json::from_str::<TaskOutcome>(j) {
-                    Ok(TaskOutcome::Heatmap(h)) => Some(h),
-                    _ => None,
-                })
-                .collect();
-            if chunks.is_empty() {
-                csv.push_str(",,");
-                continue;
-            }
-            let mut map = MergedHeatmap::new(Shape2::new(32, 32), eps);
-            for c in &chunks {
-                map.add(c).map_err(|e| anyhow::anyhow!("merging heatmap of {}: {e}", point.id))?;
-            }
-            map.write(&dir.join("heatmaps"), &format!("{}_eps{}", point.id, graph::eps_label(eps)))
-                .map_err(anyhow::Error::msg)?;
-            let means: Vec<f64> = map.error.means().into_iter().filter(|v| v.is_finite()).collect();
-            let mean = if means.is_empty() { f64::NAN } else { means.iter().sum::<f64>() / means.len() as f64 };
-            let _ = write!(csv, ",{},{}", map.clean.mean(), mean);
-        }
-        csv.push('\n');
-    }
-    write_file(&dir.join("results.csv"), &csv)?;
-    Ok(Summary { counts: counts.into_iter().collect(), failed })
-}
-
-fn write_file(path: &Path, text: &str) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, text).with_context(|| format!("{}", partial.display()))?;
-    std::fs::rename(&partial, path).with_context(|| format!("{}", path.display()))
 }
 
 /// Default scheduler and service settings for a run.

@@ -423,6 +423,60 @@ impl Reader {
             stmt.query_map([task_id as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    /// Every worker that ever joined, in join order.
+    pub fn workers(&self) -> Result<Vec<WorkerRow>, StoreError> {
+        let mut stmt =
+            self.conn.prepare("SELECT id, hostname, device, joined_ms, left_ms FROM workers ORDER BY joined_ms, id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(WorkerRow {
+                id: r.get(0)?,
+                hostname: r.get(1)?,
+                device: r.get(2)?,
+                joined_ms: r.get::<_, i64>(3)? as u64,
+                left_ms: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every attempt, in id order.
+    pub fn attempts(&self) -> Result<Vec<AttemptRow>, StoreError> {
+        let mut stmt =
+            self.conn.prepare("SELECT id, task_id, worker, started_ms, ended_ms, outcome FROM attempts ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(AttemptRow {
+                id: r.get::<_, i64>(0)? as u64,
+                task_id: r.get::<_, i64>(1)? as u64,
+                worker: r.get(2)?,
+                started_ms: r.get::<_, i64>(3)? as u64,
+                ended_ms: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+                outcome: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// A row of the `workers` table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerRow {
+    pub id: String,
+    pub hostname: String,
+    pub device: String,
+    pub joined_ms: u64,
+    pub left_ms: Option<u64>,
+}
+
+/// A row of the `attempts` table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptRow {
+    pub id: u64,
+    pub task_id: u64,
+    pub worker: String,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub outcome: Option<String>,
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! End-to-end sweeps with the real binaries on loopback: `freqsweep run` starts the coordinator
 //! and real `freqsweep-worker` processes over a tiny Syn_d grid (train + heatmaps + layer maps),
 //! the run directory is complete, 1, 2 and 3 workers give identical merged results (seeded, one
-//! libtorch thread each), running again resumes without redoing anything, and `freqsweep report`
-//! recreates the same CSV from the store.
+//! libtorch thread each), running again resumes without redoing anything, the report's figures are
+//! valid PNGs that `report.html` references, and `freqsweep report` recreates the same CSV, figures
+//! and page from the store.
 
 use freqsweep_common::npy::NpyArray;
 use freqsweep_tests::{binary, run_bounded};
@@ -122,11 +123,66 @@ fn a_tiny_sweep_is_complete_identical_across_worker_counts_and_resumable() {
     assert!(!stderr.contains("leased"), "a finished sweep re-ran tasks");
     assert_eq!(results_without_timing(&two), results);
 
-    // `freqsweep report` rewrites the CSV from the store alone.
+    // The report: every figure is a valid PNG, and report.html references only files that exist.
+    let html = String::from_utf8(file(&two, "report.html")).unwrap();
+    let references = html_references(&html);
+    for point in POINTS {
+        for (rel, size) in [
+            (format!("heatmaps/{point}_eps4.png"), Some((560, 470))),
+            (format!("heatmaps/{point}_eps4_fc.png"), Some((560, 470))),
+            // The error map, conv1 and fc side by side, three per row.
+            (format!("heatmaps/{point}_eps4_layers.png"), Some((3 * 400, 340 + 36))),
+            (format!("curves/{point}.png"), Some((2 * 460, 360 + 36))),
+            (format!("curves/{point}_first3.png"), Some((2 * 460, 360 + 36))),
+            (format!("confusion/{point}_B124.png"), None),
+        ] {
+            let (w, h) = png_size(&file(&two, &rel));
+            if let Some(expected) = size {
+                assert_eq!((w, h), expected, "{rel}");
+            }
+            assert!(references.iter().any(|r| r == &rel), "report.html does not show {rel}");
+        }
+    }
+    assert!(references.iter().any(|r| r == "results.csv") && references.iter().any(|r| r == "overview.png"));
+    for r in references.iter().filter(|r| !r.starts_with('#')) {
+        assert!(two.join(r).is_file(), "report.html references {r}, which does not exist");
+    }
+
+    // `freqsweep report` re-renders everything from the store alone: the same bytes.
+    let csv_before = file(&two, "results.csv");
+    let figure = format!("heatmaps/{}_eps4_layers.png", POINTS[0]);
+    let figure_before = file(&two, &figure);
     std::fs::remove_file(two.join("results.csv")).unwrap();
+    std::fs::remove_dir_all(two.join("heatmaps")).unwrap();
+    std::fs::remove_file(two.join("report.html")).unwrap();
     let report = run_bounded(Command::new(binary("freqsweep")).arg("report").arg(&two), LIMIT);
     assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
-    assert_eq!(results_without_timing(&two), results);
+    assert_eq!(file(&two, "results.csv"), csv_before, "report recreates results.csv byte for byte");
+    assert_eq!(file(&two, &figure), figure_before, "report re-renders the same figure");
+    assert_eq!(String::from_utf8(file(&two, "report.html")).unwrap(), html);
+}
+
+/// Every `src="…"` and `href="…"` value of a page.
+fn html_references(html: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for attribute in ["src=\"", "href=\""] {
+        let mut rest = html;
+        while let Some(start) = rest.find(attribute) {
+            rest = &rest[start + attribute.len()..];
+            let end = rest.find('"').expect("closed attribute");
+            out.push(rest[..end].replace("&amp;", "&"));
+            rest = &rest[end..];
+        }
+    }
+    out
+}
+
+/// Width and height from a PNG's IHDR chunk, after checking the signature.
+fn png_size(bytes: &[u8]) -> (u32, u32) {
+    assert!(bytes.len() > 24 && bytes[..8] == [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a], "not a PNG");
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    (be(&bytes[16..20]), be(&bytes[20..24]))
 }
 
 #[test]
