@@ -90,6 +90,7 @@ fn worker_binary() -> Result<PathBuf> {
 fn print_summary(dir: &Path, summary: &run::Summary) -> Result<()> {
     let counts: Vec<String> = summary.counts.iter().map(|(s, c)| format!("{c} {s}")).collect();
     println!("sweep finished: {}; results in {}", counts.join(", "), dir.display());
+    println!("report: {}", dir.join("report.html").display());
     if !summary.failed.is_empty() {
         for (key, error) in &summary.failed {
             eprintln!("failed: {key}: {error}");

@@ -155,7 +155,7 @@ fn cmd_demo(rest: &[String]) -> Result<()> {
             .arg(out.join("demo")),
     )?;
     eprintln!(
-        "xtask: demo finished: {} (results.csv, heatmaps/, curves/, confusion/, checkpoints/, freqsweep.db); Syn_4 samples in {}",
+        "xtask: demo finished: {} (report.html, results.csv, heatmaps/, curves/, confusion/, checkpoints/, freqsweep.db); Syn_4 samples in {}",
         out.join("demo").display(),
         out.join("syn4").display()
     );
