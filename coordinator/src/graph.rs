@@ -17,7 +17,7 @@ use freqsweep_common::task::{HeatmapTask, ModelSource, TaskSpec};
 /// Name of the checkpoint input of heatmap tasks (and the output of train tasks).
 pub const CHECKPOINT: &str = "checkpoint";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TaskKind {
     Train,
     Heatmap,

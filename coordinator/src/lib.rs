@@ -3,6 +3,7 @@
 //!
 //! - [`artifacts`]: content-addressed artifact files, verified uploads, chunked downloads.
 //! - [`graph`]: the task graph of a sweep (train tasks, heatmap chunks) with stable keys.
+//! - [`http`]: `/metrics` (Prometheus), `/api/status` (JSON) and the dashboard page.
 //! - [`merge`]: heatmap chunks into maps, metric points into curves and confusion matrices.
 //! - [`report`]: result files, figures and `report.html` rendered from the store.
 //! - [`run`]: opening/resuming a run directory, serving until done, writing result files.
@@ -12,6 +13,7 @@
 
 pub mod artifacts;
 pub mod graph;
+pub mod http;
 pub mod merge;
 pub mod report;
 pub mod run;

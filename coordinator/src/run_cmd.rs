@@ -24,6 +24,10 @@ pub struct RunArgs {
     /// across runs with the same thread count.
     #[arg(long)]
     pub worker_threads: Option<usize>,
+    /// Serve the dashboard (/), /metrics and /api/status over HTTP on this address, e.g.
+    /// 127.0.0.1:8080 (off unless given). The URL with the run's token is logged.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
 }
 
 #[derive(Args)]
@@ -37,6 +41,10 @@ pub struct ServeArgs {
     /// Shared token workers must present (default: $FREQSWEEP_TOKEN).
     #[arg(long, env = "FREQSWEEP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Serve the dashboard (/), /metrics and /api/status over HTTP on this address, e.g.
+    /// 0.0.0.0:8080 (off unless given; requires the token too when one is set).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
 }
 
 #[derive(Args)]
@@ -87,6 +95,19 @@ fn worker_binary() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Bind `addr` and serve the dashboard and `/metrics` in the background for the life of the
+/// runtime. The bound address is logged (one line) so `--http 0.0.0.0:0` can be found; `shown_token`
+/// is appended to the logged URL (only for `run`, whose random token the user cannot know).
+async fn start_http(run: &run::Run, addr: &str, shown_token: Option<&str>) -> Result<()> {
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+    let bound = listener.local_addr()?;
+    let query = shown_token.map(|t| format!("?token={t}")).unwrap_or_default();
+    tracing::info!(http = %bound, "dashboard at http://{bound}/{query} (also /metrics and /api/status)");
+    tokio::spawn(freqsweep_coordinator::http::serve(run.shared.clone(), listener));
+    Ok(())
+}
+
 fn print_summary(dir: &Path, summary: &run::Summary) -> Result<()> {
     let counts: Vec<String> = summary.counts.iter().map(|(s, c)| format!("{c} {s}")).collect();
     println!("sweep finished: {}; results in {}", counts.join(", "), dir.display());
@@ -117,6 +138,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
         let url = format!("http://{}", listener.local_addr()?);
         tracing::info!(coordinator = %url, workers = args.local_workers, run = %dir.display(), tasks = run.tasks.len(), "embedded sweep");
+        if let Some(addr) = &args.http {
+            start_http(&run, addr, Some(&token)).await?;
+        }
         let mut children: Vec<Child> = Vec::new();
         for k in 0..args.local_workers {
             let cache = dir.join("workers").join(format!("w{k}"));
@@ -184,6 +208,9 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         tracing::info!(listen = %listener.local_addr()?, run = %dir.display(), tasks = run.tasks.len(), "serving");
+        if let Some(addr) = &args.http {
+            start_http(&run, addr, None).await?;
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             let _ = tokio::signal::ctrl_c().await;

@@ -10,16 +10,18 @@
 //! worker join/leave/expiry, so a cluster can be followed from the coordinator's log alone.
 
 use crate::artifacts::ArtifactDir;
-use crate::graph::PlannedTask;
+use crate::graph::{PlannedTask, TaskKind};
 use crate::scheduler::{
     AttemptId, Input, Output, Scheduler, SchedulerConfig, StateName, StoredState, TaskId, WorkerId,
 };
-use crate::store::{Change, Store, StoreError};
+use crate::store::{Change, Store, StoreError, StoreStats};
 use freqsweep_common::task::MetricPoint;
 use freqsweep_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use freqsweep_proto::v1::{self as pb, coordinator_message, worker_message};
-use std::collections::HashMap;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -40,8 +42,39 @@ pub struct ServiceConfig {
 struct WorkerInfo {
     hostname: String,
     device: String,
+    joined: Instant,
     last_seen: Instant,
     throughput: f64,
+    /// Leases given to this worker session, and how many of them it completed.
+    leases: u64,
+    completed: u64,
+}
+
+/// How many failures the snapshot keeps (the dashboard's "recent failures").
+const RECENT_FAILURES: usize = 20;
+
+/// A failed attempt or a worker lost while holding work, kept for the dashboard.
+struct FailureNote {
+    task: Option<TaskId>,
+    attempt: Option<u64>,
+    worker: String,
+    error: String,
+    at: Instant,
+}
+
+/// Counters since this coordinator process started (Prometheus counters reset on restart too).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct AttemptCounts {
+    /// Leases handed out.
+    pub started: u64,
+    /// Attempts whose result was accepted.
+    pub completed: u64,
+    /// Attempts that reported a failure (retryable or not).
+    pub failed: u64,
+    /// Attempts that ended without a report: released (drain), worker left or expired.
+    pub lost: u64,
+    /// Leases of a task that had been leased before (after a failure or a lost attempt).
+    pub retried: u64,
 }
 
 struct Core {
@@ -57,6 +90,24 @@ struct Core {
     lease_started: HashMap<AttemptId, Instant>,
     metric_points: u64,
     sweep_done: bool,
+    /// Tasks by (kind, state), kept up to date from the transitions (a scrape scans no tasks).
+    kind_counts: BTreeMap<(TaskKind, StateName), u64>,
+    /// Terminal tasks when this process started: the ETA uses only progress made since.
+    terminal_at_start: usize,
+    attempts: AttemptCounts,
+    leased_before: HashSet<TaskId>,
+    workers_joined: u64,
+    workers_expired: u64,
+    failures: VecDeque<FailureNote>,
+}
+
+impl Core {
+    fn note_failure(&mut self, task: Option<TaskId>, attempt: Option<u64>, worker: String, error: String) {
+        if self.failures.len() == RECENT_FAILURES {
+            self.failures.pop_front();
+        }
+        self.failures.push_back(FailureNote { task, attempt, worker, error, at: Instant::now() });
+    }
 }
 
 /// Everything the RPC handlers share.
@@ -68,6 +119,76 @@ pub struct Shared {
     started: Instant,
     finished: watch::Sender<bool>,
     sweep_id: String,
+    artifact_bytes_received: AtomicU64,
+    artifact_bytes_sent: AtomicU64,
+}
+
+/// One consistent picture of the coordinator: the `Status` RPC, `GET /metrics` and
+/// `GET /api/status` (this struct as JSON) are all rendered from it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    pub sweep: String,
+    pub uptime_seconds: f64,
+    /// Every task is terminal.
+    pub finished: bool,
+    pub total_tasks: u64,
+    /// Done, failed or cancelled.
+    pub terminal_tasks: u64,
+    /// `terminal_tasks / total_tasks` (1 for an empty sweep).
+    pub progress: f64,
+    /// Remaining tasks at the rate tasks became terminal since this process started; `None`
+    /// until one has.
+    pub eta_seconds: Option<f64>,
+    /// Every state, zeros included.
+    pub tasks_by_state: BTreeMap<String, u64>,
+    /// Kind (`train`, `heatmap`) → state → count, zeros included.
+    pub tasks_by_kind: BTreeMap<String, BTreeMap<String, u64>>,
+    pub attempts: AttemptCounts,
+    /// Connected workers, by id.
+    pub workers: Vec<WorkerSnapshot>,
+    pub workers_joined: u64,
+    pub workers_expired: u64,
+    /// Metric points received from workers (including batches later found to be duplicates).
+    pub metric_points: u64,
+    /// Bytes of artifacts uploaded by workers and stored (already-stored digests excluded).
+    pub artifact_bytes_received: u64,
+    /// Bytes of artifacts streamed to workers.
+    pub artifact_bytes_sent: u64,
+    pub store: StoreStats,
+    /// The most recent failed attempts and lost workers, oldest first.
+    pub recent_failures: Vec<FailureSnapshot>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkerSnapshot {
+    pub id: String,
+    pub hostname: String,
+    pub device: String,
+    pub running: Vec<RunningTask>,
+    pub leases: u64,
+    pub completed: u64,
+    /// As the worker reports it in heartbeats (items per second of its current task).
+    pub throughput: f64,
+    pub last_seen_seconds: f64,
+    pub connected_seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunningTask {
+    pub id: u64,
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FailureSnapshot {
+    /// Task key (`None` for a worker lost while idle).
+    pub task: Option<String>,
+    pub attempt: Option<u64>,
+    pub worker: String,
+    pub error: String,
+    pub age_seconds: f64,
+    /// The task has failed for good (no attempts left or not retryable).
+    pub task_failed: bool,
 }
 
 /// Stored task state → what the scheduler restores.
@@ -111,6 +232,7 @@ impl Shared {
             .collect();
         let scheduler = Scheduler::restore(config.scheduler.clone(), restore, first_attempt);
         let finished = scheduler.is_finished();
+        let terminal_at_start = scheduler.counts().iter().filter(|(s, _)| s.is_terminal()).map(|(_, c)| c).sum();
         let core = Core {
             scheduler,
             tasks: tasks.into_iter().map(|t| (t.id, t)).collect(),
@@ -122,9 +244,16 @@ impl Shared {
             lease_started: HashMap::new(),
             metric_points: 0,
             sweep_done: finished,
+            kind_counts: BTreeMap::new(),
+            terminal_at_start,
+            attempts: AttemptCounts::default(),
+            leased_before: HashSet::new(),
+            workers_joined: 0,
+            workers_expired: 0,
+            failures: VecDeque::new(),
         };
         let (tx, _) = watch::channel(finished);
-        Arc::new(Shared {
+        let shared = Arc::new(Shared {
             core: Mutex::new(core),
             store,
             artifacts,
@@ -132,7 +261,134 @@ impl Shared {
             started: Instant::now(),
             finished: tx,
             sweep_id,
-        })
+            artifact_bytes_received: AtomicU64::new(0),
+            artifact_bytes_sent: AtomicU64::new(0),
+        });
+        // Restoring may have decided transitions (cascaded cancellations) that only the first
+        // `handle` emits; flush them now, then count tasks by kind from the settled states so
+        // every later transition can keep the counts exact.
+        shared.tick();
+        {
+            let mut guard = shared.core.lock().expect("core lock");
+            let core = &mut *guard;
+            let mut counts = BTreeMap::new();
+            for (id, task) in &core.tasks {
+                let state = core.scheduler.state(*id).expect("planned tasks are scheduled");
+                *counts.entry((task.kind, state)).or_default() += 1;
+            }
+            core.kind_counts = counts;
+        }
+        shared
+    }
+
+    /// The token HTTP and gRPC calls must carry, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.config.token.as_deref()
+    }
+
+    /// Everything `status`, `/metrics` and the dashboard show, taken under one lock.
+    pub fn snapshot(&self) -> Snapshot {
+        let store = self.store.stats();
+        let core = self.core.lock().expect("core lock");
+        let counts = core.scheduler.counts();
+        let all_states = [
+            StateName::Blocked,
+            StateName::Ready,
+            StateName::Running,
+            StateName::Backoff,
+            StateName::Done,
+            StateName::Failed,
+            StateName::Cancelled,
+        ];
+        let tasks_by_state =
+            all_states.iter().map(|s| (s.as_str().to_string(), counts.get(s).copied().unwrap_or(0) as u64)).collect();
+        let tasks_by_kind = [TaskKind::Train, TaskKind::Heatmap]
+            .iter()
+            .map(|k| {
+                let by_state = all_states
+                    .iter()
+                    .map(|s| (s.as_str().to_string(), core.kind_counts.get(&(*k, *s)).copied().unwrap_or(0)))
+                    .collect();
+                (k.as_str().to_string(), by_state)
+            })
+            .collect();
+        // The per-kind counts are kept incrementally; they must always add up to the core's.
+        debug_assert!(
+            all_states.iter().all(|s| {
+                let by_kind: u64 = core.kind_counts.iter().filter(|((_, st), _)| st == s).map(|(_, c)| c).sum();
+                by_kind == counts.get(s).copied().unwrap_or(0) as u64
+            }),
+            "tasks by kind drifted from the scheduler's counts"
+        );
+        let total = core.scheduler.len();
+        let terminal: usize = counts.iter().filter(|(s, _)| s.is_terminal()).map(|(_, c)| c).sum();
+        let uptime = self.started.elapsed().as_secs_f64();
+        let remaining = total - terminal;
+        let since_start = terminal.saturating_sub(core.terminal_at_start);
+        let eta_seconds = if remaining == 0 {
+            Some(0.0)
+        } else if since_start > 0 {
+            Some(uptime / since_start as f64 * remaining as f64)
+        } else {
+            None
+        };
+        let mut ids: Vec<&WorkerId> = core.workers.keys().collect();
+        ids.sort();
+        let workers = ids
+            .into_iter()
+            .map(|id| {
+                let w = &core.workers[id];
+                let running = core
+                    .scheduler
+                    .running_on(*id)
+                    .into_iter()
+                    .map(|t| RunningTask { id: t.0, key: core.tasks[&t].key.clone() })
+                    .collect();
+                WorkerSnapshot {
+                    id: worker_name(*id),
+                    hostname: w.hostname.clone(),
+                    device: w.device.clone(),
+                    running,
+                    leases: w.leases,
+                    completed: w.completed,
+                    throughput: w.throughput,
+                    last_seen_seconds: w.last_seen.elapsed().as_secs_f64(),
+                    connected_seconds: w.joined.elapsed().as_secs_f64(),
+                }
+            })
+            .collect();
+        let recent_failures = core
+            .failures
+            .iter()
+            .map(|f| FailureSnapshot {
+                task: f.task.map(|t| core.tasks[&t].key.clone()),
+                attempt: f.attempt,
+                worker: f.worker.clone(),
+                error: f.error.clone(),
+                age_seconds: f.at.elapsed().as_secs_f64(),
+                task_failed: f.task.and_then(|t| core.scheduler.state(t)) == Some(StateName::Failed),
+            })
+            .collect();
+        Snapshot {
+            sweep: self.sweep_id.clone(),
+            uptime_seconds: uptime,
+            finished: core.sweep_done,
+            total_tasks: total as u64,
+            terminal_tasks: terminal as u64,
+            progress: if total == 0 { 1.0 } else { terminal as f64 / total as f64 },
+            eta_seconds,
+            tasks_by_state,
+            tasks_by_kind,
+            attempts: core.attempts,
+            workers,
+            workers_joined: core.workers_joined,
+            workers_expired: core.workers_expired,
+            metric_points: core.metric_points,
+            artifact_bytes_received: self.artifact_bytes_received.load(Ordering::Relaxed),
+            artifact_bytes_sent: self.artifact_bytes_sent.load(Ordering::Relaxed),
+            store,
+            recent_failures,
+        }
     }
 
     fn now(&self) -> u64 {
@@ -171,6 +427,13 @@ impl Shared {
                         inputs,
                     };
                     core.lease_started.insert(attempt, Instant::now());
+                    core.attempts.started += 1;
+                    if !core.leased_before.insert(task) {
+                        core.attempts.retried += 1;
+                    }
+                    if let Some(w) = core.workers.get_mut(&worker) {
+                        w.leases += 1;
+                    }
                     changes.push(Change::AttemptStarted {
                         id: attempt.0,
                         task_id: task.0,
@@ -193,6 +456,26 @@ impl Shared {
                 Output::Report { accepted: a, .. } => accepted = Some(a),
                 Output::Transition { task, from, to, attempt, worker } => {
                     let planned = &core.tasks[&task];
+                    let kind = planned.kind;
+                    if let Some(c) = core.kind_counts.get_mut(&(kind, from)) {
+                        *c = c.saturating_sub(1);
+                    }
+                    *core.kind_counts.entry((kind, to)).or_default() += 1;
+                    if from == StateName::Running {
+                        match to {
+                            StateName::Done => {
+                                core.attempts.completed += 1;
+                                if let Some(w) = worker.and_then(|w| core.workers.get_mut(&w)) {
+                                    w.completed += 1;
+                                }
+                            }
+                            StateName::Backoff | StateName::Failed => core.attempts.failed += 1,
+                            // Cancelled while running is neither a failure nor lost work.
+                            StateName::Cancelled => {}
+                            _ => core.attempts.lost += 1,
+                        }
+                    }
+                    let planned = &core.tasks[&task];
                     let seconds = attempt
                         .filter(|_| from == StateName::Running)
                         .and_then(|a| core.lease_started.remove(&a))
@@ -214,6 +497,12 @@ impl Shared {
                 }
                 Output::WorkerExpired { worker } => {
                     tracing::warn!(worker = %worker_name(worker), "worker expired (no heartbeat)");
+                    core.workers_expired += 1;
+                    let error = format!(
+                        "worker expired: no message for {} s; its tasks were re-queued",
+                        self.config.scheduler.lease_timeout / 1000
+                    );
+                    core.note_failure(None, None, worker_name(worker), error);
                     core.sessions.remove(&worker);
                     core.workers.remove(&worker);
                     changes.push(Change::WorkerLeft { id: worker_name(worker), now_ms: wall_ms() });
@@ -354,6 +643,7 @@ impl Service {
                 if let Some(missing) = r.outputs.iter().find(|o| !shared.artifacts.contains(&o.digest)) {
                     let error =
                         format!("result names artifact {} ({}) that was never uploaded", missing.name, missing.digest);
+                    core.note_failure(Some(task), Some(r.attempt_id), worker_name(worker), error.clone());
                     let input = Input::Failed { attempt, error: error.clone(), retryable: true };
                     shared.drive(
                         &mut core,
@@ -394,6 +684,7 @@ impl Service {
                     task.map(|t| vec![Change::TaskError { id: t.0, error: f.error.clone() }]).unwrap_or_default();
                 if let Some(t) = task {
                     tracing::warn!(task = %core.tasks[&t].key, attempt = f.attempt_id, retryable = f.retryable, error = %f.error, "attempt failed");
+                    core.note_failure(Some(t), Some(f.attempt_id), worker_name(worker), f.error.clone());
                 }
                 let input = Input::Failed { attempt, error: f.error, retryable: f.retryable };
                 shared.drive(&mut core, input, changes, Some(ack(tx.clone(), f.attempt_id)));
@@ -462,10 +753,14 @@ impl Coordinator for Service {
             WorkerInfo {
                 hostname: r.hostname.clone(),
                 device: device.clone(),
+                joined: Instant::now(),
                 last_seen: Instant::now(),
                 throughput: 0.0,
+                leases: 0,
+                completed: 0,
             },
         );
+        core.workers_joined += 1;
         let change = Change::WorkerJoined { id: worker_name(worker), hostname: r.hostname, device, now_ms: wall_ms() };
         shared.drive(&mut core, Input::WorkerJoined { worker, cached }, vec![change], None);
         Ok(Response::new(pb::RegisterReply {
@@ -556,6 +851,7 @@ impl Coordinator for Service {
             }
         }
         upload.finish(&shared.artifacts).await.map_err(|e| Status::data_loss(e.to_string()))?;
+        shared.artifact_bytes_received.fetch_add(reference.size, Ordering::Relaxed);
         Ok(Response::new(pb::UploadReply { artifact: Some(reference) }))
     }
 
@@ -577,42 +873,31 @@ impl Coordinator for Service {
                 Ok(chunk)
             })
             .collect();
+        // Counted when queued: a download cut short is retried from its offset, which counts again.
+        self.0.artifact_bytes_sent.fetch_add(offset - r.offset, Ordering::Relaxed);
         Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
     }
 
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
-        let shared = &self.0;
-        let core = shared.core.lock().expect("core lock");
-        let counts = core.scheduler.counts();
-        let tasks_by_state = counts.iter().map(|(s, c)| (s.as_str().to_string(), *c as u64)).collect();
-        let terminal: usize = counts.iter().filter(|(s, _)| s.is_terminal()).map(|(_, c)| c).sum();
-        let elapsed = shared.started.elapsed().as_secs_f64();
-        let remaining = core.scheduler.len() - terminal;
-        let eta = if terminal > 0 && remaining > 0 {
-            elapsed / terminal as f64 * remaining as f64
-        } else if remaining == 0 {
-            0.0
-        } else {
-            -1.0
-        };
-        let workers = core
+        let snap = self.0.snapshot();
+        let workers = snap
             .workers
-            .iter()
-            .map(|(id, w)| pb::WorkerStatus {
-                worker_id: worker_name(*id),
-                hostname: w.hostname.clone(),
-                device: w.device.clone(),
-                running_tasks: core.scheduler.running_on(*id).into_iter().map(|t| t.0).collect(),
+            .into_iter()
+            .map(|w| pb::WorkerStatus {
+                worker_id: w.id,
+                hostname: w.hostname,
+                device: w.device,
+                running_tasks: w.running.iter().map(|t| t.id).collect(),
                 throughput: w.throughput,
-                last_seen_ms_ago: w.last_seen.elapsed().as_millis() as u64,
+                last_seen_ms_ago: (w.last_seen_seconds * 1000.0) as u64,
             })
             .collect();
         Ok(Response::new(pb::StatusReply {
-            sweep_id: shared.sweep_id.clone(),
-            tasks_by_state,
+            sweep_id: snap.sweep,
+            tasks_by_state: snap.tasks_by_state.into_iter().collect(),
             workers,
-            eta_seconds: eta,
-            metric_points: core.metric_points,
+            eta_seconds: snap.eta_seconds.unwrap_or(-1.0),
+            metric_points: snap.metric_points,
         }))
     }
 }

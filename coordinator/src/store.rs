@@ -21,7 +21,8 @@
 use freqsweep_common::task::MetricPoint;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -135,6 +136,30 @@ const MAX_GROUP: usize = 4096;
 pub struct Store {
     tx: mpsc::Sender<Command>,
     path: PathBuf,
+    stats: Arc<Counters>,
+}
+
+/// Running totals of the writer thread, for `/metrics` (relaxed atomics: a scrape may see one
+/// commit's counters half updated, which is harmless for monotonic totals).
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    batches: AtomicU64,
+    changes: AtomicU64,
+    commit_micros: AtomicU64,
+}
+
+/// What the writer has done since the store was opened (see [`Store::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct StoreStats {
+    /// Transactions committed (one per group).
+    pub commits: u64,
+    /// Submitted batches folded into those commits (`batches / commits` = mean group size).
+    pub batches: u64,
+    /// Individual changes written.
+    pub changes: u64,
+    /// Wall time spent applying and committing, summed over commits.
+    pub commit_seconds: f64,
 }
 
 /// Owns the writer thread; dropping it (or [`StoreWriter::stop`]) drains the queue and closes.
@@ -178,11 +203,24 @@ impl Store {
         let conn = open_connection(path)?;
         conn.execute_batch(SCHEMA).map_err(|e| StoreError::Open { path: path.to_path_buf(), detail: e.to_string() })?;
         let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(Counters::default());
+        let counters = stats.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, &counters))
             .map_err(|e| StoreError::Open { path: path.to_path_buf(), detail: e.to_string() })?;
-        Ok((Store { tx: tx.clone(), path: path.to_path_buf() }, StoreWriter { tx, thread: Some(thread) }))
+        Ok((Store { tx: tx.clone(), path: path.to_path_buf(), stats }, StoreWriter { tx, thread: Some(thread) }))
+    }
+
+    /// Commit counters since this store was opened.
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.stats;
+        StoreStats {
+            commits: c.commits.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            changes: c.changes.load(Ordering::Relaxed),
+            commit_seconds: c.commit_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
     }
 
     /// Queue `changes`; `done` runs after they are committed (or failed).
@@ -229,7 +267,7 @@ impl Drop for StoreWriter {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Command>) {
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, stats: &Counters) {
     let mut stopping = false;
     while !stopping {
         let Ok(first) = rx.recv() else { return };
@@ -248,7 +286,12 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Command>) {
         if group.is_empty() {
             continue;
         }
+        let started = std::time::Instant::now();
         let result = apply(&mut conn, group.iter().map(|(c, _)| c.as_slice())).map_err(StoreError::from);
+        stats.commit_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats.batches.fetch_add(group.len() as u64, Ordering::Relaxed);
+        stats.changes.fetch_add(group.iter().map(|(c, _)| c.len() as u64).sum(), Ordering::Relaxed);
         for (_, cb) in group {
             if let Some(cb) = cb {
                 cb(result.clone());
@@ -569,6 +612,9 @@ mod tests {
         let acks: Vec<_> = rx.iter().take(1000).collect();
         assert_eq!(acks.len(), 1000);
         assert!(acks.iter().all(|r| r.is_ok()));
+        let stats = store.stats();
+        assert_eq!((stats.batches, stats.changes), (1000, 1000), "every batch counted once");
+        assert!(stats.commits >= 1 && stats.commits <= 1000, "{stats:?}");
         writer.stop();
         let (store, _w) = Store::open(&dir.path().join("db")).unwrap();
         assert_eq!(store.reader().unwrap().metric_count().unwrap(), 4000);
