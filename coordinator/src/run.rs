@@ -99,7 +99,7 @@ impl Run {
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<()> {
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(service::serve(self.shared.clone(), listener, shutdown_rx));
+        let mut server = tokio::spawn(service::serve(self.shared.clone(), listener, shutdown_rx));
         let mut finished = self.shared.finished();
         loop {
             if *finished.borrow() {
@@ -108,6 +108,15 @@ impl Run {
             tokio::select! {
                 r = finished.changed() => if r.is_err() { break },
                 _ = stop.changed() => if *stop.borrow() { break },
+                // The server never stops by itself before shutdown: if it does, say why.
+                ended = &mut server => {
+                    let why = match ended {
+                        Ok(Ok(())) => "stopped".to_string(),
+                        Ok(Err(e)) => format!("{e}{}", std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default()),
+                        Err(e) => e.to_string(),
+                    };
+                    bail!("the gRPC server ended before the sweep finished: {why}");
+                }
             }
         }
         // Give workers a moment to hear SweepDone and hang up before the server stops.
@@ -140,5 +149,6 @@ pub fn default_config(token: Option<String>) -> ServiceConfig {
             idle_retry: 500,
         },
         heartbeat_interval_ms: 2_000,
+        tls: None,
     }
 }

@@ -45,15 +45,24 @@ pub struct ServeArgs {
     /// 0.0.0.0:8080 (off unless given; requires the token too when one is set).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
+    /// Serve gRPC over TLS with this certificate (PEM, chain first); workers then dial https://.
+    #[arg(long, value_name = "CERT.pem", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
 pub struct StatusArgs {
-    /// Coordinator address.
+    /// Coordinator address (https://… for a coordinator serving TLS).
     #[arg(long, default_value = "http://127.0.0.1:7070", env = "FREQSWEEP_COORDINATOR")]
     pub coordinator: String,
     #[arg(long, env = "FREQSWEEP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate (PEM) to trust for an https:// coordinator (default: the system's roots).
+    #[arg(long, value_name = "CA.pem", env = "FREQSWEEP_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// Refresh every this many seconds until the coordinator goes away (0: print once).
     #[arg(long, default_value_t = 0)]
     pub watch: u64,
@@ -201,13 +210,18 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     if args.token.is_none() {
         tracing::warn!("no token set: any client that reaches {} can join (set FREQSWEEP_TOKEN)", args.listen);
     }
-    let mut run = run::open(&args.spec, &dir, run::default_config(args.token.clone()))?;
+    let mut config = run::default_config(args.token.clone());
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(freqsweep_coordinator::service::TlsIdentity::load(cert, key).map_err(anyhow::Error::msg)?);
+    }
+    let tls = config.tls.is_some();
+    let mut run = run::open(&args.spec, &dir, config)?;
     let rt = runtime()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        tracing::info!(listen = %listener.local_addr()?, run = %dir.display(), tasks = run.tasks.len(), "serving");
+        tracing::info!(listen = %listener.local_addr()?, tls, run = %dir.display(), tasks = run.tasks.len(), "serving");
         if let Some(addr) = &args.http {
             start_http(&run, addr, None).await?;
         }
@@ -224,13 +238,19 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
 
 pub fn status(args: &StatusArgs) -> Result<()> {
     use freqsweep_proto::v1::coordinator_client::CoordinatorClient;
+    let ca = match &args.tls_ca {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read --tls-ca {}", path.display()))?),
+        None => None,
+    };
+    let url = &args.coordinator;
     let rt = runtime()?;
     rt.block_on(async {
-        let channel = tonic::transport::Channel::from_shared(args.coordinator.clone())?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the coordinator at {}", args.coordinator))?;
+        use freqsweep_proto::dial::{self, DialError};
+        let channel = match dial::connect(url, ca.as_deref(), Duration::from_secs(5)).await {
+            Ok(channel) => channel,
+            Err(DialError::Unreachable(detail)) => bail!("cannot reach the coordinator at {url}: {detail}"),
+            Err(DialError::Misconfigured(detail)) => bail!("{detail}"),
+        };
         let token: Option<tonic::metadata::MetadataValue<_>> =
             args.token.as_ref().map(|t| format!("Bearer {t}").parse()).transpose()?;
         let mut client = CoordinatorClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
@@ -246,7 +266,10 @@ pub fn status(args: &StatusArgs) -> Result<()> {
                 Ok(s) => s.into_inner(),
                 // While watching, a coordinator that finished and exited ends the watch quietly.
                 Err(_) if !first && args.watch > 0 => return Ok(()),
-                Err(e) => bail!("{}: {}", args.coordinator, e.message()),
+                Err(e) => match dial::explain_status(url, &e).await {
+                    Some(DialError::Misconfigured(detail)) => bail!("{detail}"),
+                    _ => bail!("{url}: {}", e.message()),
+                },
             };
             first = false;
             print_status(&s);

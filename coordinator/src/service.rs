@@ -37,6 +37,43 @@ pub struct ServiceConfig {
     pub token: Option<String>,
     pub scheduler: SchedulerConfig,
     pub heartbeat_interval_ms: u32,
+    /// Serve gRPC over TLS with this certificate and key (`None`: plain HTTP/2).
+    pub tls: Option<TlsIdentity>,
+}
+
+/// The coordinator's certificate chain and private key, both PEM.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        write!(f, "TlsIdentity {{ cert: {} bytes, key: redacted }}", self.cert_pem.len())
+    }
+}
+
+impl TlsIdentity {
+    /// Read `cert` and `key` and check that they make a usable TLS server configuration, so a bad
+    /// file is reported at start-up rather than by the first worker that fails to connect.
+    pub fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsIdentity, String> {
+        let read = |p: &std::path::Path, what: &str| {
+            std::fs::read(p).map_err(|e| format!("cannot read the TLS {what} {}: {e}", p.display()))
+        };
+        let identity = TlsIdentity { cert_pem: read(cert, "certificate")?, key_pem: read(key, "key")? };
+        tonic::transport::Server::builder().tls_config(identity.server_config()).map_err(|e| {
+            let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+            format!("{} and {} are not a usable TLS certificate and key: {e}{cause}", cert.display(), key.display())
+        })?;
+        Ok(identity)
+    }
+
+    fn server_config(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem))
+    }
 }
 
 struct WorkerInfo {
@@ -918,7 +955,17 @@ pub async fn serve(
             }
         })
     };
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &shared.config.tls {
+        builder = match builder.tls_config(tls.server_config()) {
+            Ok(b) => b,
+            Err(e) => {
+                ticker.abort();
+                return Err(e);
+            }
+        };
+    }
+    let result = builder
         .add_service(Service(shared).into_server())
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
             while !*shutdown.borrow() {

@@ -3,6 +3,8 @@
 //! Generated types stay at the edge: the coordinator's scheduler and the worker's engine use their
 //! own domain types and convert at the service boundary.
 
+pub mod dial;
+
 /// Protocol version sent in `RegisterRequest`; the coordinator refuses workers of another version.
 pub const PROTOCOL_VERSION: u32 = 1;
 

@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
+use freqsweep_proto::dial::{self, DialError};
 use tonic::transport::Channel;
 
 /// Bytes per artifact chunk on the wire (well under gRPC's default 4 MiB message limit).
@@ -51,6 +52,8 @@ pub struct ClientConfig {
     pub connect_timeout: Option<Duration>,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
+    /// CA certificate(s), PEM, to trust for an `https://` coordinator (`None`: the system's roots).
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 /// Why the loop ended without an error.
@@ -68,6 +71,9 @@ pub enum ClientError {
     Unreachable { url: String, waited: Duration, detail: String },
     #[error("the coordinator at {url} rejected this worker: {detail}")]
     Rejected { url: String, detail: String },
+    /// The URL or TLS set-up cannot work (plain URL for a TLS coordinator, untrusted certificate…).
+    #[error("{0}")]
+    Misconfigured(String),
     #[error("{0}")]
     Local(String),
 }
@@ -87,11 +93,15 @@ impl tonic::service::Interceptor for Auth {
     }
 }
 
+/// Prefix of a connection error that retrying cannot fix (see `dial::DialError::Misconfigured`).
+const MISCONFIGURED: &str = "misconfigured: ";
+
 async fn connect(config: &ClientConfig) -> Result<Client, String> {
-    let endpoint = Channel::from_shared(config.coordinator.clone()).map_err(|e| e.to_string())?;
-    let channel =
-        endpoint.connect_timeout(Duration::from_secs(5)).connect().await.map_err(|e| {
-            format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())
+    let channel = dial::connect(&config.coordinator, config.tls_ca.as_deref(), Duration::from_secs(5))
+        .await
+        .map_err(|e| match e {
+            DialError::Misconfigured(detail) => format!("{MISCONFIGURED}{detail}"),
+            DialError::Unreachable(detail) => detail,
         })?;
     let token = match &config.token {
         Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| "the token is not valid ASCII".to_string())?),
@@ -264,7 +274,7 @@ pub async fn run(
         // ---- connect and register
         let attempt_connect = async {
             let mut client = connect(&config).await?;
-            let reply = client
+            let registered = client
                 .register(pb::RegisterRequest {
                     protocol_version: freqsweep_proto::PROTOCOL_VERSION,
                     worker_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -277,21 +287,32 @@ pub async fn run(
                     }),
                     cached_artifacts: cached_digests(&config.cache_dir),
                 })
-                .await
-                .map_err(|s| {
-                    if matches!(
+                .await;
+            let reply = match registered {
+                Ok(reply) => reply,
+                Err(s) => {
+                    // A plain connection opens before the server speaks: a TLS coordinator dialled
+                    // with http:// shows up only here.
+                    if let Some(DialError::Misconfigured(detail)) = dial::explain_status(&config.coordinator, &s).await {
+                        return Err(format!("{MISCONFIGURED}{detail}"));
+                    }
+                    return Err(if matches!(
                         s.code(),
                         tonic::Code::Unauthenticated | tonic::Code::FailedPrecondition | tonic::Code::PermissionDenied
                     ) {
                         format!("rejected: {}", s.message())
                     } else {
                         s.message().to_string()
-                    }
-                })?;
+                    });
+                }
+            };
             Ok::<_, String>((client, reply.into_inner()))
         };
         let (mut client, registration) = match attempt_connect.await {
             Ok(ok) => ok,
+            Err(detail) if detail.starts_with(MISCONFIGURED) => {
+                return Err(ClientError::Misconfigured(detail.trim_start_matches(MISCONFIGURED).to_string()))
+            }
             Err(detail) if detail.starts_with("rejected: ") => {
                 return Err(ClientError::Rejected {
                     url: config.coordinator.clone(),

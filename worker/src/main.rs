@@ -24,7 +24,8 @@ struct Cli {
     /// Log format on stderr: pretty or json (filter with RUST_LOG, default info).
     #[arg(long, global = true, default_value = "pretty")]
     log_format: LogFormat,
-    /// Join a sweep: the coordinator's address, e.g. http://10.0.0.5:7070 (used without a subcommand).
+    /// Join a sweep: the coordinator's address, e.g. http://10.0.0.5:7070, or https://… when it
+    /// serves TLS (used without a subcommand).
     #[arg(long, env = "FREQSWEEP_COORDINATOR")]
     coordinator: Option<String>,
     /// Shared token of the sweep (sent on every call).
@@ -39,6 +40,9 @@ struct Cli {
     /// CPU threads for libtorch (default: libtorch's choice, usually every core).
     #[arg(long, global = true)]
     threads: Option<i32>,
+    /// CA certificate (PEM) to trust for an https:// coordinator (default: the system's roots).
+    #[arg(long, value_name = "CA.pem", env = "FREQSWEEP_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     /// Exit with an error when no coordinator answers for this many seconds.
     #[arg(long, default_value_t = 300)]
     connect_timeout: u64,
@@ -223,6 +227,10 @@ fn join(cli: Cli, url: String) -> Result<()> {
             .unwrap_or_default(),
         connect_timeout: Some(std::time::Duration::from_secs(cli.connect_timeout)),
         max_backoff: std::time::Duration::from_secs(10),
+        tls_ca: match &cli.tls_ca {
+            Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read --tls-ca {}", path.display()))?),
+            None => None,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let exit = runtime.block_on(async move {

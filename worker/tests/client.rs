@@ -272,6 +272,7 @@ fn config(url: &str, token: &str, cache: &std::path::Path) -> ClientConfig {
         hostname: "test".into(),
         connect_timeout: Some(Duration::from_secs(2)),
         max_backoff: Duration::from_millis(200),
+        tls_ca: None,
     }
 }
 

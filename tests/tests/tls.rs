@@ -1,0 +1,125 @@
+//! gRPC over TLS on loopback: `freqsweep serve --tls-cert/--tls-key` with the test CA's
+//! certificate for 127.0.0.1 (`tests/fixtures/tls`, see `make.sh` there). A worker that does not
+//! trust the CA, and one that dials `http://`, are refused at once with one line naming the cause;
+//! `freqsweep status --tls-ca` reads the coordinator; a real `freqsweep-worker --tls-ca` runs the
+//! whole sweep over TLS and both processes exit 0.
+
+use freqsweep_tests::{binary, run_bounded};
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const SPEC: &str = r#"name = "secured"
+[[dataset]]
+kind = "syn"
+band = 2
+train = 96
+test = 16
+[model]
+arch = "tiny"
+[train]
+lr = 0.003
+batch_size = 32
+epochs = 1
+[heatmap]
+eps = [4.0]
+images = 8
+chunk_cells = 257
+"#;
+
+const LIMIT: Duration = Duration::from_secs(300);
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls").join(name)
+}
+
+fn last_line(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_worker_runs_a_sweep_over_tls_and_untrusting_or_plain_clients_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("secured.toml");
+    std::fs::write(&spec, SPEC).unwrap();
+    let mut serve = Command::new(binary("freqsweep"))
+        .arg("serve")
+        .arg(&spec)
+        .args(["--listen", "127.0.0.1:0", "--out"])
+        .arg(dir.path().join("run"))
+        .arg("--tls-cert")
+        .arg(fixture("server.pem"))
+        .arg("--tls-key")
+        .arg(fixture("server.key"))
+        .env("FREQSWEEP_TOKEN", "right")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(serve.stderr.take().unwrap()).lines();
+    let port = loop {
+        let line = lines.next().expect("serve exited early").unwrap();
+        if let Some(rest) = line.split("listen=").nth(1) {
+            assert!(line.contains("tls=true"), "{line}");
+            break rest.split_whitespace().next().unwrap().rsplit(':').next().unwrap().to_string();
+        }
+    };
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let https = format!("https://127.0.0.1:{port}");
+
+    let worker = |url: &str, ca: Option<PathBuf>, cache: &str| {
+        let mut cmd = Command::new(binary("freqsweep-worker"));
+        cmd.args(["--coordinator", url, "--device", "cpu", "--threads", "1", "--connect-timeout", "30", "--cache-dir"])
+            .arg(dir.path().join(cache))
+            .env("FREQSWEEP_TOKEN", "right")
+            .env_remove("FREQSWEEP_TLS_CA");
+        if let Some(ca) = ca {
+            cmd.arg("--tls-ca").arg(ca);
+        }
+        run_bounded(&mut cmd, LIMIT)
+    };
+
+    // Without the CA (system roots only): refused at once, not after --connect-timeout.
+    let started = Instant::now();
+    let untrusting = worker(&https, None, "cache-noca");
+    assert!(!untrusting.status.success());
+    let line = last_line(&untrusting);
+    assert!(line.contains("does not trust") && line.contains("--tls-ca"), "{line}");
+    assert!(started.elapsed() < Duration::from_secs(20), "a TLS error is not retried");
+    // Another CA: the same refusal.
+    let other = worker(&https, Some(fixture("other-ca.pem")), "cache-other");
+    assert!(!other.status.success() && last_line(&other).contains("does not trust"), "{}", last_line(&other));
+    // A plain URL against the TLS port: named as such.
+    let plain = worker(&format!("http://127.0.0.1:{port}"), None, "cache-plain");
+    assert!(!plain.status.success());
+    let line = last_line(&plain);
+    assert!(line.contains("serves TLS: dial https://"), "{line}");
+
+    let status = run_bounded(
+        Command::new(binary("freqsweep"))
+            .args(["status", "--coordinator", &https, "--tls-ca"])
+            .arg(fixture("ca.pem"))
+            .env("FREQSWEEP_TOKEN", "right"),
+        LIMIT,
+    );
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{}", last_line(&status));
+    assert!(table.contains("sweep secured") && table.contains("ready"), "{table}");
+
+    let ok = worker(&https, Some(fixture("ca.pem")), "cache-ok");
+    assert!(ok.status.success(), "{}", last_line(&ok));
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < LIMIT, "serve did not exit after the sweep");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stdout = String::new();
+    serve.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    let log = drain.join().unwrap().join("\n");
+    assert!(exit.success(), "{log}");
+    assert!(stdout.contains("sweep finished: 3 done"), "{stdout}");
+}
