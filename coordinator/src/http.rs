@@ -90,11 +90,8 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 /// The token check: the bearer header, else a `token` query parameter.
 fn authorize<B>(token: Option<&str>, request: &Request<B>) -> Result<(), &'static str> {
     let Some(expected) = token else { return Ok(()) };
-    let header = request
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let header =
+        request.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     let query = request
         .uri()
         .query()
@@ -185,7 +182,12 @@ pub fn metrics_text(s: &Snapshot) -> String {
     e.family("freqsweep_sweep_info", "gauge", "The sweep this coordinator runs (always 1).");
     e.sample("freqsweep_sweep_info", &[("sweep", &s.sweep)], 1.0);
     e.one("freqsweep_sweep_tasks", "gauge", "Tasks in the sweep.", s.total_tasks as f64);
-    e.one("freqsweep_sweep_progress_ratio", "gauge", "Fraction of tasks that are terminal (done, failed or cancelled).", s.progress);
+    e.one(
+        "freqsweep_sweep_progress_ratio",
+        "gauge",
+        "Fraction of tasks that are terminal (done, failed or cancelled).",
+        s.progress,
+    );
     e.one(
         "freqsweep_sweep_eta_seconds",
         "gauge",
@@ -221,7 +223,12 @@ pub fn metrics_text(s: &Snapshot) -> String {
 
     e.one("freqsweep_workers_connected", "gauge", "Workers with a live session.", s.workers.len() as f64);
     e.one("freqsweep_workers_joined_total", "counter", "Worker registrations.", s.workers_joined as f64);
-    e.one("freqsweep_workers_expired_total", "counter", "Workers dropped for missing heartbeats.", s.workers_expired as f64);
+    e.one(
+        "freqsweep_workers_expired_total",
+        "counter",
+        "Workers dropped for missing heartbeats.",
+        s.workers_expired as f64,
+    );
     type Per = fn(&crate::service::WorkerSnapshot) -> f64;
     let per_worker: [(&str, &str, &str, Per); 5] = [
         ("freqsweep_worker_leases_total", "counter", "Leases given to the worker.", |w| w.leases as f64),
@@ -251,7 +258,12 @@ pub fn metrics_text(s: &Snapshot) -> String {
         "Artifact bytes uploaded by workers and stored.",
         s.artifact_bytes_received as f64,
     );
-    e.one("freqsweep_artifact_sent_bytes_total", "counter", "Artifact bytes streamed to workers.", s.artifact_bytes_sent as f64);
+    e.one(
+        "freqsweep_artifact_sent_bytes_total",
+        "counter",
+        "Artifact bytes streamed to workers.",
+        s.artifact_bytes_sent as f64,
+    );
     e.one("freqsweep_store_batches_total", "counter", "Change batches submitted to the store.", s.store.batches as f64);
     e.one("freqsweep_store_changes_total", "counter", "Changes written to the store.", s.store.changes as f64);
     e.family(
@@ -364,8 +376,11 @@ mod tests {
             assert!(valid_name(name), "{line}");
             let family = current.as_deref().expect("a sample follows a family");
             let kind = &types[family];
-            let allowed =
-                if kind == "summary" { name == format!("{family}_sum") || name == format!("{family}_count") } else { name == family };
+            let allowed = if kind == "summary" {
+                name == format!("{family}_sum") || name == format!("{family}_count")
+            } else {
+                name == family
+            };
             assert!(allowed, "sample {name} in family {family}");
             let mut labels = Vec::new();
             let value_text = if let Some(body) = rest.strip_prefix('{') {
@@ -529,8 +544,8 @@ chunk_cells = 257
         let dir = tempfile::tempdir().unwrap();
         let spec = dir.path().join("web.toml");
         std::fs::write(&spec, SPEC).unwrap();
-        let run = crate::run::open(&spec, &dir.path().join("run"), crate::run::default_config(Some("tok".into())))
-            .unwrap();
+        let run =
+            crate::run::open(&spec, &dir.path().join("run"), crate::run::default_config(Some("tok".into()))).unwrap();
         let register = freqsweep_proto::v1::RegisterRequest {
             protocol_version: freqsweep_proto::PROTOCOL_VERSION,
             worker_version: "test".into(),

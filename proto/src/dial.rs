@@ -28,7 +28,8 @@ impl std::fmt::Display for DialError {
 /// with a plain URL is a mistake worth naming, not something to ignore).
 pub fn endpoint(url: &str, ca_pem: Option<&[u8]>) -> Result<Endpoint, DialError> {
     let bad = |why: String| DialError::Misconfigured(why);
-    let endpoint = Channel::from_shared(url.to_string()).map_err(|e| bad(format!("invalid coordinator URL {url}: {e}")))?;
+    let endpoint =
+        Channel::from_shared(url.to_string()).map_err(|e| bad(format!("invalid coordinator URL {url}: {e}")))?;
     if !url.starts_with("https://") {
         return match ca_pem {
             Some(_) => Err(bad(format!("--tls-ca is given but {url} is not https://: dial https://HOST:PORT"))),
@@ -95,7 +96,9 @@ pub async fn explain(url: &str, detail: &str) -> DialError {
             ));
         }
         // A plain HTTP/2 server answers a ClientHello with something that is not TLS.
-        if lower.contains("corrupt message") || lower.contains("invalidcontenttype") || lower.contains("tls handshake eof")
+        if lower.contains("corrupt message")
+            || lower.contains("invalidcontenttype")
+            || lower.contains("tls handshake eof")
         {
             return DialError::Misconfigured(format!(
                 "TLS: the coordinator at {url} does not speak TLS ({detail}); dial http:// or start it with --tls-cert/--tls-key"
@@ -135,7 +138,10 @@ mod tests {
     #[test]
     fn a_ca_with_a_plain_url_is_refused_in_one_line() {
         let err = endpoint("http://127.0.0.1:1", Some(b"pem")).unwrap_err();
-        assert!(matches!(&err, DialError::Misconfigured(s) if s.contains("not https://") && !s.contains('\n')), "{err}");
+        assert!(
+            matches!(&err, DialError::Misconfigured(s) if s.contains("not https://") && !s.contains('\n')),
+            "{err}"
+        );
         assert!(endpoint("http://127.0.0.1:1", None).is_ok());
         assert!(matches!(endpoint("not a url", None), Err(DialError::Misconfigured(_))));
     }

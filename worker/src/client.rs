@@ -21,6 +21,7 @@
 use crate::engine::{Engine, EngineError, EngineEvents, EngineResult};
 use freqsweep_common::digest;
 use freqsweep_common::task::{MetricPoint, TaskSpec};
+use freqsweep_proto::dial::{self, DialError};
 use freqsweep_proto::v1::coordinator_client::CoordinatorClient;
 use freqsweep_proto::v1::{self as pb, coordinator_message, worker_message};
 use std::collections::HashMap;
@@ -33,7 +34,6 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use freqsweep_proto::dial::{self, DialError};
 use tonic::transport::Channel;
 
 /// Bytes per artifact chunk on the wire (well under gRPC's default 4 MiB message limit).
@@ -97,12 +97,12 @@ impl tonic::service::Interceptor for Auth {
 const MISCONFIGURED: &str = "misconfigured: ";
 
 async fn connect(config: &ClientConfig) -> Result<Client, String> {
-    let channel = dial::connect(&config.coordinator, config.tls_ca.as_deref(), Duration::from_secs(5))
-        .await
-        .map_err(|e| match e {
+    let channel = dial::connect(&config.coordinator, config.tls_ca.as_deref(), Duration::from_secs(5)).await.map_err(
+        |e| match e {
             DialError::Misconfigured(detail) => format!("{MISCONFIGURED}{detail}"),
             DialError::Unreachable(detail) => detail,
-        })?;
+        },
+    )?;
     let token = match &config.token {
         Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| "the token is not valid ASCII".to_string())?),
         None => None,
@@ -293,17 +293,22 @@ pub async fn run(
                 Err(s) => {
                     // A plain connection opens before the server speaks: a TLS coordinator dialled
                     // with http:// shows up only here.
-                    if let Some(DialError::Misconfigured(detail)) = dial::explain_status(&config.coordinator, &s).await {
+                    if let Some(DialError::Misconfigured(detail)) = dial::explain_status(&config.coordinator, &s).await
+                    {
                         return Err(format!("{MISCONFIGURED}{detail}"));
                     }
-                    return Err(if matches!(
-                        s.code(),
-                        tonic::Code::Unauthenticated | tonic::Code::FailedPrecondition | tonic::Code::PermissionDenied
-                    ) {
-                        format!("rejected: {}", s.message())
-                    } else {
-                        s.message().to_string()
-                    });
+                    return Err(
+                        if matches!(
+                            s.code(),
+                            tonic::Code::Unauthenticated
+                                | tonic::Code::FailedPrecondition
+                                | tonic::Code::PermissionDenied
+                        ) {
+                            format!("rejected: {}", s.message())
+                        } else {
+                            s.message().to_string()
+                        },
+                    );
                 }
             };
             Ok::<_, String>((client, reply.into_inner()))

@@ -228,7 +228,9 @@ fn join(cli: Cli, url: String) -> Result<()> {
         connect_timeout: Some(std::time::Duration::from_secs(cli.connect_timeout)),
         max_backoff: std::time::Duration::from_secs(10),
         tls_ca: match &cli.tls_ca {
-            Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read --tls-ca {}", path.display()))?),
+            Some(path) => {
+                Some(std::fs::read(path).with_context(|| format!("cannot read --tls-ca {}", path.display()))?)
+            }
             None => None,
         },
     };
