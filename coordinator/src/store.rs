@@ -152,9 +152,9 @@ struct Counters {
 /// What the writer has done since the store was opened (see [`Store::stats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct StoreStats {
-    /// Transactions committed (one per group).
+    /// Transactions committed that wrote something (one per group).
     pub commits: u64,
-    /// Submitted batches folded into those commits (`batches / commits` = mean group size).
+    /// Non-empty batches folded into those commits (`batches / commits` = mean group size).
     pub batches: u64,
     /// Individual changes written.
     pub changes: u64,
@@ -288,10 +288,14 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, stats: &Counte
         }
         let started = std::time::Instant::now();
         let result = apply(&mut conn, group.iter().map(|(c, _)| c.as_slice())).map_err(StoreError::from);
-        stats.commit_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        stats.commits.fetch_add(1, Ordering::Relaxed);
-        stats.batches.fetch_add(group.len() as u64, Ordering::Relaxed);
-        stats.changes.fetch_add(group.iter().map(|(c, _)| c.len() as u64).sum(), Ordering::Relaxed);
+        // Empty batches (the service's periodic ticks) only order callbacks: not counted.
+        let changes: u64 = group.iter().map(|(c, _)| c.len() as u64).sum();
+        if changes > 0 {
+            stats.commit_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats.batches.fetch_add(group.iter().filter(|(c, _)| !c.is_empty()).count() as u64, Ordering::Relaxed);
+            stats.changes.fetch_add(changes, Ordering::Relaxed);
+        }
         for (_, cb) in group {
             if let Some(cb) = cb {
                 cb(result.clone());
