@@ -264,7 +264,12 @@ pub fn metrics_text(s: &Snapshot) -> String {
         "Artifact bytes streamed to workers.",
         s.artifact_bytes_sent as f64,
     );
-    e.one("freqsweep_store_batches_total", "counter", "Non-empty change batches committed to the store.", s.store.batches as f64);
+    e.one(
+        "freqsweep_store_batches_total",
+        "counter",
+        "Non-empty change batches committed to the store.",
+        s.store.batches as f64,
+    );
     e.one("freqsweep_store_changes_total", "counter", "Changes written to the store.", s.store.changes as f64);
     e.family(
         "freqsweep_store_commit_seconds",
