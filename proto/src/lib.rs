@@ -8,6 +8,11 @@ pub mod dial;
 /// Protocol version sent in `RegisterRequest`; the coordinator refuses workers of another version.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Feature a worker lists in `RegisterRequest.features` when a train attempt that resumes from a
+/// checkpoint first re-sends the checkpoint's metric history; only such workers are given partial
+/// checkpoints of earlier attempts (others start a retried train task at epoch 0).
+pub const FEATURE_RESUME_HISTORY: &str = "resume-history";
+
 pub mod v1 {
     #![allow(clippy::all, clippy::pedantic)]
     tonic::include_proto!("freqsweep.v1");

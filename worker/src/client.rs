@@ -17,8 +17,12 @@
 //! - Inputs are downloaded by digest into a local cache (verified, `.partial` then rename) and
 //!   reused across tasks; outputs are uploaded in chunks with their digest before the result that
 //!   names them is sent.
+//! - Every epoch's checkpoint of a train task is snapshotted (hard link) by the engine thread,
+//!   uploaded in the background and announced with `CheckpointSaved`, so a retry elsewhere resumes
+//!   from it. One upload at a time; when epochs outpace uploads only the newest waiting snapshot
+//!   is kept (an older one would be superseded anyway).
 
-use crate::engine::{Engine, EngineError, EngineEvents, EngineResult};
+use crate::engine::{Engine, EngineError, EngineEvents, EngineResult, CHECKPOINT_ARTIFACT};
 use freqsweep_common::digest;
 use freqsweep_common::task::{MetricPoint, TaskSpec};
 use freqsweep_proto::dial::{self, DialError};
@@ -123,13 +127,30 @@ struct Job {
 enum FromEngine {
     Metrics(u64, Vec<MetricPoint>),
     Progress(u64, f64, f64),
+    /// A snapshot of the checkpoint after `epochs_done` epochs, ready to upload.
+    Checkpoint(Snapshot),
     Finished(u64, Result<EngineResult, EngineError>, f64),
+}
+
+/// A per-epoch checkpoint taken out of the engine's way (the engine rewrites its file every epoch).
+struct Snapshot {
+    attempt: u64,
+    epochs_done: u32,
+    path: PathBuf,
+}
+
+impl Snapshot {
+    fn discard(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 struct Relay {
     attempt: u64,
     tx: mpsc::UnboundedSender<FromEngine>,
     stop: Arc<AtomicBool>,
+    /// Where checkpoint snapshots wait for their upload.
+    uploads: PathBuf,
 }
 
 impl EngineEvents for Relay {
@@ -139,7 +160,20 @@ impl EngineEvents for Relay {
     fn progress(&mut self, fraction: f64, throughput: f64) {
         let _ = self.tx.send(FromEngine::Progress(self.attempt, fraction, throughput));
     }
-    fn checkpoint(&mut self, _path: &Path) {}
+    fn checkpoint(&mut self, epochs_done: u32, path: &Path) {
+        // A hard link keeps this epoch's bytes even after the next epoch renames a new file over
+        // `path`; a copy where links are not possible.
+        let snapshot = self.uploads.join(format!("attempt{}-epoch{epochs_done}.ot", self.attempt));
+        let _ = std::fs::remove_file(&snapshot);
+        let taken = std::fs::create_dir_all(&self.uploads)
+            .and_then(|_| std::fs::hard_link(path, &snapshot).or_else(|_| std::fs::copy(path, &snapshot).map(|_| ())));
+        match taken {
+            Ok(()) => {
+                let _ = self.tx.send(FromEngine::Checkpoint(Snapshot { attempt: self.attempt, epochs_done, path: snapshot }));
+            }
+            Err(e) => tracing::warn!(checkpoint = %path.display(), error = %e, "cannot snapshot the checkpoint for upload; a retry would start earlier"),
+        }
+    }
     fn should_stop(&mut self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
@@ -148,6 +182,7 @@ impl EngineEvents for Relay {
 fn spawn_engine(
     mut engine: Box<dyn Engine + Send>,
     events: mpsc::UnboundedSender<FromEngine>,
+    uploads: PathBuf,
 ) -> std::sync::mpsc::Sender<Job> {
     let (tx, rx) = std::sync::mpsc::channel::<Job>();
     std::thread::Builder::new()
@@ -155,7 +190,8 @@ fn spawn_engine(
         .spawn(move || {
             for job in rx {
                 let started = Instant::now();
-                let mut relay = Relay { attempt: job.attempt, tx: events.clone(), stop: job.stop.clone() };
+                let mut relay =
+                    Relay { attempt: job.attempt, tx: events.clone(), stop: job.stop.clone(), uploads: uploads.clone() };
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     engine.run(&job.task_key, &job.spec, &job.inputs, &mut relay)
                 }))
@@ -259,8 +295,12 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<ClientExit, ClientError> {
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let jobs = spawn_engine(engine, events_tx);
+    let jobs = spawn_engine(engine, events_tx, config.cache_dir.join("uploads"));
     let mut running: Option<Running> = None;
+    // Checkpoint uploads: at most one in flight, at most one waiting (the newest).
+    let (uploaded_tx, mut uploaded) = mpsc::unbounded_channel::<(Snapshot, Result<pb::ArtifactRef, String>)>();
+    let mut upload_in_flight = false;
+    let mut waiting_snapshot: Option<Snapshot> = None;
     // Reports not yet delivered (sent first after every (re)connection).
     let mut outbox: Vec<worker_message::Body> = Vec::new();
     let mut draining = *shutdown.borrow();
@@ -286,6 +326,7 @@ pub async fn run(
                         libtorch_version: "2.11.0".into(),
                     }),
                     cached_artifacts: cached_digests(&config.cache_dir),
+                    features: vec![freqsweep_proto::FEATURE_RESUME_HISTORY.to_string()],
                 })
                 .await;
             let reply = match registered {
@@ -451,7 +492,41 @@ pub async fn run(
                             r.throughput = throughput;
                         }
                     }
+                    FromEngine::Checkpoint(snapshot) => {
+                        if let Some(older) = waiting_snapshot.replace(snapshot) {
+                            older.discard();
+                        }
+                        if !upload_in_flight {
+                            upload_in_flight = start_upload(&client, waiting_snapshot.take(), &uploaded_tx);
+                        }
+                    }
                     FromEngine::Finished(attempt, result, seconds) => {
+                        if matches!(result, Ok(EngineResult::Stopped)) {
+                            // Drained or cancelled: announce the newest checkpoint before the
+                            // release, so the next attempt resumes from it (after the release
+                            // this attempt is stale and its checkpoint would be ignored).
+                            let mut last = Vec::new();
+                            if upload_in_flight {
+                                if let Ok(Some(done)) = tokio::time::timeout(Duration::from_secs(120), uploaded.recv()).await {
+                                    last.push(done);
+                                }
+                                upload_in_flight = false;
+                            }
+                            if let Some(snapshot) = waiting_snapshot.take() {
+                                let result = upload(&mut client, CHECKPOINT_ARTIFACT, &snapshot.path).await;
+                                last.push((snapshot, result));
+                            }
+                            for (snapshot, result) in last {
+                                if let (Ok(artifact), true) = (result, snapshot.attempt == attempt) {
+                                    let b = checkpoint_saved(&snapshot, artifact);
+                                    if !send(b.clone()) { outbox.push(b); }
+                                }
+                                snapshot.discard();
+                            }
+                        } else if let Some(snapshot) = waiting_snapshot.take() {
+                            // The final checkpoint goes with the result; a waiting one is moot.
+                            snapshot.discard();
+                        }
                         let finished = running.take().filter(|r| r.attempt == attempt);
                         let reason = finished.as_ref().and_then(|r| r.stop_reason.clone()).unwrap_or_else(|| "stopped".into());
                         let task_id = finished.as_ref().map_or(0, |r| r.task_id);
@@ -461,6 +536,19 @@ pub async fn run(
                         lease_at = Some(tokio::time::Instant::now());
                     }
                 },
+                Some((snapshot, result)) = uploaded.recv() => {
+                    let current = running.as_ref().is_some_and(|r| r.attempt == snapshot.attempt);
+                    match result {
+                        Ok(artifact) if current => {
+                            let b = checkpoint_saved(&snapshot, artifact);
+                            if !send(b.clone()) { outbox.push(b); }
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(attempt = snapshot.attempt, epochs_done = snapshot.epochs_done, error = %e, "checkpoint upload failed; the next epoch's will be tried"),
+                    }
+                    snapshot.discard();
+                    upload_in_flight = start_upload(&client, waiting_snapshot.take(), &uploaded_tx);
+                }
                 _ = heartbeat.tick() => {
                     let (attempts, progress, throughput) = running.as_ref().map_or((vec![], 0.0, 0.0), |r| (vec![r.attempt], r.progress, r.throughput));
                     send(worker_message::Body::Heartbeat(pb::Heartbeat { running_attempts: attempts, progress, throughput }));
@@ -492,6 +580,32 @@ pub async fn run(
             }
         }
     }
+}
+
+fn checkpoint_saved(snapshot: &Snapshot, artifact: pb::ArtifactRef) -> worker_message::Body {
+    tracing::debug!(attempt = snapshot.attempt, epochs_done = snapshot.epochs_done, digest = %artifact.digest, "checkpoint uploaded");
+    worker_message::Body::Checkpoint(pb::CheckpointSaved {
+        attempt_id: snapshot.attempt,
+        artifact: Some(artifact),
+        epochs_done: snapshot.epochs_done,
+    })
+}
+
+/// Upload `snapshot` in the background (the loop keeps answering the stream meanwhile); the
+/// outcome comes back on `done`. Returns whether an upload started.
+fn start_upload(
+    client: &Client,
+    snapshot: Option<Snapshot>,
+    done: &mpsc::UnboundedSender<(Snapshot, Result<pb::ArtifactRef, String>)>,
+) -> bool {
+    let Some(snapshot) = snapshot else { return false };
+    let mut client = client.clone();
+    let done = done.clone();
+    tokio::spawn(async move {
+        let result = upload(&mut client, CHECKPOINT_ARTIFACT, &snapshot.path).await;
+        let _ = done.send((snapshot, result));
+    });
+    true
 }
 
 fn request_stop(running: &mut Running, reason: &str) {

@@ -17,6 +17,10 @@ use tch::Device;
 /// Name of the checkpoint artifact a train task produces (and a retried attempt resumes from).
 pub const CHECKPOINT_ARTIFACT: &str = "checkpoint";
 
+/// Most metric points per `EngineEvents::metrics` call when a resumed run re-sends its history
+/// (each call becomes one batch on the wire; this keeps batches far below the message limit).
+const HISTORY_BATCH: usize = 4096;
+
 /// Why a task failed, and whether another attempt could succeed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]
@@ -40,8 +44,10 @@ pub trait EngineEvents {
     fn metrics(&mut self, points: &[MetricPoint]);
     /// Progress in `[0, 1]` and items per second.
     fn progress(&mut self, fraction: f64, throughput: f64);
-    /// A checkpoint was written (after every epoch): the loop may upload it so a retry resumes.
-    fn checkpoint(&mut self, path: &Path);
+    /// The checkpoint after `epochs_done` epochs was written to `path` (after every epoch): the
+    /// loop uploads it so a retry resumes there. `path` is rewritten by the next epoch, so a
+    /// listener that reads it later must take its own copy before returning.
+    fn checkpoint(&mut self, epochs_done: u32, path: &Path);
     /// Stop as soon as possible (cancel or drain).
     fn should_stop(&mut self) -> bool;
 }
@@ -115,8 +121,17 @@ impl TrainObserver for Relay<'_> {
     fn progress(&mut self, fraction: f64, images_per_second: f64) {
         self.events.progress(fraction, images_per_second);
     }
-    fn epoch_done(&mut self, _epoch: u32, checkpoint: &Path, _history: &[MetricPoint]) {
-        self.events.checkpoint(checkpoint);
+    fn epoch_done(&mut self, epoch: u32, checkpoint: &Path, _history: &[MetricPoint]) {
+        self.events.checkpoint(epoch, checkpoint);
+    }
+    /// A resumed attempt first re-sends the checkpoint's history: the coordinator keeps only the
+    /// current attempt's points of a task, so every attempt reports the whole run (whichever
+    /// checkpoint it resumed from: the coordinator's or this worker's own) and none is counted
+    /// twice.
+    fn resumed(&mut self, _epochs_done: u32, history: &[MetricPoint]) {
+        for batch in history.chunks(HISTORY_BATCH) {
+            self.events.metrics(batch);
+        }
     }
     fn should_stop(&mut self) -> bool {
         self.events.should_stop()
@@ -226,20 +241,26 @@ mod tests {
 
     #[derive(Default)]
     struct Recorder {
-        points: usize,
-        checkpoints: usize,
+        points: Vec<MetricPoint>,
+        /// `epochs_done` of every checkpoint event.
+        checkpoints: Vec<u32>,
         last_progress: f64,
+        /// Copy the checkpoint after epoch 1 here (the file itself is rewritten every epoch).
+        keep_epoch1: Option<PathBuf>,
     }
 
     impl EngineEvents for Recorder {
         fn metrics(&mut self, points: &[MetricPoint]) {
-            self.points += points.len();
+            self.points.extend_from_slice(points);
         }
         fn progress(&mut self, fraction: f64, _: f64) {
             self.last_progress = fraction;
         }
-        fn checkpoint(&mut self, _: &Path) {
-            self.checkpoints += 1;
+        fn checkpoint(&mut self, epochs_done: u32, path: &Path) {
+            self.checkpoints.push(epochs_done);
+            if let Some(keep) = self.keep_epoch1.as_ref().filter(|_| epochs_done == 1) {
+                std::fs::copy(path, keep).unwrap();
+            }
         }
         fn should_stop(&mut self) -> bool {
             false
@@ -271,15 +292,29 @@ mod tests {
                 test_limit: 0,
             },
         });
-        let mut events = Recorder::default();
+        let epoch1 = dir.path().join("epoch1.ot");
+        let mut events = Recorder { keep_epoch1: Some(epoch1.clone()), ..Recorder::default() };
         let EngineResult::Done { outcome, artifacts } =
             engine.run("train/a b", &task, &HashMap::new(), &mut events).unwrap()
         else {
             panic!("stopped")
         };
         assert!(matches!(outcome, TaskOutcome::Train(ref t) if t.epochs == 2));
-        assert_eq!(events.checkpoints, 2);
-        assert!(events.points > 0 && events.last_progress == 1.0);
+        assert_eq!(events.checkpoints, [1, 2], "one checkpoint per epoch, in order");
+        assert!(!events.points.is_empty() && events.last_progress == 1.0);
+
+        // Another attempt given the epoch-1 checkpoint as input resumes there and reports the
+        // whole history: the checkpoint's points first, then epoch 2's.
+        let mut again = Recorder::default();
+        let inputs = HashMap::from([(CHECKPOINT_ARTIFACT.to_string(), epoch1)]);
+        let EngineResult::Done { .. } = engine.run("train/retry", &task, &inputs, &mut again).unwrap() else {
+            panic!("stopped")
+        };
+        assert_eq!(again.checkpoints, [2], "training resumed at epoch 2");
+        assert_eq!(again.points.len(), events.points.len(), "the whole history, once");
+        let epoch1_points = events.points.iter().filter(|p| p.epoch <= 1.0).count();
+        assert!(epoch1_points > 0 && epoch1_points < events.points.len());
+        assert_eq!(again.points[..epoch1_points], events.points[..epoch1_points], "history re-sent as checkpointed");
         assert_eq!(artifacts[0].0, CHECKPOINT_ARTIFACT);
         assert!(artifacts[0].1.starts_with(dir.path().join("train_a_b")), "{:?}", artifacts[0].1);
 

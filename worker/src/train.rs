@@ -49,6 +49,9 @@ pub trait TrainObserver {
     fn progress(&mut self, _fraction: f64, _images_per_second: f64) {}
     /// An epoch finished and its checkpoint is on disk; `history` is every point so far.
     fn epoch_done(&mut self, _epoch: u32, _checkpoint: &Path, _history: &[MetricPoint]) {}
+    /// The run resumed from a checkpoint after `epochs_done` epochs; `history` is every point the
+    /// checkpoint holds (`metrics` then reports only what follows).
+    fn resumed(&mut self, _epochs_done: u32, _history: &[MetricPoint]) {}
     /// Asked between steps: stop now (the run can be resumed from its last checkpoint).
     fn should_stop(&mut self) -> bool {
         false
@@ -142,6 +145,7 @@ pub fn run(
             .map_err(|detail| CheckpointError::Mismatch { path: checkpoint_path.to_path_buf(), detail })?;
         meta = stored.meta;
         tracing::info!(checkpoint = %checkpoint_path.display(), epochs_done = meta.epochs_done, step = meta.step, "resuming");
+        observer.resumed(meta.epochs_done, &meta.metrics);
     }
 
     let test = crate::data::truncate(test.clone(), config.test_limit);

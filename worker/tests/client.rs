@@ -1,8 +1,9 @@
 //! The worker's client loop against a scripted fake coordinator on loopback (a real tonic server):
 //! registration with the token, leases, input download with digest check, metric batches with
 //! sequence numbers, output upload before the result, failures marked non-retryable, heartbeats
-//! while a task is busy, drain on shutdown, and the one-line errors for a wrong token and an
-//! unreachable coordinator. The engine is a fake, so this tests the protocol, not libtorch.
+//! while a task is busy, drain on shutdown, per-epoch checkpoints uploaded and announced (before
+//! the release when draining), and the one-line errors for a wrong token and an unreachable
+//! coordinator. The engine is a fake, so this tests the protocol, not libtorch.
 
 use freqsweep_common::digest;
 use freqsweep_common::task::{DatasetSource, HeatmapOutcome, MetricPoint, ModelSource, TaskOutcome, TaskSpec};
@@ -32,6 +33,10 @@ struct Seen {
     results: Vec<pb::TaskResult>,
     failures: Vec<pb::TaskFailure>,
     releases: Vec<pb::Release>,
+    checkpoints: Vec<pb::CheckpointSaved>,
+    /// Kinds of the session messages that matter for ordering, as they arrived.
+    order: Vec<&'static str>,
+    features: Vec<String>,
 }
 
 struct Fake {
@@ -56,7 +61,9 @@ struct FakeService(Arc<Fake>);
 impl Coordinator for FakeService {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterReply>, Status> {
         authorised(&request)?;
-        self.0.seen.lock().unwrap().registrations += 1;
+        let mut seen = self.0.seen.lock().unwrap();
+        seen.registrations += 1;
+        seen.features = request.get_ref().features.clone();
         Ok(Response::new(pb::RegisterReply {
             worker_id: "w1".into(),
             heartbeat_interval_ms: 100,
@@ -107,7 +114,12 @@ impl Coordinator for FakeService {
                     }
                     Some(worker_message::Body::Release(release)) => {
                         busy = false;
+                        seen.order.push("release");
                         seen.releases.push(release);
+                    }
+                    Some(worker_message::Body::Checkpoint(checkpoint)) => {
+                        seen.order.push("checkpoint");
+                        seen.checkpoints.push(checkpoint);
                     }
                     Some(worker_message::Body::Heartbeat(_)) | None => {}
                 }
@@ -163,7 +175,8 @@ impl Coordinator for FakeService {
 }
 
 /// Behaviour keyed by task id: 1 succeeds (checks its input, writes an output), 2 fails
-/// deterministically, 3 runs until asked to stop.
+/// deterministically, 3 runs until asked to stop, 4 checkpoints two epochs (the second rewriting
+/// the first's file) and then runs until asked to stop.
 struct FakeEngine {
     dir: PathBuf,
 }
@@ -197,6 +210,19 @@ impl Engine for FakeEngine {
                 Ok(EngineResult::Done { outcome: outcome(), artifacts: vec![("checkpoint".into(), out)] })
             }
             "task-2" => Err(EngineError::fatal("training loss became NaN at epoch 1")),
+            "task-4" => {
+                let path = self.dir.join("checkpoint.ot");
+                for epoch in 1..=2u32 {
+                    // Written like the engine does: a new file renamed over the old one.
+                    std::fs::write(self.dir.join("checkpoint.partial"), format!("epoch {epoch}")).unwrap();
+                    std::fs::rename(self.dir.join("checkpoint.partial"), &path).unwrap();
+                    events.checkpoint(epoch, &path);
+                }
+                while !events.should_stop() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(EngineResult::Stopped)
+            }
             _ => {
                 while !events.should_stop() {
                     std::thread::sleep(Duration::from_millis(20));
@@ -327,6 +353,37 @@ async fn shutdown_drains_the_running_task_by_releasing_it() {
     assert_eq!(seen.releases.len(), 1);
     assert_eq!(seen.releases[0].attempt_id, 103);
     assert!(seen.releases[0].reason.contains("draining"), "{:?}", seen.releases[0].reason);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epoch_checkpoints_are_uploaded_and_announced_before_a_drain_releases_the_task() {
+    let (url, seen) = serve(vec![lease(4, false)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = watch::channel(false);
+    let handle = tokio::spawn(client::run(
+        config(&url, TOKEN, dir.path()),
+        Box::new(FakeEngine { dir: dir.path().to_path_buf() }),
+        "fake".into(),
+        rx,
+    ));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    tx.send(true).unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(10), handle).await.expect("bounded").unwrap().unwrap();
+    assert_eq!(exit, ClientExit::Drained);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.features, [freqsweep_proto::FEATURE_RESUME_HISTORY]);
+    let newest = seen.checkpoints.last().expect("a checkpoint was announced");
+    assert_eq!((newest.attempt_id, newest.epochs_done), (104, 2), "{:?}", seen.checkpoints);
+    let artifact = newest.artifact.as_ref().unwrap();
+    assert_eq!(artifact.name, "checkpoint");
+    let bytes = &seen.uploads.iter().find(|(d, _)| d == &artifact.digest).expect("uploaded before announced").1;
+    assert_eq!(bytes, b"epoch 2", "the snapshot holds its own epoch's bytes");
+    assert!(seen.checkpoints.windows(2).all(|w| w[0].epochs_done < w[1].epochs_done));
+    assert_eq!(seen.order.last(), Some(&"release"), "checkpoints first, then the release: {:?}", seen.order);
+    assert!(
+        std::fs::read_dir(dir.path().join("uploads")).unwrap().next().is_none(),
+        "snapshots are removed once uploaded"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
