@@ -9,7 +9,7 @@
 use crate::artifacts::ArtifactDir;
 use crate::graph::{self, PlannedTask};
 use crate::scheduler::{SchedulerConfig, TaskId};
-use crate::service::{self, ServiceConfig, Shared};
+use crate::service::{self, PartialCheckpoint, ServiceConfig, Shared};
 use crate::store::{Change, Store, StoreWriter};
 use anyhow::{bail, Context, Result};
 use freqsweep_common::spec::{self, Sweep};
@@ -80,8 +80,18 @@ pub fn open(spec_path: &Path, dir: &Path, config: ServiceConfig) -> Result<Run> 
     }
     let first_attempt = reader.max_attempt_id()? + 1;
     let artifacts = ArtifactDir::new(dir.join("artifacts"));
+    let partials: Vec<_> = reader
+        .partial_checkpoints()?
+        .into_iter()
+        .filter(|p| artifacts.contains(&p.digest))
+        .map(|p| {
+            let artifact = pb::ArtifactRef { name: p.name, digest: p.digest, size: p.size };
+            (TaskId(p.task_id), PartialCheckpoint { artifact, epochs_done: p.epochs_done })
+        })
+        .collect();
     let shared =
         Shared::new(config, store.clone(), artifacts, tasks.clone(), stored, first_attempt, sweep.name.clone());
+    shared.restore_partials(partials);
     Ok(Run { dir: dir.to_path_buf(), sweep, tasks, shared, store, writer: Some(writer) })
 }
 

@@ -6,11 +6,17 @@
 //! callback, i.e. after every change it caused is on disk. Metric batches are stored keyed by
 //! `(attempt, seq)`; batches of a stale attempt are dropped.
 //!
+//! Retries resume: a train attempt announces each epoch's uploaded checkpoint (`CheckpointSaved`);
+//! the newest one per task is recorded as a partial checkpoint and given to the task's next
+//! attempt as its `checkpoint` input (to workers that re-send a resumed run's history, see
+//! `FEATURE_RESUME_HISTORY`), and older ones are deleted. Every train lease supersedes the metric
+//! points of earlier attempts, since each attempt reports the whole history.
+//!
 //! Logs: one structured line per task transition (task key, attempt, worker, seconds) and per
 //! worker join/leave/expiry, so a cluster can be followed from the coordinator's log alone.
 
 use crate::artifacts::ArtifactDir;
-use crate::graph::{PlannedTask, TaskKind};
+use crate::graph::{PlannedTask, TaskKind, CHECKPOINT};
 use crate::scheduler::{
     AttemptId, Input, Output, Scheduler, SchedulerConfig, StateName, StoredState, TaskId, WorkerId,
 };
@@ -85,6 +91,15 @@ struct WorkerInfo {
     /// Leases given to this worker session, and how many of them it completed.
     leases: u64,
     completed: u64,
+    /// Re-sends a resumed run's history, so it may be given a partial checkpoint.
+    resumes_history: bool,
+}
+
+/// The newest checkpoint a train task's attempts uploaded (what its next attempt resumes from).
+#[derive(Clone, Debug)]
+pub struct PartialCheckpoint {
+    pub artifact: pb::ArtifactRef,
+    pub epochs_done: u32,
 }
 
 /// How many failures the snapshot keeps (the dashboard's "recent failures").
@@ -119,6 +134,8 @@ struct Core {
     tasks: HashMap<TaskId, PlannedTask>,
     /// Artifacts each finished task produced (train tasks: the checkpoint).
     outputs: HashMap<TaskId, Vec<pb::ArtifactRef>>,
+    /// Newest partial checkpoint of unfinished train tasks.
+    partials: HashMap<TaskId, PartialCheckpoint>,
     /// Digest → locality key, to translate a worker's cache into keys the scheduler knows.
     digest_keys: HashMap<String, String>,
     sessions: HashMap<WorkerId, Outbound>,
@@ -274,6 +291,7 @@ impl Shared {
             scheduler,
             tasks: tasks.into_iter().map(|t| (t.id, t)).collect(),
             outputs,
+            partials: HashMap::new(),
             digest_keys,
             sessions: HashMap::new(),
             workers: HashMap::new(),
@@ -432,6 +450,28 @@ impl Shared {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// Restore the newest partial checkpoint of unfinished train tasks (from the store, on resume).
+    pub fn restore_partials(&self, partials: impl IntoIterator<Item = (TaskId, PartialCheckpoint)>) {
+        let mut core = self.core.lock().expect("core lock");
+        for (task, partial) in partials {
+            if core.tasks.contains_key(&task) && !core.outputs.contains_key(&task) {
+                core.partials.insert(task, partial);
+            }
+        }
+    }
+
+    /// Delete artifact files no row refers to any more (after the change that forgot them committed).
+    fn forget_files(&self, digests: Vec<String>) -> impl FnOnce() + Send + 'static {
+        let paths: Vec<_> = digests.iter().map(|d| self.artifacts.path(d)).collect();
+        move || {
+            for path in paths {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::debug!(path = %path.display(), error = %e, "superseded checkpoint already gone");
+                }
+            }
+        }
+    }
+
     /// Resolves when every task is terminal.
     pub fn finished(&self) -> watch::Receiver<bool> {
         self.finished.subscribe()
@@ -454,8 +494,16 @@ impl Shared {
             match output {
                 Output::Lease { worker, task, attempt } => {
                     let planned = &core.tasks[&task];
-                    let inputs: Vec<pb::ArtifactRef> =
+                    let mut inputs: Vec<pb::ArtifactRef> =
                         planned.deps.iter().filter_map(|d| core.outputs.get(d)).flatten().cloned().collect();
+                    let mut resumes = None;
+                    if planned.kind == TaskKind::Train {
+                        let can_resume = core.workers.get(&worker).is_some_and(|w| w.resumes_history);
+                        if let Some(partial) = core.partials.get(&task).filter(|_| can_resume) {
+                            inputs.push(pb::ArtifactRef { name: CHECKPOINT.to_string(), ..partial.artifact.clone() });
+                            resumes = Some(partial.epochs_done);
+                        }
+                    }
                     let lease = pb::Lease {
                         task_id: task.0,
                         attempt_id: attempt.0,
@@ -477,6 +525,15 @@ impl Shared {
                         worker: worker_name(worker),
                         now_ms: wall_ms(),
                     });
+                    if planned.kind == TaskKind::Train {
+                        // This attempt reports the whole history (a resumed one re-sends its
+                        // checkpoint's points): earlier attempts' points would be duplicates.
+                        changes.push(Change::SupersedeMetrics { task_id: task.0, attempt_id: attempt.0 });
+                    }
+                    if let Some(epochs_done) = resumes {
+                        tracing::info!(task = %planned.key, attempt = attempt.0, worker = %worker_name(worker), epochs_done, "resuming from a partial checkpoint");
+                        changes.push(Change::AttemptResumed { id: attempt.0, epochs_done });
+                    }
                     send(core, worker, coordinator_message::Body::Lease(lease));
                 }
                 Output::NoWork { worker, retry_after } => {
@@ -707,11 +764,27 @@ impl Service {
                 if !r.outputs.is_empty() {
                     core.outputs.insert(task, r.outputs.clone());
                 }
+                // The task is done: its partial checkpoint is no longer needed, unless it is the
+                // final one (same bytes), whose row the output just replaced.
+                let mut forget = Vec::new();
+                if let Some(partial) = core.partials.remove(&task) {
+                    if !r.outputs.iter().any(|o| o.digest == partial.artifact.digest) {
+                        changes.push(Change::DeleteArtifact { digest: partial.artifact.digest.clone() });
+                        forget.push(partial.artifact.digest);
+                    }
+                }
+                let acknowledge = ack(tx.clone(), r.attempt_id);
+                let forget = shared.forget_files(forget);
                 shared.drive(
                     &mut core,
                     Input::Completed { attempt, outputs: keys },
                     changes,
-                    Some(ack(tx.clone(), r.attempt_id)),
+                    Some(Box::new(move |accepted| {
+                        if accepted {
+                            forget();
+                        }
+                        acknowledge(accepted)
+                    })),
                 );
             }
             worker_message::Body::Failure(f) => {
@@ -726,6 +799,7 @@ impl Service {
                 let input = Input::Failed { attempt, error: f.error, retryable: f.retryable };
                 shared.drive(&mut core, input, changes, Some(ack(tx.clone(), f.attempt_id)));
             }
+            worker_message::Body::Checkpoint(c) => self.checkpoint_saved(&mut core, worker, tx, c),
             worker_message::Body::Release(r) => {
                 tracing::info!(worker = %worker_name(worker), attempt = r.attempt_id, reason = %r.reason, "lease released");
                 shared.drive(
@@ -736,6 +810,62 @@ impl Service {
                 );
             }
         }
+    }
+}
+
+impl Service {
+    /// Record a train attempt's per-epoch checkpoint if it is the task's newest, and delete the one
+    /// it supersedes once that is committed.
+    fn checkpoint_saved(&self, core: &mut Core, worker: WorkerId, tx: &Outbound, c: pb::CheckpointSaved) {
+        let shared = &self.0;
+        let refuse = |why: &str| {
+            tracing::debug!(attempt = c.attempt_id, epochs_done = c.epochs_done, why, "checkpoint not recorded");
+            ack(tx.clone(), c.attempt_id)(false);
+        };
+        let Some((task, _)) = core.scheduler.attempt(AttemptId(c.attempt_id)) else { return refuse("stale attempt") };
+        let Some(artifact) = c.artifact.clone() else { return refuse("no artifact") };
+        if core.tasks[&task].kind != TaskKind::Train {
+            return refuse("not a train task");
+        }
+        if !shared.artifacts.contains(&artifact.digest) {
+            tracing::warn!(attempt = c.attempt_id, digest = %artifact.digest, "checkpoint announced but never uploaded");
+            return refuse("not uploaded");
+        }
+        if core.partials.get(&task).is_some_and(|p| p.epochs_done >= c.epochs_done) {
+            // An older epoch announced late (a drain flushes its last uploads): keep the newer.
+            return ack(tx.clone(), c.attempt_id)(true);
+        }
+        tracing::info!(task = %core.tasks[&task].key, attempt = c.attempt_id, epochs_done = c.epochs_done, "checkpoint saved");
+        let mut changes = vec![Change::PartialCheckpoint {
+            digest: artifact.digest.clone(),
+            name: artifact.name.clone(),
+            size: artifact.size,
+            path: shared.artifacts.path(&artifact.digest).display().to_string(),
+            task_id: task.0,
+            attempt_id: c.attempt_id,
+            epochs_done: c.epochs_done,
+        }];
+        let partial = PartialCheckpoint { artifact, epochs_done: c.epochs_done };
+        let mut forget = Vec::new();
+        if let Some(old) = core.partials.insert(task, partial) {
+            if old.artifact.digest != c.artifact.as_ref().map_or("", |a| a.digest.as_str()) {
+                changes.push(Change::DeleteArtifact { digest: old.artifact.digest.clone() });
+                forget.push(old.artifact.digest);
+            }
+        }
+        let acknowledge = ack(tx.clone(), c.attempt_id);
+        let forget = shared.forget_files(forget);
+        shared.drive(
+            core,
+            Input::Heartbeat { worker },
+            changes,
+            Some(Box::new(move |accepted| {
+                if accepted {
+                    forget();
+                }
+                acknowledge(accepted)
+            })),
+        );
     }
 }
 
@@ -795,6 +925,7 @@ impl Coordinator for Service {
                 throughput: 0.0,
                 leases: 0,
                 completed: 0,
+                resumes_history: r.features.iter().any(|f| f == freqsweep_proto::FEATURE_RESUME_HISTORY),
             },
         );
         core.workers_joined += 1;

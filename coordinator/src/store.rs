@@ -12,10 +12,17 @@
 //! Tables (all times are milliseconds since the Unix epoch):
 //! - `sweep(key, value)`: `spec_toml`, `name`, `created_ms`, … as key/value rows.
 //! - `tasks(id, key, kind, spec_json, deps_json, state, attempts, result_json, error, updated_ms)`.
-//! - `attempts(id, task_id, worker, started_ms, ended_ms, outcome)`.
+//! - `attempts(id, task_id, worker, started_ms, ended_ms, outcome, resumed_epoch)`: `resumed_epoch`
+//!   is the epoch a train attempt resumed at from a partial checkpoint (NULL: from scratch).
 //! - `metric_batches(attempt_id, seq)`: which batches were stored (duplicates are dropped).
-//! - `metrics(task_id, attempt_id, name, epoch, step, test_set, class_index, value)`.
-//! - `artifacts(digest, name, size, path, task_id)`.
+//! - `metrics(task_id, attempt_id, name, epoch, step, test_set, class_index, value)`: a task's
+//!   points are those of its latest attempt; every train attempt reports the whole history (a
+//!   resumed one re-sends its checkpoint's points first), so a new attempt's lease deletes the
+//!   points of earlier ones and no epoch is stored twice.
+//! - `artifacts(digest, name, size, path, task_id, attempt_id, epochs_done)`: a task's outputs
+//!   have `epochs_done` NULL; a row with `epochs_done` set is a partial checkpoint (uploaded after
+//!   that many epochs by `attempt_id`), the newest of which a retry resumes from; older ones are
+//!   deleted when a newer one or the task's result is committed.
 //! - `workers(id, hostname, device, joined_ms, left_ms)`.
 
 use freqsweep_common::task::MetricPoint;
@@ -119,6 +126,31 @@ pub enum Change {
         id: String,
         now_ms: u64,
     },
+    /// A train attempt's checkpoint after `epochs_done` epochs (not an output of the task).
+    PartialCheckpoint {
+        digest: String,
+        name: String,
+        size: u64,
+        path: String,
+        task_id: u64,
+        attempt_id: u64,
+        epochs_done: u32,
+    },
+    /// Forget an artifact (a superseded partial checkpoint).
+    DeleteArtifact {
+        digest: String,
+    },
+    /// Attempt `id` resumes its task at `epochs_done` from a partial checkpoint.
+    AttemptResumed {
+        id: u64,
+        epochs_done: u32,
+    },
+    /// Attempt `attempt_id` of `task_id` starts: it reports the task's whole history, so the
+    /// points earlier attempts stored are deleted.
+    SupersedeMetrics {
+        task_id: u64,
+        attempt_id: u64,
+    },
 }
 
 type Callback = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -197,11 +229,32 @@ CREATE TABLE IF NOT EXISTS artifacts (digest TEXT PRIMARY KEY, name TEXT NOT NUL
 CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, hostname TEXT NOT NULL, device TEXT NOT NULL, joined_ms INTEGER NOT NULL, left_ms INTEGER);
 ";
 
+/// Columns added after the first release: `(table, column, declaration)`, added to a store that
+/// lacks them (a run directory written by an older coordinator).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("attempts", "resumed_epoch", "INTEGER"),
+    ("artifacts", "attempt_id", "INTEGER"),
+    ("artifacts", "epochs_done", "INTEGER"),
+];
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, decl) in ADDED_COLUMNS {
+        let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+        let present = stmt.query_map([], |r| r.get::<_, String>(1))?.collect::<Result<Vec<_>, _>>()?;
+        if !present.iter().any(|c| c == column) {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Open (creating if needed) the database at `path` and start its writer thread.
     pub fn open(path: &Path) -> Result<(Store, StoreWriter), StoreError> {
         let conn = open_connection(path)?;
-        conn.execute_batch(SCHEMA).map_err(|e| StoreError::Open { path: path.to_path_buf(), detail: e.to_string() })?;
+        conn.execute_batch(SCHEMA)
+            .and_then(|_| migrate(&conn))
+            .map_err(|e| StoreError::Open { path: path.to_path_buf(), detail: e.to_string() })?;
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Counters::default());
         let counters = stats.clone();
@@ -386,6 +439,23 @@ fn apply<'a>(conn: &mut Connection, groups: impl Iterator<Item = &'a [Change]>) 
                     Change::WorkerLeft { id, now_ms } => {
                         tx.execute("UPDATE workers SET left_ms = ?2 WHERE id = ?1", params![id, *now_ms as i64])?;
                     }
+                    Change::PartialCheckpoint { digest, name, size, path, task_id, attempt_id, epochs_done } => {
+                        tx.execute(
+                            "INSERT OR REPLACE INTO artifacts (digest, name, size, path, task_id, attempt_id, epochs_done) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                            params![digest, name, *size as i64, path, *task_id as i64, *attempt_id as i64, epochs_done],
+                        )?;
+                    }
+                    Change::DeleteArtifact { digest } => {
+                        tx.execute("DELETE FROM artifacts WHERE digest = ?1", params![digest])?;
+                    }
+                    Change::AttemptResumed { id, epochs_done } => {
+                        tx.prepare_cached("UPDATE attempts SET resumed_epoch = ?2 WHERE id = ?1")?
+                            .execute(params![*id as i64, epochs_done])?;
+                    }
+                    Change::SupersedeMetrics { task_id, attempt_id } => {
+                        tx.prepare_cached("DELETE FROM metrics WHERE task_id = ?1 AND attempt_id != ?2")?
+                            .execute(params![*task_id as i64, *attempt_id as i64])?;
+                    }
                 }
             }
         }
@@ -461,11 +531,11 @@ impl Reader {
             .optional()?)
     }
 
-    /// Artifacts produced by a task: `(name, digest, size, path)`.
+    /// Artifacts produced by a task (its outputs, not partial checkpoints): `(name, digest, size, path)`.
     pub fn task_artifacts(&self, task_id: u64) -> Result<Vec<(String, String, u64, String)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT name, digest, size, path FROM artifacts WHERE task_id = ?1 ORDER BY name")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT name, digest, size, path FROM artifacts WHERE task_id = ?1 AND epochs_done IS NULL ORDER BY name",
+        )?;
         let rows =
             stmt.query_map([task_id as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -489,18 +559,16 @@ impl Reader {
 
     /// Every attempt, in id order.
     pub fn attempts(&self) -> Result<Vec<AttemptRow>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!("SELECT {ATTEMPT_COLUMNS} FROM attempts ORDER BY id"))?;
+        let rows = stmt.query_map([], attempt_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The attempts of one task, in id order.
+    pub fn task_attempts(&self, task_id: u64) -> Result<Vec<AttemptRow>, StoreError> {
         let mut stmt =
-            self.conn.prepare("SELECT id, task_id, worker, started_ms, ended_ms, outcome FROM attempts ORDER BY id")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(AttemptRow {
-                id: r.get::<_, i64>(0)? as u64,
-                task_id: r.get::<_, i64>(1)? as u64,
-                worker: r.get(2)?,
-                started_ms: r.get::<_, i64>(3)? as u64,
-                ended_ms: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
-                outcome: r.get(5)?,
-            })
-        })?;
+            self.conn.prepare_cached(&format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE task_id = ?1 ORDER BY id"))?;
+        let rows = stmt.query_map([task_id as i64], attempt_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
@@ -524,6 +592,62 @@ pub struct AttemptRow {
     pub started_ms: u64,
     pub ended_ms: Option<u64>,
     pub outcome: Option<String>,
+    /// The epoch a train attempt resumed at from a partial checkpoint (`None`: from scratch).
+    pub resumed_epoch: Option<u32>,
+}
+
+const ATTEMPT_COLUMNS: &str = "id, task_id, worker, started_ms, ended_ms, outcome, resumed_epoch";
+
+fn attempt_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRow> {
+    Ok(AttemptRow {
+        id: r.get::<_, i64>(0)? as u64,
+        task_id: r.get::<_, i64>(1)? as u64,
+        worker: r.get(2)?,
+        started_ms: r.get::<_, i64>(3)? as u64,
+        ended_ms: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+        outcome: r.get(5)?,
+        resumed_epoch: r.get(6)?,
+    })
+}
+
+/// A partial checkpoint as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PartialRow {
+    pub task_id: u64,
+    pub attempt_id: u64,
+    pub epochs_done: u32,
+    pub name: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+impl Reader {
+    /// The newest partial checkpoint of every task that has one (what a retry resumes from).
+    pub fn partial_checkpoints(&self) -> Result<Vec<PartialRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT task_id, attempt_id, epochs_done, name, digest, size FROM artifacts
+             WHERE epochs_done IS NOT NULL ORDER BY task_id, epochs_done",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(PartialRow {
+                task_id: r.get::<_, i64>(0)? as u64,
+                attempt_id: r.get::<_, Option<i64>>(1)?.unwrap_or(0) as u64,
+                epochs_done: r.get(2)?,
+                name: r.get(3)?,
+                digest: r.get(4)?,
+                size: r.get::<_, i64>(5)? as u64,
+            })
+        })?;
+        let mut newest: Vec<PartialRow> = Vec::new();
+        for row in rows {
+            let row = row?;
+            match newest.last_mut() {
+                Some(last) if last.task_id == row.task_id => *last = row,
+                _ => newest.push(row),
+            }
+        }
+        Ok(newest)
+    }
 }
 
 #[cfg(test)]
@@ -622,6 +746,81 @@ mod tests {
         writer.stop();
         let (store, _w) = Store::open(&dir.path().join("db")).unwrap();
         assert_eq!(store.reader().unwrap().metric_count().unwrap(), 4000);
+    }
+
+    #[test]
+    fn partial_checkpoints_resumed_attempts_and_superseded_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = Store::open(&dir.path().join("db")).unwrap();
+        let partial = |digest: &str, attempt_id, epochs_done| Change::PartialCheckpoint {
+            digest: digest.into(),
+            name: "checkpoint".into(),
+            size: 3,
+            path: format!("/a/{digest}"),
+            task_id: 1,
+            attempt_id,
+            epochs_done,
+        };
+        store
+            .write(vec![
+                Change::AttemptStarted { id: 1, task_id: 1, worker: "w1".into(), now_ms: 1 },
+                Change::SupersedeMetrics { task_id: 1, attempt_id: 1 },
+                Change::Metrics { task_id: 1, attempt_id: 1, seq: 0, points: vec![point(0.1), point(0.2)] },
+                partial("sha256:e1", 1, 1),
+                partial("sha256:e2", 1, 2),
+                Change::DeleteArtifact { digest: "sha256:e1".into() },
+                Change::AttemptEnded { id: 1, outcome: "ready".into(), now_ms: 2 },
+                // The retry resumes at epoch 2 and re-sends the history.
+                Change::AttemptStarted { id: 2, task_id: 1, worker: "w2".into(), now_ms: 3 },
+                Change::AttemptResumed { id: 2, epochs_done: 2 },
+                Change::SupersedeMetrics { task_id: 1, attempt_id: 2 },
+                Change::Metrics { task_id: 1, attempt_id: 2, seq: 0, points: vec![point(0.1), point(0.2), point(0.3)] },
+            ])
+            .unwrap();
+        let reader = store.reader().unwrap();
+        let newest = reader.partial_checkpoints().unwrap();
+        assert_eq!(newest.len(), 1);
+        assert_eq!((newest[0].digest.as_str(), newest[0].epochs_done, newest[0].attempt_id), ("sha256:e2", 2, 1));
+        assert!(reader.task_artifacts(1).unwrap().is_empty(), "a partial checkpoint is not an output");
+        assert_eq!(reader.metrics(1).unwrap(), [point(0.1), point(0.2), point(0.3)], "no point stored twice");
+        let attempts = reader.task_attempts(1).unwrap();
+        assert_eq!(attempts.iter().map(|a| a.resumed_epoch).collect::<Vec<_>>(), [None, Some(2)]);
+
+        // The final checkpoint has the bytes of the last partial one: its row becomes an output.
+        store
+            .write(vec![Change::Artifact {
+                digest: "sha256:e2".into(),
+                name: "checkpoint".into(),
+                size: 3,
+                path: "/a/sha256:e2".into(),
+                task_id: Some(1),
+            }])
+            .unwrap();
+        assert!(reader.partial_checkpoints().unwrap().is_empty());
+        assert_eq!(reader.task_artifacts(1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_store_from_before_partial_checkpoints_gains_the_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE attempts (id INTEGER PRIMARY KEY, task_id INTEGER NOT NULL, worker TEXT NOT NULL,
+                    started_ms INTEGER NOT NULL, ended_ms INTEGER, outcome TEXT);
+                 CREATE TABLE artifacts (digest TEXT PRIMARY KEY, name TEXT NOT NULL, size INTEGER NOT NULL, path TEXT NOT NULL, task_id INTEGER);
+                 INSERT INTO artifacts VALUES ('sha256:old', 'checkpoint', 1, '/x', 4);",
+            )
+            .unwrap();
+        }
+        let (store, _writer) = Store::open(&path).unwrap();
+        let reader = store.reader().unwrap();
+        assert_eq!(reader.task_artifacts(4).unwrap().len(), 1, "old outputs stay outputs");
+        assert!(reader.partial_checkpoints().unwrap().is_empty());
+        store.write(vec![Change::AttemptStarted { id: 1, task_id: 4, worker: "w1".into(), now_ms: 1 }]).unwrap();
+        store.write(vec![Change::AttemptResumed { id: 1, epochs_done: 3 }]).unwrap();
+        assert_eq!(reader.task_attempts(4).unwrap()[0].resumed_epoch, Some(3));
     }
 
     #[test]
