@@ -1,8 +1,11 @@
 //! Fault injection: a worker process killed (SIGKILL) in the middle of a training task. Its session
 //! ends, the coordinator re-queues the task at once, the surviving worker finishes the sweep, and
-//! the results are complete.
+//! the results are complete. A worker killed after uploading an epoch's checkpoint: the retry
+//! resumes from that epoch and ends bit for bit where an uninterrupted run ends. A coordinator
+//! killed mid-sweep restarts from its store.
 
-use freqsweep_tests::binary;
+use freqsweep_coordinator::store::Store;
+use freqsweep_tests::{binary, run_bounded};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -164,4 +167,134 @@ fn a_coordinator_killed_mid_sweep_restarts_from_its_store_and_the_worker_reconne
     assert!(worker_status.success(), "the worker survived the coordinator's restart");
     let results = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(results.lines().filter(|l| l.contains(",done,")).count(), 2, "{results}");
+}
+
+/// One training task long enough to be killed between epochs (each takes a fraction of a second).
+const RESUME_SPEC: &str = r#"name = "resume"
+[[dataset]]
+kind = "syn"
+band = 2
+train = 2048
+test = 64
+[model]
+arch = "tiny"
+[train]
+lr = 0.003
+batch_size = 32
+epochs = 6
+seed = 1
+[eval]
+test_sets = ["B1234", "B124"]
+every_steps = 16
+steps_epochs = 6
+"#;
+
+fn worker(port: u16, cache: &std::path::Path) -> std::process::Child {
+    Command::new(binary("freqsweep-worker"))
+        .args(["--coordinator", &format!("http://127.0.0.1:{port}"), "--device", "cpu", "--threads", "1"])
+        .args(["--connect-timeout", "60", "--cache-dir"])
+        .arg(cache)
+        .env("FREQSWEEP_TOKEN", "t")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// `epochs_done=N` in a log line.
+fn epochs_done(line: &str) -> Option<u32> {
+    line.split_whitespace().find_map(|w| w.strip_prefix("epochs_done=")).and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn a_retried_train_task_resumes_from_the_last_uploaded_checkpoint_and_ends_like_a_clean_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("resume.toml");
+    std::fs::write(&spec, RESUME_SPEC).unwrap();
+
+    // The reference: the same task, never interrupted (one libtorch thread, like the workers below).
+    let clean = dir.path().join("clean");
+    let out = run_bounded(
+        Command::new(binary("freqsweep"))
+            .arg("run")
+            .arg(&spec)
+            .args(["--local-workers", "1", "--worker-threads", "1", "--out"])
+            .arg(&clean),
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "clean run: {}", String::from_utf8_lossy(&out.stderr));
+
+    // The faulted run: worker A trains until the coordinator has recorded a checkpoint, is killed,
+    // and worker B (an empty cache, so nothing local to resume from) takes the task over.
+    let faulted = dir.path().join("faulted");
+    let port = free_port();
+    let mut coordinator = serve(&spec, &faulted, port);
+    let mut first = worker(port, &dir.path().join("cache-a"));
+    let victim = first.id();
+    let (killed_tx, killed_rx) = std::sync::mpsc::channel();
+    let stderr = coordinator.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut log = Vec::new();
+        let mut killed = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !killed && line.contains("checkpoint saved") && epochs_done(&line).is_some_and(|e| e >= 1) {
+                Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap();
+                killed = true;
+                let _ = killed_tx.send(epochs_done(&line).unwrap());
+            }
+            log.push(line);
+        }
+        log
+    });
+    let saved_at_kill = killed_rx.recv_timeout(Duration::from_secs(120)).expect("no checkpoint was ever recorded");
+    let _ = first.wait();
+    let mut second = worker(port, &dir.path().join("cache-b"));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = coordinator.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = coordinator.kill();
+            let _ = second.kill();
+            panic!("the retried task did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = second.wait();
+    let log = reader.join().unwrap().join("\n");
+    assert!(status.success(), "{}", log.lines().last().unwrap_or(""));
+
+    // The coordinator says where the retry resumed: at least the epoch saved when A was killed
+    // (a later checkpoint may have landed between the log line and the kill), never at 0.
+    let resumed_line = log.lines().find(|l| l.contains("resuming from a partial checkpoint")).unwrap_or_else(|| {
+        panic!("the retry did not resume from a checkpoint:\n{log}");
+    });
+    let resumed = epochs_done(resumed_line).unwrap();
+    assert!((saved_at_kill..6).contains(&resumed), "resumed at epoch {resumed}, saved {saved_at_kill} at the kill");
+
+    // The store agrees: two attempts, the second resumed; the history equals the clean run's
+    // exactly (replayed epochs are not stored twice) and so does the final checkpoint.
+    let read = |run: &std::path::Path| {
+        let (store, writer) = Store::open(&run.join("freqsweep.db")).unwrap();
+        let reader = store.reader().unwrap();
+        let task = reader.tasks().unwrap().into_iter().find(|t| t.kind == "train").unwrap();
+        let result = (reader.attempts(task.id).unwrap(), reader.metrics(task.id).unwrap());
+        writer.stop();
+        result
+    };
+    let (attempts, metrics) = read(&faulted);
+    let (clean_attempts, clean_metrics) = read(&clean);
+    assert_eq!(clean_attempts.len(), 1);
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!((attempts[0].resumed_epoch, attempts[1].resumed_epoch), (None, Some(resumed)), "{attempts:?}");
+    assert_eq!(attempts[1].outcome.as_deref(), Some("done"));
+    assert!(metrics.len() > 100, "{} points", metrics.len());
+    assert_eq!(metrics.len(), clean_metrics.len(), "no metric point stored twice or lost");
+    assert!(metrics == clean_metrics, "the history equals an uninterrupted run's");
+    let checkpoint = "checkpoints/Syn_2-tiny-adam-lr0.003-bs32-ep6-seed1.ot";
+    let (a, b) = (std::fs::read(faulted.join(checkpoint)).unwrap(), std::fs::read(clean.join(checkpoint)).unwrap());
+    assert!(a == b, "the final checkpoint (weights, optimizer state, history) equals the clean run's");
+    // Superseded partial checkpoints were deleted: only the final checkpoint is left.
+    assert_eq!(std::fs::read_dir(faulted.join("artifacts")).unwrap().count(), 1);
 }
