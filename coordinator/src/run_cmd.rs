@@ -226,13 +226,28 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
             start_http(&run, addr, None).await?;
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // SIGTERM as well as Ctrl-C: systemd, SLURM (scancel, preemption, time limit) and
+        // container runtimes stop services with it. Everything acknowledged is in the store, so
+        // the same command later resumes.
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot install the SIGTERM handler")?;
         tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            tracing::info!("stopping on a signal; run the same command again to resume");
             let _ = stop_tx.send(true);
         });
         run.serve_until_finished(listener, stop_rx).await
     })?;
+    let done = *run.shared.finished().borrow();
     let summary = run.write_results()?;
+    if !done {
+        let counts: Vec<String> = summary.counts.iter().map(|(s, c)| format!("{c} {s}")).collect();
+        println!("sweep stopped: {}; run the same command again to resume ({})", counts.join(", "), dir.display());
+        return Ok(());
+    }
     print_summary(&dir, &summary)
 }
 

@@ -1,0 +1,369 @@
+//! The SLURM test: a real single-node SLURM cluster (munged, slurmctld, slurmd, all as child
+//! processes configured by a generated `slurm.conf` in a temporary directory: localhost node, free
+//! ports, no cgroups, two fake GPUs) runs the real `deploy/slurm/freqsweep-workers.sbatch`. Its
+//! workers join a `freqsweep serve` on 127.0.0.1 and start a tiny Syn sweep; `scancel` of the array
+//! drains them (the training task's lease is released, the jobs leave the queue at once, not after
+//! SLURM's kill timeout); a second array resumes the task from its last epoch checkpoint and
+//! completes the sweep.
+//!
+//! Needs root and the Debian packages `slurmctld slurmd slurm-client munge` (`.ci/run` installs
+//! them). Without them the test says so loudly and passes, unless `FREQSWEEP_REQUIRE_SLURM=1`
+//! (set by `.ci/run`), where it fails.
+
+use freqsweep_tests::binary;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The whole test must finish within this.
+const LIMIT: Duration = Duration::from_secs(120);
+
+const SPEC: &str = r#"name = "slurm"
+[[dataset]]
+kind = "syn"
+band = 2
+train = 2048
+test = 64
+[model]
+arch = "tiny"
+[train]
+lr = 0.003
+batch_size = 32
+epochs = 8
+seed = 1
+[heatmap]
+eps = [4.0]
+images = 8
+chunk_cells = 257
+"#;
+
+const BINARIES: [&str; 6] = ["munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel"];
+
+/// Where a system binary is (sbin directories are not always on a test's PATH).
+fn find(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    found
+}
+
+/// `None` when SLURM can run here; otherwise why not.
+fn unavailable() -> Option<String> {
+    let missing: Vec<&str> = BINARIES.iter().copied().filter(|b| find(b).is_none()).collect();
+    if !missing.is_empty() {
+        return Some(format!(
+            "{} not installed (as root: apt-get install slurmctld slurmd slurm-client munge)",
+            missing.join(", ")
+        ));
+    }
+    let uid = Command::new("id").arg("-u").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if uid.as_deref() != Some("0") {
+        return Some("not root (slurmd runs jobs as root in this single-node set-up)".into());
+    }
+    None
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running single-node cluster; dropping it cancels every job and stops the daemons.
+struct Cluster {
+    dir: PathBuf,
+    conf: PathBuf,
+    daemons: Vec<Child>,
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> Cluster {
+        let dir = dir.join("slurm");
+        for sub in ["state", "spool", "munge"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let munge = dir.join("munge");
+        // munged checks permissions: a private key, a socket directory others may traverse.
+        let mut key = vec![0u8; 1024];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut key).unwrap();
+        std::fs::write(munge.join("munge.key"), &key).unwrap();
+        chmod(&munge.join("munge.key"), "600");
+        chmod(&munge, "755");
+        let socket = munge.join("munge.sock");
+        let mut cluster = Cluster { conf: dir.join("slurm.conf"), dir: dir.clone(), daemons: Vec::new() };
+        cluster.spawn(
+            Command::new(find("munged").unwrap())
+                .args(["--foreground", "--force", "--num-threads=2"])
+                .arg(format!("--socket={}", socket.display()))
+                .arg(format!("--key-file={}", munge.join("munge.key").display()))
+                .arg(format!("--log-file={}", munge.join("munged.log").display()))
+                .arg(format!("--pid-file={}", munge.join("munged.pid").display()))
+                .arg(format!("--seed-file={}", munge.join("munged.seed").display())),
+            "munged",
+        );
+        wait_for("munged's socket", Duration::from_secs(10), || socket.exists());
+
+        // The node as this machine's hardware describes it (slurmd refuses a node claiming more).
+        let hardware = String::from_utf8(Command::new(find("slurmd").unwrap()).arg("-C").output().unwrap().stdout)
+            .unwrap();
+        let hardware_line = hardware.lines().find(|l| l.starts_with("NodeName=")).expect("slurmd -C prints the node");
+        let topology: Vec<&str> = hardware_line
+            .split_whitespace()
+            .filter(|w| ["CPUs=", "Boards=", "SocketsPerBoard=", "CoresPerSocket=", "ThreadsPerCore="].iter().any(|k| w.starts_with(k)))
+            .collect();
+        let d = dir.display();
+        let conf = format!(
+            "ClusterName=fstest
+SlurmctldHost=localhost(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={socket}
+StateSaveLocation={d}/state
+SlurmdSpoolDir={d}/spool
+SlurmctldPidFile={d}/slurmctld.pid
+SlurmdPidFile={d}/slurmd.pid
+SlurmctldLogFile={d}/slurmctld.log
+SlurmdLogFile={d}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/builtin
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+MpiDefault=none
+SwitchType=switch/none
+ReturnToService=2
+GresTypes=gpu
+KillWait=30
+MinJobAge=600
+NodeName=fsnode NodeAddr=127.0.0.1 NodeHostname=localhost {topology} RealMemory=1000 Gres=gpu:2 State=UNKNOWN
+PartitionName=debug Nodes=fsnode Default=YES MaxTime=INFINITE State=UP
+",
+            ctld_port = free_port(),
+            slurmd_port = free_port(),
+            socket = socket.display(),
+            topology = topology.join(" "),
+        );
+        std::fs::write(&cluster.conf, conf).unwrap();
+        // Two fake GPUs: SLURM only needs device files to hand out (it sets CUDA_VISIBLE_DEVICES).
+        std::fs::write(
+            dir.join("gres.conf"),
+            "NodeName=fsnode Name=gpu File=/dev/null\nNodeName=fsnode Name=gpu File=/dev/zero\n",
+        )
+        .unwrap();
+        let conf_path = cluster.conf.clone();
+        cluster.spawn(Command::new(find("slurmctld").unwrap()).arg("-D").arg("-f").arg(&conf_path), "slurmctld");
+        cluster.spawn(
+            Command::new(find("slurmd").unwrap()).args(["-D", "-N", "fsnode"]).arg("-f").arg(&conf_path),
+            "slurmd",
+        );
+        let started = Instant::now();
+        loop {
+            let state = cluster.command("sinfo", &["-h", "-n", "fsnode", "-o", "%T"]);
+            let state = String::from_utf8_lossy(&state.stdout).trim().to_string();
+            if state == "idle" {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                panic!("the SLURM node never became idle (state {state:?}); see {}/slurmctld.log", dir.display());
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, command: &mut Command, name: &str) {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.out"))).unwrap();
+        let child = command
+            .env("SLURM_CONF", &self.conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        self.daemons.push(child);
+    }
+
+    /// Run a SLURM client command against this cluster.
+    fn command(&self, name: &str, args: &[&str]) -> Output {
+        let binary = find(name).unwrap_or_else(|| panic!("{name} not installed"));
+        Command::new(binary).args(args).env("SLURM_CONF", &self.conf).output().unwrap()
+    }
+
+    /// Job ids (`123_0`, …) in the queue.
+    fn queue(&self) -> Vec<String> {
+        let out = self.command("squeue", &["-h", "-o", "%i %T"]);
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Jobs first (their processes are not children of slurmd), then the daemons.
+        let _ = self.command("scancel", &["--user=root"]);
+        let started = Instant::now();
+        while !self.queue().is_empty() && started.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for child in self.daemons.iter_mut().rev() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn chmod(path: &Path, mode: &str) {
+    assert!(Command::new("chmod").arg(mode).arg(path).status().unwrap().success());
+}
+
+fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < limit, "{what} not ready after {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Submit the real worker script as a 2-task array; returns the array job id.
+fn submit(cluster: &Cluster, dir: &Path, port: u16) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/slurm/freqsweep-workers.sbatch");
+    let worker = binary("freqsweep-worker");
+    let exports = [
+        format!("FREQSWEEP_COORDINATOR=http://127.0.0.1:{port}"),
+        "FREQSWEEP_TOKEN=slurm-test-token".to_string(),
+        format!("FREQSWEEP_WORKER={}", worker.display()),
+        // The fake GPUs are /dev/null: SLURM allocates them, libtorch here is a CPU build.
+        "FREQSWEEP_DEVICE=cpu".to_string(),
+        format!("FREQSWEEP_WORKER_CACHE={}", dir.join("cache").display()),
+        "FREQSWEEP_WORKER_ARGS=--connect-timeout 20".to_string(),
+    ];
+    // Only what the test machine cannot give is overridden: one core per worker instead of four.
+    let out = cluster.command(
+        "sbatch",
+        &[
+            "--parsable",
+            "--array=0-1",
+            "--cpus-per-task=1",
+            &format!("--chdir={}", dir.display()),
+            &format!("--export=ALL,{}", exports.join(",")),
+            script.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "sbatch failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().split(';').next().unwrap().to_string()
+}
+
+/// Wait until a line matching `pred` is in the log (or panic with the log after `limit`).
+fn wait_log(log: &Arc<Mutex<Vec<String>>>, limit: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some(line) = log.lock().unwrap().iter().find(|l| pred(l)) {
+            return line.clone();
+        }
+        if started.elapsed() > limit {
+            panic!("{what} did not happen within {limit:?}; coordinator log:\n{}", log.lock().unwrap().join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn job_outputs(dir: &Path, job: &str) -> String {
+    let mut text = String::new();
+    for task in 0..2 {
+        let path = dir.join(format!("freqsweep-worker-{job}_{task}.out"));
+        text.push_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
+    }
+    text
+}
+
+#[test]
+fn workers_submitted_with_sbatch_complete_a_sweep_and_scancel_drains_them() {
+    if let Some(why) = unavailable() {
+        let required = std::env::var("FREQSWEEP_REQUIRE_SLURM").is_ok_and(|v| v == "1");
+        assert!(!required, "the SLURM test cannot run: {why}");
+        eprintln!("\n*** SKIPPED: the SLURM test cannot run here: {why} ***\n");
+        return;
+    }
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cluster = Cluster::start(dir);
+
+    std::fs::write(dir.join("slurm.toml"), SPEC).unwrap();
+    let port = free_port();
+    let mut coordinator = Command::new(binary("freqsweep"))
+        .arg("serve")
+        .arg(dir.join("slurm.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--out"])
+        .arg(dir.join("run"))
+        .env("FREQSWEEP_TOKEN", "slurm-test-token")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let log = log.clone();
+        let stderr = coordinator.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        })
+    };
+
+    // First array: both workers join; once training has a checkpoint, scancel the array.
+    let first = submit(&cluster, dir, port);
+    wait_log(&log, Duration::from_secs(60), "a checkpoint of the training task", |l| l.contains("checkpoint saved"));
+    let cancel = cluster.command("scancel", &[&first]);
+    assert!(cancel.status.success(), "scancel: {}", String::from_utf8_lossy(&cancel.stderr));
+    let cancelled = Instant::now();
+    // SIGTERM drains: the lease comes back at once and the jobs end well before KillWait (30 s).
+    wait_log(&log, Duration::from_secs(20), "the drained worker releasing its lease", |l| {
+        l.contains("lease released") && l.contains("draining")
+    });
+    wait_for("the cancelled jobs to leave the queue", Duration::from_secs(20), || cluster.queue().is_empty());
+    assert!(cancelled.elapsed() < Duration::from_secs(20), "the workers were killed, not drained");
+    let outputs = job_outputs(dir, &first);
+    assert!(outputs.contains("draining"), "a worker logged its drain:\n{outputs}");
+    // SLURM gave each worker its own GPU (two fake ones on this node).
+    for gpu in ["CUDA_VISIBLE_DEVICES=0 ", "CUDA_VISIBLE_DEVICES=1 "] {
+        assert!(outputs.contains(gpu), "{gpu} missing:\n{outputs}");
+    }
+
+    // Second array: the training task resumes from its last checkpoint and the sweep completes.
+    let second = submit(&cluster, dir, port);
+    let status = loop {
+        if let Some(status) = coordinator.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > LIMIT {
+            let _ = coordinator.kill();
+            panic!("the sweep did not finish in time; coordinator log:\n{}", log.lock().unwrap().join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    reader.join().unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut coordinator.stdout.take().unwrap(), &mut stdout).unwrap();
+    let log = log.lock().unwrap().join("\n");
+    assert!(status.success(), "{}", log.lines().last().unwrap_or(""));
+    assert!(stdout.contains("sweep finished: 3 done"), "{stdout}");
+    let resumed = log.lines().find(|l| l.contains("resuming from a partial checkpoint")).expect("the retry resumed");
+    assert!(!resumed.contains("epochs_done=0"), "{resumed}");
+    // Workers that saw the sweep end exit 0 and their jobs leave the queue by themselves.
+    wait_for("the second array to finish", Duration::from_secs(30), || cluster.queue().is_empty());
+    let outputs = job_outputs(dir, &second);
+    assert!(outputs.contains("worker finished exit=SweepDone"), "{outputs}");
+    let results = std::fs::read_to_string(dir.join("run/results.csv")).unwrap();
+    assert_eq!(results.lines().filter(|l| l.contains(",done,")).count(), 1, "{results}");
+    assert!(started.elapsed() < LIMIT);
+}
