@@ -1,20 +1,19 @@
 //! The SLURM test: a real single-node SLURM cluster (munged, slurmctld, slurmd, all as child
 //! processes configured by a generated `slurm.conf` in a temporary directory: localhost node, free
-//! ports, no cgroups, two fake GPUs) runs the real `deploy/slurm/freqsweep-workers.sbatch`. Its
-//! workers join a `freqsweep serve` on 127.0.0.1 and start a tiny Syn sweep; `scancel` of the array
-//! drains them (the training task's lease is released, the jobs leave the queue at once, not after
-//! SLURM's kill timeout); a second array resumes the task from its last epoch checkpoint and
-//! completes the sweep.
+//! ports, no cgroups, two fake GPUs) runs the real scripts of `deploy/slurm/`. The coordinator job
+//! serves a tiny Syn sweep on 127.0.0.1 and writes its URL; an array of two worker jobs finds it
+//! there and joins; `scancel` of the array drains them (the training task's lease is released, the
+//! jobs leave the queue at once, not after SLURM's kill timeout); a second array resumes the task
+//! from its last epoch checkpoint and completes the sweep, and every job ends by itself.
 //!
+//! `FREQSWEEP_SLURM_TEST_KEEP=1` keeps the directory (configuration, daemon logs, job outputs).
 //! Needs root and the Debian packages `slurmctld slurmd slurm-client munge` (`.ci/run` installs
 //! them). Without them the test says so loudly and passes, unless `FREQSWEEP_REQUIRE_SLURM=1`
 //! (set by `.ci/run`), where it fails.
 
 use freqsweep_tests::binary;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The whole test must finish within this.
@@ -106,14 +105,6 @@ impl Cluster {
         );
         wait_for("munged's socket", Duration::from_secs(10), || socket.exists());
 
-        // The node as this machine's hardware describes it (slurmd refuses a node claiming more).
-        let hardware = String::from_utf8(Command::new(find("slurmd").unwrap()).arg("-C").output().unwrap().stdout)
-            .unwrap();
-        let hardware_line = hardware.lines().find(|l| l.starts_with("NodeName=")).expect("slurmd -C prints the node");
-        let topology: Vec<&str> = hardware_line
-            .split_whitespace()
-            .filter(|w| ["CPUs=", "Boards=", "SocketsPerBoard=", "CoresPerSocket=", "ThreadsPerCore="].iter().any(|k| w.starts_with(k)))
-            .collect();
         let d = dir.display();
         let conf = format!(
             "ClusterName=fstest
@@ -141,16 +132,17 @@ AccountingStorageType=accounting_storage/none
 MpiDefault=none
 SwitchType=switch/none
 ReturnToService=2
+# The node below has the resources the scripts ask for, whatever this machine has.
+SlurmdParameters=config_overrides
 GresTypes=gpu
 KillWait=30
 MinJobAge=600
-NodeName=fsnode NodeAddr=127.0.0.1 NodeHostname=localhost {topology} RealMemory=1000 Gres=gpu:2 State=UNKNOWN
+NodeName=fsnode NodeAddr=127.0.0.1 NodeHostname=localhost CPUs=8 RealMemory=16000 Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=fsnode Default=YES MaxTime=INFINITE State=UP
 ",
             ctld_port = free_port(),
             slurmd_port = free_port(),
             socket = socket.display(),
-            topology = topology.join(" "),
         );
         std::fs::write(&cluster.conf, conf).unwrap();
         // Two fake GPUs: SLURM only needs device files to hand out (it sets CUDA_VISIBLE_DEVICES).
@@ -232,12 +224,46 @@ fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
     }
 }
 
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/slurm").join(name)
+}
+
+/// Submit with `sbatch --parsable`; returns the job id.
+fn sbatch(cluster: &Cluster, args: &[&str]) -> String {
+    let out = cluster.command("sbatch", args);
+    assert!(out.status.success(), "sbatch failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().split(';').next().unwrap().to_string()
+}
+
+/// Submit the real coordinator script serving `SPEC` on 127.0.0.1; returns the job id.
+fn submit_coordinator(cluster: &Cluster, dir: &Path) -> String {
+    let port = free_port();
+    let exports = [
+        format!("FREQSWEEP_BIN={}", binary("freqsweep").display()),
+        "FREQSWEEP_TOKEN=slurm-test-token".to_string(),
+        format!("FREQSWEEP_LISTEN=127.0.0.1:{port}"),
+        format!("FREQSWEEP_URL=http://127.0.0.1:{port}"),
+    ];
+    // One core instead of two: the coordinator of a three-task sweep is idle.
+    sbatch(
+        cluster,
+        &[
+            "--parsable",
+            "--cpus-per-task=1",
+            &format!("--chdir={}", dir.display()),
+            &format!("--export=ALL,{}", exports.join(",")),
+            script("freqsweep-coordinator.sbatch").to_str().unwrap(),
+            dir.join("slurm.toml").to_str().unwrap(),
+            dir.join("run").to_str().unwrap(),
+        ],
+    )
+}
+
 /// Submit the real worker script as a 2-task array; returns the array job id.
-fn submit(cluster: &Cluster, dir: &Path, port: u16) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/slurm/freqsweep-workers.sbatch");
+fn submit_workers(cluster: &Cluster, dir: &Path) -> String {
     let worker = binary("freqsweep-worker");
     let exports = [
-        format!("FREQSWEEP_COORDINATOR=http://127.0.0.1:{port}"),
+        format!("FREQSWEEP_COORDINATOR_FILE={}", dir.join("run/coordinator.url").display()),
         "FREQSWEEP_TOKEN=slurm-test-token".to_string(),
         format!("FREQSWEEP_WORKER={}", worker.display()),
         // The fake GPUs are /dev/null: SLURM allocates them, libtorch here is a CPU build.
@@ -245,33 +271,32 @@ fn submit(cluster: &Cluster, dir: &Path, port: u16) -> String {
         format!("FREQSWEEP_WORKER_CACHE={}", dir.join("cache").display()),
         "FREQSWEEP_WORKER_ARGS=--connect-timeout 20".to_string(),
     ];
-    // Only what the test machine cannot give is overridden: one core per worker instead of four.
-    let out = cluster.command(
-        "sbatch",
+    // One core per worker instead of four: this machine may have two, shared with the coordinator.
+    sbatch(
+        cluster,
         &[
             "--parsable",
             "--array=0-1",
             "--cpus-per-task=1",
             &format!("--chdir={}", dir.display()),
             &format!("--export=ALL,{}", exports.join(",")),
-            script.to_str().unwrap(),
+            script("freqsweep-workers.sbatch").to_str().unwrap(),
         ],
-    );
-    assert!(out.status.success(), "sbatch failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().split(';').next().unwrap().to_string()
+    )
 }
 
-/// Wait until a line matching `pred` is in the log (or panic with the log after `limit`).
-fn wait_log(log: &Arc<Mutex<Vec<String>>>, limit: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+/// Wait until a line matching `pred` is in the file at `log` (or panic showing it after `limit`).
+fn wait_log(log: &Path, limit: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
     let started = Instant::now();
     loop {
-        if let Some(line) = log.lock().unwrap().iter().find(|l| pred(l)) {
-            return line.clone();
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| pred(l)) {
+            return line.to_string();
         }
         if started.elapsed() > limit {
-            panic!("{what} did not happen within {limit:?}; coordinator log:\n{}", log.lock().unwrap().join("\n"));
+            panic!("{what} did not happen within {limit:?}; {}:\n{text}", log.display());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -294,34 +319,24 @@ fn workers_submitted_with_sbatch_complete_a_sweep_and_scancel_drains_them() {
     }
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+    let kept;
+    let dir = if std::env::var("FREQSWEEP_SLURM_TEST_KEEP").is_ok_and(|v| v == "1") {
+        // For debugging: leave slurm.conf, the daemons' logs and the job outputs behind.
+        kept = tmp.keep();
+        eprintln!("SLURM test directory (kept): {}", kept.display());
+        kept.as_path()
+    } else {
+        tmp.path()
+    };
     let cluster = Cluster::start(dir);
 
     std::fs::write(dir.join("slurm.toml"), SPEC).unwrap();
-    let port = free_port();
-    let mut coordinator = Command::new(binary("freqsweep"))
-        .arg("serve")
-        .arg(dir.join("slurm.toml"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--out"])
-        .arg(dir.join("run"))
-        .env("FREQSWEEP_TOKEN", "slurm-test-token")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let reader = {
-        let log = log.clone();
-        let stderr = coordinator.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log.lock().unwrap().push(line);
-            }
-        })
-    };
+    let coordinator = submit_coordinator(&cluster, dir);
+    let log = dir.join(format!("freqsweep-coordinator-{coordinator}.out"));
+    wait_log(&log, Duration::from_secs(30), "the coordinator job serving", |l| l.contains("serving"));
 
     // First array: both workers join; once training has a checkpoint, scancel the array.
-    let first = submit(&cluster, dir, port);
+    let first = submit_workers(&cluster, dir);
     wait_log(&log, Duration::from_secs(60), "a checkpoint of the training task", |l| l.contains("checkpoint saved"));
     let cancel = cluster.command("scancel", &[&first]);
     assert!(cancel.status.success(), "scancel: {}", String::from_utf8_lossy(&cancel.stderr));
@@ -330,7 +345,8 @@ fn workers_submitted_with_sbatch_complete_a_sweep_and_scancel_drains_them() {
     wait_log(&log, Duration::from_secs(20), "the drained worker releasing its lease", |l| {
         l.contains("lease released") && l.contains("draining")
     });
-    wait_for("the cancelled jobs to leave the queue", Duration::from_secs(20), || cluster.queue().is_empty());
+    let workers_left = |job: &str| !cluster.queue().iter().any(|j| j.starts_with(&format!("{job}_")));
+    wait_for("the cancelled workers to leave the queue", Duration::from_secs(20), || workers_left(&first));
     assert!(cancelled.elapsed() < Duration::from_secs(20), "the workers were killed, not drained");
     let outputs = job_outputs(dir, &first);
     assert!(outputs.contains("draining"), "a worker logged its drain:\n{outputs}");
@@ -339,28 +355,17 @@ fn workers_submitted_with_sbatch_complete_a_sweep_and_scancel_drains_them() {
         assert!(outputs.contains(gpu), "{gpu} missing:\n{outputs}");
     }
 
-    // Second array: the training task resumes from its last checkpoint and the sweep completes.
-    let second = submit(&cluster, dir, port);
-    let status = loop {
-        if let Some(status) = coordinator.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > LIMIT {
-            let _ = coordinator.kill();
-            panic!("the sweep did not finish in time; coordinator log:\n{}", log.lock().unwrap().join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    reader.join().unwrap();
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut coordinator.stdout.take().unwrap(), &mut stdout).unwrap();
-    let log = log.lock().unwrap().join("\n");
-    assert!(status.success(), "{}", log.lines().last().unwrap_or(""));
-    assert!(stdout.contains("sweep finished: 3 done"), "{stdout}");
-    let resumed = log.lines().find(|l| l.contains("resuming from a partial checkpoint")).expect("the retry resumed");
+    // Second array: the training task resumes from its last checkpoint and the sweep completes;
+    // the coordinator job and the workers then end by themselves.
+    let second = submit_workers(&cluster, dir);
+    let finished = wait_log(&log, LIMIT.saturating_sub(started.elapsed()), "the end of the sweep", |l| {
+        l.starts_with("sweep finished") || l.starts_with("sweep stopped") || l.starts_with("freqsweep: error")
+    });
+    assert_eq!(finished, format!("sweep finished: 3 done; results in {}", dir.join("run").display()));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let resumed = text.lines().find(|l| l.contains("resuming from a partial checkpoint")).expect("the retry resumed");
     assert!(!resumed.contains("epochs_done=0"), "{resumed}");
-    // Workers that saw the sweep end exit 0 and their jobs leave the queue by themselves.
-    wait_for("the second array to finish", Duration::from_secs(30), || cluster.queue().is_empty());
+    wait_for("every job to end by itself", Duration::from_secs(30), || cluster.queue().is_empty());
     let outputs = job_outputs(dir, &second);
     assert!(outputs.contains("worker finished exit=SweepDone"), "{outputs}");
     let results = std::fs::read_to_string(dir.join("run/results.csv")).unwrap();

@@ -379,7 +379,8 @@ pub async fn run(
                 tracing::warn!(coordinator = %config.coordinator, error = %detail, retry_in_ms = backoff.as_millis() as u64, "coordinator unreachable");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => { draining = true; if let Some(r) = &mut running { request_stop(r, "draining"); } }
+                    // Once draining, a dropped sender would make `changed` ready forever: stop asking.
+                    _ = shutdown.changed(), if !draining => { draining = true; if let Some(r) = &mut running { request_stop(r, "draining"); } }
                 }
                 backoff = (backoff * 2).min(config.max_backoff);
                 continue;
@@ -554,7 +555,9 @@ pub async fn run(
                     send(worker_message::Body::Heartbeat(pb::Heartbeat { running_attempts: attempts, progress, throughput }));
                 }
                 _ = tokio::time::sleep_until(sleep_until) => {}
-                changed = shutdown.changed() => {
+                // Not once draining: the sender is usually dropped after it said so, and a closed
+                // channel is always ready (the loop would spin until the task stops).
+                changed = shutdown.changed(), if !draining => {
                     if changed.is_err() || *shutdown.borrow() {
                         draining = true;
                         match &mut running {

@@ -367,7 +367,9 @@ async fn epoch_checkpoints_are_uploaded_and_announced_before_a_drain_releases_th
         rx,
     ));
     tokio::time::sleep(Duration::from_millis(400)).await;
+    // Like the binary's signal handler: say so once, then go away (the channel closes).
     tx.send(true).unwrap();
+    drop(tx);
     let exit = tokio::time::timeout(Duration::from_secs(10), handle).await.expect("bounded").unwrap().unwrap();
     assert_eq!(exit, ClientExit::Drained);
     let seen = seen.lock().unwrap();
