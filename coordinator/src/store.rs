@@ -566,8 +566,9 @@ impl Reader {
 
     /// The attempts of one task, in id order.
     pub fn task_attempts(&self, task_id: u64) -> Result<Vec<AttemptRow>, StoreError> {
-        let mut stmt =
-            self.conn.prepare_cached(&format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE task_id = ?1 ORDER BY id"))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE task_id = ?1 ORDER BY id"))?;
         let rows = stmt.query_map([task_id as i64], attempt_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

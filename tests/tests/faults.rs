@@ -279,7 +279,7 @@ fn a_retried_train_task_resumes_from_the_last_uploaded_checkpoint_and_ends_like_
         let (store, writer) = Store::open(&run.join("freqsweep.db")).unwrap();
         let reader = store.reader().unwrap();
         let task = reader.tasks().unwrap().into_iter().find(|t| t.kind == "train").unwrap();
-        let result = (reader.attempts(task.id).unwrap(), reader.metrics(task.id).unwrap());
+        let result = (reader.task_attempts(task.id).unwrap(), reader.metrics(task.id).unwrap());
         writer.stop();
         result
     };

@@ -169,9 +169,15 @@ impl EngineEvents for Relay {
             .and_then(|_| std::fs::hard_link(path, &snapshot).or_else(|_| std::fs::copy(path, &snapshot).map(|_| ())));
         match taken {
             Ok(()) => {
-                let _ = self.tx.send(FromEngine::Checkpoint(Snapshot { attempt: self.attempt, epochs_done, path: snapshot }));
+                let _ = self.tx.send(FromEngine::Checkpoint(Snapshot {
+                    attempt: self.attempt,
+                    epochs_done,
+                    path: snapshot,
+                }));
             }
-            Err(e) => tracing::warn!(checkpoint = %path.display(), error = %e, "cannot snapshot the checkpoint for upload; a retry would start earlier"),
+            Err(e) => {
+                tracing::warn!(checkpoint = %path.display(), error = %e, "cannot snapshot the checkpoint for upload; a retry would start earlier")
+            }
         }
     }
     fn should_stop(&mut self) -> bool {
@@ -190,8 +196,12 @@ fn spawn_engine(
         .spawn(move || {
             for job in rx {
                 let started = Instant::now();
-                let mut relay =
-                    Relay { attempt: job.attempt, tx: events.clone(), stop: job.stop.clone(), uploads: uploads.clone() };
+                let mut relay = Relay {
+                    attempt: job.attempt,
+                    tx: events.clone(),
+                    stop: job.stop.clone(),
+                    uploads: uploads.clone(),
+                };
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     engine.run(&job.task_key, &job.spec, &job.inputs, &mut relay)
                 }))
