@@ -557,6 +557,7 @@ chunk_cells = 257
             hostname: "node<1>".into(),
             capabilities: Some(freqsweep_proto::v1::Capabilities { device: "cpu".into(), ..Default::default() }),
             cached_artifacts: Vec::new(),
+            features: Vec::new(),
         };
         Service(run.shared.clone()).register(tonic::Request::new(register)).await.unwrap();
 
