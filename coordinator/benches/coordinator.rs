@@ -43,6 +43,7 @@ fn tasks(n: usize) -> Vec<PlannedTask> {
             point: 0,
             spec: spec.clone(),
             deps: vec![],
+            cost: Default::default(),
         })
         .collect()
 }

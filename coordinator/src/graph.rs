@@ -8,11 +8,11 @@
 //! Ids are 1-based positions in the plan, so every dependency points to an earlier task and the
 //! plan is already in topological order.
 
-use crate::scheduler::{NewTask, TaskId};
+use crate::scheduler::{Cost, NewTask, TaskId, KINDS};
 use freqsweep_common::heatmap::partition_cells;
 use freqsweep_common::spec::{LayerChoice, Sweep};
 use freqsweep_common::spectrum::Shape2;
-use freqsweep_common::task::{HeatmapTask, ModelSource, TaskSpec};
+use freqsweep_common::task::{DatasetSource, HeatmapTask, ModelSource, TaskSpec, TrainTask};
 
 /// Name of the checkpoint input of heatmap tasks (and the output of train tasks).
 pub const CHECKPOINT: &str = "checkpoint";
@@ -32,6 +32,47 @@ impl TaskKind {
     }
 }
 
+/// Architectures whose throughput the scheduler measures apart (an image through ResNet18 costs
+/// far more than through the tiny CNN); any other model shares the last slot.
+const ARCHS: [&str; 3] = ["tiny", "alexnet", "resnet18"];
+
+/// The scheduler's throughput kind of a task: task kind × architecture.
+pub fn cost_kind(kind: TaskKind, arch: &str) -> u8 {
+    let a = ARCHS.iter().position(|&x| x == arch).unwrap_or(ARCHS.len());
+    let k = a * 2 + matches!(kind, TaskKind::Heatmap) as usize;
+    debug_assert!(k < KINDS);
+    k as u8
+}
+
+/// `train/resnet18`, `heatmap/tiny`, `heatmap/other` (for logs and `status`).
+pub fn cost_kind_name(kind: u8) -> String {
+    let task = if kind % 2 == 0 { "train" } else { "heatmap" };
+    format!("{task}/{}", ARCHS.get(kind as usize / 2).copied().unwrap_or("other"))
+}
+
+/// (train, test) images of a dataset, where known without reading it.
+fn dataset_size(d: &DatasetSource) -> Option<(usize, usize)> {
+    match d {
+        DatasetSource::Syn(c) => Some((c.train, c.test)),
+        DatasetSource::Cifar10 { .. } => Some((50_000, 10_000)),
+        DatasetSource::Npy { .. } => None,
+    }
+}
+
+/// Work units of a train task: epochs × optimizer steps per epoch (`.npy` datasets, whose size
+/// is unknown until a worker reads them: epochs).
+pub fn train_units(t: &TrainTask) -> f64 {
+    let steps = dataset_size(&t.dataset).map_or(1, |(train, _)| train.div_ceil(t.train.batch_size.max(1)));
+    (t.train.epochs.max(1) as usize * steps.max(1)) as f64
+}
+
+/// Work units of a heatmap task: cells × images evaluated (`.npy` datasets without an image
+/// limit: cells).
+pub fn heatmap_units(h: &HeatmapTask) -> f64 {
+    let images = if h.images > 0 { h.images } else { dataset_size(&h.dataset).map_or(1, |(_, test)| test) };
+    (h.cells.len().max(1) * images.max(1)) as f64
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlannedTask {
     pub id: TaskId,
@@ -41,6 +82,8 @@ pub struct PlannedTask {
     pub point: usize,
     pub spec: TaskSpec,
     pub deps: Vec<TaskId>,
+    /// Throughput kind and work units, for the scheduler's measurements.
+    pub cost: Cost,
 }
 
 impl PlannedTask {
@@ -55,7 +98,7 @@ impl PlannedTask {
             TaskKind::Train => (0, Vec::new()),
             TaskKind::Heatmap => (1, self.deps.iter().map(|&d| Self::checkpoint_key(d)).collect()),
         };
-        NewTask { id: self.id, deps: self.deps.clone(), priority, inputs }
+        NewTask { id: self.id, deps: self.deps.clone(), priority, inputs, cost: self.cost }
     }
 }
 
@@ -80,6 +123,7 @@ pub fn plan(sweep: &Sweep) -> Vec<PlannedTask> {
     };
     for (point_index, point) in sweep.points.iter().enumerate() {
         let train_id = TaskId(tasks.len() as u64 + 1);
+        let arch = point.task.train.model.as_str();
         tasks.push(PlannedTask {
             id: train_id,
             key: format!("train/{}", point.id),
@@ -87,26 +131,29 @@ pub fn plan(sweep: &Sweep) -> Vec<PlannedTask> {
             point: point_index,
             spec: TaskSpec::Train(point.task.clone()),
             deps: Vec::new(),
+            cost: Cost { kind: cost_kind(TaskKind::Train, arch), units: train_units(&point.task) },
         });
         let Some(h) = &sweep.heatmap else { continue };
         for &eps in &h.eps {
             for chunk in &chunks {
+                let spec = HeatmapTask {
+                    dataset: point.task.dataset.clone(),
+                    model: ModelSource::Checkpoint { artifact: CHECKPOINT.into() },
+                    eps,
+                    cells: chunk.cells.clone(),
+                    chunk: chunk.index,
+                    layers: layers.clone(),
+                    images: h.images,
+                    seed: h.seed,
+                    batch: h.batch,
+                };
                 tasks.push(PlannedTask {
                     id: TaskId(tasks.len() as u64 + 1),
                     key: format!("heatmap/{}/eps{}/chunk{:03}", point.id, eps_label(eps), chunk.index),
                     kind: TaskKind::Heatmap,
                     point: point_index,
-                    spec: TaskSpec::Heatmap(HeatmapTask {
-                        dataset: point.task.dataset.clone(),
-                        model: ModelSource::Checkpoint { artifact: CHECKPOINT.into() },
-                        eps,
-                        cells: chunk.cells.clone(),
-                        chunk: chunk.index,
-                        layers: layers.clone(),
-                        images: h.images,
-                        seed: h.seed,
-                        batch: h.batch,
-                    }),
+                    cost: Cost { kind: cost_kind(TaskKind::Heatmap, arch), units: heatmap_units(&spec) },
+                    spec: TaskSpec::Heatmap(spec),
                     deps: vec![train_id],
                 });
             }

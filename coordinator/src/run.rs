@@ -8,7 +8,7 @@
 
 use crate::artifacts::ArtifactDir;
 use crate::graph::{self, PlannedTask};
-use crate::scheduler::{SchedulerConfig, TaskId};
+use crate::scheduler::{SchedulerConfig, SpeculationConfig, TaskId};
 use crate::service::{self, PartialCheckpoint, ServiceConfig, Shared};
 use crate::store::{Change, Store, StoreWriter};
 use anyhow::{bail, Context, Result};
@@ -157,6 +157,7 @@ pub fn default_config(token: Option<String>) -> ServiceConfig {
             backoff_base: 1_000,
             backoff_max: 30_000,
             idle_retry: 500,
+            speculation: SpeculationConfig::default(),
         },
         heartbeat_interval_ms: 2_000,
         tls: None,

@@ -18,10 +18,24 @@
 //! ```
 //!
 //! Rules (each unit-tested, and checked after every step of random event sequences):
-//! - A task has at most one live attempt (so never two on one worker; no speculative copies);
-//!   a report from any other attempt is not accepted, so late or duplicate reports change nothing
-//!   and a task is completed at most once. Attempt ids only grow, also across restarts (the driver
-//!   seeds them above the store's largest).
+//! - A task has one live attempt, plus at most `speculation.max_backups` **backup** attempts at
+//!   the tail (below), never two on one worker. Only a live attempt's report is accepted: the
+//!   first result wins, the other live attempts are cancelled at once, so late or duplicate
+//!   reports change nothing and a task is completed at most once. Attempt ids only grow, also
+//!   across restarts (the driver seeds them above the store's largest).
+//! - Throughput is measured from what the core sees: each accepted completion gives a sample of
+//!   `cost.units / (result time − lease time)` for the worker and the task's `cost.kind`, kept as
+//!   an exponentially weighted average per worker and kind (and one for the whole fleet, the
+//!   prior of a worker with no history of that kind). A cancelled loser's elapsed time bounds its
+//!   worker's rate from above and lowers the estimate when it is below it.
+//! - Backups (MapReduce "backup tasks"): when a worker asks for work and nothing is ready, the
+//!   running task with the largest expected gain gets a backup attempt on it, if the best live
+//!   attempt's expected remaining time exceeds `factor` × the asking worker's expected time for
+//!   the whole task and the gain is at least `min_gain`. An attempt's expected end is its lease
+//!   time plus `units / rate`; one already past it is assumed to need as long again as it has
+//!   overrun. Without any rate for the kind nothing is speculated. A backup does not count
+//!   against `max_attempts`: a retryable failure, release or loss of one of several live attempts
+//!   ends only that attempt and counts nothing; a non-retryable failure fails the task.
 //! - A worker's liveness deadline is `now + lease_timeout`, renewed by any message; past it the
 //!   worker is dropped and its tasks return to the queue at once (front of the queue). A worker
 //!   that leaves is treated the same way without waiting.
@@ -110,6 +124,28 @@ pub struct SchedulerConfig {
     pub backoff_max: Millis,
     /// What `NoWork` tells an idle worker.
     pub idle_retry: Millis,
+    /// Backup attempts at the tail and the throughput measurement they use.
+    pub speculation: SpeculationConfig,
+}
+
+/// When a backup attempt of a running task is worth starting (see the module documentation).
+#[derive(Clone, Debug)]
+pub struct SpeculationConfig {
+    /// Backup attempts per task while it runs (0 turns speculation off).
+    pub max_backups: u32,
+    /// The straggler's expected remaining time must exceed this many times the idle worker's
+    /// expected time for the whole task …
+    pub factor: f64,
+    /// … and the difference must be at least this.
+    pub min_gain: Millis,
+    /// Weight of the newest sample in the throughput averages, in (0, 1].
+    pub alpha: f64,
+}
+
+impl Default for SpeculationConfig {
+    fn default() -> Self {
+        SpeculationConfig { max_backups: 1, factor: 1.5, min_gain: 10_000, alpha: 0.3 }
+    }
 }
 
 impl SchedulerConfig {
@@ -128,7 +164,51 @@ impl Default for SchedulerConfig {
             backoff_base: 1_000,
             backoff_max: 60_000,
             idle_retry: 1_000,
+            speculation: SpeculationConfig::default(),
         }
+    }
+}
+
+/// Task kinds whose throughput is measured separately (`Cost::kind` is below this).
+pub const KINDS: usize = 8;
+
+/// What a task costs: which throughput applies and how much work it is. Units are only compared
+/// within one kind, so any measure proportional to the work will do.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cost {
+    /// Below [`KINDS`] (larger values share the last slot).
+    pub kind: u8,
+    /// Work units, > 0.
+    pub units: f64,
+}
+
+impl Default for Cost {
+    fn default() -> Self {
+        Cost { kind: 0, units: 1.0 }
+    }
+}
+
+impl Cost {
+    fn slot(self) -> usize {
+        (self.kind as usize).min(KINDS - 1)
+    }
+}
+
+/// An exponentially weighted average of work units per second.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Rate {
+    per_second: f64,
+    samples: u32,
+}
+
+impl Rate {
+    fn get(self) -> Option<f64> {
+        (self.samples > 0).then_some(self.per_second)
+    }
+
+    fn add(&mut self, sample: f64, alpha: f64) {
+        self.per_second = if self.samples == 0 { sample } else { alpha * sample + (1.0 - alpha) * self.per_second };
+        self.samples = self.samples.saturating_add(1);
     }
 }
 
@@ -141,6 +221,8 @@ pub struct NewTask {
     pub priority: u8,
     /// Keys of the inputs (e.g. `task:7/checkpoint`); a worker holding them is preferred.
     pub inputs: Vec<String>,
+    /// Throughput kind and work units (for measuring workers and judging stragglers).
+    pub cost: Cost,
 }
 
 /// How a task was left in the store (for [`Scheduler::restore`]).
@@ -192,10 +274,61 @@ pub enum Output {
     /// A task changed state (persist it; one log line). `attempt`/`worker` name the attempt
     /// that starts (to Running) or ends (from Running), if any.
     Transition { task: TaskId, from: StateName, to: StateName, attempt: Option<AttemptId>, worker: Option<WorkerId> },
+    /// A backup attempt starts (its `Lease` follows); what the decision was based on.
+    Backup(Backup),
+    /// An attempt ended while its task kept another live attempt, or it lost the race: no
+    /// transition names it, so this closes it (a loser also gets a `Cancel`).
+    AttemptEnded { task: TaskId, attempt: AttemptId, worker: WorkerId, outcome: AttemptEnd },
     /// `worker` missed its deadline and was dropped (its tasks are re-queued).
     WorkerExpired { worker: WorkerId },
     /// Every task is terminal; emitted once.
     SweepFinished,
+}
+
+/// A backup attempt and why it was started (rates in work units per second: the worker's
+/// measured average, or the fleet's for a worker without history of the kind).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backup {
+    pub task: TaskId,
+    pub attempt: AttemptId,
+    pub worker: WorkerId,
+    /// The live attempt expected to finish first, which the backup races.
+    pub straggler: AttemptId,
+    pub straggler_worker: WorkerId,
+    pub kind: u8,
+    pub rate: f64,
+    pub straggler_rate: f64,
+    /// The backup's expected duration and the straggler's expected remaining time.
+    pub expected_ms: Millis,
+    pub remaining_ms: Millis,
+}
+
+/// How an attempt reported by [`Output::AttemptEnded`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptEnd {
+    /// Another attempt of the task finished first; this one was told to stop.
+    Superseded { winner: AttemptId, winner_worker: WorkerId },
+    /// The task was cancelled or failed through another attempt; this one was told to stop.
+    Cancelled,
+    /// A retryable failure while another attempt runs on (not counted against the task).
+    Failed,
+    /// Given back unfinished while another attempt runs on.
+    Released,
+    /// Its worker left or expired while another attempt runs on.
+    Lost,
+}
+
+impl AttemptEnd {
+    /// The `outcome` the store records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptEnd::Superseded { .. } => "superseded",
+            AttemptEnd::Cancelled => "cancelled",
+            AttemptEnd::Failed => "failed",
+            AttemptEnd::Released => "released",
+            AttemptEnd::Lost => "lost",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -232,6 +365,20 @@ struct Task {
     inputs: Vec<String>,
     /// Queue position while ready.
     queued: Option<QueueKey>,
+    cost: Cost,
+    /// Live backup attempts while running (the first live attempt is in `State::Running`).
+    backups: Vec<AttemptId>,
+    /// Backups started since the task last became running (bounded by `max_backups`).
+    speculated: u32,
+}
+
+/// A live attempt.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Live {
+    task: TaskId,
+    worker: WorkerId,
+    /// Lease time, for the throughput sample and the straggler estimate.
+    since: Millis,
 }
 
 /// Ordering of the ready queue: retried tasks first, then priority, then arrival.
@@ -243,6 +390,8 @@ struct Worker {
     cached: HashSet<String>,
     /// Most recent cached keys first: the locality lookup tries these.
     recent: Vec<String>,
+    /// Measured throughput per cost kind.
+    rates: [Rate; KINDS],
 }
 
 /// How many of a worker's most recent inputs the locality lookup tries.
@@ -255,8 +404,11 @@ pub struct Scheduler {
     ready: BTreeSet<QueueKey>,
     /// Input key → ready tasks that need it.
     by_input: HashMap<String, BTreeSet<QueueKey>>,
-    attempts: HashMap<AttemptId, TaskId>,
+    /// Every live attempt (first and backups).
+    attempts: HashMap<AttemptId, Live>,
     workers: HashMap<WorkerId, Worker>,
+    /// Throughput of the whole fleet per kind: the prior of a worker without history.
+    fleet: [Rate; KINDS],
     worker_deadlines: BTreeSet<(Millis, WorkerId)>,
     backoffs: BTreeSet<(Millis, TaskId)>,
     counts: BTreeMap<StateName, usize>,
@@ -289,6 +441,7 @@ impl Scheduler {
             by_input: HashMap::new(),
             attempts: HashMap::new(),
             workers: HashMap::new(),
+            fleet: [Rate::default(); KINDS],
             worker_deadlines: BTreeSet::new(),
             backoffs: BTreeSet::new(),
             counts: BTreeMap::new(),
@@ -316,6 +469,9 @@ impl Scheduler {
                     priority: t.priority,
                     inputs: t.inputs.clone(),
                     queued: None,
+                    cost: t.cost,
+                    backups: Vec::new(),
+                    speculated: 0,
                 },
             );
             for d in &t.deps {
@@ -392,7 +548,13 @@ impl Scheduler {
                 let recent: Vec<String> = cached.iter().rev().take(LOCALITY_KEYS).cloned().collect();
                 self.workers.insert(
                     worker,
-                    Worker { deadline: 0, running: BTreeSet::new(), cached: cached.into_iter().collect(), recent },
+                    Worker {
+                        deadline: 0,
+                        running: BTreeSet::new(),
+                        cached: cached.into_iter().collect(),
+                        recent,
+                        rates: [Rate::default(); KINDS],
+                    },
                 );
                 self.renew(worker, now);
             }
@@ -407,11 +569,21 @@ impl Scheduler {
                 let mut granted = 0;
                 while granted < slots {
                     let Some(task) = self.pick(worker) else { break };
-                    let attempt = AttemptId(self.next_attempt);
-                    self.next_attempt += 1;
-                    self.attempts.insert(attempt, task);
-                    self.workers.get_mut(&worker).expect("worker exists").running.insert(task);
+                    let attempt = self.start_attempt(now, task, worker);
                     self.set_state(task, State::Running { attempt, worker }, Some(attempt), Some(worker), out);
+                    out.push(Output::Lease { worker, task, attempt });
+                    granted += 1;
+                }
+                // Nothing ready: the tail, where a straggler may be worth racing.
+                while granted < slots && self.ready.is_empty() {
+                    let Some(mut backup) = self.speculate(now, worker) else { break };
+                    let task = backup.task;
+                    backup.attempt = self.start_attempt(now, task, worker);
+                    let t = self.tasks.get_mut(&task).expect("task exists");
+                    t.backups.push(backup.attempt);
+                    t.speculated += 1;
+                    let attempt = backup.attempt;
+                    out.push(Output::Backup(backup));
                     out.push(Output::Lease { worker, task, attempt });
                     granted += 1;
                 }
@@ -420,7 +592,14 @@ impl Scheduler {
                 }
             }
             Input::Completed { attempt, outputs } => {
-                let Some((task, worker)) = self.close_reported(now, attempt, out) else { return };
+                let Some(live) = self.close_reported(now, attempt, out) else { return };
+                let (task, worker) = (live.task, live.worker);
+                self.measure(now, live);
+                // The first result wins: every other live attempt lost the race.
+                let outcome = AttemptEnd::Superseded { winner: attempt, winner_worker: worker };
+                self.stop_others(now, task, attempt, outcome, out);
+                self.set_state(task, State::Done, Some(attempt), Some(worker), out);
+                out.push(Output::Report { attempt, accepted: true });
                 if let Some(w) = self.workers.get_mut(&worker) {
                     for key in outputs {
                         if w.cached.insert(key.clone()) {
@@ -429,8 +608,6 @@ impl Scheduler {
                         }
                     }
                 }
-                self.set_state(task, State::Done, Some(attempt), Some(worker), out);
-                out.push(Output::Report { attempt, accepted: true });
                 for i in 0..self.tasks[&task].dependents.len() {
                     let d = self.tasks[&task].dependents[i];
                     let dep = self.tasks.get_mut(&d).expect("dependent exists");
@@ -441,8 +618,11 @@ impl Scheduler {
                 }
             }
             Input::Failed { attempt, error: _, retryable } => {
-                let Some((task, worker)) = self.close_reported(now, attempt, out) else { return };
+                let Some(Live { task, worker, .. }) = self.close_reported(now, attempt, out) else { return };
                 out.push(Output::Report { attempt, accepted: true });
+                if retryable && self.survives(task, attempt, worker, AttemptEnd::Failed, out) {
+                    return;
+                }
                 let t = self.tasks.get_mut(&task).expect("task exists");
                 t.failures = t.failures.saturating_add(1);
                 if retryable && t.failures < self.config.max_attempts {
@@ -450,14 +630,17 @@ impl Scheduler {
                     let until = now.saturating_add(delay);
                     self.set_state(task, State::Backoff { until }, Some(attempt), Some(worker), out);
                 } else {
+                    self.stop_others(now, task, attempt, AttemptEnd::Cancelled, out);
                     self.set_state(task, State::Failed, Some(attempt), Some(worker), out);
                     self.cancel_dependents(task, &format!("dependency {} failed", task.0), out);
                 }
             }
             Input::Released { attempt } => {
-                let Some((task, worker)) = self.close_reported(now, attempt, out) else { return };
+                let Some(Live { task, worker, .. }) = self.close_reported(now, attempt, out) else { return };
                 out.push(Output::Report { attempt, accepted: true });
-                self.requeue(task, Some(attempt), Some(worker), out);
+                if !self.survives(task, attempt, worker, AttemptEnd::Released, out) {
+                    self.requeue(task, Some(attempt), Some(worker), out);
+                }
             }
             Input::Cancel { task, reason } => {
                 if self.tasks.contains_key(&task) {
@@ -521,6 +704,28 @@ impl Scheduler {
         self.current(attempt)
     }
 
+    /// Backup attempts of `task` that are live now.
+    pub fn backups(&self, task: TaskId) -> &[AttemptId] {
+        self.tasks.get(&task).map_or(&[], |t| &t.backups)
+    }
+
+    /// `worker`'s measured throughput for `kind` (work units per second), if it finished any.
+    pub fn throughput(&self, worker: WorkerId, kind: u8) -> Option<f64> {
+        let slot = Cost { kind, units: 1.0 }.slot();
+        self.workers.get(&worker)?.rates[slot].get()
+    }
+
+    /// Every kind `worker` has a measured throughput for, as `(kind, units per second)`.
+    pub fn throughputs(&self, worker: WorkerId) -> Vec<(u8, f64)> {
+        let Some(w) = self.workers.get(&worker) else { return Vec::new() };
+        (0..KINDS).filter_map(|k| Some((k as u8, w.rates[k].get()?))).collect()
+    }
+
+    /// The fleet's throughput for `kind`: the prior of a worker without history of it.
+    pub fn fleet_throughput(&self, kind: u8) -> Option<f64> {
+        self.fleet[Cost { kind, units: 1.0 }.slot()].get()
+    }
+
     pub fn len(&self) -> usize {
         self.tasks.len()
     }
@@ -532,30 +737,189 @@ impl Scheduler {
     // ------------------------------------------------------------------ internals
 
     fn current(&self, attempt: AttemptId) -> Option<(TaskId, WorkerId)> {
-        let task = *self.attempts.get(&attempt)?;
-        match self.tasks[&task].state {
-            State::Running { attempt: a, worker } if a == attempt => Some((task, worker)),
-            _ => None,
-        }
+        self.attempts.get(&attempt).map(|l| (l.task, l.worker))
     }
 
-    /// A report (completion, failure, release) names `attempt`: if it is the task's live attempt,
-    /// end it and renew its worker; otherwise answer that the report was not accepted.
-    fn close_reported(&mut self, now: Millis, attempt: AttemptId, out: &mut Vec<Output>) -> Option<(TaskId, WorkerId)> {
-        let Some((task, worker)) = self.current(attempt) else {
+    fn start_attempt(&mut self, now: Millis, task: TaskId, worker: WorkerId) -> AttemptId {
+        let attempt = AttemptId(self.next_attempt);
+        self.next_attempt += 1;
+        self.attempts.insert(attempt, Live { task, worker, since: now });
+        self.workers.get_mut(&worker).expect("worker exists").running.insert(task);
+        attempt
+    }
+
+    /// A report (completion, failure, release) names `attempt`: if it is one of the task's live
+    /// attempts, end it and renew its worker; otherwise answer that the report was not accepted.
+    fn close_reported(&mut self, now: Millis, attempt: AttemptId, out: &mut Vec<Output>) -> Option<Live> {
+        let Some(&live) = self.attempts.get(&attempt) else {
             out.push(Output::Report { attempt, accepted: false });
             return None;
         };
-        self.renew(worker, now);
-        self.end_attempt(attempt, task, worker);
-        Some((task, worker))
+        self.renew(live.worker, now);
+        self.end_attempt(attempt);
+        Some(live)
     }
 
-    fn end_attempt(&mut self, attempt: AttemptId, task: TaskId, worker: WorkerId) {
-        self.attempts.remove(&attempt);
-        if let Some(w) = self.workers.get_mut(&worker) {
-            w.running.remove(&task);
+    /// Remove a live attempt from the indexes (the task's state is the caller's business).
+    fn end_attempt(&mut self, attempt: AttemptId) -> Option<Live> {
+        let live = self.attempts.remove(&attempt)?;
+        if let Some(w) = self.workers.get_mut(&live.worker) {
+            w.running.remove(&live.task);
         }
+        Some(live)
+    }
+
+    /// `attempt` of `task` has just ended (out of the indexes); if another attempt of the task is
+    /// still live, the task runs on with it (the oldest backup takes over as the first attempt),
+    /// the store is told to close `attempt` with `outcome`, and the answer is true.
+    fn survives(
+        &mut self,
+        task: TaskId,
+        attempt: AttemptId,
+        worker: WorkerId,
+        outcome: AttemptEnd,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let t = self.tasks.get_mut(&task).expect("task exists");
+        if let Some(i) = t.backups.iter().position(|&a| a == attempt) {
+            t.backups.remove(i);
+        } else if t.backups.is_empty() {
+            return false;
+        } else {
+            let next = t.backups.remove(0);
+            t.state = State::Running { attempt: next, worker: self.attempts[&next].worker };
+        }
+        out.push(Output::AttemptEnded { task, attempt, worker, outcome });
+        true
+    }
+
+    /// Stop every live attempt of `task` but `except` (which has just ended): each is told to
+    /// stop and closed with `outcome`. A loser's elapsed time bounds its worker's rate.
+    fn stop_others(
+        &mut self,
+        now: Millis,
+        task: TaskId,
+        except: AttemptId,
+        outcome: AttemptEnd,
+        out: &mut Vec<Output>,
+    ) {
+        let t = self.tasks.get_mut(&task).expect("task exists");
+        if t.backups.is_empty() {
+            return; // the common case: one attempt, and it is `except`
+        }
+        let first = match t.state {
+            State::Running { attempt, .. } if attempt != except => Some(attempt),
+            _ => None,
+        };
+        let backups = std::mem::take(&mut t.backups);
+        for attempt in first.into_iter().chain(backups.into_iter().filter(|&a| a != except)) {
+            let Some(live) = self.end_attempt(attempt) else { continue };
+            if let AttemptEnd::Superseded { .. } = outcome {
+                self.bound(now, live);
+            }
+            let reason = match outcome {
+                AttemptEnd::Superseded { winner, .. } => format!("attempt {} finished first", winner.0),
+                _ => "the task failed".to_string(),
+            };
+            out.push(Output::Cancel { worker: live.worker, attempt, reason });
+            out.push(Output::AttemptEnded { task, attempt, worker: live.worker, outcome });
+        }
+    }
+
+    /// Work units per second that `live` achieved, as a sample.
+    fn sample(&self, now: Millis, live: Live) -> (usize, f64) {
+        let cost = self.tasks[&live.task].cost;
+        let ms = now.saturating_sub(live.since).max(1) as f64;
+        (cost.slot(), cost.units * 1_000.0 / ms)
+    }
+
+    /// An accepted completion: a sample for its worker and for the fleet.
+    fn measure(&mut self, now: Millis, live: Live) {
+        let (slot, sample) = self.sample(now, live);
+        let alpha = self.config.speculation.alpha;
+        self.fleet[slot].add(sample, alpha);
+        if let Some(w) = self.workers.get_mut(&live.worker) {
+            w.rates[slot].add(sample, alpha);
+        }
+    }
+
+    /// A cancelled loser ran this long without finishing: its worker is at most this fast.
+    fn bound(&mut self, now: Millis, live: Live) {
+        let (slot, bound) = self.sample(now, live);
+        let alpha = self.config.speculation.alpha;
+        if let Some(w) = self.workers.get_mut(&live.worker) {
+            if w.rates[slot].get().is_none_or(|r| bound < r) {
+                w.rates[slot].add(bound, alpha);
+            }
+        }
+    }
+
+    /// A worker's rate for a kind: measured, else the fleet's; `None` before any sample.
+    fn rate_of(&self, worker: &Worker, slot: usize) -> Option<f64> {
+        worker.rates[slot].get().or(self.fleet[slot].get()).filter(|r| *r > 0.0)
+    }
+
+    /// The backup most worth starting on `worker` now, if any (its `attempt` is not yet set).
+    /// Looks at every running task: O(running attempts), only when nothing is ready.
+    fn speculate(&self, now: Millis, worker: WorkerId) -> Option<Backup> {
+        let sc = &self.config.speculation;
+        if sc.max_backups == 0 {
+            return None;
+        }
+        let me = self.workers.get(&worker)?;
+        let mut best: Option<(f64, Backup)> = None;
+        for (&wid, w) in &self.workers {
+            for &task in &w.running {
+                let t = &self.tasks[&task];
+                // Visit each task once, from the worker of its first attempt.
+                let State::Running { attempt: first, worker: first_worker } = t.state else { continue };
+                if first_worker != wid || t.speculated >= sc.max_backups || me.running.contains(&task) {
+                    continue;
+                }
+                let slot = t.cost.slot();
+                let Some(rate) = self.rate_of(me, slot) else { continue };
+                let expected = t.cost.units * 1_000.0 / rate;
+                // The live attempt expected to finish first is the one to beat.
+                let mut straggler: Option<(f64, AttemptId, WorkerId, f64)> = None;
+                for attempt in std::iter::once(first).chain(t.backups.iter().copied()) {
+                    let live = self.attempts[&attempt];
+                    let Some(r) = self.workers.get(&live.worker).and_then(|w| self.rate_of(w, slot)) else { continue };
+                    let total = t.cost.units * 1_000.0 / r;
+                    let elapsed = now.saturating_sub(live.since) as f64;
+                    // Past its expected end, an attempt needs as long again as it has overrun.
+                    let remaining = (total - elapsed).abs();
+                    if straggler.is_none_or(|s| remaining < s.0) {
+                        straggler = Some((remaining, attempt, live.worker, r));
+                    }
+                }
+                let Some((remaining, straggler, straggler_worker, straggler_rate)) = straggler else { continue };
+                let gain = remaining - expected;
+                if remaining <= sc.factor * expected || gain < sc.min_gain as f64 {
+                    continue;
+                }
+                // Largest gain first; ties to the smaller task id (workers are visited in hash order).
+                if best
+                    .as_ref()
+                    .is_some_and(|(g, b)| (*g, std::cmp::Reverse(b.task)) >= (gain, std::cmp::Reverse(task)))
+                {
+                    continue;
+                }
+                let backup = Backup {
+                    task,
+                    attempt: AttemptId(0),
+                    worker,
+                    straggler,
+                    straggler_worker,
+                    kind: t.cost.kind,
+                    rate,
+                    straggler_rate,
+                    expected_ms: expected.round() as Millis,
+                    remaining_ms: remaining.round() as Millis,
+                };
+                best = Some((gain, backup));
+            }
+        }
+        best.map(|(_, b)| b)
     }
 
     fn renew(&mut self, worker: WorkerId, now: Millis) {
@@ -570,8 +934,14 @@ impl Scheduler {
         let Some(w) = self.workers.remove(&worker) else { return };
         self.worker_deadlines.remove(&(w.deadline, worker));
         for task in w.running {
-            if let State::Running { attempt, .. } = self.tasks[&task].state {
-                self.attempts.remove(&attempt);
+            let t = &self.tasks[&task];
+            let attempt = match t.state {
+                State::Running { attempt, worker: first } if first == worker => Some(attempt),
+                _ => t.backups.iter().copied().find(|a| self.attempts[a].worker == worker),
+            };
+            let Some(attempt) = attempt else { continue };
+            self.attempts.remove(&attempt);
+            if !self.survives(task, attempt, worker, AttemptEnd::Lost, out) {
                 self.requeue(task, Some(attempt), Some(worker), out);
             }
         }
@@ -655,6 +1025,7 @@ impl Scheduler {
             State::Backoff { until } => {
                 self.backoffs.insert((*until, id));
             }
+            State::Running { .. } => task.speculated = 0,
             _ => {}
         }
         let to_name = to.name();
@@ -669,7 +1040,13 @@ impl Scheduler {
     fn cancel_one(&mut self, task: TaskId, reason: &str, out: &mut Vec<Output>) {
         let (attempt, worker) = match self.tasks[&task].state {
             State::Running { attempt, worker } => {
-                self.end_attempt(attempt, task, worker);
+                for backup in std::mem::take(&mut self.tasks.get_mut(&task).expect("task exists").backups) {
+                    let live = self.end_attempt(backup).expect("backups are live");
+                    out.push(Output::Cancel { worker: live.worker, attempt: backup, reason: reason.to_string() });
+                    let outcome = AttemptEnd::Cancelled;
+                    out.push(Output::AttemptEnded { task, attempt: backup, worker: live.worker, outcome });
+                }
+                self.end_attempt(attempt);
                 out.push(Output::Cancel { worker, attempt, reason: reason.to_string() });
                 (Some(attempt), Some(worker))
             }
@@ -711,11 +1088,19 @@ mod tests {
             deps: deps.iter().map(|&d| TaskId(d)).collect(),
             priority,
             inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            cost: Cost::default(),
         }
     }
 
     fn config() -> SchedulerConfig {
-        SchedulerConfig { lease_timeout: 1_000, max_attempts: 3, backoff_base: 100, backoff_max: 1_000, idle_retry: 50 }
+        SchedulerConfig {
+            lease_timeout: 1_000,
+            max_attempts: 3,
+            backoff_base: 100,
+            backoff_max: 1_000,
+            idle_retry: 50,
+            speculation: SpeculationConfig::default(),
+        }
     }
 
     fn leases(out: &[Output]) -> Vec<(TaskId, AttemptId)> {
@@ -1088,6 +1473,11 @@ mod tests {
         Beat(u64),
         Lease(u64, u32),
         Complete(usize),
+        /// Complete one of the attempts live now (`Complete` mostly hits stale ones).
+        CompleteLive(usize),
+        /// A worker with nothing running asks for one task (as real workers do; `Lease` mostly
+        /// comes from workers that already run everything, which get no backups).
+        IdleLease(usize),
         Fail(usize, bool),
         Release(usize),
         Cancel(u64),
@@ -1108,6 +1498,9 @@ mod tests {
             10 => (0..64usize).prop_map(Event::Release),
             10 => (0..TASKS).prop_map(Event::Cancel),
             30 => (0..1500u64).prop_map(Event::Advance),
+            30 => (0..300u64).prop_map(Event::Advance),
+            60 => (0..64usize).prop_map(Event::CompleteLive),
+            60 => (0..4usize).prop_map(Event::IdleLease),
             10 => Just(Event::Restart),
             // Rare, or nearly every sequence would end cancelled.
             1 => Just(Event::CancelSweep),
@@ -1123,11 +1516,13 @@ mod tests {
             .map(|i| {
                 let root = i % 4;
                 let key = format!("task:{root}/checkpoint");
-                match i {
+                let t = match i {
                     0..4 => task(i, &[], 0, &[]),
                     4..8 => task(i, &[root], 1, &[&key]),
                     _ => task(i, &[root, i - 4], 2, &[&key]),
-                }
+                };
+                // A kind per layer, sizes 1–3 units within it.
+                NewTask { cost: Cost { kind: (i / 4) as u8, units: (1 + i % 3) as f64 }, ..t }
             })
             .collect()
     }
@@ -1138,6 +1533,10 @@ mod tests {
         failures: HashMap<TaskId, u32>,
         /// Largest attempt id handed out so far (the store's `max(attempt_id)`).
         max_attempt: u64,
+        /// Attempts started and not yet closed since the last restart.
+        open: HashSet<AttemptId>,
+        /// Backup attempts started (to check that the sequences exercise them).
+        backups: usize,
     }
 
     impl ShadowStore {
@@ -1160,6 +1559,7 @@ mod tests {
                         if *from == StateName::Running {
                             let a = attempt.expect("leaving Running names the attempt that ends");
                             assert!(live_before.contains_key(&a) || started.contains_key(&a), "{a:?} was live");
+                            assert!(self.open.remove(&a), "{a:?} closed once");
                         }
                         self.states.insert(*task, *to);
                         self.failures.insert(*task, s.failures(*task));
@@ -1168,6 +1568,19 @@ mod tests {
                         assert_eq!(started.get(attempt), Some(&(*task, *worker)), "a lease follows its transition");
                         assert!(attempt.0 > self.max_attempt, "attempt ids only grow, across restarts too");
                         self.max_attempt = attempt.0;
+                        self.open.insert(*attempt);
+                    }
+                    Output::Backup(b) => {
+                        assert_eq!(self.states[&b.task], StateName::Running, "a backup races a running task");
+                        let racing = live_before.get(&b.straggler).or_else(|| started.get(&b.straggler));
+                        assert_eq!(racing, Some(&(b.task, b.straggler_worker)), "the straggler is live");
+                        assert_ne!(b.worker, b.straggler_worker, "never on the straggler's worker");
+                        started.insert(b.attempt, (b.task, b.worker));
+                        self.backups += 1;
+                    }
+                    Output::AttemptEnded { task, attempt, worker, .. } => {
+                        assert_eq!(live_before.get(attempt).or_else(|| started.get(attempt)), Some(&(*task, *worker)));
+                        assert!(self.open.remove(attempt), "{attempt:?} closed once");
                     }
                     Output::Cancel { attempt, worker, .. } => {
                         let owner = live_before.get(attempt).or_else(|| started.get(attempt));
@@ -1192,7 +1605,7 @@ mod tests {
                     (t, state, failures)
                 })
                 .collect();
-            Scheduler::restore(config(), stored, self.max_attempt + 1)
+            Scheduler::restore(racing_config(), stored, self.max_attempt + 1)
         }
     }
 
@@ -1207,10 +1620,20 @@ mod tests {
         let sweep = random_sweep();
         for (id, t) in &s.tasks {
             assert_eq!(store.states[id], t.state.name(), "replaying transitions gives the core's state");
-            if let State::Running { attempt, worker } = t.state {
-                let w = s.workers.get(&worker).expect("a running task's worker is alive");
-                assert!(w.running.contains(id));
-                assert_eq!(s.attempts.get(&attempt), Some(id));
+            if let State::Running { attempt, .. } = t.state {
+                // Every live attempt of the task: on a live worker that lists the task, each on
+                // a different worker, at most `max_backups` of them backups.
+                let mut on = HashSet::new();
+                for a in std::iter::once(attempt).chain(t.backups.iter().copied()) {
+                    let live = s.attempts.get(&a).expect("a running task's attempts are live");
+                    assert_eq!(live.task, *id);
+                    let w = s.workers.get(&live.worker).expect("a running task's worker is alive");
+                    assert!(w.running.contains(id));
+                    assert!(on.insert(live.worker), "two live attempts of {id:?} on {:?}", live.worker);
+                }
+                assert!(t.backups.len() as u32 <= t.speculated && t.speculated <= s.config.speculation.max_backups);
+            } else {
+                assert!(t.backups.is_empty(), "{id:?} keeps backups outside Running");
             }
             assert_eq!(t.queued.is_some(), t.state == State::Ready, "queued iff ready");
             if matches!(t.state, State::Ready | State::Running { .. } | State::Backoff { .. } | State::Done) {
@@ -1229,33 +1652,53 @@ mod tests {
             assert!(t.failures <= s.config.max_attempts, "{id:?} retried past the bound");
         }
         let running = s.counts().get(&StateName::Running).copied().unwrap_or(0);
-        assert_eq!(s.attempts.len(), running, "one live attempt per running task, no leftovers");
+        let backups: usize = s.tasks.values().map(|t| t.backups.len()).sum();
+        assert_eq!(s.attempts.len(), running + backups, "live attempts: one per running task plus backups");
         let leased: usize = s.workers.values().map(|w| w.running.len()).sum();
-        assert_eq!(leased, running, "every live attempt is on exactly one worker");
+        assert_eq!(leased, s.attempts.len(), "every live attempt is on exactly one worker");
         for (wid, w) in &s.workers {
             for task in &w.running {
-                assert!(matches!(s.tasks[task].state, State::Running { worker, .. } if worker == *wid));
+                assert!(matches!(s.tasks[task].state, State::Running { .. }));
+                assert_eq!(s.attempts.values().filter(|l| l.task == *task && l.worker == *wid).count(), 1);
             }
         }
+        let live: HashSet<AttemptId> = s.attempts.keys().copied().collect();
+        assert_eq!(store.open, live, "the store's open attempts are the live ones");
         assert_eq!(s.ready.len(), s.tasks.values().filter(|t| t.state == State::Ready).count());
         let backing_off = s.counts().get(&StateName::Backoff).copied().unwrap_or(0);
         assert_eq!(s.backoffs.len(), backing_off, "a timer per backoff");
         assert_eq!(s.worker_deadlines.len(), s.workers.len(), "a deadline per worker");
     }
 
+    /// Speculation that fires often at the proptest's time scale, with two backups per task.
+    fn racing_config() -> SchedulerConfig {
+        SchedulerConfig {
+            // Workers outlive a few `Advance`s, so stragglers have time to straggle.
+            lease_timeout: 4_000,
+            speculation: SpeculationConfig { max_backups: 2, factor: 1.5, min_gain: 20, alpha: 0.5 },
+            ..config()
+        }
+    }
+
     fn live_attempts(s: &Scheduler) -> HashMap<AttemptId, (TaskId, WorkerId)> {
         s.attempts.keys().map(|&a| (a, s.attempt(a).expect("attempts index holds live attempts"))).collect()
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
-        #[test]
-        fn random_event_sequences_keep_the_invariants(events in prop::collection::vec(event(), 1..150)) {
-            let mut s = Scheduler::new(config(), random_sweep(), 1);
+    /// Run by hand rather than through `proptest!` so the test can also check, across all cases,
+    /// that the sequences did exercise backup attempts.
+    #[test]
+    fn random_event_sequences_keep_the_invariants() {
+        let backups = std::cell::Cell::new(0usize);
+        let mut runner =
+            proptest::test_runner::TestRunner::new(ProptestConfig { cases: 400, ..ProptestConfig::default() });
+        let result = runner.run(&prop::collection::vec(event(), 1..150), |events| {
+            let mut s = Scheduler::new(racing_config(), random_sweep(), 1);
             let mut store = ShadowStore {
                 states: random_sweep().iter().map(|t| (t.id, StateName::Blocked)).collect(),
                 failures: HashMap::new(),
                 max_attempt: 0,
+                open: HashSet::new(),
+                backups: 0,
             };
             let mut now = 0;
             // Every attempt ever leased, so reports also come from stale ones.
@@ -1272,27 +1715,54 @@ mod tests {
                 out.clear();
                 let pick = |i: usize| (!leased.is_empty()).then(|| leased[i % leased.len()]);
                 match e {
-                    Event::Join(w) => s.handle_into(now, Input::WorkerJoined { worker: WorkerId(w), cached: vec![] }, &mut out),
+                    Event::Join(w) => {
+                        s.handle_into(now, Input::WorkerJoined { worker: WorkerId(w), cached: vec![] }, &mut out)
+                    }
                     Event::Leave(w) => s.handle_into(now, Input::WorkerLeft { worker: WorkerId(w) }, &mut out),
                     Event::Beat(w) => s.handle_into(now, Input::Heartbeat { worker: WorkerId(w) }, &mut out),
-                    Event::Lease(w, n) => s.handle_into(now, Input::LeaseRequest { worker: WorkerId(w), slots: n }, &mut out),
-                    Event::Complete(i) => if let Some(a) = pick(i) {
-                        let task = s.attempt(a).map(|(t, _)| t);
-                        let outputs = task.map(|t| vec![format!("task:{}/checkpoint", t.0)]).unwrap_or_default();
-                        s.handle_into(now, Input::Completed { attempt: a, outputs }, &mut out);
-                        let accepted = out.contains(&Output::Report { attempt: a, accepted: true });
-                        prop_assert_eq!(accepted, task.is_some(), "accepted exactly when the attempt was live");
-                        if accepted {
-                            *completed.entry(task.unwrap()).or_default() += 1;
+                    Event::Lease(w, n) => {
+                        s.handle_into(now, Input::LeaseRequest { worker: WorkerId(w), slots: n }, &mut out)
+                    }
+                    Event::IdleLease(i) => {
+                        let mut idle: Vec<WorkerId> =
+                            s.workers.iter().filter(|(_, w)| w.running.is_empty()).map(|(id, _)| *id).collect();
+                        idle.sort_unstable();
+                        if let Some(&w) = idle.get(i % idle.len().max(1)) {
+                            s.handle_into(now, Input::LeaseRequest { worker: w, slots: 1 }, &mut out);
                         }
-                    },
-                    Event::Fail(i, r) => if let Some(a) = pick(i) {
-                        s.handle_into(now, Input::Failed { attempt: a, error: "e".into(), retryable: r }, &mut out);
-                    },
-                    Event::Release(i) => if let Some(a) = pick(i) {
-                        s.handle_into(now, Input::Released { attempt: a }, &mut out);
-                    },
-                    Event::Cancel(t) => s.handle_into(now, Input::Cancel { task: TaskId(t), reason: "r".into() }, &mut out),
+                    }
+                    Event::Complete(i) | Event::CompleteLive(i) => {
+                        if let Some(a) = match e {
+                            Event::CompleteLive(_) => {
+                                let mut live: Vec<AttemptId> = s.attempts.keys().copied().collect();
+                                live.sort_unstable();
+                                (!live.is_empty()).then(|| live[i % live.len()])
+                            }
+                            _ => pick(i),
+                        } {
+                            let task = s.attempt(a).map(|(t, _)| t);
+                            let outputs = task.map(|t| vec![format!("task:{}/checkpoint", t.0)]).unwrap_or_default();
+                            s.handle_into(now, Input::Completed { attempt: a, outputs }, &mut out);
+                            let accepted = out.contains(&Output::Report { attempt: a, accepted: true });
+                            prop_assert_eq!(accepted, task.is_some(), "accepted exactly when the attempt was live");
+                            if accepted {
+                                *completed.entry(task.unwrap()).or_default() += 1;
+                            }
+                        }
+                    }
+                    Event::Fail(i, r) => {
+                        if let Some(a) = pick(i) {
+                            s.handle_into(now, Input::Failed { attempt: a, error: "e".into(), retryable: r }, &mut out);
+                        }
+                    }
+                    Event::Release(i) => {
+                        if let Some(a) = pick(i) {
+                            s.handle_into(now, Input::Released { attempt: a }, &mut out);
+                        }
+                    }
+                    Event::Cancel(t) => {
+                        s.handle_into(now, Input::Cancel { task: TaskId(t), reason: "r".into() }, &mut out)
+                    }
                     Event::CancelSweep => s.handle_into(now, Input::CancelSweep { reason: "r".into() }, &mut out),
                     Event::Advance(dt) => {
                         now += dt;
@@ -1300,12 +1770,17 @@ mod tests {
                     }
                     Event::Restart => {
                         s = store.restore();
+                        // Attempts live at the crash stay open in the store; none of them is live now.
+                        store.open.clear();
                         // Restoring turns running/backoff tasks back into pending ones: the
                         // store's reading of anything unfinished.
                         for (id, t) in &s.tasks {
                             let stored = store.states[id];
                             if !stored.is_terminal() {
-                                store.states.insert(*id, if t.queued.is_some() { StateName::Ready } else { StateName::Blocked });
+                                store.states.insert(
+                                    *id,
+                                    if t.queued.is_some() { StateName::Ready } else { StateName::Blocked },
+                                );
                             }
                         }
                         s.handle_into(now, Input::Tick, &mut out);
@@ -1333,6 +1808,12 @@ mod tests {
                 }
             }
             prop_assert!(s.is_finished(), "the sweep finishes: {:?}", s.counts());
+            backups.set(backups.get() + store.backups);
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
         }
+        assert!(backups.get() >= 20, "only {} backup attempts in all sequences", backups.get());
     }
 }

@@ -13,12 +13,14 @@
 //! points of earlier attempts, since each attempt reports the whole history.
 //!
 //! Logs: one structured line per task transition (task key, attempt, worker, seconds) and per
-//! worker join/leave/expiry, so a cluster can be followed from the coordinator's log alone.
+//! worker join/leave/expiry, so a cluster can be followed from the coordinator's log alone; one
+//! per backup attempt started and per attempt that lost the race and was cancelled, naming both
+//! workers and their measured throughputs.
 
 use crate::artifacts::ArtifactDir;
-use crate::graph::{PlannedTask, TaskKind, CHECKPOINT};
+use crate::graph::{cost_kind_name, PlannedTask, TaskKind, CHECKPOINT};
 use crate::scheduler::{
-    AttemptId, Input, Output, Scheduler, SchedulerConfig, StateName, StoredState, TaskId, WorkerId,
+    AttemptEnd, AttemptId, Input, Output, Scheduler, SchedulerConfig, StateName, StoredState, TaskId, WorkerId,
 };
 use crate::store::{Change, Store, StoreError, StoreStats};
 use freqsweep_common::task::MetricPoint;
@@ -225,6 +227,9 @@ pub struct WorkerSnapshot {
     pub throughput: f64,
     pub last_seen_seconds: f64,
     pub connected_seconds: f64,
+    /// The scheduler's measured throughput per task kind (`heatmap/resnet18` → work units per
+    /// second), what backup decisions use.
+    pub measured: BTreeMap<String, f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -409,6 +414,12 @@ impl Shared {
                     throughput: w.throughput,
                     last_seen_seconds: w.last_seen.elapsed().as_secs_f64(),
                     connected_seconds: w.joined.elapsed().as_secs_f64(),
+                    measured: core
+                        .scheduler
+                        .throughputs(*id)
+                        .into_iter()
+                        .map(|(kind, rate)| (cost_kind_name(kind), rate))
+                        .collect(),
                 }
             })
             .collect();
@@ -490,6 +501,8 @@ impl Shared {
         let mut changes = extra;
         let mut accepted = None;
         let mut sweep_done_to: Vec<Outbound> = Vec::new();
+        // The attempt an `Output::Backup` announced; its lease comes next.
+        let mut backup = None;
         for output in outputs {
             match output {
                 Output::Lease { worker, task, attempt } => {
@@ -513,7 +526,8 @@ impl Shared {
                     };
                     core.lease_started.insert(attempt, Instant::now());
                     core.attempts.started += 1;
-                    if !core.leased_before.insert(task) {
+                    let is_backup = backup.take() == Some(attempt);
+                    if !core.leased_before.insert(task) && !is_backup {
                         core.attempts.retried += 1;
                     }
                     if let Some(w) = core.workers.get_mut(&worker) {
@@ -524,8 +538,11 @@ impl Shared {
                         task_id: task.0,
                         worker: worker_name(worker),
                         now_ms: wall_ms(),
+                        backup: is_backup,
                     });
-                    if planned.kind == TaskKind::Train {
+                    // Not for a backup: the attempt it races is live and its points may be the
+                    // record; the race's loser loses its points when it ends (below).
+                    if planned.kind == TaskKind::Train && !is_backup {
                         // This attempt reports the whole history (a resumed one re-sends its
                         // checkpoint's points): earlier attempts' points would be duplicates.
                         changes.push(Change::SupersedeMetrics { task_id: task.0, attempt_id: attempt.0 });
@@ -588,6 +605,60 @@ impl Shared {
                             now_ms: wall_ms(),
                         });
                     }
+                }
+                Output::Backup(b) => {
+                    let planned = &core.tasks[&b.task];
+                    tracing::info!(
+                        task = %planned.key,
+                        attempt = b.attempt.0,
+                        worker = %worker_name(b.worker),
+                        straggler = b.straggler.0,
+                        straggler_worker = %worker_name(b.straggler_worker),
+                        kind = %cost_kind_name(b.kind),
+                        units = planned.cost.units,
+                        rate = b.rate,
+                        straggler_rate = b.straggler_rate,
+                        expected_s = b.expected_ms as f64 / 1000.0,
+                        straggler_remaining_s = b.remaining_ms as f64 / 1000.0,
+                        "backup attempt started"
+                    );
+                    backup = Some(b.attempt);
+                }
+                Output::AttemptEnded { task, attempt, worker, outcome } => {
+                    let planned = &core.tasks[&task];
+                    let seconds = core.lease_started.remove(&attempt).map(|t| t.elapsed().as_secs_f64());
+                    let kind = planned.cost.kind;
+                    let rate = |w| core.scheduler.throughput(w, kind).or(core.scheduler.fleet_throughput(kind));
+                    match outcome {
+                        AttemptEnd::Superseded { winner, winner_worker } => tracing::info!(
+                            task = %planned.key,
+                            attempt = attempt.0,
+                            worker = %worker_name(worker),
+                            winner = winner.0,
+                            winner_worker = %worker_name(winner_worker),
+                            kind = %cost_kind_name(kind),
+                            rate = ?rate(worker),
+                            winner_rate = ?rate(winner_worker),
+                            ?seconds,
+                            "attempt lost the race and is cancelled"
+                        ),
+                        _ => tracing::info!(
+                            task = %planned.key,
+                            attempt = attempt.0,
+                            worker = %worker_name(worker),
+                            outcome = outcome.as_str(),
+                            ?seconds,
+                            "attempt ended; another attempt of the task runs on"
+                        ),
+                    }
+                    changes.push(Change::AttemptEnded {
+                        id: attempt.0,
+                        outcome: outcome.as_str().into(),
+                        now_ms: wall_ms(),
+                    });
+                    // Another attempt of the task finished or runs on, reporting the whole history
+                    // itself: this one's points would be duplicates.
+                    changes.push(Change::DiscardMetrics { attempt_id: attempt.0 });
                 }
                 Output::WorkerExpired { worker } => {
                     tracing::warn!(worker = %worker_name(worker), "worker expired (no heartbeat)");
@@ -1058,6 +1129,7 @@ impl Coordinator for Service {
                 running_tasks: w.running.iter().map(|t| t.id).collect(),
                 throughput: w.throughput,
                 last_seen_ms_ago: (w.last_seen_seconds * 1000.0) as u64,
+                measured: w.measured.into_iter().collect(),
             })
             .collect();
         Ok(Response::new(pb::StatusReply {

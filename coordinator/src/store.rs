@@ -12,13 +12,18 @@
 //! Tables (all times are milliseconds since the Unix epoch):
 //! - `sweep(key, value)`: `spec_toml`, `name`, `created_ms`, … as key/value rows.
 //! - `tasks(id, key, kind, spec_json, deps_json, state, attempts, result_json, error, updated_ms)`.
-//! - `attempts(id, task_id, worker, started_ms, ended_ms, outcome, resumed_epoch)`: `resumed_epoch`
-//!   is the epoch a train attempt resumed at from a partial checkpoint (NULL: from scratch).
+//! - `attempts(id, task_id, worker, started_ms, ended_ms, outcome, resumed_epoch, backup)`:
+//!   `resumed_epoch` is the epoch a train attempt resumed at from a partial checkpoint (NULL: from
+//!   scratch); `backup` is 1 for a speculative backup attempt; `outcome` is the task's next state
+//!   for the attempt that moved it, or `superseded` (lost the race to another attempt),
+//!   `cancelled`, `failed`, `released`, `lost` for one that ended while another attempt of the
+//!   task ran on.
 //! - `metric_batches(attempt_id, seq)`: which batches were stored (duplicates are dropped).
 //! - `metrics(task_id, attempt_id, name, epoch, step, test_set, class_index, value)`: a task's
 //!   points are those of its latest attempt; every train attempt reports the whole history (a
 //!   resumed one re-sends its checkpoint's points first), so a new attempt's lease deletes the
-//!   points of earlier ones and no epoch is stored twice.
+//!   points of earlier ones and no epoch is stored twice; a backup's lease does not (the attempt
+//!   it races is still live), but when one of two racing attempts ends, its points are deleted.
 //! - `artifacts(digest, name, size, path, task_id, attempt_id, epochs_done)`: a task's outputs
 //!   have `epochs_done` NULL; a row with `epochs_done` set is a partial checkpoint (uploaded after
 //!   that many epochs by `attempt_id`), the newest of which a retry resumes from; older ones are
@@ -62,6 +67,16 @@ pub struct TaskRow {
     pub error: Option<String>,
 }
 
+/// An attempt as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptRow {
+    pub id: u64,
+    pub worker: String,
+    pub backup: bool,
+    pub ended: bool,
+    pub outcome: Option<String>,
+}
+
 /// One write.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
@@ -96,6 +111,8 @@ pub enum Change {
         task_id: u64,
         worker: String,
         now_ms: u64,
+        /// A speculative backup of a running attempt.
+        backup: bool,
     },
     AttemptEnded {
         id: u64,
@@ -108,6 +125,10 @@ pub enum Change {
         attempt_id: u64,
         seq: u64,
         points: Vec<MetricPoint>,
+    },
+    /// Delete the points of an attempt that lost the race (the winner's stream is the record).
+    DiscardMetrics {
+        attempt_id: u64,
     },
     Artifact {
         digest: String,
@@ -235,6 +256,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("attempts", "resumed_epoch", "INTEGER"),
     ("artifacts", "attempt_id", "INTEGER"),
     ("artifacts", "epochs_done", "INTEGER"),
+    ("attempts", "backup", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -390,15 +412,16 @@ fn apply<'a>(conn: &mut Connection, groups: impl Iterator<Item = &'a [Change]>) 
                         tx.prepare_cached("UPDATE tasks SET error = ?2 WHERE id = ?1")?
                             .execute(params![*id as i64, error])?;
                     }
-                    Change::AttemptStarted { id, task_id, worker, now_ms } => {
+                    Change::AttemptStarted { id, task_id, worker, now_ms, backup } => {
                         tx.prepare_cached(
-                            "INSERT OR IGNORE INTO attempts (id, task_id, worker, started_ms) VALUES (?1, ?2, ?3, ?4)",
+                            "INSERT OR IGNORE INTO attempts (id, task_id, worker, started_ms, backup) VALUES (?1, ?2, ?3, ?4, ?5)",
                         )?
                         .execute(params![
                             *id as i64,
                             *task_id as i64,
                             worker,
-                            *now_ms as i64
+                            *now_ms as i64,
+                            *backup as i64
                         ])?;
                     }
                     Change::AttemptEnded { id, outcome, now_ms } => {
@@ -423,6 +446,10 @@ fn apply<'a>(conn: &mut Connection, groups: impl Iterator<Item = &'a [Change]>) 
                                 p.value
                             ])?;
                         }
+                    }
+                    Change::DiscardMetrics { attempt_id } => {
+                        tx.prepare_cached("DELETE FROM metrics WHERE attempt_id = ?1")?
+                            .execute(params![*attempt_id as i64])?;
                     }
                     Change::Artifact { digest, name, size, path, task_id } => {
                         tx.execute(
@@ -489,6 +516,23 @@ impl Reader {
                 attempts: r.get(6)?,
                 result_json: r.get(7)?,
                 error: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every attempt of a task, oldest first.
+    pub fn attempts(&self, task_id: u64) -> Result<Vec<AttemptRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, worker, backup, ended_ms IS NOT NULL, outcome FROM attempts WHERE task_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([task_id as i64], |r| {
+            Ok(AttemptRow {
+                id: r.get::<_, i64>(0)? as u64,
+                worker: r.get(1)?,
+                backup: r.get::<_, i64>(2)? != 0,
+                ended: r.get(3)?,
+                outcome: r.get(4)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -682,7 +726,11 @@ mod tests {
                         spec_json: "{}".into(),
                         deps: vec![1],
                     },
-                    Change::AttemptStarted { id: 7, task_id: 1, worker: "w1".into(), now_ms: 5 },
+                    Change::AttemptStarted { id: 7, task_id: 1, worker: "w1".into(), now_ms: 5, backup: false },
+                    Change::AttemptStarted { id: 8, task_id: 1, worker: "w2".into(), now_ms: 6, backup: true },
+                    Change::Metrics { task_id: 1, attempt_id: 8, seq: 0, points: vec![point(0.1)] },
+                    Change::AttemptEnded { id: 8, outcome: "superseded".into(), now_ms: 7 },
+                    Change::DiscardMetrics { attempt_id: 8 },
                     Change::Metrics { task_id: 1, attempt_id: 7, seq: 0, points: vec![point(0.5), point(0.6)] },
                 ])
                 .unwrap();
@@ -711,7 +759,44 @@ mod tests {
         assert_eq!((tasks[0].state.as_str(), tasks[0].attempts), ("done", 1));
         assert_eq!(tasks[1].deps, [1]);
         assert_eq!(reader.metrics(1).unwrap(), [point(0.5), point(0.6)], "duplicate batch dropped");
-        assert_eq!(reader.max_attempt_id().unwrap(), 7);
+        assert_eq!(reader.max_attempt_id().unwrap(), 8, "backup attempts count for the next id too");
+        let attempts = reader.attempts(1).unwrap();
+        assert_eq!(
+            attempts,
+            [
+                AttemptRow { id: 7, worker: "w1".into(), backup: false, ended: true, outcome: Some("done".into()) },
+                AttemptRow {
+                    id: 8,
+                    worker: "w2".into(),
+                    backup: true,
+                    ended: true,
+                    outcome: Some("superseded".into())
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_database_without_the_backup_column_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("freqsweep.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE attempts (id INTEGER PRIMARY KEY, task_id INTEGER NOT NULL, worker TEXT NOT NULL,
+                 started_ms INTEGER NOT NULL, ended_ms INTEGER, outcome TEXT);
+                 INSERT INTO attempts (id, task_id, worker, started_ms) VALUES (3, 1, 'w1', 0);",
+            )
+            .unwrap();
+        }
+        let (store, _writer) = Store::open(&path).unwrap();
+        store
+            .write(vec![Change::AttemptStarted { id: 4, task_id: 1, worker: "w2".into(), now_ms: 1, backup: true }])
+            .unwrap();
+        let backups: Vec<bool> = store.reader().unwrap().attempts(1).unwrap().iter().map(|a| a.backup).collect();
+        assert_eq!(backups, [false, true], "old rows are first attempts");
+        drop(store);
+        Store::open(&path).expect("opening a migrated database again changes nothing");
     }
 
     #[test]
