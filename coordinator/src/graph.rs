@@ -46,7 +46,7 @@ pub fn cost_kind(kind: TaskKind, arch: &str) -> u8 {
 
 /// `train/resnet18`, `heatmap/tiny`, `heatmap/other` (for logs and `status`).
 pub fn cost_kind_name(kind: u8) -> String {
-    let task = if kind % 2 == 0 { "train" } else { "heatmap" };
+    let task = if kind.is_multiple_of(2) { "train" } else { "heatmap" };
     format!("{task}/{}", ARCHS.get(kind as usize / 2).copied().unwrap_or("other"))
 }
 
@@ -66,10 +66,15 @@ pub fn train_units(t: &TrainTask) -> f64 {
     (t.train.epochs.max(1) as usize * steps.max(1)) as f64
 }
 
-/// Work units of a heatmap task: cells × images evaluated (`.npy` datasets without an image
-/// limit: cells).
+/// Work units of a heatmap task: cells × test images evaluated (the image limit or the test
+/// split, whichever is smaller; `.npy` datasets without a limit: cells).
 pub fn heatmap_units(h: &HeatmapTask) -> f64 {
-    let images = if h.images > 0 { h.images } else { dataset_size(&h.dataset).map_or(1, |(_, test)| test) };
+    let test = dataset_size(&h.dataset).map(|(_, test)| test);
+    let images = match (h.images, test) {
+        (0, None) => 1,
+        (0, Some(test)) => test,
+        (limit, test) => test.map_or(limit, |t| t.min(limit)),
+    };
     (h.cells.len().max(1) * images.max(1)) as f64
 }
 
@@ -189,6 +194,40 @@ mod tests {
         }
         assert_eq!(covered, 514, "the chunks of one map cover every canonical cell once");
         assert_eq!(plan(&sweep), tasks, "planning is deterministic");
+    }
+
+    #[test]
+    fn costs_are_steps_for_training_and_cells_times_images_for_heatmaps() {
+        let tasks = plan(&spec::parse(SPEC, "t.toml").unwrap());
+        // 64 training images in batches of 16 for 1 epoch; a chunk's cells x all 32 test images
+        // (the spec's default limit of 500 images is more than the split holds).
+        assert_eq!(tasks[0].cost, Cost { kind: cost_kind(TaskKind::Train, "tiny"), units: 4.0 });
+        let TaskSpec::Heatmap(h) = &tasks[1].spec else { panic!("heatmap expected") };
+        assert_eq!(
+            tasks[1].cost,
+            Cost { kind: cost_kind(TaskKind::Heatmap, "tiny"), units: h.cells.len() as f64 * 32.0 }
+        );
+        let map: f64 = tasks[1..7].iter().map(|t| t.cost.units).sum();
+        assert_eq!(map, 514.0 * 32.0, "one map's chunks add up to every cell on every image");
+        assert_eq!(tasks[1].to_new_task().cost, tasks[1].cost);
+        let names: Vec<String> = (0..KINDS as u8).map(cost_kind_name).collect();
+        assert_eq!(
+            names,
+            [
+                "train/tiny",
+                "heatmap/tiny",
+                "train/alexnet",
+                "heatmap/alexnet",
+                "train/resnet18",
+                "heatmap/resnet18",
+                "train/other",
+                "heatmap/other"
+            ]
+        );
+        assert_eq!(cost_kind(TaskKind::Heatmap, "torchscript"), 7);
+        let limited = SPEC.replace("layers = true", "layers = true\nimages = 10");
+        let tasks = plan(&spec::parse(&limited, "t.toml").unwrap());
+        assert_eq!(tasks[1].cost.units, h.cells.len() as f64 * 10.0, "an image limit bounds the work");
     }
 
     #[test]

@@ -306,17 +306,36 @@ fn print_status(s: &freqsweep_proto::v1::StatusReply) {
     }
     let eta = if s.eta_seconds < 0.0 { "unknown".to_string() } else { format!("{:.0} s", s.eta_seconds) };
     println!("  metric points {}; eta {eta}", s.metric_points);
-    println!("  {:<6} {:<20} {:<18} {:>10} {:>8}  running", "worker", "host", "device", "items/s", "seen");
+    println!(
+        "  {:<6} {:<20} {:<18} {:>10} {:>8}  {:<16} measured units/s",
+        "worker", "host", "device", "items/s", "seen", "running"
+    );
     for w in &s.workers {
         println!(
-            "  {:<6} {:<20} {:<18} {:>10.1} {:>7.1}s  {:?}",
+            "  {:<6} {:<20} {:<18} {:>10.1} {:>7.1}s  {:<16} {}",
             w.worker_id,
             w.hostname,
             w.device,
             w.throughput,
             w.last_seen_ms_ago as f64 / 1000.0,
-            w.running_tasks
+            format!("{:?}", w.running_tasks),
+            measured(&w.measured)
         );
+    }
+}
+
+/// `heatmap/tiny 3.1e4, train/tiny 12.5` (sorted by kind; `-` before any task finished).
+fn measured(rates: &std::collections::HashMap<String, f64>) -> String {
+    let mut kinds: Vec<_> = rates.iter().collect();
+    kinds.sort_by(|a, b| a.0.cmp(b.0));
+    let text: Vec<String> = kinds
+        .into_iter()
+        .map(|(kind, rate)| if *rate >= 1e4 { format!("{kind} {rate:.1e}") } else { format!("{kind} {rate:.1}") })
+        .collect();
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text.join(", ")
     }
 }
 
