@@ -319,7 +319,7 @@ mod tests {
                 last_seen_seconds: 0.25,
                 connected_seconds: 10.0,
                 measured: Default::default(),
-}],
+            }],
             workers_joined: 2,
             workers_expired: 1,
             metric_points: 77,

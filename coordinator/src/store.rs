@@ -67,16 +67,6 @@ pub struct TaskRow {
     pub error: Option<String>,
 }
 
-/// An attempt as stored.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AttemptRow {
-    pub id: u64,
-    pub worker: String,
-    pub backup: bool,
-    pub ended: bool,
-    pub outcome: Option<String>,
-}
-
 /// One write.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
@@ -521,23 +511,6 @@ impl Reader {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Every attempt of a task, oldest first.
-    pub fn attempts(&self, task_id: u64) -> Result<Vec<AttemptRow>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, worker, backup, ended_ms IS NOT NULL, outcome FROM attempts WHERE task_id = ?1 ORDER BY id",
-        )?;
-        let rows = stmt.query_map([task_id as i64], |r| {
-            Ok(AttemptRow {
-                id: r.get::<_, i64>(0)? as u64,
-                worker: r.get(1)?,
-                backup: r.get::<_, i64>(2)? != 0,
-                ended: r.get(3)?,
-                outcome: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
     /// The largest attempt id ever issued (new attempts continue above it after a restart).
     pub fn max_attempt_id(&self) -> Result<u64, StoreError> {
         Ok(self.conn.query_row("SELECT COALESCE(MAX(id), 0) FROM attempts", [], |r| r.get::<_, i64>(0))? as u64)
@@ -639,9 +612,11 @@ pub struct AttemptRow {
     pub outcome: Option<String>,
     /// The epoch a train attempt resumed at from a partial checkpoint (`None`: from scratch).
     pub resumed_epoch: Option<u32>,
+    /// A speculative backup of a running attempt.
+    pub backup: bool,
 }
 
-const ATTEMPT_COLUMNS: &str = "id, task_id, worker, started_ms, ended_ms, outcome, resumed_epoch";
+const ATTEMPT_COLUMNS: &str = "id, task_id, worker, started_ms, ended_ms, outcome, resumed_epoch, backup";
 
 fn attempt_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRow> {
     Ok(AttemptRow {
@@ -652,6 +627,7 @@ fn attempt_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRow> {
         ended_ms: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
         outcome: r.get(5)?,
         resumed_epoch: r.get(6)?,
+        backup: r.get::<_, i64>(7)? != 0,
     })
 }
 
@@ -760,18 +736,17 @@ mod tests {
         assert_eq!(tasks[1].deps, [1]);
         assert_eq!(reader.metrics(1).unwrap(), [point(0.5), point(0.6)], "duplicate batch dropped");
         assert_eq!(reader.max_attempt_id().unwrap(), 8, "backup attempts count for the next id too");
-        let attempts = reader.attempts(1).unwrap();
+        let attempts: Vec<_> = reader
+            .attempts()
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.id, a.task_id, a.worker, a.backup, a.ended_ms, a.outcome))
+            .collect();
         assert_eq!(
             attempts,
             [
-                AttemptRow { id: 7, worker: "w1".into(), backup: false, ended: true, outcome: Some("done".into()) },
-                AttemptRow {
-                    id: 8,
-                    worker: "w2".into(),
-                    backup: true,
-                    ended: true,
-                    outcome: Some("superseded".into())
-                },
+                (7, 1, "w1".to_string(), false, Some(9), Some("done".to_string())),
+                (8, 1, "w2".to_string(), true, Some(7), Some("superseded".to_string())),
             ]
         );
     }
@@ -793,7 +768,7 @@ mod tests {
         store
             .write(vec![Change::AttemptStarted { id: 4, task_id: 1, worker: "w2".into(), now_ms: 1, backup: true }])
             .unwrap();
-        let backups: Vec<bool> = store.reader().unwrap().attempts(1).unwrap().iter().map(|a| a.backup).collect();
+        let backups: Vec<bool> = store.reader().unwrap().attempts().unwrap().iter().map(|a| a.backup).collect();
         assert_eq!(backups, [false, true], "old rows are first attempts");
         drop(store);
         Store::open(&path).expect("opening a migrated database again changes nothing");
@@ -849,7 +824,7 @@ mod tests {
         };
         store
             .write(vec![
-                Change::AttemptStarted { id: 1, task_id: 1, worker: "w1".into(), now_ms: 1 },
+                Change::AttemptStarted { id: 1, task_id: 1, worker: "w1".into(), now_ms: 1, backup: false },
                 Change::SupersedeMetrics { task_id: 1, attempt_id: 1 },
                 Change::Metrics { task_id: 1, attempt_id: 1, seq: 0, points: vec![point(0.1), point(0.2)] },
                 partial("sha256:e1", 1, 1),
@@ -857,7 +832,7 @@ mod tests {
                 Change::DeleteArtifact { digest: "sha256:e1".into() },
                 Change::AttemptEnded { id: 1, outcome: "ready".into(), now_ms: 2 },
                 // The retry resumes at epoch 2 and re-sends the history.
-                Change::AttemptStarted { id: 2, task_id: 1, worker: "w2".into(), now_ms: 3 },
+                Change::AttemptStarted { id: 2, task_id: 1, worker: "w2".into(), now_ms: 3, backup: false },
                 Change::AttemptResumed { id: 2, epochs_done: 2 },
                 Change::SupersedeMetrics { task_id: 1, attempt_id: 2 },
                 Change::Metrics { task_id: 1, attempt_id: 2, seq: 0, points: vec![point(0.1), point(0.2), point(0.3)] },
@@ -904,7 +879,9 @@ mod tests {
         let reader = store.reader().unwrap();
         assert_eq!(reader.task_artifacts(4).unwrap().len(), 1, "old outputs stay outputs");
         assert!(reader.partial_checkpoints().unwrap().is_empty());
-        store.write(vec![Change::AttemptStarted { id: 1, task_id: 4, worker: "w1".into(), now_ms: 1 }]).unwrap();
+        store
+            .write(vec![Change::AttemptStarted { id: 1, task_id: 4, worker: "w1".into(), now_ms: 1, backup: false }])
+            .unwrap();
         store.write(vec![Change::AttemptResumed { id: 1, epochs_done: 3 }]).unwrap();
         assert_eq!(reader.task_attempts(4).unwrap()[0].resumed_epoch, Some(3));
     }
