@@ -48,7 +48,9 @@
 //! - Leases prefer a task whose inputs the worker already holds (it produced or downloaded them),
 //!   then retried tasks, then lower priority values (train before heatmap), then FIFO.
 //! - Every state change is one [`Output::Transition`]; one that ends a live attempt names it, so
-//!   the store can close the attempt. Replaying the transitions reproduces the core's states.
+//!   the store can close the attempt; any other attempt that ends (a race's loser, one of several
+//!   live attempts lost) comes as an [`Output::AttemptEnded`]. Replaying the transitions
+//!   reproduces the core's states; restoring forgets races (a running task is re-leased once).
 //! - Costs: lease, report and expiry are O(log n); nothing scans all tasks (only `restore` and
 //!   `CancelSweep`, once per sweep).
 
