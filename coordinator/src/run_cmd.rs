@@ -136,7 +136,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     let dir = out_dir(&args.out, &args.spec)?;
     let token = random_token();
-    let mut run = run::open(&args.spec, &dir, run::default_config(Some(token.clone())))?;
+    let mut config = run::default_config(Some(token.clone()));
+    // Local workers share this machine's cores: a backup attempt would slow the straggler it is
+    // meant to overtake. Speculation is for clusters (`serve`), where workers are separate machines.
+    config.scheduler.speculation.max_backups = 0;
+    let mut run = run::open(&args.spec, &dir, config)?;
     let worker = worker_binary()?;
     let rt = runtime()?;
     let threads = args
