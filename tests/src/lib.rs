@@ -36,3 +36,68 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A sweep that runs in seconds: the tiny CNN on Syn_2 (96 train / 16 test images), one epoch, then
+/// its Fourier heatmap at ε = 4 on 8 images in 2 chunks — 3 tasks per value of `lr` (a TOML value:
+/// `0.003` or a list such as `[0.003, 0.01]`).
+pub fn tiny_spec(name: &str, lr: &str) -> String {
+    format!(
+        r#"name = "{name}"
+[[dataset]]
+kind = "syn"
+band = 2
+train = 96
+test = 16
+[model]
+arch = "tiny"
+[train]
+lr = {lr}
+batch_size = 32
+epochs = 1
+[heatmap]
+eps = [4.0]
+images = 8
+chunk_cells = 257
+"#
+    )
+}
+
+/// A `freqsweep serve` started by [`serve`], with its stderr read up to the line that named `key`.
+pub struct Served {
+    pub child: std::process::Child,
+    /// The first log line containing `key`.
+    pub line: String,
+    /// The value after `key` on that line (up to the next space): an address such as `127.0.0.1:PORT`.
+    pub value: String,
+    /// The rest of stderr, line by line.
+    pub lines: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+}
+
+/// Start `freqsweep serve SPEC --listen 127.0.0.1:0 --out OUT EXTRA…` with token `right` and read its
+/// log until a line contains `key` (`listen=` for the gRPC port, `http=` for the dashboard's).
+pub fn serve(spec: &std::path::Path, out: &std::path::Path, extra: &[&std::ffi::OsStr], key: &str) -> Served {
+    use std::io::BufRead;
+    let mut child = Command::new(binary("freqsweep"))
+        .arg("serve")
+        .arg(spec)
+        .args(["--listen", "127.0.0.1:0", "--out"])
+        .arg(out)
+        .args(extra)
+        .env("FREQSWEEP_TOKEN", "right")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn freqsweep serve");
+    let mut lines = std::io::BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+    loop {
+        let Some(Ok(line)) = lines.next() else {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("serve exited before logging {key}: {status:?}");
+        };
+        if let Some(rest) = line.split(key).nth(1) {
+            let value = rest.split_whitespace().next().unwrap_or_default().to_string();
+            return Served { child, line, value, lines };
+        }
+    }
+}

@@ -2,29 +2,9 @@
 //! `/api/status` and the dashboard answer with the sweep's numbers when given the token, and a
 //! wrong or missing token gets 401 with a one-line body.
 
-use freqsweep_tests::binary;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use freqsweep_tests::{serve, tiny_spec, Served};
+use std::io::{Read, Write};
 use std::time::Duration;
-
-/// 2 grid points × (1 train + 2 heatmap chunks) = 6 tasks.
-const SPEC: &str = r#"name = "watched"
-[[dataset]]
-kind = "syn"
-band = 2
-train = 96
-test = 16
-[model]
-arch = "tiny"
-[train]
-lr = [0.003, 0.01]
-batch_size = 32
-epochs = 1
-[heatmap]
-eps = [4.0]
-images = 8
-chunk_cells = 257
-"#;
 
 /// One GET over a fresh connection: (status code, body).
 fn get(addr: &str, path: &str, headers: &str) -> (u16, String) {
@@ -48,26 +28,12 @@ fn sample(metrics: &str, prefix: &str) -> f64 {
 fn serve_exposes_metrics_status_and_dashboard_behind_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("watched.toml");
-    std::fs::write(&spec, SPEC).unwrap();
-    let mut serve = Command::new(binary("freqsweep"))
-        .arg("serve")
-        .arg(&spec)
-        .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--out"])
-        .arg(dir.path().join("run"))
-        .env("FREQSWEEP_TOKEN", "right")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // 2 grid points × (1 train + 2 heatmap chunks) = 6 tasks.
+    std::fs::write(&spec, tiny_spec("watched", "[0.003, 0.01]")).unwrap();
     // The log line `dashboard at … http=127.0.0.1:PORT` names the bound HTTP port.
-    let mut lines = BufReader::new(serve.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("serve exited before logging its HTTP address").unwrap();
-        if let Some(rest) = line.split("http=").nth(1) {
-            assert!(line.contains("dashboard at http://"), "{line}");
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let extra = ["--http".as_ref(), "127.0.0.1:0".as_ref()];
+    let Served { child: mut serve, line, value: addr, lines } = serve(&spec, &dir.path().join("run"), &extra, "http=");
+    assert!(line.contains("dashboard at http://"), "{line}");
     let _drain = std::thread::spawn(move || lines.map_while(Result::ok).count());
     let auth = "Authorization: Bearer right\r\n";
 

@@ -2,28 +2,9 @@
 //! worker with the wrong token refused with a one-line error, and a real `freqsweep-worker
 //! --coordinator URL` that runs the whole sweep; both processes exit 0.
 
-use freqsweep_tests::{binary, run_bounded};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use freqsweep_tests::{binary, run_bounded, serve, tiny_spec, Served};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-const SPEC: &str = r#"name = "served"
-[[dataset]]
-kind = "syn"
-band = 2
-train = 96
-test = 16
-[model]
-arch = "tiny"
-[train]
-lr = 0.003
-batch_size = 32
-epochs = 1
-[heatmap]
-eps = [4.0]
-images = 8
-chunk_cells = 257
-"#;
 
 const LIMIT: Duration = Duration::from_secs(300);
 
@@ -31,25 +12,10 @@ const LIMIT: Duration = Duration::from_secs(300);
 fn serve_status_and_a_remote_worker() {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("served.toml");
-    std::fs::write(&spec, SPEC).unwrap();
-    let mut serve = Command::new(binary("freqsweep"))
-        .arg("serve")
-        .arg(&spec)
-        .args(["--listen", "127.0.0.1:0", "--out"])
-        .arg(dir.path().join("run"))
-        .env("FREQSWEEP_TOKEN", "right")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    std::fs::write(&spec, tiny_spec("served", "0.003")).unwrap();
     // The log line `serving listen=127.0.0.1:PORT` names the bound port.
-    let mut lines = BufReader::new(serve.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("serve exited early").unwrap();
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break format!("http://{}", rest.split_whitespace().next().unwrap());
-        }
-    };
+    let Served { child: mut serve, value, lines, .. } = serve(&spec, &dir.path().join("run"), &[], "listen=");
+    let url = format!("http://{value}");
     let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
 
     let status = run_bounded(

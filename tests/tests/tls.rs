@@ -4,29 +4,11 @@
 //! `freqsweep status --tls-ca` reads the coordinator; a real `freqsweep-worker --tls-ca` runs the
 //! whole sweep over TLS and both processes exit 0.
 
-use freqsweep_tests::{binary, run_bounded};
-use std::io::{BufRead, BufReader, Read};
+use freqsweep_tests::{binary, run_bounded, serve, tiny_spec, Served};
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-const SPEC: &str = r#"name = "secured"
-[[dataset]]
-kind = "syn"
-band = 2
-train = 96
-test = 16
-[model]
-arch = "tiny"
-[train]
-lr = 0.003
-batch_size = 32
-epochs = 1
-[heatmap]
-eps = [4.0]
-images = 8
-chunk_cells = 257
-"#;
 
 const LIMIT: Duration = Duration::from_secs(300);
 
@@ -42,29 +24,12 @@ fn last_line(out: &Output) -> String {
 fn a_worker_runs_a_sweep_over_tls_and_untrusting_or_plain_clients_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("secured.toml");
-    std::fs::write(&spec, SPEC).unwrap();
-    let mut serve = Command::new(binary("freqsweep"))
-        .arg("serve")
-        .arg(&spec)
-        .args(["--listen", "127.0.0.1:0", "--out"])
-        .arg(dir.path().join("run"))
-        .arg("--tls-cert")
-        .arg(fixture("server.pem"))
-        .arg("--tls-key")
-        .arg(fixture("server.key"))
-        .env("FREQSWEEP_TOKEN", "right")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(serve.stderr.take().unwrap()).lines();
-    let port = loop {
-        let line = lines.next().expect("serve exited early").unwrap();
-        if let Some(rest) = line.split("listen=").nth(1) {
-            assert!(line.contains("tls=true"), "{line}");
-            break rest.split_whitespace().next().unwrap().rsplit(':').next().unwrap().to_string();
-        }
-    };
+    std::fs::write(&spec, tiny_spec("secured", "0.003")).unwrap();
+    let (cert, key) = (fixture("server.pem"), fixture("server.key"));
+    let extra = ["--tls-cert".as_ref(), cert.as_os_str(), "--tls-key".as_ref(), key.as_os_str()];
+    let Served { child: mut serve, line, value, lines } = serve(&spec, &dir.path().join("run"), &extra, "listen=");
+    assert!(line.contains("tls=true"), "{line}");
+    let port = value.rsplit(':').next().unwrap().to_string();
     let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
     let https = format!("https://127.0.0.1:{port}");
 
