@@ -66,7 +66,12 @@ fn header(out: &mut String, page: &Page) {
         );
     }
     let busy: u64 = page.attempts.iter().filter_map(|a| Some(a.ended_ms?.saturating_sub(a.started_ms))).sum();
-    row(out, "attempts / worker time", format!("{} / {}", page.attempts.len(), format_duration(busy)));
+    let backups = page.attempts.iter().filter(|a| a.backup).count();
+    row(
+        out,
+        "attempts / worker time",
+        format!("{} ({backups} of them backups) / {}", page.attempts.len(), format_duration(busy)),
+    );
     row(out, "run created by freqsweep", page.created_by.clone().unwrap_or_else(|| "unknown (older run)".into()));
     row(out, "report rendered by freqsweep", format!("{} {GIT_REVISION}", env!("CARGO_PKG_VERSION")));
     let mut devices: BTreeSet<String> = page.workers.iter().map(|w| w.device.clone()).collect();
@@ -159,7 +164,9 @@ fn overview(out: &mut String, page: &Page) {
 
 fn point_section(out: &mut String, p: &PointReport) {
     let _ = writeln!(out, "<section class=\"point\" id=\"{}\"><h2>{}</h2>", anchor(&p.id), esc(&p.id));
-    let values: Vec<String> = p.values.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+    // Keys that do not apply to this point (momentum for Adam, …) are blank: leave them out.
+    let values: Vec<String> =
+        p.values.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{k} = {v}")).collect();
     let _ = writeln!(out, "<p>{} · state <b>{}</b></p>", esc(&values.join(", ")), esc(&p.state));
     if let Some(error) = &p.error {
         let _ = writeln!(out, "<p class=\"fail\">{}</p>", esc(error));
