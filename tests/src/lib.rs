@@ -101,3 +101,29 @@ pub fn serve(spec: &std::path::Path, out: &std::path::Path, extra: &[&std::ffi::
         }
     }
 }
+
+/// Wait for `child` to exit. Past `limit`, kill it and `others` and panic with `what` (a hung
+/// process is a bug; the others must not outlive the test).
+pub fn wait_or_kill(
+    child: &mut std::process::Child,
+    limit: Duration,
+    others: &mut [&mut std::process::Child],
+    what: &str,
+) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            for other in others.iter_mut() {
+                let _ = other.kill();
+                let _ = other.wait();
+            }
+            panic!("{what} (after {limit:?})");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

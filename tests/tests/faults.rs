@@ -5,7 +5,7 @@
 //! killed mid-sweep restarts from its store.
 
 use freqsweep_coordinator::store::Store;
-use freqsweep_tests::{binary, run_bounded};
+use freqsweep_tests::{binary, run_bounded, wait_or_kill};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -144,18 +144,12 @@ fn a_coordinator_killed_mid_sweep_restarts_from_its_store_and_the_worker_reconne
 
     // Same spec, same directory, same port: it resumes and the worker reconnects by itself.
     let mut second = serve(&spec, &out, port);
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = second.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(300) {
-            let _ = second.kill();
-            let _ = worker.kill();
-            panic!("the restarted coordinator did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_or_kill(
+        &mut second,
+        Duration::from_secs(300),
+        &mut [&mut worker],
+        "the restarted coordinator did not finish",
+    );
     let mut log = String::new();
     std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut log).unwrap();
     let mut stdout = String::new();
@@ -249,18 +243,8 @@ fn a_retried_train_task_resumes_from_the_last_uploaded_checkpoint_and_ends_like_
     let saved_at_kill = killed_rx.recv_timeout(Duration::from_secs(120)).expect("no checkpoint was ever recorded");
     let _ = first.wait();
     let mut second = worker(port, &dir.path().join("cache-b"));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = coordinator.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(120) {
-            let _ = coordinator.kill();
-            let _ = second.kill();
-            panic!("the retried task did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status =
+        wait_or_kill(&mut coordinator, Duration::from_secs(120), &mut [&mut second], "the retried task did not finish");
     let _ = second.wait();
     let log = reader.join().unwrap().join("\n");
     assert!(status.success(), "{}", log.lines().last().unwrap_or(""));
