@@ -132,8 +132,8 @@ fn a_tiny_sweep_is_complete_identical_across_worker_counts_and_resumable() {
             (format!("heatmaps/{point}_eps4_fc.png"), Some((560, 470))),
             // The error map, conv1 and fc side by side, three per row.
             (format!("heatmaps/{point}_eps4_layers.png"), Some((3 * 400, 340 + 36))),
-            (format!("curves/{point}.png"), Some((2 * 460, 360 + 36))),
-            (format!("curves/{point}_first3.png"), Some((2 * 460, 360 + 36))),
+            (format!("curves/{point}.png"), Some((2 * 460, 360 + 32 + 24))),
+            (format!("curves/{point}_first3.png"), Some((2 * 460, 360 + 32 + 24))),
             (format!("confusion/{point}_B124.png"), None),
         ] {
             let (w, h) = png_size(&file(&two, &rel));
