@@ -104,7 +104,14 @@ fn a_tiny_sweep_is_complete_identical_across_worker_counts_and_resumable() {
     // The same sweep with 1 and 3 workers: identical merged heatmaps, curves and results.
     for (workers, name) in [(1, "one"), (3, "three")] {
         let other = dir.path().join(name);
-        run(&spec, &other, workers);
+        let (_, stderr) = run(&spec, &other, workers);
+        if workers == 1 {
+            // The one worker trained every checkpoint its heatmap tasks read: it keeps its own
+            // uploads and downloads nothing back.
+            let finished = stderr.lines().find(|l| l.contains("sweep finished")).expect("a `sweep finished` log line");
+            assert!(finished.contains("artifact_sent_bytes=0"), "{finished}");
+            assert!(!finished.contains("artifact_received_bytes=0"), "{finished}");
+        }
         for point in POINTS {
             for rel in [
                 format!("heatmaps/{point}_eps4.npy"),
