@@ -676,7 +676,13 @@ impl Shared {
                     core.sweep_done = true;
                     // Told from the commit callback below, after the last acknowledgement.
                     sweep_done_to = core.sessions.values().cloned().collect();
-                    tracing::info!(counts = ?core.scheduler.counts(), seconds = self.started.elapsed().as_secs_f64(), "sweep finished");
+                    tracing::info!(
+                        counts = ?core.scheduler.counts(),
+                        seconds = self.started.elapsed().as_secs_f64(),
+                        artifact_received_bytes = self.artifact_bytes_received.load(Ordering::Relaxed),
+                        artifact_sent_bytes = self.artifact_bytes_sent.load(Ordering::Relaxed),
+                        "sweep finished"
+                    );
                 }
             }
         }

@@ -337,6 +337,9 @@ fn workers_submitted_with_sbatch_complete_a_sweep_and_scancel_drains_them() {
 
     // First array: both workers join; once training has a checkpoint, scancel the array.
     let first = submit_workers(&cluster, dir);
+    // Both array tasks must be running before the scancel (a pending one would leave no output).
+    let joined = || std::fs::read_to_string(&log).unwrap_or_default().matches("worker joined").count();
+    wait_for("both workers of the first array to join", Duration::from_secs(60), || joined() >= 2);
     wait_log(&log, Duration::from_secs(60), "a checkpoint of the training task", |l| l.contains("checkpoint saved"));
     let cancel = cluster.command("scancel", &[&first]);
     assert!(cancel.status.success(), "scancel: {}", String::from_utf8_lossy(&cancel.stderr));

@@ -16,7 +16,9 @@
 //!   step and its lease is released (the coordinator re-queues it); an idle worker exits at once.
 //! - Inputs are downloaded by digest into a local cache (verified, `.partial` then rename) and
 //!   reused across tasks; outputs are uploaded in chunks with their digest before the result that
-//!   names them is sent.
+//!   names them is sent, and kept in the same cache (a heatmap task that follows its train task
+//!   on this worker does not download the checkpoint back). A final checkpoint identical to the
+//!   last epoch's uploaded snapshot is not sent twice.
 //! - Every epoch's checkpoint of a train task is snapshotted (hard link) by the engine thread,
 //!   uploaded in the background and announced with `CheckpointSaved`, so a retry elsewhere resumes
 //!   from it. One upload at a time; when epochs outpace uploads only the newest waiting snapshot
@@ -28,7 +30,7 @@ use freqsweep_common::task::{MetricPoint, TaskSpec};
 use freqsweep_proto::dial::{self, DialError};
 use freqsweep_proto::v1::coordinator_client::CoordinatorClient;
 use freqsweep_proto::v1::{self as pb, coordinator_message, worker_message};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -259,9 +261,22 @@ async fn fetch_input(client: &mut Client, cache: &Path, artifact: &pb::ArtifactR
 
 /// Upload a file in chunks; the coordinator verifies the digest and size.
 async fn upload(client: &mut Client, name: &str, path: &Path) -> Result<pb::ArtifactRef, String> {
+    let reference = describe(name, path)?;
+    send_file(client, &reference, path).await?;
+    Ok(reference)
+}
+
+/// The reference (digest and size) that names the file at `path`.
+fn describe(name: &str, path: &Path) -> Result<pb::ArtifactRef, String> {
     let (digest, size) = digest::of_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(pb::ArtifactRef { name: name.to_string(), digest, size })
+}
+
+async fn send_file(client: &mut Client, reference: &pb::ArtifactRef, path: &Path) -> Result<(), String> {
     let bytes = tokio::fs::read(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
-    let reference = pb::ArtifactRef { name: name.to_string(), digest, size };
+    if bytes.len() as u64 != reference.size {
+        return Err(format!("{}: changed while it was being uploaded", path.display()));
+    }
     let first = reference.clone();
     let chunks: Vec<pb::ArtifactChunk> = if bytes.is_empty() {
         vec![pb::ArtifactChunk { artifact: Some(first), offset: 0, data: Vec::new() }]
@@ -276,8 +291,30 @@ async fn upload(client: &mut Client, name: &str, path: &Path) -> Result<pb::Arti
             })
             .collect()
     };
-    client.upload_artifact(tokio_stream::iter(chunks)).await.map_err(|s| format!("upload {name}: {}", s.message()))?;
-    Ok(reference)
+    client
+        .upload_artifact(tokio_stream::iter(chunks))
+        .await
+        .map_err(|s| format!("upload {}: {}", reference.name, s.message()))?;
+    Ok(())
+}
+
+/// Keep an output this worker produced in its input cache (hard link, else copy), so a later task
+/// that needs it here (the scheduler prefers this worker for it) does not download it back.
+fn keep_in_cache(cache: &Path, path: &Path, reference: &pb::ArtifactRef) {
+    let cached = cache.join("artifacts").join(digest::file_name(&reference.digest));
+    if cached.is_file() {
+        return;
+    }
+    let partial = cached.with_extension("partial");
+    let kept = std::fs::create_dir_all(cache.join("artifacts"))
+        .and_then(|()| {
+            let _ = std::fs::remove_file(&partial);
+            std::fs::hard_link(path, &partial).or_else(|_| std::fs::copy(path, &partial).map(|_| ()))
+        })
+        .and_then(|()| std::fs::rename(&partial, &cached));
+    if let Err(e) = kept {
+        tracing::debug!(artifact = %reference.name, error = %e, "output not kept in the cache; a later task here downloads it");
+    }
 }
 
 // ---------------------------------------------------------------- the loop
@@ -512,36 +549,43 @@ pub async fn run(
                         }
                     }
                     FromEngine::Finished(attempt, result, seconds) => {
-                        if matches!(result, Ok(EngineResult::Stopped)) {
-                            // Drained or cancelled: announce the newest checkpoint before the
-                            // release, so the next attempt resumes from it (after the release
-                            // this attempt is stale and its checkpoint would be ignored).
-                            let mut last = Vec::new();
-                            if upload_in_flight {
-                                if let Ok(Some(done)) = tokio::time::timeout(Duration::from_secs(120), uploaded.recv()).await {
-                                    last.push(done);
-                                }
-                                upload_in_flight = false;
+                        // Settle the checkpoint uploads first. Stopped (drained or cancelled):
+                        // announce the newest checkpoint before the release, so the next attempt
+                        // resumes from it (after the release this attempt is stale and its
+                        // checkpoint would be ignored). Done: the final checkpoint goes with the
+                        // result, and is usually the last epoch's snapshot, byte for byte: what
+                        // the coordinator already holds is not sent again.
+                        let stopped = matches!(result, Ok(EngineResult::Stopped));
+                        let mut settled = Vec::new();
+                        if upload_in_flight {
+                            if let Ok(Some(done)) = tokio::time::timeout(Duration::from_secs(120), uploaded.recv()).await {
+                                settled.push(done);
                             }
-                            if let Some(snapshot) = waiting_snapshot.take() {
+                            upload_in_flight = false;
+                        }
+                        if let Some(snapshot) = waiting_snapshot.take() {
+                            if stopped {
                                 let result = upload(&mut client, CHECKPOINT_ARTIFACT, &snapshot.path).await;
-                                last.push((snapshot, result));
+                                settled.push((snapshot, result));
+                            } else {
+                                snapshot.discard();
                             }
-                            for (snapshot, result) in last {
-                                if let (Ok(artifact), true) = (result, snapshot.attempt == attempt) {
+                        }
+                        let mut stored = HashSet::new();
+                        for (snapshot, result) in settled {
+                            if let Ok(artifact) = result {
+                                stored.insert(artifact.digest.clone());
+                                if stopped && snapshot.attempt == attempt {
                                     let b = checkpoint_saved(&snapshot, artifact);
                                     if !send(b.clone()) { outbox.push(b); }
                                 }
-                                snapshot.discard();
                             }
-                        } else if let Some(snapshot) = waiting_snapshot.take() {
-                            // The final checkpoint goes with the result; a waiting one is moot.
                             snapshot.discard();
                         }
                         let finished = running.take().filter(|r| r.attempt == attempt);
                         let reason = finished.as_ref().and_then(|r| r.stop_reason.clone()).unwrap_or_else(|| "stopped".into());
                         let task_id = finished.as_ref().map_or(0, |r| r.task_id);
-                        let report = report(&mut client, attempt, task_id, result, seconds, reason).await;
+                        let report = report(&mut client, &config.cache_dir, &stored, attempt, task_id, result, seconds, reason).await;
                         if !send(report.clone()) { outbox.push(report); }
                         want_lease = !draining;
                         lease_at = Some(tokio::time::Instant::now());
@@ -650,9 +694,13 @@ async fn prepare(
     Ok((spec, inputs))
 }
 
-/// Turn an engine result into the report for the coordinator (uploading outputs first).
+/// Turn an engine result into the report for the coordinator (uploading outputs first, except
+/// those whose digest is in `stored`: the coordinator holds them already).
+#[allow(clippy::too_many_arguments)]
 async fn report(
     client: &mut Client,
+    cache: &Path,
+    stored: &HashSet<String>,
     attempt: u64,
     task_id: u64,
     result: Result<EngineResult, EngineError>,
@@ -663,8 +711,16 @@ async fn report(
         Ok(EngineResult::Done { outcome, artifacts }) => {
             let mut outputs = Vec::new();
             for (name, path) in &artifacts {
-                match upload(client, name, path).await {
-                    Ok(reference) => outputs.push(reference),
+                let sent = match describe(name, path) {
+                    Ok(reference) if stored.contains(&reference.digest) => Ok(reference),
+                    Ok(reference) => send_file(client, &reference, path).await.map(|()| reference),
+                    Err(e) => Err(e),
+                };
+                match sent {
+                    Ok(reference) => {
+                        keep_in_cache(cache, path, &reference);
+                        outputs.push(reference);
+                    }
                     Err(e) => {
                         return worker_message::Body::Failure(pb::TaskFailure {
                             attempt_id: attempt,

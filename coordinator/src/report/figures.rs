@@ -5,6 +5,7 @@
 //! rendering is tested on known arrays. Text uses DejaVu Sans embedded in the binary: report
 //! rendering must not depend on the fonts a cluster node happens to have.
 
+use super::canvas::Canvas;
 use freqsweep_common::image::{viridis, write_rgb_png};
 use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
 use plotters::coord::types::RangedCoordf64;
@@ -15,15 +16,18 @@ use std::path::Path;
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
-static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+pub(super) static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 const FAMILY: &str = "sans-serif";
 
-fn ensure_font() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
+/// The embedded font, registered with plotters (which measures text) and parsed for
+/// [`Canvas`] (which draws it).
+fn font_face() -> &'static ab_glyph::FontRef<'static> {
+    static FACE: std::sync::OnceLock<ab_glyph::FontRef<'static>> = std::sync::OnceLock::new();
+    FACE.get_or_init(|| {
         // The embedded font is a valid TrueType file; a failure here would be a build defect.
         plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).ok().expect("embedded DejaVu Sans parses");
-    });
+        ab_glyph::FontRef::try_from_slice(FONT).expect("embedded DejaVu Sans parses")
+    })
 }
 
 /// A rendered figure: `width × height` RGB pixels.
@@ -46,12 +50,12 @@ impl Figure {
 fn render(
     width: u32,
     height: u32,
-    draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> DrawResult,
+    draw: impl FnOnce(&DrawingArea<Canvas, Shift>) -> DrawResult,
 ) -> Result<Figure, String> {
-    ensure_font();
+    let face = font_face();
     let mut rgb = vec![255u8; width as usize * height as usize * 3];
     {
-        let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
+        let root = Canvas::new(&mut rgb, (width, height), face).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         draw(&root).map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;
@@ -135,12 +139,7 @@ fn frequency_ticks(n: usize) -> Vec<f64> {
 
 /// One heatmap panel with frequency axes. Rows are drawn top to bottom in array order, as
 /// `imshow` shows the `.npy`: the vertical frequency `u` grows downwards, `v` to the right.
-fn draw_map_panel(
-    area: &DrawingArea<BitMapBackend, Shift>,
-    map: CentredMap,
-    range: (f64, f64),
-    title: &str,
-) -> DrawResult {
+fn draw_map_panel(area: &DrawingArea<Canvas, Shift>, map: CentredMap, range: (f64, f64), title: &str) -> DrawResult {
     let (h, w) = (map.height as i64, map.width as i64);
     let (v_lo, v_hi) = (-(w / 2) as f64 - 0.5, (w - w / 2) as f64 - 0.5);
     let (u_lo, u_hi) = (-(h / 2) as f64 - 0.5, (h - h / 2) as f64 - 0.5);
@@ -175,7 +174,7 @@ fn draw_map_panel(
 }
 
 /// A vertical colour bar for `range` with its label.
-fn draw_colour_bar(area: &DrawingArea<BitMapBackend, Shift>, range: (f64, f64), label: &str) -> DrawResult {
+fn draw_colour_bar(area: &DrawingArea<Canvas, Shift>, range: (f64, f64), label: &str) -> DrawResult {
     let (lo, hi) = range;
     let mut chart = ChartBuilder::on(area)
         .margin_top(28)
@@ -292,17 +291,29 @@ pub struct LinePanel {
     pub series: Vec<(String, Vec<(f64, f64)>)>,
 }
 
-/// Panels of lines side by side with a shared x label, y in `0..=1` (F1 over training).
+/// Panels of lines side by side with a shared x label, y in `0..=1` (F1 over training). One
+/// legend above the panels: a series keeps its colour in every panel.
 pub fn line_panels(panels: &[LinePanel], x_label: &str, y_label: &str, title: &str) -> Result<Figure, String> {
     if panels.is_empty() {
         return Err("a line figure needs at least one panel".into());
     }
-    let (panel_w, panel_h, caption_h) = (460u32, 360u32, 36u32);
+    let mut names: Vec<&str> = Vec::new();
+    for (name, _) in panels.iter().flat_map(|panel| &panel.series) {
+        if !names.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    let colour_of =
+        |name: &str| SERIES_COLOURS[names.iter().position(|n| *n == name).unwrap_or(0) % SERIES_COLOURS.len()];
+    let (panel_w, panel_h, caption_h, legend_h) = (460u32, 360u32, 32u32, 24u32);
     let columns = panels.len().min(4);
     let rows = panels.len().div_ceil(columns);
-    render(panel_w * columns as u32, panel_h * rows as u32 + caption_h, |root| {
-        let (top, body) = root.split_vertically(caption_h);
-        top.titled(title, font(18))?;
+    render(panel_w * columns as u32, panel_h * rows as u32 + caption_h + legend_h, |root| {
+        let (top, body) = root.split_vertically(caption_h + legend_h);
+        let (caption, legend) = top.split_vertically(caption_h);
+        caption.titled(title, font(18))?;
+        let entries: Vec<(&str, RGBColor)> = names.iter().map(|name| (*name, colour_of(name))).collect();
+        draw_legend_row(&legend, &entries, Marker::Line)?;
         for (cell, panel) in body.split_evenly((rows, columns)).iter().zip(panels) {
             let x_max = panel.series.iter().flat_map(|(_, pts)| pts.iter().map(|p| p.0)).fold(0.0f64, f64::max);
             let x_max = if x_max > 0.0 { x_max } else { 1.0 };
@@ -321,23 +332,42 @@ pub fn line_panels(panels: &[LinePanel], x_label: &str, y_label: &str, title: &s
                 .axis_desc_style(font(12))
                 .x_label_formatter(&|x| format_axis(*x))
                 .draw()?;
-            for (index, (name, points)) in panel.series.iter().enumerate() {
-                let colour = SERIES_COLOURS[index % SERIES_COLOURS.len()];
-                chart
-                    .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))?
-                    .label(name.as_str())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+            for (name, points) in &panel.series {
+                chart.draw_series(LineSeries::new(points.iter().copied(), colour_of(name).stroke_width(2)))?;
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(180, 180, 180))
-                .label_font(font(11))
-                .draw()?;
         }
         Ok(())
     })
+}
+
+/// How a legend entry shows its series.
+#[derive(Clone, Copy)]
+enum Marker {
+    Line,
+    Dot,
+}
+
+/// One row of legend entries centred in `area`, a strip outside the plots, so that no legend
+/// covers data.
+fn draw_legend_row(area: &DrawingArea<Canvas, Shift>, entries: &[(&str, RGBColor)], marker: Marker) -> DrawResult {
+    let style = font(12).pos(Pos::new(HPos::Left, VPos::Center));
+    let (key_w, gap, pad) = (22i32, 6i32, 18i32);
+    let mut widths = Vec::with_capacity(entries.len());
+    for (name, _) in entries {
+        widths.push(area.estimate_text_size(name, &style)?.0 as i32);
+    }
+    let total: i32 = widths.iter().map(|w| key_w + gap + w).sum::<i32>() + pad * (entries.len() as i32 - 1).max(0);
+    let (width, height) = area.dim_in_pixel();
+    let (mut x, y) = ((width as i32 - total).max(0) / 2, height as i32 / 2);
+    for ((name, colour), w) in entries.iter().zip(widths) {
+        match marker {
+            Marker::Line => area.draw(&PathElement::new(vec![(x, y), (x + key_w, y)], colour.stroke_width(3)))?,
+            Marker::Dot => area.draw(&Circle::new((x + key_w / 2, y), 5, colour.filled()))?,
+        }
+        area.draw_text(name, &style, (x + key_w + gap, y))?;
+        x += key_w + gap + w + pad;
+    }
+    Ok(())
 }
 
 fn format_axis(x: f64) -> String {
@@ -421,13 +451,21 @@ pub fn dot_rows(
     }
     let longest = rows.iter().map(|(name, _)| name.chars().count()).max().unwrap_or(0).min(60) as u32;
     let label_w = 20 + 7 * longest;
-    let height = 120 + 22 * rows.len() as u32;
+    let (legend_h, height) = (24u32, 144 + 22 * rows.len() as u32);
     render(label_w + 520, height, |root| {
+        let (title_area, root) = root.split_vertically(34);
+        let (legend, root) = root.split_vertically(legend_h);
+        title_area.titled(title, font(15))?;
+        let entries: Vec<(&str, RGBColor)> = series
+            .iter()
+            .enumerate()
+            .map(|(s, name)| (name.as_str(), SERIES_COLOURS[s % SERIES_COLOURS.len()]))
+            .collect();
+        draw_legend_row(&legend, &entries, Marker::Dot)?;
         let n = rows.len() as f64;
         let names: Vec<String> = rows.iter().map(|(name, _)| name.chars().take(60).collect()).collect();
         let ticks: Vec<f64> = (0..rows.len()).map(|i| -(i as f64)).collect();
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, font(15))
+        let mut chart = ChartBuilder::on(&root)
             .margin(10)
             .x_label_area_size(36)
             .y_label_area_size(label_w)
@@ -440,25 +478,15 @@ pub fn dot_rows(
             .axis_desc_style(font(12))
             .y_label_formatter(&|y| names.get((-y).round() as usize).cloned().unwrap_or_default())
             .draw()?;
-        for (s, name) in series.iter().enumerate() {
+        for s in 0..series.len() {
             let colour = SERIES_COLOURS[s % SERIES_COLOURS.len()];
             let points: Vec<(f64, f64)> = rows
                 .iter()
                 .enumerate()
                 .filter_map(|(i, (_, values))| values.get(s).copied().flatten().map(|v| (v, -(i as f64))))
                 .collect();
-            chart
-                .draw_series(points.into_iter().map(|p| Circle::new(p, 5, colour.filled())))?
-                .label(name.as_str())
-                .legend(move |(x, y)| Circle::new((x + 8, y), 5, colour.filled()));
+            chart.draw_series(points.into_iter().map(|p| Circle::new(p, 5, colour.filled())))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(180, 180, 180))
-            .label_font(font(11))
-            .draw()?;
         Ok(())
     })
 }
@@ -520,7 +548,7 @@ mod tests {
                 .collect(),
         };
         let lines = line_panels(&[panel("B1234"), panel("B124")], "step", "F1", "curves").unwrap();
-        assert_eq!((lines.width, lines.height), (2 * 460, 360 + 36));
+        assert_eq!((lines.width, lines.height), (2 * 460, 360 + 32 + 24));
         for (i, colour) in SERIES_COLOURS.iter().take(4).enumerate() {
             assert!(lines.rgb.chunks(3).any(|p| p == [colour.0, colour.1, colour.2]), "class {i} line drawn");
         }
@@ -539,7 +567,7 @@ mod tests {
             "o",
         )
         .unwrap();
-        assert_eq!(overview.height, 120 + 2 * 22);
+        assert_eq!(overview.height, 144 + 2 * 22);
     }
 
     #[test]

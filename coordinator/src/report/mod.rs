@@ -6,6 +6,7 @@
 //! Every figure has its numbers beside it (`.npy` or CSV); `freqsweep report DIR` runs this same
 //! function again, so the files depend only on what the store holds.
 
+mod canvas;
 pub mod figures;
 mod html;
 
