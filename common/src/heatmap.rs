@@ -136,25 +136,23 @@ impl HeatmapAccumulator {
 }
 
 /// Write a map as `DIR/STEM.npy` (float64 `H × W`, centred layout, `NaN` where not computed) and
-/// `DIR/STEM.png` (colour scale from `vmin` to `vmax`; `None` uses the map's own range).
+/// `DIR/STEM.png`, the report's heatmap figure: frequency axes and a colour bar labelled
+/// `bar_label` (colour scale `range`; `None` uses the map's own finite range).
 pub fn write_map_files(
     dir: &std::path::Path,
     stem: &str,
     map: &HeatmapAccumulator,
     range: Option<(f64, f64)>,
+    title: &str,
+    bar_label: &str,
 ) -> Result<(), String> {
     let shape = map.shape();
     let means = map.means();
     crate::npy::NpyArray::from_f64(vec![shape.h, shape.w], &means)
         .write(&dir.join(format!("{stem}.npy")))
         .map_err(|e| e.to_string())?;
-    let finite = means.iter().copied().filter(|v| v.is_finite());
-    let (lo, hi) =
-        range.unwrap_or_else(|| finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v))));
-    let (lo, hi) = if lo.is_finite() && hi.is_finite() { (lo, hi) } else { (0.0, 1.0) };
-    let scale = (256 / shape.h.max(shape.w)).max(1);
-    let (w, h, rgb) = crate::image::heatmap_rgb(&means, shape.h, shape.w, lo, hi, scale);
-    crate::image::write_rgb_png(&dir.join(format!("{stem}.png")), w, h, &rgb).map_err(|e| e.to_string())
+    let centred = crate::figures::CentredMap { values: &means, height: shape.h, width: shape.w };
+    crate::figures::heatmap(centred, range, title, bar_label)?.write_png(&dir.join(format!("{stem}.png")))
 }
 
 #[cfg(test)]

@@ -96,64 +96,15 @@ pub fn viridis(t: f64) -> [u8; 3] {
     [mix(0), mix(1), mix(2)]
 }
 
-/// A heatmap picture: `values` (`h × w`, row-major, centred layout) magnified `scale` times and
-/// coloured with [`viridis`] between `vmin` and `vmax`, with small tick marks at the centre row and
-/// column (DC) and a vertical colour bar on the right (bottom = `vmin`, top = `vmax`). Labelled
-/// axes are added by the report renderer. Returns `(width, height, rgb)`.
-pub fn heatmap_rgb(values: &[f64], h: usize, w: usize, vmin: f64, vmax: f64, scale: usize) -> (u32, u32, Vec<u8>) {
-    assert_eq!(values.len(), h * w, "values do not match {h}x{w}");
-    let (margin, bar_gap, bar_w) = (4 * scale.max(1) / 2, 2 * scale, 3 * scale);
-    let (map_w, map_h) = (w * scale, h * scale);
-    let width = margin + map_w + bar_gap + bar_w + margin;
-    let height = margin + map_h + margin;
-    let mut rgb = vec![255u8; width * height * 3];
-    let range = if vmax > vmin { vmax - vmin } else { 1.0 };
-    let mut put = |x: usize, y: usize, c: [u8; 3]| {
-        let i = (y * width + x) * 3;
-        rgb[i..i + 3].copy_from_slice(&c);
-    };
-    for y in 0..map_h {
-        for x in 0..map_w {
-            put(margin + x, margin + y, viridis((values[(y / scale) * w + x / scale] - vmin) / range));
-        }
-    }
-    for y in 0..map_h {
-        let t = 1.0 - (y as f64 + 0.5) / map_h as f64;
-        for x in 0..bar_w {
-            put(margin + map_w + bar_gap + x, margin + y, viridis(t));
-        }
-    }
-    // DC ticks just outside the map, centred on row h/2 and column w/2.
-    let (dc_x, dc_y) = (margin + (w / 2) * scale + scale / 2, margin + (h / 2) * scale + scale / 2);
-    for d in 1..=margin.min(3 * scale / 2).max(1) {
-        put(dc_x, margin - d, [0, 0, 0]);
-        put(dc_x, margin + map_h + d - 1, [0, 0, 0]);
-        put(margin - d, dc_y, [0, 0, 0]);
-    }
-    (width as u32, height as u32, rgb)
-}
-
 #[cfg(test)]
 mod heatmap_picture_tests {
     use super::*;
 
     #[test]
-    fn colours_run_from_dark_to_bright_and_the_picture_has_the_stated_size() {
+    fn colours_run_from_dark_to_bright() {
         assert_eq!(viridis(0.0), [68, 1, 84]);
         assert_eq!(viridis(1.0), [253, 231, 37]);
         let brightness = |c: [u8; 3]| c.iter().map(|&v| u32::from(v)).sum::<u32>();
         assert!(brightness(viridis(0.25)) < brightness(viridis(0.75)));
-        let values: Vec<f64> = (0..16).map(f64::from).collect();
-        let (w, h, rgb) = heatmap_rgb(&values, 4, 4, 0.0, 15.0, 8);
-        assert_eq!(rgb.len(), (w * h * 3) as usize);
-        assert!(w > 32 && h > 32);
-        // The top-left cell (value 0) is the darkest colour, the bottom-right (15) the brightest.
-        let margin = 16;
-        let at = |x: usize, y: usize| {
-            let i = (y * w as usize + x) * 3;
-            [rgb[i], rgb[i + 1], rgb[i + 2]]
-        };
-        assert_eq!(at(margin + 1, margin + 1), viridis(0.0));
-        assert_eq!(at(margin + 31, margin + 31), viridis(1.0));
     }
 }

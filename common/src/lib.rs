@@ -8,7 +8,8 @@
 //! - [`dataset`], [`npy`]: datasets in memory, `.npy` and CIFAR-10 readers.
 //! - [`metrics`]: confusion matrices, per-class F1, cosine similarity.
 //! - [`heatmap`]: cell chunks and the idempotent merge of chunk results.
-//! - [`image`]: PNG output.
+//! - [`image`]: PNG output. [`figures`]: heatmaps with colour bars, F1 curves, confusion matrices
+//!   and overviews (plotters, font embedded).
 //! - [`logging`]: the `tracing` set-up shared by both binaries.
 //! - [`spec`]: sweep specs (TOML), validation with line numbers, grid expansion.
 //! - [`task`]: task descriptions, outcomes and metric points exchanged by coordinator and worker.
@@ -16,6 +17,7 @@
 pub mod bands;
 pub mod dataset;
 pub mod digest;
+pub mod figures;
 pub mod heatmap;
 pub mod image;
 pub mod logging;

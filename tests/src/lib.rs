@@ -127,3 +127,11 @@ pub fn wait_or_kill(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Width and height from a PNG's IHDR chunk, after checking the signature.
+pub fn png_size(bytes: &[u8]) -> (u32, u32) {
+    assert!(bytes.len() > 24 && bytes[..8] == [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a], "not a PNG");
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    (be(&bytes[16..20]), be(&bytes[20..24]))
+}

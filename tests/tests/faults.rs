@@ -154,7 +154,8 @@ fn a_coordinator_killed_mid_sweep_restarts_from_its_store_and_the_worker_reconne
     std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut log).unwrap();
     let mut stdout = String::new();
     std::io::Read::read_to_string(&mut second.stdout.take().unwrap(), &mut stdout).unwrap();
-    assert!(status.success(), "{}", log.lines().last().unwrap_or(""));
+    let failures: Vec<&str> = log.lines().filter(|l| l.contains("failed") || l.contains("ERROR")).collect();
+    assert!(status.success(), "{}\n{}", failures.join("\n"), log.lines().last().unwrap_or(""));
     assert!(log.contains("resuming"), "the second coordinator resumed from the store");
     assert!(stdout.contains("sweep finished: 6 done"), "{stdout}");
     let worker_status = worker.wait().unwrap();

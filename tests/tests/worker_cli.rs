@@ -3,7 +3,7 @@
 //! lists, and one-line errors for bad models, labels and images.
 
 use freqsweep_common::npy::NpyArray;
-use freqsweep_tests::{binary, run_bounded};
+use freqsweep_tests::{binary, png_size, run_bounded};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -97,7 +97,8 @@ fn train_then_heatmap_writes_every_promised_file() {
         (Some(4.0), Some(32), Some(16))
     );
     assert_eq!(json["error"].as_array().unwrap().len(), 32);
-    assert!(std::fs::read(from_script.join("heatmap.png")).unwrap().starts_with(b"\x89PNG"));
+    // The report's heatmap figure (axes and colour bar), not bare pixels.
+    assert_eq!(png_size(&std::fs::read(from_script.join("heatmap.png")).unwrap()), (560, 470));
     // The TorchScript export and the checkpoint are the same model: the same map.
     assert_eq!(
         std::fs::read(from_script.join("heatmap.npy")).unwrap(),

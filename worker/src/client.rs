@@ -16,7 +16,7 @@
 //!   step and its lease is released (the coordinator re-queues it); an idle worker exits at once.
 //! - Inputs are downloaded by digest into a local cache (verified, `.partial` then rename) and
 //!   reused across tasks; outputs are uploaded in chunks with their digest before the result that
-//!   names them is sent, and kept in the same cache (a heatmap task that follows its train task
+//!   names them is sent, and copied into the same cache (a heatmap task that follows its train task
 //!   on this worker does not download the checkpoint back). A final checkpoint identical to the
 //!   last epoch's uploaded snapshot is not sent twice.
 //! - Every epoch's checkpoint of a train task is snapshotted (hard link) by the engine thread,
@@ -298,8 +298,10 @@ async fn send_file(client: &mut Client, reference: &pb::ArtifactRef, path: &Path
     Ok(())
 }
 
-/// Keep an output this worker produced in its input cache (hard link, else copy), so a later task
-/// that needs it here (the scheduler prefers this worker for it) does not download it back.
+/// Keep an output this worker produced in its input cache, so a later task that needs it here (the
+/// scheduler prefers this worker for it) does not download it back. A copy, not a hard link: the
+/// task directory's file may be rewritten by a later attempt, and a cached file must keep the
+/// content its digest names.
 fn keep_in_cache(cache: &Path, path: &Path, reference: &pb::ArtifactRef) {
     let cached = cache.join("artifacts").join(digest::file_name(&reference.digest));
     if cached.is_file() {
@@ -307,11 +309,8 @@ fn keep_in_cache(cache: &Path, path: &Path, reference: &pb::ArtifactRef) {
     }
     let partial = cached.with_extension("partial");
     let kept = std::fs::create_dir_all(cache.join("artifacts"))
-        .and_then(|()| {
-            let _ = std::fs::remove_file(&partial);
-            std::fs::hard_link(path, &partial).or_else(|_| std::fs::copy(path, &partial).map(|_| ()))
-        })
-        .and_then(|()| std::fs::rename(&partial, &cached));
+        .and_then(|()| std::fs::copy(path, &partial))
+        .and_then(|_| std::fs::rename(&partial, &cached));
     if let Err(e) = kept {
         tracing::debug!(artifact = %reference.name, error = %e, "output not kept in the cache; a later task here downloads it");
     }

@@ -156,9 +156,13 @@ impl Engine for TorchEngine {
             TaskSpec::Train(train_task) => {
                 let checkpoint_path = dir.join("checkpoint.ot");
                 // A previous attempt's checkpoint (shipped by the coordinator) resumes the run.
+                // Copied beside and renamed into place: a crash mid-copy must not leave a torn
+                // checkpoint to resume from.
                 if let Some(previous) = inputs.get(CHECKPOINT_ARTIFACT) {
                     if previous != &checkpoint_path {
-                        std::fs::copy(previous, &checkpoint_path)
+                        let partial = checkpoint_path.with_extension("ot.partial");
+                        std::fs::copy(previous, &partial)
+                            .and_then(|_| std::fs::rename(&partial, &checkpoint_path))
                             .map_err(|e| EngineError::transient(format!("{}: {e}", previous.display())))?;
                     }
                 }

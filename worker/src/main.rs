@@ -460,11 +460,15 @@ fn heatmap_cmd(args: HeatmapArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut error_map = HeatmapAccumulator::new(shape);
     error_map.write_all(&counts.error)?;
-    write_map_files(&args.out, "heatmap", &error_map, Some((0.0, 1.0))).map_err(anyhow::Error::msg)?;
+    let model_name = args.model.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+    let title = |what: &str| format!("{model_name} ε={}: {what}", args.eps);
+    write_map_files(&args.out, "heatmap", &error_map, Some((0.0, 1.0)), &title("error"), "error rate")
+        .map_err(anyhow::Error::msg)?;
     for (layer, stats) in &counts.layers {
         let mut map = HeatmapAccumulator::new(shape);
         map.write_all(stats)?;
-        write_map_files(&args.out, &format!("heatmap_{layer}"), &map, None).map_err(anyhow::Error::msg)?;
+        let (stem, title) = (format!("heatmap_{layer}"), title(&format!("{layer} cosine distance")));
+        write_map_files(&args.out, &stem, &map, None, &title, "1 − cos").map_err(anyhow::Error::msg)?;
     }
     let means = error_map.means();
     let rows: Vec<&[f64]> = means.chunks(w).collect();

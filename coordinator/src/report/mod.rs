@@ -6,8 +6,7 @@
 //! Every figure has its numbers beside it (`.npy` or CSV); `freqsweep report DIR` runs this same
 //! function again, so the files depend only on what the store holds.
 
-mod canvas;
-pub mod figures;
+pub use freqsweep_common::figures;
 mod html;
 
 use crate::graph::{self, PlannedTask, TaskKind};

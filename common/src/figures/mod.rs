@@ -3,10 +3,13 @@
 //! Every function here takes the numbers behind one figure (the same numbers the run directory
 //! keeps as `.npy`/CSV beside it) and returns a [`Figure`]; nothing reads the store or the disk, so
 //! rendering is tested on known arrays. Text uses DejaVu Sans embedded in the binary: report
-//! rendering must not depend on the fonts a cluster node happens to have.
+//! rendering must not depend on the fonts a cluster node happens to have. Used by the
+//! coordinator's reports and by `freqsweep-worker heatmap` (one figure per map).
 
-use super::canvas::Canvas;
-use freqsweep_common::image::{viridis, write_rgb_png};
+mod canvas;
+
+use crate::image::{viridis, write_rgb_png};
+use canvas::Canvas;
 use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;

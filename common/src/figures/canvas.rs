@@ -152,7 +152,7 @@ mod tests {
     const SIZE: f32 = 20.0;
 
     fn face() -> FontRef<'static> {
-        FontRef::try_from_slice(super::super::figures::FONT).unwrap()
+        FontRef::try_from_slice(super::super::FONT).unwrap()
     }
 
     /// Blank columns between the ink of the first and the second character of a two-letter
