@@ -548,13 +548,18 @@ pub async fn run(
                         }
                     }
                     FromEngine::Finished(attempt, result, seconds) => {
-                        // Settle the checkpoint uploads first. Stopped (drained or cancelled):
-                        // announce the newest checkpoint before the release, so the next attempt
-                        // resumes from it (after the release this attempt is stale and its
-                        // checkpoint would be ignored). Done: the final checkpoint goes with the
-                        // result, and is usually the last epoch's snapshot, byte for byte: what
-                        // the coordinator already holds is not sent again.
-                        let stopped = matches!(result, Ok(EngineResult::Stopped));
+                        // Settle the checkpoint uploads first. Stopped (drained or cancelled) or
+                        // failed in a way a retry may cure: announce the newest checkpoint before
+                        // the report, so the next attempt resumes from it (after the report this
+                        // attempt is stale and its checkpoint would be ignored). Done: the final
+                        // checkpoint goes with the result, and is usually the last epoch's
+                        // snapshot, byte for byte: what the coordinator already holds is not
+                        // sent again.
+                        let resumable = match &result {
+                            Ok(EngineResult::Stopped) => true,
+                            Ok(EngineResult::Done { .. }) => false,
+                            Err(e) => e.retryable,
+                        };
                         let mut settled = Vec::new();
                         if upload_in_flight {
                             if let Ok(Some(done)) = tokio::time::timeout(Duration::from_secs(120), uploaded.recv()).await {
@@ -563,7 +568,7 @@ pub async fn run(
                             upload_in_flight = false;
                         }
                         if let Some(snapshot) = waiting_snapshot.take() {
-                            if stopped {
+                            if resumable {
                                 let result = upload(&mut client, CHECKPOINT_ARTIFACT, &snapshot.path).await;
                                 settled.push((snapshot, result));
                             } else {
@@ -574,7 +579,7 @@ pub async fn run(
                         for (snapshot, result) in settled {
                             if let Ok(artifact) = result {
                                 stored.insert(artifact.digest.clone());
-                                if stopped && snapshot.attempt == attempt {
+                                if resumable && snapshot.attempt == attempt {
                                     let b = checkpoint_saved(&snapshot, artifact);
                                     if !send(b.clone()) { outbox.push(b); }
                                 }
