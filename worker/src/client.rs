@@ -347,6 +347,9 @@ pub async fn run(
     let (uploaded_tx, mut uploaded) = mpsc::unbounded_channel::<(Snapshot, Result<pb::ArtifactRef, String>)>();
     let mut upload_in_flight = false;
     let mut waiting_snapshot: Option<Snapshot> = None;
+    // Digests of the snapshots each attempt has stored at the coordinator (a final checkpoint
+    // among them is not sent again).
+    let mut stored_snapshots: HashMap<u64, HashSet<String>> = HashMap::new();
     // Reports not yet delivered (sent first after every (re)connection).
     let mut outbox: Vec<worker_message::Body> = Vec::new();
     let mut draining = *shutdown.borrow();
@@ -575,7 +578,7 @@ pub async fn run(
                                 snapshot.discard();
                             }
                         }
-                        let mut stored = HashSet::new();
+                        let mut stored = stored_snapshots.remove(&attempt).unwrap_or_default();
                         for (snapshot, result) in settled {
                             if let Ok(artifact) = result {
                                 stored.insert(artifact.digest.clone());
@@ -599,6 +602,7 @@ pub async fn run(
                     let current = running.as_ref().is_some_and(|r| r.attempt == snapshot.attempt);
                     match result {
                         Ok(artifact) if current => {
+                            stored_snapshots.entry(snapshot.attempt).or_default().insert(artifact.digest.clone());
                             let b = checkpoint_saved(&snapshot, artifact);
                             if !send(b.clone()) { outbox.push(b); }
                         }

@@ -110,6 +110,7 @@ impl Coordinator for FakeService {
                     }
                     Some(worker_message::Body::Failure(failure)) => {
                         busy = false;
+                        seen.order.push("failure");
                         seen.failures.push(failure);
                     }
                     Some(worker_message::Body::Release(release)) => {
@@ -181,6 +182,20 @@ struct FakeEngine {
     dir: PathBuf,
 }
 
+impl FakeEngine {
+    /// Two epochs' checkpoints, written like the engine does (a new file renamed over the old one)
+    /// and reported; returns the checkpoint's path (holding `epoch 2`).
+    fn two_epochs(&self, events: &mut dyn EngineEvents) -> PathBuf {
+        let path = self.dir.join("checkpoint.ot");
+        for epoch in 1..=2u32 {
+            std::fs::write(self.dir.join("checkpoint.partial"), format!("epoch {epoch}")).unwrap();
+            std::fs::rename(self.dir.join("checkpoint.partial"), &path).unwrap();
+            events.checkpoint(epoch, &path);
+        }
+        path
+    }
+}
+
 impl Engine for FakeEngine {
     fn run(
         &mut self,
@@ -211,17 +226,21 @@ impl Engine for FakeEngine {
             }
             "task-2" => Err(EngineError::fatal("training loss became NaN at epoch 1")),
             "task-4" => {
-                let path = self.dir.join("checkpoint.ot");
-                for epoch in 1..=2u32 {
-                    // Written like the engine does: a new file renamed over the old one.
-                    std::fs::write(self.dir.join("checkpoint.partial"), format!("epoch {epoch}")).unwrap();
-                    std::fs::rename(self.dir.join("checkpoint.partial"), &path).unwrap();
-                    events.checkpoint(epoch, &path);
-                }
+                self.two_epochs(events);
                 while !events.should_stop() {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Ok(EngineResult::Stopped)
+            }
+            "task-5" => {
+                self.two_epochs(events);
+                Err(EngineError::transient("CUDA out of memory in epoch 3"))
+            }
+            "task-6" => {
+                let path = self.two_epochs(events);
+                // The snapshots' uploads finish before the task does (the usual case).
+                std::thread::sleep(Duration::from_millis(300));
+                Ok(EngineResult::Done { outcome: outcome(), artifacts: vec![("checkpoint".into(), path)] })
             }
             _ => {
                 while !events.should_stop() {
@@ -330,8 +349,44 @@ async fn leases_results_failures_and_sweep_done() {
     let failure = &seen.failures[0];
     assert_eq!((failure.attempt_id, failure.retryable), (102, false));
     assert!(failure.error.contains("NaN"));
-    // The input was cached by digest for the next task that needs it.
+    // The input was cached by digest for the next task that needs it, and so was the output.
     assert!(dir.path().join("artifacts").join(digest::file_name(&digest::of_bytes(INPUT))).is_file());
+    let kept = dir.path().join("artifacts").join(digest::file_name(&seen.uploads[0].0));
+    assert_eq!(std::fs::read(kept).unwrap(), b"output bytes");
+}
+
+/// Run the client over `leases` until the sweep is done; what the fake coordinator saw.
+async fn run_to_the_end(leases: Vec<pb::Lease>) -> Arc<Mutex<Seen>> {
+    let (url, seen) = serve(leases).await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = FakeEngine { dir: dir.path().to_path_buf() };
+    let (_tx, rx) = watch::channel(false);
+    let run = client::run(config(&url, TOKEN, dir.path()), Box::new(engine), "fake".into(), rx);
+    let exit = tokio::time::timeout(Duration::from_secs(30), run).await.expect("bounded").unwrap();
+    assert_eq!(exit, ClientExit::SweepDone);
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retryable_failure_announces_the_newest_checkpoint_first() {
+    let seen = run_to_the_end(vec![lease(5, false)]).await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.failures.len(), 1);
+    assert!(seen.failures[0].retryable);
+    let newest = seen.checkpoints.last().expect("a checkpoint was announced");
+    assert_eq!((newest.attempt_id, newest.epochs_done), (105, 2), "{:?}", seen.checkpoints);
+    assert_eq!(seen.order.last(), Some(&"failure"), "checkpoints first, then the failure: {:?}", seen.order);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_checkpoint_equal_to_the_last_snapshot_is_uploaded_once() {
+    let seen = run_to_the_end(vec![lease(6, false)]).await;
+    let seen = seen.lock().unwrap();
+    let result = &seen.results[0];
+    let digest = &result.outputs[0].digest;
+    assert_eq!(digest, &digest::of_bytes(b"epoch 2"));
+    let sent = seen.uploads.iter().filter(|(d, _)| d == digest).count();
+    assert_eq!(sent, 1, "the last epoch's bytes went over the wire {sent} times");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
