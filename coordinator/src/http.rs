@@ -20,7 +20,7 @@ use std::sync::Arc;
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Serve HTTP on `listener` until the task is dropped or aborted.
-pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
+pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -31,14 +31,26 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
                 continue;
             }
         };
-        let shared = shared.clone();
+        let (shared, tls) = (shared.clone(), tls.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                 let response = respond(&shared, &request);
                 async move { Ok::<_, Infallible>(response) }
             });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+            let http = hyper::server::conn::http1::Builder::new();
+            let served = match tls {
+                None => http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await,
+                Some(acceptor) => {
+                    // A client that never finishes its handshake must not hold the task forever.
+                    let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(stream)) => http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await,
+                        Ok(Err(e)) => return tracing::debug!(error = %e, "https handshake failed"),
+                        Err(_) => return tracing::debug!("https handshake timed out"),
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "http connection ended");
             }
         });
@@ -564,7 +576,7 @@ chunk_cells = 257
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(serve(run.shared.clone(), listener));
+        let server = tokio::spawn(serve(run.shared.clone(), listener, None));
         let auth = "Authorization: Bearer tok\r\n";
 
         let (code, text) = get(addr, "/metrics", auth).await;

@@ -42,7 +42,8 @@ pub struct ServeArgs {
     #[arg(long, env = "FREQSWEEP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Serve the dashboard (/), /metrics and /api/status over HTTP on this address, e.g.
-    /// 0.0.0.0:8080 (off unless given; requires the token too when one is set).
+    /// 0.0.0.0:8080 (off unless given; requires the token too when one is set). HTTPS with the
+    /// same certificate when --tls-cert/--tls-key are given.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
     /// Serve gRPC over TLS with this certificate (PEM, chain first); workers then dial https://.
@@ -107,13 +108,20 @@ fn worker_binary() -> Result<PathBuf> {
 /// Bind `addr` and serve the dashboard and `/metrics` in the background for the life of the
 /// runtime. The bound address is logged (one line) so `--http 0.0.0.0:0` can be found; `shown_token`
 /// is appended to the logged URL (only for `run`, whose random token the user cannot know).
-async fn start_http(run: &run::Run, addr: &str, shown_token: Option<&str>) -> Result<()> {
+async fn start_http(
+    run: &run::Run,
+    addr: &str,
+    shown_token: Option<&str>,
+    tls: Option<&freqsweep_coordinator::service::TlsIdentity>,
+) -> Result<()> {
+    let acceptor = tls.map(|identity| identity.http_acceptor()).transpose().map_err(anyhow::Error::msg)?;
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen for HTTP on {addr}"))?;
     let bound = listener.local_addr()?;
     let query = shown_token.map(|t| format!("?token={t}")).unwrap_or_default();
-    tracing::info!(http = %bound, "dashboard at http://{bound}/{query} (also /metrics and /api/status)");
-    tokio::spawn(freqsweep_coordinator::http::serve(run.shared.clone(), listener));
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    tracing::info!(http = %bound, "dashboard at {scheme}://{bound}/{query} (also /metrics and /api/status)");
+    tokio::spawn(freqsweep_coordinator::http::serve(run.shared.clone(), listener, acceptor));
     Ok(())
 }
 
@@ -152,7 +160,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let url = format!("http://{}", listener.local_addr()?);
         tracing::info!(coordinator = %url, workers = args.local_workers, run = %dir.display(), tasks = run.tasks.len(), "embedded sweep");
         if let Some(addr) = &args.http {
-            start_http(&run, addr, Some(&token)).await?;
+            start_http(&run, addr, Some(&token), None).await?;
         }
         let mut children: Vec<Child> = Vec::new();
         for k in 0..args.local_workers {
@@ -219,6 +227,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         config.tls = Some(freqsweep_coordinator::service::TlsIdentity::load(cert, key).map_err(anyhow::Error::msg)?);
     }
     let tls = config.tls.is_some();
+    let tls_identity = config.tls.clone();
     let mut run = run::open(&args.spec, &dir, config)?;
     let rt = runtime()?;
     rt.block_on(async {
@@ -227,7 +236,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         tracing::info!(listen = %listener.local_addr()?, tls, run = %dir.display(), tasks = run.tasks.len(), "serving");
         if let Some(addr) = &args.http {
-            start_http(&run, addr, None).await?;
+            start_http(&run, addr, None, tls_identity.as_ref()).await?;
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         // SIGTERM as well as Ctrl-C: systemd, SLURM (scancel, preemption, time limit) and

@@ -78,6 +78,25 @@ impl TlsIdentity {
         Ok(identity)
     }
 
+    /// The same identity for the HTTP endpoint (`--http`): dashboard, `/metrics` and the token
+    /// are not sent in the clear when the gRPC port is TLS.
+    pub fn http_acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
+        use tokio_rustls::rustls::{
+            self, pki_types::pem::PemObject, pki_types::CertificateDer, pki_types::PrivateKeyDer,
+        };
+        let certs = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("TLS certificate: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|e| format!("TLS key: {e}"))?;
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
+                .map_err(|e| format!("TLS for HTTP: {e}"))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
+
     fn server_config(&self) -> tonic::transport::ServerTlsConfig {
         tonic::transport::ServerTlsConfig::new()
             .identity(tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem))

@@ -2,7 +2,8 @@
 //! certificate for 127.0.0.1 (`tests/fixtures/tls`, see `make.sh` there). A worker that does not
 //! trust the CA, and one that dials `http://`, are refused at once with one line naming the cause;
 //! `freqsweep status --tls-ca` reads the coordinator; a real `freqsweep-worker --tls-ca` runs the
-//! whole sweep over TLS and both processes exit 0.
+//! whole sweep over TLS and both processes exit 0. With `--http` the dashboard is HTTPS with the
+//! same certificate.
 
 use freqsweep_tests::{binary, run_bounded, serve, tiny_spec, Served};
 use std::io::Read;
@@ -87,4 +88,71 @@ fn a_worker_runs_a_sweep_over_tls_and_untrusting_or_plain_clients_are_refused() 
     let log = drain.join().unwrap().join("\n");
     assert!(exit.success(), "{log}");
     assert!(stdout.contains("sweep finished: 3 done"), "{stdout}");
+}
+
+/// One HTTPS GET trusting only the test CA: the raw response, or the TLS error.
+fn https_get(addr: &str, path: &str) -> Result<String, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    use std::io::Write;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(fixture("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connection = rustls::ClientConnection::new(config.into(), ServerName::try_from("127.0.0.1").unwrap()).unwrap();
+    let socket = std::net::TcpStream::connect(addr).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, socket);
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer right\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    match tls.read_to_end(&mut response) {
+        // A server may close without a TLS close_notify once the response is complete.
+        Err(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => return Err(e.to_string()),
+        _ => {}
+    }
+    Ok(String::from_utf8_lossy(&response).into_owned())
+}
+
+#[test]
+fn with_tls_the_dashboard_and_metrics_are_https_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("watched.toml");
+    std::fs::write(&spec, tiny_spec("watched", "0.003")).unwrap();
+    let (cert, key) = (fixture("server.pem"), fixture("server.key"));
+    let extra = [
+        "--tls-cert".as_ref(),
+        cert.as_os_str(),
+        "--tls-key".as_ref(),
+        key.as_os_str(),
+        "--http".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ];
+    let Served { child: mut serve, line, value: addr, lines } = serve(&spec, &dir.path().join("run"), &extra, "http=");
+    let _drain = std::thread::spawn(move || lines.map_while(Result::ok).count());
+    assert!(line.contains("dashboard at https://"), "{line}");
+
+    let status = https_get(&addr, "/api/status").expect("an HTTPS request trusting the test CA");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(status.contains("\"sweep\":\"watched\""), "{status}");
+    let metrics = https_get(&addr, "/metrics").unwrap();
+    assert!(metrics.contains("freqsweep_sweep_tasks 3"), "{metrics}");
+
+    // Plain HTTP on the same port gets no HTTP answer (the token is never read in the clear).
+    let mut plain = std::net::TcpStream::connect(&addr).unwrap();
+    plain.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::io::Write::write_all(&mut plain, b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer right\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP/1.1 200") && !String::from_utf8_lossy(&answer).contains("freqsweep_"));
+
+    serve.kill().unwrap();
+    serve.wait().unwrap();
 }
