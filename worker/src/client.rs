@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tonic::metadata::MetadataValue;
@@ -272,29 +272,43 @@ fn describe(name: &str, path: &Path) -> Result<pb::ArtifactRef, String> {
     Ok(pb::ArtifactRef { name: name.to_string(), digest, size })
 }
 
+/// Stream the file at `path` as `reference` in chunks read as they are sent (memory stays at a
+/// few chunks whatever the checkpoint's size).
 async fn send_file(client: &mut Client, reference: &pb::ArtifactRef, path: &Path) -> Result<(), String> {
-    let bytes = tokio::fs::read(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.len() as u64 != reference.size {
+    let mut file = tokio::fs::File::open(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+    let (chunks, to_send) = mpsc::channel::<pb::ArtifactChunk>(4);
+    let first = reference.clone();
+    let reader = tokio::spawn(async move {
+        let mut offset = 0u64;
+        let mut first = Some(first);
+        loop {
+            let mut data = vec![0u8; CHUNK];
+            let mut filled = 0;
+            while filled < CHUNK {
+                match file.read(&mut data[filled..]).await? {
+                    0 => break,
+                    n => filled += n,
+                }
+            }
+            data.truncate(filled);
+            // An empty file is still one chunk: the first carries the reference.
+            if filled == 0 && first.is_none() {
+                break;
+            }
+            let chunk = pb::ArtifactChunk { artifact: first.take(), offset, data };
+            offset += filled as u64;
+            if chunks.send(chunk).await.is_err() || filled < CHUNK {
+                break;
+            }
+        }
+        Ok::<u64, std::io::Error>(offset)
+    });
+    let sent = client.upload_artifact(tokio_stream::wrappers::ReceiverStream::new(to_send)).await;
+    let read = reader.await.map_err(|e| e.to_string())?.map_err(|e| format!("{}: {e}", path.display()))?;
+    sent.map_err(|s| format!("upload {}: {}", reference.name, s.message()))?;
+    if read != reference.size {
         return Err(format!("{}: changed while it was being uploaded", path.display()));
     }
-    let first = reference.clone();
-    let chunks: Vec<pb::ArtifactChunk> = if bytes.is_empty() {
-        vec![pb::ArtifactChunk { artifact: Some(first), offset: 0, data: Vec::new() }]
-    } else {
-        bytes
-            .chunks(CHUNK)
-            .enumerate()
-            .map(|(i, data)| pb::ArtifactChunk {
-                artifact: (i == 0).then(|| first.clone()),
-                offset: (i * CHUNK) as u64,
-                data: data.to_vec(),
-            })
-            .collect()
-    };
-    client
-        .upload_artifact(tokio_stream::iter(chunks))
-        .await
-        .map_err(|s| format!("upload {}: {}", reference.name, s.message()))?;
     Ok(())
 }
 

@@ -23,6 +23,11 @@ use tonic::{Request, Response, Status, Streaming};
 const TOKEN: &str = "s3cret";
 const INPUT: &[u8] = b"the input checkpoint";
 
+/// Task 1's output: more than two 1 MiB upload chunks, not a whole number of them.
+fn output_bytes() -> Vec<u8> {
+    (0..(2 << 20) + 12_345u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect()
+}
+
 #[derive(Default)]
 struct Seen {
     registrations: usize,
@@ -221,7 +226,7 @@ impl Engine for FakeEngine {
                 // Busy for a while: heartbeats must keep flowing.
                 std::thread::sleep(Duration::from_millis(600));
                 let out = self.dir.join("out.bin");
-                std::fs::write(&out, b"output bytes").unwrap();
+                std::fs::write(&out, output_bytes()).unwrap();
                 Ok(EngineResult::Done { outcome: outcome(), artifacts: vec![("checkpoint".into(), out)] })
             }
             "task-2" => Err(EngineError::fatal("training loss became NaN at epoch 1")),
@@ -341,7 +346,7 @@ async fn leases_results_failures_and_sweep_done() {
     assert_eq!(seen.metric_points, 3);
     assert!(seen.heartbeats_while_busy >= 2, "heartbeats while the task ran: {}", seen.heartbeats_while_busy);
     assert_eq!(seen.uploads.len(), 1);
-    assert_eq!(seen.uploads[0].1, b"output bytes");
+    assert!(seen.uploads[0].1 == output_bytes(), "the output arrived whole, in order");
     let result = &seen.results[0];
     assert_eq!(result.attempt_id, 101);
     assert_eq!(result.outputs[0].digest, seen.uploads[0].0, "the result names the uploaded artifact");
@@ -352,7 +357,7 @@ async fn leases_results_failures_and_sweep_done() {
     // The input was cached by digest for the next task that needs it, and so was the output.
     assert!(dir.path().join("artifacts").join(digest::file_name(&digest::of_bytes(INPUT))).is_file());
     let kept = dir.path().join("artifacts").join(digest::file_name(&seen.uploads[0].0));
-    assert_eq!(std::fs::read(kept).unwrap(), b"output bytes");
+    assert!(std::fs::read(kept).unwrap() == output_bytes());
 }
 
 /// Run the client over `leases` until the sweep is done; what the fake coordinator saw.
