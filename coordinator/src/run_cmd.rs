@@ -226,7 +226,6 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(freqsweep_coordinator::service::TlsIdentity::load(cert, key).map_err(anyhow::Error::msg)?);
     }
-    let tls = config.tls.is_some();
     let tls_identity = config.tls.clone();
     let mut run = run::open(&args.spec, &dir, config)?;
     let rt = runtime()?;
@@ -234,7 +233,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        tracing::info!(listen = %listener.local_addr()?, tls, run = %dir.display(), tasks = run.tasks.len(), "serving");
+        tracing::info!(listen = %listener.local_addr()?, tls = tls_identity.is_some(), run = %dir.display(), tasks = run.tasks.len(), "serving");
         if let Some(addr) = &args.http {
             start_http(&run, addr, None, tls_identity.as_ref()).await?;
         }
