@@ -217,6 +217,58 @@ pub enum TaskSpec {
     Heatmap(HeatmapTask),
 }
 
+/// The kinds of task: the unit of the design. Each has one room on either side (the coordinator's
+/// planner room in `coordinator/src/kinds/`, the worker's engine room in `worker/src/engines/`);
+/// code that depends on the kind matches on this enum exhaustively, so a new variant makes the
+/// compiler list every place that must handle it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    Train,
+    Heatmap,
+}
+
+impl TaskKind {
+    /// Every kind, in planning order (a kind's dependencies come earlier).
+    pub const ALL: [TaskKind; 2] = [TaskKind::Train, TaskKind::Heatmap];
+
+    /// The name in task keys, logs, the store's `tasks.kind` and `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Train => "train",
+            TaskKind::Heatmap => "heatmap",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<TaskKind> {
+        TaskKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// The artifacts a finished task of this kind uploads, by name (a lease's inputs use the same
+    /// names). Train: the full checkpoint (weights, optimizer state, RNG and metric history, what a
+    /// retry resumes from) and the final weights alone (what analyses of the model download).
+    pub fn outputs(self) -> &'static [&'static str] {
+        match self {
+            TaskKind::Train => &[CHECKPOINT_OUTPUT, MODEL_OUTPUT],
+            TaskKind::Heatmap => &[],
+        }
+    }
+}
+
+/// A train task's full checkpoint (also the input a resumed train attempt starts from).
+pub const CHECKPOINT_OUTPUT: &str = "checkpoint";
+/// A train task's final weights without optimizer state: the input of analyses of the model.
+pub const MODEL_OUTPUT: &str = "model";
+
+impl TaskSpec {
+    pub fn kind(&self) -> TaskKind {
+        match self {
+            TaskSpec::Train(_) => TaskKind::Train,
+            TaskSpec::Heatmap(_) => TaskKind::Heatmap,
+        }
+    }
+}
+
 /// Final figures of one test set after training.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TestSetSummary {
@@ -264,6 +316,15 @@ pub struct HeatmapOutcome {
 pub enum TaskOutcome {
     Train(TrainOutcome),
     Heatmap(HeatmapOutcome),
+}
+
+impl TaskOutcome {
+    pub fn kind(&self) -> TaskKind {
+        match self {
+            TaskOutcome::Train(_) => TaskKind::Train,
+            TaskOutcome::Heatmap(_) => TaskKind::Heatmap,
+        }
+    }
 }
 
 /// One measured value during training. Names: `loss` (mean training loss since the previous

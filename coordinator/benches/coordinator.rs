@@ -11,10 +11,12 @@
 
 use freqsweep_common::task::{DatasetSource, TaskSpec};
 use freqsweep_coordinator::artifacts::ArtifactDir;
-use freqsweep_coordinator::graph::{PlannedTask, TaskKind};
+use freqsweep_coordinator::driver::Shared;
+use freqsweep_coordinator::graph::PlannedTask;
+use freqsweep_coordinator::grpc;
 use freqsweep_coordinator::run::default_config;
 use freqsweep_coordinator::scheduler::TaskId;
-use freqsweep_coordinator::service::{self, Shared};
+use freqsweep_coordinator::testing;
 use freqsweep_coordinator::store::Store;
 use freqsweep_proto::v1::coordinator_client::CoordinatorClient;
 use freqsweep_proto::v1::{self as pb, coordinator_message, worker_message};
@@ -23,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
 
-fn tasks(n: usize) -> Vec<PlannedTask> {
-    let spec = TaskSpec::Heatmap(freqsweep_common::task::HeatmapTask {
+fn chunk() -> freqsweep_common::task::HeatmapTask {
+    freqsweep_common::task::HeatmapTask {
         dataset: DatasetSource::Cifar10 { path: "/none".into() },
         model: freqsweep_common::task::ModelSource::TorchScript { path: "/none".into() },
         eps: 4.0,
@@ -34,12 +36,15 @@ fn tasks(n: usize) -> Vec<PlannedTask> {
         images: 0,
         seed: 0,
         batch: 1,
-    });
+    }
+}
+
+fn tasks(n: usize) -> Vec<PlannedTask> {
+    let spec = TaskSpec::Heatmap(chunk());
     (0..n)
         .map(|i| PlannedTask {
             id: TaskId(i as u64 + 1),
             key: format!("bench/{i}"),
-            kind: TaskKind::Heatmap,
             point: 0,
             spec: spec.clone(),
             deps: vec![],
@@ -86,7 +91,7 @@ async fn start(n_tasks: usize) -> Coordinator {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(service::serve(shared.clone(), listener, stop_rx));
+    tokio::spawn(grpc::serve(shared.clone(), listener, stop_rx));
     Coordinator { url, shared, store, _dir: dir, _stop: stop }
 }
 
@@ -94,14 +99,9 @@ async fn start(n_tasks: usize) -> Coordinator {
 /// With `metrics`, each lease also sends one batch of that many points first.
 async fn worker(url: String, metrics: usize) -> u64 {
     let mut client = CoordinatorClient::connect(url).await.unwrap();
-    let reply = client
-        .register(pb::RegisterRequest { protocol_version: freqsweep_proto::PROTOCOL_VERSION, ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let mut inbound = client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
-    let id = reply.worker_id;
+    let session = testing::open_session(&mut client, "bench").await.unwrap();
+    let (tx, mut inbound, id) = (session.tx, session.inbound, session.worker_id);
+    let result_json = testing::heatmap_result_json(&chunk(), 1, 0, "bench");
     let msg = |body| pb::WorkerMessage { worker_id: id.clone(), body: Some(body) };
     tx.send(msg(worker_message::Body::LeaseRequest(pb::LeaseRequest { slots: 1 }))).await.unwrap();
     let point =
@@ -117,7 +117,7 @@ async fn worker(url: String, metrics: usize) -> u64 {
                 }
                 let result = pb::TaskResult {
                     attempt_id: lease.attempt_id,
-                    result_json: "{}".into(),
+                    result_json: result_json.clone(),
                     outputs: vec![],
                     seconds: 0.0,
                 };
@@ -162,20 +162,10 @@ async fn sessions(count: usize) -> f64 {
     let channel = tonic::transport::Channel::from_shared(c.url.clone()).unwrap().connect().await.unwrap();
     for _ in 0..count {
         let mut client = CoordinatorClient::new(channel.clone());
-        let reply = client
-            .register(pb::RegisterRequest { protocol_version: 1, ..Default::default() })
-            .await
-            .unwrap()
-            .into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let inbound = client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
-        tx.send(pb::WorkerMessage {
-            worker_id: reply.worker_id,
-            body: Some(worker_message::Body::Heartbeat(pb::Heartbeat::default())),
-        })
-        .await
-        .unwrap();
-        streams.push((tx, inbound));
+        let session = testing::open_session(&mut client, "bench").await.unwrap();
+        let heartbeat = session.message(worker_message::Body::Heartbeat(pb::Heartbeat::default()));
+        session.tx.send(heartbeat).await.unwrap();
+        streams.push((session.tx, session.inbound));
     }
     // Wait until the coordinator has heard a heartbeat on every session.
     let mut client = CoordinatorClient::new(channel);

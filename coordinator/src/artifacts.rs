@@ -10,6 +10,15 @@ use freqsweep_common::digest;
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
+/// A reference to an artifact: the name it goes by in a task (`checkpoint`, `model`), its content
+/// digest (`sha256:<hex>`) and size. The domain twin of the wire's `ArtifactRef`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArtifactRef {
+    pub name: String,
+    pub digest: String,
+    pub size: u64,
+}
+
 /// Bytes per chunk sent to workers.
 pub const CHUNK: usize = 1 << 20;
 

@@ -7,7 +7,8 @@
 //! coordinator has a token, every request must carry it (`Authorization: Bearer TOKEN`, or
 //! `?token=TOKEN` for a browser); otherwise the answer is 401 with a one-line body.
 
-use crate::service::{Shared, Snapshot};
+use crate::driver::Shared;
+use crate::snapshot::Snapshot;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
@@ -241,7 +242,7 @@ pub fn metrics_text(s: &Snapshot) -> String {
         "Workers dropped for missing heartbeats.",
         s.workers_expired as f64,
     );
-    type Per = fn(&crate::service::WorkerSnapshot) -> f64;
+    type Per = fn(&crate::snapshot::WorkerSnapshot) -> f64;
     let per_worker: [(&str, &str, &str, Per); 5] = [
         ("freqsweep_worker_leases_total", "counter", "Leases given to the worker.", |w| w.leases as f64),
         ("freqsweep_worker_completed_total", "counter", "Tasks the worker completed.", |w| w.completed as f64),
@@ -296,7 +297,7 @@ pub fn metrics_text(s: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::{AttemptCounts, FailureSnapshot, RunningTask, WorkerSnapshot};
+    use crate::snapshot::{AttemptCounts, FailureSnapshot, RunningTask, WorkerSnapshot};
     use crate::store::StoreStats;
     use std::collections::{BTreeMap, HashMap};
 
@@ -557,7 +558,7 @@ chunk_cells = 257
     /// registered worker, served on an ephemeral loopback port.
     #[tokio::test]
     async fn the_endpoints_serve_the_live_service_state_behind_the_token() {
-        use crate::service::Service;
+        use crate::grpc::Service;
         use freqsweep_proto::v1::coordinator_server::Coordinator;
         let dir = tempfile::tempdir().unwrap();
         let spec = dir.path().join("web.toml");

@@ -2,21 +2,31 @@
 //! It never links libtorch.
 //!
 //! - [`artifacts`]: content-addressed artifact files, verified uploads, chunked downloads.
+//! - [`driver`]: owns the scheduler core and the store handle; sessions, reports, leases.
 //! - [`graph`]: the task graph of a sweep (train tasks, heatmap chunks) with stable keys.
+//! - [`grpc`]: the thin tonic shell (proto ↔ domain conversion, errors to `Status`).
 //! - [`http`]: `/metrics` (Prometheus), `/api/status` (JSON) and the dashboard page.
+//! - [`kinds`]: one room per task kind (plan, inputs, result checks, checkpoints, history).
 //! - [`merge`]: heatmap chunks into maps, metric points into curves and confusion matrices.
 //! - [`report`]: result files, figures and `report.html` rendered from the store.
 //! - [`run`]: opening/resuming a run directory, serving until done, writing result files.
 //! - [`scheduler`]: the sans-IO scheduler core (tasks, attempts, leases, workers; time is an input).
-//! - [`service`]: the tonic service and driver around the scheduler.
+//! - [`snapshot`]: the one picture of progress behind `status`, `/metrics` and the dashboard.
 //! - [`store`]: the durable SQLite store with group commit.
+//! - [`tls`]: the certificate and key for gRPC and HTTPS.
 
 pub mod artifacts;
+pub mod driver;
 pub mod graph;
+pub mod grpc;
 pub mod http;
+pub mod kinds;
 pub mod merge;
 pub mod report;
 pub mod run;
 pub mod scheduler;
-pub mod service;
+pub mod snapshot;
 pub mod store;
+#[doc(hidden)]
+pub mod testing;
+pub mod tls;

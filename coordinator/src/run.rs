@@ -8,12 +8,13 @@
 
 use crate::artifacts::ArtifactDir;
 use crate::graph::{self, PlannedTask};
-use crate::scheduler::{SchedulerConfig, SpeculationConfig, TaskId};
-use crate::service::{self, PartialCheckpoint, ServiceConfig, Shared};
+use crate::scheduler::{SchedulerConfig, TaskId};
+use crate::artifacts::ArtifactRef;
+use crate::driver::{PartialCheckpoint, ServiceConfig, Shared};
+use crate::grpc;
 use crate::store::{Change, Store, StoreWriter};
 use anyhow::{bail, Context, Result};
 use freqsweep_common::spec::{self, Sweep};
-use freqsweep_proto::v1 as pb;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,7 +51,7 @@ pub fn open(spec_path: &Path, dir: &Path, config: ServiceConfig) -> Result<Run> 
             changes.push(Change::InsertTask {
                 id: t.id.0,
                 key: t.key.clone(),
-                kind: t.kind.as_str().to_string(),
+                kind: t.kind().as_str().to_string(),
                 spec_json: serde_json::to_string(&t.spec)?,
                 deps: t.deps.iter().map(|d| d.0).collect(),
             });
@@ -71,7 +72,7 @@ pub fn open(spec_path: &Path, dir: &Path, config: ServiceConfig) -> Result<Run> 
             let outputs = reader
                 .task_artifacts(row.id)?
                 .into_iter()
-                .map(|(name, digest, size, _)| pb::ArtifactRef { name, digest, size })
+                .map(|(name, digest, size, _)| ArtifactRef { name, digest, size })
                 .collect();
             stored.insert(TaskId(row.id), (row.state.clone(), row.attempts, outputs));
         }
@@ -85,7 +86,7 @@ pub fn open(spec_path: &Path, dir: &Path, config: ServiceConfig) -> Result<Run> 
         .into_iter()
         .filter(|p| artifacts.contains(&p.digest))
         .map(|p| {
-            let artifact = pb::ArtifactRef { name: p.name, digest: p.digest, size: p.size };
+            let artifact = ArtifactRef { name: p.name, digest: p.digest, size: p.size };
             (TaskId(p.task_id), PartialCheckpoint { artifact, epochs_done: p.epochs_done })
         })
         .collect();
@@ -109,7 +110,7 @@ impl Run {
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<()> {
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-        let mut server = tokio::spawn(service::serve(self.shared.clone(), listener, shutdown_rx));
+        let mut server = tokio::spawn(grpc::serve(self.shared.clone(), listener, shutdown_rx));
         let mut finished = self.shared.finished();
         loop {
             if *finished.borrow() {
@@ -147,18 +148,11 @@ impl Run {
     }
 }
 
-/// Default scheduler and service settings for a run.
+/// Default service settings for a run (the scheduler's come from its one `Default`).
 pub fn default_config(token: Option<String>) -> ServiceConfig {
     ServiceConfig {
         token,
-        scheduler: SchedulerConfig {
-            lease_timeout: 30_000,
-            max_attempts: 3,
-            backoff_base: 1_000,
-            backoff_max: 30_000,
-            idle_retry: 500,
-            speculation: SpeculationConfig::default(),
-        },
+        scheduler: SchedulerConfig::default(),
         heartbeat_interval_ms: 2_000,
         tls: None,
     }

@@ -112,7 +112,7 @@ async fn start_http(
     run: &run::Run,
     addr: &str,
     shown_token: Option<&str>,
-    tls: Option<&freqsweep_coordinator::service::TlsIdentity>,
+    tls: Option<&freqsweep_coordinator::tls::TlsIdentity>,
 ) -> Result<()> {
     let acceptor = tls.map(|identity| identity.http_acceptor()).transpose().map_err(anyhow::Error::msg)?;
     let listener =
@@ -224,7 +224,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     }
     let mut config = run::default_config(args.token.clone());
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        config.tls = Some(freqsweep_coordinator::service::TlsIdentity::load(cert, key).map_err(anyhow::Error::msg)?);
+        config.tls = Some(freqsweep_coordinator::tls::TlsIdentity::load(cert, key).map_err(anyhow::Error::msg)?);
     }
     let tls_identity = config.tls.clone();
     let mut run = run::open(&args.spec, &dir, config)?;

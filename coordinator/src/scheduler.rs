@@ -126,6 +126,12 @@ pub struct SchedulerConfig {
     pub backoff_max: Millis,
     /// What `NoWork` tells an idle worker.
     pub idle_retry: Millis,
+    /// Live attempts one worker may hold at once (a `LeaseRequest`'s slots are capped by it): one
+    /// client cannot take every ready task.
+    pub max_leases_per_worker: u32,
+    /// An attempt a worker's heartbeat does not list, although its lease was sent this long ago,
+    /// is taken as lost (the lease or its report never arrived) and re-queued.
+    pub reconcile_grace: Millis,
     /// Backup attempts at the tail and the throughput measurement they use.
     pub speculation: SpeculationConfig,
 }
@@ -158,41 +164,56 @@ impl SchedulerConfig {
     }
 }
 
+/// The one set of defaults (`freqsweep run` and `serve` use these; tests override fields).
 impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
             lease_timeout: 30_000,
             max_attempts: 3,
             backoff_base: 1_000,
-            backoff_max: 60_000,
-            idle_retry: 1_000,
+            backoff_max: 30_000,
+            idle_retry: 500,
+            max_leases_per_worker: 1,
+            reconcile_grace: 10_000,
             speculation: SpeculationConfig::default(),
         }
     }
 }
 
-/// Task kinds whose throughput is measured separately (`Cost::kind` is below this).
-pub const KINDS: usize = 8;
+/// Which throughput measurement a task's cost belongs to (the planner names them, e.g.
+/// `heatmap/resnet18`). Opaque to the core: it only compares classes for equality, and keeps one
+/// rate per class it has seen, so any number of classes can exist.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CostClass(std::sync::Arc<str>);
+
+impl CostClass {
+    pub fn new(name: &str) -> CostClass {
+        CostClass(name.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for CostClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// What a task costs: which throughput applies and how much work it is. Units are only compared
-/// within one kind, so any measure proportional to the work will do.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// within one class, so any measure proportional to the work will do.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Cost {
-    /// Below [`KINDS`] (larger values share the last slot).
-    pub kind: u8,
+    pub class: CostClass,
     /// Work units, > 0.
     pub units: f64,
 }
 
 impl Default for Cost {
     fn default() -> Self {
-        Cost { kind: 0, units: 1.0 }
-    }
-}
-
-impl Cost {
-    fn slot(self) -> usize {
-        (self.kind as usize).min(KINDS - 1)
+        Cost { class: CostClass::new("default"), units: 1.0 }
     }
 }
 
@@ -248,12 +269,18 @@ pub enum Input {
     Heartbeat { worker: WorkerId },
     /// A worker has `slots` free: up to that many leases, or `NoWork`.
     LeaseRequest { worker: WorkerId, slots: u32 },
-    /// An attempt finished; `outputs` are the keys the worker now holds (locality).
-    Completed { attempt: AttemptId, outputs: Vec<String> },
+    /// An attempt finished; `outputs` are the keys the worker now holds (locality). Every report
+    /// names the worker `by` that sent it: it is accepted only if that worker holds the attempt.
+    Completed { attempt: AttemptId, by: WorkerId, outputs: Vec<String> },
     /// An attempt failed; a non-retryable failure fails the task at once.
-    Failed { attempt: AttemptId, error: String, retryable: bool },
+    Failed { attempt: AttemptId, by: WorkerId, error: String, retryable: bool },
     /// The worker gives an attempt back unfinished (drain): re-queued, not a failure.
-    Released { attempt: AttemptId },
+    Released { attempt: AttemptId, by: WorkerId },
+    /// A heartbeat listing the attempts the worker is running (or still has to report), and the
+    /// newest attempt it has received a lease for. Attempts it lists that are not live on it are
+    /// cancelled; live ones it does not list are re-queued once it has seen their lease or the
+    /// lease is older than `reconcile_grace` (a lost lease or a lost report).
+    Reconcile { worker: WorkerId, running: Vec<AttemptId>, seen_up_to: AttemptId },
     /// Cancel one task (its live attempt is told to stop) and everything that depends on it.
     Cancel { task: TaskId, reason: String },
     /// Cancel every task that has not finished: the sweep ends with what it has.
@@ -271,6 +298,9 @@ pub enum Output {
     NoWork { worker: WorkerId, retry_after: Millis },
     /// Tell `worker` to stop `attempt` (its reports will not be accepted any more).
     Cancel { worker: WorkerId, attempt: AttemptId, reason: String },
+    /// `worker` says it runs `attempt`, which is not live on it (ended, re-queued while the
+    /// worker was paused, or never its own): tell it to stop. No state changes.
+    CancelStale { worker: WorkerId, attempt: AttemptId },
     /// Whether a report (completion, failure, release) of `attempt` was accepted.
     Report { attempt: AttemptId, accepted: bool },
     /// A task changed state (persist it; one log line). `attempt`/`worker` name the attempt
@@ -297,7 +327,7 @@ pub struct Backup {
     /// The live attempt expected to finish first, which the backup races.
     pub straggler: AttemptId,
     pub straggler_worker: WorkerId,
-    pub kind: u8,
+    pub class: CostClass,
     pub rate: f64,
     pub straggler_rate: f64,
     /// The backup's expected duration and the straggler's expected remaining time.
@@ -392,8 +422,8 @@ struct Worker {
     cached: HashSet<String>,
     /// Most recent cached keys first: the locality lookup tries these.
     recent: Vec<String>,
-    /// Measured throughput per cost kind.
-    rates: [Rate; KINDS],
+    /// Measured throughput per cost class.
+    rates: HashMap<CostClass, Rate>,
 }
 
 /// How many of a worker's most recent inputs the locality lookup tries.
@@ -410,7 +440,7 @@ pub struct Scheduler {
     attempts: HashMap<AttemptId, Live>,
     workers: HashMap<WorkerId, Worker>,
     /// Throughput of the whole fleet per kind: the prior of a worker without history.
-    fleet: [Rate; KINDS],
+    fleet: HashMap<CostClass, Rate>,
     worker_deadlines: BTreeSet<(Millis, WorkerId)>,
     backoffs: BTreeSet<(Millis, TaskId)>,
     counts: BTreeMap<StateName, usize>,
@@ -443,7 +473,7 @@ impl Scheduler {
             by_input: HashMap::new(),
             attempts: HashMap::new(),
             workers: HashMap::new(),
-            fleet: [Rate::default(); KINDS],
+            fleet: HashMap::new(),
             worker_deadlines: BTreeSet::new(),
             backoffs: BTreeSet::new(),
             counts: BTreeMap::new(),
@@ -471,7 +501,7 @@ impl Scheduler {
                     priority: t.priority,
                     inputs: t.inputs.clone(),
                     queued: None,
-                    cost: t.cost,
+                    cost: t.cost.clone(),
                     backups: Vec::new(),
                     speculated: 0,
                 },
@@ -555,7 +585,7 @@ impl Scheduler {
                         running: BTreeSet::new(),
                         cached: cached.into_iter().collect(),
                         recent,
-                        rates: [Rate::default(); KINDS],
+                        rates: HashMap::new(),
                     },
                 );
                 self.renew(worker, now);
@@ -568,6 +598,8 @@ impl Scheduler {
                     return;
                 }
                 self.renew(worker, now);
+                let held = self.workers[&worker].running.len() as u32;
+                let slots = slots.min(self.config.max_leases_per_worker.saturating_sub(held));
                 let mut granted = 0;
                 while granted < slots {
                     let Some(task) = self.pick(worker) else { break };
@@ -593,8 +625,8 @@ impl Scheduler {
                     out.push(Output::NoWork { worker, retry_after: self.config.idle_retry });
                 }
             }
-            Input::Completed { attempt, outputs } => {
-                let Some(live) = self.close_reported(now, attempt, out) else { return };
+            Input::Completed { attempt, by, outputs } => {
+                let Some(live) = self.close_reported(now, attempt, by, out) else { return };
                 let (task, worker) = (live.task, live.worker);
                 self.measure(now, live);
                 // The first result wins: every other live attempt lost the race.
@@ -619,8 +651,8 @@ impl Scheduler {
                     }
                 }
             }
-            Input::Failed { attempt, error: _, retryable } => {
-                let Some(Live { task, worker, .. }) = self.close_reported(now, attempt, out) else { return };
+            Input::Failed { attempt, by, error: _, retryable } => {
+                let Some(Live { task, worker, .. }) = self.close_reported(now, attempt, by, out) else { return };
                 out.push(Output::Report { attempt, accepted: true });
                 if retryable && self.survives(task, attempt, worker, AttemptEnd::Failed, out) {
                     return;
@@ -637,13 +669,14 @@ impl Scheduler {
                     self.cancel_dependents(task, &format!("dependency {} failed", task.0), out);
                 }
             }
-            Input::Released { attempt } => {
-                let Some(Live { task, worker, .. }) = self.close_reported(now, attempt, out) else { return };
+            Input::Released { attempt, by } => {
+                let Some(Live { task, worker, .. }) = self.close_reported(now, attempt, by, out) else { return };
                 out.push(Output::Report { attempt, accepted: true });
                 if !self.survives(task, attempt, worker, AttemptEnd::Released, out) {
                     self.requeue(task, Some(attempt), Some(worker), out);
                 }
             }
+            Input::Reconcile { worker, running, seen_up_to } => self.reconcile(now, worker, &running, seen_up_to, out),
             Input::Cancel { task, reason } => {
                 if self.tasks.contains_key(&task) {
                     self.cancel_one(task, &reason, out);
@@ -711,21 +744,22 @@ impl Scheduler {
         self.tasks.get(&task).map_or(&[], |t| &t.backups)
     }
 
-    /// `worker`'s measured throughput for `kind` (work units per second), if it finished any.
-    pub fn throughput(&self, worker: WorkerId, kind: u8) -> Option<f64> {
-        let slot = Cost { kind, units: 1.0 }.slot();
-        self.workers.get(&worker)?.rates[slot].get()
+    /// `worker`'s measured throughput for `class` (work units per second), if it finished any.
+    pub fn throughput(&self, worker: WorkerId, class: &CostClass) -> Option<f64> {
+        self.workers.get(&worker)?.rates.get(class)?.get()
     }
 
-    /// Every kind `worker` has a measured throughput for, as `(kind, units per second)`.
-    pub fn throughputs(&self, worker: WorkerId) -> Vec<(u8, f64)> {
+    /// Every class `worker` has a measured throughput for, as `(class, units per second)`, sorted.
+    pub fn throughputs(&self, worker: WorkerId) -> Vec<(CostClass, f64)> {
         let Some(w) = self.workers.get(&worker) else { return Vec::new() };
-        (0..KINDS).filter_map(|k| Some((k as u8, w.rates[k].get()?))).collect()
+        let mut rates: Vec<_> = w.rates.iter().filter_map(|(c, r)| Some((c.clone(), r.get()?))).collect();
+        rates.sort_by(|a, b| a.0.cmp(&b.0));
+        rates
     }
 
-    /// The fleet's throughput for `kind`: the prior of a worker without history of it.
-    pub fn fleet_throughput(&self, kind: u8) -> Option<f64> {
-        self.fleet[Cost { kind, units: 1.0 }.slot()].get()
+    /// The fleet's throughput for `class`: the prior of a worker without history of it.
+    pub fn fleet_throughput(&self, class: &CostClass) -> Option<f64> {
+        self.fleet.get(class)?.get()
     }
 
     pub fn len(&self) -> usize {
@@ -751,9 +785,10 @@ impl Scheduler {
     }
 
     /// A report (completion, failure, release) names `attempt`: if it is one of the task's live
-    /// attempts, end it and renew its worker; otherwise answer that the report was not accepted.
-    fn close_reported(&mut self, now: Millis, attempt: AttemptId, out: &mut Vec<Output>) -> Option<Live> {
-        let Some(&live) = self.attempts.get(&attempt) else {
+    /// attempts and `by` holds it, end it and renew its worker; otherwise answer that the report
+    /// was not accepted (a late report, or one forged by another session, changes nothing).
+    fn close_reported(&mut self, now: Millis, attempt: AttemptId, by: WorkerId, out: &mut Vec<Output>) -> Option<Live> {
+        let Some(&live) = self.attempts.get(&attempt).filter(|l| l.worker == by) else {
             out.push(Output::Report { attempt, accepted: false });
             return None;
         };
@@ -829,36 +864,38 @@ impl Scheduler {
     }
 
     /// Work units per second that `live` achieved, as a sample.
-    fn sample(&self, now: Millis, live: Live) -> (usize, f64) {
-        let cost = self.tasks[&live.task].cost;
+    fn sample(&self, now: Millis, live: Live) -> (CostClass, f64) {
+        let cost = &self.tasks[&live.task].cost;
         let ms = now.saturating_sub(live.since).max(1) as f64;
-        (cost.slot(), cost.units * 1_000.0 / ms)
+        (cost.class.clone(), cost.units * 1_000.0 / ms)
     }
 
     /// An accepted completion: a sample for its worker and for the fleet.
     fn measure(&mut self, now: Millis, live: Live) {
-        let (slot, sample) = self.sample(now, live);
+        let (class, sample) = self.sample(now, live);
         let alpha = self.config.speculation.alpha;
-        self.fleet[slot].add(sample, alpha);
+        self.fleet.entry(class.clone()).or_default().add(sample, alpha);
         if let Some(w) = self.workers.get_mut(&live.worker) {
-            w.rates[slot].add(sample, alpha);
+            w.rates.entry(class).or_default().add(sample, alpha);
         }
     }
 
     /// A cancelled loser ran this long without finishing: its worker is at most this fast.
     fn bound(&mut self, now: Millis, live: Live) {
-        let (slot, bound) = self.sample(now, live);
+        let (class, bound) = self.sample(now, live);
         let alpha = self.config.speculation.alpha;
         if let Some(w) = self.workers.get_mut(&live.worker) {
-            if w.rates[slot].get().is_none_or(|r| bound < r) {
-                w.rates[slot].add(bound, alpha);
+            let rate = w.rates.entry(class).or_default();
+            if rate.get().is_none_or(|r| bound < r) {
+                rate.add(bound, alpha);
             }
         }
     }
 
     /// A worker's rate for a kind: measured, else the fleet's; `None` before any sample.
-    fn rate_of(&self, worker: &Worker, slot: usize) -> Option<f64> {
-        worker.rates[slot].get().or(self.fleet[slot].get()).filter(|r| *r > 0.0)
+    fn rate_of(&self, worker: &Worker, class: &CostClass) -> Option<f64> {
+        let measured = worker.rates.get(class).and_then(|r| r.get());
+        measured.or_else(|| self.fleet.get(class)?.get()).filter(|r| *r > 0.0)
     }
 
     /// The backup most worth starting on `worker` now, if any (its `attempt` is not yet set).
@@ -878,14 +915,14 @@ impl Scheduler {
                 if first_worker != wid || t.speculated >= sc.max_backups || me.running.contains(&task) {
                     continue;
                 }
-                let slot = t.cost.slot();
-                let Some(rate) = self.rate_of(me, slot) else { continue };
+                let class = &t.cost.class;
+                let Some(rate) = self.rate_of(me, class) else { continue };
                 let expected = t.cost.units * 1_000.0 / rate;
                 // The live attempt expected to finish first is the one to beat.
                 let mut straggler: Option<(f64, AttemptId, WorkerId, f64)> = None;
                 for attempt in std::iter::once(first).chain(t.backups.iter().copied()) {
                     let live = self.attempts[&attempt];
-                    let Some(r) = self.workers.get(&live.worker).and_then(|w| self.rate_of(w, slot)) else { continue };
+                    let Some(r) = self.workers.get(&live.worker).and_then(|w| self.rate_of(w, class)) else { continue };
                     let total = t.cost.units * 1_000.0 / r;
                     let elapsed = now.saturating_sub(live.since) as f64;
                     // Past its expected end, an attempt needs as long again as it has overrun.
@@ -912,7 +949,7 @@ impl Scheduler {
                     worker,
                     straggler,
                     straggler_worker,
-                    kind: t.cost.kind,
+                    class: t.cost.class.clone(),
                     rate,
                     straggler_rate,
                     expected_ms: expected.round() as Millis,
@@ -922,6 +959,49 @@ impl Scheduler {
             }
         }
         best.map(|(_, b)| b)
+    }
+
+    /// What a worker says it runs against what the core thinks it runs (see [`Input::Reconcile`]).
+    fn reconcile(
+        &mut self,
+        now: Millis,
+        worker: WorkerId,
+        running: &[AttemptId],
+        seen_up_to: AttemptId,
+        out: &mut Vec<Output>,
+    ) {
+        if !self.workers.contains_key(&worker) {
+            return;
+        }
+        self.renew(worker, now);
+        let w = &self.workers[&worker];
+        for &attempt in running {
+            if self.attempts.get(&attempt).is_none_or(|l| l.worker != worker) {
+                out.push(Output::CancelStale { worker, attempt });
+            }
+        }
+        let grace = self.config.reconcile_grace;
+        let mut lost: Vec<(TaskId, AttemptId)> = Vec::new();
+        for &task in &w.running {
+            let t = &self.tasks[&task];
+            let first = match t.state {
+                State::Running { attempt, .. } => Some(attempt),
+                _ => None,
+            };
+            for attempt in first.into_iter().chain(t.backups.iter().copied()) {
+                let live = self.attempts[&attempt];
+                let overdue = attempt <= seen_up_to || now.saturating_sub(live.since) >= grace;
+                if live.worker == worker && overdue && !running.contains(&attempt) {
+                    lost.push((task, attempt));
+                }
+            }
+        }
+        for (task, attempt) in lost {
+            self.end_attempt(attempt);
+            if !self.survives(task, attempt, worker, AttemptEnd::Lost, out) {
+                self.requeue(task, Some(attempt), Some(worker), out);
+            }
+        }
     }
 
     fn renew(&mut self, worker: WorkerId, now: Millis) {
@@ -1094,6 +1174,10 @@ mod tests {
         }
     }
 
+    fn default_class() -> CostClass {
+        Cost::default().class
+    }
+
     fn config() -> SchedulerConfig {
         SchedulerConfig {
             lease_timeout: 1_000,
@@ -1101,6 +1185,9 @@ mod tests {
             backoff_base: 100,
             backoff_max: 1_000,
             idle_retry: 50,
+            // Tests lease several tasks to one worker at once.
+            max_leases_per_worker: 16,
+            reconcile_grace: 500,
             speculation: SpeculationConfig::default(),
         }
     }
@@ -1118,8 +1205,84 @@ mod tests {
         leases(&s.handle(now, Input::LeaseRequest { worker: WorkerId(worker), slots: 1 })).first().copied()
     }
 
+    /// The worker holding `attempt` (the sender of an honest report); nobody's for a dead attempt.
+    fn owner(s: &Scheduler, attempt: AttemptId) -> WorkerId {
+        s.attempt(attempt).map_or(WorkerId(u64::MAX), |(_, w)| w)
+    }
+
     fn join(s: &mut Scheduler, now: Millis, worker: u64) {
         s.handle(now, Input::WorkerJoined { worker: WorkerId(worker), cached: vec![] });
+    }
+
+    #[test]
+    fn a_report_is_accepted_only_from_the_worker_that_holds_the_attempt() {
+        let mut s = Scheduler::new(config(), vec![task(1, &[], 0, &[])], 1);
+        join(&mut s, 0, 1);
+        join(&mut s, 0, 2);
+        let (t, a) = lease_one(&mut s, 0, 1).unwrap();
+        for forged in [
+            Input::Completed { attempt: a, by: WorkerId(2), outputs: vec![] },
+            Input::Failed { attempt: a, by: WorkerId(2), error: "forged".into(), retryable: false },
+            Input::Released { attempt: a, by: WorkerId(2) },
+        ] {
+            let out = s.handle(1, forged);
+            assert_eq!(out, vec![Output::Report { attempt: a, accepted: false }], "another session's report is refused");
+        }
+        assert_eq!(s.state(t), Some(StateName::Running));
+        assert_eq!(s.attempt(a), Some((t, WorkerId(1))), "the owner keeps its attempt");
+        let out = s.handle(2, Input::Completed { attempt: a, by: WorkerId(1), outputs: vec![] });
+        assert!(out.contains(&Output::Report { attempt: a, accepted: true }));
+    }
+
+    #[test]
+    fn lease_requests_are_capped_per_worker() {
+        let tasks: Vec<NewTask> = (1..=10).map(|i| task(i, &[], 0, &[])).collect();
+        let mut s = Scheduler::new(SchedulerConfig { max_leases_per_worker: 2, ..config() }, tasks, 1);
+        join(&mut s, 0, 1);
+        let out = s.handle(0, Input::LeaseRequest { worker: WorkerId(1), slots: u32::MAX });
+        assert_eq!(leases(&out).len(), 2, "a greedy client gets at most its cap");
+        let out = s.handle(0, Input::LeaseRequest { worker: WorkerId(1), slots: 5 });
+        assert!(leases(&out).is_empty() && matches!(out[..], [Output::NoWork { .. }]), "{out:?}");
+        assert_eq!(s.counts()[&StateName::Ready], 8, "the rest stays for other workers");
+        assert_eq!(SchedulerConfig::default().max_leases_per_worker, 1, "one task per worker (one GPU) by default");
+    }
+
+    #[test]
+    fn heartbeats_reconcile_what_the_worker_runs_with_what_the_core_thinks() {
+        let tasks: Vec<NewTask> = (1..=3).map(|i| task(i, &[], 0, &[])).collect();
+        let mut s = Scheduler::new(config(), tasks, 1);
+        join(&mut s, 0, 1);
+        let (t1, a1) = lease_one(&mut s, 0, 1).unwrap();
+        let (t2, a2) = lease_one(&mut s, 0, 1).unwrap();
+        // The worker lists a1 only; a2's lease may still be on its way (not seen, within grace).
+        let out = s.handle(100, Input::Reconcile { worker: WorkerId(1), running: vec![a1], seen_up_to: a1 });
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(s.attempt(a2), Some((t2, WorkerId(1))));
+        // Past the grace period a lease the worker never listed is taken as lost and re-queued.
+        let out = s.handle(600, Input::Reconcile { worker: WorkerId(1), running: vec![a1], seen_up_to: a1 });
+        assert!(out.contains(&Output::Transition {
+            task: t2,
+            from: StateName::Running,
+            to: StateName::Ready,
+            attempt: Some(a2),
+            worker: Some(WorkerId(1)),
+        }));
+        assert_eq!(s.failures(t2), 0, "a lost lease is not the task's failure");
+        // A worker that has seen a lease and does not list it lost it (no grace needed).
+        let (_, a3) = lease_one(&mut s, 700, 1).unwrap();
+        s.handle(701, Input::Reconcile { worker: WorkerId(1), running: vec![a1], seen_up_to: a3 });
+        assert_eq!(s.attempt(a3), None);
+        // It still runs a1 and a2, which the core ended: a2 is stale and gets a cancel.
+        let out = s.handle(800, Input::Reconcile { worker: WorkerId(1), running: vec![a1, a2], seen_up_to: a3 });
+        assert_eq!(out, vec![Output::CancelStale { worker: WorkerId(1), attempt: a2 }]);
+        assert_eq!(s.attempt(a1), Some((t1, WorkerId(1))));
+        // An expired (paused) worker lists its attempt after it resumed: nothing is accepted from
+        // it until it joins again, and its attempt was re-queued at the expiry.
+        s.handle(5_000, Input::Tick);
+        assert!(s.workers().next().is_none(), "expired");
+        assert_eq!(s.state(t1), Some(StateName::Ready));
+        let out = s.handle(5_001, Input::Reconcile { worker: WorkerId(1), running: vec![a1], seen_up_to: a3 });
+        assert!(out.is_empty(), "an unknown worker is the driver's business (it closes the session)");
     }
 
     #[test]
@@ -1130,12 +1293,12 @@ mod tests {
         let (t, a) = lease_one(&mut s, 0, 1).unwrap();
         assert_eq!(t, TaskId(1));
         assert_eq!(lease_one(&mut s, 0, 1), None, "task 2 waits for task 1");
-        let out = s.handle(5, Input::Completed { attempt: a, outputs: vec![] });
+        let out = s.handle(5, Input::Completed { attempt: a, by: owner(&s, a), outputs: vec![] });
         assert!(out.contains(&Output::Report { attempt: a, accepted: true }));
         assert_eq!(s.state(TaskId(2)), Some(StateName::Ready));
         let (t2, a2) = lease_one(&mut s, 6, 1).unwrap();
         assert_eq!(t2, TaskId(2));
-        let out = s.handle(7, Input::Completed { attempt: a2, outputs: vec![] });
+        let out = s.handle(7, Input::Completed { attempt: a2, by: owner(&s, a2), outputs: vec![] });
         assert!(out.contains(&Output::SweepFinished));
         assert!(!s.handle(8, Input::Tick).contains(&Output::SweepFinished), "announced once");
     }
@@ -1146,10 +1309,10 @@ mod tests {
         join(&mut s, 0, 1);
         let (_, a) = lease_one(&mut s, 0, 1).unwrap();
         assert_eq!(a, AttemptId(10), "attempt ids start where the store left off");
-        s.handle(1, Input::Completed { attempt: a, outputs: vec![] });
-        let again = s.handle(2, Input::Completed { attempt: a, outputs: vec![] });
+        s.handle(1, Input::Completed { attempt: a, by: owner(&s, a), outputs: vec![] });
+        let again = s.handle(2, Input::Completed { attempt: a, by: owner(&s, a), outputs: vec![] });
         assert_eq!(again, vec![Output::Report { attempt: a, accepted: false }]);
-        let late = s.handle(2, Input::Failed { attempt: a, error: "x".into(), retryable: true });
+        let late = s.handle(2, Input::Failed { attempt: a, by: owner(&s, a), error: "x".into(), retryable: true });
         assert_eq!(late, vec![Output::Report { attempt: a, accepted: false }]);
         assert_eq!(s.state(TaskId(1)), Some(StateName::Done));
     }
@@ -1169,7 +1332,7 @@ mod tests {
         let (again, a2) = lease_one(&mut s, 1_001, 2).unwrap();
         assert_eq!(again, t, "the orphaned task is re-leased before the untouched one");
         assert_ne!(a, a2);
-        let late = s.handle(1_002, Input::Completed { attempt: a, outputs: vec![] });
+        let late = s.handle(1_002, Input::Completed { attempt: a, by: owner(&s, a), outputs: vec![] });
         assert_eq!(late, vec![Output::Report { attempt: a, accepted: false }], "the old attempt is stale");
     }
 
@@ -1182,7 +1345,7 @@ mod tests {
         for k in 1..=3u32 {
             let (t, a) = lease_one(&mut s, now, 1).unwrap();
             assert_eq!(t, TaskId(1));
-            s.handle(now, Input::Failed { attempt: a, error: "oom".into(), retryable: true });
+            s.handle(now, Input::Failed { attempt: a, by: owner(&s, a), error: "oom".into(), retryable: true });
             if k < 3 {
                 assert_eq!(s.state(t), Some(StateName::Backoff));
                 let wait = 100 << (k - 1);
@@ -1204,7 +1367,7 @@ mod tests {
         let mut s = Scheduler::new(config(), vec![task(1, &[], 0, &[])], 1);
         join(&mut s, 0, 1);
         let (_, a) = lease_one(&mut s, 0, 1).unwrap();
-        let out = s.handle(1, Input::Failed { attempt: a, error: "NaN loss".into(), retryable: false });
+        let out = s.handle(1, Input::Failed { attempt: a, by: owner(&s, a), error: "NaN loss".into(), retryable: false });
         assert_eq!(s.state(TaskId(1)), Some(StateName::Failed));
         assert!(out.contains(&Output::SweepFinished));
     }
@@ -1214,7 +1377,7 @@ mod tests {
         let mut s = Scheduler::new(config(), vec![task(1, &[], 0, &[]), task(2, &[], 0, &[])], 1);
         join(&mut s, 0, 1);
         let (t, a) = lease_one(&mut s, 0, 1).unwrap();
-        s.handle(1, Input::Released { attempt: a });
+        s.handle(1, Input::Released { attempt: a, by: owner(&s, a) });
         assert_eq!((s.state(t), s.failures(t)), (Some(StateName::Ready), 0));
         let (t2, _) = lease_one(&mut s, 2, 1).unwrap();
         assert_eq!(t2, t, "released work goes first");
@@ -1237,8 +1400,8 @@ mod tests {
         let (t1, a1) = lease_one(&mut s, 0, 1).unwrap();
         let (t2, a2) = lease_one(&mut s, 0, 2).unwrap();
         assert_eq!((t1, t2), (TaskId(1), TaskId(2)));
-        s.handle(1, Input::Completed { attempt: a1, outputs: vec!["task:1/checkpoint".into()] });
-        s.handle(1, Input::Completed { attempt: a2, outputs: vec!["task:2/checkpoint".into()] });
+        s.handle(1, Input::Completed { attempt: a1, by: owner(&s, a1), outputs: vec!["task:1/checkpoint".into()] });
+        s.handle(1, Input::Completed { attempt: a2, by: owner(&s, a2), outputs: vec!["task:2/checkpoint".into()] });
         // FIFO would hand task 10 to whoever asks first; locality gives each worker its own.
         assert_eq!(lease_one(&mut s, 2, 2).unwrap().0, TaskId(20));
         assert_eq!(lease_one(&mut s, 2, 1).unwrap().0, TaskId(10));
@@ -1253,7 +1416,7 @@ mod tests {
         let out = s.handle(1, Input::Cancel { task: t, reason: "user".into() });
         assert!(out.contains(&Output::Cancel { worker: WorkerId(1), attempt: a, reason: "user".into() }));
         assert_eq!(s.state(t), Some(StateName::Cancelled));
-        let late = s.handle(2, Input::Completed { attempt: a, outputs: vec![] });
+        let late = s.handle(2, Input::Completed { attempt: a, by: owner(&s, a), outputs: vec![] });
         assert_eq!(late, vec![Output::Report { attempt: a, accepted: false }]);
     }
 
@@ -1283,7 +1446,7 @@ mod tests {
         join(&mut s, 0, 1);
         let mut done = 0;
         while let Some((_, a)) = lease_one(&mut s, 1, 1) {
-            s.handle(1, Input::Completed { attempt: a, outputs: vec![] });
+            s.handle(1, Input::Completed { attempt: a, by: owner(&s, a), outputs: vec![] });
             done += 1;
         }
         assert_eq!(done, 100_000);
@@ -1326,11 +1489,11 @@ mod tests {
         join(&mut s, 0, 1);
         join(&mut s, 0, 2);
         let (done, a_done) = lease_one(&mut s, 0, 1).unwrap();
-        s.handle(0, Input::Completed { attempt: a_done, outputs: vec![] });
+        s.handle(0, Input::Completed { attempt: a_done, by: owner(&s, a_done), outputs: vec![] });
         let (_, a1) = lease_one(&mut s, 0, 1).unwrap();
         let (_, a2) = lease_one(&mut s, 0, 2).unwrap();
         let (backing_off, a3) = lease_one(&mut s, 0, 2).unwrap();
-        s.handle(0, Input::Failed { attempt: a3, error: "oom".into(), retryable: true });
+        s.handle(0, Input::Failed { attempt: a3, by: owner(&s, a3), error: "oom".into(), retryable: true });
         assert_eq!(s.state(backing_off), Some(StateName::Backoff));
         let out = s.handle(1, Input::CancelSweep { reason: "user".into() });
         let cancels: Vec<_> = out.iter().filter(|o| matches!(o, Output::Cancel { .. })).collect();
@@ -1395,7 +1558,7 @@ mod tests {
         join(&mut s, 0, 1);
         let (t, a) = lease_one(&mut s, 0, 1).unwrap();
         // The deadline (1000) passed, but no Tick ran: the message itself proves the worker alive.
-        let out = s.handle(1_500, Input::Completed { attempt: a, outputs: vec![] });
+        let out = s.handle(1_500, Input::Completed { attempt: a, by: owner(&s, a), outputs: vec![] });
         assert!(out.contains(&Output::Report { attempt: a, accepted: true }));
         assert!(!out.contains(&Output::WorkerExpired { worker: WorkerId(1) }));
         assert_eq!(s.state(t), Some(StateName::Done));
@@ -1422,7 +1585,7 @@ mod tests {
         s.handle(10, Input::WorkerJoined { worker: WorkerId(1), cached: vec![] });
         assert_eq!((s.state(t), s.failures(t)), (Some(StateName::Ready), 0));
         assert!(s.running_on(WorkerId(1)).is_empty());
-        let late = s.handle(11, Input::Completed { attempt: a, outputs: vec![] });
+        let late = s.handle(11, Input::Completed { attempt: a, by: owner(&s, a), outputs: vec![] });
         assert_eq!(late, vec![Output::Report { attempt: a, accepted: false }]);
         let (again, a2) = lease_one(&mut s, 12, 1).unwrap();
         assert_eq!(again, t);
@@ -1483,10 +1646,10 @@ mod tests {
         join(s, 0, FAST);
         let (_, a) = lease_one(s, 0, SLOW).unwrap();
         let (_, b) = lease_one(s, 0, FAST).unwrap();
-        s.handle(1_000, Input::Completed { attempt: b, outputs: vec![] });
+        s.handle(1_000, Input::Completed { attempt: b, by: owner(&s, b), outputs: vec![] });
         let (_, c) = lease_one(s, 1_000, FAST).unwrap();
-        s.handle(2_000, Input::Completed { attempt: c, outputs: vec![] });
-        s.handle(20_000, Input::Completed { attempt: a, outputs: vec![] });
+        s.handle(2_000, Input::Completed { attempt: c, by: owner(&s, c), outputs: vec![] });
+        s.handle(20_000, Input::Completed { attempt: a, by: owner(&s, a), outputs: vec![] });
         let (t, slow) = lease_one(s, 20_000, SLOW).unwrap();
         assert_eq!(t, TaskId(4));
         slow
@@ -1500,20 +1663,20 @@ mod tests {
     fn throughput_is_an_ewma_per_worker_and_kind_with_the_fleet_as_prior() {
         let mut s = Scheduler::new(patient(), four_tasks(), 1);
         straggler(&mut s);
-        assert_eq!(s.throughput(WorkerId(SLOW), 0), Some(0.05));
+        assert_eq!(s.throughput(WorkerId(SLOW), &default_class()), Some(0.05));
         // Samples 1.0 then 1.0: the average stays; the fleet saw 1.0, 1.0, 0.05 (alpha 0.3).
-        assert_eq!(s.throughput(WorkerId(FAST), 0), Some(1.0));
-        let fleet = s.fleet_throughput(0).unwrap();
+        assert_eq!(s.throughput(WorkerId(FAST), &default_class()), Some(1.0));
+        let fleet = s.fleet_throughput(&default_class()).unwrap();
         assert!((fleet - (0.3 * 0.05 + 0.7 * 1.0)).abs() < 1e-12, "{fleet}");
-        assert_eq!(s.throughput(WorkerId(FAST), 1), None, "kinds are measured apart");
-        assert_eq!(s.throughputs(WorkerId(SLOW)), vec![(0, 0.05)]);
+        assert_eq!(s.throughput(WorkerId(FAST), &CostClass::new("other")), None, "kinds are measured apart");
+        assert_eq!(s.throughputs(WorkerId(SLOW)), vec![(default_class(), 0.05)]);
         let mut s = Scheduler::new(patient(), vec![task(1, &[], 0, &[]), task(2, &[], 0, &[])], 1);
         join(&mut s, 0, 1);
         let (_, a) = lease_one(&mut s, 0, 1).unwrap();
-        s.handle(2_000, Input::Completed { attempt: a, outputs: vec![] });
+        s.handle(2_000, Input::Completed { attempt: a, by: owner(&s, a), outputs: vec![] });
         let (_, b) = lease_one(&mut s, 2_000, 1).unwrap();
-        s.handle(3_000, Input::Completed { attempt: b, outputs: vec![] });
-        let rate = s.throughput(WorkerId(1), 0).unwrap();
+        s.handle(3_000, Input::Completed { attempt: b, by: owner(&s, b), outputs: vec![] });
+        let rate = s.throughput(WorkerId(1), &default_class()).unwrap();
         assert!((rate - (0.3 * 1.0 + 0.7 * 0.5)).abs() < 1e-12, "0.5/s then 1/s: {rate}");
     }
 
@@ -1530,7 +1693,7 @@ mod tests {
             worker: WorkerId(FAST),
             straggler: slow,
             straggler_worker: WorkerId(SLOW),
-            kind: 0,
+            class: default_class(),
             rate: 1.0,
             straggler_rate: 0.05,
             expected_ms: 1_000,
@@ -1540,7 +1703,7 @@ mod tests {
         let backup = b.attempt;
         assert_eq!(s.backups(TaskId(4)), [backup]);
         assert_eq!(s.state(TaskId(4)), Some(StateName::Running), "a backup is no transition");
-        let out = s.handle(22_000, Input::Completed { attempt: backup, outputs: vec![] });
+        let out = s.handle(22_000, Input::Completed { attempt: backup, by: owner(&s, backup), outputs: vec![] });
         let winner = AttemptEnd::Superseded { winner: backup, winner_worker: WorkerId(FAST) };
         assert_eq!(
             out,
@@ -1564,12 +1727,12 @@ mod tests {
             "one result, the loser told to stop and closed"
         );
         assert!(s.running_on(WorkerId(SLOW)).is_empty() && s.backups(TaskId(4)).is_empty());
-        let late = s.handle(23_000, Input::Completed { attempt: slow, outputs: vec![] });
+        let late = s.handle(23_000, Input::Completed { attempt: slow, by: owner(&s, slow), outputs: vec![] });
         assert_eq!(late, vec![Output::Report { attempt: slow, accepted: false }], "the loser's result changes nothing");
         assert_eq!(s.failures(TaskId(4)), 0);
         // The loser ran 2 s without finishing one unit: its worker is at most 0.5 units/s,
         // which is no news for a 0.05 units/s worker.
-        assert_eq!(s.throughput(WorkerId(SLOW), 0), Some(0.05));
+        assert_eq!(s.throughput(WorkerId(SLOW), &default_class()), Some(0.05));
     }
 
     #[test]
@@ -1603,7 +1766,7 @@ mod tests {
         join(&mut s, 0, 1);
         join(&mut s, 0, 2);
         let (_, a) = lease_one(&mut s, 0, 1).unwrap();
-        s.handle(10_000, Input::Completed { attempt: a, outputs: vec![] });
+        s.handle(10_000, Input::Completed { attempt: a, by: owner(&s, a), outputs: vec![] });
         lease_one(&mut s, 10_000, 1).unwrap();
         let out = s.handle(12_000, Input::LeaseRequest { worker: WorkerId(2), slots: 1 });
         assert_eq!(
@@ -1621,8 +1784,8 @@ mod tests {
         join(&mut s, 0, 2);
         let (_, a) = lease_one(&mut s, 0, 1).unwrap();
         let (_, b) = lease_one(&mut s, 0, 2).unwrap();
-        s.handle(1_000, Input::Completed { attempt: a, outputs: vec![] });
-        s.handle(1_000, Input::Completed { attempt: b, outputs: vec![] });
+        s.handle(1_000, Input::Completed { attempt: a, by: owner(&s, a), outputs: vec![] });
+        s.handle(1_000, Input::Completed { attempt: b, by: owner(&s, b), outputs: vec![] });
         let (_, c) = lease_one(&mut s, 1_000, 1).unwrap();
         let out = s.handle(21_000, Input::LeaseRequest { worker: WorkerId(2), slots: 1 });
         let Some(Output::Backup(backup)) = out.first() else { panic!("{out:?}") };
@@ -1649,14 +1812,14 @@ mod tests {
         assert_eq!(s.attempt(backup), Some((TaskId(4), WorkerId(FAST))));
         assert!(s.backups(TaskId(4)).is_empty(), "the backup is now the task's attempt");
         // It fails retryably: alone now, so it counts and backs off as any attempt would.
-        s.handle(21_600, Input::Failed { attempt: backup, error: "oom".into(), retryable: true });
+        s.handle(21_600, Input::Failed { attempt: backup, by: owner(&s, backup), error: "oom".into(), retryable: true });
         assert_eq!((s.state(TaskId(4)), s.failures(TaskId(4))), (Some(StateName::Backoff), 1));
 
         // A retryable failure of the backup while the first attempt runs ends only the backup.
         let mut s = Scheduler::new(patient(), four_tasks(), 1);
         let slow = straggler(&mut s);
         let backup = leases(&s.handle(21_000, Input::LeaseRequest { worker: WorkerId(FAST), slots: 1 }))[0].1;
-        let out = s.handle(21_500, Input::Failed { attempt: backup, error: "oom".into(), retryable: true });
+        let out = s.handle(21_500, Input::Failed { attempt: backup, by: owner(&s, backup), error: "oom".into(), retryable: true });
         assert_eq!(
             out,
             vec![
@@ -1675,14 +1838,14 @@ mod tests {
             1,
             "NoWork: one backup per run"
         );
-        s.handle(40_000, Input::Completed { attempt: slow, outputs: vec![] });
+        s.handle(40_000, Input::Completed { attempt: slow, by: owner(&s, slow), outputs: vec![] });
         assert_eq!(s.state(TaskId(4)), Some(StateName::Done));
 
         // A non-retryable failure of either attempt fails the task and stops the other.
         let mut s = Scheduler::new(patient(), four_tasks(), 1);
         let slow = straggler(&mut s);
         let backup = leases(&s.handle(21_000, Input::LeaseRequest { worker: WorkerId(FAST), slots: 1 }))[0].1;
-        let out = s.handle(21_500, Input::Failed { attempt: backup, error: "NaN".into(), retryable: false });
+        let out = s.handle(21_500, Input::Failed { attempt: backup, by: owner(&s, backup), error: "NaN".into(), retryable: false });
         assert!(out.contains(&Output::Cancel {
             worker: WorkerId(SLOW),
             attempt: slow,
@@ -1737,6 +1900,11 @@ mod tests {
         Advance(u64),
         /// The coordinator crashes and restarts from what the store holds; workers must rejoin.
         Restart,
+        /// A report of some attempt from worker `w`, which need not hold it (a forged report).
+        Forge(usize, u64),
+        /// Worker `w` lists those of its live attempts whose bit is set in the mask, plus one
+        /// leased attempt that may be stale; `seen`: it has received every lease sent so far.
+        Reconcile(u64, u8, usize, bool),
     }
 
     fn event() -> impl Strategy<Value = Event> {
@@ -1754,6 +1922,8 @@ mod tests {
             60 => (0..64usize).prop_map(Event::CompleteLive),
             60 => (0..4usize).prop_map(Event::IdleLease),
             10 => Just(Event::Restart),
+            20 => ((0..64usize), (0..4u64)).prop_map(|(i, w)| Event::Forge(i, w)),
+            20 => ((0..4u64), any::<u8>(), (0..64usize), any::<bool>()).prop_map(|(w, m, i, seen)| Event::Reconcile(w, m, i, seen)),
             // Rare, or nearly every sequence would end cancelled.
             1 => Just(Event::CancelSweep),
         ]
@@ -1774,7 +1944,7 @@ mod tests {
                     _ => task(i, &[root, i - 4], 2, &[&key]),
                 };
                 // A kind per layer, sizes 1–3 units within it.
-                NewTask { cost: Cost { kind: (i / 4) as u8, units: (1 + i % 3) as f64 }, ..t }
+                NewTask { cost: Cost { class: CostClass::new(&format!("layer{}", i / 4)), units: (1 + i % 3) as f64 }, ..t }
             })
             .collect()
     }
@@ -1837,6 +2007,10 @@ mod tests {
                     Output::Cancel { attempt, worker, .. } => {
                         let owner = live_before.get(attempt).or_else(|| started.get(attempt));
                         assert_eq!(owner.map(|o| o.1), Some(*worker), "a cancel names a live attempt and its worker");
+                    }
+                    Output::CancelStale { attempt, worker } => {
+                        let owner = live_before.get(attempt).map(|o| o.1);
+                        assert_ne!(owner, Some(*worker), "a stale cancel never names the worker's live attempt");
                     }
                     _ => {}
                 }
@@ -1994,7 +2168,7 @@ mod tests {
                         } {
                             let task = s.attempt(a).map(|(t, _)| t);
                             let outputs = task.map(|t| vec![format!("task:{}/checkpoint", t.0)]).unwrap_or_default();
-                            s.handle_into(now, Input::Completed { attempt: a, outputs }, &mut out);
+                            s.handle_into(now, Input::Completed { attempt: a, by: owner(&s, a), outputs }, &mut out);
                             let accepted = out.contains(&Output::Report { attempt: a, accepted: true });
                             prop_assert_eq!(accepted, task.is_some(), "accepted exactly when the attempt was live");
                             if accepted {
@@ -2004,16 +2178,55 @@ mod tests {
                     }
                     Event::Fail(i, r) => {
                         if let Some(a) = pick(i) {
-                            s.handle_into(now, Input::Failed { attempt: a, error: "e".into(), retryable: r }, &mut out);
+                            s.handle_into(now, Input::Failed { attempt: a, by: owner(&s, a), error: "e".into(), retryable: r }, &mut out);
                         }
                     }
                     Event::Release(i) => {
                         if let Some(a) = pick(i) {
-                            s.handle_into(now, Input::Released { attempt: a }, &mut out);
+                            s.handle_into(now, Input::Released { attempt: a, by: owner(&s, a) }, &mut out);
                         }
                     }
                     Event::Cancel(t) => {
                         s.handle_into(now, Input::Cancel { task: TaskId(t), reason: "r".into() }, &mut out)
+                    }
+                    Event::Forge(i, w) => {
+                        if let Some(a) = pick(i) {
+                            let holds = s.attempt(a).is_some_and(|(_, owner)| owner == WorkerId(w));
+                            let task = s.attempt(a).map(|(t, _)| t);
+                            s.handle_into(now, Input::Completed { attempt: a, by: WorkerId(w), outputs: vec![] }, &mut out);
+                            let accepted = out.contains(&Output::Report { attempt: a, accepted: true });
+                            prop_assert_eq!(accepted, holds, "a report is accepted only from the attempt's worker");
+                            if accepted {
+                                *completed.entry(task.unwrap()).or_default() += 1;
+                            }
+                        }
+                    }
+                    Event::Reconcile(w, mask, i, seen) => {
+                        let mut mine: Vec<AttemptId> =
+                            live_before.iter().filter(|(_, (_, o))| *o == WorkerId(w)).map(|(a, _)| *a).collect();
+                        mine.sort_unstable();
+                        let mut running: Vec<AttemptId> =
+                            mine.iter().enumerate().filter(|(k, _)| mask >> (k % 8) & 1 == 1).map(|(_, a)| *a).collect();
+                        running.extend(pick(i));
+                        let seen_up_to = if seen { AttemptId(u64::MAX) } else { AttemptId(0) };
+                        let input = Input::Reconcile { worker: WorkerId(w), running: running.clone(), seen_up_to };
+                        s.handle_into(now, input, &mut out);
+                        for a in &running {
+                            let stale = live_before.get(a).is_none_or(|(_, o)| *o != WorkerId(w));
+                            let told = out.contains(&Output::CancelStale { worker: WorkerId(w), attempt: *a });
+                            let known = s.workers.contains_key(&WorkerId(w));
+                            prop_assert_eq!(told, stale && known, "exactly the stale attempts it lists are cancelled");
+                        }
+                        if seen && s.workers.contains_key(&WorkerId(w)) {
+                            for a in mine.iter().filter(|a| !running.contains(a)) {
+                                prop_assert!(s.attempt(*a).is_none(), "an attempt its worker has seen and not listed is re-queued");
+                            }
+                        }
+                        for a in &running {
+                            if live_before.get(a).is_some_and(|(_, o)| *o == WorkerId(w)) {
+                                prop_assert!(s.attempt(*a).is_some(), "a listed live attempt stays");
+                            }
+                        }
                     }
                     Event::CancelSweep => s.handle_into(now, Input::CancelSweep { reason: "r".into() }, &mut out),
                     Event::Advance(dt) => {
@@ -2056,7 +2269,7 @@ mod tests {
                 s.handle(now, Input::Heartbeat { worker: WorkerId(99) });
                 let out = s.handle(now, Input::LeaseRequest { worker: WorkerId(99), slots: 4 });
                 for (_, a) in leases(&out) {
-                    s.handle(now, Input::Completed { attempt: a, outputs: vec![] });
+                    s.handle(now, Input::Completed { attempt: a, by: owner(&s, a), outputs: vec![] });
                 }
             }
             prop_assert!(s.is_finished(), "the sweep finishes: {:?}", s.counts());

@@ -6,10 +6,12 @@
 
 use freqsweep_common::task::{DatasetSource, TaskSpec};
 use freqsweep_coordinator::artifacts::ArtifactDir;
-use freqsweep_coordinator::graph::{PlannedTask, TaskKind};
+use freqsweep_coordinator::driver::Shared;
+use freqsweep_coordinator::graph::PlannedTask;
+use freqsweep_coordinator::grpc;
 use freqsweep_coordinator::run::default_config;
-use freqsweep_coordinator::scheduler::{Cost, TaskId};
-use freqsweep_coordinator::service::{self, Shared};
+use freqsweep_coordinator::scheduler::{Cost, CostClass, TaskId};
+use freqsweep_coordinator::testing;
 use freqsweep_coordinator::store::{Change, Store};
 use freqsweep_proto::v1::coordinator_client::CoordinatorClient;
 use freqsweep_proto::v1::{self as pb, coordinator_message, worker_message};
@@ -18,8 +20,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
-fn planned(n: u64) -> Vec<PlannedTask> {
-    let spec = TaskSpec::Heatmap(freqsweep_common::task::HeatmapTask {
+fn chunk() -> freqsweep_common::task::HeatmapTask {
+    freqsweep_common::task::HeatmapTask {
         dataset: DatasetSource::Cifar10 { path: "/none".into() },
         model: freqsweep_common::task::ModelSource::TorchScript { path: "/none".into() },
         eps: 4.0,
@@ -29,16 +31,18 @@ fn planned(n: u64) -> Vec<PlannedTask> {
         images: 0,
         seed: 0,
         batch: 1,
-    });
+    }
+}
+
+fn planned(n: u64) -> Vec<PlannedTask> {
     (1..=n)
         .map(|i| PlannedTask {
             id: TaskId(i),
             key: format!("race/{i}"),
-            kind: TaskKind::Heatmap,
             point: 0,
-            spec: spec.clone(),
+            spec: TaskSpec::Heatmap(chunk()),
             deps: vec![],
-            cost: Cost { kind: 1, units: 100.0 },
+            cost: Cost { class: CostClass::new("heatmap/tiny"), units: 100.0 },
         })
         .collect()
 }
@@ -52,14 +56,8 @@ struct Session {
 impl Session {
     async fn open(url: &str) -> Session {
         let mut client = CoordinatorClient::connect(url.to_string()).await.unwrap();
-        let reply = client
-            .register(pb::RegisterRequest { protocol_version: freqsweep_proto::PROTOCOL_VERSION, ..Default::default() })
-            .await
-            .unwrap()
-            .into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let inbound = client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
-        Session { id: reply.worker_id, tx, inbound }
+        let s = testing::open_session(&mut client, "sim").await.unwrap();
+        Session { id: s.worker_id, tx: s.tx, inbound: s.inbound }
     }
 
     async fn send(&self, body: worker_message::Body) {
@@ -94,7 +92,7 @@ impl Session {
     async fn finish(&mut self, attempt: u64, by: &str) -> bool {
         let result = pb::TaskResult {
             attempt_id: attempt,
-            result_json: format!("{{\"by\":\"{by}\"}}"),
+            result_json: testing::heatmap_result_json(&chunk(), 1, 0, by),
             outputs: vec![],
             seconds: 0.0,
         };
@@ -135,7 +133,7 @@ async fn a_fast_worker_backs_up_a_straggler_and_wins() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(service::serve(shared.clone(), listener, stop_rx));
+    tokio::spawn(grpc::serve(shared.clone(), listener, stop_rx));
 
     // The fast worker finishes task 1 at once: its measured rate is the fleet's prior too.
     let mut fast = Session::open(&url).await;
@@ -164,7 +162,7 @@ async fn a_fast_worker_backs_up_a_straggler_and_wins() {
     let reader = store.reader().unwrap();
     let task = reader.tasks().unwrap().into_iter().find(|t| t.id == straggling.task_id).unwrap();
     assert_eq!((task.state.as_str(), task.attempts), ("done", 0), "done once; a backup is no failure");
-    assert_eq!(task.result_json.as_deref(), Some("{\"by\":\"fast\"}"));
+    assert_eq!(task.result_json, Some(testing::heatmap_result_json(&chunk(), 1, 0, "fast")));
     let attempts = reader.attempts().unwrap();
     let summary: Vec<(u64, bool, Option<&str>)> = attempts
         .iter()

@@ -6,7 +6,14 @@
 pub mod dial;
 
 /// Protocol version sent in `RegisterRequest`; the coordinator refuses workers of another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2: sessions are opened with the id and key `Register` returned (metadata below),
+/// heartbeats carry `newest_lease`.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// `Session` metadata naming the worker id `Register` returned.
+pub const SESSION_WORKER_METADATA: &str = "freqsweep-worker";
+/// `Session` metadata carrying the session key `Register` returned.
+pub const SESSION_KEY_METADATA: &str = "freqsweep-session-key";
 
 /// Feature a worker lists in `RegisterRequest.features` when a train attempt that resumes from a
 /// checkpoint first re-sends the checkpoint's metric history; only such workers are given partial

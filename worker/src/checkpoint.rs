@@ -76,13 +76,35 @@ pub fn save(
     for (name, t) in optimizer {
         named.push((format!("optim/{name}"), t.to_device(Device::Cpu)));
     }
+    write_named(path, &named)
+}
+
+/// `named` to `path` atomically: `.partial`, fsync, rename.
+fn write_named(path: &Path, named: &[(String, Tensor)]) -> Result<(), CheckpointError> {
+    let write_err = |detail: String| CheckpointError::Write { path: path.to_path_buf(), detail };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| write_err(e.to_string()))?;
     }
     let partial = path.with_extension("partial");
-    Tensor::save_multi(&named, &partial).map_err(|e| write_err(first_line(e)))?;
+    Tensor::save_multi(named, &partial).map_err(|e| write_err(first_line(e)))?;
     std::fs::File::open(&partial).and_then(|f| f.sync_all()).map_err(|e| write_err(e.to_string()))?;
     std::fs::rename(&partial, path).map_err(|e| write_err(e.to_string()))
+}
+
+/// Write the weights of the checkpoint at `checkpoint` alone to `out`: the same format and header
+/// (model config, task, epochs, step) without optimizer state or metric history, so analyses of
+/// the model download a third of an Adam checkpoint. [`load_classifier`] opens it like any
+/// checkpoint; training cannot resume from it (no optimizer state).
+pub fn export_weights(checkpoint: &Path, out: &Path) -> Result<(), CheckpointError> {
+    let stored = load(checkpoint)?;
+    let meta = CheckpointMeta { metrics: Vec::new(), ..stored.meta };
+    let json = serde_json::to_vec(&meta)
+        .map_err(|e| CheckpointError::Write { path: out.to_path_buf(), detail: e.to_string() })?;
+    let mut model: Vec<(String, Tensor)> = stored.model.into_iter().map(|(n, t)| (format!("model/{n}"), t)).collect();
+    model.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut named = vec![("meta".to_string(), Tensor::from_slice(&json))];
+    named.extend(model);
+    write_named(out, &named)
 }
 
 /// Read a checkpoint written by [`save`].

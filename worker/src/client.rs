@@ -367,6 +367,8 @@ pub async fn run(
     // Reports not yet delivered (sent first after every (re)connection).
     let mut outbox: Vec<worker_message::Body> = Vec::new();
     let mut draining = *shutdown.borrow();
+    // The newest attempt a lease was received for (heartbeats tell the coordinator).
+    let mut newest_lease = 0u64;
     let mut backoff = Duration::from_millis(200);
     let mut unreachable_since: Option<Instant> = None;
 
@@ -456,7 +458,20 @@ pub async fn run(
         tracing::info!(worker = %worker_id, coordinator = %config.coordinator, sweep = %registration.sweep_id, "registered");
 
         let (out_tx, out_rx) = mpsc::channel::<pb::WorkerMessage>(1024);
-        let mut inbound = match client.session(tokio_stream::wrappers::ReceiverStream::new(out_rx)).await {
+        // The session is ours only with the id and key this registration returned.
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(out_rx));
+        for (key, value) in [
+            (freqsweep_proto::SESSION_WORKER_METADATA, &registration.worker_id),
+            (freqsweep_proto::SESSION_KEY_METADATA, &registration.session_key),
+        ] {
+            match value.parse() {
+                Ok(v) => {
+                    request.metadata_mut().insert(key, v);
+                }
+                Err(_) => return Err(ClientError::Rejected { url: config.coordinator.clone(), detail: format!("the coordinator sent a {key} that is not ASCII") }),
+            }
+        }
+        let mut inbound = match client.session(request).await {
             Ok(response) => response.into_inner(),
             Err(status) => {
                 tracing::warn!(error = %status.message(), "session refused; reconnecting");
@@ -496,6 +511,7 @@ pub async fn run(
                     };
                     match message.body {
                         Some(coordinator_message::Body::Lease(lease)) => {
+                            newest_lease = newest_lease.max(lease.attempt_id);
                             if running.is_some() || draining {
                                 send(worker_message::Body::Release(pb::Release { attempt_id: lease.attempt_id, reason: "busy or draining".into() }));
                                 continue;
@@ -503,7 +519,7 @@ pub async fn run(
                             match prepare(&mut client, &config, &lease).await {
                                 Ok((spec, inputs)) => {
                                     let stop = Arc::new(AtomicBool::new(false));
-                                    tracing::info!(task = lease.task_id, attempt = lease.attempt_id, kind = kind_of(&spec), "leased");
+                                    tracing::info!(task = lease.task_id, attempt = lease.attempt_id, kind = spec.kind().as_str(), "leased");
                                     running = Some(Running { attempt: lease.attempt_id, task_id: lease.task_id, stop: stop.clone(), seq: 0, progress: 0.0, throughput: 0.0, stop_reason: None });
                                     let job = Job { attempt: lease.attempt_id, task_key: format!("task-{}", lease.task_id), spec, inputs, stop };
                                     if jobs.send(job).is_err() {
@@ -627,8 +643,11 @@ pub async fn run(
                     upload_in_flight = start_upload(&client, waiting_snapshot.take(), &uploaded_tx);
                 }
                 _ = heartbeat.tick() => {
-                    let (attempts, progress, throughput) = running.as_ref().map_or((vec![], 0.0, 0.0), |r| (vec![r.attempt], r.progress, r.throughput));
-                    send(worker_message::Body::Heartbeat(pb::Heartbeat { running_attempts: attempts, progress, throughput }));
+                    // What this worker runs or still has to report: the coordinator re-queues
+                    // an attempt of ours it does not see here, and cancels one it no longer holds.
+                    let (mut attempts, progress, throughput) = running.as_ref().map_or((vec![], 0.0, 0.0), |r| (vec![r.attempt], r.progress, r.throughput));
+                    attempts.extend(outbox.iter().filter_map(report_attempt));
+                    send(worker_message::Body::Heartbeat(pb::Heartbeat { running_attempts: attempts, progress, throughput, newest_lease }));
                 }
                 _ = tokio::time::sleep_until(sleep_until) => {}
                 // Not once draining: the sender is usually dropped after it said so, and a closed
@@ -661,6 +680,19 @@ pub async fn run(
     }
 }
 
+/// The attempt an undelivered report is about (a result, failure or release still owed).
+fn report_attempt(body: &worker_message::Body) -> Option<u64> {
+    match body {
+        worker_message::Body::Result(r) => Some(r.attempt_id),
+        worker_message::Body::Failure(f) => Some(f.attempt_id),
+        worker_message::Body::Release(r) => Some(r.attempt_id),
+        worker_message::Body::Heartbeat(_)
+        | worker_message::Body::LeaseRequest(_)
+        | worker_message::Body::Metrics(_)
+        | worker_message::Body::Checkpoint(_) => None,
+    }
+}
+
 fn checkpoint_saved(snapshot: &Snapshot, artifact: pb::ArtifactRef) -> worker_message::Body {
     tracing::debug!(attempt = snapshot.attempt, epochs_done = snapshot.epochs_done, digest = %artifact.digest, "checkpoint uploaded");
     worker_message::Body::Checkpoint(pb::CheckpointSaved {
@@ -690,13 +722,6 @@ fn start_upload(
 fn request_stop(running: &mut Running, reason: &str) {
     running.stop.store(true, Ordering::Relaxed);
     running.stop_reason.get_or_insert_with(|| reason.to_string());
-}
-
-fn kind_of(spec: &TaskSpec) -> &'static str {
-    match spec {
-        TaskSpec::Train(_) => "train",
-        TaskSpec::Heatmap(_) => "heatmap",
-    }
 }
 
 /// Parse the task and fetch its inputs.

@@ -168,7 +168,9 @@ pub fn run(
         emit(&mut meta, points, observer);
     }
 
-    let mut last_loss = f64::NAN;
+    // A resumed run that has every epoch already reports the loss its history ends with, exactly
+    // what the uninterrupted run reported (every epoch ends with a loss point).
+    let mut last_loss = meta.metrics.iter().rev().find(|p| p.name == "loss").map_or(f64::NAN, |p| p.value);
     for epoch in meta.epochs_done..config.epochs {
         let lr = config.schedule.lr(config.lr, epoch, config.epochs);
         let epoch_seed = mix(config.seed, u64::from(epoch));

@@ -74,6 +74,7 @@ impl Coordinator for FakeService {
             heartbeat_interval_ms: 100,
             lease_timeout_ms: 5_000,
             sweep_id: "test".into(),
+            session_key: "key-1".into(),
         }))
     }
 
@@ -84,6 +85,12 @@ impl Coordinator for FakeService {
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         authorised(&request)?;
+        // The session is opened with the id and key the registration gave.
+        let text = |key: &str| request.metadata().get(key).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let presented = (text(freqsweep_proto::SESSION_WORKER_METADATA), text(freqsweep_proto::SESSION_KEY_METADATA));
+        if presented != ("w1".to_string(), "key-1".to_string()) {
+            return Err(Status::failed_precondition(format!("session opened with {presented:?}")));
+        }
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let fake = self.0.clone();

@@ -67,7 +67,19 @@ fn resuming_after_a_stop_gives_the_same_weights_optimizer_state_and_history() {
     };
     let dir = tempfile::tempdir().unwrap();
     let whole = dir.path().join("whole.ot");
-    let whole_history = history(train::run(&task, &train_set, &test_set, Device::Cpu, &whole, &mut Quiet).unwrap());
+    let first = train::run(&task, &train_set, &test_set, Device::Cpu, &whole, &mut Quiet).unwrap();
+    let TrainEnd::Finished { outcome: whole_outcome, .. } = &first else { panic!("run stopped") };
+    let whole_outcome = whole_outcome.clone();
+    let whole_history = history(first);
+    // Run again on a checkpoint that holds every epoch (a worker-local resume after the last
+    // epoch): it reports exactly what the uninterrupted run did, the final loss included.
+    let again = train::run(&task, &train_set, &test_set, Device::Cpu, &whole, &mut Quiet).unwrap();
+    let TrainEnd::Finished { outcome: again_outcome, history: again_history } = again else { panic!("run stopped") };
+    assert!(again_outcome.final_loss.is_finite(), "final loss {}", again_outcome.final_loss);
+    assert_eq!(again_outcome.final_loss.to_bits(), whole_outcome.final_loss.to_bits(), "the same final loss");
+    assert_eq!((again_outcome.epochs, again_outcome.steps), (whole_outcome.epochs, whole_outcome.steps));
+    assert_eq!(again_outcome.test_sets, whole_outcome.test_sets, "the same final test-set summaries");
+    assert_eq!(again_history, whole_history, "the same history");
 
     let parts = dir.path().join("parts.ot");
     let end =

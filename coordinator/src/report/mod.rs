@@ -9,7 +9,7 @@
 pub use freqsweep_common::figures;
 mod html;
 
-use crate::graph::{self, PlannedTask, TaskKind};
+use crate::graph::{self, PlannedTask};
 use crate::merge::{self, MergedHeatmap};
 use crate::store::Reader;
 use anyhow::{Context, Result};
@@ -17,7 +17,7 @@ use figures::{CentredMap, LinePanel};
 use freqsweep_common::npy::NpyArray;
 use freqsweep_common::spec::{Sweep, GRID_KEYS};
 use freqsweep_common::spectrum::Shape2;
-use freqsweep_common::task::{HeatmapOutcome, MetricPoint, TaskOutcome, TaskSpec, TrainOutcome};
+use freqsweep_common::task::{HeatmapOutcome, MetricPoint, TaskKind, TaskOutcome, TaskSpec, TrainOutcome, CHECKPOINT_OUTPUT};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -91,7 +91,7 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
 
     for (index, point) in sweep.points.iter().enumerate() {
         let train =
-            tasks.iter().find(|t| t.point == index && t.kind == TaskKind::Train).expect("every point has a train task");
+            tasks.iter().find(|t| t.point == index && t.kind() == TaskKind::Train).expect("every point has a train task");
         let row = &rows[&train.id.0];
         let outcome = match row.result_json.as_deref().map(serde_json::from_str::<TaskOutcome>) {
             Some(Ok(TaskOutcome::Train(o))) => Some(o),
@@ -121,7 +121,7 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
                 report.confusions.push((set, format!("{stem}.png")));
             }
         }
-        if let Some((_, _, _, path)) = reader.task_artifacts(train.id.0)?.into_iter().find(|a| a.0 == graph::CHECKPOINT)
+        if let Some((_, _, _, path)) = reader.task_artifacts(train.id.0)?.into_iter().find(|a| a.0 == CHECKPOINT_OUTPUT)
         {
             let target = dir.join("checkpoints").join(format!("{}.ot", point.id));
             std::fs::create_dir_all(target.parent().expect("has parent"))?;

@@ -3,23 +3,24 @@
 //! client loop talks only to the [`Engine`] trait, so it can be tested with a fake engine and the
 //! libtorch code stays in [`TorchEngine`].
 
-use crate::checkpoint;
-use crate::heatmap::{self, HeatmapConfig};
-use crate::train::{self, TrainEnd, TrainError, TrainObserver};
-use crate::{data, device, eval};
+mod heatmap;
+mod train;
+
+use crate::{checkpoint, data, device};
 use freqsweep_common::dataset::Dataset;
-use freqsweep_common::task::{DatasetSource, HeatmapOutcome, MetricPoint, ModelSource, TaskOutcome, TaskSpec};
+use freqsweep_common::task::{DatasetSource, MetricPoint, ModelSource, TaskOutcome, TaskSpec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 use tch::Device;
 
 /// Name of the checkpoint artifact a train task produces (and a retried attempt resumes from).
-pub const CHECKPOINT_ARTIFACT: &str = "checkpoint";
+pub const CHECKPOINT_ARTIFACT: &str = freqsweep_common::task::CHECKPOINT_OUTPUT;
+/// Name of the weights-only artifact a train task also produces (what analyses download).
+pub const MODEL_ARTIFACT: &str = freqsweep_common::task::MODEL_OUTPUT;
 
 /// Most metric points per `EngineEvents::metrics` call when a resumed run re-sends its history
 /// (each call becomes one batch on the wire; this keeps batches far below the message limit).
-const HISTORY_BATCH: usize = 4096;
+pub(crate) const HISTORY_BATCH: usize = 4096;
 
 /// Why a task failed, and whether another attempt could succeed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -103,38 +104,30 @@ impl TorchEngine {
         Ok(&self.datasets[&key])
     }
 
+    /// A classifier from the input named by `source` (or a TorchScript path) for
+    /// `height × width` images: shared by every kind that analyses a model.
+    fn model(
+        &self,
+        source: &ModelSource,
+        inputs: &HashMap<String, PathBuf>,
+        height: i64,
+        width: i64,
+    ) -> Result<(Box<dyn crate::models::Classifier>, PathBuf), EngineError> {
+        let path = match source {
+            ModelSource::Checkpoint { artifact } => inputs
+                .get(artifact)
+                .cloned()
+                .ok_or_else(|| EngineError::transient(format!("input artifact {artifact:?} was not provided")))?,
+            ModelSource::TorchScript { path } => path.clone(),
+        };
+        let (model, _) = checkpoint::load_classifier(&path, self.device, height, width).map_err(EngineError::fatal)?;
+        Ok((model, path))
+    }
+
     fn task_dir(&self, task_key: &str) -> PathBuf {
         let safe: String =
             task_key.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
         self.work_dir.join(safe)
-    }
-}
-
-struct Relay<'a> {
-    events: &'a mut dyn EngineEvents,
-}
-
-impl TrainObserver for Relay<'_> {
-    fn metrics(&mut self, points: &[MetricPoint]) {
-        self.events.metrics(points);
-    }
-    fn progress(&mut self, fraction: f64, images_per_second: f64) {
-        self.events.progress(fraction, images_per_second);
-    }
-    fn epoch_done(&mut self, epoch: u32, checkpoint: &Path, _history: &[MetricPoint]) {
-        self.events.checkpoint(epoch, checkpoint);
-    }
-    /// A resumed attempt first re-sends the checkpoint's history: the coordinator keeps only the
-    /// current attempt's points of a task, so every attempt reports the whole run (whichever
-    /// checkpoint it resumed from: the coordinator's or this worker's own) and none is counted
-    /// twice.
-    fn resumed(&mut self, _epochs_done: u32, history: &[MetricPoint]) {
-        for batch in history.chunks(HISTORY_BATCH) {
-            self.events.metrics(batch);
-        }
-    }
-    fn should_stop(&mut self) -> bool {
-        self.events.should_stop()
     }
 }
 
@@ -152,85 +145,10 @@ impl Engine for TorchEngine {
     ) -> Result<EngineResult, EngineError> {
         let dir = self.task_dir(task_key);
         std::fs::create_dir_all(&dir).map_err(|e| EngineError::transient(format!("{}: {e}", dir.display())))?;
+        // One room per kind (`engine/<kind>.rs`); the match is exhaustive on purpose.
         match task {
-            TaskSpec::Train(train_task) => {
-                let checkpoint_path = dir.join("checkpoint.ot");
-                // A previous attempt's checkpoint (shipped by the coordinator) resumes the run.
-                // Copied beside and renamed into place: a crash mid-copy must not leave a torn
-                // checkpoint to resume from.
-                if let Some(previous) = inputs.get(CHECKPOINT_ARTIFACT) {
-                    if previous != &checkpoint_path {
-                        let partial = checkpoint_path.with_extension("ot.partial");
-                        std::fs::copy(previous, &partial)
-                            .and_then(|_| std::fs::rename(&partial, &checkpoint_path))
-                            .map_err(|e| EngineError::transient(format!("{}: {e}", previous.display())))?;
-                    }
-                }
-                let device = self.device;
-                let (train_set, test_set) = self.dataset(&train_task.dataset)?;
-                let end = train::run(train_task, train_set, test_set, device, &checkpoint_path, &mut Relay { events })
-                    .map_err(|e| match e {
-                        TrainError::Torch(_) => EngineError::transient(e.to_string()),
-                        _ => EngineError::fatal(e.to_string()),
-                    })?;
-                match end {
-                    TrainEnd::Stopped { .. } => Ok(EngineResult::Stopped),
-                    TrainEnd::Finished { outcome, .. } => Ok(EngineResult::Done {
-                        outcome: TaskOutcome::Train(outcome),
-                        artifacts: vec![(CHECKPOINT_ARTIFACT.to_string(), checkpoint_path)],
-                    }),
-                }
-            }
-            TaskSpec::Heatmap(h) => {
-                let started = Instant::now();
-                let device = self.device;
-                let model_path = match &h.model {
-                    ModelSource::Checkpoint { artifact } => inputs.get(artifact).cloned().ok_or_else(|| {
-                        EngineError::transient(format!("input artifact {artifact:?} was not provided"))
-                    })?,
-                    ModelSource::TorchScript { path } => path.clone(),
-                };
-                let test = data::truncate(self.dataset(&h.dataset)?.1.clone(), h.images);
-                let (height, width) = (test.dims[2] as i64, test.dims[3] as i64);
-                let (model, _) =
-                    checkpoint::load_classifier(&model_path, device, height, width).map_err(EngineError::fatal)?;
-                let images = eval::images_tensor(&test, device);
-                let config = HeatmapConfig {
-                    eps: h.eps,
-                    cells: h.cells.clone(),
-                    // `["all"]` asks for every named layer of whatever model this is.
-                    layers: if h.layers.iter().any(|l| l == "all") { model.layer_names() } else { h.layers.clone() },
-                    seed: h.seed,
-                    batch: h.batch,
-                };
-                let mut stopped = false;
-                let counts = heatmap::compute(model.as_ref(), &images, &test.labels, &config, &mut |done, total| {
-                    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                    events.progress(done as f64 / total.max(1) as f64, rate);
-                    stopped |= events.should_stop();
-                })
-                .map_err(|e| EngineError::fatal(format!("{}: {e}", model_path.display())))?;
-                if stopped {
-                    // Chunks are short: finishing is cheaper than redoing; report it done anyway.
-                    tracing::debug!(task = task_key, "stop requested during a heatmap chunk; finished it");
-                }
-                let seconds = started.elapsed().as_secs_f64();
-                let perturbed = (h.cells.len() * counts.images) as f64;
-                Ok(EngineResult::Done {
-                    outcome: TaskOutcome::Heatmap(HeatmapOutcome {
-                        eps: h.eps,
-                        chunk: h.chunk,
-                        images: counts.images,
-                        clean: counts.clean,
-                        error: counts.error,
-                        layers: counts.layers,
-                        seconds,
-                        images_per_second: perturbed / seconds.max(1e-9),
-                        device: device::describe(device),
-                    }),
-                    artifacts: Vec::new(),
-                })
-            }
+            TaskSpec::Train(t) => train::run(self, &dir, t, inputs, events),
+            TaskSpec::Heatmap(h) => heatmap::run(self, task_key, h, inputs, events),
         }
     }
 }
@@ -321,6 +239,12 @@ mod tests {
         assert_eq!(again.points[..epoch1_points], events.points[..epoch1_points], "history re-sent as checkpointed");
         assert_eq!(artifacts[0].0, CHECKPOINT_ARTIFACT);
         assert!(artifacts[0].1.starts_with(dir.path().join("train_a_b")), "{:?}", artifacts[0].1);
+        // The weights alone: Adam's two moment buffers per parameter and the history stay behind.
+        assert_eq!(artifacts[1].0, MODEL_ARTIFACT);
+        let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+        assert!(size(&artifacts[1].1) * 2 < size(&artifacts[0].1), "weights only");
+        let weights = checkpoint::load(&artifacts[1].1).unwrap();
+        assert!(weights.optimizer.is_empty() && weights.meta.metrics.is_empty() && weights.meta.epochs_done == 2);
 
         let cells: Vec<Cell> = Shape2::new(32, 32).heatmap_cells()[..10].to_vec();
         let chunk = TaskSpec::Heatmap(HeatmapTask {
@@ -334,7 +258,7 @@ mod tests {
             seed: 0,
             batch: 64,
         });
-        let inputs = HashMap::from([("model".to_string(), artifacts[0].1.clone())]);
+        let inputs = HashMap::from([(MODEL_ARTIFACT.to_string(), artifacts[1].1.clone())]);
         let EngineResult::Done { outcome: TaskOutcome::Heatmap(h), .. } =
             engine.run("heatmap/x", &chunk, &inputs, &mut events).unwrap()
         else {

@@ -1,0 +1,992 @@
+//! The driver: owns the sans-IO [`Scheduler`], the planned tasks and the store handle, and turns
+//! what workers say ([`FromWorker`], in domain types; `grpc.rs` converts the wire) into scheduler
+//! [`Input`]s, and the scheduler's [`Output`]s into messages for the workers' sessions
+//! ([`ToWorker`]) and [`Change`]s in the store. Everything the coordinator decides about sessions,
+//! attempts and results lives here or in the rooms of `kinds/`; it is unit-tested below against a
+//! real store in a temporary directory, without a network.
+//!
+//! Protocol invariants, enforced here:
+//! - A worker id belongs to the one session the coordinator gave it to: `Register` returns the id
+//!   and a random session key, and only a `Session` presenting both is attached; a second session
+//!   for an attached id is refused.
+//! - A report (result, failure, release, checkpoint, metrics) is accepted only from the session
+//!   holding that live attempt, and a result only if it fits its task (`kinds::check_result`).
+//! - A session the coordinator has dropped (expired: a paused or partitioned worker) is told so
+//!   (`ToWorker::Closed`) and its later messages are not processed: the worker registers again.
+//! - Nothing sent to a worker is dropped silently: a session whose queue is full (a client that
+//!   does not read) is closed and its attempts re-queued; heartbeats reconcile the attempts a
+//!   worker runs with those the core thinks it runs.
+//!
+//! Durability: a report is acknowledged only from the store's commit callback, i.e. after every
+//! change it caused is on disk. Metric batches are stored keyed by `(attempt, seq)`.
+//!
+//! Logs: one structured line per task transition (task key, attempt, worker, seconds) and per
+//! worker join/leave/expiry; one per backup attempt started and per attempt that lost the race.
+
+use crate::artifacts::{ArtifactDir, ArtifactRef};
+use crate::graph::PlannedTask;
+use crate::kinds;
+use crate::scheduler::{
+    AttemptEnd, AttemptId, Input, Millis, Output, Scheduler, SchedulerConfig, StateName, StoredState, TaskId,
+    WorkerId,
+};
+use crate::snapshot::{AttemptCounts, FailureNote};
+use crate::store::{Change, Store, StoreError};
+use crate::tls::TlsIdentity;
+use freqsweep_common::task::{MetricPoint, TaskKind, CHECKPOINT_OUTPUT};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use tokio::sync::{mpsc, watch, Notify};
+
+/// Messages queued per session before the session counts as not reading (and is closed).
+pub const SESSION_QUEUE: usize = 1024;
+
+/// Settings of a running coordinator.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// Shared token every call must carry (`None`: no authentication, loopback use only).
+    pub token: Option<String>,
+    pub scheduler: SchedulerConfig,
+    pub heartbeat_interval_ms: u32,
+    /// Serve gRPC over TLS with this certificate and key (`None`: plain HTTP/2).
+    pub tls: Option<TlsIdentity>,
+}
+
+/// What a worker says on its session, in domain types.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FromWorker {
+    /// `running`: the attempts it runs or still has to report; `newest_lease`: the newest attempt
+    /// it received a lease for.
+    Heartbeat { running: Vec<AttemptId>, newest_lease: AttemptId, throughput: f64 },
+    LeaseRequest { slots: u32 },
+    Metrics { attempt: AttemptId, seq: u64, points: Vec<MetricPoint> },
+    Result { attempt: AttemptId, result_json: String, outputs: Vec<ArtifactRef> },
+    Failure { attempt: AttemptId, error: String, retryable: bool },
+    Release { attempt: AttemptId, reason: String },
+    Checkpoint { attempt: AttemptId, artifact: Option<ArtifactRef>, epochs_done: u32 },
+}
+
+/// What the coordinator tells a worker.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ToWorker {
+    Lease { task: TaskId, attempt: AttemptId, task_json: String, lease_timeout_ms: u32, inputs: Vec<ArtifactRef> },
+    Cancel { attempt: AttemptId, reason: String },
+    NoWork { retry_after: Millis },
+    Ack { attempt: AttemptId, accepted: bool },
+    SweepDone,
+    /// The coordinator dropped this session: register again (what it still has to report is
+    /// sent on the new session).
+    Closed { reason: String },
+}
+
+/// A worker's registration.
+#[derive(Clone, Debug, Default)]
+pub struct Registration {
+    pub hostname: String,
+    pub device: String,
+    pub version: String,
+    pub cached_artifacts: Vec<String>,
+    pub resumes_history: bool,
+}
+
+/// What `Register` answers.
+#[derive(Clone, Debug)]
+pub struct Registered {
+    pub worker: WorkerId,
+    /// Presented when the session is opened: only the registering client knows it.
+    pub session_key: String,
+    pub heartbeat_interval_ms: u32,
+    pub lease_timeout_ms: u32,
+    pub sweep_id: String,
+}
+
+/// The session a worker's messages came in on (its id plus which attachment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionId {
+    pub worker: WorkerId,
+    serial: u64,
+}
+
+/// The newest checkpoint a train task's attempts uploaded (what its next attempt resumes from).
+#[derive(Clone, Debug)]
+pub struct PartialCheckpoint {
+    pub artifact: ArtifactRef,
+    pub epochs_done: u32,
+}
+
+pub(crate) struct WorkerInfo {
+    pub hostname: String,
+    pub device: String,
+    pub joined: Instant,
+    pub last_seen: Instant,
+    pub throughput: f64,
+    /// Leases given to this worker session, and how many of them it completed.
+    pub leases: u64,
+    pub completed: u64,
+    /// Re-sends a resumed run's history, so it may be given a partial checkpoint.
+    resumes_history: bool,
+    /// Proves the session was opened by the client that registered.
+    session_key: String,
+}
+
+struct Session {
+    serial: u64,
+    tx: mpsc::Sender<ToWorker>,
+}
+
+/// Counters the gRPC shell updates without the driver's lock.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub artifact_bytes_received: AtomicU64,
+    pub artifact_bytes_sent: AtomicU64,
+}
+
+/// Everything that decides: the scheduler core and the state around it.
+pub struct Driver {
+    pub(crate) scheduler: Scheduler,
+    pub(crate) tasks: HashMap<TaskId, PlannedTask>,
+    /// Artifacts each finished task produced, by name.
+    outputs: HashMap<TaskId, Vec<ArtifactRef>>,
+    /// Newest partial checkpoint of unfinished tasks that resume from them.
+    partials: HashMap<TaskId, PartialCheckpoint>,
+    /// Digest → locality key, to translate a worker's cache into keys the scheduler knows.
+    digest_keys: HashMap<String, String>,
+    sessions: HashMap<WorkerId, Session>,
+    pub(crate) workers: HashMap<WorkerId, WorkerInfo>,
+    next_worker: u64,
+    next_serial: u64,
+    lease_started: HashMap<AttemptId, Instant>,
+    pub(crate) metric_points: u64,
+    pub(crate) sweep_done: bool,
+    /// Tasks by (kind, state), kept up to date from the transitions (a scrape scans no tasks).
+    pub(crate) kind_counts: BTreeMap<(TaskKind, StateName), u64>,
+    /// Terminal tasks when this process started: the ETA uses only progress made since.
+    pub(crate) terminal_at_start: usize,
+    pub(crate) attempts: AttemptCounts,
+    leased_before: HashSet<TaskId>,
+    pub(crate) workers_joined: u64,
+    pub(crate) workers_expired: u64,
+    pub(crate) failures: VecDeque<FailureNote>,
+    /// Sessions found not reading while outputs were sent: closed once the outputs are handled.
+    overflowed: Vec<(WorkerId, String)>,
+    /// The deadline the timer task sleeps until (it is woken when an earlier one appears).
+    armed: Option<Millis>,
+    store: Store,
+    artifacts: ArtifactDir,
+    pub(crate) config: ServiceConfig,
+    pub(crate) started: Instant,
+    finished: watch::Sender<bool>,
+    pub(crate) sweep_id: String,
+    pub(crate) counters: Arc<Counters>,
+}
+
+/// Stored task state → what the scheduler restores.
+fn stored_state(state: &str) -> StoredState {
+    match StateName::parse(state) {
+        Some(StateName::Done) => StoredState::Done,
+        Some(StateName::Failed) => StoredState::Failed,
+        Some(StateName::Cancelled) => StoredState::Cancelled,
+        _ => StoredState::Pending,
+    }
+}
+
+/// A handler panicked while it held the driver; the driver is still usable.
+#[derive(Debug)]
+pub struct Panicked(pub String);
+
+/// The driver behind one lock, the timer's wake-up and the counters: what the gRPC and HTTP
+/// handlers share.
+pub struct Shared {
+    driver: Mutex<Driver>,
+    wake: Notify,
+    pub(crate) artifacts: ArtifactDir,
+    pub(crate) config: ServiceConfig,
+    pub(crate) counters: Arc<Counters>,
+    finished: watch::Receiver<bool>,
+}
+
+impl Shared {
+    /// Build the service state from planned tasks and what the store already holds.
+    /// `stored` maps task id → (state, failures, outputs).
+    pub fn new(
+        config: ServiceConfig,
+        store: Store,
+        artifacts: ArtifactDir,
+        tasks: Vec<PlannedTask>,
+        stored: HashMap<TaskId, (String, u32, Vec<ArtifactRef>)>,
+        first_attempt: u64,
+        sweep_id: String,
+    ) -> Arc<Shared> {
+        let mut outputs = HashMap::new();
+        let mut digest_keys = HashMap::new();
+        let restore: Vec<_> = tasks
+            .iter()
+            .map(|t| {
+                let (state, failures) = stored.get(&t.id).map_or((StoredState::Pending, 0), |(s, f, outs)| {
+                    if !outs.is_empty() {
+                        for o in outs {
+                            digest_keys.insert(o.digest.clone(), kinds::output_key(t.id, &o.name));
+                        }
+                        outputs.insert(t.id, outs.clone());
+                    }
+                    (stored_state(s), *f)
+                });
+                (t.to_new_task(), state, failures)
+            })
+            .collect();
+        let scheduler = Scheduler::restore(config.scheduler.clone(), restore, first_attempt);
+        let done = scheduler.is_finished();
+        let terminal_at_start = scheduler.counts().iter().filter(|(s, _)| s.is_terminal()).map(|(_, c)| c).sum();
+        let (finished, finished_rx) = watch::channel(done);
+        let counters = Arc::new(Counters::default());
+        let mut driver = Driver {
+            scheduler,
+            tasks: tasks.into_iter().map(|t| (t.id, t)).collect(),
+            outputs,
+            partials: HashMap::new(),
+            digest_keys,
+            sessions: HashMap::new(),
+            workers: HashMap::new(),
+            next_worker: 1,
+            next_serial: 1,
+            lease_started: HashMap::new(),
+            metric_points: 0,
+            sweep_done: done,
+            kind_counts: BTreeMap::new(),
+            terminal_at_start,
+            attempts: AttemptCounts::default(),
+            leased_before: HashSet::new(),
+            workers_joined: 0,
+            workers_expired: 0,
+            failures: VecDeque::new(),
+            overflowed: Vec::new(),
+            armed: None,
+            store,
+            artifacts: artifacts.clone(),
+            config: config.clone(),
+            started: Instant::now(),
+            finished,
+            sweep_id,
+            counters: counters.clone(),
+        };
+        // Restoring may have decided transitions (cascaded cancellations) that only the first
+        // `handle` emits; flush them now, then count tasks by kind from the settled states so
+        // every later transition keeps the counts exact.
+        driver.tick();
+        let mut counts = BTreeMap::new();
+        for (id, task) in &driver.tasks {
+            if let Some(state) = driver.scheduler.state(*id) {
+                *counts.entry((task.kind(), state)).or_default() += 1;
+            }
+        }
+        driver.kind_counts = counts;
+        Arc::new(Shared { driver: Mutex::new(driver), wake: Notify::new(), artifacts, config, counters, finished: finished_rx })
+    }
+
+    /// Run `f` on the driver. A panic inside is caught and reported, and the lock it poisoned is
+    /// taken over: one broken handler must not take every later RPC (and the coordinator) down.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Driver) -> R) -> Result<R, Panicked> {
+        let mut guard = self.lock();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut guard)));
+        let wake = guard.take_wake();
+        drop(guard);
+        if wake {
+            self.wake.notify_one();
+        }
+        result.map_err(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(panic = %what, "a coordinator handler panicked; the request failed, the coordinator goes on");
+            Panicked(what)
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Driver> {
+        self.driver.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The token HTTP and gRPC calls must carry, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.config.token.as_deref()
+    }
+
+    /// Everything `status`, `/metrics` and the dashboard show, taken under one lock.
+    pub fn snapshot(&self) -> crate::snapshot::Snapshot {
+        self.lock().snapshot()
+    }
+
+    /// Restore the newest partial checkpoint of unfinished tasks (from the store, on resume).
+    pub fn restore_partials(&self, partials: impl IntoIterator<Item = (TaskId, PartialCheckpoint)>) {
+        let mut driver = self.lock();
+        for (task, partial) in partials {
+            if driver.tasks.contains_key(&task) && !driver.outputs.contains_key(&task) {
+                driver.partials.insert(task, partial);
+            }
+        }
+    }
+
+    /// Resolves when every task is terminal.
+    pub fn finished(&self) -> watch::Receiver<bool> {
+        self.finished.clone()
+    }
+
+    /// Counts by state (for `status` and the end-of-run summary).
+    pub fn counts(&self) -> Vec<(String, usize)> {
+        let driver = self.lock();
+        driver.scheduler.counts().iter().filter(|(_, c)| **c > 0).map(|(s, c)| (s.as_str().to_string(), *c)).collect()
+    }
+
+    /// Process the deadlines due now (worker expiry, backoff ends).
+    pub fn tick(&self) {
+        let _ = self.with(Driver::tick);
+    }
+
+    /// The timer: sleeps until the core's next deadline and ticks then; woken early when a
+    /// handler makes an earlier deadline (never a fixed poll).
+    pub async fn run_timer(self: Arc<Self>) {
+        loop {
+            let next = self.with(|d| d.arm()).ok().flatten();
+            let started = self.with(|d| d.started).unwrap_or_else(|_| Instant::now());
+            let sleep = async {
+                match next {
+                    Some(ms) => tokio::time::sleep_until((started + std::time::Duration::from_millis(ms)).into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = sleep => self.tick(),
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+}
+
+impl Driver {
+    fn now(&self) -> Millis {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn store_stats(&self) -> crate::store::StoreStats {
+        self.store.stats()
+    }
+
+    /// The next deadline, remembered as the one the timer sleeps until.
+    fn arm(&mut self) -> Option<Millis> {
+        self.armed = self.scheduler.next_deadline();
+        self.armed
+    }
+
+    /// Whether the timer must wake up: the core's next deadline is earlier than what it sleeps to.
+    fn take_wake(&mut self) -> bool {
+        match (self.scheduler.next_deadline(), self.armed) {
+            (Some(next), Some(armed)) => next < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    pub(crate) fn note_failure(&mut self, task: Option<TaskId>, attempt: Option<u64>, worker: String, error: String) {
+        if self.failures.len() == crate::snapshot::RECENT_FAILURES {
+            self.failures.pop_front();
+        }
+        self.failures.push_back(FailureNote { task, attempt, worker, error, at: Instant::now() });
+    }
+
+    /// A worker joins: a fresh id and session key (ids are never reused, so none can be claimed).
+    pub fn register(&mut self, r: Registration) -> Registered {
+        let worker = WorkerId(self.next_worker);
+        self.next_worker += 1;
+        let cached: Vec<String> = r.cached_artifacts.iter().filter_map(|d| self.digest_keys.get(d).cloned()).collect();
+        tracing::info!(worker = %worker_name(worker), hostname = %r.hostname, device = %r.device, version = %r.version, "worker joined");
+        let session_key = secret();
+        self.workers.insert(
+            worker,
+            WorkerInfo {
+                hostname: r.hostname.clone(),
+                device: r.device.clone(),
+                joined: Instant::now(),
+                last_seen: Instant::now(),
+                throughput: 0.0,
+                leases: 0,
+                completed: 0,
+                resumes_history: r.resumes_history,
+                session_key: session_key.clone(),
+            },
+        );
+        self.workers_joined += 1;
+        let change = Change::WorkerJoined { id: worker_name(worker), hostname: r.hostname, device: r.device, now_ms: wall_ms() };
+        self.drive(Input::WorkerJoined { worker, cached }, vec![change], None);
+        Registered {
+            worker,
+            session_key,
+            heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+            lease_timeout_ms: self.config.scheduler.lease_timeout.min(u64::from(u32::MAX)) as u32,
+            sweep_id: self.sweep_id.clone(),
+        }
+    }
+
+    /// Attach a session stream to a registered worker. Refused for an unknown (or expired) id, a
+    /// wrong key, or an id that already has a session: a worker id cannot be taken over.
+    pub fn attach(&mut self, worker_name: &str, key: &str, tx: mpsc::Sender<ToWorker>) -> Result<SessionId, String> {
+        let worker = parse_worker(worker_name).ok_or_else(|| format!("{worker_name:?} is not a worker id"))?;
+        let info = self.workers.get(&worker).ok_or("unknown worker id: register first")?;
+        if !constant_time_eq(info.session_key.as_bytes(), key.as_bytes()) {
+            return Err(format!("wrong session key for {worker_name}: register first"));
+        }
+        if self.sessions.contains_key(&worker) {
+            return Err(format!("{worker_name} already has a session"));
+        }
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        self.sessions.insert(worker, Session { serial, tx });
+        Ok(SessionId { worker, serial })
+    }
+
+    /// The session's stream ended: the worker left (unless the session was already dropped).
+    pub fn detach(&mut self, session: SessionId) {
+        if !self.is_current(session) {
+            return;
+        }
+        let worker = session.worker;
+        self.sessions.remove(&worker);
+        if self.workers.remove(&worker).is_some() {
+            tracing::info!(worker = %worker_name(worker), "worker left");
+            let change = Change::WorkerLeft { id: worker_name(worker), now_ms: wall_ms() };
+            self.drive(Input::WorkerLeft { worker }, vec![change], None);
+        }
+    }
+
+    fn is_current(&self, session: SessionId) -> bool {
+        self.sessions.get(&session.worker).is_some_and(|s| s.serial == session.serial)
+    }
+
+    /// One message of `session`. False when the session is no longer current (dropped after an
+    /// expiry, or closed for not reading): the shell then ends the stream and the worker registers
+    /// again; the message is not processed.
+    pub fn on_message(&mut self, session: SessionId, message: FromWorker) -> bool {
+        if !self.is_current(session) {
+            return false;
+        }
+        let worker = session.worker;
+        if let Some(info) = self.workers.get_mut(&worker) {
+            info.last_seen = Instant::now();
+        }
+        match message {
+            FromWorker::Heartbeat { running, newest_lease, throughput } => {
+                if let Some(info) = self.workers.get_mut(&worker) {
+                    info.throughput = throughput;
+                }
+                self.drive(Input::Reconcile { worker, running, seen_up_to: newest_lease }, Vec::new(), None);
+            }
+            FromWorker::LeaseRequest { slots } => {
+                self.drive(Input::LeaseRequest { worker, slots: slots.max(1) }, Vec::new(), None);
+            }
+            FromWorker::Metrics { attempt, seq, points } => {
+                // Only the attempt's own worker reports its points; a stale attempt's are dropped.
+                let Some(task) = self.owned(attempt, worker) else {
+                    return self.drive_heartbeat(worker);
+                };
+                self.metric_points += points.len() as u64;
+                let change = Change::Metrics { task_id: task.0, attempt_id: attempt.0, seq, points };
+                self.drive(Input::Heartbeat { worker }, vec![change], None);
+            }
+            FromWorker::Result { attempt, result_json, outputs } => self.result(worker, attempt, result_json, outputs),
+            FromWorker::Failure { attempt, error, retryable } => {
+                let task = self.owned(attempt, worker);
+                let changes = task.map(|t| vec![Change::TaskError { id: t.0, error: error.clone() }]).unwrap_or_default();
+                if let Some(t) = task {
+                    tracing::warn!(task = %self.tasks[&t].key, attempt = attempt.0, retryable, error = %error, "attempt failed");
+                    self.note_failure(Some(t), Some(attempt.0), worker_name(worker), error.clone());
+                }
+                let ack = self.ack(worker, attempt);
+                self.drive(Input::Failed { attempt, by: worker, error, retryable }, changes, Some(ack));
+            }
+            FromWorker::Release { attempt, reason } => {
+                tracing::info!(worker = %worker_name(worker), attempt = attempt.0, reason = %reason, "lease released");
+                let ack = self.ack(worker, attempt);
+                self.drive(Input::Released { attempt, by: worker }, Vec::new(), Some(ack));
+            }
+            FromWorker::Checkpoint { attempt, artifact, epochs_done } => {
+                self.checkpoint_saved(worker, attempt, artifact, epochs_done)
+            }
+        }
+        true
+    }
+
+    fn drive_heartbeat(&mut self, worker: WorkerId) -> bool {
+        self.drive(Input::Heartbeat { worker }, Vec::new(), None);
+        true
+    }
+
+    /// The task of `attempt` if it is live and held by `worker`.
+    fn owned(&self, attempt: AttemptId, worker: WorkerId) -> Option<TaskId> {
+        self.scheduler.attempt(attempt).filter(|(_, w)| *w == worker).map(|(t, _)| t)
+    }
+
+    fn result(&mut self, worker: WorkerId, attempt: AttemptId, result_json: String, outputs: Vec<ArtifactRef>) {
+        let Some(task) = self.owned(attempt, worker) else {
+            tracing::debug!(worker = %worker_name(worker), attempt = attempt.0, "result of an attempt this session does not hold; not accepted");
+            self.ack(worker, attempt)(false);
+            return;
+        };
+        let refused = match outputs.iter().find(|o| !self.artifacts.contains(&o.digest)) {
+            Some(missing) => Some(format!("result names artifact {} ({}) that was never uploaded", missing.name, missing.digest)),
+            None => kinds::check_result(&self.tasks[&task], &result_json, &outputs).err().map(|why| format!("result refused: {why}")),
+        };
+        if let Some(error) = refused {
+            tracing::warn!(task = %self.tasks[&task].key, attempt = attempt.0, worker = %worker_name(worker), error = %error, "result does not fit its task");
+            self.note_failure(Some(task), Some(attempt.0), worker_name(worker), error.clone());
+            let ack = self.ack(worker, attempt);
+            let input = Input::Failed { attempt, by: worker, error: error.clone(), retryable: true };
+            self.drive(input, vec![Change::TaskError { id: task.0, error }], Some(ack));
+            return;
+        }
+        let mut changes = vec![Change::TaskResult { id: task.0, result_json }];
+        let mut keys = Vec::new();
+        for o in &outputs {
+            let key = kinds::output_key(task, &o.name);
+            self.digest_keys.insert(o.digest.clone(), key.clone());
+            keys.push(key);
+            changes.push(Change::Artifact {
+                digest: o.digest.clone(),
+                name: o.name.clone(),
+                size: o.size,
+                path: self.artifacts.path(&o.digest).display().to_string(),
+                task_id: Some(task.0),
+            });
+        }
+        // The task is done: its partial checkpoint is no longer needed, unless it is the final
+        // one (same bytes), whose row the output just replaced.
+        let mut forget = Vec::new();
+        if let Some(partial) = self.partials.remove(&task) {
+            if !outputs.iter().any(|o| o.digest == partial.artifact.digest) {
+                changes.push(Change::DeleteArtifact { digest: partial.artifact.digest.clone() });
+                forget.push(partial.artifact.digest);
+            }
+        }
+        if !outputs.is_empty() {
+            self.outputs.insert(task, outputs);
+        }
+        let acknowledge = self.ack(worker, attempt);
+        let forget = self.forget_files(forget);
+        self.drive(
+            Input::Completed { attempt, by: worker, outputs: keys },
+            changes,
+            Some(Box::new(move |accepted| {
+                if accepted {
+                    forget();
+                }
+                acknowledge(accepted)
+            })),
+        );
+    }
+
+    /// Record an attempt's per-epoch checkpoint if it is the task's newest, and delete the one it
+    /// supersedes once that is committed.
+    fn checkpoint_saved(&mut self, worker: WorkerId, attempt: AttemptId, artifact: Option<ArtifactRef>, epochs_done: u32) {
+        let refuse = |d: &Self, why: &str| {
+            tracing::debug!(attempt = attempt.0, epochs_done, why, "checkpoint not recorded");
+            d.ack(worker, attempt)(false);
+        };
+        let Some(task) = self.owned(attempt, worker) else { return refuse(self, "not an attempt this session holds") };
+        let Some(artifact) = artifact else { return refuse(self, "no artifact") };
+        if !kinds::resumes_from_partial_checkpoints(self.tasks[&task].kind()) {
+            return refuse(self, "this kind does not resume from checkpoints");
+        }
+        if !self.artifacts.contains(&artifact.digest) {
+            tracing::warn!(attempt = attempt.0, digest = %artifact.digest, "checkpoint announced but never uploaded");
+            return refuse(self, "not uploaded");
+        }
+        if self.partials.get(&task).is_some_and(|p| p.epochs_done >= epochs_done) {
+            // An older epoch announced late (a drain flushes its last uploads): keep the newer.
+            return self.ack(worker, attempt)(true);
+        }
+        tracing::info!(task = %self.tasks[&task].key, attempt = attempt.0, epochs_done, "checkpoint saved");
+        let mut changes = vec![Change::PartialCheckpoint {
+            digest: artifact.digest.clone(),
+            name: artifact.name.clone(),
+            size: artifact.size,
+            path: self.artifacts.path(&artifact.digest).display().to_string(),
+            task_id: task.0,
+            attempt_id: attempt.0,
+            epochs_done,
+        }];
+        let new_digest = artifact.digest.clone();
+        let mut forget = Vec::new();
+        if let Some(old) = self.partials.insert(task, PartialCheckpoint { artifact, epochs_done }) {
+            if old.artifact.digest != new_digest {
+                changes.push(Change::DeleteArtifact { digest: old.artifact.digest.clone() });
+                forget.push(old.artifact.digest);
+            }
+        }
+        let acknowledge = self.ack(worker, attempt);
+        let forget = self.forget_files(forget);
+        self.drive(
+            Input::Heartbeat { worker },
+            changes,
+            Some(Box::new(move |accepted| {
+                if accepted {
+                    forget();
+                }
+                acknowledge(accepted)
+            })),
+        );
+    }
+
+    /// Delete artifact files no row refers to any more (after the change that forgot them committed).
+    fn forget_files(&self, digests: Vec<String>) -> impl FnOnce() + Send + 'static {
+        let paths: Vec<_> = digests.iter().map(|d| self.artifacts.path(d)).collect();
+        move || {
+            for path in paths {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::debug!(path = %path.display(), error = %e, "superseded checkpoint already gone");
+                }
+            }
+        }
+    }
+
+    /// An acknowledgement for `attempt` to `worker`'s session, to send once its changes committed.
+    fn ack(&self, worker: WorkerId, attempt: AttemptId) -> Box<dyn FnOnce(bool) + Send> {
+        let tx = self.sessions.get(&worker).map(|s| s.tx.clone());
+        Box::new(move |accepted| {
+            if let Some(tx) = tx {
+                // The session queue is bounded; an ack that does not fit belongs to a session the
+                // driver closes at its next send (the worker re-sends unacknowledged reports).
+                if tx.try_send(ToWorker::Ack { attempt, accepted }).is_err() {
+                    tracing::debug!(attempt = attempt.0, "acknowledgement not queued: the session is gone or full");
+                }
+            }
+        })
+    }
+
+    /// Send to a worker's session. A full queue (a client that does not read) or a closed one
+    /// closes the session: its attempts are re-queued, so nothing is lost silently.
+    fn send(&mut self, worker: WorkerId, message: ToWorker) {
+        let Some(session) = self.sessions.get(&worker) else { return };
+        if let Err(e) = session.tx.try_send(message) {
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => format!("its {SESSION_QUEUE} queued messages were not read"),
+                mpsc::error::TrySendError::Closed(_) => "its stream is closed".to_string(),
+            };
+            self.overflowed.push((worker, why));
+        }
+    }
+
+    /// Periodic deadline processing (worker expiry, backoff ends).
+    pub fn tick(&mut self) {
+        self.drive(Input::Tick, Vec::new(), None);
+    }
+
+    /// Feed one input and act on the outputs; `then` runs after the resulting changes commit.
+    fn drive(&mut self, input: Input, extra: Vec<Change>, then: Option<Box<dyn FnOnce(bool) + Send>>) {
+        let now = self.now();
+        let outputs = self.scheduler.handle(now, input);
+        let mut changes = extra;
+        let mut accepted = None;
+        let mut sweep_done_to: Vec<mpsc::Sender<ToWorker>> = Vec::new();
+        // The attempt an `Output::Backup` announced; its lease comes next.
+        let mut backup = None;
+        for output in outputs {
+            match output {
+                Output::Lease { worker, task, attempt } => {
+                    let is_backup = backup.take() == Some(attempt);
+                    let message = self.lease(worker, task, attempt, is_backup, &mut changes);
+                    self.send(worker, message);
+                }
+                Output::NoWork { worker, retry_after } => {
+                    let message = if self.sweep_done { ToWorker::SweepDone } else { ToWorker::NoWork { retry_after } };
+                    self.send(worker, message);
+                }
+                Output::Cancel { worker, attempt, reason } => self.send(worker, ToWorker::Cancel { attempt, reason }),
+                Output::CancelStale { worker, attempt } => {
+                    tracing::info!(worker = %worker_name(worker), attempt = attempt.0, "worker runs an attempt that is no longer its own; cancelling it");
+                    let reason = "the coordinator no longer holds this attempt for this worker".to_string();
+                    self.send(worker, ToWorker::Cancel { attempt, reason });
+                }
+                Output::Report { accepted: a, .. } => accepted = Some(a),
+                Output::Transition { task, from, to, attempt, worker } => {
+                    self.transition(task, from, to, attempt, worker, &mut changes)
+                }
+                Output::Backup(b) => {
+                    let planned = &self.tasks[&b.task];
+                    tracing::info!(
+                        task = %planned.key,
+                        attempt = b.attempt.0,
+                        worker = %worker_name(b.worker),
+                        straggler = b.straggler.0,
+                        straggler_worker = %worker_name(b.straggler_worker),
+                        class = %b.class,
+                        units = planned.cost.units,
+                        rate = b.rate,
+                        straggler_rate = b.straggler_rate,
+                        expected_s = b.expected_ms as f64 / 1000.0,
+                        straggler_remaining_s = b.remaining_ms as f64 / 1000.0,
+                        "backup attempt started"
+                    );
+                    backup = Some(b.attempt);
+                }
+                Output::AttemptEnded { task, attempt, worker, outcome } => {
+                    self.attempt_ended(task, attempt, worker, outcome, &mut changes)
+                }
+                Output::WorkerExpired { worker } => {
+                    tracing::warn!(worker = %worker_name(worker), "worker expired (no message within the lease timeout); its session is closed");
+                    self.workers_expired += 1;
+                    let seconds = self.config.scheduler.lease_timeout / 1000;
+                    let error = format!("worker expired: no message for {seconds} s; its tasks were re-queued");
+                    self.note_failure(None, None, worker_name(worker), error);
+                    // Tell the (perhaps only paused) worker, so it registers again when it wakes.
+                    let reason = format!("session expired: no message for {seconds} s; register again");
+                    self.send(worker, ToWorker::Closed { reason });
+                    self.sessions.remove(&worker);
+                    self.workers.remove(&worker);
+                    changes.push(Change::WorkerLeft { id: worker_name(worker), now_ms: wall_ms() });
+                }
+                Output::SweepFinished => {
+                    self.sweep_done = true;
+                    // Told from the commit callback below, after the last acknowledgement.
+                    sweep_done_to = self.sessions.values().map(|s| s.tx.clone()).collect();
+                    tracing::info!(
+                        counts = ?self.scheduler.counts(),
+                        seconds = self.started.elapsed().as_secs_f64(),
+                        artifact_received_bytes = self.counters.artifact_bytes_received.load(Ordering::Relaxed),
+                        artifact_sent_bytes = self.counters.artifact_bytes_sent.load(Ordering::Relaxed),
+                        "sweep finished"
+                    );
+                }
+            }
+        }
+        let finished_now = self.sweep_done;
+        let finished = self.finished.clone();
+        let accepted = accepted.unwrap_or(true);
+        self.store.submit(changes, move |result: Result<(), StoreError>| {
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "store write failed");
+            }
+            if let Some(then) = then {
+                then(accepted && result.is_ok());
+            }
+            for tx in sweep_done_to {
+                let _ = tx.try_send(ToWorker::SweepDone);
+            }
+            if finished_now {
+                let _ = finished.send(true);
+            }
+        });
+        self.close_overflowed();
+    }
+
+    /// Sessions that could not take a message are closed now, like a worker that left.
+    fn close_overflowed(&mut self) {
+        while let Some((worker, why)) = self.overflowed.pop() {
+            if self.sessions.remove(&worker).is_none() {
+                continue;
+            }
+            tracing::warn!(worker = %worker_name(worker), why = %why, "session closed: a message could not be delivered; its attempts are re-queued");
+            self.note_failure(None, None, worker_name(worker), format!("session closed: {why}"));
+            if self.workers.remove(&worker).is_some() {
+                let change = Change::WorkerLeft { id: worker_name(worker), now_ms: wall_ms() };
+                self.drive(Input::WorkerLeft { worker }, vec![change], None);
+            }
+        }
+    }
+
+    /// The lease message of a new attempt: the task, the inputs its kind takes, and (for a kind
+    /// that resumes) the newest partial checkpoint of an earlier attempt.
+    fn lease(&mut self, worker: WorkerId, task: TaskId, attempt: AttemptId, is_backup: bool, changes: &mut Vec<Change>) -> ToWorker {
+        let planned = &self.tasks[&task];
+        let kind = planned.kind();
+        let mut inputs = kinds::lease_inputs(planned, &self.outputs);
+        let mut resumes = None;
+        if kinds::resumes_from_partial_checkpoints(kind) {
+            let can_resume = self.workers.get(&worker).is_some_and(|w| w.resumes_history);
+            if let Some(partial) = self.partials.get(&task).filter(|_| can_resume) {
+                inputs.push(ArtifactRef { name: CHECKPOINT_OUTPUT.to_string(), ..partial.artifact.clone() });
+                resumes = Some(partial.epochs_done);
+            }
+        }
+        let message = ToWorker::Lease {
+            task,
+            attempt,
+            task_json: serde_json::to_string(&planned.spec).expect("task specs serialise"),
+            lease_timeout_ms: self.config.scheduler.lease_timeout.min(u64::from(u32::MAX)) as u32,
+            inputs,
+        };
+        self.lease_started.insert(attempt, Instant::now());
+        self.attempts.started += 1;
+        if !self.leased_before.insert(task) && !is_backup {
+            self.attempts.retried += 1;
+        }
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.leases += 1;
+        }
+        changes.push(Change::AttemptStarted {
+            id: attempt.0,
+            task_id: task.0,
+            worker: worker_name(worker),
+            now_ms: wall_ms(),
+            backup: is_backup,
+        });
+        // Not for a backup: the attempt it races is live and its points may be the record; the
+        // race's loser loses its points when it ends.
+        if kinds::attempts_report_whole_history(kind) && !is_backup {
+            // This attempt reports the whole history (a resumed one re-sends its checkpoint's
+            // points): earlier attempts' points would be duplicates.
+            changes.push(Change::SupersedeMetrics { task_id: task.0, attempt_id: attempt.0 });
+        }
+        if let Some(epochs_done) = resumes {
+            tracing::info!(task = %self.tasks[&task].key, attempt = attempt.0, worker = %worker_name(worker), epochs_done, "resuming from a partial checkpoint");
+            changes.push(Change::AttemptResumed { id: attempt.0, epochs_done });
+        }
+        message
+    }
+
+    fn transition(
+        &mut self,
+        task: TaskId,
+        from: StateName,
+        to: StateName,
+        attempt: Option<AttemptId>,
+        worker: Option<WorkerId>,
+        changes: &mut Vec<Change>,
+    ) {
+        let kind = self.tasks[&task].kind();
+        if let Some(c) = self.kind_counts.get_mut(&(kind, from)) {
+            *c = c.saturating_sub(1);
+        }
+        *self.kind_counts.entry((kind, to)).or_default() += 1;
+        if from == StateName::Running {
+            match to {
+                StateName::Done => {
+                    self.attempts.completed += 1;
+                    if let Some(w) = worker.and_then(|w| self.workers.get_mut(&w)) {
+                        w.completed += 1;
+                    }
+                }
+                StateName::Backoff | StateName::Failed => self.attempts.failed += 1,
+                // Cancelled while running is neither a failure nor lost work.
+                StateName::Cancelled => {}
+                StateName::Blocked | StateName::Ready | StateName::Running => self.attempts.lost += 1,
+            }
+        }
+        let seconds = attempt
+            .filter(|_| from == StateName::Running)
+            .and_then(|a| self.lease_started.remove(&a))
+            .map(|t| t.elapsed().as_secs_f64());
+        log_transition(&self.tasks[&task], from, to, attempt, worker, seconds);
+        changes.push(Change::TaskState {
+            id: task.0,
+            state: to.as_str().to_string(),
+            attempts: self.scheduler.failures(task),
+            now_ms: wall_ms(),
+        });
+        if let Some(a) = attempt.filter(|_| from == StateName::Running) {
+            changes.push(Change::AttemptEnded { id: a.0, outcome: to.as_str().to_string(), now_ms: wall_ms() });
+        }
+    }
+
+    fn attempt_ended(
+        &mut self,
+        task: TaskId,
+        attempt: AttemptId,
+        worker: WorkerId,
+        outcome: AttemptEnd,
+        changes: &mut Vec<Change>,
+    ) {
+        let planned = &self.tasks[&task];
+        let seconds = self.lease_started.remove(&attempt).map(|t| t.elapsed().as_secs_f64());
+        let class = &planned.cost.class;
+        let rate = |w| self.scheduler.throughput(w, class).or(self.scheduler.fleet_throughput(class));
+        match outcome {
+            AttemptEnd::Superseded { winner, winner_worker } => tracing::info!(
+                task = %planned.key,
+                attempt = attempt.0,
+                worker = %worker_name(worker),
+                winner = winner.0,
+                winner_worker = %worker_name(winner_worker),
+                class = %class,
+                rate = ?rate(worker),
+                winner_rate = ?rate(winner_worker),
+                ?seconds,
+                "attempt lost the race and is cancelled"
+            ),
+            AttemptEnd::Cancelled | AttemptEnd::Failed | AttemptEnd::Released | AttemptEnd::Lost => tracing::info!(
+                task = %planned.key,
+                attempt = attempt.0,
+                worker = %worker_name(worker),
+                outcome = outcome.as_str(),
+                ?seconds,
+                "attempt ended; another attempt of the task runs on"
+            ),
+        }
+        changes.push(Change::AttemptEnded { id: attempt.0, outcome: outcome.as_str().into(), now_ms: wall_ms() });
+        // Another attempt of the task finished or runs on, reporting the whole history itself:
+        // this one's points would be duplicates.
+        changes.push(Change::DiscardMetrics { attempt_id: attempt.0 });
+    }
+}
+
+pub(crate) fn worker_name(worker: WorkerId) -> String {
+    format!("w{}", worker.0)
+}
+
+fn parse_worker(name: &str) -> Option<WorkerId> {
+    name.strip_prefix('w')?.parse().ok().map(WorkerId)
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// 128 random bits as hex, from the OS (a session key).
+fn secret() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let from_os = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if from_os.is_err() {
+        // No /dev/urandom: std's per-process random hash keys, mixed with the time.
+        use std::hash::{BuildHasher, Hasher};
+        for half in bytes.chunks_mut(8) {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+            half.copy_from_slice(&h.finish().to_le_bytes());
+        }
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compare without an early exit, so timing does not tell how much of a key was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn log_transition(
+    task: &PlannedTask,
+    from: StateName,
+    to: StateName,
+    attempt: Option<AttemptId>,
+    worker: Option<WorkerId>,
+    seconds: Option<f64>,
+) {
+    let attempt = attempt.map(|a| a.0);
+    let worker = worker.map(worker_name);
+    match to {
+        StateName::Failed => {
+            tracing::warn!(task = %task.key, id = task.id.0, ?attempt, ?worker, ?seconds, from = from.as_str(), "task failed")
+        }
+        _ => tracing::info!(
+            task = %task.key,
+            id = task.id.0,
+            ?attempt,
+            ?worker,
+            ?seconds,
+            from = from.as_str(),
+            to = to.as_str(),
+            "task"
+        ),
+    }
+}

@@ -1,0 +1,120 @@
+//! One room per task kind (`common::task::TaskKind`). A room says, for its kind: how it plans
+//! tasks from the spec, which inputs a lease carries (by name, only those the kind needs), whether
+//! a result fits the task it claims to be for, and how its attempts treat checkpoints and metric
+//! history. The planner ([`plan`]), the driver and the report reach a kind only through the
+//! exhaustive matches in this file, so a new variant of `TaskKind` makes the compiler list every
+//! place that must learn about it.
+
+pub mod heatmap;
+pub mod train;
+
+use crate::artifacts::ArtifactRef;
+use crate::graph::PlannedTask;
+use crate::scheduler::TaskId;
+use freqsweep_common::spec::Sweep;
+use freqsweep_common::task::{TaskKind, TaskOutcome, TaskSpec};
+use std::collections::HashMap;
+
+/// Every task of `sweep`, point by point and, within a point, kind by kind in `TaskKind::ALL`
+/// order (a kind's dependencies are planned before it). Ids are 1-based positions, so every
+/// dependency points to an earlier task and the plan is in topological order.
+pub fn plan(sweep: &Sweep) -> Vec<PlannedTask> {
+    let heatmaps = heatmap::Prepared::new(sweep);
+    let per_point = 1 + heatmaps.tasks_per_point();
+    let mut tasks = Vec::with_capacity(sweep.points.len().saturating_mul(per_point));
+    for (index, point) in sweep.points.iter().enumerate() {
+        let mut planned = PointPlan { index, point, train: None };
+        for kind in TaskKind::ALL {
+            match kind {
+                TaskKind::Train => train::plan(&mut planned, &mut tasks),
+                TaskKind::Heatmap => heatmaps.plan(&planned, &mut tasks),
+            }
+        }
+    }
+    tasks
+}
+
+/// What the rooms planned so far for one grid point (a later kind depends on an earlier one).
+pub struct PointPlan<'a> {
+    pub index: usize,
+    pub point: &'a freqsweep_common::spec::GridPoint,
+    /// The point's train task, once planned.
+    pub train: Option<TaskId>,
+}
+
+/// The next id in a plan under construction.
+pub(crate) fn next_id(tasks: &[PlannedTask]) -> TaskId {
+    TaskId(tasks.len() as u64 + 1)
+}
+
+/// Lower runs first among ready tasks: a kind before the kinds that consume it.
+pub fn priority(kind: TaskKind) -> u8 {
+    match kind {
+        TaskKind::Train => 0,
+        TaskKind::Heatmap => 1,
+    }
+}
+
+/// The inputs of a task: `(dependency, output name)`, fetched by that name.
+pub fn inputs(task: &PlannedTask) -> Vec<(TaskId, &'static str)> {
+    match task.kind() {
+        TaskKind::Train => Vec::new(),
+        TaskKind::Heatmap => heatmap::inputs(task),
+    }
+}
+
+/// The locality key of output `name` of `task` (a worker that produced or downloaded it holds it).
+pub fn output_key(task: TaskId, name: &str) -> String {
+    format!("task:{}/{name}", task.0)
+}
+
+/// The artifacts a lease of `task` carries: exactly its inputs, from the outputs of its
+/// dependencies (a missing one is left out; the worker then fails the attempt, retryably).
+pub fn lease_inputs(task: &PlannedTask, outputs: &HashMap<TaskId, Vec<ArtifactRef>>) -> Vec<ArtifactRef> {
+    inputs(task)
+        .into_iter()
+        .filter_map(|(dep, name)| outputs.get(&dep)?.iter().find(|a| a.name == name).cloned())
+        .collect()
+}
+
+/// Whether attempts of this kind upload per-epoch checkpoints that a later attempt resumes from.
+pub fn resumes_from_partial_checkpoints(kind: TaskKind) -> bool {
+    match kind {
+        TaskKind::Train => true,
+        TaskKind::Heatmap => false,
+    }
+}
+
+/// Whether every attempt of this kind reports the whole metric history (so a new attempt's lease
+/// supersedes the points earlier attempts stored).
+pub fn attempts_report_whole_history(kind: TaskKind) -> bool {
+    match kind {
+        TaskKind::Train => true,
+        TaskKind::Heatmap => false,
+    }
+}
+
+/// Check that a reported result fits `task`: it parses as the task's kind of outcome, its numbers
+/// are within what the task can produce, and it names exactly the outputs the kind uploads.
+/// A result that does not fit is refused (a forged or broken report must not reach the results).
+pub fn check_result(task: &PlannedTask, result_json: &str, outputs: &[ArtifactRef]) -> Result<TaskOutcome, String> {
+    let outcome: TaskOutcome =
+        serde_json::from_str(result_json).map_err(|e| format!("the result is not a task outcome: {e}"))?;
+    let kind = task.kind();
+    let mut names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
+    names.sort_unstable();
+    let mut expected: Vec<&str> = kind.outputs().to_vec();
+    expected.sort_unstable();
+    if names != expected {
+        return Err(format!("a {} result must name the outputs {expected:?}, this one names {names:?}", kind.as_str()));
+    }
+    if outcome.kind() != kind {
+        return Err(format!("a {} task got a {} result", kind.as_str(), outcome.kind().as_str()));
+    }
+    match (&task.spec, &outcome) {
+        (TaskSpec::Train(spec), TaskOutcome::Train(o)) => train::check(spec, o)?,
+        (TaskSpec::Heatmap(spec), TaskOutcome::Heatmap(o)) => heatmap::check(spec, o)?,
+        (TaskSpec::Train(_) | TaskSpec::Heatmap(_), _) => unreachable!("the kinds were compared above"),
+    }
+    Ok(outcome)
+}

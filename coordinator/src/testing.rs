@@ -1,0 +1,73 @@
+//! Helpers for tests and benchmarks that play a worker against a real coordinator on loopback
+//! (the race test, the throughput benchmark): register and open a session the way
+//! `freqsweep-worker` does, and write results that fit their task. Not used by the binary.
+
+use freqsweep_common::heatmap::CellStat;
+use freqsweep_common::task::{HeatmapOutcome, HeatmapTask, TaskOutcome};
+use freqsweep_proto::v1::coordinator_client::CoordinatorClient;
+use freqsweep_proto::v1::{self as pb};
+use std::collections::BTreeMap;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+/// A registered worker's open session: its id, where to send messages and what comes back.
+pub struct SimSession {
+    pub worker_id: String,
+    pub session_key: String,
+    pub tx: mpsc::Sender<pb::WorkerMessage>,
+    pub inbound: tonic::Streaming<pb::CoordinatorMessage>,
+}
+
+/// Register on `client` and open the session with the id and key the coordinator gave.
+pub async fn open_session(client: &mut CoordinatorClient<Channel>, hostname: &str) -> Result<SimSession, tonic::Status> {
+    let reply = client
+        .register(pb::RegisterRequest {
+            protocol_version: freqsweep_proto::PROTOCOL_VERSION,
+            hostname: hostname.to_string(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let (tx, inbound) = attach(client, &reply.worker_id, &reply.session_key).await?;
+    Ok(SimSession { worker_id: reply.worker_id, session_key: reply.session_key, tx, inbound })
+}
+
+/// Open a session naming `worker_id` with `session_key` (right or wrong: tests probe both).
+pub async fn attach(
+    client: &mut CoordinatorClient<Channel>,
+    worker_id: &str,
+    session_key: &str,
+) -> Result<(mpsc::Sender<pb::WorkerMessage>, tonic::Streaming<pb::CoordinatorMessage>), tonic::Status> {
+    let (tx, rx) = mpsc::channel(64);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let metadata = request.metadata_mut();
+    let value = |v: &str| v.parse().map_err(|_| tonic::Status::invalid_argument("not ASCII"));
+    metadata.insert(freqsweep_proto::SESSION_WORKER_METADATA, value(worker_id)?);
+    metadata.insert(freqsweep_proto::SESSION_KEY_METADATA, value(session_key)?);
+    let inbound = client.session(request).await?.into_inner();
+    Ok((tx, inbound))
+}
+
+impl SimSession {
+    pub fn message(&self, body: pb::worker_message::Body) -> pb::WorkerMessage {
+        pb::WorkerMessage { worker_id: self.worker_id.clone(), body: Some(body) }
+    }
+}
+
+/// The JSON of a heatmap chunk's outcome that fits `task`: every cell once, `images` images,
+/// `errors` wrong per cell, the clean error 0; `device` names who computed it.
+pub fn heatmap_result_json(task: &HeatmapTask, images: usize, errors: usize, device: &str) -> String {
+    let n = images as u64;
+    let outcome = TaskOutcome::Heatmap(HeatmapOutcome {
+        eps: task.eps,
+        chunk: task.chunk,
+        images,
+        clean: CellStat { sum: 0.0, n },
+        error: task.cells.iter().map(|&c| (c, CellStat { sum: errors as f64, n })).collect(),
+        layers: BTreeMap::new(),
+        seconds: 0.0,
+        images_per_second: 0.0,
+        device: device.to_string(),
+    });
+    serde_json::to_string(&outcome).expect("outcomes serialise")
+}
