@@ -173,6 +173,8 @@ pub struct Driver {
     overflowed: Vec<(WorkerId, String)>,
     /// The deadline the timer task sleeps until (it is woken when an earlier one appears).
     armed: Option<Millis>,
+    /// Added to the clock: tests move time forward without sleeping (0 otherwise).
+    skew: Millis,
     store: Store,
     artifacts: ArtifactDir,
     pub(crate) config: ServiceConfig,
@@ -263,6 +265,7 @@ impl Shared {
             failures: VecDeque::new(),
             overflowed: Vec::new(),
             armed: None,
+            skew: 0,
             store,
             artifacts: artifacts.clone(),
             config: config.clone(),
@@ -368,7 +371,7 @@ impl Shared {
 
 impl Driver {
     fn now(&self) -> Millis {
-        self.started.elapsed().as_millis() as u64
+        self.started.elapsed().as_millis() as u64 + self.skew
     }
 
     pub(crate) fn store_stats(&self) -> crate::store::StoreStats {
@@ -988,5 +991,214 @@ fn log_transition(
             to = to.as_str(),
             "task"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use freqsweep_common::task::TaskSpec;
+
+    /// A planned sweep of one train task and two heatmap chunks, in a fresh store.
+    fn shared(config: impl FnOnce(&mut ServiceConfig)) -> (Arc<Shared>, tempfile::TempDir, crate::store::StoreWriter) {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[[dataset]]\nkind = \"syn\"\nband = 2\ntrain = 64\ntest = 16\n[model]\narch = \"tiny\"\n[train]\nlr = 0.01\nbatch_size = 16\nepochs = 1\n[heatmap]\neps = 4\nimages = 8\nchunks_per_map = 2\n";
+        let sweep = freqsweep_common::spec::parse(text, "t.toml").unwrap();
+        let tasks = crate::graph::plan(&sweep);
+        let (store, writer) = Store::open(&dir.path().join("freqsweep.db")).unwrap();
+        let inserts = tasks
+            .iter()
+            .map(|t| Change::InsertTask {
+                id: t.id.0,
+                key: t.key.clone(),
+                kind: t.kind().as_str().into(),
+                spec_json: serde_json::to_string(&t.spec).unwrap(),
+                deps: t.deps.iter().map(|d| d.0).collect(),
+            })
+            .collect();
+        store.write(inserts).unwrap();
+        let mut service = crate::run::default_config(None);
+        config(&mut service);
+        let artifacts = ArtifactDir::new(dir.path().join("artifacts"));
+        let shared = Shared::new(service, store, artifacts, tasks, HashMap::new(), 1, "t".into());
+        (shared, dir, writer)
+    }
+
+    /// A worker with an attached session: its session id and what the coordinator sends it.
+    fn join(shared: &Shared, capacity: usize) -> (SessionId, mpsc::Receiver<ToWorker>, String) {
+        let (tx, rx) = mpsc::channel(capacity);
+        shared
+            .with(|d| {
+                let r = d.register(Registration { hostname: "h".into(), resumes_history: true, ..Registration::default() });
+                let name = worker_name(r.worker);
+                (d.attach(&name, &r.session_key, tx).unwrap(), name)
+            })
+            .map(|(session, name)| (session, rx, name))
+            .unwrap()
+    }
+
+    /// The next message for a session (acks come from the store's writer thread, so wait a bit).
+    fn next(rx: &mut mpsc::Receiver<ToWorker>) -> ToWorker {
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match rx.try_recv() {
+                Ok(m) => return m,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(2)),
+                Err(e) => panic!("no message: {e:?}"),
+            }
+        }
+    }
+
+    fn lease(shared: &Shared, session: SessionId, rx: &mut mpsc::Receiver<ToWorker>) -> (TaskId, AttemptId) {
+        assert!(shared.with(|d| d.on_message(session, FromWorker::LeaseRequest { slots: 1 })).unwrap());
+        match next(rx) {
+            ToWorker::Lease { task, attempt, .. } => (task, attempt),
+            other => panic!("expected a lease, got {other:?}"),
+        }
+    }
+
+    fn state(shared: &Shared, task: TaskId) -> Option<StateName> {
+        shared.with(|d| d.scheduler.state(task)).unwrap()
+    }
+
+    #[test]
+    fn an_expired_session_is_told_so_and_the_worker_registers_again() {
+        let (shared, _dir, _writer) = shared(|_| {});
+        let (session, mut rx, _) = join(&shared, 64);
+        let (task, _) = lease(&shared, session, &mut rx);
+        // The worker is paused (SIGSTOP, `scontrol suspend`) past the lease timeout.
+        shared.with(|d| d.skew = d.config.scheduler.lease_timeout + 1).unwrap();
+        shared.tick();
+        match next(&mut rx) {
+            ToWorker::Closed { reason } => assert!(reason.contains("session expired") && reason.contains("register again"), "{reason}"),
+            other => panic!("expected the session to be closed, got {other:?}"),
+        }
+        assert_eq!(state(&shared, task), Some(StateName::Ready), "its task went back to the queue");
+        // When it wakes, its old session is not served any more (the shell ends the stream) …
+        assert!(!shared.with(|d| d.on_message(session, FromWorker::LeaseRequest { slots: 1 })).unwrap());
+        // … and once registered again it gets the task.
+        let (again, mut rx2, _) = join(&shared, 64);
+        assert_ne!(again.worker, session.worker, "a new id");
+        assert_eq!(lease(&shared, again, &mut rx2).0, task);
+    }
+
+    #[test]
+    fn reports_from_a_session_that_does_not_hold_the_attempt_are_refused() {
+        let (shared, _dir, _writer) = shared(|_| {});
+        let (owner, mut owner_rx, _) = join(&shared, 64);
+        let (other, mut other_rx, _) = join(&shared, 64);
+        let (task, attempt) = lease(&shared, owner, &mut owner_rx);
+        let forged = r#"{"kind":"train","epochs":1,"steps":4,"final_loss":0.1,"test_sets":[],"seconds":1,"device":"cpu","checkpoint":"x"}"#;
+        for message in [
+            FromWorker::Result { attempt, result_json: forged.into(), outputs: vec![] },
+            FromWorker::Failure { attempt, error: "forged".into(), retryable: false },
+            FromWorker::Release { attempt, reason: "forged".into() },
+        ] {
+            shared.with(|d| d.on_message(other, message)).unwrap();
+            assert_eq!(next(&mut other_rx), ToWorker::Ack { attempt, accepted: false });
+        }
+        shared
+            .with(|d| d.on_message(other, FromWorker::Metrics { attempt, seq: 0, points: vec![] }))
+            .unwrap();
+        assert_eq!(state(&shared, task), Some(StateName::Running), "the owner's attempt runs on");
+        assert_eq!(shared.with(|d| d.scheduler.attempt(attempt)).unwrap(), Some((task, owner.worker)));
+        // The owner's own result must fit its task: no outputs and no test sets is refused.
+        shared.with(|d| d.on_message(owner, FromWorker::Result { attempt, result_json: forged.into(), outputs: vec![] })).unwrap();
+        assert_eq!(next(&mut owner_rx), ToWorker::Ack { attempt, accepted: true }, "taken as a failed attempt");
+        assert_eq!(state(&shared, task), Some(StateName::Backoff));
+        let failure = shared.with(|d| d.failures.back().map(|f| f.error.clone())).unwrap().unwrap();
+        assert!(failure.starts_with("result refused: a train result must name the outputs"), "{failure}");
+    }
+
+    #[test]
+    fn a_heatmap_result_must_be_exactly_its_chunk() {
+        let (shared, _dir, _writer) = shared(|_| {});
+        let tasks: Vec<PlannedTask> = shared.with(|d| d.tasks.values().cloned().collect()).unwrap();
+        let chunk = tasks.iter().find(|t| t.kind() == TaskKind::Heatmap).unwrap();
+        let TaskSpec::Heatmap(h) = &chunk.spec else { unreachable!() };
+        let good = crate::testing::heatmap_result_json(h, 8, 3, "cpu");
+        assert!(kinds::check_result(chunk, &good, &[]).is_ok());
+        let mut outcome: serde_json::Value = serde_json::from_str(&good).unwrap();
+        outcome["error"][0][0] = serde_json::json!([40, 40]);
+        let why = kinds::check_result(chunk, &outcome.to_string(), &[]).unwrap_err();
+        assert!(why.contains("not exactly the chunk's"), "a cell outside the map: {why}");
+        let mut outcome: serde_json::Value = serde_json::from_str(&good).unwrap();
+        outcome["error"][1][1]["sum"] = serde_json::json!(9.0);
+        let why = kinds::check_result(chunk, &outcome.to_string(), &[]).unwrap_err();
+        assert!(why.contains("which 8 images cannot give"), "{why}");
+        let why = kinds::check_result(chunk, &crate::testing::heatmap_result_json(h, 9, 0, "cpu"), &[]).unwrap_err();
+        assert!(why.contains("evaluated 9 images"), "more images than the task allows: {why}");
+    }
+
+    #[test]
+    fn a_worker_id_cannot_be_taken_over() {
+        let (shared, _dir, _writer) = shared(|_| {});
+        let (session, _rx, name) = join(&shared, 64);
+        let (tx, _) = mpsc::channel(4);
+        let err = shared.with(|d| d.attach(&name, "guess", tx.clone())).unwrap().unwrap_err();
+        assert!(err.starts_with("wrong session key"), "{err}");
+        let key = shared.with(|d| d.workers[&session.worker].session_key.clone()).unwrap();
+        let err = shared.with(|d| d.attach(&name, &key, tx.clone())).unwrap().unwrap_err();
+        assert!(err.ends_with("already has a session"), "even with the key, one session per id: {err}");
+        let err = shared.with(|d| d.attach("w99", &key, tx)).unwrap().unwrap_err();
+        assert!(err.contains("unknown worker id"), "{err}");
+        assert!(shared.with(|d| d.workers.contains_key(&session.worker)).unwrap(), "the real worker stays");
+    }
+
+    #[test]
+    fn a_session_that_does_not_read_is_closed_and_its_work_re_queued() {
+        let (shared, _dir, _writer) = shared(|_| {});
+        let (session, mut rx, _) = join(&shared, 1);
+        let (task, _) = lease(&shared, session, &mut rx);
+        // Fill its queue (one slot), then the next message does not fit.
+        shared.with(|d| d.on_message(session, FromWorker::LeaseRequest { slots: 1 })).unwrap();
+        shared.with(|d| d.on_message(session, FromWorker::LeaseRequest { slots: 1 })).unwrap();
+        assert!(!shared.with(|d| d.workers.contains_key(&session.worker)).unwrap(), "closed, not silently dropped");
+        assert_eq!(state(&shared, task), Some(StateName::Ready), "its attempt was re-queued");
+        let note = shared.with(|d| d.failures.back().map(|f| f.error.clone())).unwrap().unwrap();
+        assert!(note.contains("were not read"), "{note}");
+    }
+
+    #[test]
+    fn heartbeats_reconcile_through_the_driver() {
+        let (shared, _dir, _writer) = shared(|_| {});
+        let (session, mut rx, _) = join(&shared, 64);
+        let (task, attempt) = lease(&shared, session, &mut rx);
+        // The worker has seen the lease but lists nothing: the attempt was lost on the worker.
+        let beat = FromWorker::Heartbeat { running: vec![], newest_lease: attempt, throughput: 0.0 };
+        shared.with(|d| d.on_message(session, beat)).unwrap();
+        assert_eq!(state(&shared, task), Some(StateName::Ready));
+        // It still runs it: told to stop.
+        let beat = FromWorker::Heartbeat { running: vec![attempt], newest_lease: attempt, throughput: 0.0 };
+        shared.with(|d| d.on_message(session, beat)).unwrap();
+        assert!(matches!(next(&mut rx), ToWorker::Cancel { attempt: a, .. } if a == attempt));
+    }
+
+    #[test]
+    fn a_panicking_handler_does_not_take_the_coordinator_down() {
+        let (shared, _dir, _writer) = shared(|_| {});
+        let result: Result<(), Panicked> = shared.with(|_| panic!("boom"));
+        assert_eq!(result.unwrap_err().0, "boom");
+        // The lock it poisoned is taken over; every later call works.
+        assert_eq!(shared.snapshot().total_tasks, 3);
+        let (session, mut rx, _) = join(&shared, 64);
+        lease(&shared, session, &mut rx);
+    }
+
+    #[test]
+    fn the_timer_is_woken_only_for_an_earlier_deadline() {
+        let (shared, _dir, _writer) = shared(|c| c.scheduler.backoff_base = 100);
+        shared.with(|d| d.arm()).unwrap();
+        let (session, mut rx, _) = join(&shared, 64);
+        // Registering made the first worker deadline: earlier than "none".
+        let wake = shared.with(|d| (d.arm(), d.take_wake())).unwrap();
+        assert!(wake.0.is_some() && !wake.1);
+        let (_, attempt) = lease(&shared, session, &mut rx);
+        shared.with(|d| d.on_message(session, FromWorker::LeaseRequest { slots: 1 })).unwrap();
+        assert!(!shared.with(|d| d.take_wake()).unwrap(), "a renewed deadline is later");
+        // A retryable failure backs off for 100 ms, well before the worker's deadline.
+        let failure = FromWorker::Failure { attempt, error: "oom".into(), retryable: true };
+        shared.with(|d| d.on_message(session, failure)).unwrap();
+        assert!(shared.with(|d| d.take_wake()).unwrap(), "the backoff's end is earlier: wake the timer");
     }
 }

@@ -28,6 +28,10 @@ pub struct RunArgs {
     /// 127.0.0.1:8080 (off unless given). The URL with the run's token is logged.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
+    /// Seconds a worker may stay silent before it is dropped and its tasks re-queued (a worker
+    /// paused longer, e.g. by `scontrol suspend`, registers again when it wakes).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub lease_timeout: f64,
 }
 
 #[derive(Args)]
@@ -52,6 +56,10 @@ pub struct ServeArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Seconds a worker may stay silent before it is dropped and its tasks re-queued (a worker
+    /// paused longer, e.g. by `scontrol suspend`, registers again when it wakes).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub lease_timeout: f64,
 }
 
 #[derive(Args)]
@@ -81,6 +89,17 @@ fn out_dir(out: &Option<PathBuf>, spec: &Path) -> Result<PathBuf> {
     }
     let sweep = freqsweep_common::spec::load(spec)?;
     Ok(PathBuf::from("runs").join(sweep.name))
+}
+
+/// `--lease-timeout`: workers heartbeat five times per timeout (at most every 2 s).
+fn set_lease_timeout(config: &mut freqsweep_coordinator::driver::ServiceConfig, seconds: f64) -> Result<()> {
+    if !(0.5..=86_400.0).contains(&seconds) {
+        bail!("--lease-timeout {seconds}: give between 0.5 and 86400 seconds");
+    }
+    let ms = (seconds * 1000.0).round() as u64;
+    config.scheduler.lease_timeout = ms;
+    config.heartbeat_interval_ms = (ms / 5).clamp(100, 2_000) as u32;
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -145,6 +164,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let dir = out_dir(&args.out, &args.spec)?;
     let token = random_token();
     let mut config = run::default_config(Some(token.clone()));
+    set_lease_timeout(&mut config, args.lease_timeout)?;
     // Local workers share this machine's cores: a backup attempt would slow the straggler it is
     // meant to overtake. Speculation is for clusters (`serve`), where workers are separate machines.
     config.scheduler.speculation.max_backups = 0;
@@ -223,6 +243,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         tracing::warn!("no token set: any client that reaches {} can join (set FREQSWEEP_TOKEN)", args.listen);
     }
     let mut config = run::default_config(args.token.clone());
+    set_lease_timeout(&mut config, args.lease_timeout)?;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(freqsweep_coordinator::tls::TlsIdentity::load(cert, key).map_err(anyhow::Error::msg)?);
     }

@@ -94,6 +94,67 @@ fn a_worker_killed_mid_task_is_replaced_and_the_sweep_completes() {
     assert_eq!(results.lines().filter(|l| l.contains(",done,")).count(), 2, "{results}");
 }
 
+/// Both workers paused (SIGSTOP, what `scontrol suspend` does to a job) past the lease timeout
+/// while training, then resumed: the coordinator dropped their sessions and re-queued their tasks;
+/// when they wake they are told their session expired, register again, and the sweep completes
+/// (before the fix they stayed attached to dead sessions and the sweep hung for good).
+#[test]
+fn workers_paused_past_the_lease_timeout_register_again_and_the_sweep_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("faults.toml");
+    std::fs::write(&spec, SPEC).unwrap();
+    let out = dir.path().join("run");
+    let mut child = Command::new(binary("freqsweep"))
+        .arg("run")
+        .arg(&spec)
+        .args(["--local-workers", "2", "--worker-threads", "1", "--lease-timeout", "2", "--out"])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut log = Vec::new();
+        let mut leased = 0;
+        let mut pauser = None;
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("leased") && line.contains("kind=\"train\"") {
+                leased += 1;
+                if leased == 2 && pauser.is_none() {
+                    // Pause from another thread: this one keeps draining the log pipe.
+                    let workers = children(pid);
+                    pauser = Some(std::thread::spawn(move || {
+                        let signal = |sig: &str| {
+                            for w in &workers {
+                                Command::new("kill").args([sig, &w.to_string()]).status().unwrap();
+                            }
+                        };
+                        signal("-STOP");
+                        std::thread::sleep(Duration::from_secs(5));
+                        signal("-CONT");
+                        workers.len()
+                    }));
+                }
+            }
+            log.push(line);
+        }
+        (pauser.map(|p| p.join().unwrap()), log)
+    });
+    let status = wait_or_kill(&mut child, Duration::from_secs(300), &mut [], "the sweep did not finish after the pause");
+    let (paused, log) = reader.join().unwrap();
+    let log = log.join("\n");
+    assert_eq!(paused, Some(2), "both workers were paused while training");
+    assert!(status.success(), "the sweep failed after the pause: {}", log.lines().last().unwrap_or(""));
+    assert!(log.matches("worker expired").count() >= 2, "the coordinator dropped both paused workers");
+    assert!(log.contains("session expired"), "the workers were told why their session ended");
+    assert!(log.matches(" registered").count() >= 4, "each worker registered again");
+    let results = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(results.lines().filter(|l| l.contains(",done,")).count(), 2, "{results}");
+}
+
 /// A free loopback port (bound, then released).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -280,6 +341,14 @@ fn a_retried_train_task_resumes_from_the_last_uploaded_checkpoint_and_ends_like_
     let checkpoint = "checkpoints/Syn_2-tiny-adam-lr0.003-bs32-ep6-seed1.ot";
     let (a, b) = (std::fs::read(faulted.join(checkpoint)).unwrap(), std::fs::read(clean.join(checkpoint)).unwrap());
     assert!(a == b, "the final checkpoint (weights, optimizer state, history) equals the clean run's");
-    // Superseded partial checkpoints were deleted: only the final checkpoint is left.
-    assert_eq!(std::fs::read_dir(faulted.join("artifacts")).unwrap().count(), 1);
+    // Superseded partial checkpoints were deleted: only the train task's outputs are left, the
+    // final checkpoint and its weights alone (what heatmap tasks download).
+    let (store, writer) = Store::open(&faulted.join("freqsweep.db")).unwrap();
+    let reader = store.reader().unwrap();
+    let train = reader.tasks().unwrap().into_iter().find(|t| t.kind == "train").unwrap();
+    let mut names: Vec<String> = reader.task_artifacts(train.id).unwrap().into_iter().map(|a| a.0).collect();
+    writer.stop();
+    names.sort();
+    assert_eq!(names, ["checkpoint", "model"]);
+    assert_eq!(std::fs::read_dir(faulted.join("artifacts")).unwrap().count(), 2, "no orphaned checkpoint file");
 }
