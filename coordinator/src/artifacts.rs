@@ -117,6 +117,24 @@ impl ArtifactDir {
     }
 
     /// Store a local file (e.g. a dataset the coordinator prepares) and return `(digest, size)`.
+    /// Store `bytes` (a result the coordinator made itself, such as a merged map) under their
+    /// digest; storing the same bytes again changes nothing.
+    pub fn store_bytes(&self, bytes: &[u8]) -> Result<(String, u64), ArtifactError> {
+        let mut hasher = digest::Hasher::default();
+        hasher.update(bytes);
+        let digest = hasher.finish();
+        let target = self.path(&digest);
+        if !target.is_file() {
+            std::fs::create_dir_all(&self.root).map_err(|e| ArtifactError::Io(e.to_string()))?;
+            let partial = target.with_extension("partial");
+            std::fs::write(&partial, bytes)
+                .and_then(|()| std::fs::File::open(&partial)?.sync_all())
+                .and_then(|()| std::fs::rename(&partial, &target))
+                .map_err(|e| ArtifactError::Io(format!("{}: {e}", partial.display())))?;
+        }
+        Ok((digest, bytes.len() as u64))
+    }
+
     pub fn import(&self, source: &Path) -> Result<(String, u64), ArtifactError> {
         let (digest, size) =
             digest::of_file(source).map_err(|e| ArtifactError::Io(format!("{}: {e}", source.display())))?;

@@ -27,13 +27,12 @@ use crate::artifacts::{ArtifactDir, ArtifactRef};
 use crate::graph::PlannedTask;
 use crate::kinds;
 use crate::scheduler::{
-    AttemptEnd, AttemptId, Input, Millis, Output, Scheduler, SchedulerConfig, StateName, StoredState, TaskId,
-    WorkerId,
+    AttemptEnd, AttemptId, Input, Millis, Output, Scheduler, SchedulerConfig, StateName, StoredState, TaskId, WorkerId,
 };
 use crate::snapshot::{AttemptCounts, FailureNote};
 use crate::store::{Change, Store, StoreError};
 use crate::tls::TlsIdentity;
-use freqsweep_common::task::{MetricPoint, TaskKind, CHECKPOINT_OUTPUT};
+use freqsweep_common::task::{MetricPoint, TaskKind, TaskOutcome, CHECKPOINT_OUTPUT};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -59,26 +58,67 @@ pub struct ServiceConfig {
 pub enum FromWorker {
     /// `running`: the attempts it runs or still has to report; `newest_lease`: the newest attempt
     /// it received a lease for.
-    Heartbeat { running: Vec<AttemptId>, newest_lease: AttemptId, throughput: f64 },
-    LeaseRequest { slots: u32 },
-    Metrics { attempt: AttemptId, seq: u64, points: Vec<MetricPoint> },
-    Result { attempt: AttemptId, result_json: String, outputs: Vec<ArtifactRef> },
-    Failure { attempt: AttemptId, error: String, retryable: bool },
-    Release { attempt: AttemptId, reason: String },
-    Checkpoint { attempt: AttemptId, artifact: Option<ArtifactRef>, epochs_done: u32 },
+    Heartbeat {
+        running: Vec<AttemptId>,
+        newest_lease: AttemptId,
+        throughput: f64,
+    },
+    LeaseRequest {
+        slots: u32,
+    },
+    Metrics {
+        attempt: AttemptId,
+        seq: u64,
+        points: Vec<MetricPoint>,
+    },
+    Result {
+        attempt: AttemptId,
+        result_json: String,
+        outputs: Vec<ArtifactRef>,
+    },
+    Failure {
+        attempt: AttemptId,
+        error: String,
+        retryable: bool,
+    },
+    Release {
+        attempt: AttemptId,
+        reason: String,
+    },
+    Checkpoint {
+        attempt: AttemptId,
+        artifact: Option<ArtifactRef>,
+        epochs_done: u32,
+    },
 }
 
 /// What the coordinator tells a worker.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ToWorker {
-    Lease { task: TaskId, attempt: AttemptId, task_json: String, lease_timeout_ms: u32, inputs: Vec<ArtifactRef> },
-    Cancel { attempt: AttemptId, reason: String },
-    NoWork { retry_after: Millis },
-    Ack { attempt: AttemptId, accepted: bool },
+    Lease {
+        task: TaskId,
+        attempt: AttemptId,
+        task_json: String,
+        lease_timeout_ms: u32,
+        inputs: Vec<ArtifactRef>,
+    },
+    Cancel {
+        attempt: AttemptId,
+        reason: String,
+    },
+    NoWork {
+        retry_after: Millis,
+    },
+    Ack {
+        attempt: AttemptId,
+        accepted: bool,
+    },
     SweepDone,
     /// The coordinator dropped this session: register again (what it still has to report is
     /// sent on the new session).
-    Closed { reason: String },
+    Closed {
+        reason: String,
+    },
 }
 
 /// A worker's registration.
@@ -107,6 +147,15 @@ pub struct Registered {
 pub struct SessionId {
     pub worker: WorkerId,
     serial: u64,
+}
+
+/// A task as the store left it (what a restarted coordinator resumes from).
+#[derive(Clone, Debug, Default)]
+pub struct StoredTask {
+    pub state: String,
+    pub failures: u32,
+    pub outputs: Vec<ArtifactRef>,
+    pub result_json: Option<String>,
 }
 
 /// The newest checkpoint a train task's attempts uploaded (what its next attempt resumes from).
@@ -149,6 +198,8 @@ pub struct Driver {
     pub(crate) tasks: HashMap<TaskId, PlannedTask>,
     /// Artifacts each finished task produced, by name.
     outputs: HashMap<TaskId, Vec<ArtifactRef>>,
+    /// Heatmaps merged chunk by chunk as results are accepted.
+    maps: kinds::heatmap::Maps,
     /// Newest partial checkpoint of unfinished tasks that resume from them.
     partials: HashMap<TaskId, PartialCheckpoint>,
     /// Digest → locality key, to translate a worker's cache into keys the scheduler knows.
@@ -211,13 +262,12 @@ pub struct Shared {
 
 impl Shared {
     /// Build the service state from planned tasks and what the store already holds.
-    /// `stored` maps task id → (state, failures, outputs).
     pub fn new(
         config: ServiceConfig,
         store: Store,
         artifacts: ArtifactDir,
         tasks: Vec<PlannedTask>,
-        stored: HashMap<TaskId, (String, u32, Vec<ArtifactRef>)>,
+        stored: HashMap<TaskId, StoredTask>,
         first_attempt: u64,
         sweep_id: String,
     ) -> Arc<Shared> {
@@ -226,14 +276,14 @@ impl Shared {
         let restore: Vec<_> = tasks
             .iter()
             .map(|t| {
-                let (state, failures) = stored.get(&t.id).map_or((StoredState::Pending, 0), |(s, f, outs)| {
-                    if !outs.is_empty() {
-                        for o in outs {
+                let (state, failures) = stored.get(&t.id).map_or((StoredState::Pending, 0), |s| {
+                    if !s.outputs.is_empty() {
+                        for o in &s.outputs {
                             digest_keys.insert(o.digest.clone(), kinds::output_key(t.id, &o.name));
                         }
-                        outputs.insert(t.id, outs.clone());
+                        outputs.insert(t.id, s.outputs.clone());
                     }
-                    (stored_state(s), *f)
+                    (stored_state(&s.state), s.failures)
                 });
                 (t.to_new_task(), state, failures)
             })
@@ -243,10 +293,12 @@ impl Shared {
         let terminal_at_start = scheduler.counts().iter().filter(|(s, _)| s.is_terminal()).map(|(_, c)| c).sum();
         let (finished, finished_rx) = watch::channel(done);
         let counters = Arc::new(Counters::default());
+        let maps = kinds::heatmap::Maps::new(&tasks);
         let mut driver = Driver {
             scheduler,
             tasks: tasks.into_iter().map(|t| (t.id, t)).collect(),
             outputs,
+            maps,
             partials: HashMap::new(),
             digest_keys,
             sessions: HashMap::new(),
@@ -285,7 +337,37 @@ impl Shared {
             }
         }
         driver.kind_counts = counts;
-        Arc::new(Shared { driver: Mutex::new(driver), wake: Notify::new(), artifacts, config, counters, finished: finished_rx })
+        // Merge what finished before a restart, so maps keep filling in where they were.
+        let mut done: Vec<(TaskId, &String)> = stored
+            .iter()
+            .filter(|(_, s)| stored_state(&s.state) == StoredState::Done)
+            .filter_map(|(id, s)| Some((*id, s.result_json.as_ref()?)))
+            .collect();
+        done.sort_by_key(|(id, _)| *id);
+        let mut changes = Vec::new();
+        for (id, json) in done {
+            let Some(task) = driver.tasks.get(&id).cloned() else { continue };
+            let merged = serde_json::from_str(json)
+                .map_err(|e| e.to_string())
+                .and_then(|outcome| driver.accepted(&task, &outcome, &mut changes));
+            if let Err(e) = merged {
+                tracing::warn!(task = %task.key, error = %e, "a stored result could not be merged; the report merges from the store");
+            }
+        }
+        // A map completed before the crash but whose artifact row was not committed gets it now.
+        driver.store.submit(changes, |result| {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "store write failed");
+            }
+        });
+        Arc::new(Shared {
+            driver: Mutex::new(driver),
+            wake: Notify::new(),
+            artifacts,
+            config,
+            counters,
+            finished: finished_rx,
+        })
     }
 
     /// Run `f` on the driver. A panic inside is caught and reported, and the lock it poisoned is
@@ -422,7 +504,8 @@ impl Driver {
             },
         );
         self.workers_joined += 1;
-        let change = Change::WorkerJoined { id: worker_name(worker), hostname: r.hostname, device: r.device, now_ms: wall_ms() };
+        let change =
+            Change::WorkerJoined { id: worker_name(worker), hostname: r.hostname, device: r.device, now_ms: wall_ms() };
         self.drive(Input::WorkerJoined { worker, cached }, vec![change], None);
         Registered {
             worker,
@@ -501,7 +584,8 @@ impl Driver {
             FromWorker::Result { attempt, result_json, outputs } => self.result(worker, attempt, result_json, outputs),
             FromWorker::Failure { attempt, error, retryable } => {
                 let task = self.owned(attempt, worker);
-                let changes = task.map(|t| vec![Change::TaskError { id: t.0, error: error.clone() }]).unwrap_or_default();
+                let changes =
+                    task.map(|t| vec![Change::TaskError { id: t.0, error: error.clone() }]).unwrap_or_default();
                 if let Some(t) = task {
                     tracing::warn!(task = %self.tasks[&t].key, attempt = attempt.0, retryable, error = %error, "attempt failed");
                     self.note_failure(Some(t), Some(attempt.0), worker_name(worker), error.clone());
@@ -537,11 +621,20 @@ impl Driver {
             self.ack(worker, attempt)(false);
             return;
         };
-        let refused = match outputs.iter().find(|o| !self.artifacts.contains(&o.digest)) {
-            Some(missing) => Some(format!("result names artifact {} ({}) that was never uploaded", missing.name, missing.digest)),
-            None => kinds::check_result(&self.tasks[&task], &result_json, &outputs).err().map(|why| format!("result refused: {why}")),
+        let checked = match outputs.iter().find(|o| !self.artifacts.contains(&o.digest)) {
+            Some(missing) => {
+                Err(format!("result names artifact {} ({}) that was never uploaded", missing.name, missing.digest))
+            }
+            None => kinds::check_result(&self.tasks[&task], &result_json, &outputs)
+                .map_err(|why| format!("result refused: {why}")),
         };
-        if let Some(error) = refused {
+        let mut changes = vec![Change::TaskResult { id: task.0, result_json }];
+        // The owner's report of a live attempt: the core accepts it below, so merge it now.
+        let merged = checked.and_then(|outcome| {
+            let planned = self.tasks[&task].clone();
+            self.accepted(&planned, &outcome, &mut changes).map_err(|why| format!("result refused: {why}"))
+        });
+        if let Err(error) = merged {
             tracing::warn!(task = %self.tasks[&task].key, attempt = attempt.0, worker = %worker_name(worker), error = %error, "result does not fit its task");
             self.note_failure(Some(task), Some(attempt.0), worker_name(worker), error.clone());
             let ack = self.ack(worker, attempt);
@@ -549,7 +642,6 @@ impl Driver {
             self.drive(input, vec![Change::TaskError { id: task.0, error }], Some(ack));
             return;
         }
-        let mut changes = vec![Change::TaskResult { id: task.0, result_json }];
         let mut keys = Vec::new();
         for o in &outputs {
             let key = kinds::output_key(task, &o.name);
@@ -589,9 +681,44 @@ impl Driver {
         );
     }
 
+    /// Merge an accepted result into what its kind builds from results (a heatmap chunk into its
+    /// map); a map that is complete now is stored as a content-addressed artifact, the input a
+    /// later stage takes. Idempotent: a task's result merges once.
+    fn accepted(&mut self, task: &PlannedTask, outcome: &TaskOutcome, changes: &mut Vec<Change>) -> Result<(), String> {
+        match outcome {
+            TaskOutcome::Train(_) => Ok(()),
+            TaskOutcome::Heatmap(h) => {
+                if !self.maps.merge(task, h)? {
+                    return Ok(());
+                }
+                let Some(key) = kinds::heatmap::MapKey::of(task) else { return Ok(()) };
+                let Some(map) = self.maps.get(key) else { return Ok(()) };
+                let point = kinds::heatmap::point_id(task);
+                let bytes = kinds::heatmap::map_artifact(point, map);
+                match self.artifacts.store_bytes(&bytes) {
+                    Ok((digest, size)) => {
+                        let name = kinds::heatmap::map_artifact_name(point, h.eps);
+                        tracing::info!(map = %name, digest = %digest, "heatmap complete");
+                        let path = self.artifacts.path(&digest).display().to_string();
+                        changes.push(Change::Artifact { digest, name, size, path, task_id: None });
+                    }
+                    // The chunks are stored; the report merges them again from the store.
+                    Err(e) => tracing::warn!(error = %e, "the merged map could not be stored as an artifact"),
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Record an attempt's per-epoch checkpoint if it is the task's newest, and delete the one it
     /// supersedes once that is committed.
-    fn checkpoint_saved(&mut self, worker: WorkerId, attempt: AttemptId, artifact: Option<ArtifactRef>, epochs_done: u32) {
+    fn checkpoint_saved(
+        &mut self,
+        worker: WorkerId,
+        attempt: AttemptId,
+        artifact: Option<ArtifactRef>,
+        epochs_done: u32,
+    ) {
         let refuse = |d: &Self, why: &str| {
             tracing::debug!(attempt = attempt.0, epochs_done, why, "checkpoint not recorded");
             d.ack(worker, attempt)(false);
@@ -800,7 +927,14 @@ impl Driver {
 
     /// The lease message of a new attempt: the task, the inputs its kind takes, and (for a kind
     /// that resumes) the newest partial checkpoint of an earlier attempt.
-    fn lease(&mut self, worker: WorkerId, task: TaskId, attempt: AttemptId, is_backup: bool, changes: &mut Vec<Change>) -> ToWorker {
+    fn lease(
+        &mut self,
+        worker: WorkerId,
+        task: TaskId,
+        attempt: AttemptId,
+        is_backup: bool,
+        changes: &mut Vec<Change>,
+    ) -> ToWorker {
         let planned = &self.tasks[&task];
         let kind = planned.kind();
         let mut inputs = kinds::lease_inputs(planned, &self.outputs);
@@ -955,7 +1089,9 @@ fn secret() -> String {
         use std::hash::{BuildHasher, Hasher};
         for half in bytes.chunks_mut(8) {
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+            h.write_u128(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+            );
             half.copy_from_slice(&h.finish().to_le_bytes());
         }
     }
@@ -1029,7 +1165,8 @@ mod tests {
         let (tx, rx) = mpsc::channel(capacity);
         shared
             .with(|d| {
-                let r = d.register(Registration { hostname: "h".into(), resumes_history: true, ..Registration::default() });
+                let r =
+                    d.register(Registration { hostname: "h".into(), resumes_history: true, ..Registration::default() });
                 let name = worker_name(r.worker);
                 (d.attach(&name, &r.session_key, tx).unwrap(), name)
             })
@@ -1070,7 +1207,9 @@ mod tests {
         shared.with(|d| d.skew = d.config.scheduler.lease_timeout + 1).unwrap();
         shared.tick();
         match next(&mut rx) {
-            ToWorker::Closed { reason } => assert!(reason.contains("session expired") && reason.contains("register again"), "{reason}"),
+            ToWorker::Closed { reason } => {
+                assert!(reason.contains("session expired") && reason.contains("register again"), "{reason}")
+            }
             other => panic!("expected the session to be closed, got {other:?}"),
         }
         assert_eq!(state(&shared, task), Some(StateName::Ready), "its task went back to the queue");
@@ -1097,13 +1236,13 @@ mod tests {
             shared.with(|d| d.on_message(other, message)).unwrap();
             assert_eq!(next(&mut other_rx), ToWorker::Ack { attempt, accepted: false });
         }
-        shared
-            .with(|d| d.on_message(other, FromWorker::Metrics { attempt, seq: 0, points: vec![] }))
-            .unwrap();
+        shared.with(|d| d.on_message(other, FromWorker::Metrics { attempt, seq: 0, points: vec![] })).unwrap();
         assert_eq!(state(&shared, task), Some(StateName::Running), "the owner's attempt runs on");
         assert_eq!(shared.with(|d| d.scheduler.attempt(attempt)).unwrap(), Some((task, owner.worker)));
         // The owner's own result must fit its task: no outputs and no test sets is refused.
-        shared.with(|d| d.on_message(owner, FromWorker::Result { attempt, result_json: forged.into(), outputs: vec![] })).unwrap();
+        shared
+            .with(|d| d.on_message(owner, FromWorker::Result { attempt, result_json: forged.into(), outputs: vec![] }))
+            .unwrap();
         assert_eq!(next(&mut owner_rx), ToWorker::Ack { attempt, accepted: true }, "taken as a failed attempt");
         assert_eq!(state(&shared, task), Some(StateName::Backoff));
         let failure = shared.with(|d| d.failures.back().map(|f| f.error.clone())).unwrap().unwrap();
@@ -1200,5 +1339,69 @@ mod tests {
         let failure = FromWorker::Failure { attempt, error: "oom".into(), retryable: true };
         shared.with(|d| d.on_message(session, failure)).unwrap();
         assert!(shared.with(|d| d.take_wake()).unwrap(), "the backoff's end is earlier: wake the timer");
+    }
+
+    #[test]
+    fn a_map_is_merged_as_its_chunks_are_accepted_and_stored_once_complete() {
+        let (shared, dir, _writer) = shared(|_| {});
+        let (session, mut rx, _) = join(&shared, 64);
+        let tasks: HashMap<TaskId, PlannedTask> = shared.with(|d| d.tasks.clone()).unwrap();
+        // The train task, with a result that fits it and both outputs uploaded.
+        let (train, attempt) = lease(&shared, session, &mut rx);
+        let TaskSpec::Train(t) = &tasks[&train].spec else { panic!("the train task comes first") };
+        let classes = t.train.classes;
+        let summaries: Vec<_> = t
+            .train
+            .test_sets
+            .iter()
+            .map(|s| freqsweep_common::task::TestSetSummary {
+                test_set: s.to_string(),
+                accuracy: 0.5,
+                macro_f1: 0.5,
+                per_class_f1: vec![0.5; classes],
+                confusion: vec![vec![0; classes]; classes],
+            })
+            .collect();
+        let outcome = TaskOutcome::Train(freqsweep_common::task::TrainOutcome {
+            epochs: t.train.epochs,
+            steps: 4,
+            final_loss: 0.5,
+            test_sets: summaries,
+            seconds: 1.0,
+            device: "cpu".into(),
+            checkpoint: "c".into(),
+        });
+        let artifacts = ArtifactDir::new(dir.path().join("artifacts"));
+        let outputs: Vec<ArtifactRef> = ["checkpoint", "model"]
+            .iter()
+            .map(|name| {
+                let (digest, size) = artifacts.store_bytes(name.as_bytes()).unwrap();
+                ArtifactRef { name: name.to_string(), digest, size }
+            })
+            .collect();
+        let result = FromWorker::Result { attempt, result_json: serde_json::to_string(&outcome).unwrap(), outputs };
+        shared.with(|d| d.on_message(session, result)).unwrap();
+        assert_eq!(next(&mut rx), ToWorker::Ack { attempt, accepted: true });
+        // The chunks: each lease carries the model's weights only; each result merges at once.
+        for k in 0..2 {
+            assert!(shared.with(|d| d.on_message(session, FromWorker::LeaseRequest { slots: 1 })).unwrap());
+            let ToWorker::Lease { task, attempt, inputs, .. } = next(&mut rx) else { panic!("a chunk lease") };
+            assert_eq!(inputs.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["model"], "weights only");
+            let TaskSpec::Heatmap(h) = &tasks[&task].spec else { panic!("a heatmap chunk") };
+            let json = crate::testing::heatmap_result_json(h, 8, 2, "cpu");
+            let key = kinds::heatmap::MapKey::of(&tasks[&task]).unwrap();
+            shared
+                .with(|d| d.on_message(session, FromWorker::Result { attempt, result_json: json, outputs: vec![] }))
+                .unwrap();
+            assert_eq!(next(&mut rx), ToWorker::Ack { attempt, accepted: true });
+            assert_eq!(shared.with(|d| d.maps.progress(key)).unwrap(), (k + 1, 2), "merged as accepted");
+        }
+        let reader = shared.with(|d| d.store.reader()).unwrap().unwrap();
+        let map = reader.artifact_by_name("map/Syn_2-tiny-adam-lr0.01-bs16-ep1-seed0/eps4").unwrap();
+        let (digest, _, path) = map.expect("the complete map is stored as an artifact");
+        let file: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        assert_eq!(file["error"].as_array().unwrap().len(), 514, "every canonical cell");
+        assert!(file["error"].as_array().unwrap().iter().all(|c| c[1]["sum"] == 2.0 && c[1]["n"] == 8));
+        assert!(artifacts.contains(&digest));
     }
 }

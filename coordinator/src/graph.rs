@@ -88,10 +88,7 @@ mod tests {
         // (the spec's default limit of 500 images is more than the split holds).
         assert_eq!(tasks[0].cost, Cost { class: CostClass::new("train/tiny"), units: 4.0 });
         let TaskSpec::Heatmap(h) = &tasks[1].spec else { panic!("heatmap expected") };
-        assert_eq!(
-            tasks[1].cost,
-            Cost { class: CostClass::new("heatmap/tiny"), units: h.cells.len() as f64 * 32.0 }
-        );
+        assert_eq!(tasks[1].cost, Cost { class: CostClass::new("heatmap/tiny"), units: h.cells.len() as f64 * 32.0 });
         let map: f64 = tasks[1..7].iter().map(|t| t.cost.units).sum();
         assert_eq!(map, 514.0 * 32.0, "one map's chunks add up to every cell on every image");
         assert_eq!(tasks[1].to_new_task().cost, tasks[1].cost);
@@ -99,7 +96,8 @@ mod tests {
         let archs = SPEC.replace("arch = \"tiny\"", "arch = [\"tiny\", \"alexnet\", \"resnet18\"]");
         let classes: std::collections::BTreeSet<String> =
             plan(&spec::parse(&archs, "t.toml").unwrap()).iter().map(|t| t.cost.class.to_string()).collect();
-        let expected = ["heatmap/alexnet", "heatmap/resnet18", "heatmap/tiny", "train/alexnet", "train/resnet18", "train/tiny"];
+        let expected =
+            ["heatmap/alexnet", "heatmap/resnet18", "heatmap/tiny", "train/alexnet", "train/resnet18", "train/tiny"];
         assert_eq!(classes.iter().map(String::as_str).collect::<Vec<_>>(), expected);
         let limited = SPEC.replace("layers = true", "layers = true\nimages = 10");
         let tasks = plan(&spec::parse(&limited, "t.toml").unwrap());

@@ -93,10 +93,12 @@ pub fn to_proto(message: ToWorker) -> Result<pb::CoordinatorMessage, Status> {
         ToWorker::Cancel { attempt, reason } => {
             coordinator_message::Body::Cancel(pb::Cancel { attempt_id: attempt.0, reason })
         }
-        ToWorker::NoWork { retry_after } => {
-            coordinator_message::Body::NoWork(pb::NoWork { retry_after_ms: retry_after.min(u64::from(u32::MAX)) as u32 })
+        ToWorker::NoWork { retry_after } => coordinator_message::Body::NoWork(pb::NoWork {
+            retry_after_ms: retry_after.min(u64::from(u32::MAX)) as u32,
+        }),
+        ToWorker::Ack { attempt, accepted } => {
+            coordinator_message::Body::Ack(pb::Ack { attempt_id: attempt.0, accepted })
         }
-        ToWorker::Ack { attempt, accepted } => coordinator_message::Body::Ack(pb::Ack { attempt_id: attempt.0, accepted }),
         ToWorker::SweepDone => coordinator_message::Body::SweepDone(pb::SweepDone {}),
         ToWorker::Closed { reason } => return Err(Status::aborted(reason)),
     };

@@ -7,11 +7,11 @@
 //! another sweep (different task keys) is refused rather than mixed.
 
 use crate::artifacts::ArtifactDir;
-use crate::graph::{self, PlannedTask};
-use crate::scheduler::{SchedulerConfig, TaskId};
 use crate::artifacts::ArtifactRef;
-use crate::driver::{PartialCheckpoint, ServiceConfig, Shared};
+use crate::driver::{PartialCheckpoint, ServiceConfig, Shared, StoredTask};
+use crate::graph::{self, PlannedTask};
 use crate::grpc;
+use crate::scheduler::{SchedulerConfig, TaskId};
 use crate::store::{Change, Store, StoreWriter};
 use anyhow::{bail, Context, Result};
 use freqsweep_common::spec::{self, Sweep};
@@ -74,7 +74,13 @@ pub fn open(spec_path: &Path, dir: &Path, config: ServiceConfig) -> Result<Run> 
                 .into_iter()
                 .map(|(name, digest, size, _)| ArtifactRef { name, digest, size })
                 .collect();
-            stored.insert(TaskId(row.id), (row.state.clone(), row.attempts, outputs));
+            let task = StoredTask {
+                state: row.state.clone(),
+                failures: row.attempts,
+                outputs,
+                result_json: row.result_json.clone(),
+            };
+            stored.insert(TaskId(row.id), task);
         }
         let done = stored_rows.iter().filter(|r| r.state == "done").count();
         tracing::info!(run = %dir.display(), done, total = tasks.len(), "resuming");
@@ -150,10 +156,5 @@ impl Run {
 
 /// Default service settings for a run (the scheduler's come from its one `Default`).
 pub fn default_config(token: Option<String>) -> ServiceConfig {
-    ServiceConfig {
-        token,
-        scheduler: SchedulerConfig::default(),
-        heartbeat_interval_ms: 2_000,
-        tls: None,
-    }
+    ServiceConfig { token, scheduler: SchedulerConfig::default(), heartbeat_interval_ms: 2_000, tls: None }
 }

@@ -1226,7 +1226,11 @@ mod tests {
             Input::Released { attempt: a, by: WorkerId(2) },
         ] {
             let out = s.handle(1, forged);
-            assert_eq!(out, vec![Output::Report { attempt: a, accepted: false }], "another session's report is refused");
+            assert_eq!(
+                out,
+                vec![Output::Report { attempt: a, accepted: false }],
+                "another session's report is refused"
+            );
         }
         assert_eq!(s.state(t), Some(StateName::Running));
         assert_eq!(s.attempt(a), Some((t, WorkerId(1))), "the owner keeps its attempt");
@@ -1367,7 +1371,8 @@ mod tests {
         let mut s = Scheduler::new(config(), vec![task(1, &[], 0, &[])], 1);
         join(&mut s, 0, 1);
         let (_, a) = lease_one(&mut s, 0, 1).unwrap();
-        let out = s.handle(1, Input::Failed { attempt: a, by: owner(&s, a), error: "NaN loss".into(), retryable: false });
+        let out =
+            s.handle(1, Input::Failed { attempt: a, by: owner(&s, a), error: "NaN loss".into(), retryable: false });
         assert_eq!(s.state(TaskId(1)), Some(StateName::Failed));
         assert!(out.contains(&Output::SweepFinished));
     }
@@ -1812,14 +1817,20 @@ mod tests {
         assert_eq!(s.attempt(backup), Some((TaskId(4), WorkerId(FAST))));
         assert!(s.backups(TaskId(4)).is_empty(), "the backup is now the task's attempt");
         // It fails retryably: alone now, so it counts and backs off as any attempt would.
-        s.handle(21_600, Input::Failed { attempt: backup, by: owner(&s, backup), error: "oom".into(), retryable: true });
+        s.handle(
+            21_600,
+            Input::Failed { attempt: backup, by: owner(&s, backup), error: "oom".into(), retryable: true },
+        );
         assert_eq!((s.state(TaskId(4)), s.failures(TaskId(4))), (Some(StateName::Backoff), 1));
 
         // A retryable failure of the backup while the first attempt runs ends only the backup.
         let mut s = Scheduler::new(patient(), four_tasks(), 1);
         let slow = straggler(&mut s);
         let backup = leases(&s.handle(21_000, Input::LeaseRequest { worker: WorkerId(FAST), slots: 1 }))[0].1;
-        let out = s.handle(21_500, Input::Failed { attempt: backup, by: owner(&s, backup), error: "oom".into(), retryable: true });
+        let out = s.handle(
+            21_500,
+            Input::Failed { attempt: backup, by: owner(&s, backup), error: "oom".into(), retryable: true },
+        );
         assert_eq!(
             out,
             vec![
@@ -1845,7 +1856,10 @@ mod tests {
         let mut s = Scheduler::new(patient(), four_tasks(), 1);
         let slow = straggler(&mut s);
         let backup = leases(&s.handle(21_000, Input::LeaseRequest { worker: WorkerId(FAST), slots: 1 }))[0].1;
-        let out = s.handle(21_500, Input::Failed { attempt: backup, by: owner(&s, backup), error: "NaN".into(), retryable: false });
+        let out = s.handle(
+            21_500,
+            Input::Failed { attempt: backup, by: owner(&s, backup), error: "NaN".into(), retryable: false },
+        );
         assert!(out.contains(&Output::Cancel {
             worker: WorkerId(SLOW),
             attempt: slow,
@@ -1944,7 +1958,10 @@ mod tests {
                     _ => task(i, &[root, i - 4], 2, &[&key]),
                 };
                 // A kind per layer, sizes 1–3 units within it.
-                NewTask { cost: Cost { class: CostClass::new(&format!("layer{}", i / 4)), units: (1 + i % 3) as f64 }, ..t }
+                NewTask {
+                    cost: Cost { class: CostClass::new(&format!("layer{}", i / 4)), units: (1 + i % 3) as f64 },
+                    ..t
+                }
             })
             .collect()
     }
@@ -2178,7 +2195,11 @@ mod tests {
                     }
                     Event::Fail(i, r) => {
                         if let Some(a) = pick(i) {
-                            s.handle_into(now, Input::Failed { attempt: a, by: owner(&s, a), error: "e".into(), retryable: r }, &mut out);
+                            s.handle_into(
+                                now,
+                                Input::Failed { attempt: a, by: owner(&s, a), error: "e".into(), retryable: r },
+                                &mut out,
+                            );
                         }
                     }
                     Event::Release(i) => {
@@ -2193,7 +2214,11 @@ mod tests {
                         if let Some(a) = pick(i) {
                             let holds = s.attempt(a).is_some_and(|(_, owner)| owner == WorkerId(w));
                             let task = s.attempt(a).map(|(t, _)| t);
-                            s.handle_into(now, Input::Completed { attempt: a, by: WorkerId(w), outputs: vec![] }, &mut out);
+                            s.handle_into(
+                                now,
+                                Input::Completed { attempt: a, by: WorkerId(w), outputs: vec![] },
+                                &mut out,
+                            );
                             let accepted = out.contains(&Output::Report { attempt: a, accepted: true });
                             prop_assert_eq!(accepted, holds, "a report is accepted only from the attempt's worker");
                             if accepted {
@@ -2205,8 +2230,12 @@ mod tests {
                         let mut mine: Vec<AttemptId> =
                             live_before.iter().filter(|(_, (_, o))| *o == WorkerId(w)).map(|(a, _)| *a).collect();
                         mine.sort_unstable();
-                        let mut running: Vec<AttemptId> =
-                            mine.iter().enumerate().filter(|(k, _)| mask >> (k % 8) & 1 == 1).map(|(_, a)| *a).collect();
+                        let mut running: Vec<AttemptId> = mine
+                            .iter()
+                            .enumerate()
+                            .filter(|(k, _)| mask >> (k % 8) & 1 == 1)
+                            .map(|(_, a)| *a)
+                            .collect();
                         running.extend(pick(i));
                         let seen_up_to = if seen { AttemptId(u64::MAX) } else { AttemptId(0) };
                         let input = Input::Reconcile { worker: WorkerId(w), running: running.clone(), seen_up_to };
@@ -2219,7 +2248,10 @@ mod tests {
                         }
                         if seen && s.workers.contains_key(&WorkerId(w)) {
                             for a in mine.iter().filter(|a| !running.contains(a)) {
-                                prop_assert!(s.attempt(*a).is_none(), "an attempt its worker has seen and not listed is re-queued");
+                                prop_assert!(
+                                    s.attempt(*a).is_none(),
+                                    "an attempt its worker has seen and not listed is re-queued"
+                                );
                             }
                         }
                         for a in &running {

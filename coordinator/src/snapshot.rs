@@ -220,5 +220,4 @@ impl Driver {
             recent_failures,
         }
     }
-
 }

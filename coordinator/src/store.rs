@@ -25,8 +25,10 @@
 //!   points of earlier ones and no epoch is stored twice; a backup's lease does not (the attempt
 //!   it races is still live), but when one of two racing attempts ends, its points are deleted.
 //! - `artifacts(digest, name, size, path, task_id, attempt_id, epochs_done)`: a task's outputs
-//!   have `epochs_done` NULL; a row with `epochs_done` set is a partial checkpoint (uploaded after
-//!   that many epochs by `attempt_id`), the newest of which a retry resumes from; older ones are
+//!   (`checkpoint`, `model`) have `epochs_done` NULL; a merged result the coordinator made itself
+//!   (`map/<point>/eps<ε>`, a complete heatmap as JSON counts) has `task_id` NULL; a row with
+//!   `epochs_done` set is a partial checkpoint (uploaded after that many epochs by `attempt_id`),
+//!   the newest of which a retry resumes from; older ones are
 //!   deleted when a newer one or the task's result is committed.
 //! - `workers(id, hostname, device, joined_ms, left_ms)`.
 
@@ -543,6 +545,16 @@ impl Reader {
         Ok(self
             .conn
             .query_row("SELECT name, size, path FROM artifacts WHERE digest = ?1", [digest], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
+            })
+            .optional()?)
+    }
+
+    /// An artifact the coordinator made itself (a merged map), by name: `(digest, size, path)`.
+    pub fn artifact_by_name(&self, name: &str) -> Result<Option<(String, u64, String)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT digest, size, path FROM artifacts WHERE name = ?1 AND task_id IS NULL", [name], |r| {
                 Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
             })
             .optional()?)

@@ -19,7 +19,10 @@ pub struct SimSession {
 }
 
 /// Register on `client` and open the session with the id and key the coordinator gave.
-pub async fn open_session(client: &mut CoordinatorClient<Channel>, hostname: &str) -> Result<SimSession, tonic::Status> {
+pub async fn open_session(
+    client: &mut CoordinatorClient<Channel>,
+    hostname: &str,
+) -> Result<SimSession, tonic::Status> {
     let reply = client
         .register(pb::RegisterRequest {
             protocol_version: freqsweep_proto::PROTOCOL_VERSION,

@@ -57,4 +57,3 @@ impl TlsIdentity {
             .identity(tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem))
     }
 }
-

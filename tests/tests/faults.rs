@@ -143,7 +143,8 @@ fn workers_paused_past_the_lease_timeout_register_again_and_the_sweep_completes(
         }
         (pauser.map(|p| p.join().unwrap()), log)
     });
-    let status = wait_or_kill(&mut child, Duration::from_secs(300), &mut [], "the sweep did not finish after the pause");
+    let status =
+        wait_or_kill(&mut child, Duration::from_secs(300), &mut [], "the sweep did not finish after the pause");
     let (paused, log) = reader.join().unwrap();
     let log = log.join("\n");
     assert_eq!(paused, Some(2), "both workers were paused while training");

@@ -468,7 +468,12 @@ pub async fn run(
                 Ok(v) => {
                     request.metadata_mut().insert(key, v);
                 }
-                Err(_) => return Err(ClientError::Rejected { url: config.coordinator.clone(), detail: format!("the coordinator sent a {key} that is not ASCII") }),
+                Err(_) => {
+                    return Err(ClientError::Rejected {
+                        url: config.coordinator.clone(),
+                        detail: format!("the coordinator sent a {key} that is not ASCII"),
+                    })
+                }
             }
         }
         let mut inbound = match client.session(request).await {

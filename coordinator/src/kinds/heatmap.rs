@@ -1,15 +1,27 @@
 //! The heatmap room: per trained model, per ε, the canonical cells of the map cut into chunks,
 //! each chunk a task that depends on the model's train task and takes its final weights (the
 //! `model` output, not the full checkpoint) as input. A chunk's result must be exactly its cells.
+//! Chunks merge into maps as their results are accepted ([`Maps`]); a complete map is stored as a
+//! content-addressed artifact for later stages. Its report section: the maps and their figures.
 
 use super::{next_id, PointPlan};
 use crate::graph::PlannedTask;
+use crate::merge::MergedHeatmap;
+use crate::report::{figures, save, short_id, HeatmapFiles, PointReport};
 use crate::scheduler::{Cost, CostClass, TaskId};
+use anyhow::{Context, Result};
+use figures::CentredMap;
 use freqsweep_common::heatmap::{partition_cells, CellChunk, CellStat};
+use freqsweep_common::npy::NpyArray;
+use freqsweep_common::spec::GridPoint;
 use freqsweep_common::spec::{LayerChoice, Sweep};
 use freqsweep_common::spectrum::{Cell, Shape2};
 use freqsweep_common::task::{HeatmapOutcome, HeatmapTask, ModelSource, TaskSpec, MODEL_OUTPUT};
+use serde::Serialize;
 use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::Path;
 
 /// Format ε for keys and file names (`4`, `0.5`).
 pub fn eps_label(eps: f64) -> String {
@@ -27,7 +39,8 @@ impl Prepared {
     pub(super) fn new(sweep: &Sweep) -> Prepared {
         // Heatmaps are of 32 × 32 images (Syn_d, CIFAR-10): 514 canonical cells.
         let cells = Shape2::new(32, 32).heatmap_cells();
-        let chunks = sweep.heatmap.as_ref().map_or_else(Vec::new, |h| partition_cells(&cells, h.chunks.chunks(cells.len())));
+        let chunks =
+            sweep.heatmap.as_ref().map_or_else(Vec::new, |h| partition_cells(&cells, h.chunks.chunks(cells.len())));
         let layers = match sweep.heatmap.as_ref().map(|h| &h.layers) {
             None | Some(LayerChoice::None) => Vec::new(),
             Some(LayerChoice::All) => vec!["all".to_string()],
@@ -89,7 +102,10 @@ pub(super) fn inputs(task: &PlannedTask) -> Vec<(TaskId, &'static str)> {
 /// Exactly the chunk's cells, each once, every count within what `images` images allow.
 pub(super) fn check(spec: &HeatmapTask, o: &HeatmapOutcome) -> Result<(), String> {
     if o.eps.to_bits() != spec.eps.to_bits() || o.chunk != spec.chunk {
-        return Err(format!("the result is for ε {} chunk {}, the task is ε {} chunk {}", o.eps, o.chunk, spec.eps, spec.chunk));
+        return Err(format!(
+            "the result is for ε {} chunk {}, the task is ε {} chunk {}",
+            o.eps, o.chunk, spec.eps, spec.chunk
+        ));
     }
     if o.images == 0 || (spec.images > 0 && o.images > spec.images) {
         return Err(format!("the result evaluated {} images, the task allows 1..={}", o.images, spec.images));
@@ -125,4 +141,214 @@ pub(super) fn check(spec: &HeatmapTask, o: &HeatmapOutcome) -> Result<(), String
         }
     }
     Ok(())
+}
+
+/// Which map a chunk belongs to: its grid point and ε (compared by bits, never as floats).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MapKey {
+    pub point: usize,
+    eps_bits: u64,
+}
+
+impl MapKey {
+    pub fn new(point: usize, eps: f64) -> MapKey {
+        MapKey { point, eps_bits: eps.to_bits() }
+    }
+
+    pub fn of(task: &PlannedTask) -> Option<MapKey> {
+        match &task.spec {
+            TaskSpec::Heatmap(h) => Some(MapKey::new(task.point, h.eps)),
+            TaskSpec::Train(_) => None,
+        }
+    }
+
+    pub fn eps(self) -> f64 {
+        f64::from_bits(self.eps_bits)
+    }
+}
+
+/// Every heatmap of a sweep, merged chunk by chunk as results are accepted (the driver) or read
+/// back from the store (the report). Merging is idempotent by task: a chunk merges once, so a
+/// replayed or duplicated result changes nothing.
+pub struct Maps {
+    maps: BTreeMap<MapKey, MapState>,
+}
+
+struct MapState {
+    merged: MergedHeatmap,
+    chunks: usize,
+    merged_tasks: BTreeSet<TaskId>,
+}
+
+impl Maps {
+    /// Empty maps for every (point, ε) that `tasks` has chunks of.
+    pub fn new(tasks: &[PlannedTask]) -> Maps {
+        let mut maps: BTreeMap<MapKey, MapState> = BTreeMap::new();
+        for task in tasks {
+            if let Some(key) = MapKey::of(task) {
+                let state = maps.entry(key).or_insert_with(|| MapState {
+                    merged: MergedHeatmap::new(Shape2::new(32, 32), key.eps()),
+                    chunks: 0,
+                    merged_tasks: BTreeSet::new(),
+                });
+                state.chunks += 1;
+            }
+        }
+        Maps { maps }
+    }
+
+    /// Merge the accepted result of chunk `task`. Returns whether its map became complete now.
+    pub fn merge(&mut self, task: &PlannedTask, outcome: &HeatmapOutcome) -> Result<bool, String> {
+        let key = MapKey::of(task).ok_or("not a heatmap task")?;
+        let state = self.maps.get_mut(&key).ok_or("a heatmap task of no planned map")?;
+        if state.merged_tasks.contains(&task.id) {
+            return Ok(false);
+        }
+        state.merged.add(outcome).map_err(|e| format!("merging {}: {e}", task.key))?;
+        state.merged_tasks.insert(task.id);
+        Ok(state.merged_tasks.len() == state.chunks)
+    }
+
+    /// The map of `key` as merged so far (cells not yet computed are missing).
+    pub fn get(&self, key: MapKey) -> Option<&MergedHeatmap> {
+        self.maps.get(&key).filter(|s| !s.merged_tasks.is_empty()).map(|s| &s.merged)
+    }
+
+    /// Chunks merged and planned for `key`.
+    pub fn progress(&self, key: MapKey) -> (usize, usize) {
+        self.maps.get(&key).map_or((0, 0), |s| (s.merged_tasks.len(), s.chunks))
+    }
+}
+
+/// A complete map as the content-addressed artifact a later stage takes as input: JSON with every
+/// canonical cell's counts (sums and image counts, never rates, so it merges and compares exactly).
+#[derive(Serialize)]
+struct MapFile<'a> {
+    format: &'static str,
+    point: &'a str,
+    eps: f64,
+    height: usize,
+    width: usize,
+    images: usize,
+    clean: CellStat,
+    error: Vec<(Cell, CellStat)>,
+    layers: BTreeMap<&'a str, Vec<(Cell, CellStat)>>,
+}
+
+/// The artifact bytes of the merged map of grid point `point_id` (deterministic: the same map
+/// gives the same digest).
+pub fn map_artifact(point_id: &str, map: &MergedHeatmap) -> Vec<u8> {
+    let shape = map.error.shape();
+    let cells = shape.heatmap_cells();
+    let of = |acc: &freqsweep_common::heatmap::HeatmapAccumulator| cells.iter().map(|&c| (c, acc.get(c))).collect();
+    let file = MapFile {
+        format: "freqsweep-heatmap-1",
+        point: point_id,
+        eps: map.eps,
+        height: shape.h,
+        width: shape.w,
+        images: map.images,
+        clean: map.clean,
+        error: of(&map.error),
+        layers: map.layers.iter().map(|(name, acc)| (name.as_str(), of(acc))).collect(),
+    };
+    serde_json::to_vec(&file).expect("maps serialise")
+}
+
+/// The grid point id of a chunk task (from its key `heatmap/<point>/eps<ε>/chunk<k>`).
+pub fn point_id(task: &PlannedTask) -> &str {
+    let rest = task.key.strip_prefix("heatmap/").unwrap_or(&task.key);
+    rest.rsplitn(3, '/').nth(2).unwrap_or(rest)
+}
+
+/// The artifact name of the merged map of a point (`map/<point>/eps4`).
+pub fn map_artifact_name(point_id: &str, eps: f64) -> String {
+    format!("map/{point_id}/eps{}", eps_label(eps))
+}
+
+// ---------------------------------------------------------------- report section
+
+/// `results.csv` columns of the heatmap section: per ε the clean error and the map's mean error.
+pub(crate) fn csv_header(eps_list: &[f64], csv: &mut String) {
+    for e in eps_list {
+        let _ = write!(csv, ",clean_error_eps{0},mean_heatmap_error_eps{0}", eps_label(*e));
+    }
+}
+
+/// The heatmap section of a point's report: per ε its merged map (error and layer maps, `.npy`
+/// and figures; cells not computed yet are grey) and its `results.csv` columns.
+pub(crate) fn report(
+    dir: &Path,
+    maps: &Maps,
+    index: usize,
+    point: &GridPoint,
+    eps_list: &[f64],
+    report: &mut PointReport,
+    csv: &mut String,
+) -> Result<()> {
+    for &eps in eps_list {
+        let Some(map) = maps.get(MapKey::new(index, eps)) else {
+            csv.push_str(",,");
+            continue;
+        };
+        let stem = format!("{}_eps{}", point.id, eps_label(eps));
+        report.heatmaps.push(write_heatmap(dir, &stem, &point.id, map, &mut report.raw)?);
+        let means: Vec<f64> = map.error.means().into_iter().filter(|v| v.is_finite()).collect();
+        let mean = if means.is_empty() { f64::NAN } else { means.iter().sum::<f64>() / means.len() as f64 };
+        let _ = write!(csv, ",{},{}", map.clean.mean(), mean);
+    }
+    Ok(())
+}
+
+/// `heatmaps/<stem>.npy/.png` (error rate on 0..1), `heatmaps/<stem>_<layer>.npy/.png` (cosine
+/// distance, own scale) and `heatmaps/<stem>_layers.png` (all side by side).
+fn write_heatmap(dir: &Path, stem: &str, id: &str, map: &MergedHeatmap, raw: &mut Vec<String>) -> Result<HeatmapFiles> {
+    let shape = map.error.shape();
+    let write_npy = |name: &str, values: &[f64], raw: &mut Vec<String>| -> Result<()> {
+        let path = format!("heatmaps/{name}.npy");
+        let full = dir.join(&path);
+        std::fs::create_dir_all(full.parent().expect("has parent"))?;
+        NpyArray::from_f64(vec![shape.h, shape.w], values).write(&full).with_context(|| path.clone())?;
+        raw.push(path);
+        Ok(())
+    };
+    let eps_text = eps_label(map.eps);
+    let error = map.error.means();
+    write_npy(stem, &error, raw)?;
+    let error_map = CentredMap { values: &error, height: shape.h, width: shape.w };
+    let title = format!("{} ε={eps_text}: test error", short_id(id));
+    save(&figures::heatmap(error_map, Some((0.0, 1.0)), &title, "error rate"), dir, &format!("heatmaps/{stem}.png"))?;
+    let layer_means: Vec<(String, Vec<f64>)> = map.layers.iter().map(|(l, acc)| (l.clone(), acc.means())).collect();
+    let mut layer_pngs = Vec::new();
+    for (layer, values) in &layer_means {
+        let name = format!("{stem}_{layer}");
+        write_npy(&name, values, raw)?;
+        let layer_map = CentredMap { values, height: shape.h, width: shape.w };
+        let title = format!("{} ε={eps_text}: {layer}", short_id(id));
+        save(&figures::heatmap(layer_map, None, &title, "1 − cos"), dir, &format!("heatmaps/{name}.png"))?;
+        layer_pngs.push((layer.clone(), format!("heatmaps/{name}.png")));
+    }
+    let grid_png = if layer_means.is_empty() {
+        None
+    } else {
+        let mut panels =
+            vec![figures::MapPanel { name: "error", map: error_map, range: Some((0.0, 1.0)), bar_label: "error rate" }];
+        for (layer, values) in &layer_means {
+            let map = CentredMap { values, height: shape.h, width: shape.w };
+            panels.push(figures::MapPanel { name: layer, map, range: None, bar_label: "1 − cos" });
+        }
+        let title = format!("{} ε={eps_text}: error and layer cosine distance", short_id(id));
+        let path = format!("heatmaps/{stem}_layers.png");
+        save(&figures::heatmap_grid(&panels, 3, &title), dir, &path)?;
+        Some(path)
+    };
+    Ok(HeatmapFiles {
+        eps: map.eps,
+        clean_error: map.clean.mean(),
+        images: map.images,
+        complete: map.is_complete(),
+        error_png: format!("heatmaps/{stem}.png"),
+        grid_png,
+        layer_pngs,
+    })
 }

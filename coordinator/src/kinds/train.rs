@@ -2,11 +2,23 @@
 //! epoch (the newest becomes the next attempt's `checkpoint` input, see the driver) and report the
 //! whole metric history, so a new attempt's lease supersedes earlier attempts' points. A finished
 //! task outputs the full checkpoint and the final weights alone (`model`), which analyses take.
+//! Its report section: the point's state, learning curves, confusion matrices and checkpoint.
 
 use super::{next_id, PointPlan};
 use crate::graph::PlannedTask;
+use crate::merge;
+use crate::report::{figures, save, short_id, write_file, LearningOrder, PointReport, EARLY_EPOCHS, LEARNED_AT};
 use crate::scheduler::{Cost, CostClass};
-use freqsweep_common::task::{DatasetSource, TaskSpec, TrainOutcome, TrainTask};
+use crate::store::{Reader, TaskRow};
+use anyhow::{Context, Result};
+use figures::LinePanel;
+use freqsweep_common::spec::{GridPoint, GRID_KEYS};
+use freqsweep_common::task::{
+    DatasetSource, MetricPoint, TaskKind, TaskOutcome, TaskSpec, TrainOutcome, TrainTask, CHECKPOINT_OUTPUT,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::Path;
 
 pub(super) fn plan(point: &mut PointPlan<'_>, tasks: &mut Vec<PlannedTask>) {
     let id = next_id(tasks);
@@ -70,4 +82,187 @@ pub(super) fn check(spec: &TrainTask, o: &TrainOutcome) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------- report section
+
+/// `results.csv` columns of the train section: the point's state and grid values, the run's
+/// figures and every test set's accuracy and macro-F1.
+pub(crate) fn csv_header(test_sets: &[String], csv: &mut String) {
+    csv.push_str(",state");
+    for k in GRID_KEYS {
+        let _ = write!(csv, ",{k}");
+    }
+    csv.push_str(",epochs_done,steps,seconds,final_loss");
+    for s in test_sets {
+        let _ = write!(csv, ",accuracy_{s},macro_f1_{s}");
+    }
+}
+
+/// The train section of a point's report: its state, learning curves, confusion matrices, the
+/// final checkpoint under `checkpoints/`, and its `results.csv` columns.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn report(
+    dir: &Path,
+    reader: &Reader,
+    rows: &HashMap<u64, TaskRow>,
+    tasks: &[PlannedTask],
+    index: usize,
+    point: &GridPoint,
+    test_sets: &[String],
+    report: &mut PointReport,
+    csv: &mut String,
+) -> Result<()> {
+    let train =
+        tasks.iter().find(|t| t.point == index && t.kind() == TaskKind::Train).expect("every point has a train task");
+    let row = &rows[&train.id.0];
+    let outcome = match row.result_json.as_deref().map(serde_json::from_str::<TaskOutcome>) {
+        Some(Ok(TaskOutcome::Train(o))) => Some(o),
+        _ => None,
+    };
+    report.state = row.state.clone();
+    report.error = row.error.clone();
+    report.outcome = outcome.clone();
+    let metric_points = reader.metrics(train.id.0)?;
+    if !metric_points.is_empty() {
+        write_curves(dir, &point.id, &metric_points, test_sets, report)?;
+        for (set, rows) in merge::final_confusions(&metric_points, point.task.train.classes) {
+            let stem = format!("confusion/{}_{set}", point.id);
+            write_file(&dir.join(format!("{stem}.csv")), &merge::confusion_csv(&rows))?;
+            let title = format!("{} on {set}", short_id(&point.id));
+            save(&figures::confusion(&rows, &title), dir, &format!("{stem}.png"))?;
+            report.raw.push(format!("{stem}.csv"));
+            report.confusions.push((set, format!("{stem}.png")));
+        }
+    }
+    if let Some((_, _, _, path)) = reader.task_artifacts(train.id.0)?.into_iter().find(|a| a.0 == CHECKPOINT_OUTPUT) {
+        let target = dir.join("checkpoints").join(format!("{}.ot", point.id));
+        std::fs::create_dir_all(target.parent().expect("has parent"))?;
+        std::fs::copy(&path, &target).with_context(|| format!("copying {path}"))?;
+    }
+    let _ = write!(csv, ",{}", row.state);
+    for k in GRID_KEYS {
+        let _ = write!(csv, ",{}", point.values.get(k).map_or("", String::as_str));
+    }
+    match &outcome {
+        Some(o) => {
+            let _ = write!(csv, ",{},{},{:.3},{}", o.epochs, o.steps, o.seconds, o.final_loss);
+            for s in test_sets {
+                match o.test_sets.iter().find(|t| &t.test_set == s) {
+                    Some(t) => {
+                        let _ = write!(csv, ",{},{}", t.accuracy, t.macro_f1);
+                    }
+                    None => csv.push_str(",,"),
+                }
+            }
+        }
+        None => {
+            csv.push_str(",,,,");
+            for _ in test_sets {
+                csv.push_str(",,");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Per-class F1 over all epochs (x = epoch) and over the first [`EARLY_EPOCHS`] (x = step).
+fn write_curves(
+    dir: &Path,
+    id: &str,
+    metric_points: &[MetricPoint],
+    test_sets: &[String],
+    report: &mut PointReport,
+) -> Result<()> {
+    let csv_path = format!("curves/{id}.csv");
+    write_file(&dir.join(&csv_path), &merge::f1_curve_csv(metric_points))?;
+    report.raw.push(csv_path);
+    let f1: Vec<&MetricPoint> = metric_points.iter().filter(|p| p.name == "f1").collect();
+    if f1.is_empty() {
+        return Ok(());
+    }
+    let panels = |x_of: &dyn Fn(&MetricPoint) -> Option<f64>| -> Vec<LinePanel> {
+        let mut sets: Vec<String> = test_sets.to_vec();
+        for p in &f1 {
+            if !sets.contains(&p.test_set) {
+                sets.push(p.test_set.clone());
+            }
+        }
+        sets.into_iter()
+            .map(|set| {
+                let mut by_class: BTreeMap<i32, Vec<(f64, f64)>> = BTreeMap::new();
+                for p in f1.iter().filter(|p| p.test_set == set) {
+                    if let Some(x) = x_of(p) {
+                        by_class.entry(p.class_index).or_default().push((x, p.value));
+                    }
+                }
+                for points in by_class.values_mut() {
+                    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                }
+                LinePanel {
+                    title: set,
+                    series: by_class.into_iter().map(|(c, pts)| (format!("class {c}"), pts)).collect(),
+                }
+            })
+            .filter(|panel| !panel.series.is_empty())
+            .collect()
+    };
+    let all = panels(&|p| Some(p.epoch));
+    report.learning_order = learning_order(&f1, test_sets);
+    let title = format!("per-class F1 — {}", short_id(id));
+    save(&figures::line_panels(&all, "epoch", "F1", &title), dir, &format!("curves/{id}.png"))?;
+    report.curves.push(format!("curves/{id}.png"));
+    let early = panels(&|p| (p.epoch <= EARLY_EPOCHS).then_some(p.step as f64));
+    if !early.is_empty() {
+        let title = format!("per-class F1, first {EARLY_EPOCHS} epochs — {}", short_id(id));
+        save(&figures::line_panels(&early, "step", "F1", &title), dir, &format!("curves/{id}_first3.png"))?;
+        report.curves.push(format!("curves/{id}_first3.png"));
+    }
+    Ok(())
+}
+
+/// For each test set and class, the first step at which F1 reached each threshold of [`LEARNED_AT`].
+fn learning_order(f1: &[&MetricPoint], test_sets: &[String]) -> LearningOrder {
+    test_sets
+        .iter()
+        .map(|set| {
+            let mut by_class: BTreeMap<i32, Vec<(u64, f64)>> = BTreeMap::new();
+            for p in f1.iter().filter(|p| &p.test_set == set) {
+                by_class.entry(p.class_index).or_default().push((p.step, p.value));
+            }
+            let classes = by_class
+                .into_iter()
+                .map(|(class, mut points)| {
+                    points.sort_by_key(|p| p.0);
+                    let firsts = LEARNED_AT.iter().map(|&t| points.iter().find(|p| p.1 >= t).map(|p| p.0)).collect();
+                    (class, firsts)
+                })
+                .collect();
+            (set.clone(), classes)
+        })
+        .filter(|(_, classes): &(String, Vec<_>)| !classes.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learning_order_is_the_first_step_over_each_threshold() {
+        let p = |step: u64, class: i32, value: f64| MetricPoint {
+            name: "f1".into(),
+            epoch: step as f64 / 10.0,
+            step,
+            test_set: "B1234".into(),
+            class_index: class,
+            value,
+        };
+        // Out of order on purpose: the store keeps insertion order, which a resumed run may mix.
+        let points = [p(20, 3, 0.95), p(0, 3, 0.1), p(10, 3, 0.6), p(10, 0, 0.2), p(20, 0, 0.55), p(0, 0, 0.0)];
+        let refs: Vec<&MetricPoint> = points.iter().collect();
+        let order = learning_order(&refs, &["B1234".into(), "B124".into()]);
+        assert_eq!(order.len(), 1, "a test set without points is left out");
+        assert_eq!(order[0].1, vec![(0, vec![Some(20), None]), (3, vec![Some(10), Some(20)])]);
+    }
 }

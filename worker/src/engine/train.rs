@@ -30,12 +30,13 @@ pub(super) fn run(
     }
     let device = engine.device;
     let (train_set, test_set) = engine.dataset(&task.dataset)?;
-    let end = train::run(task, train_set, test_set, device, &checkpoint_path, &mut Relay { events }).map_err(|e| {
-        match e {
-            TrainError::Torch(_) => EngineError::transient(e.to_string()),
-            _ => EngineError::fatal(e.to_string()),
-        }
-    })?;
+    let end =
+        train::run(task, train_set, test_set, device, &checkpoint_path, &mut Relay { events }).map_err(
+            |e| match e {
+                TrainError::Torch(_) => EngineError::transient(e.to_string()),
+                _ => EngineError::fatal(e.to_string()),
+            },
+        )?;
     match end {
         TrainEnd::Stopped { .. } => Ok(EngineResult::Stopped),
         TrainEnd::Finished { outcome, .. } => {
@@ -80,4 +81,3 @@ impl TrainObserver for Relay<'_> {
         self.events.should_stop()
     }
 }
-
