@@ -1651,10 +1651,10 @@ mod tests {
         join(s, 0, FAST);
         let (_, a) = lease_one(s, 0, SLOW).unwrap();
         let (_, b) = lease_one(s, 0, FAST).unwrap();
-        s.handle(1_000, Input::Completed { attempt: b, by: owner(&s, b), outputs: vec![] });
+        s.handle(1_000, Input::Completed { attempt: b, by: owner(s, b), outputs: vec![] });
         let (_, c) = lease_one(s, 1_000, FAST).unwrap();
-        s.handle(2_000, Input::Completed { attempt: c, by: owner(&s, c), outputs: vec![] });
-        s.handle(20_000, Input::Completed { attempt: a, by: owner(&s, a), outputs: vec![] });
+        s.handle(2_000, Input::Completed { attempt: c, by: owner(s, c), outputs: vec![] });
+        s.handle(20_000, Input::Completed { attempt: a, by: owner(s, a), outputs: vec![] });
         let (t, slow) = lease_one(s, 20_000, SLOW).unwrap();
         assert_eq!(t, TaskId(4));
         slow
