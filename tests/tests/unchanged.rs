@@ -10,6 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+/// libtorch picks CPU kernels by instruction set: an AVX-512 machine sums some reductions (the
+/// layer maps' cosine distances) in another order than an AVX2 one, so bits differ between
+/// machines. Pinned to AVX2 (oneDNN and ATen) and MKL's reproducible mode, any x86-64 machine with
+/// AVX2 computes the fixture's bits; the fixture was made with the same settings.
+const PINNED_KERNELS: [(&str, &str); 3] =
+    [("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2"), ("MKL_CBWR", "COMPATIBLE")];
+
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo_small")
 }
@@ -46,7 +53,8 @@ fn the_shrunk_demo_gives_the_checked_in_arrays_bit_for_bit() {
             .arg("run")
             .arg(fixture().join("spec.toml"))
             .args(["--local-workers", "2", "--worker-threads", "1", "--out"])
-            .arg(&out),
+            .arg(&out)
+            .envs(PINNED_KERNELS),
         Duration::from_secs(600),
     );
     let stderr = String::from_utf8_lossy(&result.stderr);
