@@ -158,3 +158,17 @@ impl Run {
 pub fn default_config(token: Option<String>) -> ServiceConfig {
     ServiceConfig { token, scheduler: SchedulerConfig::default(), heartbeat_interval_ms: 2_000, tls: None }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `run`/`serve` and the scheduler had two sets of defaults that disagreed (`backoff_max` 30 s
+    /// against 60 s); there is one now.
+    #[test]
+    fn the_run_uses_the_schedulers_one_set_of_defaults() {
+        let run = format!("{:?}", default_config(None).scheduler);
+        assert_eq!(run, format!("{:?}", SchedulerConfig::default()));
+        assert!(run.contains("backoff_max: 30000"), "{run}");
+    }
+}
