@@ -9,7 +9,7 @@
 //! - `metric_points_per_second`: points ingested durably (batches of 1 000, 16 workers);
 //! - `sessions`, `sessions_seconds`: concurrent worker sessions opened and heard from.
 
-use freqsweep_common::task::{DatasetSource, TaskSpec};
+use freqsweep_common::task::TaskSpec;
 use freqsweep_coordinator::artifacts::ArtifactDir;
 use freqsweep_coordinator::driver::Shared;
 use freqsweep_coordinator::graph::PlannedTask;
@@ -25,22 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
 
-fn chunk() -> freqsweep_common::task::HeatmapTask {
-    freqsweep_common::task::HeatmapTask {
-        dataset: DatasetSource::Cifar10 { path: "/none".into() },
-        model: freqsweep_common::task::ModelSource::TorchScript { path: "/none".into() },
-        eps: 4.0,
-        cells: vec![],
-        chunk: 0,
-        layers: vec![],
-        images: 0,
-        seed: 0,
-        batch: 1,
-    }
-}
-
 fn tasks(n: usize) -> Vec<PlannedTask> {
-    let spec = TaskSpec::Heatmap(chunk());
+    let spec = TaskSpec::Heatmap(testing::empty_chunk());
     (0..n)
         .map(|i| PlannedTask {
             id: TaskId(i as u64 + 1),
@@ -101,7 +87,7 @@ async fn worker(url: String, metrics: usize) -> u64 {
     let mut client = CoordinatorClient::connect(url).await.unwrap();
     let session = testing::open_session(&mut client, "bench").await.unwrap();
     let (tx, mut inbound, id) = (session.tx, session.inbound, session.worker_id);
-    let result_json = testing::heatmap_result_json(&chunk(), 1, 0, "bench");
+    let result_json = testing::heatmap_result_json(&testing::empty_chunk(), 1, 0, "bench");
     let msg = |body| pb::WorkerMessage { worker_id: id.clone(), body: Some(body) };
     tx.send(msg(worker_message::Body::LeaseRequest(pb::LeaseRequest { slots: 1 }))).await.unwrap();
     let point =

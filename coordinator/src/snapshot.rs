@@ -115,15 +115,7 @@ impl Driver {
         let store = self.store_stats();
         let core = self;
         let counts = core.scheduler.counts();
-        let all_states = [
-            StateName::Blocked,
-            StateName::Ready,
-            StateName::Running,
-            StateName::Backoff,
-            StateName::Done,
-            StateName::Failed,
-            StateName::Cancelled,
-        ];
+        let all_states = StateName::ALL;
         let tasks_by_state =
             all_states.iter().map(|s| (s.as_str().to_string(), counts.get(s).copied().unwrap_or(0) as u64)).collect();
         let tasks_by_kind = TaskKind::ALL

@@ -57,6 +57,21 @@ impl SimSession {
     }
 }
 
+/// A heatmap chunk of no cells and no real data: a task for tests of the scheduling path only.
+pub fn empty_chunk() -> HeatmapTask {
+    HeatmapTask {
+        dataset: freqsweep_common::task::DatasetSource::Cifar10 { path: "/none".into() },
+        model: freqsweep_common::task::ModelSource::TorchScript { path: "/none".into() },
+        eps: 4.0,
+        cells: vec![],
+        chunk: 0,
+        layers: vec![],
+        images: 0,
+        seed: 0,
+        batch: 1,
+    }
+}
+
 /// The JSON of a heatmap chunk's outcome that fits `task`: every cell once, `images` images,
 /// `errors` wrong per cell, the clean error 0; `device` names who computed it.
 pub fn heatmap_result_json(task: &HeatmapTask, images: usize, errors: usize, device: &str) -> String {

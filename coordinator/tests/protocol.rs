@@ -2,7 +2,7 @@
 //! session must present the id and key its registration returned, an id cannot be claimed by a
 //! second session, an old protocol version is refused, and a greedy lease request gets one task.
 
-use freqsweep_common::task::{DatasetSource, TaskSpec};
+use freqsweep_common::task::TaskSpec;
 use freqsweep_coordinator::artifacts::ArtifactDir;
 use freqsweep_coordinator::driver::Shared;
 use freqsweep_coordinator::graph::PlannedTask;
@@ -18,17 +18,7 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 
 fn tasks(n: u64) -> Vec<PlannedTask> {
-    let spec = TaskSpec::Heatmap(freqsweep_common::task::HeatmapTask {
-        dataset: DatasetSource::Cifar10 { path: "/none".into() },
-        model: freqsweep_common::task::ModelSource::TorchScript { path: "/none".into() },
-        eps: 4.0,
-        cells: vec![],
-        chunk: 0,
-        layers: vec![],
-        images: 0,
-        seed: 0,
-        batch: 1,
-    });
+    let spec = TaskSpec::Heatmap(testing::empty_chunk());
     (1..=n)
         .map(|i| PlannedTask {
             id: TaskId(i),
@@ -55,7 +45,10 @@ async fn sessions_are_bound_to_their_registration() {
 
     let old = client.register(pb::RegisterRequest { protocol_version: 1, ..Default::default() }).await.unwrap_err();
     assert_eq!(old.code(), tonic::Code::FailedPrecondition);
-    assert_eq!(old.message(), format!("protocol version 1 but this coordinator speaks {}", freqsweep_proto::PROTOCOL_VERSION));
+    assert_eq!(
+        old.message(),
+        format!("protocol version 1 but this coordinator speaks {}", freqsweep_proto::PROTOCOL_VERSION)
+    );
 
     let mut real = testing::open_session(&mut client, "real").await.unwrap();
     // Without the key, with a wrong one, or with the right one a second time: refused, one line.

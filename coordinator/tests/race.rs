@@ -4,7 +4,7 @@
 //! result is refused, and the store holds one result, both attempts (one marked as the backup),
 //! and only the winner's metric points. Status shows the measured throughput.
 
-use freqsweep_common::task::{DatasetSource, TaskSpec};
+use freqsweep_common::task::TaskSpec;
 use freqsweep_coordinator::artifacts::ArtifactDir;
 use freqsweep_coordinator::driver::Shared;
 use freqsweep_coordinator::graph::PlannedTask;
@@ -20,27 +20,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
-fn chunk() -> freqsweep_common::task::HeatmapTask {
-    freqsweep_common::task::HeatmapTask {
-        dataset: DatasetSource::Cifar10 { path: "/none".into() },
-        model: freqsweep_common::task::ModelSource::TorchScript { path: "/none".into() },
-        eps: 4.0,
-        cells: vec![],
-        chunk: 0,
-        layers: vec![],
-        images: 0,
-        seed: 0,
-        batch: 1,
-    }
-}
-
 fn planned(n: u64) -> Vec<PlannedTask> {
     (1..=n)
         .map(|i| PlannedTask {
             id: TaskId(i),
             key: format!("race/{i}"),
             point: 0,
-            spec: TaskSpec::Heatmap(chunk()),
+            spec: TaskSpec::Heatmap(testing::empty_chunk()),
             deps: vec![],
             cost: Cost { class: CostClass::new("heatmap/tiny"), units: 100.0 },
         })
@@ -92,7 +78,7 @@ impl Session {
     async fn finish(&mut self, attempt: u64, by: &str) -> bool {
         let result = pb::TaskResult {
             attempt_id: attempt,
-            result_json: testing::heatmap_result_json(&chunk(), 1, 0, by),
+            result_json: testing::heatmap_result_json(&testing::empty_chunk(), 1, 0, by),
             outputs: vec![],
             seconds: 0.0,
         };
@@ -162,7 +148,7 @@ async fn a_fast_worker_backs_up_a_straggler_and_wins() {
     let reader = store.reader().unwrap();
     let task = reader.tasks().unwrap().into_iter().find(|t| t.id == straggling.task_id).unwrap();
     assert_eq!((task.state.as_str(), task.attempts), ("done", 0), "done once; a backup is no failure");
-    assert_eq!(task.result_json, Some(testing::heatmap_result_json(&chunk(), 1, 0, "fast")));
+    assert_eq!(task.result_json, Some(testing::heatmap_result_json(&testing::empty_chunk(), 1, 0, "fast")));
     let attempts = reader.attempts().unwrap();
     let summary: Vec<(u64, bool, Option<&str>)> = attempts
         .iter()

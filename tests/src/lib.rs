@@ -135,3 +135,15 @@ pub fn png_size(bytes: &[u8]) -> (u32, u32) {
     let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     (be(&bytes[16..20]), be(&bytes[20..24]))
 }
+
+/// `results.csv` of a run directory without its wall-clock `seconds` column (everything else in
+/// it must match exactly between runs of the same sweep).
+pub fn results_without_timing(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header: Vec<&str> = text.lines().next().expect("a header").split(',').collect();
+    let seconds = header.iter().position(|h| *h == "seconds").expect("a seconds column");
+    text.lines()
+        .map(|l| l.split(',').enumerate().filter(|(i, _)| *i != seconds).map(|(_, v)| v).collect::<Vec<_>>().join(","))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -8,7 +8,7 @@ use freqsweep_coordinator::store::Store;
 use freqsweep_tests::{binary, run_bounded, wait_or_kill};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SPEC: &str = r#"name = "faults"
 [[dataset]]
@@ -37,17 +37,24 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-#[test]
-fn a_worker_killed_mid_task_is_replaced_and_the_sweep_completes() {
+/// `freqsweep run SPEC --local-workers 2 --worker-threads 1 EXTRA…` in a temporary directory;
+/// when the log shows both workers training, `hook` gets the run's pid (on a thread of its own,
+/// so the log pipe keeps draining). Returns the hook's result, the exit status, the log and the
+/// run directory.
+fn run_with_fault<R: Send + 'static>(
+    extra: &[&str],
+    hook: impl FnOnce(u32) -> R + Send + 'static,
+) -> (Option<R>, std::process::ExitStatus, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("faults.toml");
     std::fs::write(&spec, SPEC).unwrap();
-    let out = dir.path().join("run");
     let mut child = Command::new(binary("freqsweep"))
         .arg("run")
         .arg(&spec)
-        .args(["--local-workers", "2", "--worker-threads", "1", "--out"])
-        .arg(&out)
+        .args(["--local-workers", "2", "--worker-threads", "1"])
+        .args(extra)
+        .arg("--out")
+        .arg(dir.path().join("run"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -55,43 +62,42 @@ fn a_worker_killed_mid_task_is_replaced_and_the_sweep_completes() {
     let pid = child.id();
     let stderr = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
-        let mut log = Vec::new();
-        let mut leased = 0;
-        let mut killed = false;
+        let (mut log, mut leased, mut hook, mut fault) = (Vec::new(), 0, Some(hook), None);
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             if line.contains("leased") && line.contains("kind=\"train\"") {
                 leased += 1;
-                // Both workers hold a training task now: kill one of them.
-                if leased == 2 && !killed {
-                    let victim = *children(pid).first().expect("worker processes");
-                    Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap();
-                    killed = true;
+                if leased == 2 {
+                    if let Some(hook) = hook.take() {
+                        fault = Some(std::thread::spawn(move || hook(pid)));
+                    }
                 }
             }
             log.push(line);
         }
-        (killed, log)
+        (fault.map(|f| f.join().unwrap()), log.join("\n"))
     });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(300) {
-            let _ = child.kill();
-            panic!("sweep did not finish in time");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (killed, log) = reader.join().unwrap();
-    let log = log.join("\n");
-    assert!(killed, "never saw both workers training");
+    let status = wait_or_kill(&mut child, Duration::from_secs(300), &mut [], "the sweep did not finish in time");
+    let (fault, log) = reader.join().unwrap();
+    (fault, status, log, dir)
+}
+
+fn done_rows(dir: &tempfile::TempDir) -> usize {
+    let results = std::fs::read_to_string(dir.path().join("run/results.csv")).unwrap();
+    results.lines().filter(|l| l.contains(",done,")).count()
+}
+
+#[test]
+fn a_worker_killed_mid_task_is_replaced_and_the_sweep_completes() {
+    let (killed, status, log, dir) = run_with_fault(&[], |pid| {
+        let victim = *children(pid).first().expect("worker processes");
+        Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap().success()
+    });
+    assert_eq!(killed, Some(true), "never saw both workers training");
     assert!(status.success(), "the sweep failed after a worker was killed: {}", log.lines().last().unwrap_or(""));
     assert!(log.contains("worker left"), "the coordinator noticed the lost worker");
     assert!(log.contains("from=\"running\" to=\"ready\""), "the orphaned task was re-queued");
-    let results = std::fs::read_to_string(out.join("results.csv")).unwrap();
-    assert_eq!(results.lines().filter(|l| l.contains(",done,")).count(), 2, "{results}");
+    assert_eq!(done_rows(&dir), 2);
 }
 
 /// Both workers paused (SIGSTOP, what `scontrol suspend` does to a job) past the lease timeout
@@ -100,60 +106,24 @@ fn a_worker_killed_mid_task_is_replaced_and_the_sweep_completes() {
 /// (before the fix they stayed attached to dead sessions and the sweep hung for good).
 #[test]
 fn workers_paused_past_the_lease_timeout_register_again_and_the_sweep_completes() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("faults.toml");
-    std::fs::write(&spec, SPEC).unwrap();
-    let out = dir.path().join("run");
-    let mut child = Command::new(binary("freqsweep"))
-        .arg("run")
-        .arg(&spec)
-        .args(["--local-workers", "2", "--worker-threads", "1", "--lease-timeout", "2", "--out"])
-        .arg(&out)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut log = Vec::new();
-        let mut leased = 0;
-        let mut pauser = None;
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if line.contains("leased") && line.contains("kind=\"train\"") {
-                leased += 1;
-                if leased == 2 && pauser.is_none() {
-                    // Pause from another thread: this one keeps draining the log pipe.
-                    let workers = children(pid);
-                    pauser = Some(std::thread::spawn(move || {
-                        let signal = |sig: &str| {
-                            for w in &workers {
-                                Command::new("kill").args([sig, &w.to_string()]).status().unwrap();
-                            }
-                        };
-                        signal("-STOP");
-                        std::thread::sleep(Duration::from_secs(5));
-                        signal("-CONT");
-                        workers.len()
-                    }));
-                }
+    let (paused, status, log, dir) = run_with_fault(&["--lease-timeout", "2"], |pid| {
+        let workers = children(pid);
+        let signal = |sig: &str| {
+            for w in &workers {
+                Command::new("kill").args([sig, &w.to_string()]).status().unwrap();
             }
-            log.push(line);
-        }
-        (pauser.map(|p| p.join().unwrap()), log)
+        };
+        signal("-STOP");
+        std::thread::sleep(Duration::from_secs(5));
+        signal("-CONT");
+        workers.len()
     });
-    let status =
-        wait_or_kill(&mut child, Duration::from_secs(300), &mut [], "the sweep did not finish after the pause");
-    let (paused, log) = reader.join().unwrap();
-    let log = log.join("\n");
     assert_eq!(paused, Some(2), "both workers were paused while training");
     assert!(status.success(), "the sweep failed after the pause: {}", log.lines().last().unwrap_or(""));
     assert!(log.matches("worker expired").count() >= 2, "the coordinator dropped both paused workers");
     assert!(log.contains("session expired"), "the workers were told why their session ended");
     assert!(log.matches(" registered").count() >= 4, "each worker registered again");
-    let results = std::fs::read_to_string(out.join("results.csv")).unwrap();
-    assert_eq!(results.lines().filter(|l| l.contains(",done,")).count(), 2, "{results}");
+    assert_eq!(done_rows(&dir), 2);
 }
 
 /// A free loopback port (bound, then released).

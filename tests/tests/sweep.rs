@@ -6,7 +6,7 @@
 //! and page from the store.
 
 use freqsweep_common::npy::NpyArray;
-use freqsweep_tests::{binary, png_size, run_bounded};
+use freqsweep_tests::{binary, png_size, results_without_timing, run_bounded};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -57,17 +57,6 @@ fn file(dir: &Path, rel: &str) -> Vec<u8> {
 
 const POINTS: [&str; 2] = ["Syn_1-tiny-adam-lr0.003-bs32-ep2-seed1", "Syn_4-tiny-adam-lr0.003-bs32-ep2-seed1"];
 
-fn results_without_timing(dir: &Path) -> String {
-    // Drop the wall-clock column; everything else must match exactly.
-    let text = String::from_utf8(file(dir, "results.csv")).unwrap();
-    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
-    let seconds = header.iter().position(|h| *h == "seconds").unwrap();
-    text.lines()
-        .map(|l| l.split(',').enumerate().filter(|(i, _)| *i != seconds).map(|(_, v)| v).collect::<Vec<_>>().join(","))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[test]
 fn a_tiny_sweep_is_complete_identical_across_worker_counts_and_resumable() {
     let dir = tempfile::tempdir().unwrap();
@@ -97,7 +86,7 @@ fn a_tiny_sweep_is_complete_identical_across_worker_counts_and_resumable() {
             confusion.lines().skip(1).flat_map(|l| l.split(',').skip(1)).map(|v| v.parse::<u64>().unwrap()).sum();
         assert_eq!(total, 32, "the final confusion matrix covers the test set");
     }
-    let results = results_without_timing(&two);
+    let results = results_without_timing(&two.join("results.csv"));
     assert_eq!(results.lines().count(), 3, "header + one row per grid point");
     assert!(results.lines().skip(1).all(|l| l.contains(",done,")), "{results}");
 
@@ -121,14 +110,18 @@ fn a_tiny_sweep_is_complete_identical_across_worker_counts_and_resumable() {
                 assert_eq!(file(&two, &rel), file(&other, &rel), "{rel} differs between 2 and {workers} workers");
             }
         }
-        assert_eq!(results_without_timing(&other), results, "results.csv differs with {workers} workers");
+        assert_eq!(
+            results_without_timing(&other.join("results.csv")),
+            results,
+            "results.csv differs with {workers} workers"
+        );
     }
 
     // Running again on the same directory resumes: nothing is leased again.
     let (stdout, stderr) = run(&spec, &two, 2);
     assert!(stdout.contains("sweep finished: 12 done"), "{stdout}");
     assert!(!stderr.contains("leased"), "a finished sweep re-ran tasks");
-    assert_eq!(results_without_timing(&two), results);
+    assert_eq!(results_without_timing(&two.join("results.csv")), results);
 
     // The report: every figure is a valid PNG, and report.html references only files that exist.
     let html = String::from_utf8(file(&two, "report.html")).unwrap();

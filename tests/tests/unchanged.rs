@@ -5,7 +5,7 @@
 //! training and heatmaps are bit-reproducible at a fixed libtorch thread count, whichever worker
 //! runs which task, so any difference is a change in behaviour.
 
-use freqsweep_tests::{binary, run_bounded};
+use freqsweep_tests::{binary, results_without_timing, run_bounded};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -31,17 +31,6 @@ fn files(dir: &Path, sub: &str, extensions: &[&str]) -> Vec<String> {
         .collect();
     found.sort();
     found
-}
-
-/// `results.csv` without its wall-clock `seconds` column.
-fn results_without_timing(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let header: Vec<&str> = text.lines().next().expect("a header").split(',').collect();
-    let seconds = header.iter().position(|h| *h == "seconds").expect("a seconds column");
-    text.lines()
-        .map(|l| l.split(',').enumerate().filter(|(i, _)| *i != seconds).map(|(_, v)| v).collect::<Vec<_>>().join(","))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[test]
