@@ -7,6 +7,7 @@
 //! - [`grpc`]: the thin tonic shell (proto ↔ domain conversion, errors to `Status`).
 //! - [`http`]: `/metrics` (Prometheus), `/api/status` (JSON) and the dashboard page.
 //! - [`kinds`]: one room per task kind (plan, inputs, result checks, checkpoints, history).
+//! - [`lock`]: one run per directory (an OS lock on `freqsweep.lock`).
 //! - [`merge`]: heatmap chunks into maps, metric points into curves and confusion matrices.
 //! - [`report`]: result files, figures and `report.html` rendered from the store.
 //! - [`run`]: opening/resuming a run directory, serving until done, writing result files.
@@ -21,6 +22,7 @@ pub mod graph;
 pub mod grpc;
 pub mod http;
 pub mod kinds;
+pub mod lock;
 pub mod merge;
 pub mod report;
 pub mod run;

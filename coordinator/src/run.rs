@@ -28,6 +28,8 @@ pub struct Run {
     pub shared: Arc<Shared>,
     pub store: Store,
     writer: Option<StoreWriter>,
+    /// Held for the life of the run: a second `run` or `serve` on this directory is refused.
+    _lock: crate::lock::DirLock,
 }
 
 /// Open `dir` for `spec_path`: plan the sweep, create or resume its store.
@@ -35,6 +37,7 @@ pub fn open(spec_path: &Path, dir: &Path, config: ServiceConfig) -> Result<Run> 
     let sweep = spec::load(spec_path)?;
     let text = std::fs::read_to_string(spec_path)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let lock = crate::lock::lock_dir(dir)?;
     let (store, writer) = Store::open(&dir.join("freqsweep.db"))?;
     let reader = store.reader()?;
     let tasks = graph::plan(&sweep);
@@ -99,7 +102,7 @@ pub fn open(spec_path: &Path, dir: &Path, config: ServiceConfig) -> Result<Run> 
     let shared =
         Shared::new(config, store.clone(), artifacts, tasks.clone(), stored, first_attempt, sweep.name.clone());
     shared.restore_partials(partials);
-    Ok(Run { dir: dir.to_path_buf(), sweep, tasks, shared, store, writer: Some(writer) })
+    Ok(Run { dir: dir.to_path_buf(), sweep, tasks, shared, store, writer: Some(writer), _lock: lock })
 }
 
 fn now_ms() -> u64 {

@@ -69,3 +69,41 @@ fn serve_status_and_a_remote_worker() {
     assert!(log.contains("worker joined") && log.contains("worker left"), "joins and leaves are logged");
     assert!(dir.path().join("run/results.csv").is_file());
 }
+
+/// One run per directory: while `serve` holds a run directory, `freqsweep run` (or another
+/// `serve`) on it is refused with one line naming the holder; a `kill -9` of the holder releases
+/// it, and the next run resumes there.
+#[test]
+fn a_run_directory_is_held_by_one_process_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("held.toml");
+    std::fs::write(&spec, tiny_spec("held", "0.003")).unwrap();
+    let out = dir.path().join("run");
+    let Served { child: mut holder, lines, .. } = serve(&spec, &out, &[], "listen=");
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).count());
+    let second = |subcommand: &[&str]| {
+        let out = run_bounded(
+            Command::new(binary("freqsweep"))
+                .args(subcommand)
+                .arg(&spec)
+                .arg("--out")
+                .arg(&out)
+                .env("FREQSWEEP_TOKEN", "t"),
+            LIMIT,
+        );
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).trim().to_string())
+    };
+    for subcommand in [&["run", "--local-workers", "1"][..], &["serve", "--listen", "127.0.0.1:0"][..]] {
+        let (ok, stderr) = second(subcommand);
+        assert!(!ok, "{subcommand:?} ran beside the holder");
+        let expected = format!("is in use by another freqsweep (pid {} on", holder.id());
+        assert!(stderr.lines().count() == 1 && stderr.contains(&expected), "{subcommand:?}: {stderr}");
+    }
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    drain.join().unwrap();
+    let (ok, stderr) = second(&["run", "--local-workers", "1", "--worker-threads", "1"]);
+    assert!(ok, "the lock of a killed holder is released: {stderr}");
+    let results = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(results.lines().filter(|l| l.contains(",done,")).count(), 1, "{results}");
+}
