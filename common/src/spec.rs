@@ -1003,8 +1003,12 @@ fn test_sets(ctx: &Ctx, raw: &List) -> Result<Vec<BandSet>, SpecError> {
 fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
     let name = ctx.scalar(&raw.name, "sweep".to_string(), |v| {
         let s = string("name", v)?;
-        if s.trim().is_empty() {
-            return Err("name must not be empty".into());
+        // The name is the default run directory (`runs/<name>`): one plain path component.
+        let plain = s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if s.is_empty() || s.len() > 100 || s.starts_with('.') || !plain {
+            return Err(format!(
+                "name must be 1 to 100 letters, digits, '-', '_' or '.', not starting with '.' (it names the run directory runs/<name>), got {s:?}"
+            ));
         }
         Ok(s)
     })?;
@@ -1262,6 +1266,20 @@ optimizer = "sgd"
 arch = "tiny"
 lr = 0.0001
 "#;
+
+    #[test]
+    fn a_sweep_name_is_one_plain_path_component() {
+        for bad in ["../../etc", "a/b", ".hidden", "", "two words", "x\\ny"] {
+            let text = format!("name = \"{bad}\"\n[[dataset]]\nkind = \"syn\"\nband = 1\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n");
+            let err = parse(&text, "s.toml").unwrap_err().to_string();
+            assert!(err.contains("s.toml:1") && err.contains("names the run directory"), "{bad:?}: {err}");
+        }
+        let long = "a".repeat(101);
+        let text = format!("name = \"{long}\"\n[[dataset]]\nkind = \"syn\"\nband = 1\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n");
+        assert!(parse(&text, "s.toml").is_err());
+        let ok = "name = \"poster_cpu-2.v1\"\n[[dataset]]\nkind = \"syn\"\nband = 1\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n";
+        assert_eq!(parse(ok, "s.toml").unwrap().name, "poster_cpu-2.v1");
+    }
 
     #[test]
     fn a_full_spec_expands_in_order_with_excludes() {

@@ -25,8 +25,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
 
-fn tasks(n: usize) -> Vec<PlannedTask> {
-    let spec = TaskSpec::Heatmap(testing::empty_chunk());
+/// `n` tasks: train tasks when they stream metric points (only train tasks do), else heatmap chunks.
+fn tasks(n: usize, metrics: bool) -> Vec<PlannedTask> {
+    let spec =
+        if metrics { TaskSpec::Train(testing::sim_train_task()) } else { TaskSpec::Heatmap(testing::empty_chunk()) };
     (0..n)
         .map(|i| PlannedTask {
             id: TaskId(i as u64 + 1),
@@ -47,17 +49,17 @@ struct Coordinator {
     _stop: tokio::sync::watch::Sender<bool>,
 }
 
-async fn start(n_tasks: usize) -> Coordinator {
+async fn start(n_tasks: usize, metrics: bool) -> Coordinator {
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = Store::open(&dir.path().join("freqsweep.db")).unwrap();
     std::mem::forget(writer); // lives for the whole benchmark
-    let planned = tasks(n_tasks);
+    let planned = tasks(n_tasks, metrics);
     let changes = planned
         .iter()
         .map(|t| freqsweep_coordinator::store::Change::InsertTask {
             id: t.id.0,
             key: t.key.clone(),
-            kind: "heatmap".into(),
+            kind: t.kind().as_str().into(),
             spec_json: "{}".into(),
             deps: vec![],
         })
@@ -87,11 +89,16 @@ async fn worker(url: String, metrics: usize) -> u64 {
     let mut client = CoordinatorClient::connect(url).await.unwrap();
     let session = testing::open_session(&mut client, "bench").await.unwrap();
     let (tx, mut inbound, id) = (session.tx, session.inbound, session.worker_id);
-    let result_json = testing::heatmap_result_json(&testing::empty_chunk(), 1, 0, "bench");
+    // Results that fit their tasks: a train result names its two outputs (uploaded once).
+    let (result_json, outputs) = if metrics > 0 {
+        let outputs = testing::upload_train_outputs(&mut client).await.unwrap();
+        (testing::train_result_json(&testing::sim_train_task(), "bench"), outputs)
+    } else {
+        (testing::heatmap_result_json(&testing::empty_chunk(), 1, 0, "bench"), Vec::new())
+    };
     let msg = |body| pb::WorkerMessage { worker_id: id.clone(), body: Some(body) };
     tx.send(msg(worker_message::Body::LeaseRequest(pb::LeaseRequest { slots: 1 }))).await.unwrap();
-    let point =
-        pb::MetricPoint { name: "f1".into(), epoch: 1.0, step: 1, test_set: "B124".into(), class_index: 0, value: 0.5 };
+    let point = testing::f1_point(0.5);
     let mut cycles = 0;
     while let Some(Ok(m)) = inbound.next().await {
         match m.body {
@@ -104,7 +111,7 @@ async fn worker(url: String, metrics: usize) -> u64 {
                 let result = pb::TaskResult {
                     attempt_id: lease.attempt_id,
                     result_json: result_json.clone(),
-                    outputs: vec![],
+                    outputs: outputs.clone(),
                     seconds: 0.0,
                 };
                 tx.send(msg(worker_message::Body::Result(result))).await.unwrap();
@@ -125,7 +132,7 @@ async fn worker(url: String, metrics: usize) -> u64 {
 }
 
 async fn cycles(n_tasks: usize, workers: usize, metrics: usize) -> (f64, u64, Coordinator) {
-    let c = start(n_tasks).await;
+    let c = start(n_tasks, metrics > 0).await;
     let started = Instant::now();
     let handles: Vec<_> = (0..workers).map(|_| tokio::spawn(worker(c.url.clone(), metrics))).collect();
     let mut total = 0;
@@ -142,7 +149,7 @@ async fn cycles(n_tasks: usize, workers: usize, metrics: usize) -> (f64, u64, Co
 }
 
 async fn sessions(count: usize) -> f64 {
-    let c = start(1).await;
+    let c = start(1, false).await;
     let started = Instant::now();
     let mut streams = Vec::new();
     let channel = tonic::transport::Channel::from_shared(c.url.clone()).unwrap().connect().await.unwrap();

@@ -488,7 +488,9 @@ impl Driver {
         self.next_worker += 1;
         let cached: Vec<String> = r.cached_artifacts.iter().filter_map(|d| self.digest_keys.get(d).cloned()).collect();
         tracing::info!(worker = %worker_name(worker), hostname = %r.hostname, device = %r.device, version = %r.version, "worker joined");
-        let session_key = secret();
+        // A key nobody else can guess; without an OS random source none can be made, and an
+        // empty key opens no session.
+        let session_key = crate::secret::random_hex(16).unwrap_or_default();
         self.workers.insert(
             worker,
             WorkerInfo {
@@ -521,7 +523,8 @@ impl Driver {
     pub fn attach(&mut self, worker_name: &str, key: &str, tx: mpsc::Sender<ToWorker>) -> Result<SessionId, String> {
         let worker = parse_worker(worker_name).ok_or_else(|| format!("{worker_name:?} is not a worker id"))?;
         let info = self.workers.get(&worker).ok_or("unknown worker id: register first")?;
-        if !constant_time_eq(info.session_key.as_bytes(), key.as_bytes()) {
+        if info.session_key.is_empty() || !crate::secret::constant_time_eq(info.session_key.as_bytes(), key.as_bytes())
+        {
             return Err(format!("wrong session key for {worker_name}: register first"));
         }
         if self.sessions.contains_key(&worker) {
@@ -577,6 +580,17 @@ impl Driver {
                 let Some(task) = self.owned(attempt, worker) else {
                     return self.drive_heartbeat(worker);
                 };
+                if let Err(why) = kinds::check_metrics(&self.tasks[&task], &points) {
+                    // Not stored: a broken or forged batch must not reach the results.
+                    tracing::warn!(task = %self.tasks[&task].key, attempt = attempt.0, why = %why, "metric batch refused");
+                    self.note_failure(
+                        Some(task),
+                        Some(attempt.0),
+                        worker_name(worker),
+                        format!("metric batch refused: {why}"),
+                    );
+                    return self.drive_heartbeat(worker);
+                }
                 self.metric_points += points.len() as u64;
                 let change = Change::Metrics { task_id: task.0, attempt_id: attempt.0, seq, points };
                 self.drive(Input::Heartbeat { worker }, vec![change], None);
@@ -1079,30 +1093,6 @@ fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// 128 random bits as hex, from the OS (a session key).
-fn secret() -> String {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    let from_os = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if from_os.is_err() {
-        // No /dev/urandom: std's per-process random hash keys, mixed with the time.
-        use std::hash::{BuildHasher, Hasher};
-        for half in bytes.chunks_mut(8) {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u128(
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
-            );
-            half.copy_from_slice(&h.finish().to_le_bytes());
-        }
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Compare without an early exit, so timing does not tell how much of a key was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn log_transition(
     task: &PlannedTask,
     from: StateName,
@@ -1403,5 +1393,45 @@ mod tests {
         assert_eq!(file["error"].as_array().unwrap().len(), 514, "every canonical cell");
         assert!(file["error"].as_array().unwrap().iter().all(|c| c[1]["sum"] == 2.0 && c[1]["n"] == 8));
         assert!(artifacts.contains(&digest));
+    }
+
+    #[test]
+    fn metric_points_a_task_cannot_produce_are_refused() {
+        let (shared, _dir, _writer) = shared(|_| {});
+        let (session, mut rx, _) = join(&shared, 64);
+        let (task, attempt) = lease(&shared, session, &mut rx);
+        let point = |name: &str, test_set: &str, class_index: i32, value: f64| MetricPoint {
+            name: name.into(),
+            epoch: 1.0,
+            step: 4,
+            test_set: test_set.into(),
+            class_index,
+            value,
+        };
+        for (seq, bad) in [
+            point("f1", "../../etc", 0, 0.5),
+            point("f1", "B1234", 4, 0.5),
+            point("accuracy", "B1234", -1, 1.5),
+            point("loss", "", -1, f64::NAN),
+            point("nonsense", "B1234", -1, 0.5),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let message = FromWorker::Metrics { attempt, seq: seq as u64, points: vec![bad] };
+            assert!(shared.with(|d| d.on_message(session, message)).unwrap());
+        }
+        let good = FromWorker::Metrics { attempt, seq: 9, points: vec![point("f1", "B1234", 3, 0.25)] };
+        shared.with(|d| d.on_message(session, good)).unwrap();
+        let reader = shared.with(|d| d.store.reader()).unwrap().unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while reader.metric_count().unwrap() == 0 && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let stored = reader.metrics(task.0).unwrap();
+        assert_eq!(stored.len(), 1, "only the point the task can produce: {stored:?}");
+        assert_eq!((stored[0].test_set.as_str(), stored[0].class_index), ("B1234", 3));
+        let note = shared.with(|d| d.failures.back().map(|f| f.error.clone())).unwrap().unwrap();
+        assert!(note.starts_with("metric batch refused: metric point \"nonsense\""), "{note}");
     }
 }

@@ -66,10 +66,14 @@ pub fn from_proto(message: pb::WorkerMessage) -> Option<FromWorker> {
             result_json: r.result_json,
             outputs: r.outputs.into_iter().map(artifact_from_proto).collect(),
         },
-        worker_message::Body::Failure(f) => {
-            FromWorker::Failure { attempt: AttemptId(f.attempt_id), error: f.error, retryable: f.retryable }
+        worker_message::Body::Failure(f) => FromWorker::Failure {
+            attempt: AttemptId(f.attempt_id),
+            error: peer_text(&f.error, MESSAGE_BYTES),
+            retryable: f.retryable,
+        },
+        worker_message::Body::Release(r) => {
+            FromWorker::Release { attempt: AttemptId(r.attempt_id), reason: peer_text(&r.reason, MESSAGE_BYTES) }
         }
-        worker_message::Body::Release(r) => FromWorker::Release { attempt: AttemptId(r.attempt_id), reason: r.reason },
         worker_message::Body::Checkpoint(c) => FromWorker::Checkpoint {
             attempt: AttemptId(c.attempt_id),
             artifact: c.artifact.map(artifact_from_proto),
@@ -105,6 +109,27 @@ pub fn to_proto(message: ToWorker) -> Result<pb::CoordinatorMessage, Status> {
     Ok(pb::CoordinatorMessage { body: Some(body) })
 }
 
+/// A string a peer sent, made safe to log and store: at most `max` bytes (cut at a character
+/// boundary, `…` appended) and every control character (newlines, ANSI escapes) written as its
+/// escape, so a peer cannot forge log lines or fill the store.
+pub fn peer_text(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max) + 3);
+    for c in s.chars() {
+        let piece: String = if c.is_control() { c.escape_default().collect() } else { c.to_string() };
+        if out.len() + piece.len() > max {
+            out.push('…');
+            break;
+        }
+        out.push_str(&piece);
+    }
+    out
+}
+
+/// Longest hostname, device or version a worker may register with.
+const NAME_BYTES: usize = 256;
+/// Longest error or release reason kept from a worker.
+const MESSAGE_BYTES: usize = 4096;
+
 fn internal(p: Panicked) -> Status {
     Status::internal(format!("coordinator error while handling the request: {}", p.0))
 }
@@ -119,7 +144,7 @@ impl tonic::service::Interceptor for Auth {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         let Some(expected) = &self.0 else { return Ok(request) };
         match request.metadata().get("authorization").and_then(|v| v.to_str().ok()) {
-            Some(got) if got == expected => Ok(request),
+            Some(got) if crate::secret::constant_time_eq(got.as_bytes(), expected.as_bytes()) => Ok(request),
             Some(_) => Err(Status::unauthenticated("wrong token (check FREQSWEEP_TOKEN)")),
             None => Err(Status::unauthenticated("missing token (set FREQSWEEP_TOKEN)")),
         }
@@ -155,9 +180,9 @@ impl Coordinator for Service {
             )));
         }
         let registration = Registration {
-            hostname: r.hostname,
-            device: r.capabilities.map(|c| c.device).unwrap_or_default(),
-            version: r.worker_version,
+            hostname: peer_text(&r.hostname, NAME_BYTES),
+            device: peer_text(&r.capabilities.map(|c| c.device).unwrap_or_default(), NAME_BYTES),
+            version: peer_text(&r.worker_version, NAME_BYTES),
             cached_artifacts: r.cached_artifacts,
             resumes_history: r.features.iter().any(|f| f == freqsweep_proto::FEATURE_RESUME_HISTORY),
         };
@@ -315,4 +340,30 @@ pub async fn serve(
         .await;
     timer.abort();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_strings_are_bounded_and_cannot_forge_log_lines() {
+        let forged = "node1\n2026-12-01T00:00:00Z  INFO worker joined worker=w9\u{1b}[31m";
+        let safe = peer_text(forged, NAME_BYTES);
+        assert!(!safe.chars().any(char::is_control), "{safe:?}");
+        assert!(safe.starts_with("node1\\n2026"), "{safe:?}");
+        let huge = "é".repeat(15_000_000);
+        let cut = peer_text(&huge, NAME_BYTES);
+        assert!(cut.len() <= NAME_BYTES + '…'.len_utf8() && cut.ends_with('…'), "{} bytes", cut.len());
+        let message = pb::WorkerMessage {
+            worker_id: String::new(),
+            body: Some(worker_message::Body::Failure(pb::TaskFailure {
+                attempt_id: 3,
+                error: "a\nb".repeat(10_000),
+                retryable: true,
+            })),
+        };
+        let Some(FromWorker::Failure { error, .. }) = from_proto(message) else { panic!("a failure") };
+        assert!(error.len() <= MESSAGE_BYTES + 3 && !error.contains('\n'), "{} bytes", error.len());
+    }
 }

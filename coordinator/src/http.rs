@@ -111,15 +111,10 @@ fn authorize<B>(token: Option<&str>, request: &Request<B>) -> Result<(), &'stati
         .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("token=")))
         .map(percent_decode);
     match header.map(str::to_string).or(query) {
-        Some(got) if constant_time_eq(got.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(got) if crate::secret::constant_time_eq(got.as_bytes(), expected.as_bytes()) => Ok(()),
         Some(_) => Err("unauthorized: wrong token (check FREQSWEEP_TOKEN)\n"),
         None => Err("unauthorized: missing token (send Authorization: Bearer TOKEN or add ?token=TOKEN)\n"),
     }
-}
-
-/// Compare without an early exit, so response times do not reveal how much of a guess matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn percent_decode(s: &str) -> String {

@@ -12,6 +12,7 @@
 //! - [`report`]: result files, figures and `report.html` rendered from the store.
 //! - [`run`]: opening/resuming a run directory, serving until done, writing result files.
 //! - [`scheduler`]: the sans-IO scheduler core (tasks, attempts, leases, workers; time is an input).
+//! - [`secret`]: random tokens and keys (OS CSPRNG), constant-time comparison.
 //! - [`snapshot`]: the one picture of progress behind `status`, `/metrics` and the dashboard.
 //! - [`store`]: the durable SQLite store with group commit.
 //! - [`tls`]: the certificate and key for gRPC and HTTPS.
@@ -27,6 +28,7 @@ pub mod merge;
 pub mod report;
 pub mod run;
 pub mod scheduler;
+pub mod secret;
 pub mod snapshot;
 pub mod store;
 #[doc(hidden)]

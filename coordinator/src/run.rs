@@ -85,6 +85,8 @@ pub fn open(spec_path: &Path, dir: &Path, config: ServiceConfig) -> Result<Run> 
             };
             stored.insert(TaskId(row.id), task);
         }
+        // Attempts live when the last coordinator stopped are not live in this one.
+        store.write(vec![Change::CloseOpenAttempts { now_ms: now_ms() }])?;
         let done = stored_rows.iter().filter(|r| r.state == "done").count();
         tracing::info!(run = %dir.display(), done, total = tasks.len(), "resuming");
     }
@@ -173,5 +175,25 @@ mod tests {
         let run = format!("{:?}", default_config(None).scheduler);
         assert_eq!(run, format!("{:?}", SchedulerConfig::default()));
         assert!(run.contains("backoff_max: 30000"), "{run}");
+    }
+
+    /// A coordinator killed while attempts ran left their rows open; resuming closes them.
+    #[test]
+    fn resuming_closes_the_attempts_a_killed_coordinator_left_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = dir.path().join("s.toml");
+        let text = "[[dataset]]\nkind = \"syn\"\nband = 1\ntrain = 32\ntest = 8\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n";
+        std::fs::write(&spec, text).unwrap();
+        let out = dir.path().join("run");
+        {
+            let run = open(&spec, &out, default_config(None)).unwrap();
+            let started = Change::AttemptStarted { id: 7, task_id: 1, worker: "w1".into(), now_ms: 1, backup: false };
+            run.store.write(vec![started]).unwrap();
+        } // the "kill": nothing closed the attempt
+        let run = open(&spec, &out, default_config(None)).unwrap();
+        let attempts = run.store.reader().unwrap().attempts().unwrap();
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].outcome.as_deref(), Some("interrupted"), "{attempts:?}");
+        assert!(attempts[0].ended_ms.is_some());
     }
 }

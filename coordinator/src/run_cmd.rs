@@ -106,12 +106,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
-fn random_token() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-    h.write_u32(std::process::id());
-    format!("{:016x}{:08x}", h.finish(), std::process::id())
+/// The run's token: 128 bits from the OS's CSPRNG (it guards the local workers' port and, with
+/// `--http`, the dashboard).
+fn random_token() -> Result<String> {
+    freqsweep_coordinator::secret::random_hex(16).context("cannot draw a random token from /dev/urandom")
 }
 
 /// The worker binary next to this one (both are built into the same directory).
@@ -162,7 +160,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         bail!("--local-workers must be at least 1");
     }
     let dir = out_dir(&args.out, &args.spec)?;
-    let token = random_token();
+    let token = random_token()?;
     let mut config = run::default_config(Some(token.clone()));
     set_lease_timeout(&mut config, args.lease_timeout)?;
     // Local workers share this machine's cores: a backup attempt would slow the straggler it is

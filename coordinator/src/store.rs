@@ -17,7 +17,8 @@
 //!   scratch); `backup` is 1 for a speculative backup attempt; `outcome` is the task's next state
 //!   for the attempt that moved it, or `superseded` (lost the race to another attempt),
 //!   `cancelled`, `failed`, `released`, `lost` for one that ended while another attempt of the
-//!   task ran on.
+//!   task ran on, or `interrupted` for one that was live when the coordinator stopped (closed
+//!   when the run directory is resumed).
 //! - `metric_batches(attempt_id, seq)`: which batches were stored (duplicates are dropped).
 //! - `metrics(task_id, attempt_id, name, epoch, step, test_set, class_index, value)`: a task's
 //!   points are those of its latest attempt; every train attempt reports the whole history (a
@@ -109,6 +110,11 @@ pub enum Change {
     AttemptEnded {
         id: u64,
         outcome: String,
+        now_ms: u64,
+    },
+    /// Close every attempt still open (`interrupted`): a coordinator resuming a run directory
+    /// does this first, since attempts live at a crash are not live in the new process.
+    CloseOpenAttempts {
         now_ms: u64,
     },
     /// A batch of metric points; dropped whole if `(attempt_id, seq)` was stored before.
@@ -421,6 +427,12 @@ fn apply<'a>(conn: &mut Connection, groups: impl Iterator<Item = &'a [Change]>) 
                             "UPDATE attempts SET ended_ms = ?2, outcome = ?3 WHERE id = ?1 AND ended_ms IS NULL",
                         )?
                         .execute(params![*id as i64, *now_ms as i64, outcome])?;
+                    }
+                    Change::CloseOpenAttempts { now_ms } => {
+                        tx.execute(
+                            "UPDATE attempts SET ended_ms = ?1, outcome = 'interrupted' WHERE ended_ms IS NULL",
+                            params![*now_ms as i64],
+                        )?;
                     }
                     Change::Metrics { task_id, attempt_id, seq, points } => {
                         if insert_batch.execute(params![*attempt_id as i64, *seq as i64])? == 0 {

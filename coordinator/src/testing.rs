@@ -3,7 +3,10 @@
 //! `freqsweep-worker` does, and write results that fit their task. Not used by the binary.
 
 use freqsweep_common::heatmap::CellStat;
-use freqsweep_common::task::{HeatmapOutcome, HeatmapTask, TaskOutcome};
+use freqsweep_common::task::{
+    Augment, DatasetSource, HeatmapOutcome, HeatmapTask, LrSchedule, Optimizer, TaskOutcome, TestSetSummary,
+    TrainConfig, TrainOutcome, TrainTask,
+};
 use freqsweep_proto::v1::coordinator_client::CoordinatorClient;
 use freqsweep_proto::v1::{self as pb};
 use std::collections::BTreeMap;
@@ -88,4 +91,81 @@ pub fn heatmap_result_json(task: &HeatmapTask, images: usize, errors: usize, dev
         device: device.to_string(),
     });
     serde_json::to_string(&outcome).expect("outcomes serialise")
+}
+
+/// A one-epoch train task of the tiny CNN on Syn_1, evaluated on `B1234` (4 classes): a task for
+/// tests of the scheduling and metric path (nothing trains it).
+pub fn sim_train_task() -> TrainTask {
+    TrainTask {
+        dataset: DatasetSource::Syn(freqsweep_common::syn::SynConfig::new(
+            freqsweep_common::bands::Band::new(1).expect("band 1"),
+            0,
+        )),
+        train: TrainConfig {
+            model: "tiny".into(),
+            classes: 4,
+            optimizer: Optimizer::adam(),
+            lr: 1e-3,
+            schedule: LrSchedule::Constant,
+            batch_size: 32,
+            epochs: 1,
+            seed: 0,
+            augment: Augment::default(),
+            test_sets: vec!["B1234".parse().expect("a band set")],
+            band_layout: Default::default(),
+            clip_filtered: false,
+            eval_every_steps: 0,
+            eval_steps_epochs: 0,
+            test_limit: 0,
+        },
+    }
+}
+
+/// The JSON of a finished run of `task` that fits it (`device` names who ran it).
+pub fn train_result_json(task: &TrainTask, device: &str) -> String {
+    let classes = task.train.classes;
+    let outcome = TaskOutcome::Train(TrainOutcome {
+        epochs: task.train.epochs,
+        steps: 1,
+        final_loss: 0.5,
+        test_sets: task
+            .train
+            .test_sets
+            .iter()
+            .map(|s| TestSetSummary {
+                test_set: s.to_string(),
+                accuracy: 0.5,
+                macro_f1: 0.5,
+                per_class_f1: vec![0.5; classes],
+                confusion: vec![vec![0; classes]; classes],
+            })
+            .collect(),
+        seconds: 0.0,
+        device: device.to_string(),
+        checkpoint: "checkpoint".into(),
+    });
+    serde_json::to_string(&outcome).expect("outcomes serialise")
+}
+
+/// An F1 point of class 0 on `B1234` after epoch 1, one that [`sim_train_task`] produces.
+pub fn f1_point(value: f64) -> pb::MetricPoint {
+    pb::MetricPoint { name: "f1".into(), epoch: 1.0, step: 1, test_set: "B1234".into(), class_index: 0, value }
+}
+
+/// Upload the two outputs every train result names (`checkpoint`, `model`; a few bytes each) once,
+/// so simulated results can name them.
+pub async fn upload_train_outputs(
+    client: &mut CoordinatorClient<Channel>,
+) -> Result<Vec<pb::ArtifactRef>, tonic::Status> {
+    let mut refs = Vec::new();
+    for name in freqsweep_common::task::TaskKind::Train.outputs() {
+        let data = format!("simulated {name}").into_bytes();
+        let mut hasher = freqsweep_common::digest::Hasher::default();
+        hasher.update(&data);
+        let reference = pb::ArtifactRef { name: name.to_string(), digest: hasher.finish(), size: data.len() as u64 };
+        let chunk = pb::ArtifactChunk { artifact: Some(reference.clone()), offset: 0, data };
+        client.upload_artifact(tokio_stream::iter(vec![chunk])).await?;
+        refs.push(reference);
+    }
+    Ok(refs)
 }

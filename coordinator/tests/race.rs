@@ -26,15 +26,17 @@ fn planned(n: u64) -> Vec<PlannedTask> {
             id: TaskId(i),
             key: format!("race/{i}"),
             point: 0,
-            spec: TaskSpec::Heatmap(testing::empty_chunk()),
+            spec: TaskSpec::Train(testing::sim_train_task()),
             deps: vec![],
-            cost: Cost { class: CostClass::new("heatmap/tiny"), units: 100.0 },
+            cost: Cost { class: CostClass::new("train/tiny"), units: 100.0 },
         })
         .collect()
 }
 
 struct Session {
     id: String,
+    /// The outputs every train result names (uploaded once).
+    outputs: Vec<pb::ArtifactRef>,
     tx: mpsc::Sender<pb::WorkerMessage>,
     inbound: tonic::Streaming<pb::CoordinatorMessage>,
 }
@@ -43,7 +45,8 @@ impl Session {
     async fn open(url: &str) -> Session {
         let mut client = CoordinatorClient::connect(url.to_string()).await.unwrap();
         let s = testing::open_session(&mut client, "sim").await.unwrap();
-        Session { id: s.worker_id, tx: s.tx, inbound: s.inbound }
+        let outputs = testing::upload_train_outputs(&mut client).await.unwrap();
+        Session { id: s.worker_id, outputs, tx: s.tx, inbound: s.inbound }
     }
 
     async fn send(&self, body: worker_message::Body) {
@@ -69,8 +72,7 @@ impl Session {
     }
 
     async fn metric(&self, attempt: u64, value: f64) {
-        let point =
-            pb::MetricPoint { name: "f1".into(), epoch: 1.0, step: 1, test_set: "B1".into(), class_index: 0, value };
+        let point = testing::f1_point(value);
         self.send(worker_message::Body::Metrics(pb::MetricBatch { attempt_id: attempt, seq: 0, points: vec![point] }))
             .await;
     }
@@ -78,8 +80,8 @@ impl Session {
     async fn finish(&mut self, attempt: u64, by: &str) -> bool {
         let result = pb::TaskResult {
             attempt_id: attempt,
-            result_json: testing::heatmap_result_json(&testing::empty_chunk(), 1, 0, by),
-            outputs: vec![],
+            result_json: testing::train_result_json(&testing::sim_train_task(), by),
+            outputs: self.outputs.clone(),
             seconds: 0.0,
         };
         self.send(worker_message::Body::Result(result)).await;
@@ -105,7 +107,7 @@ async fn a_fast_worker_backs_up_a_straggler_and_wins() {
         .map(|t| Change::InsertTask {
             id: t.id.0,
             key: t.key.clone(),
-            kind: "heatmap".into(),
+            kind: "train".into(),
             spec_json: "{}".into(),
             deps: vec![],
         })
@@ -148,7 +150,7 @@ async fn a_fast_worker_backs_up_a_straggler_and_wins() {
     let reader = store.reader().unwrap();
     let task = reader.tasks().unwrap().into_iter().find(|t| t.id == straggling.task_id).unwrap();
     assert_eq!((task.state.as_str(), task.attempts), ("done", 0), "done once; a backup is no failure");
-    assert_eq!(task.result_json, Some(testing::heatmap_result_json(&testing::empty_chunk(), 1, 0, "fast")));
+    assert_eq!(task.result_json, Some(testing::train_result_json(&testing::sim_train_task(), "fast")));
     let attempts = reader.attempts().unwrap();
     let summary: Vec<(u64, bool, Option<&str>)> = attempts
         .iter()
@@ -162,5 +164,5 @@ async fn a_fast_worker_backs_up_a_straggler_and_wins() {
     let mut client = CoordinatorClient::connect(url).await.unwrap();
     let status = client.status(pb::StatusRequest {}).await.unwrap().into_inner();
     let fast_row = status.workers.iter().find(|w| w.worker_id == fast.id).unwrap();
-    assert!(fast_row.measured.get("heatmap/tiny").is_some_and(|r| *r > 0.0), "{:?}", fast_row.measured);
+    assert!(fast_row.measured.get("train/tiny").is_some_and(|r| *r > 0.0), "{:?}", fast_row.measured);
 }

@@ -194,6 +194,11 @@ fn a_coordinator_killed_mid_sweep_restarts_from_its_store_and_the_worker_reconne
     assert!(worker_status.success(), "the worker survived the coordinator's restart");
     let results = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(results.lines().filter(|l| l.contains(",done,")).count(), 2, "{results}");
+    // Attempts live at the kill were closed when the run resumed: none is left open.
+    let (store, writer) = Store::open(&out.join("freqsweep.db")).unwrap();
+    let attempts = store.reader().unwrap().attempts().unwrap();
+    writer.stop();
+    assert!(attempts.iter().all(|a| a.outcome.is_some()), "{attempts:?}");
 }
 
 /// One training task long enough to be killed between epochs (each takes a fraction of a second).

@@ -94,6 +94,17 @@ pub fn attempts_report_whole_history(kind: TaskKind) -> bool {
     }
 }
 
+/// Check that metric points an attempt of `task` streams are ones its kind produces (known names,
+/// the task's test sets and classes, finite values): forged or broken points never reach the
+/// store or the report (whose file names use the test-set names).
+pub fn check_metrics(task: &PlannedTask, points: &[freqsweep_common::task::MetricPoint]) -> Result<(), String> {
+    match &task.spec {
+        TaskSpec::Train(spec) => points.iter().try_for_each(|p| train::check_metric(spec, p)),
+        TaskSpec::Heatmap(_) if points.is_empty() => Ok(()),
+        TaskSpec::Heatmap(_) => Err("a heatmap task reports no metric points".into()),
+    }
+}
+
 /// Check that a reported result fits `task`: it parses as the task's kind of outcome, its numbers
 /// are within what the task can produce, and it names exactly the outputs the kind uploads.
 /// A result that does not fit is refused (a forged or broken report must not reach the results).

@@ -50,6 +50,43 @@ pub fn cost(t: &TrainTask) -> Cost {
     Cost { class: CostClass::new(&format!("train/{}", t.train.model)), units }
 }
 
+/// One metric point a run of `spec` can produce: a known name, one of its test sets (none for
+/// `loss` and `lr`), a class index within its classes, a finite value (rates within `[0, 1]`,
+/// counts whole and non-negative) at an epoch within the run.
+pub(super) fn check_metric(spec: &TrainTask, p: &MetricPoint) -> Result<(), String> {
+    let config = &spec.train;
+    let classes = config.classes as i64;
+    let rate = |v: f64| (0.0..=1.0).contains(&v);
+    let in_sets = || config.test_sets.iter().any(|s| s.to_string() == p.test_set);
+    let class = i64::from(p.class_index);
+    let fits = match p.name.as_str() {
+        "loss" => p.test_set.is_empty() && class == -1 && p.value.is_finite(),
+        "lr" => p.test_set.is_empty() && class == -1 && p.value.is_finite(),
+        "accuracy" | "macro_f1" => in_sets() && class == -1 && rate(p.value),
+        "f1" | "precision" | "recall" => in_sets() && (0..classes).contains(&class) && rate(p.value),
+        "confusion" => {
+            in_sets()
+                && (0..classes.saturating_mul(classes)).contains(&class)
+                && p.value >= 0.0
+                && p.value.fract() == 0.0
+        }
+        _ => false,
+    };
+    let epoch_ok = p.epoch.is_finite() && p.epoch >= 0.0 && p.epoch <= f64::from(config.epochs);
+    if fits && epoch_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "metric point {:?} (test set {:?}, class {}, epoch {}, value {}) is not one this task produces",
+            p.name.chars().take(64).collect::<String>(),
+            p.test_set.chars().take(64).collect::<String>(),
+            p.class_index,
+            p.epoch,
+            p.value
+        ))
+    }
+}
+
 /// A finished run of every epoch, with one summary per configured test set whose numbers are rates.
 pub(super) fn check(spec: &TrainTask, o: &TrainOutcome) -> Result<(), String> {
     let config = &spec.train;
