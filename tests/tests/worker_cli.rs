@@ -66,9 +66,18 @@ fn train_then_heatmap_writes_every_promised_file() {
     assert!(csv.starts_with("epoch,step,test_set,name,class,value\n"));
     assert!(csv.lines().any(|l| l.starts_with("0.5,4,B124,f1,3,")), "every-4-steps F1 of class 3 on B124");
 
-    // Running the same command again resumes from the finished checkpoint: no new steps.
+    // Running the same command again resumes from the finished checkpoint: no new steps, and
+    // it reports exactly what the first run did (its final loss was `null` before).
+    let first: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("result.json")).unwrap()).unwrap();
     let again = ok(&worker(&args, &[&run]));
     assert!(again.contains("2 epochs, 16 steps"), "{again}");
+    let second: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("result.json")).unwrap()).unwrap();
+    assert!(first["final_loss"].is_f64(), "{first}");
+    for key in ["final_loss", "epochs", "steps", "test_sets"] {
+        assert_eq!(second[key], first[key], "{key} of the resumed run");
+    }
 
     let data = dir.path().join("syn");
     let syn = Command::new(binary("freqsweep"))
