@@ -188,7 +188,12 @@ impl NpyArray {
     }
 
     pub fn read(path: &Path) -> Result<Self, NpyError> {
-        let bytes = fs::read(path).map_err(|source| NpyError::Io { path: path.to_path_buf(), source })?;
+        let io = |source| NpyError::Io { path: path.to_path_buf(), source };
+        // A FIFO or a device would block or never end: only regular files are arrays.
+        if !fs::metadata(path).map_err(io)?.is_file() {
+            return Err(NpyError::Invalid { path: path.to_path_buf(), detail: "not a regular file".into() });
+        }
+        let bytes = fs::read(path).map_err(io)?;
         Self::parse(path, &bytes)
     }
 
@@ -211,14 +216,18 @@ impl NpyArray {
         let data_start = header_start + header_len;
         let header = bytes.get(header_start..data_start).ok_or_else(|| format("header cut off"))?;
         let header = std::str::from_utf8(header).map_err(|_| format("header is not text"))?;
-        let descr = dict_value(header, "descr").ok_or_else(|| format("header has no 'descr'"))?;
+        let fields = header_fields(header).map_err(|e| format(&e))?;
+        let field = |key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
+        let descr = field("descr").ok_or_else(|| format("header has no 'descr'"))?;
         let descr = descr.trim().trim_matches(|c| c == '\'' || c == '"');
-        let fortran = dict_value(header, "fortran_order").ok_or_else(|| format("header has no 'fortran_order'"))?;
-        let shape_text = dict_value(header, "shape").ok_or_else(|| format("header has no 'shape'"))?;
+        let fortran = field("fortran_order").ok_or_else(|| format("header has no 'fortran_order'"))?;
+        let shape_text = field("shape").ok_or_else(|| format("header has no 'shape'"))?;
         let dtype =
             DType::parse(descr).ok_or_else(|| NpyError::DType { path: path.to_path_buf(), descr: descr.into() })?;
-        if fortran.trim().starts_with("True") {
-            return Err(NpyError::FortranOrder { path: path.to_path_buf() });
+        match fortran.trim() {
+            "False" => {}
+            "True" => return Err(NpyError::FortranOrder { path: path.to_path_buf() }),
+            other => return Err(format(&format!("'fortran_order' is {other:?}, not True or False"))),
         }
         let shape = parse_shape(shape_text).ok_or_else(|| format(&format!("cannot read shape {shape_text:?}")))?;
         let expected = shape
@@ -257,20 +266,54 @@ fn decode(dtype: DType, b: &[u8]) -> f64 {
     }
 }
 
-/// The text after `'key':` up to the next top-level comma (tuples kept whole).
-fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
-    let start = header.find(&format!("'{key}'")).or_else(|| header.find(&format!("\"{key}\"")))? + key.len() + 2;
-    let rest = header[start..].trim_start().strip_prefix(':')?;
-    let mut depth = 0;
-    for (i, ch) in rest.char_indices() {
-        match ch {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' | '}' if depth == 0 => return Some(&rest[..i]),
+/// The header dict, read strictly as NumPy writes it: `{'descr': …, 'fortran_order': …,
+/// 'shape': (…), }` then spaces and a newline. Each of the three keys exactly once, no other key,
+/// nothing after the dict: a header NumPy would refuse (a duplicated `shape`, say) is refused.
+fn header_fields(header: &str) -> Result<Vec<(String, &str)>, String> {
+    let body = header.trim_end_matches([' ', '\n']).trim_start();
+    let inner = body
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .ok_or("the header is not one dict followed by padding")?;
+    // Split at top-level commas (tuples and quoted strings kept whole).
+    let (mut entries, mut depth, mut quote, mut start) = (Vec::new(), 0i32, None, 0);
+    for (i, ch) in inner.char_indices() {
+        match (quote, ch) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(ch),
+            (None, '(') => depth += 1,
+            (None, ')') => depth -= 1,
+            (None, ',') if depth == 0 => {
+                entries.push(&inner[start..i]);
+                start = i + 1;
+            }
             _ => {}
         }
     }
-    None
+    if quote.is_some() || depth != 0 {
+        return Err("the header dict is not closed".into());
+    }
+    entries.push(&inner[start..]);
+    let mut fields: Vec<(String, &str)> = Vec::new();
+    for entry in entries.into_iter().filter(|e| !e.trim().is_empty()) {
+        let (key, value) =
+            entry.split_once(':').ok_or_else(|| format!("header entry {:?} has no ':'", entry.trim()))?;
+        let key = key.trim();
+        let name = key
+            .strip_prefix('\'')
+            .and_then(|k| k.strip_suffix('\''))
+            .or_else(|| key.strip_prefix('"').and_then(|k| k.strip_suffix('"')))
+            .ok_or_else(|| format!("header key {key} is not a quoted string"))?;
+        if !["descr", "fortran_order", "shape"].contains(&name) {
+            return Err(format!("header has an unknown key '{name}'"));
+        }
+        if fields.iter().any(|(k, _)| k == name) {
+            return Err(format!("header has the key '{name}' twice"));
+        }
+        fields.push((name.to_string(), value));
+    }
+    Ok(fields)
 }
 
 fn parse_shape(text: &str) -> Option<Vec<usize>> {
@@ -281,6 +324,40 @@ fn parse_shape(text: &str) -> Option<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_header_is_read_strictly_and_only_regular_files_are_read() {
+        let good = NpyArray::from_f32(vec![2], &[1.0, 2.0]).to_bytes();
+        let text =
+            String::from_utf8_lossy(&good[10..10 + usize::from(u16::from_le_bytes([good[8], good[9]]))]).into_owned();
+        let with = |header: &str| {
+            let mut padded = header.to_string();
+            while (10 + padded.len() + 1) % 64 != 0 {
+                padded.push(' ');
+            }
+            padded.push('\n');
+            let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+            bytes.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(padded.as_bytes());
+            bytes.extend_from_slice(&good[good.len() - 8..]);
+            NpyArray::parse(Path::new("x.npy"), &bytes).map(|a| a.shape).map_err(|e| e.to_string())
+        };
+        assert_eq!(with(text.trim_end()), Ok(vec![2]), "{text:?}");
+        let twice = with("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'shape': (1,), }");
+        assert!(twice.as_ref().unwrap_err().contains("the key 'shape' twice"), "{twice:?}");
+        let unknown = with("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'extra': 1, }");
+        assert!(unknown.unwrap_err().contains("unknown key 'extra'"));
+        let trailing = with("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), } junk");
+        assert!(trailing.unwrap_err().contains("not one dict"));
+        let fortran = with("{'descr': '<f4', 'fortran_order': Maybe, 'shape': (2,), }");
+        assert!(fortran.unwrap_err().contains("not True or False"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.npy");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let err = NpyArray::read(&fifo).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
 
     #[test]
     fn round_trip_every_kind() {

@@ -21,6 +21,8 @@ pub struct ArtifactRef {
 
 /// Bytes per chunk sent to workers.
 pub const CHUNK: usize = 1 << 20;
+/// Chunks a download reads ahead of what the network has taken.
+pub const READ_AHEAD: usize = 4;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ArtifactError {
@@ -91,32 +93,46 @@ impl ArtifactDir {
         })
     }
 
-    /// Stream `digest` from `offset` in chunks of [`CHUNK`] bytes; returns the chunks' data.
-    pub async fn read_chunks(&self, digest: &str, offset: u64) -> Result<Vec<Vec<u8>>, ArtifactError> {
+    /// Stream `digest` from `offset` in chunks of [`CHUNK`] bytes, read as they are sent: a reader
+    /// task fills a queue of [`READ_AHEAD`] chunks, so a download holds a few MiB however large the
+    /// artifact and however many downloads run at once. The file is opened before this returns (an
+    /// unknown digest is an error then); a read error ends the stream with it.
+    pub async fn read_chunks(
+        &self,
+        digest: &str,
+        offset: u64,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<Vec<u8>, ArtifactError>>, ArtifactError> {
         let path = self.path(digest);
         let mut file = tokio::fs::File::open(&path).await.map_err(|_| ArtifactError::Unknown(digest.to_string()))?;
         file.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| ArtifactError::Io(e.to_string()))?;
-        let mut chunks = Vec::new();
-        loop {
-            let mut buf = vec![0u8; CHUNK];
-            let mut filled = 0;
-            while filled < CHUNK {
-                let n = file.read(&mut buf[filled..]).await.map_err(|e| ArtifactError::Io(e.to_string()))?;
-                if n == 0 {
-                    break;
+        let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        tokio::spawn(async move {
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let mut filled = 0;
+                while filled < CHUNK {
+                    match file.read(&mut buf[filled..]).await {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) => {
+                            let _ = tx.send(Err(ArtifactError::Io(e.to_string()))).await;
+                            return;
+                        }
+                    }
                 }
-                filled += n;
+                if filled == 0 {
+                    return;
+                }
+                buf.truncate(filled);
+                // The receiver went away: the download was cut short.
+                if tx.send(Ok(buf)).await.is_err() || filled < CHUNK {
+                    return;
+                }
             }
-            if filled == 0 {
-                break;
-            }
-            buf.truncate(filled);
-            chunks.push(buf);
-        }
-        Ok(chunks)
+        });
+        Ok(rx)
     }
 
-    /// Store a local file (e.g. a dataset the coordinator prepares) and return `(digest, size)`.
     /// Store `bytes` (a result the coordinator made itself, such as a merged map) under their
     /// digest; storing the same bytes again changes nothing.
     pub fn store_bytes(&self, bytes: &[u8]) -> Result<(String, u64), ArtifactError> {
@@ -135,6 +151,7 @@ impl ArtifactDir {
         Ok((digest, bytes.len() as u64))
     }
 
+    /// Store a local file (e.g. a dataset the coordinator prepares) and return `(digest, size)`.
     pub fn import(&self, source: &Path) -> Result<(String, u64), ArtifactError> {
         let (digest, size) =
             digest::of_file(source).map_err(|e| ArtifactError::Io(format!("{}: {e}", source.display())))?;
@@ -204,10 +221,22 @@ mod tests {
         upload.write(CHUNK as u64, &bytes[CHUNK..]).await.unwrap();
         upload.finish(&artifacts).await.unwrap();
         assert!(artifacts.contains(&digest));
-        let chunks = artifacts.read_chunks(&digest, 0).await.unwrap();
+        let read = |offset: u64| {
+            let artifacts = artifacts.clone();
+            let digest = digest.clone();
+            async move {
+                let mut rx = artifacts.read_chunks(&digest, offset).await.unwrap();
+                let mut chunks = Vec::new();
+                while let Some(chunk) = rx.recv().await {
+                    chunks.push(chunk.unwrap());
+                }
+                chunks
+            }
+        };
+        let chunks = read(0).await;
         assert_eq!(chunks.len(), 2);
         assert_eq!(chunks.concat(), bytes);
-        assert_eq!(artifacts.read_chunks(&digest, CHUNK as u64).await.unwrap().concat(), &bytes[CHUNK..]);
+        assert_eq!(read(CHUNK as u64).await.concat(), &bytes[CHUNK..]);
 
         // A corrupt upload (announced digest does not match) is refused and leaves nothing.
         let wrong = digest::of_bytes(b"something else");

@@ -272,18 +272,18 @@ impl Coordinator for Service {
         let r = request.into_inner();
         let chunks =
             self.0.artifacts.read_chunks(&r.digest, r.offset).await.map_err(|e| Status::not_found(e.to_string()))?;
+        let counters = self.0.counters.clone();
         let mut offset = r.offset;
-        let messages: Vec<Result<pb::ArtifactChunk, Status>> = chunks
-            .into_iter()
-            .map(|data| {
-                let chunk = pb::ArtifactChunk { artifact: None, offset, data };
-                offset += chunk.data.len() as u64;
-                Ok(chunk)
-            })
-            .collect();
-        // Counted when queued: a download cut short is retried from its offset, which counts again.
-        self.0.counters.artifact_bytes_sent.fetch_add(offset - r.offset, Ordering::Relaxed);
-        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+        // Read as the network takes them; a download cut short is retried from its offset (and
+        // counted again).
+        let stream = tokio_stream::wrappers::ReceiverStream::new(chunks).map(move |chunk| {
+            let data = chunk.map_err(|e| Status::data_loss(e.to_string()))?;
+            let message = pb::ArtifactChunk { artifact: None, offset, data };
+            offset += message.data.len() as u64;
+            counters.artifact_bytes_sent.fetch_add(message.data.len() as u64, Ordering::Relaxed);
+            Ok(message)
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {

@@ -187,6 +187,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 .arg("--coordinator")
                 .arg(&url)
                 .args(["--device", &args.device, "--threads", &threads.to_string(), "--connect-timeout", "60"])
+                // Local workers die with this process, even when it is killed with SIGKILL.
+                .args(["--exit-with-parent", &std::process::id().to_string()])
                 .arg("--cache-dir")
                 .arg(&cache)
                 .env("FREQSWEEP_TOKEN", &token)

@@ -126,6 +126,30 @@ fn workers_paused_past_the_lease_timeout_register_again_and_the_sweep_completes(
     assert_eq!(done_rows(&dir), 2);
 }
 
+/// `freqsweep run` killed with SIGKILL mid-sweep: its local workers exit within seconds instead of
+/// living on as orphans.
+#[test]
+fn the_workers_of_a_killed_run_exit_with_it() {
+    let (workers, status, _log, _dir) = run_with_fault(&[], |pid| {
+        let workers = children(pid);
+        Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+        let alive = |w: &u32| {
+            std::fs::read_to_string(format!("/proc/{w}/stat"))
+                .is_ok_and(|stat| stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z"))
+        };
+        let started = std::time::Instant::now();
+        while workers.iter().any(alive) && started.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (workers.len(), workers.iter().filter(|w| alive(w)).count(), started.elapsed())
+    });
+    let (count, alive, waited) = workers.expect("both workers trained");
+    assert!(!status.success(), "the run was killed");
+    assert_eq!(count, 2);
+    assert_eq!(alive, 0, "{alive} workers outlived their run (waited {waited:?})");
+    assert!(waited < Duration::from_secs(5), "the workers took {waited:?} to exit");
+}
+
 /// A free loopback port (bound, then released).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

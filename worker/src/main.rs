@@ -46,6 +46,10 @@ struct Cli {
     /// Exit with an error when no coordinator answers for this many seconds.
     #[arg(long, default_value_t = 300)]
     connect_timeout: u64,
+    /// Exit when the process with this pid is no longer this worker's parent (`freqsweep run`
+    /// passes its own: its local workers must not outlive it).
+    #[arg(long, value_name = "PID", hide = true)]
+    exit_with_parent: Option<u32>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -209,8 +213,27 @@ fn main() {
     }
 }
 
+/// Exit (with a one-line error) once `parent` is no longer this process's parent: it died, even
+/// by `kill -9`, and this worker was handed to init. Polled, since a parent-death signal needs a
+/// `prctl` this crate does not bind.
+fn watch_parent(parent: u32) {
+    std::thread::Builder::new()
+        .name("parent-watch".into())
+        .spawn(move || loop {
+            if std::os::unix::process::parent_id() != parent {
+                eprintln!("freqsweep-worker: error: the freqsweep run (pid {parent}) that started this worker is gone; exiting");
+                std::process::exit(1);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        })
+        .expect("spawn the parent watch thread");
+}
+
 /// Join a sweep and lease tasks until it ends; SIGTERM/SIGINT drain (the running task is released).
 fn join(cli: Cli, url: String) -> Result<()> {
+    if let Some(parent) = cli.exit_with_parent {
+        watch_parent(parent);
+    }
     let device = device::parse_device(&cli.device)?;
     let cache_dir = match cli.cache_dir {
         Some(dir) => dir,
