@@ -610,8 +610,16 @@ fn path(key: &str, v: &Value) -> Result<PathBuf, String> {
 }
 
 /// A number as written in ids and `results.csv` (shortest round-trip form).
-fn format_number(v: f64) -> String {
-    format!("{v}")
+/// A number as it appears in point ids, task keys and file names: as written (`0.001`, `4`), or
+/// in exponent form when that is longer than 16 characters (`1e300`, not 301 digits that make
+/// file names too long for the filesystem).
+pub fn format_number(v: f64) -> String {
+    let plain = format!("{v}");
+    if plain.len() > 16 {
+        format!("{v:e}")
+    } else {
+        plain
+    }
 }
 
 fn arch_names() -> Vec<&'static str> {
@@ -1166,7 +1174,19 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
 
 fn heatmap(ctx: &Ctx, raw: &Spanned<RawHeatmap>, archs: &[String]) -> Result<HeatmapSpec, SpecError> {
     let h = raw.get_ref();
-    let eps = ctx.axis("eps", Some(&h.eps), 0.0, |v| positive_number("eps", v), |x| format_number(*x))?.values;
+    let eps = ctx
+        .axis(
+            "eps",
+            Some(&h.eps),
+            0.0,
+            |v| {
+                // Images are in [0, 1]: a perturbation far beyond the whole image's norm
+                // (sqrt(3 · H · W), 55 for 32 × 32) only makes every pixel clip.
+                number("eps", v, |x| x > 0.0 && x <= 1e4, "a positive L2 norm of at most 10000")
+            },
+            |x| format_number(*x),
+        )?
+        .values;
     let layers = match &h.layers {
         None => LayerChoice::None,
         Some(raw_layers) => match raw_layers.get_ref().0.as_slice() {
@@ -1266,6 +1286,18 @@ optimizer = "sgd"
 arch = "tiny"
 lr = 0.0001
 "#;
+
+    #[test]
+    fn huge_numbers_make_short_labels_and_eps_is_bounded() {
+        assert_eq!(format_number(0.001), "0.001");
+        assert_eq!(format_number(4.0), "4");
+        assert_eq!(format_number(1e300), "1e300");
+        let text = "[[dataset]]\nkind = \"syn\"\nband = 1\n[model]\narch = \"tiny\"\n[train]\nlr = 1e300\nbatch_size = 8\nepochs = 1\n";
+        let sweep = parse(text, "s.toml").unwrap();
+        assert!(sweep.points[0].id.len() < 64 && sweep.points[0].id.contains("lr1e300"), "{}", sweep.points[0].id);
+        let err = parse(&format!("{text}[heatmap]\neps = 1e300\n"), "s.toml").unwrap_err().to_string();
+        assert!(err.contains("s.toml:11") && err.contains("at most 10000"), "{err}");
+    }
 
     #[test]
     fn a_sweep_name_is_one_plain_path_component() {

@@ -25,7 +25,7 @@ use std::path::Path;
 
 /// Format ε for keys and file names (`4`, `0.5`).
 pub fn eps_label(eps: f64) -> String {
-    format!("{eps}")
+    freqsweep_common::spec::format_number(eps)
 }
 
 /// What every point's heatmaps share, cut once per sweep.
