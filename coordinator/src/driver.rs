@@ -346,10 +346,10 @@ impl Shared {
         done.sort_by_key(|(id, _)| *id);
         let mut changes = Vec::new();
         for (id, json) in done {
-            let Some(task) = driver.tasks.get(&id).cloned() else { continue };
+            let Some(task) = driver.tasks.get(&id) else { continue };
             let merged = serde_json::from_str(json)
                 .map_err(|e| e.to_string())
-                .and_then(|outcome| driver.accepted(&task, &outcome, &mut changes));
+                .and_then(|outcome| merge_accepted(&mut driver.maps, &driver.artifacts, task, &outcome, &mut changes));
             if let Err(e) = merged {
                 tracing::warn!(task = %task.key, error = %e, "a stored result could not be merged; the report merges from the store");
             }
@@ -645,8 +645,8 @@ impl Driver {
         let mut changes = vec![Change::TaskResult { id: task.0, result_json }];
         // The owner's report of a live attempt: the core accepts it below, so merge it now.
         let merged = checked.and_then(|outcome| {
-            let planned = self.tasks[&task].clone();
-            self.accepted(&planned, &outcome, &mut changes).map_err(|why| format!("result refused: {why}"))
+            merge_accepted(&mut self.maps, &self.artifacts, &self.tasks[&task], &outcome, &mut changes)
+                .map_err(|why| format!("result refused: {why}"))
         });
         if let Err(error) = merged {
             tracing::warn!(task = %self.tasks[&task].key, attempt = attempt.0, worker = %worker_name(worker), error = %error, "result does not fit its task");
@@ -693,35 +693,6 @@ impl Driver {
                 acknowledge(accepted)
             })),
         );
-    }
-
-    /// Merge an accepted result into what its kind builds from results (a heatmap chunk into its
-    /// map); a map that is complete now is stored as a content-addressed artifact, the input a
-    /// later stage takes. Idempotent: a task's result merges once.
-    fn accepted(&mut self, task: &PlannedTask, outcome: &TaskOutcome, changes: &mut Vec<Change>) -> Result<(), String> {
-        match outcome {
-            TaskOutcome::Train(_) => Ok(()),
-            TaskOutcome::Heatmap(h) => {
-                if !self.maps.merge(task, h)? {
-                    return Ok(());
-                }
-                let Some(key) = kinds::heatmap::MapKey::of(task) else { return Ok(()) };
-                let Some(map) = self.maps.get(key) else { return Ok(()) };
-                let point = kinds::heatmap::point_id(task);
-                let bytes = kinds::heatmap::map_artifact(point, map);
-                match self.artifacts.store_bytes(&bytes) {
-                    Ok((digest, size)) => {
-                        let name = kinds::heatmap::map_artifact_name(point, h.eps);
-                        tracing::info!(map = %name, digest = %digest, "heatmap complete");
-                        let path = self.artifacts.path(&digest).display().to_string();
-                        changes.push(Change::Artifact { digest, name, size, path, task_id: None });
-                    }
-                    // The chunks are stored; the report merges them again from the store.
-                    Err(e) => tracing::warn!(error = %e, "the merged map could not be stored as an artifact"),
-                }
-                Ok(())
-            }
-        }
     }
 
     /// Record an attempt's per-epoch checkpoint if it is the task's newest, and delete the one it
@@ -1078,6 +1049,41 @@ impl Driver {
         // Another attempt of the task finished or runs on, reporting the whole history itself:
         // this one's points would be duplicates.
         changes.push(Change::DiscardMetrics { attempt_id: attempt.0 });
+    }
+}
+
+/// Merge an accepted result into what its kind builds from results (a heatmap chunk into its
+/// map); a map that is complete now is stored as a content-addressed artifact, the input a
+/// later stage takes. Idempotent: a task's result merges once.
+fn merge_accepted(
+    maps: &mut kinds::heatmap::Maps,
+    artifacts: &ArtifactDir,
+    task: &PlannedTask,
+    outcome: &TaskOutcome,
+    changes: &mut Vec<Change>,
+) -> Result<(), String> {
+    match outcome {
+        TaskOutcome::Train(_) => Ok(()),
+        TaskOutcome::Heatmap(h) => {
+            if !maps.merge(task, h)? {
+                return Ok(());
+            }
+            let Some(key) = kinds::heatmap::MapKey::of(task) else { return Ok(()) };
+            let Some(map) = maps.get(key) else { return Ok(()) };
+            let point = kinds::heatmap::point_id(task);
+            let bytes = kinds::heatmap::map_artifact(point, map);
+            match artifacts.store_bytes(&bytes) {
+                Ok((digest, size)) => {
+                    let name = kinds::heatmap::map_artifact_name(point, h.eps);
+                    tracing::info!(map = %name, digest = %digest, "heatmap complete");
+                    let path = artifacts.path(&digest).display().to_string();
+                    changes.push(Change::Artifact { digest, name, size, path, task_id: None });
+                }
+                // The chunks are stored; the report merges them again from the store.
+                Err(e) => tracing::warn!(error = %e, "the merged map could not be stored as an artifact"),
+            }
+            Ok(())
+        }
     }
 }
 

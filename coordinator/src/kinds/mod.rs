@@ -99,7 +99,10 @@ pub fn attempts_report_whole_history(kind: TaskKind) -> bool {
 /// store or the report (whose file names use the test-set names).
 pub fn check_metrics(task: &PlannedTask, points: &[freqsweep_common::task::MetricPoint]) -> Result<(), String> {
     match &task.spec {
-        TaskSpec::Train(spec) => points.iter().try_for_each(|p| train::check_metric(spec, p)),
+        TaskSpec::Train(spec) => {
+            let sets: Vec<String> = spec.train.test_sets.iter().map(|s| s.to_string()).collect();
+            points.iter().try_for_each(|p| train::check_metric(spec, &sets, p))
+        }
         TaskSpec::Heatmap(_) if points.is_empty() => Ok(()),
         TaskSpec::Heatmap(_) => Err("a heatmap task reports no metric points".into()),
     }

@@ -53,11 +53,12 @@ pub fn cost(t: &TrainTask) -> Cost {
 /// One metric point a run of `spec` can produce: a known name, one of its test sets (none for
 /// `loss` and `lr`), a class index within its classes, a finite value (rates within `[0, 1]`,
 /// counts whole and non-negative) at an epoch within the run.
-pub(super) fn check_metric(spec: &TrainTask, p: &MetricPoint) -> Result<(), String> {
+/// `sets` are the names of `spec`'s test sets.
+pub(super) fn check_metric(spec: &TrainTask, sets: &[String], p: &MetricPoint) -> Result<(), String> {
     let config = &spec.train;
     let classes = config.classes as i64;
     let rate = |v: f64| (0.0..=1.0).contains(&v);
-    let in_sets = || config.test_sets.iter().any(|s| s.to_string() == p.test_set);
+    let in_sets = || sets.iter().any(|s| *s == p.test_set);
     let class = i64::from(p.class_index);
     let fits = match p.name.as_str() {
         "loss" => p.test_set.is_empty() && class == -1 && p.value.is_finite(),
