@@ -332,7 +332,7 @@ mod tests {
             String::from_utf8_lossy(&good[10..10 + usize::from(u16::from_le_bytes([good[8], good[9]]))]).into_owned();
         let with = |header: &str| {
             let mut padded = header.to_string();
-            while (10 + padded.len() + 1) % 64 != 0 {
+            while !(10 + padded.len() + 1).is_multiple_of(64) {
                 padded.push(' ');
             }
             padded.push('\n');

@@ -47,6 +47,10 @@ pub enum HeatmapError {
     Cell { cell: Cell, height: usize, width: usize },
     #[error("eps must be a finite non-negative number, got {0}")]
     Eps(f64),
+    #[error("no test images to perturb (the test split, or its image limit, is empty)")]
+    Empty,
+    #[error("the model's logits are NaN or infinite for {count} of {total} images (clean and perturbed): a broken model has no heatmap")]
+    NonFinite { count: i64, total: u64 },
 }
 
 /// What to compute.
@@ -95,6 +99,9 @@ pub fn validate_inputs(images: &Tensor, labels: &[i64]) -> Result<(), HeatmapErr
     if labels.len() as i64 != size[0] {
         return Err(HeatmapError::Count { labels: labels.len(), images: size[0] as usize });
     }
+    if size[0] == 0 {
+        return Err(HeatmapError::Empty);
+    }
     if size[0] > 0 {
         let min = f64::try_from(images.min()).unwrap_or(f64::NAN);
         let max = f64::try_from(images.max()).unwrap_or(f64::NAN);
@@ -103,6 +110,11 @@ pub fn validate_inputs(images: &Tensor, labels: &[i64]) -> Result<(), HeatmapErr
         }
     }
     Ok(())
+}
+
+/// How many rows of `logits` (`[N, classes]`) hold a NaN or an infinity.
+fn broken_rows(logits: &Tensor) -> Tensor {
+    logits.isfinite().logical_not().any_dim(-1, false).sum(Kind::Int64)
 }
 
 /// Compute the heatmap cells of `config` for `model` on `images` (`float32 [N, 3, H, W]` in
@@ -147,6 +159,9 @@ pub fn compute(
     let wanted = &config.layers;
     let wrong = Tensor::zeros([cells], (Kind::Int64, device));
     let mut clean_wrong = Tensor::zeros([], (Kind::Int64, device));
+    // Images whose logits are not all finite (argmax of NaN is an arbitrary class): counted on the
+    // device, read once at the end.
+    let mut non_finite = Tensor::zeros([], (Kind::Int64, device));
     let mut distances: Vec<Tensor> = wanted.iter().map(|_| Tensor::zeros([cells], (Kind::Double, device))).collect();
     let total = (cells * n) as u64;
     let mut done = 0u64;
@@ -167,6 +182,7 @@ pub fn compute(
                 return Err(HeatmapError::Classes { outputs: out[1], max_label });
             }
             clean_wrong += clean_logits.argmax(-1, false).ne_tensor(&y).sum(Kind::Int64);
+            non_finite += broken_rows(&clean_logits);
 
             let mut first = 0;
             while first < cells {
@@ -182,6 +198,7 @@ pub fn compute(
                 let _ = copies.g_add_(&x.unsqueeze(0));
                 let _ = copies.clamp_(0.0, 1.0);
                 let (logits, layers) = forward(model, &perturbed, wanted);
+                non_finite += broken_rows(&logits);
                 let misses = logits.argmax(-1, false).view([k, m]).ne_tensor(&y.unsqueeze(0)).sum_dim_intlist(
                     1,
                     false,
@@ -201,6 +218,10 @@ pub fn compute(
         Ok(())
     })?;
 
+    let count = i64::try_from(&non_finite).expect("count");
+    if count > 0 {
+        return Err(HeatmapError::NonFinite { count, total: n as u64 * (cells as u64 + 1) });
+    }
     let to_stats = |t: &Tensor, n: u64| -> Vec<(Cell, CellStat)> {
         let sums = Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(Device::Cpu)).expect("counts");
         config.cells.iter().zip(sums).map(|(&c, sum)| (c, CellStat { sum, n })).collect()
@@ -273,6 +294,20 @@ mod tests {
         fn forward_named(&self, x: &Tensor, _: bool, sink: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
             let n = x.size()[0];
             let logits = Tensor::from_slice(&[0.1f32, 0.7, 0.2, 0.0]).view([1, 4]).repeat([n, 1]);
+            sink("fc", &logits);
+            logits
+        }
+        fn layer_names(&self) -> Vec<String> {
+            vec!["fc".into()]
+        }
+    }
+
+    /// A broken model: its logits are NaN.
+    struct NotANumber;
+
+    impl Classifier for NotANumber {
+        fn forward_named(&self, x: &Tensor, _: bool, sink: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
+            let logits = Tensor::full([x.size()[0], 4], f64::NAN, (Kind::Float, Device::Cpu));
             sink("fc", &logits);
             logits
         }
@@ -401,8 +436,12 @@ mod tests {
         assert!(err(&x, &big, &config).contains("outputs 4 values per image but the labels go up to"));
         let layered = HeatmapConfig { layers: vec!["layer9".into()], ..config.clone() };
         assert!(err(&x, &y, &layered).contains("unknown layer \"layer9\"; this model has: fc"));
-        let outside = HeatmapConfig { cells: vec![Cell::new(16, 0)], ..config };
+        let outside = HeatmapConfig { cells: vec![Cell::new(16, 0)], ..config.clone() };
         assert!(err(&x, &y, &outside).contains("outside the 32x32 spectrum"));
+        let none = Tensor::zeros([0, 3, 32, 32], (Kind::Float, Device::Cpu));
+        assert!(err(&none, &[], &config).contains("no test images"), "an empty split is an error, not a NaN map");
+        let broken = compute(&NotANumber, &x, &y, &config, &mut |_, _| {}).unwrap_err().to_string();
+        assert!(broken.contains("NaN or infinite for 16 of 16 images"), "{broken}");
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub(super) fn check_metric(spec: &TrainTask, sets: &[String], p: &MetricPoint) -
     let config = &spec.train;
     let classes = config.classes as i64;
     let rate = |v: f64| (0.0..=1.0).contains(&v);
-    let in_sets = || sets.iter().any(|s| *s == p.test_set);
+    let in_sets = || sets.contains(&p.test_set);
     let class = i64::from(p.class_index);
     let fits = match p.name.as_str() {
         "loss" => p.test_set.is_empty() && class == -1 && p.value.is_finite(),
