@@ -257,6 +257,18 @@ pub const ARCHS: [(&str, &[&str]); 3] = [
 
 /// The largest grid product accepted.
 const MAX_POINTS: usize = 10_000_000;
+/// Tasks one sweep may plan (each costs the coordinator a few KB of memory).
+pub const MAX_TASKS: usize = 2_000_000;
+/// Canonical cells of a 32 × 32 heatmap (what the planner cuts into chunks).
+const HEATMAP_CELLS: usize = 514;
+/// Images per Syn_d split (every worker holds a split: 5 000 000 × 12 KB = 60 GB).
+pub const MAX_SYN_IMAGES: u64 = 5_000_000;
+/// Classes of a classifier (ImageNet-21k has 21 841).
+pub const MAX_CLASSES: u64 = 100_000;
+/// Images per training batch or heatmap forward pass (65 536 × 12 KB = 768 MB of input alone).
+pub const MAX_BATCH: u64 = 65_536;
+/// Zero-padding of the random-crop augmentation, per side (the images are 32 pixels wide).
+pub const MAX_CROP_PADDING: u64 = 32;
 
 const OPTIMIZERS: [&str; 2] = ["adam", "sgd"];
 const SCHEDULES: [&str; 3] = ["constant", "step", "cosine"];
@@ -535,6 +547,16 @@ fn non_negative_usize(key: &str, v: &Value) -> Result<usize, String> {
     non_negative_int(key, v).and_then(|n| usize::try_from(n).map_err(|_| format!("{key} is too large: {n}")))
 }
 
+/// A positive (`min` 1) or non-negative (`min` 0) integer of at most `max`; `why` says what the
+/// bound protects (shown in the error).
+fn bounded(key: &str, v: &Value, min: u64, max: u64, why: &str) -> Result<usize, String> {
+    let n = integer(key, v, min as i64, if min == 0 { "a non-negative integer" } else { "a positive integer" })?;
+    if n > max {
+        return Err(format!("{key} must be at most {max} ({why}), got {n}"));
+    }
+    Ok(n as usize)
+}
+
 fn small_positive(key: &str, v: &Value) -> Result<u32, String> {
     positive_int(key, v).and_then(|n| u32::try_from(n).map_err(|_| format!("{key} is too large: {n}")))
 }
@@ -637,7 +659,7 @@ fn check_lr(v: &Value) -> Result<f64, String> {
     positive_number("lr", v)
 }
 fn check_batch(v: &Value) -> Result<usize, String> {
-    positive_usize("batch_size", v)
+    bounded("batch_size", v, 1, MAX_BATCH, "images on the device at once")
 }
 fn check_epochs(v: &Value) -> Result<u32, String> {
     small_positive("epochs", v)
@@ -939,8 +961,11 @@ fn datasets(ctx: &Ctx, raw: &Spanned<RawDataset>) -> Result<Vec<(String, Dataset
                 |b| b.index().to_string(),
             )?;
             let seeds = ctx.axis("seed", d.seed.as_ref(), 0, |v| non_negative_int("seed", v), u64::to_string)?;
-            let train = ctx.scalar(&d.train, 10_000, |v| positive_usize("train", v))?;
-            let test = ctx.scalar(&d.test, 2_000, |v| positive_usize("test", v))?;
+            // Every worker holds a split in memory (12 KB per 32 × 32 image).
+            let images =
+                |key: &'static str| move |v: &Value| bounded(key, v, 1, MAX_SYN_IMAGES, "12 KB of memory each");
+            let train = ctx.scalar(&d.train, 10_000, images("train"))?;
+            let test = ctx.scalar(&d.test, 2_000, images("test"))?;
             let special_energy = ctx.scalar(&d.special_energy, 0.5, |v| non_negative_number("special_energy", v))?;
             let mut out = Vec::new();
             for &band in &bands.values {
@@ -1105,14 +1130,18 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
 
     let eval = &raw.eval;
     let fixed = Fixed {
-        classes: ctx.scalar(&raw.model.classes, None, |v| positive_usize("classes", v).map(Some))?,
+        classes: ctx.scalar(&raw.model.classes, None, |v| {
+            bounded("classes", v, 1, MAX_CLASSES, "a classifier's output layer and confusion matrix").map(Some)
+        })?,
         adam_eps: ctx.scalar(&t.adam_eps, 1e-8, |v| positive_number("adam_eps", v))?,
         step_every: ctx.scalar(&t.step_every, 10, |v| small_positive("step_every", v))?,
         gamma: ctx.scalar(&t.gamma, 0.1, |v| positive_number("gamma", v))?,
         min_lr: ctx.scalar(&t.min_lr, 0.0, |v| non_negative_number("min_lr", v))?,
         augment: Augment {
             flip: ctx.scalar(&t.augment_flip, false, |v| boolean("augment_flip", v))?,
-            crop_padding: ctx.scalar(&t.augment_crop, 0, |v| small_non_negative("augment_crop", v))?,
+            crop_padding: ctx.scalar(&t.augment_crop, 0, |v| {
+                bounded("augment_crop", v, 0, MAX_CROP_PADDING, "pixels of padding per side").map(|n| n as u32)
+            })?,
         },
         test_sets: test_sets(ctx, &eval.test_sets)?,
         clip: ctx.scalar(&eval.clip, false, |v| boolean("clip", v))?,
@@ -1172,6 +1201,16 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
     }
 
     let heatmap = raw.heatmap.as_ref().map(|h| heatmap(ctx, h, &grid.arch.values)).transpose()?;
+    // A coordinator holds every task in memory (a few KB each, with its scheduler and store
+    // state): estimate the task table before anything is planned.
+    let per_point = 1 + heatmap.as_ref().map_or(0, |h| h.eps.len().saturating_mul(h.chunks.chunks(HEATMAP_CELLS)));
+    let tasks = points.len().saturating_mul(per_point);
+    if tasks > MAX_TASKS {
+        return Err(ctx.err_top(format!(
+            "the sweep plans {tasks} tasks ({} points × {per_point}); a coordinator holds each in memory (about 4 KB), so at most {MAX_TASKS} (8 GB) are planned; split the sweep or use fewer heatmap chunks",
+            points.len()
+        )));
+    }
     Ok(Sweep { name, points, heatmap })
 }
 
@@ -1244,7 +1283,7 @@ fn heatmap(ctx: &Ctx, raw: &Spanned<RawHeatmap>, archs: &[String]) -> Result<Hea
         eps,
         layers,
         images: ctx.scalar(&h.images, 500, |v| non_negative_usize("images", v))?,
-        batch: ctx.scalar(&h.batch, 256, |v| positive_usize("batch", v))?,
+        batch: ctx.scalar(&h.batch, 256, |v| bounded("batch", v, 1, MAX_BATCH, "perturbed images per forward pass"))?,
         chunks,
         seed: ctx.scalar(&h.seed, 0, |v| non_negative_int("seed", v))?,
     })
@@ -1289,6 +1328,26 @@ optimizer = "sgd"
 arch = "tiny"
 lr = 0.0001
 "#;
+
+    #[test]
+    fn sizes_are_bounded_by_what_they_cost() {
+        let base = "[[dataset]]\nkind = \"syn\"\nband = 1\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n";
+        for (text, what) in [
+            (base.replace("band = 1", "band = 1\ntrain = 1000000000000"), "train must be at most 5000000"),
+            (base.replace("arch = \"tiny\"", "arch = \"tiny\"\nclasses = 100000000"), "classes must be at most 100000"),
+            (base.replace("batch_size = 8", "batch_size = 100000000000"), "batch_size must be at most 65536"),
+            (base.replace("epochs = 1", "epochs = 1\naugment_crop = 4294967295"), "augment_crop must be at most 32"),
+            (format!("{base}[heatmap]\neps = 4\nbatch = 100000000000\n"), "batch must be at most 65536"),
+        ] {
+            let err = parse(&text, "s.toml").unwrap_err().to_string();
+            assert!(err.contains(what), "{what}: {err}");
+        }
+        // 4 000 points × (1 + 2 ε × 514 one-cell chunks) is over two million tasks: refused up front.
+        let seeds: Vec<String> = (0..4000).map(|s| s.to_string()).collect();
+        let big = format!("{}seed = [{}]\n[heatmap]\neps = [2, 4]\nchunk_cells = 1\n", base, seeds.join(", "));
+        let err = parse(&big, "s.toml").unwrap_err().to_string();
+        assert!(err.contains("the sweep plans 4116000 tasks (4000 points × 1029)"), "{err}");
+    }
 
     #[test]
     fn huge_numbers_make_short_labels_and_eps_is_bounded() {

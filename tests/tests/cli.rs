@@ -77,6 +77,25 @@ fn bad_input_gives_a_one_line_error_and_nonzero_exit() {
     let out = run_bounded(Command::new(binary("freqsweep-worker")).args(["info", "--device", "tpu"]), LIMIT);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device \"tpu\""));
+
+    // Sizes beyond what the machine can hold are refused before libtorch is asked (they panicked
+    // inside it with kilobytes of C++ backtrace).
+    for (flag, value, range) in [
+        ("--crop-padding", "100000", "0..=32"),
+        ("--classes", "100000000", "1..=100000"),
+        ("--batch-size", "100000000000", "1..=65536"),
+        ("--train", "1000000000000", "1..=5000000"),
+    ] {
+        let out = run_bounded(
+            Command::new(binary("freqsweep-worker"))
+                .args(["train", "--model", "tiny", flag, value, "--out"])
+                .arg(dir.path().join("t")),
+            LIMIT,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(&format!("{value} is not in {range}")), "{flag}: {stderr}");
+        assert!(!stderr.contains("libtorch") && !stderr.contains("frame #"), "{flag}: {stderr}");
+    }
 }
 
 #[test]

@@ -8,6 +8,7 @@ use freqsweep_common::bands::{BandLayout, BandSet};
 use freqsweep_common::dataset::{self, Dataset};
 use freqsweep_common::heatmap::{write_map_files, HeatmapAccumulator};
 use freqsweep_common::logging::{self, LogFormat};
+use freqsweep_common::spec;
 use freqsweep_common::spectrum::{Cell, Shape2};
 use freqsweep_common::syn::SynConfig;
 use freqsweep_common::task::{Augment, DatasetSource, LrSchedule, MetricPoint, Optimizer, TrainConfig, TrainTask};
@@ -90,11 +91,11 @@ struct TrainArgs {
     #[arg(long, default_value_t = 4)]
     syn_band: u8,
     /// Syn_D training images.
-    #[arg(long, default_value_t = 2000)]
-    train: usize,
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=spec::MAX_SYN_IMAGES))]
+    train: u64,
     /// Syn_D test images.
-    #[arg(long, default_value_t = 400)]
-    test: usize,
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(1..=spec::MAX_SYN_IMAGES))]
+    test: u64,
     /// Seed of the Syn_D generator.
     #[arg(long, default_value_t = 0)]
     data_seed: u64,
@@ -108,8 +109,8 @@ struct TrainArgs {
     #[arg(long, default_value = "resnet18")]
     model: String,
     /// Number of classes (default: from the labels).
-    #[arg(long)]
-    classes: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=spec::MAX_CLASSES))]
+    classes: Option<u64>,
     /// Optimizer: sgd or adam.
     #[arg(long, default_value = "adam")]
     optimizer: String,
@@ -128,8 +129,8 @@ struct TrainArgs {
     step_every: u32,
     #[arg(long, default_value_t = 0.1)]
     gamma: f64,
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=spec::MAX_BATCH))]
+    batch_size: u64,
     #[arg(long, default_value_t = 3)]
     epochs: u32,
     /// Seed of weight initialisation, shuffling, augmentation and dropout.
@@ -139,7 +140,7 @@ struct TrainArgs {
     #[arg(long)]
     flip: bool,
     /// Random crops after zero padding by this many pixels.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=spec::MAX_CROP_PADDING as i64))]
     crop_padding: u32,
     /// Band-filtered test sets, comma separated.
     #[arg(long, default_value = "B1234,B124", value_delimiter = ',')]
@@ -175,8 +176,8 @@ struct HeatmapArgs {
     #[arg(long)]
     out: PathBuf,
     /// Perturbed images per forward pass (bounds memory).
-    #[arg(long, default_value_t = 256)]
-    batch: usize,
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=spec::MAX_BATCH))]
+    batch: u64,
     /// Layers for cosine-distance maps, comma separated, or `all`.
     #[arg(long, value_delimiter = ',')]
     layers: Vec<String>,
@@ -312,7 +313,11 @@ fn task_from_flags(args: &TrainArgs, train: &Dataset) -> Result<TrainTask> {
         }
     } else {
         let band = freqsweep_common::bands::Band::new(args.syn_band).context("--syn-band")?;
-        DatasetSource::Syn(SynConfig { train: args.train, test: args.test, ..SynConfig::new(band, args.data_seed) })
+        DatasetSource::Syn(SynConfig {
+            train: args.train as usize,
+            test: args.test as usize,
+            ..SynConfig::new(band, args.data_seed)
+        })
     };
     let optimizer = match args.optimizer.as_str() {
         "sgd" => Optimizer::Sgd { momentum: args.momentum, weight_decay: args.weight_decay, nesterov: false },
@@ -339,11 +344,11 @@ fn task_from_flags(args: &TrainArgs, train: &Dataset) -> Result<TrainTask> {
         dataset,
         train: TrainConfig {
             model: args.model.clone(),
-            classes: args.classes.unwrap_or_else(|| train.classes()),
+            classes: args.classes.map_or_else(|| train.classes(), |c| c as usize),
             optimizer,
             lr: args.lr,
             schedule,
-            batch_size: args.batch_size,
+            batch_size: args.batch_size as usize,
             epochs: args.epochs,
             seed: args.seed,
             augment: Augment { flip: args.flip, crop_padding: args.crop_padding },
@@ -470,7 +475,8 @@ fn heatmap_cmd(args: HeatmapArgs) -> Result<()> {
     let layers = if args.layers.iter().any(|l| l == "all") { model.layer_names() } else { args.layers.clone() };
     let shape = Shape2::new(h, w);
     let cells: Vec<Cell> = shape.heatmap_cells();
-    let config = HeatmapConfig { eps: args.eps, cells, layers: layers.clone(), seed: args.seed, batch: args.batch };
+    let config =
+        HeatmapConfig { eps: args.eps, cells, layers: layers.clone(), seed: args.seed, batch: args.batch as usize };
     let images = eval::images_tensor(&data, device);
     tracing::info!(model = %args.model.display(), kind = %what, images = data.len(), cells = config.cells.len(), eps = args.eps, device = %device::describe(device), "heatmap");
     let started = std::time::Instant::now();
