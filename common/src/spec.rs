@@ -1329,6 +1329,21 @@ arch = "tiny"
 lr = 0.0001
 "#;
 
+    /// The example specs users run as they are stay valid (bounds and names included).
+    #[test]
+    fn every_example_spec_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut parsed = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                load(&path).unwrap_or_else(|e| panic!("{e}"));
+                parsed += 1;
+            }
+        }
+        assert!(parsed >= 3, "{parsed} example specs in {}", dir.display());
+    }
+
     #[test]
     fn sizes_are_bounded_by_what_they_cost() {
         let base = "[[dataset]]\nkind = \"syn\"\nband = 1\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n";
