@@ -284,6 +284,9 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     print_summary(&dir, &summary)
 }
 
+/// How long `freqsweep status` waits for an answer.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub fn status(args: &StatusArgs) -> Result<()> {
     use freqsweep_proto::v1::coordinator_client::CoordinatorClient;
     let ca = match &args.tls_ca {
@@ -309,7 +312,12 @@ pub fn status(args: &StatusArgs) -> Result<()> {
         });
         let mut first = true;
         loop {
-            let reply = client.status(freqsweep_proto::v1::StatusRequest {}).await;
+            // A coordinator that accepts the connection but never answers (overloaded, paused,
+            // or not a coordinator) must not hang the command.
+            let call = client.status(freqsweep_proto::v1::StatusRequest {});
+            let Ok(reply) = tokio::time::timeout(STATUS_TIMEOUT, call).await else {
+                bail!("the coordinator at {url} did not answer within {} s", STATUS_TIMEOUT.as_secs());
+            };
             let s = match reply {
                 Ok(s) => s.into_inner(),
                 // While watching, a coordinator that finished and exited ends the watch quietly.

@@ -109,3 +109,19 @@ fn worker_info_reports_a_working_libtorch() {
     assert!(info["device"].as_str().unwrap().starts_with("cpu"));
     assert!(info["cpu_threads"].as_i64().unwrap() >= 1);
 }
+
+/// `freqsweep status` against a port that accepts connections but never answers ends with one
+/// line instead of hanging.
+#[test]
+fn status_against_a_silent_port_gives_up_with_one_line() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let started = std::time::Instant::now();
+    let out = run_bounded(Command::new(binary("freqsweep")).args(["status", "--coordinator", &url]), LIMIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&url), "names the address: {stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "took {:?}", started.elapsed());
+    drop(silent);
+}
