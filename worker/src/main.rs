@@ -209,7 +209,8 @@ fn main() {
         },
     };
     if let Err(err) = result {
-        eprintln!("freqsweep-worker: error: {err:#}");
+        // One line: the rest (a libtorch backtrace) only with RUST_LOG=debug.
+        eprintln!("freqsweep-worker: error: {}", freqsweep_worker::engine::one_line(format!("{err:#}")));
         std::process::exit(1);
     }
 }

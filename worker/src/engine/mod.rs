@@ -33,10 +33,22 @@ pub struct EngineError {
 
 impl EngineError {
     pub fn fatal(message: impl Into<String>) -> Self {
-        EngineError { message: message.into(), retryable: false }
+        EngineError { message: one_line(message.into()), retryable: false }
     }
     pub fn transient(message: impl Into<String>) -> Self {
-        EngineError { message: message.into(), retryable: true }
+        EngineError { message: one_line(message.into()), retryable: true }
+    }
+}
+
+/// The first line of an error: libtorch's messages carry kilobytes of C++ backtrace after it,
+/// which go to the debug log instead of the coordinator, the store and the report.
+pub fn one_line(message: String) -> String {
+    match message.split_once('\n') {
+        Some((first, _)) => {
+            tracing::debug!(error = %message, "full error");
+            first.trim_end().to_string()
+        }
+        None => message,
     }
 }
 
@@ -187,6 +199,14 @@ mod tests {
         fn should_stop(&mut self) -> bool {
             false
         }
+    }
+
+    #[test]
+    fn engine_errors_are_one_line() {
+        let err =
+            EngineError::fatal("shape mismatch [3, 4] vs [5]\nException raised from foo at bar.cpp:12\nframe #0: 0x7f");
+        assert_eq!(err.message, "shape mismatch [3, 4] vs [5]");
+        assert_eq!(EngineError::transient("plain").message, "plain");
     }
 
     #[test]
