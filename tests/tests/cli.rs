@@ -85,6 +85,8 @@ fn bad_input_gives_a_one_line_error_and_nonzero_exit() {
         ("--classes", "100000000", "1..=100000"),
         ("--batch-size", "100000000000", "1..=65536"),
         ("--train", "1000000000000", "1..=5000000"),
+        // It was reported as "not a freqsweep checkpoint".
+        ("--epochs", "0", "1.."),
     ] {
         let out = run_bounded(
             Command::new(binary("freqsweep-worker"))

@@ -131,7 +131,8 @@ struct TrainArgs {
     gamma: f64,
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=spec::MAX_BATCH))]
     batch_size: u64,
-    #[arg(long, default_value_t = 3)]
+    /// Epochs to train (at least 1: a run of none has no model to write).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     epochs: u32,
     /// Seed of weight initialisation, shuffling, augmentation and dropout.
     #[arg(long, default_value_t = 0)]
