@@ -41,24 +41,10 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, LockError> {
     }
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let holder = format!("pid {} on {}, since {}", std::process::id(), host.trim(), utc(since));
+    let holder =
+        format!("pid {} on {}, since {}", std::process::id(), host.trim(), crate::report::format_time(since * 1000));
     file.set_len(0).and_then(|()| file.write_all(holder.as_bytes())).and_then(|()| file.sync_all()).map_err(io)?;
     Ok(DirLock { _file: file })
-}
-
-/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC` (the civil-from-days algorithm of H. Hinnant).
-fn utc(seconds: u64) -> String {
-    let (days, rest) = ((seconds / 86_400) as i64, seconds % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rest / 3600, rest / 60 % 60, rest % 60)
 }
 
 #[cfg(test)]
@@ -78,9 +64,9 @@ mod tests {
     }
 
     #[test]
-    fn utc_dates_are_civil_dates() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
-        assert_eq!(utc(1_796_119_932), "2026-12-01 10:12:12 UTC");
+    fn the_holder_says_since_when_in_utc() {
+        assert_eq!(crate::report::format_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(crate::report::format_time(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(crate::report::format_time(1_796_119_932_000), "2026-12-01 10:12:12 UTC");
     }
 }

@@ -8,6 +8,7 @@
 
 pub use freqsweep_common::figures;
 mod html;
+pub(crate) use html::format_time;
 
 use crate::graph::PlannedTask;
 use crate::kinds::{self, heatmap::Maps};
