@@ -133,8 +133,18 @@ pub fn read_labels_npy(path: &Path) -> Result<Vec<i64>, DatasetError> {
     }
     let labels =
         array.to_i64().ok_or_else(|| invalid(path, format!("labels must be integers, got {:?}", array.dtype)))?;
-    if let Some(bad) = labels.iter().find(|&&l| l < 0) {
-        return Err(invalid(path, format!("labels must be non-negative, found {bad}")));
+    // A uint64 label above i64::MAX reads as negative: name the value as stored.
+    let shown = |i: usize| match array.dtype {
+        DType::U64 => u64::from_le_bytes(array.data[i * 8..i * 8 + 8].try_into().expect("8 bytes")).to_string(),
+        _ => labels[i].to_string(),
+    };
+    let max = crate::spec::MAX_CLASSES as i64;
+    if let Some(i) = labels.iter().position(|&l| l < 0 && array.dtype != DType::U64) {
+        return Err(invalid(path, format!("labels must be non-negative, found {}", shown(i))));
+    }
+    // The labels set the classifier's size (`max + 1` classes): bound them like `classes`.
+    if let Some(i) = labels.iter().position(|&l| !(0..max).contains(&l)) {
+        return Err(invalid(path, format!("labels must be below {max} (one output per class), found {}", shown(i))));
     }
     Ok(labels)
 }
@@ -212,6 +222,25 @@ pub fn read_cifar10(dir: &Path, train: bool) -> Result<Dataset, DatasetError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_are_shown_as_stored_and_bounded_like_classes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("y.npy");
+        let u64_labels = NpyArray {
+            dtype: DType::U64,
+            shape: vec![2],
+            data: [1u64, u64::MAX].iter().flat_map(|v| v.to_le_bytes()).collect(),
+        };
+        u64_labels.write(&path).unwrap();
+        let err = read_labels_npy(&path).unwrap_err().to_string();
+        assert!(err.contains(&format!("found {}", u64::MAX)) && !err.contains("found -"), "{err}");
+        NpyArray::from_i64(vec![2], &[0, 1_000_000_000]).write(&path).unwrap();
+        let err = read_labels_npy(&path).unwrap_err().to_string();
+        assert!(err.contains("labels must be below 100000") && err.contains("found 1000000000"), "{err}");
+        NpyArray::from_i64(vec![2], &[0, -3]).write(&path).unwrap();
+        assert!(read_labels_npy(&path).unwrap_err().to_string().contains("non-negative, found -3"));
+    }
 
     #[test]
     fn npy_pair_round_trip_and_uint8_nhwc() {
