@@ -87,7 +87,7 @@ async fn start(n_tasks: usize, metrics: bool) -> Coordinator {
 /// With `metrics`, each lease also sends one batch of that many points first.
 async fn worker(url: String, metrics: usize) -> u64 {
     let mut client = CoordinatorClient::connect(url).await.unwrap();
-    let session = testing::open_session(&mut client, "bench").await.unwrap();
+    let session = testing::open_session(&mut client, "bench", None).await.unwrap();
     let (tx, mut inbound, id) = (session.tx, session.inbound, session.worker_id);
     // Results that fit their tasks: a train result names its two outputs (uploaded once).
     let (result_json, outputs) = if metrics > 0 {
@@ -155,7 +155,7 @@ async fn sessions(count: usize) -> f64 {
     let channel = tonic::transport::Channel::from_shared(c.url.clone()).unwrap().connect().await.unwrap();
     for _ in 0..count {
         let mut client = CoordinatorClient::new(channel.clone());
-        let session = testing::open_session(&mut client, "bench").await.unwrap();
+        let session = testing::open_session(&mut client, "bench", None).await.unwrap();
         let heartbeat = session.message(worker_message::Body::Heartbeat(pb::Heartbeat::default()));
         session.tx.send(heartbeat).await.unwrap();
         streams.push((session.tx, session.inbound));

@@ -21,20 +21,21 @@ pub struct SimSession {
     pub inbound: tonic::Streaming<pb::CoordinatorMessage>,
 }
 
-/// Register on `client` and open the session with the id and key the coordinator gave.
+/// Register on `client` and open the session with the id and key the coordinator gave; `token`
+/// is sent as `authorization: Bearer <token>` when the coordinator wants one.
 pub async fn open_session(
     client: &mut CoordinatorClient<Channel>,
     hostname: &str,
+    token: Option<&str>,
 ) -> Result<SimSession, tonic::Status> {
-    let reply = client
-        .register(pb::RegisterRequest {
-            protocol_version: freqsweep_proto::PROTOCOL_VERSION,
-            hostname: hostname.to_string(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let (tx, inbound) = attach(client, &reply.worker_id, &reply.session_key).await?;
+    let mut request = tonic::Request::new(pb::RegisterRequest {
+        protocol_version: freqsweep_proto::PROTOCOL_VERSION,
+        hostname: hostname.to_string(),
+        ..Default::default()
+    });
+    authorize(&mut request, token)?;
+    let reply = client.register(request).await?.into_inner();
+    let (tx, inbound) = attach(client, &reply.worker_id, &reply.session_key, token).await?;
     Ok(SimSession { worker_id: reply.worker_id, session_key: reply.session_key, tx, inbound })
 }
 
@@ -43,15 +44,25 @@ pub async fn attach(
     client: &mut CoordinatorClient<Channel>,
     worker_id: &str,
     session_key: &str,
+    token: Option<&str>,
 ) -> Result<(mpsc::Sender<pb::WorkerMessage>, tonic::Streaming<pb::CoordinatorMessage>), tonic::Status> {
     let (tx, rx) = mpsc::channel(64);
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    authorize(&mut request, token)?;
     let metadata = request.metadata_mut();
     let value = |v: &str| v.parse().map_err(|_| tonic::Status::invalid_argument("not ASCII"));
     metadata.insert(freqsweep_proto::SESSION_WORKER_METADATA, value(worker_id)?);
     metadata.insert(freqsweep_proto::SESSION_KEY_METADATA, value(session_key)?);
     let inbound = client.session(request).await?.into_inner();
     Ok((tx, inbound))
+}
+
+fn authorize<T>(request: &mut tonic::Request<T>, token: Option<&str>) -> Result<(), tonic::Status> {
+    if let Some(token) = token {
+        let value = format!("Bearer {token}").parse().map_err(|_| tonic::Status::invalid_argument("not ASCII"))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(())
 }
 
 impl SimSession {

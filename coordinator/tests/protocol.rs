@@ -50,13 +50,13 @@ async fn sessions_are_bound_to_their_registration() {
         format!("protocol version 1 but this coordinator speaks {}", freqsweep_proto::PROTOCOL_VERSION)
     );
 
-    let mut real = testing::open_session(&mut client, "real").await.unwrap();
+    let mut real = testing::open_session(&mut client, "real", None).await.unwrap();
     // Without the key, with a wrong one, or with the right one a second time: refused, one line.
     let refusals = [
-        testing::attach(&mut client, &real.worker_id, "").await.unwrap_err(),
-        testing::attach(&mut client, &real.worker_id, "0123456789abcdef0123456789abcdef").await.unwrap_err(),
-        testing::attach(&mut client, &real.worker_id, &real.session_key).await.unwrap_err(),
-        testing::attach(&mut client, "w999", &real.session_key).await.unwrap_err(),
+        testing::attach(&mut client, &real.worker_id, "", None).await.unwrap_err(),
+        testing::attach(&mut client, &real.worker_id, "0123456789abcdef0123456789abcdef", None).await.unwrap_err(),
+        testing::attach(&mut client, &real.worker_id, &real.session_key, None).await.unwrap_err(),
+        testing::attach(&mut client, "w999", &real.session_key, None).await.unwrap_err(),
     ];
     let messages: Vec<String> = refusals.iter().map(|s| format!("{:?}: {}", s.code(), s.message())).collect();
     assert_eq!(

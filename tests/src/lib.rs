@@ -147,3 +147,51 @@ pub fn results_without_timing(path: &std::path::Path) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// libtorch picks CPU kernels by instruction set: an AVX-512 machine sums some reductions (the
+/// layer maps' cosine distances) in another order than an AVX2 one, so bits differ between
+/// machines. Pinned to AVX2 (oneDNN and ATen) and MKL's reproducible mode, any x86-64 machine with
+/// AVX2 computes the `demo_small` fixture's bits; the fixture was made with the same settings.
+pub const PINNED_KERNELS: [(&str, &str); 3] =
+    [("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2"), ("MKL_CBWR", "COMPATIBLE")];
+
+/// `tests/fixtures/demo_small`: the demo shrunk to seconds and what an earlier `main` made of it.
+pub fn demo_small() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo_small")
+}
+
+/// Every file under `dir/sub` with one of `extensions`, as paths relative to `dir`.
+fn files(dir: &std::path::Path, sub: &str, extensions: &[&str]) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(dir.join(sub))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.join(sub).display()))
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| extensions.iter().any(|x| n.ends_with(x)))
+        .map(|n| format!("{sub}/{n}"))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Assert that the run directory `out` of the `demo_small` spec holds the fixture's arrays,
+/// curves, confusion matrices and `results.csv` (wall clock aside) byte for byte; returns how
+/// many files were compared.
+pub fn assert_matches_demo_small(out: &std::path::Path) -> usize {
+    let expected = demo_small().join("expected");
+    let mut compared = 0;
+    for (sub, extensions) in [("heatmaps", &[".npy"][..]), ("curves", &[".csv"]), ("confusion", &[".csv"])] {
+        let want = files(&expected, sub, extensions);
+        assert!(!want.is_empty(), "the fixture holds no {sub}");
+        assert_eq!(files(out, sub, extensions), want, "the same {sub} files");
+        for rel in want {
+            let (got, wanted) = (std::fs::read(out.join(&rel)).unwrap(), std::fs::read(expected.join(&rel)).unwrap());
+            assert!(got == wanted, "{rel} differs from the fixture ({} vs {} bytes)", got.len(), wanted.len());
+            compared += 1;
+        }
+    }
+    assert_eq!(
+        results_without_timing(&out.join("results.csv")),
+        results_without_timing(&expected.join("results.csv")),
+        "results.csv differs from the fixture"
+    );
+    compared
+}

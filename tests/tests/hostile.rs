@@ -1,0 +1,144 @@
+//! A hostile peer during a real sweep: while two real workers run the `demo_small` sweep against
+//! `freqsweep serve`, a client holding the token registers and, round after round, reports
+//! results, failures and releases for attempts it does not hold (with metric points and a
+//! heartbeat claiming them), and opens streams naming the real workers' ids with a guessed key.
+//! Not one of its reports is accepted, no stream is attached, and the sweep ends with the
+//! fixture's arrays and `results.csv`, byte for byte.
+
+use freqsweep_coordinator::testing;
+use freqsweep_proto::v1::coordinator_client::CoordinatorClient;
+use freqsweep_proto::v1::{self as pb, coordinator_message, worker_message};
+use freqsweep_tests::{assert_matches_demo_small, binary, demo_small, serve, wait_or_kill, Served, PINNED_KERNELS};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the hostile peer did and what it got.
+#[derive(Debug, Default)]
+struct Forgery {
+    rounds: u32,
+    reports: u32,
+    accepted: u32,
+    /// Acknowledgements saying the report was not accepted: proof the reports were processed.
+    rejected: u32,
+    takeovers: u32,
+    takeovers_refused: u32,
+}
+
+async fn forge(url: String, stop: Arc<AtomicBool>) -> Forgery {
+    let mut seen = Forgery::default();
+    let mut client = CoordinatorClient::connect(url).await.expect("connect");
+    let session = testing::open_session(&mut client, "forger", Some("right")).await.expect("register");
+    let (tx, mut inbound) = (session.tx.clone(), session.inbound);
+    let (accepted, rejected) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let reader = {
+        let (accepted, rejected) = (accepted.clone(), rejected.clone());
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = inbound.message().await {
+                if let Some(coordinator_message::Body::Ack(a)) = m.body {
+                    let counter = if a.accepted { &accepted } else { &rejected };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let train = testing::train_result_json(&testing::sim_train_task(), "forged");
+    let message = |body| pb::WorkerMessage { worker_id: session.worker_id.clone(), body: Some(body) };
+    'rounds: while !stop.load(Ordering::Relaxed) {
+        seen.rounds += 1;
+        for attempt in 1..=40u64 {
+            let result =
+                pb::TaskResult { attempt_id: attempt, result_json: train.clone(), outputs: vec![], seconds: 0.0 };
+            let forged = [
+                worker_message::Body::Result(result),
+                worker_message::Body::Failure(pb::TaskFailure {
+                    attempt_id: attempt,
+                    error: "x".into(),
+                    retryable: false,
+                }),
+                worker_message::Body::Release(pb::Release { attempt_id: attempt, reason: "forged".into() }),
+            ];
+            for body in forged {
+                if tx.send(message(body)).await.is_err() {
+                    break 'rounds;
+                }
+                seen.reports += 1;
+            }
+            let batch = pb::MetricBatch { attempt_id: attempt, seq: 0, points: vec![testing::f1_point(0.0)] };
+            let _ = tx.send(message(worker_message::Body::Metrics(batch))).await;
+        }
+        let claim = pb::Heartbeat { running_attempts: (1..=40).collect(), newest_lease: 40, ..Default::default() };
+        let _ = tx.send(message(worker_message::Body::Heartbeat(claim))).await;
+        for id in ["w1", "w2", "w3", "w4"] {
+            seen.takeovers += 1;
+            let guess = testing::attach(&mut client, id, "0123456789abcdef0123456789abcdef", Some("right")).await;
+            seen.takeovers_refused += u32::from(guess.is_err());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let the last acknowledgements arrive.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    reader.abort();
+    seen.accepted = accepted.load(Ordering::Relaxed);
+    seen.rejected = rejected.load(Ordering::Relaxed);
+    seen
+}
+
+#[test]
+fn a_forging_peer_changes_nothing_and_the_sweep_matches_the_fixture() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let Served { child: mut coordinator, value, lines, .. } =
+        serve(&demo_small().join("spec.toml"), &out, &[], "listen=");
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let url = format!("http://{value}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let forger = {
+        let (url, stop) = (url.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(forge(url, stop))
+        })
+    };
+    // Let the forger register and start before the real workers take the tasks.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut workers: Vec<std::process::Child> = (0..2)
+        .map(|k| {
+            Command::new(binary("freqsweep-worker"))
+                .args([
+                    "--coordinator",
+                    &url,
+                    "--device",
+                    "cpu",
+                    "--threads",
+                    "1",
+                    "--connect-timeout",
+                    "30",
+                    "--cache-dir",
+                ])
+                .arg(dir.path().join(format!("cache{k}")))
+                .env("FREQSWEEP_TOKEN", "right")
+                .envs(PINNED_KERNELS)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut others: Vec<&mut std::process::Child> = workers.iter_mut().collect();
+    let status = wait_or_kill(&mut coordinator, Duration::from_secs(300), &mut others, "the sweep did not finish");
+    stop.store(true, Ordering::Relaxed);
+    let seen = forger.join().unwrap();
+    for w in &mut workers {
+        let _ = w.wait();
+    }
+    let log = drain.join().unwrap().join("\n");
+    assert!(status.success(), "{}", log.lines().last().unwrap_or(""));
+    assert!(seen.rounds >= 2 && seen.reports >= 240, "the forger kept at it: {seen:?}");
+    assert_eq!(seen.accepted, 0, "a forged report was accepted: {seen:?}");
+    assert!(seen.rejected >= 240, "the coordinator heard and refused the forged reports: {seen:?}");
+    assert_eq!(seen.takeovers_refused, seen.takeovers, "a stream took over a worker id: {seen:?}");
+    assert!(!log.contains("task failed"), "no task failed");
+    assert_matches_demo_small(&out);
+}
