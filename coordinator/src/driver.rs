@@ -848,6 +848,18 @@ impl Driver {
                 Output::AttemptEnded { task, attempt, worker, outcome } => {
                     self.attempt_ended(task, attempt, worker, outcome, &mut changes)
                 }
+                Output::DiedRunning { task, attempt, worker, times, failed } => {
+                    let key = &self.tasks[&task].key;
+                    let max = self.config.scheduler.max_attempts;
+                    let error = format!(
+                        "its worker {} died, was killed or went silent while running it ({times} of {max} attempts){}",
+                        worker_name(worker),
+                        if failed { "; a task that ends every worker it runs on is failed" } else { "; re-queued" }
+                    );
+                    tracing::warn!(task = %key, attempt = attempt.0, worker = %worker_name(worker), times, failed, "attempt lost with its worker");
+                    self.note_failure(Some(task), Some(attempt.0), worker_name(worker), error.clone());
+                    changes.push(Change::TaskError { id: task.0, error });
+                }
                 Output::WorkerExpired { worker } => {
                     tracing::warn!(worker = %worker_name(worker), "worker expired (no message within the lease timeout); its session is closed");
                     self.workers_expired += 1;
@@ -1290,8 +1302,12 @@ mod tests {
         shared.with(|d| d.on_message(session, FromWorker::LeaseRequest { slots: 1 })).unwrap();
         assert!(!shared.with(|d| d.workers.contains_key(&session.worker)).unwrap(), "closed, not silently dropped");
         assert_eq!(state(&shared, task), Some(StateName::Ready), "its attempt was re-queued");
-        let note = shared.with(|d| d.failures.back().map(|f| f.error.clone())).unwrap().unwrap();
-        assert!(note.contains("were not read"), "{note}");
+        let notes: Vec<String> = shared.with(|d| d.failures.iter().map(|f| f.error.clone()).collect()).unwrap();
+        assert!(notes.iter().any(|n| n.contains("were not read")), "{notes:?}");
+        assert!(
+            notes.iter().any(|n| n.contains("(1 of 3 attempts); re-queued")),
+            "counted as a lost attempt: {notes:?}"
+        );
     }
 
     #[test]

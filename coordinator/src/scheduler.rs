@@ -39,8 +39,11 @@
 //! - A worker's liveness deadline is `now + lease_timeout`, renewed by any message; past it the
 //!   worker is dropped and its tasks return to the queue at once (front of the queue). A worker
 //!   that leaves is treated the same way without waiting.
-//! - A released or orphaned attempt does not count against `max_attempts`; a failure does.
-//!   Retryable failures wait `min(base · 2^(k−1), max)` before the task is ready again, at the
+//! - A failure counts against `max_attempts`, and so does the only live attempt of a task whose
+//!   worker left, expired or joined again while running it (a task that crashes every worker it
+//!   runs on must fail, not be re-leased for ever); it is re-queued at once, at the front. A
+//!   released attempt, a backup whose task runs on, and a lease or report lost in transit (found
+//!   by [`Input::Reconcile`]) do not count. Retryable failures wait `min(base · 2^(k−1), max)` before the task is ready again, at the
 //!   front of the queue.
 //! - A task that can no longer run because a dependency failed or was cancelled is **Cancelled**
 //!   (not Failed), with the reason naming the dependency: Failed means "this task's own attempts
@@ -118,7 +121,8 @@ impl StateName {
 pub struct SchedulerConfig {
     /// A worker silent for this long is dead.
     pub lease_timeout: Millis,
-    /// Failed attempts allowed per task (releases and lost workers do not count).
+    /// Attempts per task that may end badly: failures, and attempts whose worker died while
+    /// running them (releases, backups and leases lost in transit do not count).
     pub max_attempts: u32,
     /// Wait after the first retryable failure; doubles with each further one …
     pub backoff_base: Millis,
@@ -313,6 +317,11 @@ pub enum Output {
     AttemptEnded { task: TaskId, attempt: AttemptId, worker: WorkerId, outcome: AttemptEnd },
     /// `worker` missed its deadline and was dropped (its tasks are re-queued).
     WorkerExpired { worker: WorkerId },
+    /// `attempt`, the only live attempt of `task`, ended because its worker left, expired or
+    /// joined again (it died, was killed or paused while running it). It counts against
+    /// `max_attempts`: this is the task's `times`-th counted attempt, and `failed` says the task
+    /// failed with it (a `Transition` to Failed follows) rather than being re-queued.
+    DiedRunning { task: TaskId, attempt: AttemptId, worker: WorkerId, times: u32, failed: bool },
     /// Every task is terminal; emitted once.
     SweepFinished,
 }
@@ -1023,7 +1032,19 @@ impl Scheduler {
             };
             let Some(attempt) = attempt else { continue };
             self.attempts.remove(&attempt);
-            if !self.survives(task, attempt, worker, AttemptEnd::Lost, out) {
+            if self.survives(task, attempt, worker, AttemptEnd::Lost, out) {
+                continue;
+            }
+            // The task's only attempt died with its worker: counted, so a task that crashes
+            // every worker it runs on fails after `max_attempts` instead of taking the fleet down.
+            let t = self.tasks.get_mut(&task).expect("task exists");
+            t.failures = t.failures.saturating_add(1);
+            let failed = t.failures >= self.config.max_attempts;
+            out.push(Output::DiedRunning { task, attempt, worker, times: t.failures, failed });
+            if failed {
+                self.set_state(task, State::Failed, Some(attempt), Some(worker), out);
+                self.cancel_dependents(task, &format!("dependency {} failed", task.0), out);
+            } else {
                 self.requeue(task, Some(attempt), Some(worker), out);
             }
         }
@@ -1332,12 +1353,50 @@ mod tests {
         let out = s.handle(1_000, Input::Tick);
         assert!(out.contains(&Output::WorkerExpired { worker: WorkerId(1) }));
         assert_eq!(s.state(t), Some(StateName::Ready));
-        assert_eq!(s.failures(t), 0, "a lost worker is not the task's failure");
+        let died = Output::DiedRunning { task: t, attempt: a, worker: WorkerId(1), times: 1, failed: false };
+        assert!(out.contains(&died), "{out:?}");
+        assert_eq!(s.failures(t), 1, "an attempt whose worker died counts");
         let (again, a2) = lease_one(&mut s, 1_001, 2).unwrap();
         assert_eq!(again, t, "the orphaned task is re-leased before the untouched one");
         assert_ne!(a, a2);
         let late = s.handle(1_002, Input::Completed { attempt: a, by: owner(&s, a), outputs: vec![] });
         assert_eq!(late, vec![Output::Report { attempt: a, accepted: false }], "the old attempt is stale");
+    }
+
+    #[test]
+    fn a_task_that_kills_every_worker_fails_after_max_attempts_and_cancels_dependents() {
+        let mut s = Scheduler::new(config(), vec![task(1, &[], 0, &[]), task(2, &[1], 0, &[])], 1);
+        for w in 1..=3 {
+            join(&mut s, w * 10, w);
+            let (t, a) = lease_one(&mut s, w * 10, w).unwrap();
+            assert_eq!(t, TaskId(1));
+            // Killed: the stream closes (left) or the process restarts (joins again).
+            let out = if w == 2 {
+                s.handle(w * 10 + 1, Input::WorkerJoined { worker: WorkerId(w), cached: vec![] })
+            } else {
+                s.handle(w * 10 + 1, Input::WorkerLeft { worker: WorkerId(w) })
+            };
+            let failed = w == 3;
+            let died = Output::DiedRunning { task: t, attempt: a, worker: WorkerId(w), times: w as u32, failed };
+            assert!(out.contains(&died), "{out:?}");
+            let expected = if failed { StateName::Failed } else { StateName::Ready };
+            assert_eq!(s.state(t), Some(expected));
+        }
+        assert_eq!(s.state(TaskId(2)), Some(StateName::Cancelled));
+        assert!(s.is_finished());
+    }
+
+    #[test]
+    fn a_lost_lease_and_a_release_do_not_count() {
+        let mut c = config();
+        c.max_attempts = 1;
+        let mut s = Scheduler::new(c, vec![task(1, &[], 0, &[])], 1);
+        join(&mut s, 0, 1);
+        let (t, a) = lease_one(&mut s, 0, 1).unwrap();
+        s.handle(1, Input::Released { attempt: a, by: WorkerId(1) });
+        let (_, a) = lease_one(&mut s, 2, 1).unwrap();
+        s.handle(3, Input::Reconcile { worker: WorkerId(1), running: vec![], seen_up_to: a });
+        assert_eq!((s.state(t), s.failures(t)), (Some(StateName::Ready), 0));
     }
 
     #[test]
@@ -1588,7 +1647,7 @@ mod tests {
         join(&mut s, 0, 1);
         let (t, a) = lease_one(&mut s, 0, 1).unwrap();
         s.handle(10, Input::WorkerJoined { worker: WorkerId(1), cached: vec![] });
-        assert_eq!((s.state(t), s.failures(t)), (Some(StateName::Ready), 0));
+        assert_eq!((s.state(t), s.failures(t)), (Some(StateName::Ready), 1), "a restarted worker lost it");
         assert!(s.running_on(WorkerId(1)).is_empty());
         let late = s.handle(11, Input::Completed { attempt: a, by: owner(&s, a), outputs: vec![] });
         assert_eq!(late, vec![Output::Report { attempt: a, accepted: false }]);

@@ -142,3 +142,54 @@ fn a_forging_peer_changes_nothing_and_the_sweep_matches_the_fixture() {
     assert!(!log.contains("task failed"), "no task failed");
     assert_matches_demo_small(&out);
 }
+
+/// Take a lease, then vanish as a crashed worker does (the stream closes without a report).
+async fn take_a_lease_and_die(url: &str, hostname: &str) -> u64 {
+    let mut client = CoordinatorClient::connect(url.to_string()).await.expect("connect");
+    let mut session = testing::open_session(&mut client, hostname, Some("right")).await.expect("register");
+    let ask = session.message(worker_message::Body::LeaseRequest(pb::LeaseRequest { slots: 1 }));
+    session.tx.send(ask).await.expect("send");
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), session.inbound.message()).await;
+        match m.expect("no lease within 30 s").expect("stream").expect("open").body {
+            Some(coordinator_message::Body::Lease(l)) => return l.attempt_id,
+            Some(coordinator_message::Body::NoWork(_)) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let ask = session.message(worker_message::Body::LeaseRequest(pb::LeaseRequest { slots: 1 }));
+                session.tx.send(ask).await.expect("send");
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn a_task_that_takes_down_every_worker_it_runs_on_fails_after_max_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(&spec, freqsweep_tests::tiny_spec("crasher", "0.003")).unwrap();
+    let out = dir.path().join("run");
+    let Served { child: mut coordinator, value, lines, .. } = serve(&spec, &out, &[], "listen=");
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let url = format!("http://{value}");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // The train task is the only ready one: each of three workers takes it and dies with it.
+    let attempts: Vec<u64> = (1..=3).map(|k| rt.block_on(take_a_lease_and_die(&url, &format!("victim{k}")))).collect();
+    assert_eq!(attempts.len(), 3);
+    // The last victim's connection closes with its process (here: with the runtime).
+    drop(rt);
+    let status = wait_or_kill(&mut coordinator, Duration::from_secs(60), &mut [], "the sweep did not end");
+    let log = drain.join().unwrap().join("\n");
+    assert!(!status.success(), "a failed task fails the sweep: {log}");
+    let lost: Vec<&str> = log.lines().filter(|l| l.contains("attempt lost with its worker")).collect();
+    assert_eq!(lost.len(), 3, "every loss is logged: {log}");
+    let (store, writer) = freqsweep_coordinator::store::Store::open(&out.join("freqsweep.db")).unwrap();
+    let tasks = store.reader().unwrap().tasks().unwrap();
+    writer.stop();
+    let train = tasks.iter().find(|t| t.kind == "train").unwrap();
+    let error = train.error.clone().unwrap_or_default();
+    assert_eq!((train.state.as_str(), train.attempts), ("failed", 3), "{error}");
+    assert!(error.contains("died, was killed or went silent while running it (3 of 3 attempts)"), "{error}");
+    let heatmaps: Vec<&str> = tasks.iter().filter(|t| t.kind == "heatmap").map(|t| t.state.as_str()).collect();
+    assert!(!heatmaps.is_empty() && heatmaps.iter().all(|s| *s == "cancelled"), "{heatmaps:?}");
+}
