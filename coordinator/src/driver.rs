@@ -24,6 +24,7 @@
 //! worker join/leave/expiry; one per backup attempt started and per attempt that lost the race.
 
 use crate::artifacts::{ArtifactDir, ArtifactRef};
+use crate::conn::ConnectionLimits;
 use crate::graph::PlannedTask;
 use crate::kinds;
 use crate::scheduler::{
@@ -36,7 +37,7 @@ use freqsweep_common::task::{MetricPoint, TaskKind, TaskOutcome, CHECKPOINT_OUTP
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
 
 /// Messages queued per session before the session counts as not reading (and is closed).
@@ -51,6 +52,18 @@ pub struct ServiceConfig {
     pub heartbeat_interval_ms: u32,
     /// Serve gRPC over TLS with this certificate and key (`None`: plain HTTP/2).
     pub tls: Option<TlsIdentity>,
+    /// Bounds on the connections of the gRPC and the HTTP port (`None`: derived from the
+    /// descriptor limit and the lease timeout, see [`crate::conn`]).
+    pub connections: Option<ConnectionLimits>,
+}
+
+impl ServiceConfig {
+    /// The connection bounds of a port that gets `share` of the descriptors.
+    pub fn connection_limits(&self, share: f64) -> ConnectionLimits {
+        self.connections.clone().unwrap_or_else(|| {
+            ConnectionLimits::for_this_process(Duration::from_millis(self.scheduler.lease_timeout), share)
+        })
+    }
 }
 
 /// What a worker says on its session, in domain types.
@@ -548,6 +561,18 @@ impl Driver {
             let change = Change::WorkerLeft { id: worker_name(worker), now_ms: wall_ms() };
             self.drive(Input::WorkerLeft { worker }, vec![change], None);
         }
+    }
+
+    /// End `session` for `why` (told to the worker as its stream's status, logged, noted): its
+    /// worker leaves as by [`Driver::detach`].
+    pub fn close_session(&mut self, session: SessionId, why: String) {
+        if !self.is_current(session) {
+            return;
+        }
+        tracing::warn!(worker = %worker_name(session.worker), reason = %why, "session closed");
+        self.note_failure(None, None, worker_name(session.worker), why.clone());
+        self.send(session.worker, ToWorker::Closed { reason: why });
+        self.detach(session);
     }
 
     fn is_current(&self, session: SessionId) -> bool {

@@ -142,9 +142,16 @@ pub struct Auth(Option<String>);
 
 impl tonic::service::Interceptor for Auth {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.0 else { return Ok(request) };
+        let authenticated = |request: Request<()>| {
+            // The connection has proved itself: only the idle bound applies to it now.
+            if let Some(conn) = crate::conn::ConnInfo::of(&request) {
+                conn.authenticated();
+            }
+            Ok(request)
+        };
+        let Some(expected) = &self.0 else { return authenticated(request) };
         match request.metadata().get("authorization").and_then(|v| v.to_str().ok()) {
-            Some(got) if crate::secret::constant_time_eq(got.as_bytes(), expected.as_bytes()) => Ok(request),
+            Some(got) if crate::secret::constant_time_eq(got.as_bytes(), expected.as_bytes()) => authenticated(request),
             Some(_) => Err(Status::unauthenticated("wrong token (check FREQSWEEP_TOKEN)")),
             None => Err(Status::unauthenticated("missing token (set FREQSWEEP_TOKEN)")),
         }
@@ -210,7 +217,20 @@ impl Coordinator for Service {
         let mut inbound = request.into_inner();
         let shared = self.0.clone();
         tokio::spawn(async move {
-            while let Some(Ok(message)) = inbound.next().await {
+            while let Some(next) = inbound.next().await {
+                let message = match next {
+                    Ok(message) => message,
+                    Err(status) => {
+                        // Too large or malformed: the worker is told why, not just cut off.
+                        let why = format!(
+                            "a message of this session could not be read ({:?}: {}); the session is closed",
+                            status.code(),
+                            peer_text(status.message(), MESSAGE_BYTES)
+                        );
+                        let _ = shared.with(|d| d.close_session(session, why));
+                        break;
+                    }
+                };
                 let Some(message) = from_proto(message) else { continue };
                 // A panic is logged by `with` and costs this message only.
                 if let Ok(false) = shared.with(|d| d.on_message(session, message)) {
@@ -318,6 +338,8 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     let timer = tokio::spawn(shared.clone().run_timer());
+    // Most descriptors go to workers; the HTTP port has the rest (`http::serve`).
+    let limits = shared.config.connection_limits(0.75);
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &shared.config.tls {
         builder = match builder.tls_config(tls.server_config()) {
@@ -330,7 +352,7 @@ pub async fn serve(
     }
     let result = builder
         .add_service(Service(shared).into_server())
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(crate::conn::Incoming::new(listener, limits), async move {
             while !*shutdown.borrow() {
                 if shutdown.changed().await.is_err() {
                     break;

@@ -22,20 +22,18 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Serve HTTP on `listener` until the task is dropped or aborted.
 pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+    // Bounded like the gRPC port (count, unauthenticated and idle time), with fewer descriptors.
+    let mut incoming = crate::conn::Incoming::new(listener, shared.config.connection_limits(0.25));
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of file descriptors and the like: keep serving once it passes.
-                tracing::warn!(error = %e, "http accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let stream = incoming.accept().await;
         let (shared, tls) = (shared.clone(), tls.clone());
         tokio::spawn(async move {
+            let conn = stream.info().clone();
             let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                 let response = respond(&shared, &request);
+                if response.status() != StatusCode::UNAUTHORIZED {
+                    conn.authenticated();
+                }
                 async move { Ok::<_, Infallible>(response) }
             });
             let http = hyper::server::conn::http1::Builder::new();

@@ -2,6 +2,7 @@
 //! It never links libtorch.
 //!
 //! - [`artifacts`]: content-addressed artifact files, verified uploads, chunked downloads.
+//! - [`conn`]: bounds on connections (count, unauthenticated and idle time) of both ports.
 //! - [`driver`]: owns the scheduler core and the store handle; sessions, reports, leases.
 //! - [`graph`]: the task graph of a sweep (train tasks, heatmap chunks) with stable keys.
 //! - [`grpc`]: the thin tonic shell (proto ↔ domain conversion, errors to `Status`).
@@ -18,6 +19,7 @@
 //! - [`tls`]: the certificate and key for gRPC and HTTPS.
 
 pub mod artifacts;
+pub mod conn;
 pub mod driver;
 pub mod graph;
 pub mod grpc;

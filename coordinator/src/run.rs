@@ -161,7 +161,13 @@ impl Run {
 
 /// Default service settings for a run (the scheduler's come from its one `Default`).
 pub fn default_config(token: Option<String>) -> ServiceConfig {
-    ServiceConfig { token, scheduler: SchedulerConfig::default(), heartbeat_interval_ms: 2_000, tls: None }
+    ServiceConfig {
+        token,
+        scheduler: SchedulerConfig::default(),
+        heartbeat_interval_ms: 2_000,
+        tls: None,
+        connections: None,
+    }
 }
 
 #[cfg(test)]

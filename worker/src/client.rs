@@ -565,10 +565,12 @@ pub async fn run(
                 Some(event) = events.recv() => match event {
                     FromEngine::Metrics(attempt, points) => {
                         if let Some(r) = running.as_mut().filter(|r| r.attempt == attempt) {
-                            let batch = pb::MetricBatch { attempt_id: attempt, seq: r.seq, points: points.iter().map(to_wire).collect() };
-                            r.seq += 1;
-                            let b = worker_message::Body::Metrics(batch);
-                            if !send(b.clone()) { outbox.push(b); }
+                            for points in split_batches(points.iter().map(to_wire), METRIC_BATCH_BYTES) {
+                                let batch = pb::MetricBatch { attempt_id: attempt, seq: r.seq, points };
+                                r.seq += 1;
+                                let b = worker_message::Body::Metrics(batch);
+                                if !send(b.clone()) { outbox.push(b); }
+                            }
                         }
                     }
                     FromEngine::Progress(attempt, fraction, throughput) => {
@@ -805,6 +807,30 @@ async fn report(
     }
 }
 
+/// Largest metric batch sent as one message: far below the coordinator's 64 MiB message limit
+/// (an epoch of a many-class model's confusion matrix is millions of points).
+const METRIC_BATCH_BYTES: usize = 4 << 20;
+
+/// Points in batches of at most `max_bytes` encoded (a single larger point goes alone).
+fn split_batches(points: impl Iterator<Item = pb::MetricPoint>, max_bytes: usize) -> Vec<Vec<pb::MetricPoint>> {
+    use prost::Message;
+    let mut batches: Vec<Vec<pb::MetricPoint>> = Vec::new();
+    let mut size = 0;
+    for point in points {
+        // A repeated field's element costs its length prefix and tag as well (≤ 11 bytes).
+        let cost = point.encoded_len() + 11;
+        match batches.last_mut() {
+            Some(batch) if size + cost <= max_bytes => batch.push(point),
+            _ => {
+                batches.push(vec![point]);
+                size = 0;
+            }
+        }
+        size += cost;
+    }
+    batches
+}
+
 fn to_wire(p: &MetricPoint) -> pb::MetricPoint {
     pb::MetricPoint {
         name: p.name.clone(),
@@ -827,4 +853,35 @@ fn cached_digests(cache: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn metric_batches_stay_under_the_limit_and_keep_every_point_in_order() {
+        let points: Vec<pb::MetricPoint> = (0..50_000u32)
+            .map(|i| pb::MetricPoint {
+                name: "confusion".into(),
+                epoch: 1.5,
+                step: u64::from(i),
+                test_set: format!("band:{}", i % 7),
+                class_index: i as i32 - 1,
+                value: f64::from(i),
+            })
+            .collect();
+        let limit = 64 << 10;
+        let batches = split_batches(points.clone().into_iter(), limit);
+        assert!(batches.len() > 10, "{} batches", batches.len());
+        for points in &batches {
+            let message = pb::MetricBatch { attempt_id: u64::MAX, seq: u64::MAX, points: points.clone() };
+            // The batch's own fields are the only overhead beyond the accounted points.
+            assert!(message.encoded_len() <= limit + 32, "{} bytes", message.encoded_len());
+        }
+        let flat: Vec<pb::MetricPoint> = batches.into_iter().flatten().collect();
+        assert_eq!(flat, points);
+        assert!(split_batches(std::iter::empty(), limit).is_empty(), "no points, no message");
+    }
 }
