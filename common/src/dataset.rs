@@ -21,8 +21,9 @@ pub enum DatasetError {
     Npy(#[from] NpyError),
     #[error("{path}: {detail}")]
     Invalid { path: PathBuf, detail: String },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    // Not `source`: thiserror would chain it, and `{:#}` would print the cause twice.
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
 }
 
 fn invalid(path: &Path, detail: impl Into<String>) -> DatasetError {
@@ -167,7 +168,7 @@ pub const CIFAR10_RECORD: usize = 1 + 3 * 32 * 32;
 
 /// Read one CIFAR-10 binary batch file.
 pub fn read_cifar10_batch(path: &Path) -> Result<Dataset, DatasetError> {
-    let bytes = std::fs::read(path).map_err(|source| DatasetError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|cause| DatasetError::Io { path: path.to_path_buf(), cause })?;
     if bytes.is_empty() || bytes.len() % CIFAR10_RECORD != 0 {
         return Err(invalid(
             path,

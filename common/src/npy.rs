@@ -75,8 +75,9 @@ impl DType {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NpyError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    // Not `source`: thiserror would chain it, and `{:#}` would print the cause twice.
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     #[error("{path}: not a .npy file ({detail})")]
     Format { path: PathBuf, detail: String },
     #[error("{path}: unsupported dtype {descr:?} (supported: u1 i1 u2 i2 u4 i4 u8 i8 f4 f8, little-endian)")]
@@ -178,7 +179,7 @@ impl NpyArray {
     }
 
     pub fn write(&self, path: &Path) -> Result<(), NpyError> {
-        let io = |source| NpyError::Io { path: path.to_path_buf(), source };
+        let io = |cause| NpyError::Io { path: path.to_path_buf(), cause };
         // Write then rename, so a crash never leaves a truncated array behind under the final name.
         let tmp = path.with_extension("npy.partial");
         let mut file = fs::File::create(&tmp).map_err(io)?;
@@ -188,7 +189,7 @@ impl NpyArray {
     }
 
     pub fn read(path: &Path) -> Result<Self, NpyError> {
-        let io = |source| NpyError::Io { path: path.to_path_buf(), source };
+        let io = |cause| NpyError::Io { path: path.to_path_buf(), cause };
         // A FIFO or a device would block or never end: only regular files are arrays.
         if !fs::metadata(path).map_err(io)?.is_file() {
             return Err(NpyError::Invalid { path: path.to_path_buf(), detail: "not a regular file".into() });

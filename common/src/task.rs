@@ -180,8 +180,14 @@ pub struct TrainTask {
 pub enum ModelSource {
     /// A freqsweep checkpoint (the artifact of the named input, or a file path when standalone).
     Checkpoint { artifact: String },
-    /// A TorchScript classifier file: `float32 [N,3,H,W]` in `[0,1]` → logits.
-    TorchScript { path: PathBuf },
+    /// A TorchScript classifier file: `float32 [N,3,H,W]` in `[0,1]` → logits. `digest` is the
+    /// file's digest when the run recorded it; a worker refuses a file that differs (changed
+    /// since, corrupt, or another file at the same path on its node).
+    TorchScript {
+        path: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        digest: Option<String>,
+    },
 }
 
 /// A chunk of one Fourier heatmap (SCIENCE.md §2–3): the error rate (and layer cosine distances)

@@ -75,7 +75,7 @@ impl SimSession {
 pub fn empty_chunk() -> HeatmapTask {
     HeatmapTask {
         dataset: freqsweep_common::task::DatasetSource::Cifar10 { path: "/none".into() },
-        model: freqsweep_common::task::ModelSource::TorchScript { path: "/none".into() },
+        model: freqsweep_common::task::ModelSource::TorchScript { path: "/none".into(), digest: None },
         eps: 4.0,
         cells: vec![],
         chunk: 0,

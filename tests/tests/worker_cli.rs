@@ -117,8 +117,31 @@ fn train_then_heatmap_writes_every_promised_file() {
         assert!(from_checkpoint.join(format!("heatmap_{layer}.npy")).is_file(), "{layer} map");
     }
 
+    // The map records exactly which file it analysed.
+    let (digest, _) = freqsweep_common::digest::of_file(&run.join("model.pt")).unwrap();
+    assert_eq!(json["model_digest"], digest);
+
     // Bad input: one line naming the cause.
     let bad = dir.path().join("bad");
+    // 200 flipped bytes inside a tensor of the checkpoint: its digest refuses it.
+    let mut bytes = std::fs::read(run.join("checkpoint.ot")).unwrap();
+    let middle = bytes.len() / 4;
+    for b in &mut bytes[middle..middle + 200] {
+        *b ^= 0xff;
+    }
+    let flipped = dir.path().join("flipped.ot");
+    std::fs::write(&flipped, &bytes).unwrap();
+    let line = last_error_line(&heatmap(&flipped, &x, &y, &bad, &[]));
+    assert!(line.contains("flipped.ot: corrupt checkpoint"), "{line}");
+    // Images the model was not built for: the sizes are named, and nothing panics.
+    let small = dir.path().join("small.npy");
+    NpyArray::from_f32(vec![16, 3, 16, 16], &vec![0.5; 16 * 3 * 16 * 16]).write(&small).unwrap();
+    for model in [run.join("model.pt"), run.join("checkpoint.ot")] {
+        let out = heatmap(&model, &small, &y, &bad, &[]);
+        let line = last_error_line(&out);
+        assert!(line.contains("images of 3×16×16 do not fit this"), "{line}");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{line}");
+    }
     let line = last_error_line(&heatmap(&x, &x, &y, &bad, &[]));
     assert!(line.contains("not a TorchScript module") && line.contains("test_x.npy"), "{line}");
     let line = last_error_line(&heatmap(&run.join("model.pt"), &x, &data.join("train_y.npy"), &bad, &[]));

@@ -3,8 +3,12 @@
 //! JSON header (model config, the training task, epochs done, global step, the metric history).
 //!
 //! Format: libtorch's named-tensor archive (`Tensor::save_multi`), keys `model/<var>`,
-//! `optim/<param>/<i>`, `optim/steps` and `meta` (the JSON as a `uint8` tensor). Files are written
-//! to `<path>.partial`, synced, then renamed, so a crash mid-write leaves the previous checkpoint.
+//! `optim/<param>/<i>`, `optim/steps` and `meta` (the JSON as a `uint8` tensor), and `digest`:
+//! the SHA-256 of every other entry (name, type, shape and bytes, in name order), checked on load,
+//! because libtorch loads an archive whose tensor bytes were flipped without a word (its zip
+//! CRCs are not checked). Files are written to `<path>.partial`, synced, then renamed, so a crash
+//! mid-write leaves the previous checkpoint. Checkpoints of format 1 (before the digest) are
+//! still read.
 
 use crate::models::ModelConfig;
 use freqsweep_common::task::{MetricPoint, TrainTask};
@@ -13,7 +17,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 
-const FORMAT: &str = "freqsweep-checkpoint-1";
+const FORMAT: &str = "freqsweep-checkpoint-2";
+/// Written before checkpoints carried a digest: read without one.
+const FORMAT_WITHOUT_DIGEST: &str = "freqsweep-checkpoint-1";
+const DIGEST_ENTRY: &str = "digest";
 
 /// The JSON header of a checkpoint.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -35,6 +42,8 @@ pub enum CheckpointError {
     NotACheckpoint { path: PathBuf, detail: String },
     #[error("{path}: {detail}")]
     Mismatch { path: PathBuf, detail: String },
+    #[error("{path}: corrupt checkpoint: its contents hash to {computed}, it was written as {recorded} (the file changed after it was written)")]
+    Corrupt { path: PathBuf, recorded: String, computed: String },
     #[error("{path}: cannot write checkpoint: {detail}")]
     Write { path: PathBuf, detail: String },
 }
@@ -46,9 +55,43 @@ pub struct Checkpoint {
     pub optimizer: HashMap<String, Tensor>,
 }
 
-/// First line of a libtorch error: its messages carry C++ backtraces after the first line.
+/// The one line of a libtorch error that says what went wrong: its messages carry C++
+/// backtraces after the first line, and the TorchScript interpreter's first line only says that
+/// an operation failed (the cause is its last `RuntimeError:` line).
 pub fn first_line(err: impl std::fmt::Display) -> String {
-    err.to_string().lines().next().unwrap_or("").trim().to_string()
+    let text = err.to_string();
+    let cause = text.lines().rev().find_map(|l| l.trim().strip_prefix("RuntimeError: "));
+    match cause {
+        Some(cause) if text.contains("TorchScript interpreter") => cause.trim().to_string(),
+        _ => text.lines().next().unwrap_or("").trim().to_string(),
+    }
+}
+
+/// Run `model` on one zero image of `height × width`, so that images of a size the model was
+/// not built for fail here with one line naming the sizes, not as a panic mid-heatmap (tch's
+/// modules unwrap libtorch's errors, so the probe catches the panic and keeps its message).
+fn probe(model: &dyn crate::models::Classifier, device: Device, height: i64, width: i64) -> Result<(), String> {
+    let x = Tensor::zeros([1, 3, height, width], (Kind::Float, device));
+    let previous = std::panic::take_hook();
+    // Silent while probing: the message is returned, not printed with a backtrace (one task
+    // runs at a time on a worker, so no other thread's panic is hidden meanwhile).
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tch::no_grad(|| model.logits(&x, false))));
+    std::panic::set_hook(previous);
+    match result {
+        Ok(logits) if logits.dim() == 2 && logits.size()[0] == 1 => Ok(()),
+        Ok(logits) => Err(format!("forward returned shape {:?}; expected logits [N, classes]", logits.size())),
+        Err(payload) => {
+            let text = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            // `called Result::unwrap() on an Err value: Torch("…")`: keep libtorch's sentence.
+            let inner = text.split_once("Torch(\"").map_or(text.as_str(), |(_, rest)| rest);
+            Err(inner.split("\\n").next().unwrap_or(inner).trim_end_matches("\")").to_string())
+        }
+    }
 }
 
 impl CheckpointMeta {
@@ -85,8 +128,12 @@ fn write_named(path: &Path, named: &[(String, Tensor)]) -> Result<(), Checkpoint
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| write_err(e.to_string()))?;
     }
+    let digest = entries_digest(named).map_err(write_err)?;
+    let mut signed: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let digest = Tensor::from_slice(digest.as_bytes());
+    signed.push((DIGEST_ENTRY, &digest));
     let partial = path.with_extension("partial");
-    Tensor::save_multi(named, &partial).map_err(|e| write_err(first_line(e)))?;
+    Tensor::save_multi(&signed, &partial).map_err(|e| write_err(first_line(e)))?;
     std::fs::File::open(&partial).and_then(|f| f.sync_all()).map_err(|e| write_err(e.to_string()))?;
     std::fs::rename(&partial, path).map_err(|e| write_err(e.to_string()))
 }
@@ -107,13 +154,54 @@ pub fn export_weights(checkpoint: &Path, out: &Path) -> Result<(), CheckpointErr
     write_named(out, &named)
 }
 
-/// Read a checkpoint written by [`save`].
+/// SHA-256 of `named` but its digest entry: each entry's name, type, shape and bytes, in name
+/// order (so the digest does not depend on the order entries were written or read).
+fn entries_digest(named: &[(String, Tensor)]) -> Result<String, String> {
+    let mut entries: Vec<&(String, Tensor)> = named.iter().filter(|(n, _)| n != DIGEST_ENTRY).collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut hasher = freqsweep_common::digest::Hasher::default();
+    // Bytes are copied out a slice at a time, so a large layer is not duplicated whole.
+    const SLICE: i64 = 1 << 22;
+    for (name, t) in entries {
+        let kind = t.kind();
+        hasher.update(name.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(format!("{kind:?}{:?}", t.size()).as_bytes());
+        let flat = t.to_device(Device::Cpu).contiguous().flatten(0, -1);
+        let numel = flat.numel() as i64;
+        let mut start = 0;
+        while start < numel {
+            let len = SLICE.min(numel - start);
+            let mut bytes = vec![0u8; len as usize * kind.elt_size_in_bytes()];
+            flat.narrow(0, start, len).f_copy_data_u8(&mut bytes, len as usize).map_err(first_line)?;
+            hasher.update(&bytes);
+            start += len;
+        }
+    }
+    Ok(hasher.finish())
+}
+
+/// Read a checkpoint written by [`save`], checking its digest.
 pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
     let not = |detail: String| CheckpointError::NotACheckpoint { path: path.to_path_buf(), detail };
     if !path.is_file() {
         return Err(not("no such file".into()));
     }
     let named = Tensor::load_multi(path).map_err(|e| not(first_line(e)))?;
+    let recorded = match named.iter().find(|(n, _)| n == DIGEST_ENTRY) {
+        Some((_, t)) if t.kind() == Kind::Uint8 => {
+            let bytes = Vec::<u8>::try_from(t).map_err(|e| not(first_line(e)))?;
+            Some(String::from_utf8_lossy(&bytes).into_owned())
+        }
+        Some(_) => return Err(not("digest has the wrong type".into())),
+        None => None,
+    };
+    if let Some(recorded) = &recorded {
+        let computed = entries_digest(&named).map_err(not)?;
+        if computed != *recorded {
+            return Err(CheckpointError::Corrupt { path: path.to_path_buf(), recorded: recorded.clone(), computed });
+        }
+    }
     let mut model = HashMap::new();
     let mut optimizer = HashMap::new();
     let mut meta = None;
@@ -132,8 +220,10 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
         }
     }
     let meta = meta.ok_or_else(|| not("no header".into()))?;
-    if meta.format != FORMAT {
-        return Err(not(format!("format {:?}, this worker reads {FORMAT:?}", meta.format)));
+    match (meta.format.as_str(), &recorded) {
+        (FORMAT, Some(_)) | (FORMAT_WITHOUT_DIGEST, _) => {}
+        (FORMAT, None) => return Err(not("no digest entry (the file was cut or altered)".into())),
+        (other, _) => return Err(not(format!("format {other:?}, this worker reads {FORMAT:?}"))),
     }
     Ok(Checkpoint { meta, model, optimizer })
 }
@@ -181,15 +271,100 @@ pub fn load_classifier(
             let mut vs = nn::VarStore::new(device);
             let model = crate::models::build(&vs, &stored.meta.model);
             stored.restore_model(&mut vs, path).map_err(|e| e.to_string())?;
+            probe(model.as_ref(), device, height, width).map_err(|cause| {
+                format!(
+                    "{}: images of 3×{height}×{width} do not fit this {:?} model (forward failed: {cause}); give images of the size it was trained on",
+                    path.display(),
+                    stored.meta.model.arch
+                )
+            })?;
             let what =
                 format!("freqsweep checkpoint ({:?}, {} epochs)", stored.meta.model.arch, stored.meta.epochs_done);
             Ok((model, what))
         }
         Err(CheckpointError::NotACheckpoint { .. }) if path.is_file() => {
-            crate::models::ScriptClassifier::load(path, device, height, width)
-                .map(|m| (Box::new(m) as Box<dyn crate::models::Classifier>, "TorchScript module".to_string()))
-                .map_err(|e| format!("{e} (and not a freqsweep checkpoint either)"))
+            match crate::models::ScriptClassifier::load(path, device, height, width) {
+                Ok(m) => Ok((Box::new(m) as Box<dyn crate::models::Classifier>, "TorchScript module".to_string())),
+                Err(crate::models::ScriptError::NotAModule(e)) => {
+                    Err(format!("{e} (and not a freqsweep checkpoint either)"))
+                }
+                Err(crate::models::ScriptError::Rejected(e)) => Err(e),
+            }
         }
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{Arch, ModelConfig};
+
+    /// A tiny model's checkpoint with one optimizer buffer of a value easy to find in the file.
+    fn saved(dir: &Path) -> PathBuf {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let config = ModelConfig::new(Arch::Tiny, 4);
+        let _model = crate::models::build(&vs, &config);
+        let marker = Tensor::from_slice(&[1.25f32; 256]);
+        let path = dir.join("c.ot");
+        save(&path, &vs, &[("buffer".to_string(), marker)], &CheckpointMeta::new(config, None)).unwrap();
+        path
+    }
+
+    #[test]
+    fn flipped_bytes_are_refused_by_the_digest_and_an_intact_file_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = saved(dir.path());
+        let stored = load(&path).unwrap();
+        assert_eq!(stored.optimizer["buffer"].size(), [256]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let pattern: Vec<u8> = std::iter::repeat_n(1.25f32.to_le_bytes(), 64).flatten().collect();
+        let at = bytes.windows(pattern.len()).position(|w| w == pattern).expect("the buffer's bytes");
+        for b in &mut bytes[at + 10..at + 210] {
+            *b ^= 0xff;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let err = load(&path).err().expect("refused").to_string();
+        assert!(
+            err.contains("c.ot: corrupt checkpoint") && err.contains("the file changed after it was written"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_without_its_digest_is_refused_unless_it_predates_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = saved(dir.path());
+        let entries: Vec<(String, Tensor)> =
+            Tensor::load_multi(&path).unwrap().into_iter().filter(|(n, _)| n != DIGEST_ENTRY).collect();
+        let stripped = dir.path().join("stripped.ot");
+        Tensor::save_multi(&entries, &stripped).unwrap();
+        let err = load(&stripped).err().expect("refused").to_string();
+        assert!(err.contains("no digest entry"), "{err}");
+        // Format 1 was written before digests: still read.
+        let old: Vec<(String, Tensor)> = entries
+            .into_iter()
+            .map(|(n, t)| {
+                if n != "meta" {
+                    return (n, t);
+                }
+                let mut meta: serde_json::Value = serde_json::from_slice(&Vec::<u8>::try_from(&t).unwrap()).unwrap();
+                meta["format"] = FORMAT_WITHOUT_DIGEST.into();
+                (n, Tensor::from_slice(&serde_json::to_vec(&meta).unwrap()))
+            })
+            .collect();
+        let legacy = dir.path().join("legacy.ot");
+        Tensor::save_multi(&old, &legacy).unwrap();
+        assert_eq!(load(&legacy).unwrap().meta.format, FORMAT_WITHOUT_DIGEST);
+    }
+
+    #[test]
+    fn images_of_a_size_the_model_does_not_take_are_one_line_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = saved(dir.path());
+        assert!(load_classifier(&path, Device::Cpu, 32, 32).is_ok());
+        let err = load_classifier(&path, Device::Cpu, 16, 16).err().expect("refused");
+        assert!(err.contains("images of 3×16×16 do not fit this Tiny model"), "{err}");
+        assert!(err.contains("mat1 and mat2 shapes cannot be multiplied") && !err.contains('\n'), "{err}");
     }
 }

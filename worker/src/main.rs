@@ -472,6 +472,9 @@ fn heatmap_cmd(args: HeatmapArgs) -> Result<()> {
         bail!("{}: images have {} channels; the models take 3", args.images.display(), data.dims[1]);
     }
     let (h, w) = (data.dims[2], data.dims[3]);
+    // Recorded with the map: which file exactly was analysed (checkpoints also carry their own).
+    let (model_digest, _) = freqsweep_common::digest::of_file(&args.model)
+        .with_context(|| format!("cannot read {}", args.model.display()))?;
     let (model, what) =
         checkpoint::load_classifier(&args.model, device, h as i64, w as i64).map_err(anyhow::Error::msg)?;
     let layers = if args.layers.iter().any(|l| l == "all") { model.layer_names() } else { args.layers.clone() };
@@ -511,6 +514,7 @@ fn heatmap_cmd(args: HeatmapArgs) -> Result<()> {
         "images": counts.images,
         "seed": args.seed,
         "model": args.model.display().to_string(),
+        "model_digest": model_digest,
         "device": device::describe(device),
         "layers": layers,
         "seconds": seconds,

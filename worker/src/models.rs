@@ -279,6 +279,23 @@ impl Classifier for ResNet18 {
     }
 }
 
+/// Why a file is not a usable TorchScript classifier.
+#[derive(Debug)]
+pub enum ScriptError {
+    /// libtorch cannot load it as a module at all.
+    NotAModule(String),
+    /// It loads, but does not classify images of the given size.
+    Rejected(String),
+}
+
+impl std::fmt::Display for ScriptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScriptError::NotAModule(e) | ScriptError::Rejected(e) => f.write_str(e),
+        }
+    }
+}
+
 /// A TorchScript classifier: `forward(x: float32 [N, 3, H, W] in [0, 1]) -> logits [N, classes]`.
 /// If the module also has a method `layers(x) -> Dict[str, Tensor]`, its entries are the named
 /// intermediate outputs (for layer heatmaps), reported before the logits (`fc`).
@@ -290,21 +307,26 @@ pub struct ScriptClassifier {
 impl ScriptClassifier {
     /// Load `path` onto `device` and probe it with one zero image of `height × width`, so a module
     /// that is not a classifier fails here, with a clear message, rather than mid-heatmap.
-    pub fn load(path: &std::path::Path, device: Device, height: i64, width: i64) -> Result<Self, String> {
+    pub fn load(path: &std::path::Path, device: Device, height: i64, width: i64) -> Result<Self, ScriptError> {
         let first = crate::checkpoint::first_line;
-        let mut module = tch::CModule::load_on_device(path, device)
-            .map_err(|e| format!("{}: not a TorchScript module ({})", path.display(), first(e)))?;
+        let mut module = tch::CModule::load_on_device(path, device).map_err(|e| {
+            ScriptError::NotAModule(format!("{}: not a TorchScript module ({})", path.display(), first(e)))
+        })?;
         module.set_eval();
         let probe = Tensor::zeros([1, 3, height, width], (Kind::Float, device));
         let logits = tch::no_grad(|| module.forward_ts(&[&probe])).map_err(|e| {
-            format!("{}: forward on float32 [1, 3, {height}, {width}] failed ({})", path.display(), first(e))
+            ScriptError::Rejected(format!(
+                "{}: images of 3×{height}×{width} do not fit this TorchScript module (forward on float32 [1, 3, {height}, {width}] failed: {}); give images of the size it takes",
+                path.display(),
+                first(e)
+            ))
         })?;
         if logits.dim() != 2 || logits.size()[0] != 1 {
-            return Err(format!(
+            return Err(ScriptError::Rejected(format!(
                 "{}: forward returned shape {:?}; expected logits [N, classes]",
                 path.display(),
                 logits.size()
-            ));
+            )));
         }
         let mut script = ScriptClassifier { module, layers: Vec::new() };
         if let Ok(named) = tch::no_grad(|| script.named_layers(&probe)) {
@@ -474,7 +496,7 @@ mod tests {
         assert_eq!(script.layer_names(), ["fc"]);
 
         std::fs::write(dir.path().join("junk.pt"), b"PK not really").unwrap();
-        let err = ScriptClassifier::load(&dir.path().join("junk.pt"), Device::Cpu, 32, 32).err().unwrap();
+        let err = ScriptClassifier::load(&dir.path().join("junk.pt"), Device::Cpu, 32, 32).err().unwrap().to_string();
         assert!(err.contains("junk.pt: not a TorchScript module") && !err.contains('\n'), "{err}");
     }
 

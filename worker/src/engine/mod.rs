@@ -130,7 +130,12 @@ impl TorchEngine {
                 .get(artifact)
                 .cloned()
                 .ok_or_else(|| EngineError::transient(format!("input artifact {artifact:?} was not provided")))?,
-            ModelSource::TorchScript { path } => path.clone(),
+            ModelSource::TorchScript { path, digest } => {
+                if let Some(recorded) = digest {
+                    verify_file_digest(path, recorded).map_err(EngineError::fatal)?;
+                }
+                path.clone()
+            }
         };
         let (model, _) = checkpoint::load_classifier(&path, self.device, height, width).map_err(EngineError::fatal)?;
         Ok((model, path))
@@ -141,6 +146,18 @@ impl TorchEngine {
             task_key.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
         self.work_dir.join(safe)
     }
+}
+
+/// The file at `path` is the one whose digest the run recorded.
+fn verify_file_digest(path: &Path, recorded: &str) -> Result<(), String> {
+    let (now, _) = freqsweep_common::digest::of_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if now != recorded {
+        return Err(format!(
+            "{}: the model file is not the one the run recorded (its digest is {now}, the run recorded {recorded}): it changed, is corrupt, or differs on this node",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 impl Engine for TorchEngine {
@@ -169,6 +186,21 @@ impl Engine for TorchEngine {
 mod tests {
     use super::*;
     use freqsweep_common::bands::{Band, BandLayout};
+
+    #[test]
+    fn a_model_file_that_is_not_the_recorded_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.pt");
+        std::fs::write(&path, b"the model the run saw").unwrap();
+        let (recorded, _) = freqsweep_common::digest::of_file(&path).unwrap();
+        verify_file_digest(&path, &recorded).unwrap();
+        std::fs::write(&path, b"the model the run saw, altered").unwrap();
+        let err = verify_file_digest(&path, &recorded).unwrap_err();
+        assert!(
+            err.contains("m.pt: the model file is not the one the run recorded") && err.contains(&recorded),
+            "{err}"
+        );
+    }
     use freqsweep_common::spectrum::{Cell, Shape2};
     use freqsweep_common::syn::SynConfig;
     use freqsweep_common::task::{Augment, HeatmapTask, LrSchedule, Optimizer, TrainConfig, TrainTask};
