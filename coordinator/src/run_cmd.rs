@@ -32,6 +32,10 @@ pub struct RunArgs {
     /// paused longer, e.g. by `scontrol suspend`, registers again when it wakes).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub lease_timeout: f64,
+    /// Attempts of one task that may end badly (a failure, or its worker dying while running
+    /// it) before the task fails; releases and backups do not count.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub max_attempts: u32,
 }
 
 #[derive(Args)]
@@ -60,6 +64,10 @@ pub struct ServeArgs {
     /// paused longer, e.g. by `scontrol suspend`, registers again when it wakes).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub lease_timeout: f64,
+    /// Attempts of one task that may end badly (a failure, or its worker dying while running
+    /// it) before the task fails; releases and backups do not count.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub max_attempts: u32,
 }
 
 #[derive(Args)]
@@ -99,6 +107,20 @@ fn set_lease_timeout(config: &mut freqsweep_coordinator::driver::ServiceConfig, 
     let ms = (seconds * 1000.0).round() as u64;
     config.scheduler.lease_timeout = ms;
     config.heartbeat_interval_ms = (ms / 5).clamp(100, 2_000) as u32;
+    Ok(())
+}
+
+/// `--lease-timeout` and `--max-attempts`, shared by `run` and `serve`.
+fn set_limits(
+    config: &mut freqsweep_coordinator::driver::ServiceConfig,
+    lease_timeout: f64,
+    max_attempts: u32,
+) -> Result<()> {
+    set_lease_timeout(config, lease_timeout)?;
+    if !(1..=1000).contains(&max_attempts) {
+        bail!("--max-attempts {max_attempts}: give between 1 and 1000");
+    }
+    config.scheduler.max_attempts = max_attempts;
     Ok(())
 }
 
@@ -162,7 +184,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let dir = out_dir(&args.out, &args.spec)?;
     let token = random_token()?;
     let mut config = run::default_config(Some(token.clone()));
-    set_lease_timeout(&mut config, args.lease_timeout)?;
+    set_limits(&mut config, args.lease_timeout, args.max_attempts)?;
     // Local workers share this machine's cores: a backup attempt would slow the straggler it is
     // meant to overtake. Speculation is for clusters (`serve`), where workers are separate machines.
     config.scheduler.speculation.max_backups = 0;
@@ -243,7 +265,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         tracing::warn!("no token set: any client that reaches {} can join (set FREQSWEEP_TOKEN)", args.listen);
     }
     let mut config = run::default_config(args.token.clone());
-    set_lease_timeout(&mut config, args.lease_timeout)?;
+    set_limits(&mut config, args.lease_timeout, args.max_attempts)?;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(freqsweep_coordinator::tls::TlsIdentity::load(cert, key).map_err(anyhow::Error::msg)?);
     }

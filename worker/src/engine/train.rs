@@ -4,7 +4,7 @@
 //! later analyses of the model download).
 
 use super::{EngineError, EngineEvents, EngineResult, TorchEngine, CHECKPOINT_ARTIFACT, HISTORY_BATCH, MODEL_ARTIFACT};
-use crate::checkpoint;
+use crate::checkpoint::{self, CheckpointError};
 use crate::train::{self, TrainEnd, TrainError, TrainObserver};
 use freqsweep_common::task::{MetricPoint, TaskOutcome, TrainTask};
 use std::collections::HashMap;
@@ -33,7 +33,10 @@ pub(super) fn run(
     let end =
         train::run(task, train_set, test_set, device, &checkpoint_path, &mut Relay { events }).map_err(
             |e| match e {
-                TrainError::Torch(_) => EngineError::transient(e.to_string()),
+                // A full or failing disk is this worker's trouble: another may finish the task.
+                TrainError::Torch(_) | TrainError::Checkpoint(CheckpointError::Write { .. }) => {
+                    EngineError::transient(e.to_string())
+                }
                 _ => EngineError::fatal(e.to_string()),
             },
         )?;
