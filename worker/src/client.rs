@@ -227,7 +227,8 @@ fn spawn_engine(
 /// Download `artifact` into the cache unless it is there already; returns the local path.
 async fn fetch_input(client: &mut Client, cache: &Path, artifact: &pb::ArtifactRef) -> Result<PathBuf, String> {
     let path = cache.join("artifacts").join(digest::file_name(&artifact.digest));
-    if path.is_file() {
+    // A cached file of the wrong size (cut short by an older worker on a full disk) is fetched again.
+    if std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == artifact.size) {
         return Ok(path);
     }
     tokio::fs::create_dir_all(path.parent().expect("has a parent")).await.map_err(|e| e.to_string())?;
@@ -244,10 +245,18 @@ async fn fetch_input(client: &mut Client, cache: &Path, artifact: &pb::ArtifactR
         let chunk = chunk.map_err(|s| format!("download {}: {}", artifact.name, s.message()))?;
         hasher.update(&chunk.data);
         size += chunk.data.len() as u64;
-        file.write_all(&chunk.data).await.map_err(|e| e.to_string())?;
+        file.write_all(&chunk.data).await.map_err(|e| format!("{}: {e}", partial.display()))?;
     }
-    file.sync_all().await.map_err(|e| e.to_string())?;
+    // tokio writes in the background: the last write's error (a full disk) surfaces at `flush`,
+    // and the size on disk is checked too, so a cut-short file never enters the cache.
+    file.flush().await.map_err(|e| format!("{}: {e}", partial.display()))?;
+    file.sync_all().await.map_err(|e| format!("{}: {e}", partial.display()))?;
+    let written = tokio::fs::metadata(&partial).await.map(|m| m.len()).unwrap_or(0);
     let got = hasher.finish();
+    if written != size {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(format!("{}: {written} of {size} bytes written (is the disk full?)", partial.display()));
+    }
     if got != artifact.digest || size != artifact.size {
         let _ = tokio::fs::remove_file(&partial).await;
         return Err(format!(

@@ -137,7 +137,15 @@ impl TorchEngine {
                 path.clone()
             }
         };
-        let (model, _) = checkpoint::load_classifier(&path, self.device, height, width).map_err(EngineError::fatal)?;
+        let (model, _) = checkpoint::load_classifier(&path, self.device, height, width).map_err(|e| match source {
+            // An input the coordinator verified by digest does not load here: this worker's copy
+            // is damaged. Dropped from the cache, so the next attempt (here or elsewhere) fetches it.
+            ModelSource::Checkpoint { .. } => {
+                let _ = std::fs::remove_file(&path);
+                EngineError::transient(format!("{e} (dropped from this worker's cache)"))
+            }
+            ModelSource::TorchScript { .. } => EngineError::fatal(e),
+        })?;
         Ok((model, path))
     }
 
