@@ -164,9 +164,10 @@ pub fn f1_point(value: f64) -> pb::MetricPoint {
 }
 
 /// Upload the two outputs every train result names (`checkpoint`, `model`; a few bytes each) once,
-/// so simulated results can name them.
+/// so simulated results can name them (`token` as for [`open_session`]).
 pub async fn upload_train_outputs(
     client: &mut CoordinatorClient<Channel>,
+    token: Option<&str>,
 ) -> Result<Vec<pb::ArtifactRef>, tonic::Status> {
     let mut refs = Vec::new();
     for name in freqsweep_common::task::TaskKind::Train.outputs() {
@@ -175,7 +176,9 @@ pub async fn upload_train_outputs(
         hasher.update(&data);
         let reference = pb::ArtifactRef { name: name.to_string(), digest: hasher.finish(), size: data.len() as u64 };
         let chunk = pb::ArtifactChunk { artifact: Some(reference.clone()), offset: 0, data };
-        client.upload_artifact(tokio_stream::iter(vec![chunk])).await?;
+        let mut request = tonic::Request::new(tokio_stream::iter(vec![chunk]));
+        authorize(&mut request, token)?;
+        client.upload_artifact(request).await?;
         refs.push(reference);
     }
     Ok(refs)
