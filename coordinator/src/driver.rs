@@ -885,6 +885,14 @@ impl Driver {
                     self.note_failure(Some(task), Some(attempt.0), worker_name(worker), error.clone());
                     changes.push(Change::TaskError { id: task.0, error });
                 }
+                Output::WorkerExcluded { worker, failures, for_ms } => {
+                    tracing::warn!(
+                        worker = %worker_name(worker),
+                        failures,
+                        seconds = for_ms as f64 / 1000.0,
+                        "worker failed its last attempts in a row; no leases for it for a while"
+                    );
+                }
                 Output::WorkerExpired { worker } => {
                     tracing::warn!(worker = %worker_name(worker), "worker expired (no message within the lease timeout); its session is closed");
                     self.workers_expired += 1;

@@ -48,6 +48,10 @@
 //! - A task that can no longer run because a dependency failed or was cancelled is **Cancelled**
 //!   (not Failed), with the reason naming the dependency: Failed means "this task's own attempts
 //!   failed", which keeps the report's failure list short and honest. The sweep still finishes.
+//! - A worker whose last `exclude_after` (3) reports were all failures gets `NoWork` for
+//!   `backoff_delay(k)` after its `exclude_after + k − 1`-th failure in a row (Spark's exclusion
+//!   of failing executors): one broken worker must not use up every task's attempts. A
+//!   completion ends it.
 //! - Leases prefer a task whose inputs the worker already holds (it produced or downloaded them),
 //!   then retried tasks, then lower priority values (train before heatmap), then FIFO.
 //! - Every state change is one [`Output::Transition`]; one that ends a live attempt names it, so
@@ -136,6 +140,11 @@ pub struct SchedulerConfig {
     /// An attempt a worker's heartbeat does not list, although its lease was sent this long ago,
     /// is taken as lost (the lease or its report never arrived) and re-queued.
     pub reconcile_grace: Millis,
+    /// A worker whose last this-many reports were all failures gets no leases for a while
+    /// (`backoff_delay` of the failures beyond it): a worker that fails every task at once — a
+    /// full disk, a broken GPU — would otherwise use up every task's attempts in seconds.
+    /// A completion ends it. 0 turns it off.
+    pub exclude_after: u32,
     /// Backup attempts at the tail and the throughput measurement they use.
     pub speculation: SpeculationConfig,
 }
@@ -179,6 +188,7 @@ impl Default for SchedulerConfig {
             idle_retry: 500,
             max_leases_per_worker: 1,
             reconcile_grace: 10_000,
+            exclude_after: 3,
             speculation: SpeculationConfig::default(),
         }
     }
@@ -317,6 +327,8 @@ pub enum Output {
     AttemptEnded { task: TaskId, attempt: AttemptId, worker: WorkerId, outcome: AttemptEnd },
     /// `worker` missed its deadline and was dropped (its tasks are re-queued).
     WorkerExpired { worker: WorkerId },
+    /// `worker`'s last `failures` reports were failures: it gets no leases for `for_ms`.
+    WorkerExcluded { worker: WorkerId, failures: u32, for_ms: Millis },
     /// `attempt`, the only live attempt of `task`, ended because its worker left, expired or
     /// joined again (it died, was killed or paused while running it). It counts against
     /// `max_attempts`: this is the task's `times`-th counted attempt, and `failed` says the task
@@ -433,6 +445,10 @@ struct Worker {
     recent: Vec<String>,
     /// Measured throughput per cost class.
     rates: HashMap<CostClass, Rate>,
+    /// Failures reported since this worker last completed a task.
+    failures_in_a_row: u32,
+    /// No leases before this time (see [`SchedulerConfig::exclude_after`]).
+    excluded_until: Millis,
 }
 
 /// How many of a worker's most recent inputs the locality lookup tries.
@@ -595,6 +611,8 @@ impl Scheduler {
                         cached: cached.into_iter().collect(),
                         recent,
                         rates: HashMap::new(),
+                        failures_in_a_row: 0,
+                        excluded_until: 0,
                     },
                 );
                 self.renew(worker, now);
@@ -603,7 +621,11 @@ impl Scheduler {
             Input::Heartbeat { worker } => self.renew(worker, now),
             Input::LeaseRequest { worker, slots } => {
                 // An unknown (expired or never joined) worker gets nothing; it must join again.
-                if !self.workers.contains_key(&worker) {
+                let Some(w) = self.workers.get(&worker) else { return };
+                if w.excluded_until > now {
+                    let retry_after = w.excluded_until - now;
+                    self.renew(worker, now);
+                    out.push(Output::NoWork { worker, retry_after });
                     return;
                 }
                 self.renew(worker, now);
@@ -644,6 +666,7 @@ impl Scheduler {
                 self.set_state(task, State::Done, Some(attempt), Some(worker), out);
                 out.push(Output::Report { attempt, accepted: true });
                 if let Some(w) = self.workers.get_mut(&worker) {
+                    w.failures_in_a_row = 0;
                     for key in outputs {
                         if w.cached.insert(key.clone()) {
                             w.recent.insert(0, key);
@@ -663,6 +686,7 @@ impl Scheduler {
             Input::Failed { attempt, by, error: _, retryable } => {
                 let Some(Live { task, worker, .. }) = self.close_reported(now, attempt, by, out) else { return };
                 out.push(Output::Report { attempt, accepted: true });
+                self.count_worker_failure(now, worker, out);
                 if retryable && self.survives(task, attempt, worker, AttemptEnd::Failed, out) {
                     return;
                 }
@@ -1013,6 +1037,18 @@ impl Scheduler {
         }
     }
 
+    /// One more failure on `worker`; past `exclude_after` in a row it gets no leases for a while.
+    fn count_worker_failure(&mut self, now: Millis, worker: WorkerId, out: &mut Vec<Output>) {
+        let after = self.config.exclude_after;
+        let Some(w) = self.workers.get_mut(&worker) else { return };
+        w.failures_in_a_row = w.failures_in_a_row.saturating_add(1);
+        if after > 0 && w.failures_in_a_row >= after {
+            let pause = self.config.backoff_delay(w.failures_in_a_row - after + 1);
+            w.excluded_until = now.saturating_add(pause);
+            out.push(Output::WorkerExcluded { worker, failures: w.failures_in_a_row, for_ms: pause });
+        }
+    }
+
     fn renew(&mut self, worker: WorkerId, now: Millis) {
         if let Some(w) = self.workers.get_mut(&worker) {
             self.worker_deadlines.remove(&(w.deadline, worker));
@@ -1209,8 +1245,36 @@ mod tests {
             // Tests lease several tasks to one worker at once.
             max_leases_per_worker: 16,
             reconcile_grace: 500,
+            // Off for the rule tests; its own test and the random sequences turn it on.
+            exclude_after: 0,
             speculation: SpeculationConfig::default(),
         }
+    }
+
+    #[test]
+    fn a_worker_that_fails_every_task_is_excluded_for_a_while_and_a_completion_ends_it() {
+        let mut c = config();
+        c.exclude_after = 2;
+        let tasks: Vec<NewTask> = (1..=6).map(|i| task(i, &[], 0, &[])).collect();
+        let mut s = Scheduler::new(c, tasks, 1);
+        join(&mut s, 0, 1);
+        join(&mut s, 0, 2);
+        let fail = |s: &mut Scheduler, now, a| {
+            s.handle(now, Input::Failed { attempt: a, by: WorkerId(1), error: "disk full".into(), retryable: true })
+        };
+        let (_, a) = lease_one(&mut s, 1, 1).unwrap();
+        assert!(!fail(&mut s, 2, a).iter().any(|o| matches!(o, Output::WorkerExcluded { .. })), "one failure is luck");
+        let (_, a) = lease_one(&mut s, 3, 1).unwrap();
+        let out = fail(&mut s, 4, a);
+        assert!(out.contains(&Output::WorkerExcluded { worker: WorkerId(1), failures: 2, for_ms: 100 }), "{out:?}");
+        let out = s.handle(50, Input::LeaseRequest { worker: WorkerId(1), slots: 1 });
+        assert_eq!(out, vec![Output::NoWork { worker: WorkerId(1), retry_after: 54 }], "excluded until 104");
+        assert!(lease_one(&mut s, 50, 2).is_some(), "the other worker is not");
+        // After the pause it may try again; a completion ends the run of failures.
+        let (_, a) = lease_one(&mut s, 104, 1).unwrap();
+        s.handle(105, Input::Completed { attempt: a, by: WorkerId(1), outputs: vec![] });
+        let (_, a) = lease_one(&mut s, 106, 1).unwrap();
+        assert!(!fail(&mut s, 107, a).iter().any(|o| matches!(o, Output::WorkerExcluded { .. })));
     }
 
     fn leases(out: &[Output]) -> Vec<(TaskId, AttemptId)> {
@@ -2178,6 +2242,7 @@ mod tests {
             // Workers outlive a few `Advance`s, so stragglers have time to straggle.
             lease_timeout: 4_000,
             speculation: SpeculationConfig { max_backups: 2, factor: 1.5, min_gain: 20, alpha: 0.5 },
+            exclude_after: 2,
             ..config()
         }
     }
