@@ -95,13 +95,43 @@ use std::sync::Arc;
 use toml::{Spanned, Value};
 
 /// A spec that cannot be used: the file, the 1-based line (0 when the file cannot be read) and a
-/// one-line message naming the key. Displays as `file:line: message`, like a compiler.
+/// one-line message naming the key. Displays as `file:line: message`, like a compiler: one line
+/// of bounded length whatever the spec holds (control characters escaped, an overlong message
+/// cut), since messages quote the spec's values.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{file}:{line}: {message}")]
+#[error("{}:{line}: {}", one_line(file, 200), one_line(message, 300))]
 pub struct SpecError {
     pub file: String,
     pub line: usize,
     pub message: String,
+}
+
+/// `text` with control characters (newlines, ANSI escapes) written as escapes, cut to at most
+/// `max` characters with `…`.
+fn one_line(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n >= max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A list of values for a message: the first few, then how many in all.
+fn few(labels: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut out: Vec<String> = labels.iter().take(SHOWN).map(|l| one_line(l, 40)).collect();
+    if labels.len() > SHOWN {
+        out.push(format!("… {} in all", labels.len()));
+    }
+    out.join(", ")
 }
 
 /// Which layer maps a heatmap computes.
@@ -505,9 +535,11 @@ impl Ctx<'_> {
             return Ok(Axis { labels: vec![label(&default)], values: vec![default] });
         };
         let mut axis = Axis { labels: Vec::new(), values: Vec::new() };
+        // A set beside the list: a million-value list is checked in linear time.
+        let mut seen = HashSet::new();
         for (span, value) in self.list(key, raw, check)? {
             let l = label(&value);
-            if axis.labels.contains(&l) {
+            if !seen.insert(l.clone()) {
                 return Err(self.err(&span, format!("{key} lists {l} twice")));
             }
             axis.labels.push(l);
@@ -520,8 +552,20 @@ impl Ctx<'_> {
 // ---------------------------------------------------------------------------------------------
 // Value checks: each returns the typed value or a message naming the key.
 
+/// A spec value as a message quotes it: numbers as labels show them, strings and arrays
+/// on one line and cut (a 5 MB string must not become a 5 MB error).
 fn show(v: &Value) -> String {
-    v.to_string()
+    match v {
+        // As written (`-1.0`), unless that is long (`1.7e308` is 309 digits).
+        Value::Float(f) if v.to_string().len() > 16 => format!("{f:e}"),
+        Value::String(s) => format!("\"{}\"", one_line(s, 60)),
+        Value::Array(items) => {
+            let shown: Vec<String> = items.iter().take(8).map(show).collect();
+            let more = if items.len() > 8 { format!(", … {} in all", items.len()) } else { String::new() };
+            format!("[{}{more}]", shown.join(", "))
+        }
+        _ => one_line(&v.to_string(), 60),
+    }
 }
 
 fn integer(key: &str, v: &Value, min: i64, what: &str) -> Result<u64, String> {
@@ -706,7 +750,7 @@ impl<T> Axis<T> {
             return Ok(i);
         }
         if !add {
-            return Err(format!("{key} = {label} is not among the spec's values ({})", self.labels.join(", ")));
+            return Err(format!("{key} = {label} is not among the spec's values ({})", few(&self.labels)));
         }
         self.labels.push(label);
         self.values.push(value);
@@ -774,7 +818,7 @@ impl Grid {
             DATASET => {
                 let s = string(key, v)?;
                 self.dataset.position(&s).ok_or_else(|| {
-                    format!("dataset = {s:?} is not one of the spec's datasets ({})", self.dataset.labels.join(", "))
+                    format!("dataset = {s:?} is not one of the spec's datasets ({})", few(&self.dataset.labels))
                 })?
             }
             ARCH => go(&mut self.arch, key, check_arch(v)?, String::clone, add)?,
@@ -794,6 +838,22 @@ impl Grid {
     }
 
     /// Blank out the axes that do not apply to the point's optimizer, so equal tasks compare equal.
+    /// How many distinct points the product of `lens` has once [`Grid::normalise`] has merged
+    /// the axes that do not apply (Adam's betas for SGD, momentum for Adam): computed, not
+    /// enumerated, so a grid too large to plan is refused at once.
+    fn distinct_points(&self, lens: &[usize; AXES]) -> usize {
+        self.optimizer
+            .values
+            .iter()
+            .map(|o| {
+                let skip: &[usize] = if o == "sgd" { &[BETA1, BETA2] } else { &[MOMENTUM, NESTEROV] };
+                (0..AXES)
+                    .filter(|a| *a != OPTIMIZER && !skip.contains(a))
+                    .fold(1usize, |acc, a| acc.saturating_mul(lens[a]))
+            })
+            .fold(0usize, usize::saturating_add)
+    }
+
     fn normalise(&self, mut idx: [usize; AXES]) -> [usize; AXES] {
         if self.optimizer.values[idx[OPTIMIZER]] == "sgd" {
             idx[BETA1] = NOT_APPLICABLE;
@@ -1150,6 +1210,24 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
         test_limit: ctx.scalar(&eval.test_limit, 0, |v| non_negative_usize("test_limit", v))?,
     };
 
+    // A model with fewer outputs than the dataset has classes fails on every worker; say so here.
+    if let (Some(classes), Some(raw_classes)) = (fixed.classes, raw.model.classes.as_ref()) {
+        for dataset in &grid.dataset.values {
+            let (name, has) = match dataset {
+                DatasetSource::Syn(_) => ("Syn_d", crate::syn::CLASSES),
+                DatasetSource::Cifar10 { .. } => ("CIFAR-10", 10),
+                // Its labels are read by the workers.
+                DatasetSource::Npy { .. } => continue,
+            };
+            if classes < has {
+                return Err(ctx.err(
+                    &raw_classes.span(),
+                    format!("classes = {classes}, but {name} has {has} classes (labels 0-{}): the model needs at least {has} outputs", has - 1),
+                ));
+            }
+        }
+    }
+
     let varying = grid.lens().map(|n| n > 1);
     let labels = Arc::new((0..AXES).map(|a| grid.labels(a).to_vec()).collect::<Vec<_>>());
     // A product of lists grows fast; refuse a grid far beyond what a coordinator can hold (each
@@ -1158,6 +1236,21 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
     let total = total
         .filter(|&n| n <= MAX_POINTS)
         .ok_or_else(|| ctx.err_top(format!("the grid has over {MAX_POINTS} points; split the sweep")))?;
+    // The heatmap's chunks fix the tasks per point: the task table is bounded while the points
+    // are built (memory grows with the points), not after.
+    let heatmap = raw.heatmap.as_ref().map(|h| heatmap(ctx, h, &grid.arch.values)).transpose()?;
+    let per_point = 1 + heatmap.as_ref().map_or(0, |h| h.eps.len().saturating_mul(h.chunks.chunks(HEATMAP_CELLS)));
+    let most_points = grid.distinct_points(&grid_lens).saturating_add(includes.len());
+    let too_many = || {
+        ctx.err_top(format!(
+            "the sweep plans up to {} tasks ({most_points} points × {per_point}); a coordinator holds each in memory (about 4 KB), so at most {MAX_TASKS} (8 GB) are planned; split the sweep or use fewer heatmap chunks",
+            most_points.saturating_mul(per_point)
+        ))
+    };
+    // Without excludes every distinct point is planned: refuse before building any.
+    if excludes.is_empty() && most_points.saturating_mul(per_point) > MAX_TASKS {
+        return Err(too_many());
+    }
     let excluded = |idx: &[usize; AXES]| excludes.iter().any(|f| f.iter().all(|&(a, i)| idx[a] == i));
     let nesterov_span = t.nesterov.as_ref().map_or(0..0, Spanned::span);
     let capacity = (total + includes.len()).min(1 << 20);
@@ -1179,6 +1272,9 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
             }
         }
         points.push(point);
+        if points.len().saturating_mul(per_point) > MAX_TASKS {
+            return Err(too_many());
+        }
         Ok(())
     };
     // Odometer over the product, the last axis fastest.
@@ -1200,17 +1296,6 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
         return Err(ctx.err_top("the grid is empty (everything was excluded)"));
     }
 
-    let heatmap = raw.heatmap.as_ref().map(|h| heatmap(ctx, h, &grid.arch.values)).transpose()?;
-    // A coordinator holds every task in memory (a few KB each, with its scheduler and store
-    // state): estimate the task table before anything is planned.
-    let per_point = 1 + heatmap.as_ref().map_or(0, |h| h.eps.len().saturating_mul(h.chunks.chunks(HEATMAP_CELLS)));
-    let tasks = points.len().saturating_mul(per_point);
-    if tasks > MAX_TASKS {
-        return Err(ctx.err_top(format!(
-            "the sweep plans {tasks} tasks ({} points × {per_point}); a coordinator holds each in memory (about 4 KB), so at most {MAX_TASKS} (8 GB) are planned; split the sweep or use fewer heatmap chunks",
-            points.len()
-        )));
-    }
     Ok(Sweep { name, points, heatmap })
 }
 
@@ -1361,7 +1446,7 @@ lr = 0.0001
         let seeds: Vec<String> = (0..4000).map(|s| s.to_string()).collect();
         let big = format!("{}seed = [{}]\n[heatmap]\neps = [2, 4]\nchunk_cells = 1\n", base, seeds.join(", "));
         let err = parse(&big, "s.toml").unwrap_err().to_string();
-        assert!(err.contains("the sweep plans 4116000 tasks (4000 points × 1029)"), "{err}");
+        assert!(err.contains("the sweep plans up to 4116000 tasks (4000 points × 1029)"), "{err}");
     }
 
     #[test]

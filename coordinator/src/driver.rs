@@ -674,6 +674,8 @@ impl Driver {
                 .map_err(|why| format!("result refused: {why}"))
         });
         if let Err(error) = merged {
+            // The refusal quotes what the peer sent (serde's messages quote the JSON).
+            let error = crate::grpc::peer_text(&error, crate::grpc::MESSAGE_BYTES);
             tracing::warn!(task = %self.tasks[&task].key, attempt = attempt.0, worker = %worker_name(worker), error = %error, "result does not fit its task");
             self.note_failure(Some(task), Some(attempt.0), worker_name(worker), error.clone());
             let ack = self.ack(worker, attempt);
@@ -1288,6 +1290,33 @@ mod tests {
         assert_eq!(state(&shared, task), Some(StateName::Backoff));
         let failure = shared.with(|d| d.failures.back().map(|f| f.error.clone())).unwrap().unwrap();
         assert!(failure.starts_with("result refused: a train result must name the outputs"), "{failure}");
+    }
+
+    #[test]
+    fn a_refused_result_quotes_the_peer_on_one_bounded_line() {
+        let (shared, _dir, _writer) = shared(|_| {});
+        let (owner, mut owner_rx, _) = join(&shared, 64);
+        let forged = ArtifactRef {
+            name: format!("a\n2026 INFO forged\u{1b}[31m{}", "x".repeat(20_000)),
+            digest: "d".into(),
+            size: 1,
+        };
+        let json = format!("{{\"kind\": \"train\", \"{}\n\": 1}}", "k".repeat(20_000));
+        for (result_json, outputs) in [(String::new(), vec![forged]), (json, vec![])] {
+            // Past the previous refusal's backoff (well within the lease timeout).
+            shared
+                .with(|d| {
+                    d.skew += 5_000;
+                    d.tick();
+                })
+                .unwrap();
+            let (_, attempt) = lease(&shared, owner, &mut owner_rx);
+            shared.with(|d| d.on_message(owner, FromWorker::Result { attempt, result_json, outputs })).unwrap();
+            assert_eq!(next(&mut owner_rx), ToWorker::Ack { attempt, accepted: true }, "taken as a failed attempt");
+            let note = shared.with(|d| d.failures.back().map(|f| f.error.clone())).unwrap().unwrap();
+            assert!(note.starts_with("result"), "{note:.200}");
+            assert!(!note.chars().any(char::is_control) && note.len() <= 4100, "{} bytes: {note:.200}", note.len());
+        }
     }
 
     #[test]

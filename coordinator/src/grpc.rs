@@ -29,7 +29,8 @@ pub const SESSION_KEY_METADATA: &str = freqsweep_proto::SESSION_KEY_METADATA;
 // ---------------------------------------------------------------- conversions
 
 fn artifact_from_proto(a: pb::ArtifactRef) -> ArtifactRef {
-    ArtifactRef { name: a.name, digest: a.digest, size: a.size }
+    // Quoted in refusals and logs; a real name or digest is short and plain, so this changes none.
+    ArtifactRef { name: peer_text(&a.name, NAME_BYTES), digest: peer_text(&a.digest, NAME_BYTES), size: a.size }
 }
 
 fn artifact_to_proto(a: ArtifactRef) -> pb::ArtifactRef {
@@ -38,10 +39,10 @@ fn artifact_to_proto(a: ArtifactRef) -> pb::ArtifactRef {
 
 fn point_from_proto(p: pb::MetricPoint) -> MetricPoint {
     MetricPoint {
-        name: p.name,
+        name: peer_text(&p.name, NAME_BYTES),
         epoch: p.epoch,
         step: p.step,
-        test_set: p.test_set,
+        test_set: peer_text(&p.test_set, NAME_BYTES),
         class_index: p.class_index,
         value: p.value,
     }
@@ -128,7 +129,7 @@ pub fn peer_text(s: &str, max: usize) -> String {
 /// Longest hostname, device or version a worker may register with.
 const NAME_BYTES: usize = 256;
 /// Longest error or release reason kept from a worker.
-const MESSAGE_BYTES: usize = 4096;
+pub(crate) const MESSAGE_BYTES: usize = 4096;
 
 fn internal(p: Panicked) -> Status {
     Status::internal(format!("coordinator error while handling the request: {}", p.0))
