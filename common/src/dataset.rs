@@ -4,7 +4,7 @@
 //! (`uint8 NHWC` → `float32 NCHW / 255`) and validate (shape, dtype, value range, label range, equal
 //! `N`), naming the file and the problem in every error.
 
-use crate::npy::{DType, NpyArray, NpyError};
+use crate::npy::{shape_text, DType, NpyArray, NpyError};
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -39,9 +39,14 @@ impl Dataset {
         self.dims[0] == 0
     }
 
-    /// Floats per image (`C·H·W`).
+    /// Floats per image (`C·H·W`). The readers refuse shapes whose non-zero dimensions overflow,
+    /// so this cannot overflow for a dataset they read, even an empty one (`N = 0`).
     pub fn image_len(&self) -> usize {
-        self.dims[1] * self.dims[2] * self.dims[3]
+        let chw = &self.dims[1..];
+        if chw.contains(&0) {
+            return 0;
+        }
+        chw.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).expect("C·H·W overflows usize")
     }
 
     pub fn image(&self, i: usize) -> &[f32] {
@@ -86,7 +91,7 @@ fn images_from_array(path: &Path, array: &NpyArray) -> Result<([usize; 4], Vec<f
     if shape.len() != 4 {
         return Err(invalid(
             path,
-            format!("images must be 4-D (float32 [N,C,H,W] or uint8 [N,H,W,C]), got shape {shape:?}"),
+            format!("images must be 4-D (float32 [N,C,H,W] or uint8 [N,H,W,C]), got shape {}", shape_text(shape)),
         ));
     }
     match array.dtype {
@@ -105,7 +110,7 @@ fn images_from_array(path: &Path, array: &NpyArray) -> Result<([usize; 4], Vec<f
             if !(1..=4).contains(&c) {
                 return Err(invalid(
                     path,
-                    format!("uint8 images must be NHWC with 1-4 channels last, got shape {shape:?}"),
+                    format!("uint8 images must be NHWC with 1-4 channels last, got shape {}", shape_text(shape)),
                 ));
             }
             let mut out = vec![0.0f32; array.data.len()];
@@ -122,7 +127,7 @@ fn images_from_array(path: &Path, array: &NpyArray) -> Result<([usize; 4], Vec<f
             }
             Ok(([n, c, h, w], out))
         }
-        other => Err(invalid(path, format!("images must be float32 or uint8, got {other:?}"))),
+        other => Err(invalid(path, format!("images must be float32 or uint8, got {other}"))),
     }
 }
 
@@ -130,10 +135,10 @@ fn images_from_array(path: &Path, array: &NpyArray) -> Result<([usize; 4], Vec<f
 pub fn read_labels_npy(path: &Path) -> Result<Vec<i64>, DatasetError> {
     let array = NpyArray::read(path)?;
     if array.shape.len() != 1 {
-        return Err(invalid(path, format!("labels must be 1-D [N], got shape {:?}", array.shape)));
+        return Err(invalid(path, format!("labels must be 1-D [N], got shape {}", shape_text(&array.shape))));
     }
     let labels =
-        array.to_i64().ok_or_else(|| invalid(path, format!("labels must be integers, got {:?}", array.dtype)))?;
+        array.to_i64().ok_or_else(|| invalid(path, format!("labels must be integers, got {}", array.dtype)))?;
     // A uint64 label above i64::MAX reads as negative: name the value as stored.
     let shown = |i: usize| match array.dtype {
         DType::U64 => u64::from_le_bytes(array.data[i * 8..i * 8 + 8].try_into().expect("8 bytes")).to_string(),
@@ -278,6 +283,32 @@ mod tests {
         assert!(read_labels_npy(&p("flat.npy")).unwrap_err().to_string().contains("1-D"));
         NpyArray::from_f32(vec![2], &[0.0, 1.0]).write(&p("fl.npy")).unwrap();
         assert!(read_labels_npy(&p("fl.npy")).unwrap_err().to_string().contains("integers"));
+    }
+
+    #[test]
+    fn dtypes_are_named_as_numpy_names_them_and_empty_huge_images_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        NpyArray::from_f32(vec![2], &[0.0, 1.0]).write(&p("fl.npy")).unwrap();
+        let err = read_labels_npy(&p("fl.npy")).unwrap_err().to_string();
+        assert!(err.ends_with("labels must be integers, got float32"), "{err}");
+        NpyArray::from_i64(vec![1, 1, 1, 1], &[0]).write(&p("i.npy")).unwrap();
+        let err = read_images_npy(&p("i.npy")).unwrap_err().to_string();
+        assert!(err.ends_with("images must be float32 or uint8, got int64"), "{err}");
+
+        // N = 0 with C·H·W past usize: refused by the reader, so `image_len` cannot overflow.
+        let huge = NpyArray { dtype: DType::F32, shape: vec![0, 3, 1 << 62, 1 << 62], data: vec![] };
+        std::fs::write(p("huge.npy"), huge.to_bytes()).unwrap();
+        NpyArray::from_i64(vec![0], &[]).write(&p("y0.npy")).unwrap();
+        let err = read_npy_pair(&p("huge.npy"), &p("y0.npy")).unwrap_err().to_string();
+        assert!(err.contains("huge.npy") && err.contains("has too many elements"), "{err}");
+        // The largest that is read: its image_len is exact.
+        let wide = NpyArray { dtype: DType::F32, shape: vec![0, 1, 1 << 30, 1 << 30], data: vec![] };
+        std::fs::write(p("wide.npy"), wide.to_bytes()).unwrap();
+        let d = read_npy_pair(&p("wide.npy"), &p("y0.npy")).unwrap();
+        assert_eq!((d.len(), d.image_len()), (0, 1 << 60));
+        let d = Dataset { dims: [0, usize::MAX, usize::MAX, 0], images: vec![], labels: vec![] };
+        assert_eq!(d.image_len(), 0);
     }
 
     #[test]

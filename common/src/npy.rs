@@ -2,9 +2,50 @@
 //! NumPy. Every problem — bad magic, truncated data, an unsupported dtype, a shape that does not fit
 //! — is an [`NpyError`] that names the file and what was expected, never a panic.
 
+use std::fmt;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+
+/// Headers longer than this are refused before they are read, as NumPy ≥ 1.24 does
+/// (`max_header_size`): a version 2 or 3 header may claim up to 4 GiB.
+pub const MAX_HEADER_LEN: usize = 10_000;
+/// At most this many dimensions, as NumPy ≥ 2.0 (`NPY_MAXDIMS`).
+pub const MAX_DIMS: usize = 64;
+/// The most characters of a piece of header text (a key, a value, the whole header) an error
+/// shows; a longer piece is cut and ends with `…`.
+pub const MAX_ECHO_CHARS: usize = 64;
+
+const MAGIC: &[u8] = b"\x93NUMPY";
+/// Magic, version and a version 2/3 header length: all [`locate_header`] needs.
+const PREAMBLE_LEN: usize = 12;
+
+/// A piece of untrusted text (header text, a key, a value) as an error shows it: on one line,
+/// control and other invisible characters escaped (`\n`, `\u{1b}`), and at most
+/// [`MAX_ECHO_CHARS`] characters, a longer one cut and ending with `…`.
+pub fn echo(text: &str) -> String {
+    let mut out = String::new();
+    let mut shown = 0;
+    for c in text.chars() {
+        let invisible = c.is_control()
+            || (c.is_whitespace() && c != ' ')
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}');
+        let piece: String = if invisible { c.escape_default().collect() } else { c.to_string() };
+        let len = piece.chars().count();
+        if shown + len > MAX_ECHO_CHARS {
+            out.push('…');
+            break;
+        }
+        out.push_str(&piece);
+        shown += len;
+    }
+    out
+}
+
+/// A shape as errors show it (`[2, 3]`), bounded like [`echo`].
+pub fn shape_text(shape: &[usize]) -> String {
+    echo(&format!("{shape:?}"))
+}
 
 /// Element types this project reads and writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,10 +65,12 @@ pub enum DType {
 impl DType {
     fn parse(descr: &str) -> Option<DType> {
         // '|' = not applicable (1-byte types), '<' = little-endian, '=' = native (little on our targets).
-        let (order, code) = descr.split_at(1);
-        if !matches!(order, "<" | "|" | "=") {
+        // By chars, not bytes: the descr may be empty or start with any character.
+        let mut chars = descr.chars();
+        if !matches!(chars.next(), Some('<' | '|' | '=')) {
             return None;
         }
+        let code = chars.as_str();
         Some(match code {
             "u1" => DType::U8,
             "i1" => DType::I8,
@@ -59,6 +102,22 @@ impl DType {
         }
     }
 
+    /// The name NumPy gives the type (`float32`, `int64`, `uint8`, …); also its `Display`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::U8 => "uint8",
+            DType::I8 => "int8",
+            DType::U16 => "uint16",
+            DType::I16 => "int16",
+            DType::U32 => "uint32",
+            DType::I32 => "int32",
+            DType::U64 => "uint64",
+            DType::I64 => "int64",
+            DType::F32 => "float32",
+            DType::F64 => "float64",
+        }
+    }
+
     pub fn size(self) -> usize {
         match self {
             DType::U8 | DType::I8 => 1,
@@ -73,6 +132,12 @@ impl DType {
     }
 }
 
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NpyError {
     // Not `source`: thiserror would chain it, and `{:#}` would print the cause twice.
@@ -80,11 +145,12 @@ pub enum NpyError {
     Io { path: PathBuf, cause: std::io::Error },
     #[error("{path}: not a .npy file ({detail})")]
     Format { path: PathBuf, detail: String },
-    #[error("{path}: unsupported dtype {descr:?} (supported: u1 i1 u2 i2 u4 i4 u8 i8 f4 f8, little-endian)")]
+    /// `descr` as the header has it, shown through [`echo`].
+    #[error("{path}: unsupported dtype \"{}\" (supported: u1 i1 u2 i2 u4 i4 u8 i8 f4 f8 b1, little-endian)", echo(.descr))]
     DType { path: PathBuf, descr: String },
     #[error("{path}: Fortran-order arrays are not supported; save with np.ascontiguousarray")]
     FortranOrder { path: PathBuf },
-    #[error("{path}: truncated: header promises {expected} data bytes for shape {shape:?}, file has {actual}")]
+    #[error("{path}: truncated: header promises {expected} data bytes for shape {}, file has {actual}", shape_text(.shape))]
     Truncated { path: PathBuf, expected: usize, actual: usize, shape: Vec<usize> },
     #[error("{path}: {detail}")]
     Invalid { path: PathBuf, detail: String },
@@ -191,30 +257,30 @@ impl NpyArray {
     pub fn read(path: &Path) -> Result<Self, NpyError> {
         let io = |cause| NpyError::Io { path: path.to_path_buf(), cause };
         // A FIFO or a device would block or never end: only regular files are arrays.
-        if !fs::metadata(path).map_err(io)?.is_file() {
+        let meta = fs::metadata(path).map_err(io)?;
+        if !meta.is_file() {
             return Err(NpyError::Invalid { path: path.to_path_buf(), detail: "not a regular file".into() });
         }
-        let bytes = fs::read(path).map_err(io)?;
+        let mut file = fs::File::open(path).map_err(io)?;
+        let mut bytes = Vec::new();
+        (&mut file).take(PREAMBLE_LEN as u64).read_to_end(&mut bytes).map_err(io)?;
+        // A bad preamble, a cut-off or an over-long header is refused before the rest is read.
+        locate_header(path, &bytes, meta.len())?;
+        let rest = usize::try_from(meta.len()).unwrap_or(usize::MAX).saturating_sub(bytes.len());
+        if bytes.try_reserve_exact(rest).is_err() {
+            return Err(NpyError::Invalid {
+                path: path.to_path_buf(),
+                detail: format!("{} bytes do not fit in memory", meta.len()),
+            });
+        }
+        file.read_to_end(&mut bytes).map_err(io)?;
         Self::parse(path, &bytes)
     }
 
     /// Parse `.npy` bytes; `path` only names the source in errors.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, NpyError> {
         let format = |detail: &str| NpyError::Format { path: path.to_path_buf(), detail: detail.to_string() };
-        if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-            return Err(format("missing \\x93NUMPY magic"));
-        }
-        let (header_len, header_start) = match bytes[6] {
-            1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
-            2 | 3 => {
-                if bytes.len() < 12 {
-                    return Err(format("header length cut off"));
-                }
-                (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12)
-            }
-            v => return Err(format(&format!("unknown format version {v}"))),
-        };
-        let data_start = header_start + header_len;
+        let (header_start, data_start) = locate_header(path, bytes, bytes.len() as u64)?;
         let header = bytes.get(header_start..data_start).ok_or_else(|| format("header cut off"))?;
         let header = std::str::from_utf8(header).map_err(|_| format("header is not text"))?;
         let fields = header_fields(header).map_err(|e| format(&e))?;
@@ -222,19 +288,33 @@ impl NpyArray {
         let descr = field("descr").ok_or_else(|| format("header has no 'descr'"))?;
         let descr = descr.trim().trim_matches(|c| c == '\'' || c == '"');
         let fortran = field("fortran_order").ok_or_else(|| format("header has no 'fortran_order'"))?;
-        let shape_text = field("shape").ok_or_else(|| format("header has no 'shape'"))?;
+        let shape_field = field("shape").ok_or_else(|| format("header has no 'shape'"))?;
         let dtype =
             DType::parse(descr).ok_or_else(|| NpyError::DType { path: path.to_path_buf(), descr: descr.into() })?;
         match fortran.trim() {
             "False" => {}
             "True" => return Err(NpyError::FortranOrder { path: path.to_path_buf() }),
-            other => return Err(format(&format!("'fortran_order' is {other:?}, not True or False"))),
+            other => return Err(format(&format!("'fortran_order' is \"{}\", not True or False", echo(other)))),
         }
-        let shape = parse_shape(shape_text).ok_or_else(|| format(&format!("cannot read shape {shape_text:?}")))?;
-        let expected = shape
-            .iter()
-            .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| format("shape overflows"))?;
+        let shape_field = shape_field.trim();
+        let shape = parse_shape(shape_field).ok_or_else(|| {
+            format(&format!("cannot read shape \"{}\": not a tuple of non-negative integers", echo(shape_field)))
+        })?;
+        let invalid = |detail: String| NpyError::Invalid { path: path.to_path_buf(), detail };
+        if shape.len() > MAX_DIMS {
+            return Err(invalid(format!("shape has {} dimensions, more than NumPy's {MAX_DIMS}", shape.len())));
+        }
+        // The non-zero dimensions first, in any order: with a zero the array is empty, but its
+        // other dimensions still reach whoever uses the shape (`C·H·W` of an empty image set).
+        shape.iter().filter(|&&d| d != 0).try_fold(dtype.size(), |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
+            invalid(format!(
+                "shape {} has too many elements: its non-zero dimensions times the {}-byte element size overflow {} bits",
+                shape_text(&shape),
+                dtype.size(),
+                usize::BITS
+            ))
+        })?;
+        let expected = shape.iter().try_fold(dtype.size(), |acc, &d| acc.checked_mul(d)).expect("checked above");
         let actual = bytes.len() - data_start;
         if actual < expected {
             return Err(NpyError::Truncated { path: path.to_path_buf(), expected, actual, shape });
@@ -243,13 +323,49 @@ impl NpyArray {
             return Err(NpyError::Invalid {
                 path: path.to_path_buf(),
                 detail: format!(
-                    "{} bytes after the data of shape {shape:?}: corrupt or not a single array",
-                    actual - expected
+                    "{} bytes after the data of shape {}: corrupt or not a single array",
+                    actual - expected,
+                    shape_text(&shape)
                 ),
             });
         }
         Ok(NpyArray { dtype, shape, data: bytes[data_start..].to_vec() })
     }
+}
+
+/// Where the header lies, `(start, end)`, from the preamble (magic, version, header length; the
+/// first [`PREAMBLE_LEN`] bytes or fewer) and the file's length: a cut-off preamble or header, or a
+/// header over [`MAX_HEADER_LEN`], is refused before the header is read.
+fn locate_header(path: &Path, preamble: &[u8], file_len: u64) -> Result<(usize, usize), NpyError> {
+    let format = |detail: &str| NpyError::Format { path: path.to_path_buf(), detail: detail.to_string() };
+    let invalid = |detail: String| NpyError::Invalid { path: path.to_path_buf(), detail };
+    if !preamble.starts_with(MAGIC) {
+        return Err(format("missing \\x93NUMPY magic"));
+    }
+    // The magic is there: a file that ends before the header length is a truncated .npy file.
+    let cut =
+        || invalid(format!("truncated after {} bytes: the version and header length are cut off", preamble.len()));
+    let header_start = match preamble.get(MAGIC.len()) {
+        None => return Err(cut()),
+        Some(1) => 10,
+        Some(2 | 3) => 12,
+        Some(v) => return Err(format(&format!("unknown format version {v}"))),
+    };
+    if preamble.len() < MAGIC.len() + 2 {
+        return Err(cut());
+    }
+    // Little-endian u16 (version 1) or u32 (versions 2 and 3).
+    let length = preamble.get(MAGIC.len() + 2..header_start).ok_or_else(|| format("header length cut off"))?;
+    let header_len = length.iter().rev().fold(0u64, |acc, &b| acc << 8 | u64::from(b));
+    if header_start as u64 + header_len > file_len {
+        return Err(format("header cut off"));
+    }
+    if header_len > MAX_HEADER_LEN as u64 {
+        return Err(invalid(format!(
+            "the header is {header_len} bytes, over the {MAX_HEADER_LEN}-byte limit (NumPy's max_header_size)"
+        )));
+    }
+    Ok((header_start, header_start + header_len as usize))
 }
 
 fn decode(dtype: DType, b: &[u8]) -> f64 {
@@ -275,7 +391,7 @@ fn header_fields(header: &str) -> Result<Vec<(String, &str)>, String> {
     let inner = body
         .strip_prefix('{')
         .and_then(|b| b.strip_suffix('}'))
-        .ok_or("the header is not one dict followed by padding")?;
+        .ok_or_else(|| format!("the header is not one dict followed by padding: \"{}\"", echo(body)))?;
     // Split at top-level commas (tuples and quoted strings kept whole).
     let (mut entries, mut depth, mut quote, mut start) = (Vec::new(), 0i32, None, 0);
     for (i, ch) in inner.char_indices() {
@@ -299,27 +415,40 @@ fn header_fields(header: &str) -> Result<Vec<(String, &str)>, String> {
     let mut fields: Vec<(String, &str)> = Vec::new();
     for entry in entries.into_iter().filter(|e| !e.trim().is_empty()) {
         let (key, value) =
-            entry.split_once(':').ok_or_else(|| format!("header entry {:?} has no ':'", entry.trim()))?;
+            entry.split_once(':').ok_or_else(|| format!("header entry \"{}\" has no ':'", echo(entry.trim())))?;
         let key = key.trim();
         let name = key
             .strip_prefix('\'')
             .and_then(|k| k.strip_suffix('\''))
             .or_else(|| key.strip_prefix('"').and_then(|k| k.strip_suffix('"')))
-            .ok_or_else(|| format!("header key {key} is not a quoted string"))?;
+            .ok_or_else(|| format!("header key {} is not a quoted string", echo(key)))?;
         if !["descr", "fortran_order", "shape"].contains(&name) {
-            return Err(format!("header has an unknown key '{name}'"));
+            return Err(format!("header has an unknown key '{}'", echo(name)));
         }
         if fields.iter().any(|(k, _)| k == name) {
-            return Err(format!("header has the key '{name}' twice"));
+            return Err(format!("header has the key '{}' twice", echo(name)));
         }
         fields.push((name.to_string(), value));
     }
     Ok(fields)
 }
 
+/// A shape tuple as Python writes it: `()`, `(3,)`, `(2, 3)`; a comma after the last element is
+/// allowed, an empty element (`(1,,2)`, `(,)`) is not.
 fn parse_shape(text: &str) -> Option<Vec<usize>> {
     let inner = text.trim().strip_prefix('(')?.strip_suffix(')')?;
-    inner.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.trim_end_matches('L').parse().ok()).collect()
+    if inner.trim().is_empty() {
+        return Some(Vec::new());
+    }
+    let mut elements: Vec<&str> = inner.split(',').map(str::trim).collect();
+    if elements.len() > 1 && elements.last() == Some(&"") {
+        elements.pop();
+    }
+    elements
+        .into_iter()
+        .map(|s| s.strip_suffix('L').unwrap_or(s))
+        .map(|s| if s.bytes().all(|b| b.is_ascii_digit()) { s.parse().ok() } else { None })
+        .collect()
 }
 
 #[cfg(test)]
@@ -399,6 +528,207 @@ mod tests {
         v2.extend_from_slice(header.as_bytes());
         v2.extend_from_slice(&2.5f64.to_le_bytes());
         assert_eq!(NpyArray::parse(Path::new("b.npy"), &v2).unwrap().to_f64(), vec![2.5]);
+    }
+
+    /// `.npy` bytes of format `major` with `header` padded to 64 bytes, then `data`.
+    fn npy(major: u8, header: &str, data: &[u8]) -> Vec<u8> {
+        let prefix = if major == 1 { 10 } else { 12 };
+        let mut padded = header.to_string();
+        while !(prefix + padded.len() + 1).is_multiple_of(64) {
+            padded.push(' ');
+        }
+        padded.push('\n');
+        let mut out = [b"\x93NUMPY", &[major, 0][..]].concat();
+        if major == 1 {
+            out.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+        } else {
+            out.extend_from_slice(&(padded.len() as u32).to_le_bytes());
+        }
+        out.extend_from_slice(padded.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    fn header(descr: &str, shape: &str) -> String {
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}")
+    }
+
+    /// The error for `bytes`, checked to be one line without control characters.
+    fn error(bytes: &[u8]) -> String {
+        let e = NpyArray::parse(Path::new("x.npy"), bytes).unwrap_err().to_string();
+        assert!(!e.chars().any(char::is_control) && e.chars().count() < 300, "{e:?}");
+        assert!(e.starts_with("x.npy: "), "{e}");
+        e
+    }
+
+    #[test]
+    fn echo_escapes_control_characters_and_bounds_the_text() {
+        assert_eq!(echo("a\nb\r\tc\u{1b}[31m\u{7f}"), "a\\nb\\r\\tc\\u{1b}[31m\\u{7f}");
+        assert_eq!(echo("line\u{2028}sep\u{202e}"), "line\\u{2028}sep\\u{202e}");
+        assert_eq!(echo("ключ é 'q' \"d\""), "ключ é 'q' \"d\"");
+        let long = "é".repeat(1000);
+        assert_eq!(echo(&long), format!("{}…", "é".repeat(MAX_ECHO_CHARS)));
+        assert_eq!(echo(&"x".repeat(MAX_ECHO_CHARS)), "x".repeat(MAX_ECHO_CHARS));
+        // An escape is never cut in half.
+        let escapes = "\u{1b}".repeat(100);
+        let shown = echo(&escapes);
+        assert!(shown.ends_with("\\u{1b}…") && shown.chars().count() <= MAX_ECHO_CHARS + 1, "{shown}");
+        let dims = vec![1usize; 1000];
+        assert!(shape_text(&dims).ends_with('…') && shape_text(&[2, 3]) == "[2, 3]");
+    }
+
+    #[test]
+    fn any_descr_gives_an_error_naming_it() {
+        let data = [0u8; 8];
+        for (descr, shown) in [
+            ("", "\"\""),
+            ("é4", "\"é4\""),
+            ("<", "\"<\""),
+            ("f4", "\"f4\""),
+            ("<f16", "\"<f16\""),
+            ("\u{1b}[2J", "\"\\u{1b}[2J\""),
+        ] {
+            let e = error(&npy(1, &header(descr, "(2,)"), &data));
+            assert!(e.contains(&format!("unsupported dtype {shown}")), "{descr:?}: {e}");
+        }
+        let e = error(&npy(1, &header(&"x".repeat(5000), "(2,)"), &data));
+        assert!(e.contains(&format!("unsupported dtype \"{}…\"", "x".repeat(MAX_ECHO_CHARS))), "{e}");
+        for (descr, dtype) in [("<f4", DType::F32), ("=f4", DType::F32), ("|b1", DType::U8), ("<i8", DType::I64)] {
+            assert_eq!(DType::parse(descr), Some(dtype), "{descr}");
+        }
+    }
+
+    #[test]
+    fn header_text_in_errors_is_escaped_and_bounded() {
+        let data = [0u8; 8];
+        let with_key = |key: &str| {
+            error(&npy(1, &format!("{{'descr': '<f4', 'fortran_order': False, 'shape': (2,), {key}: 1, }}"), &data))
+        };
+        assert!(with_key("'a\nb'").contains("unknown key 'a\\nb'"));
+        assert!(with_key("'\r\u{1b}[2K'").contains("unknown key '\\r\\u{1b}[2K'"));
+        assert!(with_key("a\nb").contains("header key a\\nb is not a quoted string"));
+        let long = with_key(&format!("'{}'", "k".repeat(5_000)));
+        assert!(long.contains(&format!("unknown key '{}…'", "k".repeat(MAX_ECHO_CHARS))), "{long}");
+        let e = error(&npy(1, "{'descr': '<f4', 'fortran_order': Fa\u{1b}lse, 'shape': (2,), }", &data));
+        assert!(e.contains("'fortran_order' is \"Fa\\u{1b}lse\""), "{e}");
+        let e = error(&npy(1, &header("<f4", &format!("({}2,)", "\u{1b}".repeat(3000))), &data));
+        assert!(e.contains("cannot read shape \"(\\u{1b}\\u{1b}") && e.contains("…\""), "{e}");
+        let e = error(&npy(2, &format!("{}{{}}", "[".repeat(5000)), &data));
+        assert!(e.contains("not one dict followed by padding: \"[[[") && e.contains("…\""), "{e}");
+        let e = error(&npy(
+            1,
+            &format!("{{'descr': '<f4', 'fortran_order': False, 'shape': (2,), '{}' }}", "\t".repeat(99)),
+            &data,
+        ));
+        assert!(e.contains("header entry \"'\\t\\t"), "{e}");
+    }
+
+    #[test]
+    fn headers_over_numpys_limit_are_refused_before_they_are_read() {
+        let data = 1.5f32.to_le_bytes();
+        // Exactly at the limit: read (padding spaces before the newline, as NumPy pads).
+        let at_limit = |major: u8, len: usize| {
+            let mut text = header("<f4", "(1,)");
+            text.push_str(&" ".repeat(len - text.len() - 1));
+            text.push('\n');
+            let mut b = [b"\x93NUMPY", &[major, 0][..]].concat();
+            if major == 1 {
+                b.extend_from_slice(&(len as u16).to_le_bytes());
+            } else {
+                b.extend_from_slice(&(len as u32).to_le_bytes());
+            }
+            b.extend_from_slice(text.as_bytes());
+            b.extend_from_slice(&data);
+            b
+        };
+        for major in 1..=3 {
+            let a = NpyArray::parse(Path::new("x.npy"), &at_limit(major, MAX_HEADER_LEN)).unwrap();
+            assert_eq!(a.to_f32().unwrap(), vec![1.5]);
+            let e = error(&at_limit(major, MAX_HEADER_LEN + 1));
+            assert!(e.contains("the header is 10001 bytes, over the 10000-byte limit"), "{e}");
+        }
+        // From a file, the preamble alone decides: a 1 MB header in a 2 MB file is refused
+        // without reading it, and a header that claims more than the file holds is cut off.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.npy");
+        let mut b = at_limit(2, 1 << 20);
+        b.resize(2 << 20, 0);
+        fs::write(&path, &b).unwrap();
+        let e = NpyArray::read(&path).unwrap_err().to_string();
+        assert!(e.contains("the header is 1048576 bytes, over the 10000-byte limit"), "{e}");
+        b[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        fs::write(&path, &b).unwrap();
+        assert!(NpyArray::read(&path).unwrap_err().to_string().ends_with("(header cut off)"));
+    }
+
+    #[test]
+    fn a_truncated_preamble_is_named_as_such() {
+        let good = npy(2, &header("<f4", "(1,)"), &1.0f32.to_le_bytes());
+        assert!(error(b"").contains("missing \\x93NUMPY magic"));
+        assert!(error(b"\x93NUM").contains("missing \\x93NUMPY magic"));
+        for n in 6..8 {
+            let e = error(&good[..n]);
+            assert!(
+                e.contains(&format!("truncated after {n} bytes: the version and header length are cut off")),
+                "{e}"
+            );
+        }
+        for n in 8..12 {
+            assert!(error(&good[..n]).contains("header length cut off"), "{n}");
+        }
+        assert!(error(&good[..20]).contains("header cut off"));
+        assert!(error(&[&good[..6], &[7u8][..]].concat()).contains("unknown format version 7"));
+    }
+
+    #[test]
+    fn shapes_are_python_tuples_of_dimensions() {
+        let shape = |text: &str| parse_shape(text);
+        assert_eq!(shape("()"), Some(vec![]));
+        assert_eq!(shape("(3,)"), Some(vec![3]));
+        assert_eq!(shape("( 3 , )"), Some(vec![3]));
+        assert_eq!(shape("(2, 3)"), Some(vec![2, 3]));
+        assert_eq!(shape("(2, 3,)"), Some(vec![2, 3]));
+        assert_eq!(shape("(2L, 3L)"), Some(vec![2, 3]));
+        for bad in ["(1,,2)", "(,)", "(2,,)", "(,2)", "(2, , )", "(+2,)", "(-1,)", "(2.0,)", "[2]", "(2", "(2LL,)"] {
+            assert_eq!(shape(bad), None, "{bad}");
+        }
+        let e = error(&npy(1, &header("<f4", "(1,,2)"), &[0; 8]));
+        assert!(e.contains("cannot read shape \"(1,,2)\""), "{e}");
+        let dims = format!("({})", vec!["1"; MAX_DIMS + 1].join(", "));
+        assert!(
+            error(&npy(1, &header("<f4", &dims), &[0; 4])).contains("shape has 65 dimensions, more than NumPy's 64")
+        );
+        let dims = format!("({})", vec!["1"; MAX_DIMS].join(", "));
+        assert_eq!(NpyArray::parse(Path::new("x.npy"), &npy(1, &header("<f4", &dims), &[0; 4])).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn every_order_of_dimensions_is_checked_for_overflow() {
+        let big = 1usize << 62;
+        for dims in [
+            format!("(0, 3, {big}, {big})"),
+            format!("({big}, {big}, 0)"),
+            format!("({big}, 0, 4)"),
+            "(1099511627776, 1099511627776, 1099511627776)".to_string(),
+        ] {
+            let e = error(&npy(1, &header("<f4", &dims), &[]));
+            assert!(e.contains("has too many elements") && e.contains("4-byte element size"), "{dims}: {e}");
+        }
+        // 2^61 four-byte elements are 2^63 bytes: an empty array of that shape is read.
+        let a = NpyArray::parse(Path::new("x.npy"), &npy(1, &header("<f4", &format!("(0, {})", 1usize << 61)), &[]));
+        let a = a.unwrap();
+        assert_eq!((a.len(), a.to_f32().unwrap().len()), (0, 0));
+        let e = error(&npy(1, &header("<f8", &format!("({}, 0)", 1usize << 61)), &[]));
+        assert!(e.contains("has too many elements"), "{e}");
+    }
+
+    #[test]
+    fn dtypes_are_named_as_numpy_names_them() {
+        let names: Vec<String> = [DType::U8, DType::I16, DType::U32, DType::I64, DType::F32, DType::F64]
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(names, ["uint8", "int16", "uint32", "int64", "float32", "float64"]);
     }
 
     fn replace_bytes(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {

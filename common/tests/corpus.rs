@@ -281,7 +281,11 @@ const GENERATED_SPECS: &[Generated] = &[
     refused("empty", String::new, ":1: missing field `model`"),
     refused("nul_bytes", || "\0\0\0\n".into(), ":1: invalid key"),
     Generated {
-        ..refused("name_10kB", || format!("name = \"{}\"\n{BASE}", "a".repeat(10_000)), ":1: name must be 1 to 100 letters")
+        ..refused(
+            "name_10kB",
+            || format!("name = \"{}\"\n{BASE}", "a".repeat(10_000)),
+            ":1: name must be 1 to 100 letters",
+        )
     },
     Generated {
         ..refused(
@@ -308,14 +312,22 @@ const GENERATED_SPECS: &[Generated] = &[
         || {
             BASE.replace("lr = 0.1", &lrs(100))
                 .replace("batch_size = 8", &format!("batch_size = [{}]", numbers(100, |i| (i + 1).to_string())))
-                .replace("epochs = 1", &format!("epochs = [{}]\nseed = [{}]", numbers(100, |i| (i + 1).to_string()), numbers(1000, |i| i.to_string())))
+                .replace(
+                    "epochs = 1",
+                    &format!(
+                        "epochs = [{}]\nseed = [{}]",
+                        numbers(100, |i| (i + 1).to_string()),
+                        numbers(1000, |i| i.to_string())
+                    ),
+                )
         },
         ":1: the grid has over 10000000 points",
     ),
     refused(
         "million_points_with_heatmaps",
         || {
-            BASE.replace("lr = 0.1", &lrs(1000)).replace("epochs = 1", &format!("epochs = 1\nseed = [{}]", numbers(1000, |i| i.to_string())))
+            BASE.replace("lr = 0.1", &lrs(1000))
+                .replace("epochs = 1", &format!("epochs = 1\nseed = [{}]", numbers(1000, |i| i.to_string())))
                 + "[heatmap]\neps = 4\n"
         },
         ":1: the sweep plans up to 10000000 tasks (1000000 points × 10)",
@@ -333,7 +345,12 @@ const GENERATED_SPECS: &[Generated] = &[
     },
     refused(
         "too_many_eps",
-        || format!("{BASE}[heatmap]\nchunk_cells = 1\neps = [{}]\n", numbers(4000, |i| format!("{}", (i + 1) as f64 / 100.0))),
+        || {
+            format!(
+                "{BASE}[heatmap]\nchunk_cells = 1\neps = [{}]\n",
+                numbers(4000, |i| format!("{}", (i + 1) as f64 / 100.0))
+            )
+        },
         ":1: the sweep plans up to 2056001 tasks (1 points × 2056001)",
     ),
     Generated {
@@ -346,7 +363,8 @@ const GENERATED_SPECS: &[Generated] = &[
     Generated {
         name: "million_point_grid",
         text: || {
-            BASE.replace("lr = 0.1", &lrs(1000)).replace("epochs = 1", &format!("epochs = 1\nseed = [{}]", numbers(1000, |i| i.to_string())))
+            BASE.replace("lr = 0.1", &lrs(1000))
+                .replace("epochs = 1", &format!("epochs = 1\nseed = [{}]", numbers(1000, |i| i.to_string())))
         },
         expect: "1000000 points",
         valid: true,
@@ -609,6 +627,12 @@ fn npy_cases() -> Vec<(&'static str, Vec<u8>)> {
             b
         }),
         ("v3_valid.npy", npy(3, &header("<f4", "(2,)"), &f32s(&[0.25, 0.5]))),
+        ("header_over_10000.npy", npy(2, &format!("{}{}", header("<f4", "(1,)"), " ".repeat(10_000)), &f32s(&[0.5]))),
+        (
+            "header_key_with_escape.npy",
+            npy(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), '\x1b[2J': 1, }", &f32s(&[0.0, 1.0])),
+        ),
+        ("shape_65_dims.npy", npy(1, &header("<f4", &format!("({})", vec!["1"; 65].join(", "))), &f32s(&[0.5]))),
         // Dataset readers.
         ("images_ok.npy", npy(1, &header("<f4", "(2, 3, 2, 2)"), &images)),
         ("labels_ok.npy", npy(1, &header("<i8", "(2,)"), &i64s(&[0, 3]))),
