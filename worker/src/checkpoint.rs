@@ -61,9 +61,15 @@ pub struct Checkpoint {
 pub fn first_line(err: impl std::fmt::Display) -> String {
     let text = err.to_string();
     let cause = text.lines().rev().find_map(|l| l.trim().strip_prefix("RuntimeError: "));
-    match cause {
-        Some(cause) if text.contains("TorchScript interpreter") => cause.trim().to_string(),
-        _ => text.lines().next().unwrap_or("").trim().to_string(),
+    let line = match cause {
+        Some(cause) if text.contains("TorchScript interpreter") => cause.trim(),
+        _ => text.lines().next().unwrap_or("").trim(),
+    };
+    let line = line.strip_prefix("Internal torch error: ").unwrap_or(line);
+    // Some messages go on for sentences of advice (miniz: "If you are seeing this error, …").
+    match line.split_once(". ") {
+        Some((first, _)) if line.len() > 160 => format!("{first}."),
+        _ => line.to_string(),
     }
 }
 
