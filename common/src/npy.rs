@@ -156,6 +156,30 @@ pub enum NpyError {
     Invalid { path: PathBuf, detail: String },
 }
 
+/// The bytes of an `.npy` file of format `major` (1, 2 or 3): the magic, the version, `header`
+/// (the dict's text) padded with spaces and a newline to a 64-byte boundary, then `data`. It
+/// checks nothing, so tests can build headers [`NpyArray::to_bytes`] would not write (a header
+/// too long for format 1's 16-bit length gets a saturated, wrong length).
+pub fn file_bytes(major: u8, header: &str, data: &[u8]) -> Vec<u8> {
+    let prefix = if major == 1 { 10 } else { 12 };
+    let mut padded = header.to_string();
+    while !(prefix + padded.len() + 1).is_multiple_of(64) {
+        padded.push(' ');
+    }
+    padded.push('\n');
+    let mut out = Vec::with_capacity(prefix + padded.len() + data.len());
+    out.extend_from_slice(b"\x93NUMPY");
+    out.extend_from_slice(&[major, 0]);
+    if major == 1 {
+        out.extend_from_slice(&(padded.len().min(usize::from(u16::MAX)) as u16).to_le_bytes());
+    } else {
+        out.extend_from_slice(&(padded.len().min(u32::MAX as usize) as u32).to_le_bytes());
+    }
+    out.extend_from_slice(padded.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
 /// A raw array: dtype, shape and little-endian bytes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NpyArray {
@@ -232,16 +256,8 @@ impl NpyArray {
             1 => format!("({},)", self.shape[0]),
             _ => format!("({})", self.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
         };
-        let mut header = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}", self.dtype.descr());
-        let unpadded = 10 + header.len() + 1;
-        header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
-        header.push('\n');
-        let mut out = Vec::with_capacity(10 + header.len() + self.data.len());
-        out.extend_from_slice(b"\x93NUMPY\x01\x00");
-        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(&self.data);
-        out
+        let header = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}", self.dtype.descr());
+        file_bytes(1, &header, &self.data)
     }
 
     pub fn write(&self, path: &Path) -> Result<(), NpyError> {
@@ -530,23 +546,8 @@ mod tests {
         assert_eq!(NpyArray::parse(Path::new("b.npy"), &v2).unwrap().to_f64(), vec![2.5]);
     }
 
-    /// `.npy` bytes of format `major` with `header` padded to 64 bytes, then `data`.
     fn npy(major: u8, header: &str, data: &[u8]) -> Vec<u8> {
-        let prefix = if major == 1 { 10 } else { 12 };
-        let mut padded = header.to_string();
-        while !(prefix + padded.len() + 1).is_multiple_of(64) {
-            padded.push(' ');
-        }
-        padded.push('\n');
-        let mut out = [b"\x93NUMPY", &[major, 0][..]].concat();
-        if major == 1 {
-            out.extend_from_slice(&(padded.len() as u16).to_le_bytes());
-        } else {
-            out.extend_from_slice(&(padded.len() as u32).to_le_bytes());
-        }
-        out.extend_from_slice(padded.as_bytes());
-        out.extend_from_slice(data);
-        out
+        file_bytes(major, header, data)
     }
 
     fn header(descr: &str, shape: &str) -> String {

@@ -489,24 +489,8 @@ fn breaking_one_value_of_a_valid_spec_is_caught() {
 // ---------------------------------------------------------------------------------------------
 // .npy files.
 
-/// `.npy` bytes: magic, version `major`, the header padded to a 64-byte boundary, then `data`.
 fn npy(major: u8, header: &str, data: &[u8]) -> Vec<u8> {
-    let prefix = if major == 1 { 10 } else { 12 };
-    let mut padded = header.to_string();
-    while !(prefix + padded.len() + 1).is_multiple_of(64) {
-        padded.push(' ');
-    }
-    padded.push('\n');
-    let mut out = b"\x93NUMPY".to_vec();
-    out.extend_from_slice(&[major, 0]);
-    if major == 1 {
-        out.extend_from_slice(&(padded.len() as u16).to_le_bytes());
-    } else {
-        out.extend_from_slice(&(padded.len() as u32).to_le_bytes());
-    }
-    out.extend_from_slice(padded.as_bytes());
-    out.extend_from_slice(data);
-    out
+    freqsweep_common::npy::file_bytes(major, header, data)
 }
 
 fn header(descr: &str, shape: &str) -> String {

@@ -703,22 +703,7 @@ fn valid_npy() -> impl Strategy<Value = ValidNpy> {
 }
 
 fn npy_bytes(major: u8, header: &str, data: &[u8]) -> Vec<u8> {
-    let prefix = if major == 1 { 10 } else { 12 };
-    let mut padded = header.to_string();
-    while !(prefix + padded.len() + 1).is_multiple_of(64) {
-        padded.push(' ');
-    }
-    padded.push('\n');
-    let mut out = b"\x93NUMPY".to_vec();
-    out.extend_from_slice(&[major, 0]);
-    if major == 1 {
-        out.extend_from_slice(&(padded.len().min(usize::from(u16::MAX)) as u16).to_le_bytes());
-    } else {
-        out.extend_from_slice(&(padded.len() as u32).to_le_bytes());
-    }
-    out.extend_from_slice(padded.as_bytes());
-    out.extend_from_slice(data);
-    out
+    freqsweep_common::npy::file_bytes(major, header, data)
 }
 
 /// One edit of `.npy` bytes.
