@@ -84,7 +84,7 @@
 
 use crate::bands::{Band, BandLayout, BandSet};
 use crate::syn::SynConfig;
-use crate::task::{Augment, DatasetSource, LrSchedule, Optimizer, TrainConfig, TrainTask};
+use crate::task::{Augment, DatasetSource, LrSchedule, MemoryFormat, Optimizer, Precision, TrainConfig, TrainTask};
 use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -171,6 +171,8 @@ pub struct HeatmapSpec {
     pub batch: usize,
     pub chunks: Chunking,
     pub seed: u64,
+    pub precision: Precision,
+    pub memory_format: MemoryFormat,
 }
 
 /// One point of the grid: its values (for names, `results.csv` and include/exclude matching) and
@@ -421,6 +423,8 @@ struct RawHeatmap {
     chunk_cells: Scalar,
     chunks_per_map: Scalar,
     seed: Scalar,
+    precision: Scalar,
+    memory_format: Scalar,
 }
 
 /// One value or a list of them. List elements keep their own spans (`None` for a lone value,
@@ -1371,12 +1375,34 @@ fn heatmap(ctx: &Ctx, raw: &Spanned<RawHeatmap>, archs: &[String]) -> Result<Hea
         batch: ctx.scalar(&h.batch, 256, |v| bounded("batch", v, 1, MAX_BATCH, "perturbed images per forward pass"))?,
         chunks,
         seed: ctx.scalar(&h.seed, 0, |v| non_negative_int("seed", v))?,
+        precision: ctx.scalar(&h.precision, Precision::Fp32, |v| {
+            let names: Vec<&str> = Precision::ALL.iter().map(|p| p.as_str()).collect();
+            choice("precision", v, &names).map(|s| Precision::parse(&s).expect("one of the names"))
+        })?,
+        memory_format: ctx.scalar(&h.memory_format, MemoryFormat::Auto, |v| {
+            let names: Vec<&str> = MemoryFormat::ALL.iter().map(|f| f.as_str()).collect();
+            choice("memory_format", v, &names).map(|s| MemoryFormat::parse(&s).expect("one of the names"))
+        })?,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heatmap_precision_and_memory_format_are_read_and_default_to_fp32_auto() {
+        let base = "[[dataset]]\nkind = \"syn\"\nband = 1\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n[heatmap]\neps = 4\n";
+        let plain = parse(base, "s.toml").unwrap().heatmap.unwrap();
+        assert_eq!((plain.precision, plain.memory_format), (Precision::Fp32, MemoryFormat::Auto));
+        let fast = format!("{base}precision = \"bf16\"\nmemory_format = \"channels_last\"\n");
+        let fast = parse(&fast, "s.toml").unwrap().heatmap.unwrap();
+        assert_eq!((fast.precision, fast.memory_format), (Precision::Bf16, MemoryFormat::ChannelsLast));
+        // Auto: NCHW in fp32 (bit-identical to earlier runs), channels-last in bf16.
+        assert_eq!(MemoryFormat::Auto.resolve(Precision::Fp32), MemoryFormat::Contiguous);
+        assert_eq!(MemoryFormat::Auto.resolve(Precision::Bf16), MemoryFormat::ChannelsLast);
+        assert_eq!(MemoryFormat::Contiguous.resolve(Precision::Bf16), MemoryFormat::Contiguous);
+    }
 
     const SPEC: &str = r#"name = "t"
 

@@ -116,6 +116,8 @@ mod tests {
             seconds: 1.0,
             images_per_second: 1.0,
             device: "cpu".into(),
+            precision: Default::default(),
+            memory_format: Default::default(),
         }
     }
 

@@ -83,6 +83,8 @@ pub fn empty_chunk() -> HeatmapTask {
         images: 0,
         seed: 0,
         batch: 1,
+        precision: Default::default(),
+        memory_format: Default::default(),
     }
 }
 
@@ -100,6 +102,8 @@ pub fn heatmap_result_json(task: &HeatmapTask, images: usize, errors: usize, dev
         seconds: 0.0,
         images_per_second: 0.0,
         device: device.to_string(),
+        precision: Default::default(),
+        memory_format: Default::default(),
     });
     serde_json::to_string(&outcome).expect("outcomes serialise")
 }

@@ -10,7 +10,7 @@
 //! mid-write leaves the previous checkpoint. Checkpoints of format 1 (before the digest) are
 //! still read.
 
-use crate::models::ModelConfig;
+use crate::models::{ModelConfig, Numerics};
 use freqsweep_common::task::{MetricPoint, TrainTask};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -264,19 +264,33 @@ impl Checkpoint {
     }
 }
 
+/// A classifier loaded for evaluation.
+pub struct Loaded {
+    pub model: Box<dyn crate::models::Classifier>,
+    /// What it is, for logs (`freqsweep checkpoint (Tiny, 3 epochs)`, `TorchScript module`).
+    pub what: String,
+    /// The numerics it computes in: those asked for, or fp32 where the model cannot run in them
+    /// (a TorchScript graph with fp32 constants) — with the reason.
+    pub numerics: Numerics,
+    pub fallback: Option<String>,
+}
+
 /// Load a classifier for evaluation from either a freqsweep checkpoint or a TorchScript file
-/// (tried in that order), for `height × width` inputs. Returns the model and a description.
+/// (tried in that order), for `height × width` inputs, computing in `numerics`.
 pub fn load_classifier(
     path: &Path,
     device: Device,
     height: i64,
     width: i64,
-) -> Result<(Box<dyn crate::models::Classifier>, String), String> {
+    numerics: Numerics,
+) -> Result<Loaded, String> {
     match load(path) {
         Ok(stored) => {
             let mut vs = nn::VarStore::new(device);
-            let model = crate::models::build(&vs, &stored.meta.model);
+            let mut model = crate::models::build(&vs, &stored.meta.model);
             stored.restore_model(&mut vs, path).map_err(|e| e.to_string())?;
+            crate::models::convert_vars(&mut vs, numerics);
+            model.set_numerics(numerics);
             probe(model.as_ref(), device, height, width).map_err(|cause| {
                 format!(
                     "{}: images of 3×{height}×{width} do not fit this {:?} model (forward failed: {cause}); give images of the size it was trained on",
@@ -286,11 +300,15 @@ pub fn load_classifier(
             })?;
             let what =
                 format!("freqsweep checkpoint ({:?}, {} epochs)", stored.meta.model.arch, stored.meta.epochs_done);
-            Ok((model, what))
+            Ok(Loaded { model, what, numerics, fallback: None })
         }
         Err(CheckpointError::NotACheckpoint { .. }) if path.is_file() => {
             match crate::models::ScriptClassifier::load(path, device, height, width) {
-                Ok(m) => Ok((Box::new(m) as Box<dyn crate::models::Classifier>, "TorchScript module".to_string())),
+                Ok(mut m) => {
+                    let fallback = m.convert(numerics, device, height, width).err();
+                    let used = if fallback.is_some() { Numerics::FP32 } else { numerics };
+                    Ok(Loaded { model: Box::new(m), what: "TorchScript module".to_string(), numerics: used, fallback })
+                }
                 Err(crate::models::ScriptError::NotAModule(e)) => {
                     Err(format!("{e} (and not a freqsweep checkpoint either)"))
                 }
@@ -368,8 +386,8 @@ mod tests {
     fn images_of_a_size_the_model_does_not_take_are_one_line_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let path = saved(dir.path());
-        assert!(load_classifier(&path, Device::Cpu, 32, 32).is_ok());
-        let err = load_classifier(&path, Device::Cpu, 16, 16).err().expect("refused");
+        assert!(load_classifier(&path, Device::Cpu, 32, 32, Numerics::FP32).is_ok());
+        let err = load_classifier(&path, Device::Cpu, 16, 16, Numerics::FP32).err().expect("refused");
         assert!(err.contains("images of 3×16×16 do not fit this Tiny model"), "{err}");
         assert!(err.contains("mat1 and mat2 shapes cannot be multiplied") && !err.contains('\n'), "{err}");
     }

@@ -43,6 +43,22 @@ pub fn describe(device: Device) -> String {
     }
 }
 
+/// Whether `device` computes bfloat16 natively: on the CPU, AVX-512 BF16 or AMX (x86) or the BF16
+/// extension (Arm), read from `/proc/cpuinfo`; CUDA devices are assumed to (Ampere and later have
+/// bf16 tensor cores). Without it libtorch emulates bf16, slower than fp32.
+pub fn has_bf16(device: Device) -> bool {
+    match device {
+        Device::Cpu => {
+            let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+            info.lines()
+                .filter(|l| l.starts_with("flags") || l.starts_with("Features"))
+                .flat_map(|l| l.split_whitespace())
+                .any(|f| matches!(f, "avx512_bf16" | "amx_bf16" | "bf16"))
+        }
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

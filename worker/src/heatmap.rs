@@ -234,17 +234,20 @@ pub fn compute(
     })
 }
 
-/// Logits and the requested layers' responses, flattened per image, in `wanted`'s order.
+/// Logits and the requested layers' responses, flattened per image, in `wanted`'s order, in
+/// fp32 whatever the model computes in (a no-op for an fp32 model), so the cosine sums and the
+/// argmax are the same code at every precision.
 fn forward(model: &dyn Classifier, x: &Tensor, wanted: &[String]) -> (Tensor, Vec<Tensor>) {
     if wanted.is_empty() {
-        return (model.logits(x, false), Vec::new());
+        return (model.logits(x, false).to_kind(Kind::Float), Vec::new());
     }
     let mut seen: Vec<Option<Tensor>> = wanted.iter().map(|_| None).collect();
     let logits = model.forward_named(x, false, &mut |name, t| {
         if let Some(i) = wanted.iter().position(|w| w == name) {
-            seen[i] = Some(t.flatten(1, -1));
+            seen[i] = Some(t.flatten(1, -1).to_kind(Kind::Float));
         }
     });
+    let logits = logits.to_kind(Kind::Float);
     let layers = seen.into_iter().map(|t| t.expect("validated layer names are reported")).collect();
     (logits, layers)
 }
@@ -277,6 +280,9 @@ mod tests {
     }
 
     impl Classifier for Linear {
+        // Test doubles of one fixed computation.
+        fn set_numerics(&mut self, _: crate::models::Numerics) {}
+
         fn forward_named(&self, x: &Tensor, _: bool, sink: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
             let logits = x.flatten(1, -1).matmul(&self.w.tr()) + &self.b;
             sink("fc", &logits);
@@ -291,6 +297,9 @@ mod tests {
     struct Constant;
 
     impl Classifier for Constant {
+        // Test doubles of one fixed computation.
+        fn set_numerics(&mut self, _: crate::models::Numerics) {}
+
         fn forward_named(&self, x: &Tensor, _: bool, sink: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
             let n = x.size()[0];
             let logits = Tensor::from_slice(&[0.1f32, 0.7, 0.2, 0.0]).view([1, 4]).repeat([n, 1]);
@@ -306,6 +315,9 @@ mod tests {
     struct NotANumber;
 
     impl Classifier for NotANumber {
+        // Test doubles of one fixed computation.
+        fn set_numerics(&mut self, _: crate::models::Numerics) {}
+
         fn forward_named(&self, x: &Tensor, _: bool, sink: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
             let logits = Tensor::full([x.size()[0], 4], f64::NAN, (Kind::Float, Device::Cpu));
             sink("fc", &logits);

@@ -11,7 +11,9 @@ use freqsweep_common::logging::{self, LogFormat};
 use freqsweep_common::spec;
 use freqsweep_common::spectrum::{Cell, Shape2};
 use freqsweep_common::syn::SynConfig;
-use freqsweep_common::task::{Augment, DatasetSource, LrSchedule, MetricPoint, Optimizer, TrainConfig, TrainTask};
+use freqsweep_common::task::{
+    Augment, DatasetSource, LrSchedule, MemoryFormat, MetricPoint, Optimizer, Precision, TrainConfig, TrainTask,
+};
 use freqsweep_worker::heatmap::{self, HeatmapConfig};
 use freqsweep_worker::progress::Progress;
 use freqsweep_worker::train::{TrainEnd, TrainObserver};
@@ -190,6 +192,22 @@ struct HeatmapArgs {
     limit: usize,
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Numbers of the model's forward pass: fp32 (bit-reproducible) or bf16 (faster where the
+    /// device has bf16 instructions; the perturbation and counts stay fp32/fp64).
+    #[arg(long, default_value = "fp32", value_parser = parse_precision)]
+    precision: Precision,
+    /// Memory layout of the images: auto (NCHW in fp32, channels-last in bf16), contiguous or
+    /// channels_last.
+    #[arg(long, default_value = "auto", value_parser = parse_memory_format)]
+    memory_format: MemoryFormat,
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    Precision::parse(s).ok_or_else(|| format!("{s:?}: use fp32 or bf16"))
+}
+
+fn parse_memory_format(s: &str) -> Result<MemoryFormat, String> {
+    MemoryFormat::parse(s).ok_or_else(|| format!("{s:?}: use auto, contiguous or channels_last"))
 }
 
 fn main() {
@@ -475,8 +493,16 @@ fn heatmap_cmd(args: HeatmapArgs) -> Result<()> {
     // Recorded with the map: which file exactly was analysed (checkpoints also carry their own).
     let (model_digest, _) = freqsweep_common::digest::of_file(&args.model)
         .with_context(|| format!("cannot read {}", args.model.display()))?;
-    let (model, what) =
-        checkpoint::load_classifier(&args.model, device, h as i64, w as i64).map_err(anyhow::Error::msg)?;
+    let (numerics, precision, format) =
+        freqsweep_worker::engine::numerics_for(device, args.precision, args.memory_format);
+    let loaded =
+        checkpoint::load_classifier(&args.model, device, h as i64, w as i64, numerics).map_err(anyhow::Error::msg)?;
+    if let Some(why) = &loaded.fallback {
+        tracing::warn!(reason = %why, "the model does not run in the requested precision; computing in fp32");
+    }
+    let (precision, format) =
+        if loaded.numerics == numerics { (precision, format) } else { (Precision::Fp32, MemoryFormat::Contiguous) };
+    let (model, what) = (loaded.model, loaded.what);
     let layers = if args.layers.iter().any(|l| l == "all") { model.layer_names() } else { args.layers.clone() };
     let shape = Shape2::new(h, w);
     let cells: Vec<Cell> = shape.heatmap_cells();
@@ -515,6 +541,8 @@ fn heatmap_cmd(args: HeatmapArgs) -> Result<()> {
         "seed": args.seed,
         "model": args.model.display().to_string(),
         "model_digest": model_digest,
+        "precision": precision.as_str(),
+        "memory_format": format.as_str(),
         "device": device::describe(device),
         "layers": layers,
         "seconds": seconds,

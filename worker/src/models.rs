@@ -65,6 +65,11 @@ pub trait Classifier: Send {
     /// Names `forward_named` reports, in order.
     fn layer_names(&self) -> Vec<String>;
 
+    /// Compute in `numerics` from now on: the input is normalised in fp32, then cast (and laid
+    /// out channels-last) before the first layer. The caller converts the weights
+    /// ([`convert_vars`]); outputs come in `numerics.kind`.
+    fn set_numerics(&mut self, numerics: Numerics);
+
     fn logits(&self, x: &Tensor, train: bool) -> Tensor {
         self.forward_named(x, train, &mut |_, _| {})
     }
@@ -85,19 +90,73 @@ pub fn build(vs: &nn::VarStore, config: &ModelConfig) -> Box<dyn Classifier> {
     }
 }
 
+/// The numbers and memory layout a model computes in (resolved from a task's `Precision` and
+/// `MemoryFormat`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Numerics {
+    pub kind: Kind,
+    pub channels_last: bool,
+}
+
+impl Numerics {
+    /// fp32, NCHW: bit-identical to every earlier run.
+    pub const FP32: Numerics = Numerics { kind: Kind::Float, channels_last: false };
+
+    /// `x` in these numerics (a no-op in fp32 NCHW).
+    pub fn apply(self, x: &Tensor) -> Tensor {
+        let x = if x.kind() == self.kind { x.shallow_clone() } else { x.to_kind(self.kind) };
+        if self.channels_last && x.dim() == 4 {
+            channels_last(&x)
+        } else {
+            x
+        }
+    }
+}
+
+/// The same values laid out NHWC in memory (PyTorch's `channels_last`: what its conv kernels
+/// pick up from the strides; tch has no memory-format argument).
+pub fn channels_last(x: &Tensor) -> Tensor {
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+/// Convert `vs`'s variables to `numerics`: their kind, and 4-D ones (conv weights) channels-last.
+/// In place (`set_data`), so the modules built on `vs` see the converted weights.
+pub fn convert_vars(vs: &mut nn::VarStore, numerics: Numerics) {
+    if numerics.kind != Kind::Float {
+        vs.set_kind(numerics.kind);
+    }
+    if numerics.channels_last {
+        tch::no_grad(|| {
+            for (_, mut var) in vs.variables() {
+                if var.dim() == 4 {
+                    let laid_out = channels_last(&var);
+                    var.set_data(&laid_out);
+                }
+            }
+        });
+    }
+}
+
 struct Normalize {
     mean: Tensor,
     std: Tensor,
+    numerics: Numerics,
 }
 
 impl Normalize {
     fn new(config: &ModelConfig, device: Device) -> Self {
         let t = |v: [f64; 3]| Tensor::from_slice(&v).to_kind(Kind::Float).view([1, 3, 1, 1]).to_device(device);
-        Normalize { mean: t(config.mean), std: t(config.std) }
+        Normalize { mean: t(config.mean), std: t(config.std), numerics: Numerics::FP32 }
     }
 
+    /// In fp32 (the input's precision), then into the model's numerics.
     fn apply(&self, x: &Tensor) -> Tensor {
-        (x - &self.mean) / &self.std
+        let normalised = (x - &self.mean) / &self.std;
+        if self.numerics == Numerics::FP32 {
+            normalised
+        } else {
+            self.numerics.apply(&normalised)
+        }
     }
 }
 
@@ -136,6 +195,10 @@ impl Classifier for Tiny {
 
     fn layer_names(&self) -> Vec<String> {
         names(&["conv1", "conv2", "fc"])
+    }
+
+    fn set_numerics(&mut self, numerics: Numerics) {
+        self.norm.numerics = numerics;
     }
 }
 
@@ -187,6 +250,10 @@ impl Classifier for AlexNet {
 
     fn layer_names(&self) -> Vec<String> {
         names(&["conv1", "conv2", "conv3", "conv4", "conv5", "fc"])
+    }
+
+    fn set_numerics(&mut self, numerics: Numerics) {
+        self.norm.numerics = numerics;
     }
 }
 
@@ -277,6 +344,10 @@ impl Classifier for ResNet18 {
     fn layer_names(&self) -> Vec<String> {
         names(&["layer1", "layer2", "layer3", "layer4", "fc"])
     }
+
+    fn set_numerics(&mut self, numerics: Numerics) {
+        self.norm.numerics = numerics;
+    }
 }
 
 /// Why a file is not a usable TorchScript classifier.
@@ -302,6 +373,8 @@ impl std::fmt::Display for ScriptError {
 pub struct ScriptClassifier {
     module: tch::CModule,
     layers: Vec<String>,
+    /// The input is cast (and laid out) into these before the module sees it.
+    numerics: Numerics,
 }
 
 impl ScriptClassifier {
@@ -328,7 +401,7 @@ impl ScriptClassifier {
                 logits.size()
             )));
         }
-        let mut script = ScriptClassifier { module, layers: Vec::new() };
+        let mut script = ScriptClassifier { module, layers: Vec::new(), numerics: Numerics::FP32 };
         if let Ok(named) = tch::no_grad(|| script.named_layers(&probe)) {
             script.layers = named.into_iter().map(|(name, _)| name).collect();
         }
@@ -350,8 +423,41 @@ impl ScriptClassifier {
     }
 }
 
+impl ScriptClassifier {
+    /// Convert the module's parameters and buffers to `numerics` and check on one image of
+    /// `height × width` that it still runs (a module with fp32 constants in its graph does not
+    /// run in bf16 without autocast, which tch does not offer on the CPU).
+    pub fn convert(&mut self, numerics: Numerics, device: Device, height: i64, width: i64) -> Result<(), String> {
+        if numerics == Numerics::FP32 {
+            return Ok(());
+        }
+        self.module.to(device, numerics.kind, false);
+        self.numerics = numerics;
+        let probe = self.numerics.apply(&Tensor::zeros([1, 3, height, width], (Kind::Float, device)));
+        match tch::no_grad(|| self.module.forward_ts(&[&probe])) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.module.to(device, Kind::Float, false);
+                self.numerics = Numerics::FP32;
+                Err(crate::checkpoint::first_line(e))
+            }
+        }
+    }
+}
+
 impl Classifier for ScriptClassifier {
+    fn set_numerics(&mut self, numerics: Numerics) {
+        self.numerics = numerics;
+    }
+
     fn forward_named(&self, x: &Tensor, _train: bool, sink: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
+        let converted;
+        let x = if self.numerics == Numerics::FP32 {
+            x
+        } else {
+            converted = self.numerics.apply(x);
+            &converted
+        };
         if !self.layers.is_empty() {
             for (name, t) in self.named_layers(x).expect("layers() worked on the probe") {
                 sink(&name, &t);

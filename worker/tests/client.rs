@@ -279,6 +279,8 @@ fn outcome() -> TaskOutcome {
         seconds: 0.0,
         images_per_second: 0.0,
         device: "fake".into(),
+        precision: Default::default(),
+        memory_format: Default::default(),
     })
 }
 
@@ -293,6 +295,8 @@ fn lease(task_id: u64, with_input: bool) -> pb::Lease {
         images: 0,
         seed: 0,
         batch: 1,
+        precision: Default::default(),
+        memory_format: Default::default(),
     });
     let inputs = if with_input {
         vec![pb::ArtifactRef { name: "model".into(), digest: digest::of_bytes(INPUT), size: INPUT.len() as u64 }]

@@ -67,6 +67,8 @@ impl Prepared {
                     images: h.images,
                     seed: h.seed,
                     batch: h.batch,
+                    precision: h.precision,
+                    memory_format: h.memory_format,
                 };
                 tasks.push(PlannedTask {
                     id: next_id(tasks),

@@ -4,7 +4,7 @@
 use super::{EngineError, EngineEvents, EngineResult, TorchEngine};
 use crate::heatmap::{self, HeatmapConfig};
 use crate::{data, device, eval};
-use freqsweep_common::task::{HeatmapOutcome, HeatmapTask, TaskOutcome};
+use freqsweep_common::task::{HeatmapOutcome, HeatmapTask, MemoryFormat, Precision, TaskOutcome};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -20,7 +20,12 @@ pub(super) fn run(
     let device = engine.device;
     let test = data::truncate(engine.dataset(&h.dataset)?.1.clone(), h.images);
     let (height, width) = (test.dims[2] as i64, test.dims[3] as i64);
-    let (model, model_path) = engine.model(&h.model, inputs, height, width)?;
+    let (numerics, precision, format) = super::numerics_for(device, h.precision, h.memory_format);
+    let (loaded, model_path) = engine.model(&h.model, inputs, height, width, numerics)?;
+    let model = loaded.model;
+    // A TorchScript graph that cannot run in bf16 ran in fp32: recorded as such.
+    let (precision, format) =
+        if loaded.numerics == numerics { (precision, format) } else { (Precision::Fp32, MemoryFormat::Contiguous) };
     let images = eval::images_tensor(&test, device);
     let config = HeatmapConfig {
         eps: h.eps,
@@ -54,6 +59,8 @@ pub(super) fn run(
             seconds,
             images_per_second: perturbed / seconds.max(1e-9),
             device: device::describe(device),
+            precision,
+            memory_format: format,
         }),
         artifacts: Vec::new(),
     })

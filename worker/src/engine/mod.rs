@@ -6,9 +6,10 @@
 mod heatmap;
 mod train;
 
+use crate::models::Numerics;
 use crate::{checkpoint, data, device};
 use freqsweep_common::dataset::Dataset;
-use freqsweep_common::task::{DatasetSource, MetricPoint, ModelSource, TaskOutcome, TaskSpec};
+use freqsweep_common::task::{DatasetSource, MemoryFormat, MetricPoint, ModelSource, Precision, TaskOutcome, TaskSpec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::Device;
@@ -124,7 +125,8 @@ impl TorchEngine {
         inputs: &HashMap<String, PathBuf>,
         height: i64,
         width: i64,
-    ) -> Result<(Box<dyn crate::models::Classifier>, PathBuf), EngineError> {
+        numerics: Numerics,
+    ) -> Result<(checkpoint::Loaded, PathBuf), EngineError> {
         let path = match source {
             ModelSource::Checkpoint { artifact } => inputs
                 .get(artifact)
@@ -137,16 +139,20 @@ impl TorchEngine {
                 path.clone()
             }
         };
-        let (model, _) = checkpoint::load_classifier(&path, self.device, height, width).map_err(|e| match source {
-            // An input the coordinator verified by digest does not load here: this worker's copy
-            // is damaged. Dropped from the cache, so the next attempt (here or elsewhere) fetches it.
-            ModelSource::Checkpoint { .. } => {
-                let _ = std::fs::remove_file(&path);
-                EngineError::transient(format!("{e} (dropped from this worker's cache)"))
-            }
-            ModelSource::TorchScript { .. } => EngineError::fatal(e),
-        })?;
-        Ok((model, path))
+        let loaded =
+            checkpoint::load_classifier(&path, self.device, height, width, numerics).map_err(|e| match source {
+                // An input the coordinator verified by digest does not load here: this worker's copy
+                // is damaged. Dropped from the cache, so the next attempt (here or elsewhere) fetches it.
+                ModelSource::Checkpoint { .. } => {
+                    let _ = std::fs::remove_file(&path);
+                    EngineError::transient(format!("{e} (dropped from this worker's cache)"))
+                }
+                ModelSource::TorchScript { .. } => EngineError::fatal(e),
+            })?;
+        if let Some(why) = &loaded.fallback {
+            tracing::warn!(model = %path.display(), reason = %why, "the model does not run in the requested precision; computing in fp32");
+        }
+        Ok((loaded, path))
     }
 
     fn task_dir(&self, task_key: &str) -> PathBuf {
@@ -154,6 +160,25 @@ impl TorchEngine {
             task_key.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
         self.work_dir.join(safe)
     }
+}
+
+/// What a model computes in for a task asking for `precision` and `format` on `device`: bf16
+/// only where the device has it (otherwise fp32, said in the log and recorded in the outcome).
+/// Returns the numerics and the precision and resolved format to record.
+pub fn numerics_for(device: Device, precision: Precision, format: MemoryFormat) -> (Numerics, Precision, MemoryFormat) {
+    let precision = match precision {
+        Precision::Bf16 if !device::has_bf16(device) => {
+            tracing::warn!(device = %device::describe(device), "bf16 requested, but this device has no bf16 instructions (it would be emulated, slower than fp32); computing in fp32");
+            Precision::Fp32
+        }
+        p => p,
+    };
+    let format = format.resolve(precision);
+    let kind = match precision {
+        Precision::Fp32 => tch::Kind::Float,
+        Precision::Bf16 => tch::Kind::BFloat16,
+    };
+    (Numerics { kind, channels_last: format == MemoryFormat::ChannelsLast }, precision, format)
 }
 
 /// The file at `path` is the one whose digest the run recorded.
@@ -317,6 +342,8 @@ mod tests {
             images: 16,
             seed: 0,
             batch: 64,
+            precision: Precision::Fp32,
+            memory_format: MemoryFormat::Auto,
         });
         let inputs = HashMap::from([(MODEL_ARTIFACT.to_string(), artifacts[1].1.clone())]);
         let EngineResult::Done { outcome: TaskOutcome::Heatmap(h), .. } =
