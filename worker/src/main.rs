@@ -509,7 +509,7 @@ fn heatmap_cmd(args: HeatmapArgs) -> Result<()> {
     let config =
         HeatmapConfig { eps: args.eps, cells, layers: layers.clone(), seed: args.seed, batch: args.batch as usize };
     let images = eval::images_tensor(&data, device);
-    tracing::info!(model = %args.model.display(), kind = %what, images = data.len(), cells = config.cells.len(), eps = args.eps, device = %device::describe(device), "heatmap");
+    tracing::info!(model = %args.model.display(), kind = %what, images = data.len(), cells = config.cells.len(), eps = args.eps, device = %device::describe(device), precision = precision.as_str(), memory_format = format.as_str(), "heatmap");
     let started = std::time::Instant::now();
     let mut progress = Progress::new("heatmap", (config.cells.len() * data.len()) as u64, "images");
     let counts = heatmap::compute(model.as_ref(), &images, &data.labels, &config, &mut |done, _| progress.set(done))
