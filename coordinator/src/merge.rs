@@ -5,7 +5,7 @@
 
 use freqsweep_common::heatmap::{CellStat, HeatmapAccumulator, MergeError};
 use freqsweep_common::spectrum::Shape2;
-use freqsweep_common::task::{HeatmapOutcome, MetricPoint};
+use freqsweep_common::task::{HeatmapOutcome, MemoryFormat, MetricPoint, Precision};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -17,6 +17,9 @@ pub struct MergedHeatmap {
     pub clean: CellStat,
     pub error: HeatmapAccumulator,
     pub layers: BTreeMap<String, HeatmapAccumulator>,
+    /// What each merged chunk's model computed in, by chunk number (a worker without bf16
+    /// instructions computes its chunks in fp32 even in a bf16 sweep).
+    pub numerics: BTreeMap<usize, (Precision, MemoryFormat)>,
 }
 
 impl MergedHeatmap {
@@ -27,6 +30,25 @@ impl MergedHeatmap {
             clean: CellStat::default(),
             error: HeatmapAccumulator::new(shape),
             layers: BTreeMap::new(),
+            numerics: BTreeMap::new(),
+        }
+    }
+
+    /// What the model computed in, for the report: `fp32, NCHW`, `bf16, channels-last`, or each
+    /// with its chunk count when the chunks differ.
+    pub fn numerics_text(&self) -> String {
+        let name = |(p, f): &(Precision, MemoryFormat)| {
+            let layout = if matches!(f, MemoryFormat::ChannelsLast) { "channels-last" } else { "NCHW" };
+            format!("{}, {layout}", p.as_str())
+        };
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for n in self.numerics.values() {
+            *counts.entry(name(n)).or_default() += 1;
+        }
+        match counts.len() {
+            0 => name(&(Precision::Fp32, MemoryFormat::Contiguous)),
+            1 => counts.into_keys().next().expect("one"),
+            _ => counts.iter().map(|(n, c)| format!("{n} ({c} chunks)")).collect::<Vec<_>>().join("; "),
         }
     }
 
@@ -38,6 +60,7 @@ impl MergedHeatmap {
             let shape = self.error.shape();
             self.layers.entry(layer.clone()).or_insert_with(|| HeatmapAccumulator::new(shape)).write_all(cells)?;
         }
+        self.numerics.insert(chunk.chunk, (chunk.precision, chunk.memory_format.resolve(chunk.precision)));
         // Every chunk evaluates the same clean images; keep one copy.
         self.clean = chunk.clean;
         self.images = chunk.images;
@@ -100,6 +123,25 @@ pub fn confusion_csv(rows: &[Vec<u64>]) -> String {
 mod tests {
     use super::*;
     use freqsweep_common::heatmap::partition_cells;
+
+    #[test]
+    fn a_map_says_what_its_chunks_computed_in() {
+        let cells = Shape2::new(32, 32).heatmap_cells();
+        let parts = partition_cells(&cells, 3);
+        let mut map = MergedHeatmap::new(Shape2::new(32, 32), 4.0);
+        assert_eq!(map.numerics_text(), "fp32, NCHW");
+        let bf16 = |i: usize| HeatmapOutcome {
+            precision: Precision::Bf16,
+            memory_format: MemoryFormat::ChannelsLast,
+            ..chunk(&parts[i].cells, i)
+        };
+        map.add(&bf16(0)).unwrap();
+        map.add(&bf16(1)).unwrap();
+        map.add(&bf16(1)).unwrap();
+        assert_eq!(map.numerics_text(), "bf16, channels-last", "a chunk merged twice counts once");
+        map.add(&chunk(&parts[2].cells, 2)).unwrap();
+        assert_eq!(map.numerics_text(), "bf16, channels-last (2 chunks); fp32, NCHW (1 chunks)");
+    }
 
     fn chunk(cells: &[freqsweep_common::spectrum::Cell], index: usize) -> HeatmapOutcome {
         let stat = |i: usize| CellStat { sum: (i % 5) as f64, n: 10 };

@@ -191,3 +191,25 @@ fn a_bad_spec_is_one_line_naming_key_and_line() {
     let last = stderr.lines().last().unwrap_or_default();
     assert!(last.contains("bad.toml:12:") && last.contains("epochs must be a positive integer"), "{stderr}");
 }
+
+/// A sweep asking for bf16 and channels-last: the heatmaps run, the report says what the model
+/// computed in, and on a device without bf16 instructions the worker says it computed in fp32.
+#[test]
+fn a_bf16_channels_last_sweep_reports_what_its_model_computed_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("bf16.toml");
+    let text =
+        freqsweep_tests::tiny_spec("bf16", "0.003") + "precision = \"bf16\"\nmemory_format = \"channels_last\"\n";
+    std::fs::write(&spec, text).unwrap();
+    let out = dir.path().join("run");
+    let (_, log) = run(&spec, &out, 1);
+    let html = String::from_utf8(file(&out, "report.html")).unwrap();
+    let said = ["model computed in bf16, channels-last", "model computed in fp32, channels-last"];
+    let which = said.iter().position(|s| html.contains(s)).unwrap_or_else(|| panic!("no numerics in the report"));
+    if which == 1 {
+        assert!(log.contains("bf16 requested, but this device has no bf16 instructions"), "{log}");
+    }
+    // The heatmap was computed (the map is complete) and results.csv has its columns.
+    let results = String::from_utf8(file(&out, "results.csv")).unwrap();
+    assert!(results.lines().nth(1).is_some_and(|l| l.contains(",done,")), "{results}");
+}

@@ -352,5 +352,6 @@ fn write_heatmap(dir: &Path, stem: &str, id: &str, map: &MergedHeatmap, raw: &mu
         error_png: format!("heatmaps/{stem}.png"),
         grid_png,
         layer_pngs,
+        numerics: map.numerics_text(),
     })
 }

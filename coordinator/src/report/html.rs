@@ -205,10 +205,11 @@ fn point_section(out: &mut String, p: &PointReport) {
     for h in &p.heatmaps {
         let _ = writeln!(
             out,
-            "<h3>Fourier heatmap, ε = {}</h3>\n<p>{} test images per cell; clean error {:.4}{}.</p>",
+            "<h3>Fourier heatmap, ε = {}</h3>\n<p>{} test images per cell; clean error {:.4}; model computed in {}{}.</p>",
             crate::graph::eps_label(h.eps),
             h.images,
             h.clean_error,
+            esc(&h.numerics),
             if h.complete { "" } else { "; <span class=\"fail\">incomplete: grey cells were not computed</span>" }
         );
         let main = h.grid_png.as_ref().unwrap_or(&h.error_png);

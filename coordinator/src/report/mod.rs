@@ -64,6 +64,8 @@ pub(crate) struct HeatmapFiles {
     pub error_png: String,
     pub grid_png: Option<String>,
     pub layer_pngs: Vec<(String, String)>,
+    /// What the model computed in (`fp32, NCHW`, `bf16, channels-last`, …).
+    pub numerics: String,
 }
 
 /// Render every result file of a run directory from its store.
