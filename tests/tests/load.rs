@@ -111,8 +111,14 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 fn a_thousand_workers_complete_a_hundred_thousand_tasks_with_nothing_lost() {
     let (workers, points) = (env_number("FREQSWEEP_LOAD_WORKERS", 1000), env_number("FREQSWEEP_LOAD_POINTS", 195));
     let tasks = points * 515;
-    // Two descriptors per worker here (the client's) and in the coordinator.
-    freqsweep_coordinator::conn::raise_descriptor_limit();
+    // One descriptor per worker here (its connection) and one in the coordinator, whose gRPC
+    // port may use 3/4 of what is left after 128 reserved.
+    let descriptors = freqsweep_coordinator::conn::raise_descriptor_limit();
+    let needed = (workers as u64 * 4).div_ceil(3) + 256;
+    assert!(
+        descriptors >= needed,
+        "{workers} workers need {needed} open descriptors; the hard limit is {descriptors} (raise it: ulimit -Hn)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let spec_path = dir.path().join("load.toml");
     std::fs::write(&spec_path, spec(points)).unwrap();
