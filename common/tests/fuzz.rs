@@ -49,6 +49,14 @@ struct Tally {
 }
 
 impl Tally {
+    fn count(&mut self, accepted: bool) {
+        if accepted {
+            self.ok += 1;
+        } else {
+            self.err += 1;
+        }
+    }
+
     fn known(&mut self, bug: &'static str, example: &str) {
         let entry = self.known.entry(bug).or_insert((0, example.chars().take(200).collect()));
         entry.0 += 1;
@@ -560,11 +568,7 @@ fn random_bytes_never_panic_a_spec_parse() {
         let mut t = tally.borrow_mut();
         t.cases += 1;
         let accepted = judge_spec(&text, &mut t).map_err(TestCaseError::fail)?;
-        if accepted {
-            t.ok += 1;
-        } else {
-            t.err += 1;
-        }
+        t.count(accepted);
         Ok(())
     });
     finish(result, &tally, "random spec text");
@@ -592,11 +596,7 @@ fn edited_valid_specs_never_panic_and_accepted_ones_respect_the_bounds() {
             (false, _) => t.edited_err += 1,
             _ => {}
         }
-        if accepted {
-            t.ok += 1;
-        } else {
-            t.err += 1;
-        }
+        t.count(accepted);
         Ok(())
     });
     finish(result, &tally, "edited specs");
@@ -851,11 +851,7 @@ fn random_bytes_never_panic_an_npy_parse() {
         let mut t = tally.borrow_mut();
         t.cases += 1;
         let accepted = judge_npy(&bytes).map_err(TestCaseError::fail)?;
-        if accepted {
-            t.ok += 1;
-        } else {
-            t.err += 1;
-        }
+        t.count(accepted);
         Ok(())
     });
     finish(result, &tally, "random .npy bytes");
@@ -883,11 +879,7 @@ fn edited_valid_npy_files_never_panic_and_accepted_ones_are_consistent() {
         } else {
             t.edited_err += 1;
         }
-        if accepted {
-            t.ok += 1;
-        } else {
-            t.err += 1;
-        }
+        t.count(accepted);
         Ok(())
     });
     finish(result, &tally, "edited .npy files");

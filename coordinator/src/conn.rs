@@ -107,6 +107,11 @@ pub struct Guarded {
 }
 
 impl Guarded {
+    /// What requests on this connection learn of it (the HTTP port marks it authenticated).
+    pub fn info(&self) -> &ConnInfo {
+        &self.info
+    }
+
     fn deadline(&self) -> (Instant, &'static str) {
         let idle = self.last_read + self.limits.idle;
         let unauthenticated = self.opened + self.limits.authenticate_within;
@@ -250,11 +255,5 @@ impl tokio_stream::Stream for Incoming {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.get_mut().poll_accept(cx).map(|c| Some(Ok(c)))
-    }
-}
-
-impl Guarded {
-    pub fn info(&self) -> &ConnInfo {
-        &self.info
     }
 }
