@@ -401,6 +401,7 @@ struct RawTrain {
     min_lr: Scalar,
     augment_flip: Scalar,
     augment_crop: Scalar,
+    precision: Scalar,
 }
 
 #[derive(Deserialize, Default)]
@@ -671,6 +672,11 @@ fn choice(key: &str, v: &Value, options: &[&str]) -> Result<String, String> {
     }
 }
 
+fn check_precision(v: &Value) -> Result<Precision, String> {
+    let names: Vec<&str> = Precision::ALL.iter().map(|p| p.as_str()).collect();
+    choice("precision", v, &names).map(|s| Precision::parse(&s).expect("one of the names"))
+}
+
 fn path(key: &str, v: &Value) -> Result<PathBuf, String> {
     let s = string(key, v)?;
     if s.is_empty() {
@@ -883,6 +889,7 @@ struct Fixed {
     every_steps: u32,
     steps_epochs: u32,
     test_limit: usize,
+    precision: Precision,
 }
 
 impl Grid {
@@ -965,6 +972,7 @@ impl Grid {
                     eval_every_steps: fixed.every_steps,
                     eval_steps_epochs: fixed.steps_epochs,
                     test_limit: fixed.test_limit,
+                    precision: fixed.precision,
                 },
             },
         }
@@ -1212,6 +1220,7 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
         every_steps: ctx.scalar(&eval.every_steps, 0, |v| small_non_negative("every_steps", v))?,
         steps_epochs: ctx.scalar(&eval.steps_epochs, 1, |v| small_non_negative("steps_epochs", v))?,
         test_limit: ctx.scalar(&eval.test_limit, 0, |v| non_negative_usize("test_limit", v))?,
+        precision: ctx.scalar(&t.precision, Precision::Fp32, check_precision)?,
     };
 
     // A model with fewer outputs than the dataset has classes fails on every worker; say so here.
@@ -1375,10 +1384,7 @@ fn heatmap(ctx: &Ctx, raw: &Spanned<RawHeatmap>, archs: &[String]) -> Result<Hea
         batch: ctx.scalar(&h.batch, 256, |v| bounded("batch", v, 1, MAX_BATCH, "perturbed images per forward pass"))?,
         chunks,
         seed: ctx.scalar(&h.seed, 0, |v| non_negative_int("seed", v))?,
-        precision: ctx.scalar(&h.precision, Precision::Fp32, |v| {
-            let names: Vec<&str> = Precision::ALL.iter().map(|p| p.as_str()).collect();
-            choice("precision", v, &names).map(|s| Precision::parse(&s).expect("one of the names"))
-        })?,
+        precision: ctx.scalar(&h.precision, Precision::Fp32, check_precision)?,
         memory_format: ctx.scalar(&h.memory_format, MemoryFormat::Auto, |v| {
             let names: Vec<&str> = MemoryFormat::ALL.iter().map(|f| f.as_str()).collect();
             choice("memory_format", v, &names).map(|s| MemoryFormat::parse(&s).expect("one of the names"))
@@ -1402,6 +1408,12 @@ mod tests {
         assert_eq!(MemoryFormat::Auto.resolve(Precision::Fp32), MemoryFormat::Contiguous);
         assert_eq!(MemoryFormat::Auto.resolve(Precision::Bf16), MemoryFormat::ChannelsLast);
         assert_eq!(MemoryFormat::Contiguous.resolve(Precision::Bf16), MemoryFormat::Contiguous);
+        // Training's precision reaches every train task.
+        let mixed = base.replace("epochs = 1\n", "epochs = 1\nprecision = \"bf16\"\n");
+        let sweep = parse(&mixed, "s.toml").unwrap();
+        assert!(sweep.points.iter().all(|p| p.task.train.precision == Precision::Bf16));
+        let err = parse(&base.replace("epochs = 1\n", "epochs = 1\nprecision = \"fp8\"\n"), "s.toml").unwrap_err();
+        assert!(err.to_string().contains("s.toml:10: unknown precision \"fp8\": use"), "{err}");
     }
 
     const SPEC: &str = r#"name = "t"
@@ -1584,6 +1596,7 @@ clip = true
                 eval_every_steps: 3,
                 eval_steps_epochs: 2,
                 test_limit: 10,
+                precision: Default::default(),
             },
         };
         assert_eq!(p.task, expected);

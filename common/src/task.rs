@@ -164,6 +164,10 @@ pub struct TrainConfig {
     /// Use only the first this many test images (0: all) for the per-epoch evaluations.
     #[serde(default)]
     pub test_limit: usize,
+    /// `Bf16`: bf16-mixed training (fp32 master weights and optimizer state, bf16 forward and
+    /// backward); checkpoints hold the fp32 weights either way.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub precision: Precision,
 }
 
 /// One training run.
@@ -497,6 +501,7 @@ mod tests {
                 eval_every_steps: 10,
                 eval_steps_epochs: 1,
                 test_limit: 0,
+                precision: Default::default(),
             },
         });
         let json = serde_json::to_string(&task).unwrap();

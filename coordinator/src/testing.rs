@@ -132,6 +132,7 @@ pub fn sim_train_task() -> TrainTask {
             eval_every_steps: 0,
             eval_steps_epochs: 0,
             test_limit: 0,
+            precision: Default::default(),
         },
     }
 }

@@ -251,6 +251,7 @@ fn train_run(arch: Arch, device: Device, steps: usize) -> f64 {
             eval_every_steps: 0,
             eval_steps_epochs: 0,
             test_limit: 0,
+            precision: Default::default(),
         },
     };
     let dir = std::env::temp_dir().join(format!("freqsweep-bench-{}", std::process::id()));

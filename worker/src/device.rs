@@ -59,6 +59,13 @@ pub fn has_bf16(device: Device) -> bool {
     }
 }
 
+/// Whether to compute in bf16 on `device` when asked: where it has bf16 instructions, or
+/// anywhere with `FREQSWEEP_ALLOW_EMULATED_BF16=1` (libtorch then emulates bf16, many times
+/// slower than fp32: for checking bf16 results on a machine without it, as the tests do).
+pub fn bf16_allowed(device: Device) -> bool {
+    has_bf16(device) || std::env::var("FREQSWEEP_ALLOW_EMULATED_BF16").is_ok_and(|v| v == "1")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -160,6 +160,10 @@ struct TrainArgs {
     /// Clip band-filtered test images to [0, 1].
     #[arg(long)]
     clip: bool,
+    /// fp32, or bf16 (bf16-mixed: fp32 master weights and optimizer state, bf16 forward and
+    /// backward; where the device has bf16 instructions).
+    #[arg(long, default_value = "fp32", value_parser = parse_precision)]
+    precision: Precision,
 }
 
 #[derive(Args)]
@@ -378,6 +382,7 @@ fn task_from_flags(args: &TrainArgs, train: &Dataset) -> Result<TrainTask> {
             eval_every_steps: args.eval_every_steps,
             eval_steps_epochs: args.eval_steps_epochs,
             test_limit: args.test_limit,
+            precision: args.precision,
         },
     })
 }

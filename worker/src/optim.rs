@@ -27,6 +27,11 @@ impl OptimizerState {
         OptimizerState { kind, params, buffers: Vec::new(), steps: 0, scratch: Vec::new() }
     }
 
+    /// The trainable variables' names, in the order `step_with` numbers them.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.params.iter().map(|(n, _)| n.as_str())
+    }
+
     pub fn steps(&self) -> u64 {
         self.steps
     }
@@ -39,6 +44,12 @@ impl OptimizerState {
 
     /// One update with learning rate `lr` from the gradients currently stored on the parameters.
     pub fn step(&mut self, lr: f64) {
+        self.step_with(lr, |_, p| p.grad());
+    }
+
+    /// One step where the gradient of parameter `i` (in name order) is `grad(i, param)`: bf16-mixed
+    /// training takes them from the bf16 compute copy, cast to fp32 (see [`OptimizerState::names`]).
+    pub fn step_with(&mut self, lr: f64, grad: impl Fn(usize, &Tensor) -> Tensor) {
         if self.buffers.is_empty() {
             self.buffers = self.params.iter().map(|(_, p)| self.fresh_buffers(p)).collect();
         }
@@ -50,8 +61,9 @@ impl OptimizerState {
         // Every update is in place, through one scratch tensor per parameter: temporaries the
         // size of AlexNet's 16.8M-weight layer cost a fresh allocation (and page faults) each.
         tch::no_grad(|| {
-            for (((_, p), buffers), scratch) in self.params.iter_mut().zip(&mut self.buffers).zip(&mut self.scratch) {
-                let mut g = p.grad();
+            let params = self.params.iter_mut().zip(&mut self.buffers).zip(&mut self.scratch);
+            for (i, (((_, p), buffers), scratch)) in params.enumerate() {
+                let mut g = grad(i, p);
                 if !g.defined() {
                     continue;
                 }

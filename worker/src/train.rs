@@ -14,7 +14,7 @@ use crate::models::{self, Arch, ModelConfig};
 use crate::optim::OptimizerState;
 use freqsweep_common::dataset::Dataset;
 use freqsweep_common::metrics::ConfusionMatrix;
-use freqsweep_common::task::{MetricPoint, TestSetSummary, TrainConfig, TrainOutcome, TrainTask};
+use freqsweep_common::task::{MetricPoint, Precision, TestSetSummary, TrainConfig, TrainOutcome, TrainTask};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -109,6 +109,65 @@ pub fn validate(config: &TrainConfig, train: &Dataset, test: &Dataset) -> Result
     Ok(arch)
 }
 
+/// The bf16 compute copy of bf16-mixed training (PyTorch AMP's `bf16-mixed`: fp32 master
+/// weights and optimizer state, bf16 compute). tch offers no autocast on the CPU, so the copy is
+/// explicit: before each step the master weights and buffers are cast into it, it runs the
+/// forward and backward pass in bf16, its gradients are cast back to fp32 for the optimizer, and
+/// the batch-norm statistics it updated are copied back to the master.
+struct MixedCopy {
+    vs: nn::VarStore,
+    model: Box<dyn models::Classifier>,
+    /// The copy's trainable variables in the optimizer's order.
+    params: Vec<Tensor>,
+}
+
+impl MixedCopy {
+    fn new(config: &ModelConfig, device: Device, optimizer: &OptimizerState) -> MixedCopy {
+        let mut vs = nn::VarStore::new(device);
+        let mut model = models::build(&vs, config);
+        let numerics = models::Numerics { kind: Kind::BFloat16, channels_last: false };
+        models::convert_vars(&mut vs, numerics);
+        model.set_numerics(numerics);
+        let vars = vs.variables();
+        let params = optimizer.names().map(|n| vars[n].shallow_clone()).collect();
+        MixedCopy { vs, model, params }
+    }
+
+    /// One optimizer step on `master` for the batch `x`, `y`; returns the loss (fp32).
+    fn step(&self, master: &nn::VarStore, optimizer: &mut OptimizerState, x: &Tensor, y: &Tensor, lr: f64) -> Tensor {
+        let (from, mut to) = (master.variables(), self.vs.variables());
+        tch::no_grad(|| {
+            for (name, t) in to.iter_mut() {
+                t.copy_(&from[name]);
+            }
+        });
+        for p in &self.params {
+            let mut p = p.shallow_clone();
+            p.zero_grad();
+        }
+        let loss = self.model.logits(x, true).to_kind(Kind::Float).cross_entropy_for_logits(y);
+        loss.backward();
+        // Batch-norm statistics (variables without gradients) were updated in the copy.
+        tch::no_grad(|| {
+            for (name, t) in &to {
+                if !t.requires_grad() {
+                    let mut m = from[name].shallow_clone();
+                    m.copy_(t);
+                }
+            }
+        });
+        optimizer.step_with(lr, |i, _| {
+            let g = self.params[i].grad();
+            if g.defined() {
+                g.to_kind(Kind::Float)
+            } else {
+                g
+            }
+        });
+        loss
+    }
+}
+
 /// Train `task` on `train`/`test` on `device`, checkpointing to `checkpoint_path`. If that file
 /// exists and belongs to the same task, the run resumes after its last completed epoch.
 pub fn run(
@@ -128,6 +187,19 @@ pub fn run(
     let mut vs = nn::VarStore::new(device);
     let model = models::build(&vs, &model_config);
     let mut optimizer = OptimizerState::new(&vs, config.optimizer);
+    // bf16-mixed: the model above keeps the fp32 master weights (what the optimizer updates,
+    // the evaluations use and checkpoints hold); a bf16 copy, refreshed before every step, runs
+    // the forward and backward passes.
+    let mixed = match config.precision {
+        Precision::Bf16 if crate::device::bf16_allowed(device) => {
+            Some(MixedCopy::new(&model_config, device, &optimizer))
+        }
+        Precision::Bf16 => {
+            tracing::warn!(device = %crate::device::describe(device), "bf16 training requested, but this device has no bf16 instructions (it would be emulated, slower than fp32); training in fp32");
+            None
+        }
+        Precision::Fp32 => None,
+    };
     let mut meta = CheckpointMeta::new(model_config, Some(task.clone()));
 
     if checkpoint_path.exists() {
@@ -191,11 +263,16 @@ pub fn run(
             let mut x = train_images.index_select(0, &index);
             let y = train_labels.index_select(0, &index);
             x = augment(x, &config.augment, &mut rng);
-            let logits = model.logits(&x, true);
-            let loss = logits.cross_entropy_for_logits(&y);
-            optimizer.zero_grad();
-            loss.backward();
-            optimizer.step(lr);
+            let loss = match &mixed {
+                None => {
+                    let loss = model.logits(&x, true).cross_entropy_for_logits(&y);
+                    optimizer.zero_grad();
+                    loss.backward();
+                    optimizer.step(lr);
+                    loss
+                }
+                Some(copy) => copy.step(&vs, &mut optimizer, &x, &y, lr),
+            };
             loss_sum += loss.detach();
             loss_steps += 1;
             meta.step += 1;
@@ -382,6 +459,7 @@ mod tests {
                 eval_every_steps: 4,
                 eval_steps_epochs: 1,
                 test_limit: 0,
+                precision: Default::default(),
             },
         };
         (task, train, test)

@@ -66,6 +66,7 @@ fn bf16_and_channels_last_maps_agree_with_fp32_within_sampling_noise() {
             eval_every_steps: 0,
             eval_steps_epochs: 0,
             test_limit: 0,
+            precision: Default::default(),
         },
     };
     let dir = tempfile::tempdir().unwrap();

@@ -63,6 +63,7 @@ fn resuming_after_a_stop_gives_the_same_weights_optimizer_state_and_history() {
             eval_every_steps: 2,
             eval_steps_epochs: 2,
             test_limit: 0,
+            precision: Default::default(),
         },
     };
     let dir = tempfile::tempdir().unwrap();

@@ -167,7 +167,7 @@ impl TorchEngine {
 /// Returns the numerics and the precision and resolved format to record.
 pub fn numerics_for(device: Device, precision: Precision, format: MemoryFormat) -> (Numerics, Precision, MemoryFormat) {
     let precision = match precision {
-        Precision::Bf16 if !device::has_bf16(device) => {
+        Precision::Bf16 if !device::bf16_allowed(device) => {
             tracing::warn!(device = %device::describe(device), "bf16 requested, but this device has no bf16 instructions (it would be emulated, slower than fp32); computing in fp32");
             Precision::Fp32
         }
@@ -297,6 +297,7 @@ mod tests {
                 eval_every_steps: 0,
                 eval_steps_epochs: 0,
                 test_limit: 0,
+                precision: Default::default(),
             },
         });
         let epoch1 = dir.path().join("epoch1.ot");
