@@ -373,6 +373,10 @@ pub struct TrainOutcome {
     pub device: String,
     /// Name of the checkpoint artifact (or file) holding the final weights.
     pub checkpoint: String,
+    /// What the forward and backward passes computed in (fp32 where bf16 was asked but the
+    /// device lacks it).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub precision: Precision,
 }
 
 /// What a heatmap chunk reports: counts, not rates, so chunks merge by writing cells.

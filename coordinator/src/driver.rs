@@ -1444,6 +1444,7 @@ mod tests {
             seconds: 1.0,
             device: "cpu".into(),
             checkpoint: "c".into(),
+            precision: Default::default(),
         });
         let artifacts = ArtifactDir::new(dir.path().join("artifacts"));
         let outputs: Vec<ArtifactRef> = ["checkpoint", "model"]

@@ -159,6 +159,7 @@ pub fn train_result_json(task: &TrainTask, device: &str) -> String {
         seconds: 0.0,
         device: device.to_string(),
         checkpoint: "checkpoint".into(),
+        precision: Default::default(),
     });
     serde_json::to_string(&outcome).expect("outcomes serialise")
 }

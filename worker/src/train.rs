@@ -335,6 +335,7 @@ pub fn run(
             seconds: started.elapsed().as_secs_f64(),
             device: device::describe(device),
             checkpoint: checkpoint_path.display().to_string(),
+            precision: if mixed.is_some() { Precision::Bf16 } else { Precision::Fp32 },
         },
         history: meta.metrics,
     })

@@ -50,8 +50,9 @@ fn task(seed: u64, precision: Precision, syn: SynConfig) -> TrainTask {
     }
 }
 
-fn finished(end: TrainEnd) -> (f64, f64) {
+fn finished(end: TrainEnd, precision: Precision) -> (f64, f64) {
     let TrainEnd::Finished { outcome, .. } = end else { panic!("stopped") };
+    assert_eq!(outcome.precision, precision, "the outcome records what ran");
     (outcome.test_sets[0].accuracy, outcome.final_loss)
 }
 
@@ -63,10 +64,9 @@ fn bf16_mixed_training_reaches_fp32_accuracy_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let run = |seed: u64, precision: Precision, name: &str| {
         let path = dir.path().join(name);
-        finished(
-            train::run(&task(seed, precision, syn.clone()), &train_set, &test_set, Device::Cpu, &path, &mut Quiet)
-                .unwrap(),
-        )
+        let end =
+            train::run(&task(seed, precision, syn.clone()), &train_set, &test_set, Device::Cpu, &path, &mut Quiet);
+        finished(end.unwrap(), precision)
     };
     let n = test_set.len() as f64;
     let (mut fp32_sum, mut bf16_sum) = (0.0, 0.0);
@@ -92,7 +92,8 @@ fn bf16_mixed_training_reaches_fp32_accuracy_and_resumes_exactly() {
     let t = task(0, Precision::Bf16, syn.clone());
     let first = train::run(&t, &train_set, &test_set, Device::Cpu, &parts, &mut StopAfter(1)).unwrap();
     assert!(matches!(first, TrainEnd::Stopped { epochs_done: 1 }), "{first:?}");
-    let resumed = finished(train::run(&t, &train_set, &test_set, Device::Cpu, &parts, &mut Quiet).unwrap());
+    let resumed =
+        finished(train::run(&t, &train_set, &test_set, Device::Cpu, &parts, &mut Quiet).unwrap(), Precision::Bf16);
     assert_eq!(resumed.1.to_bits(), whole.1.to_bits(), "resumed bf16 run ends with the same loss");
     assert_eq!(resumed.0, whole.0);
 }
