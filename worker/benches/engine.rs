@@ -6,6 +6,9 @@
 //!   pass, signs and basis images built once) in perturbed images per second, for a few batch sizes;
 //! - **forward**: the pure batched forward pass (`no_grad`, eval) of the same model on the same
 //!   images, the ceiling for any heatmap code;
+//! - **numerics**: the heatmap and the forward pass of the same model in fp32 channels-last
+//!   (`heatmap.fp32_cl`, `forward.fp32_cl`) and, where the device has bf16 instructions, bf16
+//!   channels-last (`*.bf16_cl`); `bf16_native` says which;
 //! - **training**: steps per second at batch 64 with Adam, both through `train::run` (one epoch,
 //!   including its evaluations and checkpoint) and as the bare step loop `train::run` runs
 //!   (index a batch, forward, cross-entropy, backward, `OptimizerState::step`).
@@ -25,7 +28,7 @@ use freqsweep_common::spectrum::{Cell, Shape2};
 use freqsweep_common::syn::{self, Split, SynConfig};
 use freqsweep_common::task::{Augment, DatasetSource, LrSchedule, Optimizer, TrainConfig, TrainTask};
 use freqsweep_worker::heatmap::{self, HeatmapConfig};
-use freqsweep_worker::models::{build, Arch, ModelConfig};
+use freqsweep_worker::models::{build, convert_vars, Arch, ModelConfig, Numerics};
 use freqsweep_worker::optim::OptimizerState;
 use freqsweep_worker::train;
 use serde_json::{json, Map, Value};
@@ -151,7 +154,7 @@ fn bench_model(arch: Arch, device: Device, o: &Options, out: &mut Map<String, Va
     let model = build(&vs, &ModelConfig::new(arch, 4));
 
     let perturbed = cells.len() * n;
-    let forward_rate = |batch: usize, count: usize| -> f64 {
+    let forward_rate_of = |model: &dyn freqsweep_worker::models::Classifier, batch: usize, count: usize| -> f64 {
         // A batch larger than the image set repeats the images, as the engine's cell × image copies do.
         let b = batch as i64;
         let chunk = images.repeat([(b + n as i64 - 1) / n as i64, 1, 1, 1]).narrow(0, 0, b);
@@ -166,15 +169,17 @@ fn bench_model(arch: Arch, device: Device, o: &Options, out: &mut Map<String, Va
         });
         (passes as f64 * b as f64) / s
     };
-    let heatmap_rate = |batch: usize| -> f64 {
+    let forward_rate = |batch: usize, count: usize| forward_rate_of(model.as_ref(), batch, count);
+    let heatmap_rate_of = |model: &dyn freqsweep_worker::models::Classifier, batch: usize| -> f64 {
         let config = HeatmapConfig { eps: EPS, cells: cells.clone(), layers: vec![], seed: 0, batch };
         let warm = HeatmapConfig { cells: cells[..1].to_vec(), ..config.clone() };
-        heatmap::compute(model.as_ref(), &images, &data.labels, &warm, &mut |_, _| {}).unwrap();
+        heatmap::compute(model, &images, &data.labels, &warm, &mut |_, _| {}).unwrap();
         let s = timed(device, || {
-            heatmap::compute(model.as_ref(), &images, &data.labels, &config, &mut |_, _| {}).unwrap();
+            heatmap::compute(model, &images, &data.labels, &config, &mut |_, _| {}).unwrap();
         });
         perturbed as f64 / s
     };
+    let heatmap_rate = |batch: usize| heatmap_rate_of(model.as_ref(), batch);
     // Main figures: the heatmap and, over as many images, the pure forward pass (the ceiling).
     let batch = o.batch.get(&name).copied().unwrap_or(256);
     put("batch", batch as f64);
@@ -187,6 +192,22 @@ fn bench_model(arch: Arch, device: Device, o: &Options, out: &mut Map<String, Va
         if o.sweep.contains(&arch) {
             put(&format!("heatmap.{b}"), heatmap_rate(b));
         }
+    }
+    // The same model (same seed, same weights) in other numerics: fp32 channels-last, and bf16
+    // channels-last where the device has bf16 instructions (elsewhere it would be emulated).
+    let mut variants = vec![("fp32_cl", Numerics { kind: Kind::Float, channels_last: true })];
+    if freqsweep_worker::device::has_bf16(device) {
+        variants.push(("bf16_cl", Numerics { kind: Kind::BFloat16, channels_last: true }));
+    }
+    put("bf16_native", f64::from(u8::from(freqsweep_worker::device::has_bf16(device))));
+    for (label, numerics) in variants {
+        tch::manual_seed(0);
+        let mut other_vs = nn::VarStore::new(device);
+        let mut other = build(&other_vs, &ModelConfig::new(arch, 4));
+        convert_vars(&mut other_vs, numerics);
+        other.set_numerics(numerics);
+        put(&format!("heatmap.{label}"), heatmap_rate_of(other.as_ref(), batch));
+        put(&format!("forward.{label}"), forward_rate_of(other.as_ref(), batch, perturbed));
     }
     put("train_loop", train_loop(arch, device, &images, &data.labels, steps));
     put("train_run", train_run(arch, device, steps));
