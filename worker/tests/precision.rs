@@ -9,12 +9,14 @@
 use freqsweep_common::bands::Band;
 use freqsweep_common::spectrum::Shape2;
 use freqsweep_common::syn::{self, Split, SynConfig};
-use freqsweep_common::task::{Augment, DatasetSource, LrSchedule, Optimizer, TrainConfig, TrainTask};
+use freqsweep_common::task::Precision;
 use freqsweep_worker::checkpoint;
 use freqsweep_worker::heatmap::{self, HeatmapConfig, HeatmapCounts};
 use freqsweep_worker::models::Numerics;
 use freqsweep_worker::train::{self, Quiet};
 use tch::{Device, Kind};
+
+mod common;
 
 /// Error rates per cell and the number of images behind each.
 fn rates(counts: &HeatmapCounts) -> (Vec<f64>, f64) {
@@ -48,27 +50,7 @@ fn agreement(a: &HeatmapCounts, b: &HeatmapCounts) -> (f64, f64) {
 fn bf16_and_channels_last_maps_agree_with_fp32_within_sampling_noise() {
     let syn = SynConfig { train: 512, test: 48, ..SynConfig::new(Band::new(4).unwrap(), 0) };
     let (train_set, test_set) = (syn::generate(&syn, Split::Train), syn::generate(&syn, Split::Test));
-    let task = TrainTask {
-        dataset: DatasetSource::Syn(syn),
-        train: TrainConfig {
-            model: "tiny".into(),
-            classes: 4,
-            optimizer: Optimizer::adam(),
-            lr: 3e-3,
-            schedule: LrSchedule::Constant,
-            batch_size: 32,
-            epochs: 3,
-            seed: 0,
-            augment: Augment::default(),
-            test_sets: vec!["B1234".parse().unwrap()],
-            band_layout: Default::default(),
-            clip_filtered: false,
-            eval_every_steps: 0,
-            eval_steps_epochs: 0,
-            test_limit: 0,
-            precision: Default::default(),
-        },
-    };
+    let task = common::tiny_task(syn.clone(), 0, Precision::Fp32);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.ot");
     train::run(&task, &train_set, &test_set, Device::Cpu, &path, &mut Quiet).unwrap();

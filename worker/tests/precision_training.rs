@@ -7,12 +7,12 @@
 
 use freqsweep_common::bands::Band;
 use freqsweep_common::syn::{self, Split, SynConfig};
-use freqsweep_common::task::{
-    Augment, DatasetSource, LrSchedule, MetricPoint, Optimizer, Precision, TrainConfig, TrainTask,
-};
+use freqsweep_common::task::{MetricPoint, Precision, TrainTask};
 use freqsweep_worker::train::{self, Quiet, TrainEnd, TrainObserver};
 use std::path::Path;
 use tch::Device;
+
+mod common;
 
 /// Stops the run once this many epochs are done.
 struct StopAfter(u32);
@@ -27,27 +27,7 @@ impl TrainObserver for StopAfter {
 }
 
 fn task(seed: u64, precision: Precision, syn: SynConfig) -> TrainTask {
-    TrainTask {
-        dataset: DatasetSource::Syn(syn),
-        train: TrainConfig {
-            model: "tiny".into(),
-            classes: 4,
-            optimizer: Optimizer::adam(),
-            lr: 3e-3,
-            schedule: LrSchedule::Constant,
-            batch_size: 32,
-            epochs: 3,
-            seed,
-            augment: Augment::default(),
-            test_sets: vec!["B1234".parse().unwrap()],
-            band_layout: Default::default(),
-            clip_filtered: false,
-            eval_every_steps: 0,
-            eval_steps_epochs: 0,
-            test_limit: 0,
-            precision,
-        },
-    }
+    common::tiny_task(syn, seed, precision)
 }
 
 fn finished(end: TrainEnd, precision: Precision) -> (f64, f64) {
