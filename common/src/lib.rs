@@ -13,6 +13,7 @@
 //! - [`logging`]: the `tracing` set-up shared by both binaries.
 //! - [`spec`]: sweep specs (TOML), validation with line numbers, grid expansion.
 //! - [`task`]: task descriptions, outcomes and metric points exchanged by coordinator and worker.
+//! - [`text`]: untrusted text on one bounded line, as error messages quote it.
 
 pub mod bands;
 pub mod dataset;
@@ -27,3 +28,4 @@ pub mod spec;
 pub mod spectrum;
 pub mod syn;
 pub mod task;
+pub mod text;

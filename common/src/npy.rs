@@ -24,22 +24,7 @@ const PREAMBLE_LEN: usize = 12;
 /// control and other invisible characters escaped (`\n`, `\u{1b}`), and at most
 /// [`MAX_ECHO_CHARS`] characters, a longer one cut and ending with `…`.
 pub fn echo(text: &str) -> String {
-    let mut out = String::new();
-    let mut shown = 0;
-    for c in text.chars() {
-        let invisible = c.is_control()
-            || (c.is_whitespace() && c != ' ')
-            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}');
-        let piece: String = if invisible { c.escape_default().collect() } else { c.to_string() };
-        let len = piece.chars().count();
-        if shown + len > MAX_ECHO_CHARS {
-            out.push('…');
-            break;
-        }
-        out.push_str(&piece);
-        shown += len;
-    }
-    out
+    crate::text::one_line(text, MAX_ECHO_CHARS)
 }
 
 /// A shape as errors show it (`[2, 3]`), bounded like [`echo`].

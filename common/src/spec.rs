@@ -85,6 +85,7 @@
 use crate::bands::{Band, BandLayout, BandSet};
 use crate::syn::SynConfig;
 use crate::task::{Augment, DatasetSource, LrSchedule, MemoryFormat, Optimizer, Precision, TrainConfig, TrainTask};
+use crate::text::one_line;
 use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -104,24 +105,6 @@ pub struct SpecError {
     pub file: String,
     pub line: usize,
     pub message: String,
-}
-
-/// `text` with control characters (newlines, ANSI escapes) written as escapes, cut to at most
-/// `max` characters with `…`.
-fn one_line(text: &str, max: usize) -> String {
-    let mut out = String::new();
-    for (n, c) in text.chars().enumerate() {
-        if n >= max {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// A list of values for a message: the first few, then how many in all.

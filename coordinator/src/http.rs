@@ -30,10 +30,11 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener, tls: 
         tokio::spawn(async move {
             let conn = stream.info().clone();
             let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                let response = respond(&shared, &request);
-                if response.status() != StatusCode::UNAUTHORIZED {
+                // Only a request with the token proves the connection (a 405 or 404 does not).
+                if authorize(shared.token(), &request).is_ok() {
                     conn.authenticated();
                 }
+                let response = respond(&shared, &request);
                 async move { Ok::<_, Infallible>(response) }
             });
             let http = hyper::server::conn::http1::Builder::new();
