@@ -2,19 +2,25 @@
 
 The same architectures as `worker/src/models.rs` (layer for layer, normalisation `(x - 0.5) / 0.25`
 inside the model), the same Syn_4 test images (written by `worker/benches/engine.rs`), the same
-thread count, and three measurements per model:
+thread count, and per model:
 
-- **loop**: the per-cell loop of public Fourier-heatmap code (Yin et al. 2019 and the PyTorch
-  re-implementations of it): for every cell of the H x W spectrum (both members of each conjugate
-  pair), build the Fourier basis image, then for each batch of images draw a random sign per image
-  and channel, perturb, clamp to [0, 1], forward, count errors. Reported in perturbed images/s over
-  `--loop-cells` cells (every cell costs the same, so a subset gives the full map's rate);
-- **forward**: the pure batched forward pass (`no_grad`, eval), the ceiling;
-- **train**: steps/s of the plain PyTorch training loop at batch 64 with `torch.optim.Adam`.
+- **loop** (a): the per-cell loop of public Fourier-heatmap code (Yin et al. 2019 and the PyTorch
+  tools after it), fp32 NCHW: for every cell of the half plane, build the Fourier basis image,
+  then for each batch of images draw a random sign per image and channel, perturb, clamp to
+  [0, 1], forward, count errors. Perturbed images/s over `--loop-cells` cells (every cell costs
+  the same, so a subset gives the full map's rate);
+- **batched** (b), per numerics variant: the best batched PyTorch written here: perturbed copies
+  of many (cell, image) pairs per forward pass, signs and basis images built once, counts kept on
+  the device, one clean pass per image block (what the engine does), in fp32 NCHW (`fp32`), fp32
+  channels-last (`fp32_cl`) or bf16 autocast channels-last (`bf16_cl`);
+- **forward**, per variant: the pure batched forward pass (`no_grad`, eval), the ceiling;
+- **train**, per variant: steps/s of the plain training loop at batch 64 with `torch.optim.Adam`;
+  `bf16_cl` is `torch.autocast("cpu", torch.bfloat16)` on a channels-last model (fp32 master
+  weights, the way PyTorch AMP does it).
 
 Prints one JSON object. Usage:
   python3 bench/torch_engine.py --data DIR --threads T [--batch tiny=256,resnet18=64] [--models tiny,resnet18]
-      [--loop-cells tiny=128,resnet18=32] [--steps tiny=200,resnet18=12]
+      [--loop-cells tiny=64,resnet18=16] [--steps tiny=200,resnet18=12] [--variants fp32,fp32_cl,bf16_cl]
 """
 
 import argparse
@@ -129,6 +135,57 @@ def fourier_basis(i, j, h, w):
     return basis / basis.norm()
 
 
+VARIANTS = {
+    # name: (channels_last, bf16 autocast)
+    "fp32": (False, False),
+    "fp32_cl": (True, False),
+    "bf16_cl": (True, True),
+}
+
+
+def in_variant(model, variant):
+    """The model laid out for `variant` (conv weights channels-last where it asks)."""
+    channels_last, _ = VARIANTS[variant]
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def numerics(variant):
+    """The context the forward pass of `variant` runs in."""
+    _, bf16 = VARIANTS[variant]
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
+
+
+def laid_out(x, variant):
+    return x.contiguous(memory_format=torch.channels_last) if VARIANTS[variant][0] else x
+
+
+def batched_map(model, images, labels, cells, batch, variant):
+    """The best batched heatmap loop in PyTorch; returns (perturbed images, seconds)."""
+    n, c, h, w = images.shape
+    k = len(cells)
+    start = time.perf_counter()
+    with torch.no_grad(), numerics(variant):
+        basis = torch.stack([fourier_basis(i, j, h, w) for i, j in cells]) * EPS  # [k, h, w]
+        signs = torch.randint(0, 2, (k, n, c, 1, 1)).float() * 2 - 1
+        wrong = torch.zeros(k, dtype=torch.int64)
+        block = min(n, batch)
+        group = max(1, batch // block)
+        for first in range(0, n, block):
+            x, y = images[first : first + block], labels[first : first + block]
+            m = x.shape[0]
+            clean_wrong = (model(laid_out(x, variant)).argmax(1) != y).sum()
+            for g in range(0, k, group):
+                cells_here = min(group, k - g)
+                # [cells, m, c, h, w]: every image of the block perturbed at every cell of the group.
+                perturbed = x.unsqueeze(0) + signs[g : g + cells_here, first : first + m] * basis[g : g + cells_here, None, None]
+                perturbed = laid_out(perturbed.clamp_(0, 1).view(cells_here * m, c, h, w), variant)
+                miss = (model(perturbed).argmax(1) != y.repeat(cells_here)).view(cells_here, m).sum(1)
+                wrong[g : g + cells_here] += miss
+        wrong.sum().item()
+        clean_wrong.item()
+    return k * n, time.perf_counter() - start
+
+
 def per_cell_loop(model, images, labels, cells, batch):
     """The per-cell loop of public Fourier-heatmap code; returns (perturbed images, seconds, errors)."""
     n, c, h, w = images.shape
@@ -146,10 +203,10 @@ def per_cell_loop(model, images, labels, cells, batch):
     return count, time.perf_counter() - start, errors
 
 
-def forward_rate(model, images, batch, total):
-    chunk = images[:batch]
+def forward_rate(model, images, batch, total, variant="fp32"):
+    chunk = laid_out(images.repeat(-(-batch // images.shape[0]), 1, 1, 1)[:batch], variant)
     passes = max(1, -(-total // chunk.shape[0]))
-    with torch.no_grad():
+    with torch.no_grad(), numerics(variant):
         model(chunk)
         start = time.perf_counter()
         for _ in range(passes):
@@ -158,9 +215,9 @@ def forward_rate(model, images, batch, total):
     return passes * chunk.shape[0] / seconds
 
 
-def train_rate(name, images, labels, steps):
+def train_rate(name, images, labels, steps, variant="fp32"):
     torch.manual_seed(1)
-    model = MODELS[name](4)
+    model = in_variant(MODELS[name](4), variant)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     n = images.shape[0]
@@ -169,8 +226,9 @@ def train_rate(name, images, labels, steps):
     def step():
         nonlocal loss_sum
         index = torch.randperm(n)[: min(TRAIN_BATCH, n)]
-        x, y = images.index_select(0, index), labels.index_select(0, index)
-        loss = F.cross_entropy(model(x), y)
+        x, y = laid_out(images.index_select(0, index), variant), labels.index_select(0, index)
+        with numerics(variant):
+            loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -199,6 +257,7 @@ def main():
     p.add_argument("--loop-cells", default="tiny=128,alexnet=64,resnet18=32")
     p.add_argument("--forward-images", default="tiny=16384,alexnet=8192,resnet18=4096")
     p.add_argument("--steps", default="tiny=200,alexnet=20,resnet18=12")
+    p.add_argument("--variants", default="fp32,fp32_cl", help="of fp32, fp32_cl, bf16_cl")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -208,7 +267,13 @@ def main():
     loop_cells, forward_images, steps, batches = map(
         parse_map, (args.loop_cells, args.forward_images, args.steps, args.batch)
     )
-    every_cell = [(i, j) for i in range(h) for j in range(w)]
+    # The half plane: one cell of each conjugate pair (514 of a 32 x 32 spectrum, as many as the
+    # engine's canonical cells), so time to a full map is the inverse of images/s for both.
+    def conjugate(i, j):
+        return (h - i) % h, (w - j) % w
+
+    half_plane = [(i, j) for i in range(h) for j in range(w) if (i, j) <= conjugate(i, j)]
+    variants = [v for v in args.variants.split(",") if v]
 
     # Flat keys ("tiny.loop_images_per_second": …) so `cargo xtask bench` reads them without a JSON crate.
     out = {
@@ -221,18 +286,27 @@ def main():
         torch.manual_seed(0)
         model = MODELS[name](4).eval()
         k = loop_cells.get(name, 32)
-        cells = [every_cell[t * len(every_cell) // k] for t in range(k)]
+        cells = [half_plane[t * len(half_plane) // k] for t in range(k)]
         batch = batches.get(name, 256)
         per_cell_loop(model, images, labels, cells[:1], batch)  # warm-up
         count, seconds, _ = per_cell_loop(model, images, labels, cells, batch)
         row = {
             "batch": batch,
             "loop_cells": k,
+            "half_plane_cells": len(half_plane),
             "loop_images_per_second": count / seconds,
-            "forward_images_per_second": forward_rate(model, images, batch, forward_images.get(name, 4096)),
-            "train_steps_per_second": train_rate(name, images, labels, steps.get(name, 10)),
             "train_steps": steps.get(name, 10),
         }
+        for variant in variants:
+            torch.manual_seed(0)
+            model = in_variant(MODELS[name](4).eval(), variant)
+            batched_map(model, images, labels, cells[:1], batch, variant)  # warm-up
+            count, seconds = batched_map(model, images, labels, cells, batch, variant)
+            row[f"batched_images_per_second.{variant}"] = count / seconds
+            row[f"forward_images_per_second.{variant}"] = forward_rate(
+                model, images, batch, forward_images.get(name, 4096), variant
+            )
+            row[f"train_steps_per_second.{variant}"] = train_rate(name, images, labels, steps.get(name, 10), variant)
         for key, value in row.items():
             out[f"{name}.{key}"] = value
             print(f"torch baseline: {name}.{key} = {value:.2f}", file=sys.stderr, flush=True)

@@ -385,6 +385,7 @@ struct RawTrain {
     augment_flip: Scalar,
     augment_crop: Scalar,
     precision: Scalar,
+    memory_format: Scalar,
 }
 
 #[derive(Deserialize, Default)]
@@ -660,6 +661,11 @@ fn check_precision(v: &Value) -> Result<Precision, String> {
     choice("precision", v, &names).map(|s| Precision::parse(&s).expect("one of the names"))
 }
 
+fn check_memory_format(v: &Value) -> Result<MemoryFormat, String> {
+    let names: Vec<&str> = MemoryFormat::ALL.iter().map(|f| f.as_str()).collect();
+    choice("memory_format", v, &names).map(|s| MemoryFormat::parse(&s).expect("one of the names"))
+}
+
 fn path(key: &str, v: &Value) -> Result<PathBuf, String> {
     let s = string(key, v)?;
     if s.is_empty() {
@@ -873,6 +879,7 @@ struct Fixed {
     steps_epochs: u32,
     test_limit: usize,
     precision: Precision,
+    memory_format: MemoryFormat,
 }
 
 impl Grid {
@@ -956,6 +963,7 @@ impl Grid {
                     eval_steps_epochs: fixed.steps_epochs,
                     test_limit: fixed.test_limit,
                     precision: fixed.precision,
+                    memory_format: fixed.memory_format,
                 },
             },
         }
@@ -1204,6 +1212,7 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
         steps_epochs: ctx.scalar(&eval.steps_epochs, 1, |v| small_non_negative("steps_epochs", v))?,
         test_limit: ctx.scalar(&eval.test_limit, 0, |v| non_negative_usize("test_limit", v))?,
         precision: ctx.scalar(&t.precision, Precision::Fp32, check_precision)?,
+        memory_format: ctx.scalar(&t.memory_format, MemoryFormat::Auto, check_memory_format)?,
     };
 
     // A model with fewer outputs than the dataset has classes fails on every worker; say so here.
@@ -1368,10 +1377,7 @@ fn heatmap(ctx: &Ctx, raw: &Spanned<RawHeatmap>, archs: &[String]) -> Result<Hea
         chunks,
         seed: ctx.scalar(&h.seed, 0, |v| non_negative_int("seed", v))?,
         precision: ctx.scalar(&h.precision, Precision::Fp32, check_precision)?,
-        memory_format: ctx.scalar(&h.memory_format, MemoryFormat::Auto, |v| {
-            let names: Vec<&str> = MemoryFormat::ALL.iter().map(|f| f.as_str()).collect();
-            choice("memory_format", v, &names).map(|s| MemoryFormat::parse(&s).expect("one of the names"))
-        })?,
+        memory_format: ctx.scalar(&h.memory_format, MemoryFormat::Auto, check_memory_format)?,
     })
 }
 
@@ -1387,14 +1393,20 @@ mod tests {
         let fast = format!("{base}precision = \"bf16\"\nmemory_format = \"channels_last\"\n");
         let fast = parse(&fast, "s.toml").unwrap().heatmap.unwrap();
         assert_eq!((fast.precision, fast.memory_format), (Precision::Bf16, MemoryFormat::ChannelsLast));
-        // Auto: NCHW in fp32 (bit-identical to earlier runs), channels-last in bf16.
-        assert_eq!(MemoryFormat::Auto.resolve(Precision::Fp32), MemoryFormat::Contiguous);
-        assert_eq!(MemoryFormat::Auto.resolve(Precision::Bf16), MemoryFormat::ChannelsLast);
-        assert_eq!(MemoryFormat::Contiguous.resolve(Precision::Bf16), MemoryFormat::Contiguous);
+        // Auto: channels-last for conv nets, NCHW for anything else; the others mean themselves.
+        assert_eq!(MemoryFormat::Auto.resolve(true), MemoryFormat::ChannelsLast);
+        assert_eq!(MemoryFormat::Auto.resolve(false), MemoryFormat::Contiguous);
+        assert_eq!(MemoryFormat::Contiguous.resolve(true), MemoryFormat::Contiguous);
+        assert_eq!(MemoryFormat::ChannelsLast.resolve(false), MemoryFormat::ChannelsLast);
         // Training's precision reaches every train task.
         let mixed = base.replace("epochs = 1\n", "epochs = 1\nprecision = \"bf16\"\n");
         let sweep = parse(&mixed, "s.toml").unwrap();
         assert!(sweep.points.iter().all(|p| p.task.train.precision == Precision::Bf16));
+        let nchw = base.replace("epochs = 1\n", "epochs = 1\nmemory_format = \"contiguous\"\n");
+        let sweep = parse(&nchw, "s.toml").unwrap();
+        assert!(sweep.points.iter().all(|p| p.task.train.memory_format == MemoryFormat::Contiguous));
+        let err = parse(&base.replace("epochs = 1\n", "epochs = 1\nmemory_format = \"nhwc\"\n"), "s.toml").unwrap_err();
+        assert!(err.to_string().contains("s.toml:10: unknown memory_format \"nhwc\": use"), "{err}");
         let err = parse(&base.replace("epochs = 1\n", "epochs = 1\nprecision = \"fp8\"\n"), "s.toml").unwrap_err();
         assert!(err.to_string().contains("s.toml:10: unknown precision \"fp8\": use"), "{err}");
     }
@@ -1580,6 +1592,7 @@ clip = true
                 eval_steps_epochs: 2,
                 test_limit: 10,
                 precision: Default::default(),
+                memory_format: Default::default(),
             },
         };
         assert_eq!(p.task, expected);

@@ -168,6 +168,9 @@ pub struct TrainConfig {
     /// backward); checkpoints hold the fp32 weights either way.
     #[serde(default, skip_serializing_if = "is_default")]
     pub precision: Precision,
+    /// Layout of the images and conv weights in training (checkpoints store values, not layout).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub memory_format: MemoryFormat,
 }
 
 /// One training run.
@@ -254,9 +257,11 @@ impl Precision {
     }
 }
 
-/// How image tensors are laid out in memory for the model. `Auto` lets the worker choose: NCHW
-/// (contiguous) in fp32, which keeps fp32 maps bit-identical to earlier runs, and channels-last
-/// (NHWC) in bf16, where oneDNN and cuDNN are fastest for conv nets.
+/// How image tensors and conv weights are laid out in memory for the model. `Auto` lets the
+/// worker choose per model: channels-last (NHWC) for conv nets, where oneDNN and cuDNN are
+/// fastest in fp32 and bf16 alike (BENCHMARKS.md: 1.3–1.6× on the CPU), NCHW for anything else.
+/// Either choice is bit-reproducible at a fixed thread count; the two differ from each other in
+/// rounding only (the kernels sum in another order), so a run records the one it used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemoryFormat {
@@ -281,12 +286,22 @@ impl MemoryFormat {
         MemoryFormat::ALL.into_iter().find(|f| f.as_str() == s)
     }
 
-    /// What `Auto` means at `precision` (the others mean themselves).
-    pub fn resolve(self, precision: Precision) -> MemoryFormat {
-        match (self, precision) {
-            (MemoryFormat::Auto, Precision::Fp32) => MemoryFormat::Contiguous,
-            (MemoryFormat::Auto, Precision::Bf16) => MemoryFormat::ChannelsLast,
-            (other, _) => other,
+    /// What `Auto` means for a model that is (`conv_net`) or is not a convolutional network
+    /// (the others mean themselves).
+    pub fn resolve(self, conv_net: bool) -> MemoryFormat {
+        match self {
+            MemoryFormat::Auto if conv_net => MemoryFormat::ChannelsLast,
+            MemoryFormat::Auto => MemoryFormat::Contiguous,
+            other => other,
+        }
+    }
+
+    /// The format a recorded outcome used: outcomes written before formats were recorded, and
+    /// fp32 NCHW ones, leave the field out, which reads as `Auto`.
+    pub fn as_recorded(self) -> MemoryFormat {
+        match self {
+            MemoryFormat::Auto => MemoryFormat::Contiguous,
+            other => other,
         }
     }
 }
@@ -374,9 +389,11 @@ pub struct TrainOutcome {
     /// Name of the checkpoint artifact (or file) holding the final weights.
     pub checkpoint: String,
     /// What the forward and backward passes computed in (fp32 where bf16 was asked but the
-    /// device lacks it).
+    /// device lacks it), and the memory format they used (never `Auto`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub precision: Precision,
+    #[serde(default, skip_serializing_if = "is_contiguous")]
+    pub memory_format: MemoryFormat,
 }
 
 /// What a heatmap chunk reports: counts, not rates, so chunks merge by writing cells.
@@ -506,6 +523,7 @@ mod tests {
                 eval_steps_epochs: 1,
                 test_limit: 0,
                 precision: Default::default(),
+                memory_format: Default::default(),
             },
         });
         let json = serde_json::to_string(&task).unwrap();

@@ -1445,6 +1445,7 @@ mod tests {
             device: "cpu".into(),
             checkpoint: "c".into(),
             precision: Default::default(),
+            memory_format: Default::default(),
         });
         let artifacts = ArtifactDir::new(dir.path().join("artifacts"));
         let outputs: Vec<ArtifactRef> = ["checkpoint", "model"]

@@ -60,7 +60,7 @@ impl MergedHeatmap {
             let shape = self.error.shape();
             self.layers.entry(layer.clone()).or_insert_with(|| HeatmapAccumulator::new(shape)).write_all(cells)?;
         }
-        self.numerics.insert(chunk.chunk, (chunk.precision, chunk.memory_format.resolve(chunk.precision)));
+        self.numerics.insert(chunk.chunk, (chunk.precision, chunk.memory_format.as_recorded()));
         // Every chunk evaluates the same clean images; keep one copy.
         self.clean = chunk.clean;
         self.images = chunk.images;

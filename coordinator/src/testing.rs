@@ -133,6 +133,7 @@ pub fn sim_train_task() -> TrainTask {
             eval_steps_epochs: 0,
             test_limit: 0,
             precision: Default::default(),
+            memory_format: Default::default(),
         },
     }
 }
@@ -160,6 +161,7 @@ pub fn train_result_json(task: &TrainTask, device: &str) -> String {
         device: device.to_string(),
         checkpoint: "checkpoint".into(),
         precision: Default::default(),
+        memory_format: Default::default(),
     });
     serde_json::to_string(&outcome).expect("outcomes serialise")
 }

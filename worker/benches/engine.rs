@@ -10,8 +10,9 @@
 //!   (`heatmap.fp32_cl`, `forward.fp32_cl`) and, where the device has bf16 instructions, bf16
 //!   channels-last (`*.bf16_cl`); `bf16_native` says which;
 //! - **training**: steps per second at batch 64 with Adam, both through `train::run` (one epoch,
-//!   including its evaluations and checkpoint) and as the bare step loop `train::run` runs
-//!   (index a batch, forward, cross-entropy, backward, `OptimizerState::step`).
+//!   including its evaluations and checkpoint; in fp32 NCHW, `train_run`, and in each numerics
+//!   variant, `train_run.fp32_cl`, `train_run.bf16_cl`) and as the bare fp32 NCHW step loop
+//!   `train::run` runs (index a batch, forward, cross-entropy, backward, `OptimizerState::step`).
 //!
 //! Models are freshly initialised (seeded); the images are Syn_4 test images, written to `--out` as
 //! `.npy` so the baseline uses exactly the same data. Prints one flat JSON object on stdout
@@ -26,7 +27,9 @@
 use freqsweep_common::bands::{Band, BandLayout};
 use freqsweep_common::spectrum::{Cell, Shape2};
 use freqsweep_common::syn::{self, Split, SynConfig};
-use freqsweep_common::task::{Augment, DatasetSource, LrSchedule, Optimizer, TrainConfig, TrainTask};
+use freqsweep_common::task::{
+    Augment, DatasetSource, LrSchedule, MemoryFormat, Optimizer, Precision, TrainConfig, TrainTask,
+};
 use freqsweep_worker::heatmap::{self, HeatmapConfig};
 use freqsweep_worker::models::{build, convert_vars, Arch, ModelConfig, Numerics};
 use freqsweep_worker::optim::OptimizerState;
@@ -200,7 +203,7 @@ fn bench_model(arch: Arch, device: Device, o: &Options, out: &mut Map<String, Va
         variants.push(("bf16_cl", Numerics { kind: Kind::BFloat16, channels_last: true }));
     }
     put("bf16_native", f64::from(u8::from(freqsweep_worker::device::has_bf16(device))));
-    for (label, numerics) in variants {
+    for &(label, numerics) in &variants {
         tch::manual_seed(0);
         let mut other_vs = nn::VarStore::new(device);
         let mut other = build(&other_vs, &ModelConfig::new(arch, 4));
@@ -210,7 +213,12 @@ fn bench_model(arch: Arch, device: Device, o: &Options, out: &mut Map<String, Va
         put(&format!("forward.{label}"), forward_rate_of(other.as_ref(), batch, perturbed));
     }
     put("train_loop", train_loop(arch, device, &images, &data.labels, steps));
-    put("train_run", train_run(arch, device, steps));
+    // `train::run` in fp32 NCHW and in each variant above (bf16: bf16-mixed).
+    put("train_run", train_run(arch, device, steps, Precision::Fp32, MemoryFormat::Contiguous));
+    for &(label, numerics) in &variants {
+        let format = if numerics.channels_last { MemoryFormat::ChannelsLast } else { MemoryFormat::Contiguous };
+        put(&format!("train_run.{label}"), train_run(arch, device, steps, numerics.precision(), format));
+    }
     put("train_steps", steps as f64);
 }
 
@@ -250,7 +258,7 @@ fn train_loop(arch: Arch, device: Device, images: &Tensor, labels: &[i64], steps
 
 /// `train::run` itself for one epoch of `steps` batches of 64 (plus its evaluation before and
 /// after the epoch on a 64-image `B1234` test set, and its checkpoint), end to end.
-fn train_run(arch: Arch, device: Device, steps: usize) -> f64 {
+fn train_run(arch: Arch, device: Device, steps: usize, precision: Precision, memory_format: MemoryFormat) -> f64 {
     let syn = SynConfig { train: steps * TRAIN_BATCH as usize, test: 64, ..SynConfig::new(Band::new(4).unwrap(), 3) };
     let train_data = syn::generate(&syn, Split::Train);
     let test_data = syn::generate(&syn, Split::Test);
@@ -272,7 +280,8 @@ fn train_run(arch: Arch, device: Device, steps: usize) -> f64 {
             eval_every_steps: 0,
             eval_steps_epochs: 0,
             test_limit: 0,
-            precision: Default::default(),
+            precision,
+            memory_format,
         },
     };
     let dir = std::env::temp_dir().join(format!("freqsweep-bench-{}", std::process::id()));

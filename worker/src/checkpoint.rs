@@ -10,7 +10,7 @@
 //! mid-write leaves the previous checkpoint. Checkpoints of format 1 (before the digest) are
 //! still read.
 
-use crate::models::{ModelConfig, Numerics};
+use crate::models::{ModelConfig, Numerics, Requested};
 use freqsweep_common::task::{MetricPoint, TrainTask};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -276,19 +276,21 @@ pub struct Loaded {
 }
 
 /// Load a classifier for evaluation from either a freqsweep checkpoint or a TorchScript file
-/// (tried in that order), for `height × width` inputs, computing in `numerics`.
+/// (tried in that order), for `height × width` inputs, computing in the `requested` numerics
+/// (a memory format of `Auto` resolved for the model found).
 pub fn load_classifier(
     path: &Path,
     device: Device,
     height: i64,
     width: i64,
-    numerics: Numerics,
+    requested: Requested,
 ) -> Result<Loaded, String> {
     match load(path) {
         Ok(stored) => {
             let mut vs = nn::VarStore::new(device);
             let mut model = crate::models::build(&vs, &stored.meta.model);
             stored.restore_model(&mut vs, path).map_err(|e| e.to_string())?;
+            let numerics = requested.for_model(crate::models::is_conv_net(vs.variables().values()));
             crate::models::convert_vars(&mut vs, numerics);
             model.set_numerics(numerics);
             probe(model.as_ref(), device, height, width).map_err(|cause| {
@@ -305,6 +307,7 @@ pub fn load_classifier(
         Err(CheckpointError::NotACheckpoint { .. }) if path.is_file() => {
             match crate::models::ScriptClassifier::load(path, device, height, width) {
                 Ok(mut m) => {
+                    let numerics = requested.for_model(m.is_conv_net());
                     let fallback = m.convert(numerics, device, height, width).err();
                     let used = if fallback.is_some() { Numerics::FP32 } else { numerics };
                     Ok(Loaded { model: Box::new(m), what: "TorchScript module".to_string(), numerics: used, fallback })
@@ -386,8 +389,8 @@ mod tests {
     fn images_of_a_size_the_model_does_not_take_are_one_line_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let path = saved(dir.path());
-        assert!(load_classifier(&path, Device::Cpu, 32, 32, Numerics::FP32).is_ok());
-        let err = load_classifier(&path, Device::Cpu, 16, 16, Numerics::FP32).err().expect("refused");
+        assert!(load_classifier(&path, Device::Cpu, 32, 32, Requested::FP32_NCHW).is_ok());
+        let err = load_classifier(&path, Device::Cpu, 16, 16, Requested::FP32_NCHW).err().expect("refused");
         assert!(err.contains("images of 3×16×16 do not fit this Tiny model"), "{err}");
         assert!(err.contains("mat1 and mat2 shapes cannot be multiplied") && !err.contains('\n'), "{err}");
     }

@@ -164,6 +164,10 @@ struct TrainArgs {
     /// backward; where the device has bf16 instructions).
     #[arg(long, default_value = "fp32", value_parser = parse_precision)]
     precision: Precision,
+    /// Memory layout of images and conv weights: auto (channels-last for conv nets), contiguous
+    /// or channels_last.
+    #[arg(long, default_value = "auto", value_parser = parse_memory_format)]
+    memory_format: MemoryFormat,
 }
 
 #[derive(Args)]
@@ -200,8 +204,8 @@ struct HeatmapArgs {
     /// device has bf16 instructions; the perturbation and counts stay fp32/fp64).
     #[arg(long, default_value = "fp32", value_parser = parse_precision)]
     precision: Precision,
-    /// Memory layout of the images: auto (NCHW in fp32, channels-last in bf16), contiguous or
-    /// channels_last.
+    /// Memory layout of the images and conv weights: auto (channels-last for conv nets, NCHW
+    /// for others), contiguous or channels_last.
     #[arg(long, default_value = "auto", value_parser = parse_memory_format)]
     memory_format: MemoryFormat,
 }
@@ -383,6 +387,7 @@ fn task_from_flags(args: &TrainArgs, train: &Dataset) -> Result<TrainTask> {
             eval_steps_epochs: args.eval_steps_epochs,
             test_limit: args.test_limit,
             precision: args.precision,
+            memory_format: args.memory_format,
         },
     })
 }
@@ -498,15 +503,13 @@ fn heatmap_cmd(args: HeatmapArgs) -> Result<()> {
     // Recorded with the map: which file exactly was analysed (checkpoints also carry their own).
     let (model_digest, _) = freqsweep_common::digest::of_file(&args.model)
         .with_context(|| format!("cannot read {}", args.model.display()))?;
-    let (numerics, precision, format) =
-        freqsweep_worker::engine::numerics_for(device, args.precision, args.memory_format);
+    let requested = freqsweep_worker::engine::numerics_for(device, args.precision, args.memory_format);
     let loaded =
-        checkpoint::load_classifier(&args.model, device, h as i64, w as i64, numerics).map_err(anyhow::Error::msg)?;
+        checkpoint::load_classifier(&args.model, device, h as i64, w as i64, requested).map_err(anyhow::Error::msg)?;
     if let Some(why) = &loaded.fallback {
         tracing::warn!(reason = %why, "the model does not run in the requested precision; computing in fp32");
     }
-    let (precision, format) =
-        if loaded.numerics == numerics { (precision, format) } else { (Precision::Fp32, MemoryFormat::Contiguous) };
+    let (precision, format) = (loaded.numerics.precision(), loaded.numerics.memory_format());
     let (model, what) = (loaded.model, loaded.what);
     let layers = if args.layers.iter().any(|l| l == "all") { model.layer_names() } else { args.layers.clone() };
     let shape = Shape2::new(h, w);

@@ -14,6 +14,7 @@
 //! Every model takes `float32 [N, 3, 32, 32]` in `[0, 1]` and normalises inside (`(x − mean)/std`),
 //! so perturbations are applied to raw pixels, never after normalisation.
 
+use freqsweep_common::task::{MemoryFormat, Precision};
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
@@ -91,7 +92,7 @@ pub fn build(vs: &nn::VarStore, config: &ModelConfig) -> Box<dyn Classifier> {
 }
 
 /// The numbers and memory layout a model computes in (resolved from a task's `Precision` and
-/// `MemoryFormat`).
+/// `MemoryFormat` by [`Requested::for_model`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Numerics {
     pub kind: Kind,
@@ -99,7 +100,7 @@ pub struct Numerics {
 }
 
 impl Numerics {
-    /// fp32, NCHW: bit-identical to every earlier run.
+    /// fp32, NCHW: bit-identical to every run before memory formats existed.
     pub const FP32: Numerics = Numerics { kind: Kind::Float, channels_last: false };
 
     /// `x` in these numerics (a no-op in fp32 NCHW).
@@ -111,6 +112,47 @@ impl Numerics {
             x
         }
     }
+
+    /// The precision to record for a run in these numerics.
+    pub fn precision(self) -> Precision {
+        if self.kind == Kind::BFloat16 {
+            Precision::Bf16
+        } else {
+            Precision::Fp32
+        }
+    }
+
+    /// The memory format to record (never `Auto`).
+    pub fn memory_format(self) -> MemoryFormat {
+        if self.channels_last {
+            MemoryFormat::ChannelsLast
+        } else {
+            MemoryFormat::Contiguous
+        }
+    }
+}
+
+/// What a task asks a model to compute in, before the model is known: the kind (already fp32
+/// where the device lacks bf16) and the memory format, whose `Auto` depends on the model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Requested {
+    pub kind: Kind,
+    pub format: MemoryFormat,
+}
+
+impl Requested {
+    /// fp32, NCHW.
+    pub const FP32_NCHW: Requested = Requested { kind: Kind::Float, format: MemoryFormat::Contiguous };
+
+    /// The numerics for a model that is (`conv_net`) or is not a convolutional network.
+    pub fn for_model(self, conv_net: bool) -> Numerics {
+        Numerics { kind: self.kind, channels_last: self.format.resolve(conv_net) == MemoryFormat::ChannelsLast }
+    }
+}
+
+/// A model is a conv net when it has a 4-D weight (the rule `MemoryFormat::Auto` follows).
+pub fn is_conv_net<'a>(weights: impl IntoIterator<Item = &'a Tensor>) -> bool {
+    weights.into_iter().any(|w| w.dim() == 4)
 }
 
 /// The same values laid out NHWC in memory (PyTorch's `channels_last`: what its conv kernels
@@ -119,22 +161,38 @@ pub fn channels_last(x: &Tensor) -> Tensor {
     x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
-/// Convert `vs`'s variables to `numerics`: their kind, and 4-D ones (conv weights) channels-last.
-/// In place (`set_data`), so the modules built on `vs` see the converted weights.
+/// The variables of normalisation layers (a batch norm's weight, bias and running statistics,
+/// found by its `running_mean`): they stay fp32 in bf16, as under PyTorch's autocast, where
+/// batch norm runs in fp32; the running statistics would otherwise be rounded to 8 mantissa bits
+/// at every update. libtorch's batch norm takes bf16 input with fp32 parameters.
+fn norm_layer_vars(vs: &nn::VarStore) -> std::collections::HashSet<String> {
+    let vars = vs.variables();
+    let prefixes: Vec<&str> = vars.keys().filter_map(|name| name.strip_suffix("running_mean")).collect();
+    vars.keys()
+        .filter(|name| prefixes.iter().any(|p| name.starts_with(p) && !name[p.len()..].contains('.')))
+        .cloned()
+        .collect()
+}
+
+/// Convert `vs`'s variables to `numerics`: their kind (normalisation layers stay fp32), and 4-D
+/// ones (conv weights) channels-last. In place (`set_data`), so the modules built on `vs`, and
+/// every handle on its variables, see the converted weights.
 pub fn convert_vars(vs: &mut nn::VarStore, numerics: Numerics) {
-    if numerics.kind != Kind::Float {
-        vs.set_kind(numerics.kind);
-    }
-    if numerics.channels_last {
-        tch::no_grad(|| {
-            for (_, mut var) in vs.variables() {
-                if var.dim() == 4 {
-                    let laid_out = channels_last(&var);
-                    var.set_data(&laid_out);
-                }
+    let keep_fp32 = if numerics.kind == Kind::Float { Default::default() } else { norm_layer_vars(vs) };
+    tch::no_grad(|| {
+        for (name, mut var) in vs.variables() {
+            let mut converted = None;
+            if var.kind() != numerics.kind && var.is_floating_point() && !keep_fp32.contains(&name) {
+                converted = Some(var.to_kind(numerics.kind));
             }
-        });
-    }
+            if numerics.channels_last && var.dim() == 4 {
+                converted = Some(channels_last(converted.as_ref().unwrap_or(&var)));
+            }
+            if let Some(c) = converted {
+                var.set_data(&c);
+            }
+        }
+    });
 }
 
 struct Normalize {
@@ -424,6 +482,16 @@ impl ScriptClassifier {
 }
 
 impl ScriptClassifier {
+    /// Whether the module is a conv net: it has a 4-D parameter (a conv weight), or shows no
+    /// parameters at all (a traced or frozen module keeps its weights as graph constants, out of
+    /// sight; image classifiers are conv nets, and channels-last costs a non-conv one a reorder).
+    pub fn is_conv_net(&self) -> bool {
+        match self.module.named_parameters() {
+            Ok(params) if !params.is_empty() => is_conv_net(params.iter().map(|(_, t)| t)),
+            _ => true,
+        }
+    }
+
     /// Convert the module's parameters and buffers to `numerics` and check on one image of
     /// `height × width` that it still runs (a module with fp32 constants in its graph does not
     /// run in bf16 without autocast, which tch does not offer on the CPU).
@@ -517,6 +585,42 @@ mod tests {
 
     fn owned(expected: Vec<(&str, Vec<i64>)>) -> Vec<(String, Vec<i64>)> {
         expected.into_iter().map(|(n, s)| (n.to_string(), s)).collect()
+    }
+
+    #[test]
+    fn bf16_conversion_keeps_batch_norm_in_fp32_and_lays_conv_weights_out_channels_last() {
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let mut model = build(&vs, &ModelConfig::new(Arch::ResNet18, 4));
+        assert!(is_conv_net(vs.variables().values()));
+        let numerics = Numerics { kind: Kind::BFloat16, channels_last: true };
+        convert_vars(&mut vs, numerics);
+        model.set_numerics(numerics);
+        let vars = vs.variables();
+        let norm = norm_layer_vars(&vs);
+        // Every batch norm of ResNet18: the stem's, 2 per block × 8 blocks, 3 shortcuts; 4 each.
+        assert_eq!(norm.len(), 4 * (1 + 16 + 3), "{norm:?}");
+        for (name, t) in &vars {
+            let expected = if norm.contains(name) { Kind::Float } else { Kind::BFloat16 };
+            assert_eq!(t.kind(), expected, "{name}");
+            if t.dim() == 4 && t.size()[2] * t.size()[3] > 1 {
+                // NHWC strides: channels innermost, then width (a 1 × 1 kernel is both layouts).
+                let (size, stride) = (t.size(), t.stride());
+                assert!(stride[1] == 1 && stride[3] == size[1], "{name} is channels-last: strides {stride:?}");
+            }
+        }
+        // Mixed batch norm (bf16 activations, fp32 statistics) runs forward and backward, and
+        // updates the fp32 running statistics in training mode.
+        let before = vars["bn1.running_mean"].copy();
+        let x = Tensor::rand([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let logits = model.logits(&x, true);
+        assert_eq!(logits.kind(), Kind::BFloat16);
+        logits.to_kind(Kind::Float).sum(Kind::Float).backward();
+        assert!(vars["conv1.weight"].grad().defined());
+        assert_eq!(vars["bn1.running_mean"].kind(), Kind::Float);
+        assert!(vars["bn1.running_mean"].ne_tensor(&before).any().int64_value(&[]) == 1, "statistics updated");
+        let eval = tch::no_grad(|| model.logits(&x, false));
+        assert_eq!(eval.size(), [4, 4]);
+        assert_eq!(eval.isfinite().all().int64_value(&[]), 1);
     }
 
     #[test]

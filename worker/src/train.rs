@@ -122,10 +122,10 @@ struct MixedCopy {
 }
 
 impl MixedCopy {
-    fn new(config: &ModelConfig, device: Device, optimizer: &OptimizerState) -> MixedCopy {
+    fn new(config: &ModelConfig, device: Device, optimizer: &OptimizerState, channels_last: bool) -> MixedCopy {
         let mut vs = nn::VarStore::new(device);
         let mut model = models::build(&vs, config);
-        let numerics = models::Numerics { kind: Kind::BFloat16, channels_last: false };
+        let numerics = models::Numerics { kind: Kind::BFloat16, channels_last };
         models::convert_vars(&mut vs, numerics);
         model.set_numerics(numerics);
         let vars = vs.variables();
@@ -185,14 +185,21 @@ pub fn run(
 
     tch::manual_seed(config.seed as i64);
     let mut vs = nn::VarStore::new(device);
-    let model = models::build(&vs, &model_config);
+    let mut model = models::build(&vs, &model_config);
+    // The master model's layout: `Auto` is channels-last for these conv nets. Its numbers stay
+    // fp32 (in bf16-mixed too); checkpoints store values, so a run resumes in either layout.
+    let channels_last = config.memory_format.resolve(models::is_conv_net(vs.variables().values()))
+        == freqsweep_common::task::MemoryFormat::ChannelsLast;
+    let master = models::Numerics { kind: Kind::Float, channels_last };
+    models::convert_vars(&mut vs, master);
+    model.set_numerics(master);
     let mut optimizer = OptimizerState::new(&vs, config.optimizer);
     // bf16-mixed: the model above keeps the fp32 master weights (what the optimizer updates,
     // the evaluations use and checkpoints hold); a bf16 copy, refreshed before every step, runs
     // the forward and backward passes.
     let mixed = match config.precision {
         Precision::Bf16 if crate::device::bf16_allowed(device) => {
-            Some(MixedCopy::new(&model_config, device, &optimizer))
+            Some(MixedCopy::new(&model_config, device, &optimizer, channels_last))
         }
         Precision::Bf16 => {
             tracing::warn!(device = %crate::device::describe(device), "bf16 training requested, but this device has no bf16 instructions (it would be emulated, slower than fp32); training in fp32");
@@ -336,6 +343,7 @@ pub fn run(
             device: device::describe(device),
             checkpoint: checkpoint_path.display().to_string(),
             precision: if mixed.is_some() { Precision::Bf16 } else { Precision::Fp32 },
+            memory_format: master.memory_format(),
         },
         history: meta.metrics,
     })
@@ -461,6 +469,7 @@ mod tests {
                 eval_steps_epochs: 1,
                 test_limit: 0,
                 precision: Default::default(),
+                memory_format: Default::default(),
             },
         };
         (task, train, test)

@@ -9,10 +9,11 @@
 use freqsweep_common::bands::Band;
 use freqsweep_common::spectrum::Shape2;
 use freqsweep_common::syn::{self, Split, SynConfig};
+use freqsweep_common::task::MemoryFormat;
 use freqsweep_common::task::Precision;
 use freqsweep_worker::checkpoint;
 use freqsweep_worker::heatmap::{self, HeatmapConfig, HeatmapCounts};
-use freqsweep_worker::models::Numerics;
+use freqsweep_worker::models::{Numerics, Requested};
 use freqsweep_worker::train::{self, Quiet};
 use tch::{Device, Kind};
 
@@ -59,14 +60,15 @@ fn bf16_and_channels_last_maps_agree_with_fp32_within_sampling_noise() {
     let shape = Shape2::new(32, 32);
     let config =
         HeatmapConfig { eps: 4.0, cells: shape.heatmap_cells(), layers: vec!["conv2".into()], seed: 0, batch: 512 };
-    let map = |numerics: Numerics| {
-        let loaded = checkpoint::load_classifier(&path, Device::Cpu, 32, 32, numerics).unwrap();
-        assert_eq!(loaded.numerics, numerics, "{:?}", loaded.fallback);
+    let map = |kind: Kind, format: MemoryFormat, expected: Numerics| {
+        let loaded = checkpoint::load_classifier(&path, Device::Cpu, 32, 32, Requested { kind, format }).unwrap();
+        assert_eq!(loaded.numerics, expected, "{:?}", loaded.fallback);
         heatmap::compute(loaded.model.as_ref(), &images, &test_set.labels, &config, &mut |_, _| {}).unwrap()
     };
-    let fp32 = map(Numerics::FP32);
-    let fp32_cl = map(Numerics { kind: Kind::Float, channels_last: true });
-    let bf16_cl = map(Numerics { kind: Kind::BFloat16, channels_last: true });
+    let fp32 = map(Kind::Float, MemoryFormat::Contiguous, Numerics::FP32);
+    // `Auto` is channels-last for this conv net.
+    let fp32_cl = map(Kind::Float, MemoryFormat::Auto, Numerics { kind: Kind::Float, channels_last: true });
+    let bf16_cl = map(Kind::BFloat16, MemoryFormat::Auto, Numerics { kind: Kind::BFloat16, channels_last: true });
     let (mean_rate, _) = rates(&fp32);
     let mean_rate = mean_rate.iter().sum::<f64>() / mean_rate.len() as f64;
     assert!(mean_rate > 0.05 && mean_rate < 0.95, "a map with structure to compare: mean error {mean_rate}");
@@ -100,7 +102,8 @@ fn bf16_and_channels_last_maps_agree_with_fp32_within_sampling_noise() {
     let example = tch::Tensor::zeros([1, 3, 32, 32], (Kind::Float, Device::Cpu));
     freqsweep_worker::models::export_torchscript(&mut vs, model.as_ref(), &example, &script).unwrap();
     let asked = Numerics { kind: Kind::BFloat16, channels_last: true };
-    let loaded = checkpoint::load_classifier(&script, Device::Cpu, 32, 32, asked).unwrap();
+    let request = Requested { kind: Kind::BFloat16, format: MemoryFormat::Auto };
+    let loaded = checkpoint::load_classifier(&script, Device::Cpu, 32, 32, request).unwrap();
     let config = HeatmapConfig { layers: vec![], ..config };
     let from_script =
         heatmap::compute(loaded.model.as_ref(), &images, &test_set.labels, &config, &mut |_, _| {}).unwrap();

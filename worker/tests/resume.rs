@@ -64,6 +64,7 @@ fn resuming_after_a_stop_gives_the_same_weights_optimizer_state_and_history() {
             eval_steps_epochs: 2,
             test_limit: 0,
             precision: Default::default(),
+            memory_format: Default::default(),
         },
     };
     let dir = tempfile::tempdir().unwrap();

@@ -230,31 +230,32 @@ fn torch_python() -> Result<PathBuf> {
     Ok(target)
 }
 
-/// Canonical cells per model in the engine run (the baseline's loop does twice as many: both
-/// members of each conjugate pair), training steps, and the batch size both heatmaps use.
-const ENGINE_CELLS: &str = "tiny=64,resnet18=16";
-const ENGINE_STEPS: &str = "tiny=200,resnet18=8";
+/// Canonical cells per model in both heatmap runs (the baseline's loop computes as many, one of
+/// each conjugate pair: the half plane), training steps, and the batch size both heatmaps use.
+const ENGINE_CELLS: &str = "tiny=64,alexnet=32,resnet18=16";
+const ENGINE_STEPS: &str = "tiny=200,alexnet=30,resnet18=8";
 /// Perturbed images per forward pass in both heatmap codes (ResNet18 runs fastest on small batches
 /// on a CPU: see the forward sweep) and the batch sizes of the sweep.
-const ENGINE_BATCH: &str = "tiny=256,resnet18=64";
+const ENGINE_BATCH: &str = "tiny=256,alexnet=256,resnet18=64";
 const ENGINE_BATCHES: &str = "32,64,128,256,512";
 const ENGINE_ROUNDS: usize = 2;
-const ENGINE_MODELS: [(&str, &str); 2] = [("tiny", "Tiny CNN"), ("resnet18", "ResNet18-CIFAR")];
+const ENGINE_MODELS: [(&str, &str); 3] =
+    [("tiny", "Tiny CNN"), ("alexnet", "AlexNet-CIFAR"), ("resnet18", "ResNet18-CIFAR")];
+/// The numerics both sides run in: key suffix, label.
+const ENGINE_VARIANTS: [(&str, &str); 3] =
+    [("fp32", "fp32, NCHW"), ("fp32_cl", "fp32, channels-last"), ("bf16_cl", "bf16, channels-last")];
 
 /// The worker engine (`worker/benches/engine.rs`) next to PyTorch (`bench/torch_engine.py`) in
-/// the same run, on the same Syn_4 images, models and thread count: Fourier-heatmap throughput
-/// against the per-cell loop of public heatmap code, both against the pure forward pass, and
-/// training steps/s. `FREQSWEEP_BENCH_THREADS=N` sets libtorch's CPU threads in the Rust run (the
-/// baseline takes the same): on a shared machine one thread per side is far less disturbed by
-/// other work than two.
+/// the same run, on the same Syn_4 images, models and thread count, in each numerics variant:
+/// Fourier-heatmap throughput against (a) the per-cell loop of public heatmap code and (b) the
+/// best batched PyTorch at the same numerics, both against the pure forward pass, and training
+/// steps/s against PyTorch's loop (autocast bf16 for bf16). `FREQSWEEP_BENCH_THREADS=N` sets
+/// libtorch's CPU threads in the Rust run (the baseline takes the same): on a shared machine one
+/// thread per side is far less disturbed by other work than two.
 pub fn engine(source: &libtorch::Source) -> Result<()> {
     let pydeps = torch_python()?;
     let data = workspace_root().join("target/bench-engine");
-    let loop_cells: Vec<String> = ENGINE_CELLS
-        .split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| format!("{k}={}", 2 * v.parse::<usize>().unwrap_or(16)))
-        .collect();
+    let models: Vec<&str> = ENGINE_MODELS.iter().map(|(m, _)| *m).collect();
     let load_before = load_average();
     // Rust, PyTorch, Rust, PyTorch: each figure is the better of its two rounds, so a burst of
     // other work on the machine during one half does not decide a ratio.
@@ -263,7 +264,7 @@ pub fn engine(source: &libtorch::Source) -> Result<()> {
         let mut bench = cargo(source);
         bench.args(["bench", "-p", "freqsweep-worker", "--bench", "engine", "--", "--out"]).arg(&data);
         bench.args(["--cells", ENGINE_CELLS, "--steps", ENGINE_STEPS, "--batches", ENGINE_BATCHES, "--sweep", "tiny"]);
-        bench.args(["--batch", ENGINE_BATCH]);
+        bench.args(["--batch", ENGINE_BATCH, "--models", &models.join(",")]);
         if let Ok(threads) = std::env::var("FREQSWEEP_BENCH_THREADS") {
             bench.args(["--threads", &threads]);
         }
@@ -275,6 +276,10 @@ pub fn engine(source: &libtorch::Source) -> Result<()> {
         }
         let ours = String::from_utf8_lossy(&out.stdout).to_string();
         let threads = json_number(&ours, "threads")? as usize;
+        // bf16 only where the CPU has bf16 instructions, on both sides (emulated bf16 is slower
+        // than fp32 in libtorch and PyTorch alike, so there is no fast path to measure).
+        let bf16 = json_number(&ours, "cpu.tiny.bf16_native")? > 0.5;
+        let variants = if bf16 { "fp32,fp32_cl,bf16_cl" } else { "fp32,fp32_cl" };
         ours_rounds.push(ours);
 
         eprintln!("xtask: ── bench/torch_engine.py (PyTorch, {threads} threads), round {round} of {ENGINE_ROUNDS}");
@@ -282,8 +287,8 @@ pub fn engine(source: &libtorch::Source) -> Result<()> {
             .arg(workspace_root().join("bench/torch_engine.py"))
             .arg("--data")
             .arg(&data)
-            .args(["--threads", &threads.to_string(), "--batch", ENGINE_BATCH])
-            .args(["--models", "tiny,resnet18", "--loop-cells", &loop_cells.join(","), "--steps", ENGINE_STEPS])
+            .args(["--threads", &threads.to_string(), "--batch", ENGINE_BATCH, "--variants", variants])
+            .args(["--models", &models.join(","), "--loop-cells", ENGINE_CELLS, "--steps", ENGINE_STEPS])
             .env("PYTHONPATH", &pydeps)
             .stderr(std::process::Stdio::inherit())
             .output()
@@ -302,6 +307,13 @@ pub fn engine(source: &libtorch::Source) -> Result<()> {
     let torch_version =
         theirs.split("\"torch\": \"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("?").to_string();
     let torch_threads = json_number(theirs, "threads")?;
+    let bf16 = json_number(ours, "cpu.tiny.bf16_native")? > 0.5;
+    let bf16_note = if bf16 {
+        "The CPU has bf16 instructions: the bf16 rows are native bf16 on both sides."
+    } else {
+        "**This CPU has no bf16 instructions** (oneDNN reports AVX2 only), so bf16 would be emulated, slower than fp32 \
+         on both sides: the bf16 rows are left out and a worker asked for bf16 here computes in fp32 and says so."
+    };
 
     let mut body = format!(
         "## Worker engine (`worker/benches/engine.rs` vs `bench/torch_engine.py`)\n\n\
@@ -310,25 +322,30 @@ pub fn engine(source: &libtorch::Source) -> Result<()> {
          run) and {torch_threads:.0} (`torch.set_num_threads` in the baseline). Same freshly initialised architectures \
          (`models.rs`, written layer for layer in PyTorch, normalisation inside the model), the same {images:.0} Syn_4 test \
          images, ε = 4. Command: `cargo xtask bench engine` (also part of `cargo xtask bench`); numbers come from one \
-         run on a 2-core machine that others were using too (load average {load_before} before, {load_after} after), so \
-         compare ratios within the run; each figure is the better of {ENGINE_ROUNDS} rounds (Rust, PyTorch, Rust, PyTorch).\n\n\
-         - *PyTorch loop*: the per-cell loop of public Fourier-heatmap code: for every cell of the spectrum (both members \
-         of each conjugate pair) build the basis image, then for each batch of images draw random signs per image and \
-         channel, perturb, clamp, forward, count errors; timed over twice as many cells as the engine (the same cells \
-         counted the loop's way). Perturbed images/s.\n\
+         run (load average {load_before} before, {load_after} after), so compare ratios within the run; each figure is \
+         the better of {ENGINE_ROUNDS} rounds (Rust, PyTorch, Rust, PyTorch). {bf16_note}\n\n\
          - *Rust engine*: `heatmap::compute` (canonical cells only, signs and basis images built once, counts kept on \
-         the device, one clean pass per image block, included in its time). Perturbed images/s.\n\
-         - *Forward*: the pure batched forward pass (`no_grad`, eval), the ceiling for both, at the same batch size.\n\
-         - *Time to full map*: a 32 × 32 map is 514 canonical cells for the engine and 1024 cells for the loop, \
-         so the ratio is (1024 / loop img/s) / (514 / engine img/s); goal ≥ 1.8×.\n\
-         - *Training*: steps/s at batch 64 with Adam (lr 1e-3). Rust: the step loop of `train::run` (index a batch, \
-         forward, cross-entropy, backward, `OptimizerState::step`) and, in brackets, `train::run` itself for one epoch \
-         of the same number of steps, end to end (with its evaluations before and after the epoch and its checkpoint); \
-         PyTorch: the plain loop with `torch.optim.Adam`. Goal: within 10 %.\n\n\
-         | model | batch | cells engine / loop | Rust heatmap img/s | PyTorch loop img/s | ratio | forward img/s Rust / PyTorch | Rust heatmap % of forward | time to full map, PyTorch / Rust | train steps/s Rust (train::run) | PyTorch | ratio |\n\
-         |---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         the device, one clean pass per image block, included in its time), with the model in the row's numerics. \
+         Perturbed images/s.\n\
+         - *(a) PyTorch loop*: the per-cell loop of public Fourier-heatmap code, fp32 NCHW in every row: for every cell \
+         of the half plane build the basis image, then for each batch of images draw random signs per image and \
+         channel, perturb, clamp, forward, count errors.\n\
+         - *(b) PyTorch batched*: the best batched PyTorch written for this benchmark, at the row's numerics \
+         (`model.to(memory_format=torch.channels_last)`, `torch.autocast(\"cpu\", torch.bfloat16)`): many \
+         (cell, image) copies per forward pass, signs and basis images built once, counts kept on the device.\n\
+         - *Forward*: the pure batched forward pass (`no_grad`, eval) at the row's numerics, the ceiling.\n\
+         - All three heatmap codes compute the 514 cells of a 32 × 32 map (one of each conjugate pair), so the ratio of \
+         images/s is the ratio of times to a full map. Goals: ≥ 3× (a), ≥ 0.9× (b), ≥ 90 % of the forward pass.\n\
+         - *Training*: steps/s at batch 64 with Adam (lr 1e-3): `train::run` for one epoch, end to end (with its \
+         evaluations before and after the epoch and its checkpoint; bf16 is bf16-mixed) against PyTorch's plain loop \
+         with `torch.optim.Adam` at the same numerics (bf16: autocast on a channels-last model). Goal: within 10 %.\n\n\
+         | model | batch | numerics | Rust heatmap img/s | forward img/s | % of forward | (a) loop img/s | time to map vs (a) | (b) batched img/s | vs (b) |\n\
+         |---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
         machine(),
         images = json_number(ours, "cpu.tiny.images")?,
+    );
+    let mut training = String::from(
+        "| model | numerics | Rust `train::run` steps/s | PyTorch steps/s | ratio |\n|---|---|---:|---:|---:|\n",
     );
     let batches: Vec<&str> = ENGINE_BATCHES.split(',').collect();
     let mut sweep = format!(
@@ -339,23 +356,32 @@ pub fn engine(source: &libtorch::Source) -> Result<()> {
     for (model, label) in ENGINE_MODELS {
         let get = |what: &str| best(&ours_rounds, &format!("cpu.{model}.{what}"));
         let theirs_get = |what: &str| best(&theirs_rounds, &format!("{model}.{what}"));
-        let cells = get("canonical_cells")?;
         let batch = get("batch")?;
-        let heat = get("heatmap")?;
-        let forward = get("forward")?;
         let looped = theirs_get("loop_images_per_second")?;
-        let loop_cells = theirs_get("loop_cells")?;
-        let torch_forward = theirs_get("forward_images_per_second")?;
-        let train_loop = get("train_loop")?;
-        let train_run = get("train_run")?;
-        let torch_train = theirs_get("train_steps_per_second")?;
-        body.push_str(&format!(
-            "| {label} | {batch:.0} | {cells:.0} / {loop_cells:.0} | {heat:.0} | {looped:.0} | {:.2}× | {forward:.0} / {torch_forward:.0} | {:.0} % | {:.2}× | {train_loop:.2} ({train_run:.2}) | {torch_train:.2} | {:.2}× |\n",
-            heat / looped,
-            100.0 * heat / forward,
-            (1024.0 / looped) / (514.0 / heat),
-            train_loop / torch_train,
-        ));
+        for (variant, numerics) in ENGINE_VARIANTS {
+            if variant == "bf16_cl" && !bf16 {
+                body.push_str(&format!("| {label} | {batch:.0} | {numerics} | — no bf16 instructions | | | | | | |\n"));
+                continue;
+            }
+            // The fp32 NCHW figures carry no suffix on the Rust side.
+            let ours_key = |what: &str| if variant == "fp32" { what.to_string() } else { format!("{what}.{variant}") };
+            let heat = get(&ours_key("heatmap"))?;
+            let forward = get(&ours_key("forward"))?;
+            let batched = theirs_get(&format!("batched_images_per_second.{variant}"))?;
+            body.push_str(&format!(
+                "| {label} | {batch:.0} | {numerics} | {heat:.0} | {forward:.0} | {:.0} % | {looped:.0} | {:.2}× | {batched:.0} | {:.2}× |\n",
+                100.0 * heat / forward,
+                heat / looped,
+                heat / batched,
+            ));
+            let train =
+                get(&format!("train_run{}", if variant == "fp32" { String::new() } else { format!(".{variant}") }))?;
+            let torch_train = theirs_get(&format!("train_steps_per_second.{variant}"))?;
+            training.push_str(&format!(
+                "| {label} | {numerics} | {train:.2} | {torch_train:.2} | {:.2}× |\n",
+                train / torch_train
+            ));
+        }
         let row = |what: &str| -> Result<String> {
             batches.iter().map(|b| Ok(format!(" {:.0} |", get(&format!("{what}.{b}"))?))).collect()
         };
@@ -364,6 +390,9 @@ pub fn engine(source: &libtorch::Source) -> Result<()> {
             sweep.push_str(&format!("| {label} | heatmap img/s |{}\n", row("heatmap")?));
         }
     }
-    body.push_str(&format!("\nThe Rust side by batch size (images per forward pass), same run:\n\n{sweep}\n"));
+    body.push_str(&format!("\nTraining, same run:\n\n{training}"));
+    body.push_str(&format!(
+        "\nThe Rust side in fp32 NCHW by batch size (images per forward pass), same run:\n\n{sweep}\n"
+    ));
     write_section("engine", &body)
 }

@@ -4,7 +4,7 @@
 use super::{EngineError, EngineEvents, EngineResult, TorchEngine};
 use crate::heatmap::{self, HeatmapConfig};
 use crate::{data, device, eval};
-use freqsweep_common::task::{HeatmapOutcome, HeatmapTask, MemoryFormat, Precision, TaskOutcome};
+use freqsweep_common::task::{HeatmapOutcome, HeatmapTask, TaskOutcome};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -20,12 +20,11 @@ pub(super) fn run(
     let device = engine.device;
     let test = data::truncate(engine.dataset(&h.dataset)?.1.clone(), h.images);
     let (height, width) = (test.dims[2] as i64, test.dims[3] as i64);
-    let (numerics, precision, format) = super::numerics_for(device, h.precision, h.memory_format);
-    let (loaded, model_path) = engine.model(&h.model, inputs, height, width, numerics)?;
+    let requested = super::numerics_for(device, h.precision, h.memory_format);
+    let (loaded, model_path) = engine.model(&h.model, inputs, height, width, requested)?;
+    // Recorded as it ran: a TorchScript graph that cannot run in bf16 ran in fp32, NCHW.
+    let (precision, format) = (loaded.numerics.precision(), loaded.numerics.memory_format());
     let model = loaded.model;
-    // A TorchScript graph that cannot run in bf16 ran in fp32: recorded as such.
-    let (precision, format) =
-        if loaded.numerics == numerics { (precision, format) } else { (Precision::Fp32, MemoryFormat::Contiguous) };
     let images = eval::images_tensor(&test, device);
     let config = HeatmapConfig {
         eps: h.eps,

@@ -6,7 +6,7 @@
 mod heatmap;
 mod train;
 
-use crate::models::Numerics;
+use crate::models::Requested;
 use crate::{checkpoint, data, device};
 use freqsweep_common::dataset::Dataset;
 use freqsweep_common::task::{DatasetSource, MemoryFormat, MetricPoint, ModelSource, Precision, TaskOutcome, TaskSpec};
@@ -125,7 +125,7 @@ impl TorchEngine {
         inputs: &HashMap<String, PathBuf>,
         height: i64,
         width: i64,
-        numerics: Numerics,
+        requested: Requested,
     ) -> Result<(checkpoint::Loaded, PathBuf), EngineError> {
         let path = match source {
             ModelSource::Checkpoint { artifact } => inputs
@@ -140,7 +140,7 @@ impl TorchEngine {
             }
         };
         let loaded =
-            checkpoint::load_classifier(&path, self.device, height, width, numerics).map_err(|e| match source {
+            checkpoint::load_classifier(&path, self.device, height, width, requested).map_err(|e| match source {
                 // An input the coordinator verified by digest does not load here: this worker's copy
                 // is damaged. Dropped from the cache, so the next attempt (here or elsewhere) fetches it.
                 ModelSource::Checkpoint { .. } => {
@@ -162,23 +162,19 @@ impl TorchEngine {
     }
 }
 
-/// What a model computes in for a task asking for `precision` and `format` on `device`: bf16
-/// only where the device has it (otherwise fp32, said in the log and recorded in the outcome).
-/// Returns the numerics and the precision and resolved format to record.
-pub fn numerics_for(device: Device, precision: Precision, format: MemoryFormat) -> (Numerics, Precision, MemoryFormat) {
-    let precision = match precision {
+/// What a task asking for `precision` and `format` on `device` gets: bf16 only where the device
+/// has it (otherwise fp32, said in the log; the outcome records what ran), the format as asked
+/// (`Auto` is resolved once the model is known, by [`Requested::for_model`]).
+pub fn numerics_for(device: Device, precision: Precision, format: MemoryFormat) -> Requested {
+    let kind = match precision {
         Precision::Bf16 if !device::bf16_allowed(device) => {
             tracing::warn!(device = %device::describe(device), "bf16 requested, but this device has no bf16 instructions (it would be emulated, slower than fp32); computing in fp32");
-            Precision::Fp32
+            tch::Kind::Float
         }
-        p => p,
-    };
-    let format = format.resolve(precision);
-    let kind = match precision {
-        Precision::Fp32 => tch::Kind::Float,
         Precision::Bf16 => tch::Kind::BFloat16,
+        Precision::Fp32 => tch::Kind::Float,
     };
-    (Numerics { kind, channels_last: format == MemoryFormat::ChannelsLast }, precision, format)
+    Requested { kind, format }
 }
 
 /// The file at `path` is the one whose digest the run recorded.
@@ -298,6 +294,7 @@ mod tests {
                 eval_steps_epochs: 0,
                 test_limit: 0,
                 precision: Default::default(),
+                memory_format: Default::default(),
             },
         });
         let epoch1 = dir.path().join("epoch1.ot");

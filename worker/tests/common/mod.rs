@@ -24,6 +24,7 @@ pub fn tiny_task(syn: SynConfig, seed: u64, precision: Precision) -> TrainTask {
             eval_steps_epochs: 0,
             test_limit: 0,
             precision,
+            memory_format: Default::default(),
         },
     }
 }
