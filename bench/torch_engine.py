@@ -14,6 +14,8 @@ thread count, and per model:
   the device, one clean pass per image block (what the engine does), in fp32 NCHW (`fp32`), fp32
   channels-last (`fp32_cl`) or bf16 autocast channels-last (`bf16_cl`);
 - **forward**, per variant: the pure batched forward pass (`no_grad`, eval), the ceiling;
+- **dfm loop**: the loop of the DFM authors' public code for one class (each class repeats it):
+  per cell, the whole test set, FFT, zero the cell, inverse FFT, forward, the class's loss;
 - **train**, per variant: steps/s of the plain training loop at batch 64 with `torch.optim.Adam`;
   `bf16_cl` is `torch.autocast("cpu", torch.bfloat16)` on a channels-last model (fp32 master
   weights, the way PyTorch AMP does it).
@@ -186,6 +188,30 @@ def batched_map(model, images, labels, cells, batch, variant):
     return k * n, time.perf_counter() - start
 
 
+def public_dfm_loop(model, images, labels, cells, batch, target_class):
+    """The loop of the DFM authors' public code (`nn-frequency-shortcuts`, `test_rank.py`) for one
+    class: for every cell, the whole test set in batches: FFT, centre, zero the cell (and its
+    mirror), shift back, inverse FFT, real part, forward, cross-entropy of the class's images.
+    Every class repeats it. Returns (filtered images, seconds)."""
+    n, c, h, w = images.shape
+    count = 0
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i, j in cells:
+            loss = torch.zeros(())
+            for first in range(0, n, batch):
+                x, y = images[first : first + batch], labels[first : first + batch]
+                spectrum = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
+                spectrum[:, :, i, j] = 0
+                spectrum[:, :, (h - i) % h, (w - j) % w] = 0
+                filtered = torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1))).real
+                losses = F.cross_entropy(model(filtered), y, reduction="none")
+                loss += losses[y == target_class].sum()
+                count += x.shape[0]
+            loss.item()
+    return count, time.perf_counter() - start
+
+
 def per_cell_loop(model, images, labels, cells, batch):
     """The per-cell loop of public Fourier-heatmap code; returns (perturbed images, seconds, errors)."""
     n, c, h, w = images.shape
@@ -258,6 +284,7 @@ def main():
     p.add_argument("--forward-images", default="tiny=16384,alexnet=8192,resnet18=4096")
     p.add_argument("--steps", default="tiny=200,alexnet=20,resnet18=12")
     p.add_argument("--variants", default="fp32,fp32_cl", help="of fp32, fp32_cl, bf16_cl")
+    p.add_argument("--dfm-models", default="tiny", help="models whose public DFM loop is timed")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -274,6 +301,7 @@ def main():
 
     half_plane = [(i, j) for i in range(h) for j in range(w) if (i, j) <= conjugate(i, j)]
     variants = [v for v in args.variants.split(",") if v]
+    dfm_models = [m for m in args.dfm_models.split(",") if m]
 
     # Flat keys ("tiny.loop_images_per_second": …) so `cargo xtask bench` reads them without a JSON crate.
     out = {
@@ -297,6 +325,10 @@ def main():
             "loop_images_per_second": count / seconds,
             "train_steps": steps.get(name, 10),
         }
+        if name in dfm_models:
+            public_dfm_loop(model, images, labels, cells[:1], batch, 0)  # warm-up
+            count, seconds = public_dfm_loop(model, images, labels, cells, batch, 0)
+            row["dfm_loop_images_per_second"] = count / seconds
         for variant in variants:
             torch.manual_seed(0)
             model = in_variant(MODELS[name](4).eval(), variant)

@@ -17,6 +17,7 @@
 
 pub mod bands;
 pub mod dataset;
+pub mod dfm;
 pub mod digest;
 pub mod figures;
 pub mod heatmap;

@@ -57,6 +57,14 @@
 //! chunk_cells = 64         # canonical cells per heatmap task (or chunks_per_map = 8)
 //! seed = 0
 //!
+//! [dfm]                    # optional: dominant frequency maps of every trained model (SCIENCE.md §7)
+//! patch = 1                # side of the square patches removed together (1: single frequencies)
+//! top = [1, 5, 10, 20]     # DFMs at these percentages of the units, each in (0, 100]
+//! images = 500             # test images (0: all)
+//! batch = 256              # filtered images per forward pass
+//! chunk_cells = 64         # removal units per task (or chunks_per_map = 8)
+//! classes = "all"          # or a list such as [0, 1]: the classes whose maps are written
+//!
 //! [[exclude]]              # drop grid points matching every key given
 //! arch = "resnet18"
 //! optimizer = "sgd"
@@ -158,6 +166,48 @@ pub struct HeatmapSpec {
     pub memory_format: MemoryFormat,
 }
 
+/// The classes whose DFMs a sweep writes.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum ClassChoice {
+    All,
+    Listed(Vec<usize>),
+}
+
+impl ClassChoice {
+    /// The classes of a model with `classes` outputs.
+    pub fn of(&self, classes: usize) -> Vec<usize> {
+        match self {
+            ClassChoice::All => (0..classes).collect(),
+            ClassChoice::Listed(list) => list.iter().copied().filter(|&c| c < classes).collect(),
+        }
+    }
+}
+
+/// The DFM part of a spec (SCIENCE.md §7).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DfmSpec {
+    pub patch: usize,
+    pub top: Vec<f64>,
+    pub images: usize,
+    pub batch: usize,
+    pub chunks: Chunking,
+    pub classes: ClassChoice,
+    pub precision: Precision,
+    pub memory_format: MemoryFormat,
+}
+
+impl DfmSpec {
+    /// Removal units of a 32 × 32 map at this patch size.
+    pub fn units(&self) -> usize {
+        let side = 32 / self.patch.max(1);
+        if self.patch == 1 {
+            HEATMAP_CELLS
+        } else {
+            side * side
+        }
+    }
+}
+
 /// One point of the grid: its values (for names, `results.csv` and include/exclude matching) and
 /// the training task it stands for.
 #[derive(Clone, Debug, PartialEq)]
@@ -224,6 +274,7 @@ pub struct Sweep {
     pub name: String,
     pub points: Vec<GridPoint>,
     pub heatmap: Option<HeatmapSpec>,
+    pub dfm: Option<DfmSpec>,
 }
 
 /// The grid keys, in expansion order (the last varies fastest). `include`/`exclude` tables use them.
@@ -332,6 +383,7 @@ struct RawSpec {
     #[serde(default)]
     eval: RawEval,
     heatmap: Option<Spanned<RawHeatmap>>,
+    dfm: Option<Spanned<RawDfm>>,
     #[serde(default)]
     include: Vec<Spanned<RawPoint>>,
     #[serde(default)]
@@ -408,6 +460,20 @@ struct RawHeatmap {
     chunk_cells: Scalar,
     chunks_per_map: Scalar,
     seed: Scalar,
+    precision: Scalar,
+    memory_format: Scalar,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDfm {
+    patch: Scalar,
+    top: List,
+    images: Scalar,
+    batch: Scalar,
+    chunk_cells: Scalar,
+    chunks_per_map: Scalar,
+    classes: List,
     precision: Scalar,
     memory_format: Scalar,
 }
@@ -1244,7 +1310,10 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
     // The heatmap's chunks fix the tasks per point: the task table is bounded while the points
     // are built (memory grows with the points), not after.
     let heatmap = raw.heatmap.as_ref().map(|h| heatmap(ctx, h, &grid.arch.values)).transpose()?;
-    let per_point = 1 + heatmap.as_ref().map_or(0, |h| h.eps.len().saturating_mul(h.chunks.chunks(HEATMAP_CELLS)));
+    let dfm = raw.dfm.as_ref().map(|d| dfm(ctx, d)).transpose()?;
+    let per_point = 1
+        + heatmap.as_ref().map_or(0, |h| h.eps.len().saturating_mul(h.chunks.chunks(HEATMAP_CELLS)))
+        + dfm.as_ref().map_or(0, |d| d.chunks.chunks(d.units()));
     let most_points = grid.distinct_points(&grid_lens).saturating_add(includes.len());
     let too_many = || {
         ctx.err_top(format!(
@@ -1301,7 +1370,83 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
         return Err(ctx.err_top("the grid is empty (everything was excluded)"));
     }
 
-    Ok(Sweep { name, points, heatmap })
+    // Listed DFM classes must exist in every point's model.
+    if let (Some(d), Some(raw)) = (&dfm, &raw.dfm) {
+        let fewest = points.iter().map(|p| p.task.train.classes).min().unwrap_or(0);
+        if let ClassChoice::Listed(list) = &d.classes {
+            if let Some(&c) = list.iter().find(|&&c| c >= fewest) {
+                let span = raw.get_ref().classes.as_ref().map_or_else(|| raw.span(), Spanned::span);
+                return Err(ctx.err(
+                    &span,
+                    format!(
+                        "classes lists class {c}, but a model of the sweep has {fewest} classes (0-{})",
+                        fewest.saturating_sub(1)
+                    ),
+                ));
+            }
+        }
+    }
+
+    Ok(Sweep { name, points, heatmap, dfm })
+}
+
+fn dfm(ctx: &Ctx, raw: &Spanned<RawDfm>) -> Result<DfmSpec, SpecError> {
+    let d = raw.get_ref();
+    let patch = ctx.scalar(&d.patch, 1, |v| {
+        let p = bounded("patch", v, 1, 32, "cells on a side of a 32 × 32 spectrum")?;
+        if !32usize.is_multiple_of(p) {
+            return Err(format!("patch {p} does not divide the 32 × 32 image: use 1, 2, 4, 8, 16 or 32"));
+        }
+        Ok(p)
+    })?;
+    let top = match &d.top {
+        None => vec![1.0, 5.0, 10.0, 20.0],
+        Some(list) => {
+            let mut seen = Vec::new();
+            for (span, t) in
+                ctx.list("top", list, |v| number("top", v, |x| x > 0.0 && x <= 100.0, "a percentage in (0, 100]"))?
+            {
+                if seen.contains(&t) {
+                    return Err(ctx.err(&span, format!("top lists {} twice", format_number(t))));
+                }
+                seen.push(t);
+            }
+            seen
+        }
+    };
+    let classes = match &d.classes {
+        None => ClassChoice::All,
+        Some(list) if matches!(list.get_ref().0.as_slice(), [(_, Value::String(s))] if s == "all") => ClassChoice::All,
+        Some(list) => {
+            let mut out = Vec::new();
+            for (span, c) in
+                ctx.list("classes", list, |v| bounded("classes", v, 0, MAX_CLASSES - 1, "a class number, or \"all\""))?
+            {
+                if out.contains(&c) {
+                    return Err(ctx.err(&span, format!("classes lists class {c} twice")));
+                }
+                out.push(c);
+            }
+            ClassChoice::Listed(out)
+        }
+    };
+    let chunks = match (&d.chunk_cells, &d.chunks_per_map) {
+        (Some(_), Some(c)) => {
+            return Err(ctx.err(&c.span(), "give chunk_cells or chunks_per_map, not both"));
+        }
+        (_, Some(_)) => Chunking::PerMap(ctx.scalar(&d.chunks_per_map, 1, |v| positive_usize("chunks_per_map", v))?),
+        _ => Chunking::Cells(ctx.scalar(&d.chunk_cells, 64, |v| positive_usize("chunk_cells", v))?),
+    };
+    Ok(DfmSpec {
+        patch,
+        top,
+        images: ctx.scalar(&d.images, 500, |v| non_negative_usize("images", v))?,
+        batch: ctx.scalar(&d.batch, 256, |v| bounded("batch", v, 1, MAX_BATCH, "filtered images per forward pass"))?,
+        chunks,
+        classes,
+        precision: ctx.scalar(&d.precision, Precision::Fp32, check_precision)?,
+        memory_format: ctx.scalar(&d.memory_format, MemoryFormat::Auto, check_memory_format)?,
+    })
 }
 
 fn heatmap(ctx: &Ctx, raw: &Spanned<RawHeatmap>, archs: &[String]) -> Result<HeatmapSpec, SpecError> {
@@ -1384,6 +1529,42 @@ fn heatmap(ctx: &Ctx, raw: &Spanned<RawHeatmap>, archs: &[String]) -> Result<Hea
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dfm_section_is_read_with_defaults_and_bad_values_are_named() {
+        let base = "[[dataset]]\nkind = \"syn\"\nband = 1\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n[dfm]\n";
+        let d = parse(base, "s.toml").unwrap().dfm.unwrap();
+        assert_eq!(
+            (d.patch, d.top.as_slice(), d.images, d.classes.clone()),
+            (1, &[1.0, 5.0, 10.0, 20.0][..], 500, ClassChoice::All)
+        );
+        assert_eq!((d.units(), d.chunks.chunks(d.units())), (514, 9));
+        let d = parse(&format!("{base}patch = 4\ntop = [2.5]\nclasses = [0, 1]\nchunks_per_map = 2\n"), "s.toml")
+            .unwrap()
+            .dfm
+            .unwrap();
+        assert_eq!((d.patch, d.units(), d.top.as_slice(), d.classes.of(4)), (4, 64, &[2.5][..], vec![0, 1]));
+        assert_eq!(
+            parse(&format!("{base}classes = \"all\"\n"), "s.toml").unwrap().dfm.unwrap().classes,
+            ClassChoice::All
+        );
+        // A sweep's task count includes the DFM chunks (1 train + 9 chunks).
+        for (extra, message) in [
+            ("patch = 3\n", "s.toml:11: patch 3 does not divide the 32 × 32 image"),
+            ("patch = 0\n", "s.toml:11: patch must be"),
+            ("top = [0]\n", "s.toml:11: top must be a percentage in (0, 100]"),
+            ("top = [5, 120]\n", "s.toml:11: top must be a percentage in (0, 100]"),
+            ("top = [5, 5]\n", "s.toml:11: top lists 5 twice"),
+            ("classes = [0, 4]\n", "s.toml:11: classes lists class 4, but a model of the sweep has 4 classes (0-3)"),
+            ("classes = [1, 1]\n", "s.toml:11: classes lists class 1 twice"),
+            ("classes = \"some\"\n", "s.toml:11: classes must be"),
+            ("chunk_cells = 8\nchunks_per_map = 2\n", "give chunk_cells or chunks_per_map, not both"),
+            ("colour = 1\n", "unknown field `colour`"),
+        ] {
+            let err = parse(&format!("{base}{extra}"), "s.toml").unwrap_err().to_string();
+            assert!(err.contains(message), "{extra:?}: {err}");
+        }
+    }
 
     #[test]
     fn heatmap_precision_and_memory_format_are_read_and_default_to_fp32_auto() {

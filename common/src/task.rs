@@ -227,6 +227,53 @@ pub struct HeatmapTask {
     pub memory_format: MemoryFormat,
 }
 
+/// A chunk of dominant-frequency loss maps (SCIENCE.md §7): `model` on the test split of
+/// `dataset` with each of `units` removed (a cell and its conjugate, or a patch of cells and
+/// their conjugates), every class's statistics from the same forward passes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DfmTask {
+    pub dataset: DatasetSource,
+    pub model: ModelSource,
+    /// Side of the square patches removed (1: single cells).
+    pub patch: usize,
+    /// The model's outputs (every class gets statistics; a result has exactly this many).
+    pub classes: usize,
+    /// Anchors of this chunk's removal units (`common::dfm::units`).
+    pub units: Vec<Cell>,
+    /// Chunk number within the map.
+    #[serde(default)]
+    pub chunk: usize,
+    /// Use only the first this many test images (0: all).
+    #[serde(default)]
+    pub images: usize,
+    /// Filtered images per forward pass (bounds memory).
+    pub batch: usize,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub precision: Precision,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub memory_format: MemoryFormat,
+}
+
+/// What a DFM chunk reports: per class its clean statistics, and per unit per class the summed
+/// loss and flip count (sums and counts, so chunks merge exactly).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DfmOutcome {
+    pub chunk: usize,
+    pub patch: usize,
+    pub images: usize,
+    pub clean: Vec<crate::dfm::CleanStat>,
+    pub units: Vec<(Cell, Vec<crate::dfm::ClassStat>)>,
+    pub seconds: f64,
+    /// Filtered images pushed through the model per second.
+    pub images_per_second: f64,
+    pub device: String,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub precision: Precision,
+    #[serde(default, skip_serializing_if = "is_contiguous")]
+    pub memory_format: MemoryFormat,
+}
+
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
@@ -312,6 +359,7 @@ impl MemoryFormat {
 pub enum TaskSpec {
     Train(TrainTask),
     Heatmap(HeatmapTask),
+    Dfm(DfmTask),
 }
 
 /// The kinds of task: the unit of the design. Each has one room on either side (the coordinator's
@@ -323,17 +371,19 @@ pub enum TaskSpec {
 pub enum TaskKind {
     Train,
     Heatmap,
+    Dfm,
 }
 
 impl TaskKind {
     /// Every kind, in planning order (a kind's dependencies come earlier).
-    pub const ALL: [TaskKind; 2] = [TaskKind::Train, TaskKind::Heatmap];
+    pub const ALL: [TaskKind; 3] = [TaskKind::Train, TaskKind::Heatmap, TaskKind::Dfm];
 
     /// The name in task keys, logs, the store's `tasks.kind` and `status`.
     pub fn as_str(self) -> &'static str {
         match self {
             TaskKind::Train => "train",
             TaskKind::Heatmap => "heatmap",
+            TaskKind::Dfm => "dfm",
         }
     }
 
@@ -347,7 +397,7 @@ impl TaskKind {
     pub fn outputs(self) -> &'static [&'static str] {
         match self {
             TaskKind::Train => &[CHECKPOINT_OUTPUT, MODEL_OUTPUT],
-            TaskKind::Heatmap => &[],
+            TaskKind::Heatmap | TaskKind::Dfm => &[],
         }
     }
 }
@@ -362,6 +412,7 @@ impl TaskSpec {
         match self {
             TaskSpec::Train(_) => TaskKind::Train,
             TaskSpec::Heatmap(_) => TaskKind::Heatmap,
+            TaskSpec::Dfm(_) => TaskKind::Dfm,
         }
     }
 }
@@ -429,6 +480,7 @@ fn is_contiguous(f: &MemoryFormat) -> bool {
 pub enum TaskOutcome {
     Train(TrainOutcome),
     Heatmap(HeatmapOutcome),
+    Dfm(DfmOutcome),
 }
 
 impl TaskOutcome {
@@ -436,6 +488,7 @@ impl TaskOutcome {
         match self {
             TaskOutcome::Train(_) => TaskKind::Train,
             TaskOutcome::Heatmap(_) => TaskKind::Heatmap,
+            TaskOutcome::Dfm(_) => TaskKind::Dfm,
         }
     }
 }

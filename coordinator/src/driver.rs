@@ -211,8 +211,8 @@ pub struct Driver {
     pub(crate) tasks: HashMap<TaskId, PlannedTask>,
     /// Artifacts each finished task produced, by name.
     outputs: HashMap<TaskId, Vec<ArtifactRef>>,
-    /// Heatmaps merged chunk by chunk as results are accepted.
-    maps: kinds::heatmap::Maps,
+    /// Heatmaps and DFMs merged chunk by chunk as results are accepted.
+    maps: kinds::Merged,
     /// Newest partial checkpoint of unfinished tasks that resume from them.
     partials: HashMap<TaskId, PartialCheckpoint>,
     /// Digest → locality key, to translate a worker's cache into keys the scheduler knows.
@@ -306,7 +306,7 @@ impl Shared {
         let terminal_at_start = scheduler.counts().iter().filter(|(s, _)| s.is_terminal()).map(|(_, c)| c).sum();
         let (finished, finished_rx) = watch::channel(done);
         let counters = Arc::new(Counters::default());
-        let maps = kinds::heatmap::Maps::new(&tasks);
+        let maps = kinds::Merged::new(&tasks);
         let mut driver = Driver {
             scheduler,
             tasks: tasks.into_iter().map(|t| (t.id, t)).collect(),
@@ -1099,39 +1099,47 @@ impl Driver {
     }
 }
 
-/// Merge an accepted result into what its kind builds from results (a heatmap chunk into its
-/// map); a map that is complete now is stored as a content-addressed artifact, the input a
-/// later stage takes. Idempotent: a task's result merges once.
+/// Merge an accepted result into what its kind builds from results (a heatmap or DFM chunk
+/// into its maps); maps that are complete now are stored as a content-addressed artifact, the
+/// input a later stage takes. Idempotent: a task's result merges once.
 fn merge_accepted(
-    maps: &mut kinds::heatmap::Maps,
+    maps: &mut kinds::Merged,
     artifacts: &ArtifactDir,
     task: &PlannedTask,
     outcome: &TaskOutcome,
     changes: &mut Vec<Change>,
 ) -> Result<(), String> {
-    match outcome {
-        TaskOutcome::Train(_) => Ok(()),
+    let (name, bytes) = match outcome {
+        TaskOutcome::Train(_) => return Ok(()),
         TaskOutcome::Heatmap(h) => {
-            if !maps.merge(task, h)? {
+            if !maps.heatmaps.merge(task, h)? {
                 return Ok(());
             }
             let Some(key) = kinds::heatmap::MapKey::of(task) else { return Ok(()) };
-            let Some(map) = maps.get(key) else { return Ok(()) };
+            let Some(map) = maps.heatmaps.get(key) else { return Ok(()) };
             let point = kinds::heatmap::point_id(task);
-            let bytes = kinds::heatmap::map_artifact(point, map);
-            match artifacts.store_bytes(&bytes) {
-                Ok((digest, size)) => {
-                    let name = kinds::heatmap::map_artifact_name(point, h.eps);
-                    tracing::info!(map = %name, digest = %digest, "heatmap complete");
-                    let path = artifacts.path(&digest).display().to_string();
-                    changes.push(Change::Artifact { digest, name, size, path, task_id: None });
-                }
-                // The chunks are stored; the report merges them again from the store.
-                Err(e) => tracing::warn!(error = %e, "the merged map could not be stored as an artifact"),
-            }
-            Ok(())
+            (kinds::heatmap::map_artifact_name(point, h.eps), kinds::heatmap::map_artifact(point, map))
         }
+        TaskOutcome::Dfm(d) => {
+            if !maps.dfms.merge(task, d)? {
+                return Ok(());
+            }
+            let Some(acc) = maps.dfms.get(task.point) else { return Ok(()) };
+            let point = kinds::dfm::point_id(task);
+            let Some(bytes) = kinds::dfm::map_artifact(point, acc) else { return Ok(()) };
+            (kinds::dfm::map_artifact_name(point), bytes)
+        }
+    };
+    match artifacts.store_bytes(&bytes) {
+        Ok((digest, size)) => {
+            tracing::info!(map = %name, digest = %digest, "maps complete");
+            let path = artifacts.path(&digest).display().to_string();
+            changes.push(Change::Artifact { digest, name, size, path, task_id: None });
+        }
+        // The chunks are stored; the report merges them again from the store.
+        Err(e) => tracing::warn!(error = %e, "the merged maps could not be stored as an artifact"),
     }
+    Ok(())
 }
 
 pub(crate) fn worker_name(worker: WorkerId) -> String {
@@ -1470,7 +1478,7 @@ mod tests {
                 .with(|d| d.on_message(session, FromWorker::Result { attempt, result_json: json, outputs: vec![] }))
                 .unwrap();
             assert_eq!(next(&mut rx), ToWorker::Ack { attempt, accepted: true });
-            assert_eq!(shared.with(|d| d.maps.progress(key)).unwrap(), (k + 1, 2), "merged as accepted");
+            assert_eq!(shared.with(|d| d.maps.heatmaps.progress(key)).unwrap(), (k + 1, 2), "merged as accepted");
         }
         let reader = shared.with(|d| d.store.reader()).unwrap().unwrap();
         let map = reader.artifact_by_name("map/Syn_2-tiny-adam-lr0.01-bs16-ep1-seed0/eps4").unwrap();

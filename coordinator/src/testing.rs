@@ -108,6 +108,29 @@ pub fn heatmap_result_json(task: &HeatmapTask, images: usize, errors: usize, dev
     serde_json::to_string(&outcome).expect("outcomes serialise")
 }
 
+/// The JSON of a DFM chunk result that fits `task`, for `images` images (all of class 0, every
+/// one classified right, nothing flipped).
+pub fn dfm_result_json(task: &freqsweep_common::task::DfmTask, images: usize, device: &str) -> String {
+    use freqsweep_common::dfm::{ClassStat, CleanStat};
+    let mut clean = vec![CleanStat::default(); task.classes];
+    if let Some(first) = clean.first_mut() {
+        *first = CleanStat { images: images as u64, loss: 0.0, correct: images as u64 };
+    }
+    let outcome = TaskOutcome::Dfm(freqsweep_common::task::DfmOutcome {
+        chunk: task.chunk,
+        patch: task.patch,
+        images,
+        clean,
+        units: task.units.iter().map(|&u| (u, vec![ClassStat::default(); task.classes])).collect(),
+        seconds: 0.0,
+        images_per_second: 0.0,
+        device: device.to_string(),
+        precision: Default::default(),
+        memory_format: Default::default(),
+    });
+    serde_json::to_string(&outcome).expect("outcomes serialise")
+}
+
 /// A one-epoch train task of the tiny CNN on Syn_1, evaluated on `B1234` (4 classes): a task for
 /// tests of the scheduling and metric path (nothing trains it).
 pub fn sim_train_task() -> TrainTask {

@@ -9,6 +9,8 @@
 //! - **numerics**: the heatmap and the forward pass of the same model in fp32 channels-last
 //!   (`heatmap.fp32_cl`, `forward.fp32_cl`) and, where the device has bf16 instructions, bf16
 //!   channels-last (`*.bf16_cl`); `bf16_native` says which;
+//! - **dfm**: `dfm::compute` over the same cells and images (filtered images per second; one pass
+//!   per removed cell serves every class), for the models in `--dfm tiny`;
 //! - **training**: steps per second at batch 64 with Adam, both through `train::run` (one epoch,
 //!   including its evaluations and checkpoint; in fp32 NCHW, `train_run`, and in each numerics
 //!   variant, `train_run.fp32_cl`, `train_run.bf16_cl`) and as the bare fp32 NCHW step loop
@@ -52,6 +54,8 @@ struct Options {
     /// The batch size of each model's main heatmap and forward figures.
     batch: BTreeMap<String, usize>,
     sweep: Vec<Arch>,
+    /// Models whose DFM engine is measured.
+    dfm: Vec<Arch>,
     /// Images per batch size in the forward-pass sweep.
     sweep_images: BTreeMap<String, usize>,
     cells: BTreeMap<String, usize>,
@@ -75,6 +79,7 @@ fn options() -> Options {
         batch: parse_map("tiny=256,alexnet=256,resnet18=64"),
         sweep_images: parse_map("tiny=8192,alexnet=1024,resnet18=256"),
         sweep: vec![Arch::Tiny],
+        dfm: vec![Arch::Tiny],
         cells: parse_map("tiny=64,alexnet=32,resnet18=16"),
         steps: parse_map("tiny=200,alexnet=20,resnet18=12"),
         models: vec![Arch::Tiny, Arch::ResNet18],
@@ -92,6 +97,7 @@ fn options() -> Options {
             "--threads" => tch::set_num_threads(value().parse().expect("--threads N")),
             "--sweep-images" => o.sweep_images.extend(parse_map(&value())),
             "--sweep" => o.sweep = value().split(',').map(|m| m.parse().expect("model name")).collect(),
+            "--dfm" => o.dfm = value().split(',').map(|m| m.parse().expect("model name")).collect(),
             "--cells" => o.cells.extend(parse_map(&value())),
             "--steps" => o.steps.extend(parse_map(&value())),
             "--models" => o.models = value().split(',').map(|m| m.parse().expect("model name")).collect(),
@@ -188,6 +194,16 @@ fn bench_model(arch: Arch, device: Device, o: &Options, out: &mut Map<String, Va
     put("batch", batch as f64);
     put("heatmap", heatmap_rate(batch));
     put("forward", forward_rate(batch, perturbed));
+    // DFM loss maps (all classes from one pass per removed cell) over as many cells and images.
+    if o.dfm.contains(&arch) {
+        let config = freqsweep_worker::dfm::DfmConfig { patch: 1, units: cells.clone(), batch };
+        let warm = freqsweep_worker::dfm::DfmConfig { units: cells[..1].to_vec(), ..config.clone() };
+        freqsweep_worker::dfm::compute(model.as_ref(), &images, &data.labels, &warm, &mut |_, _| {}).unwrap();
+        let s = timed(device, || {
+            freqsweep_worker::dfm::compute(model.as_ref(), &images, &data.labels, &config, &mut |_, _| {}).unwrap();
+        });
+        put("dfm", perturbed as f64 / s);
+    }
     // Sweeps: the forward pass by batch size; the heatmap too for the models asked.
     let sweep_images = o.sweep_images.get(&name).copied().unwrap_or(512);
     for &b in &o.batches {

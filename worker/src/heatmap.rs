@@ -237,7 +237,7 @@ pub fn compute(
 /// Logits and the requested layers' responses, flattened per image, in `wanted`'s order, in
 /// fp32 whatever the model computes in (a no-op for an fp32 model), so the cosine sums and the
 /// argmax are the same code at every precision.
-fn forward(model: &dyn Classifier, x: &Tensor, wanted: &[String]) -> (Tensor, Vec<Tensor>) {
+pub(crate) fn forward(model: &dyn Classifier, x: &Tensor, wanted: &[String]) -> (Tensor, Vec<Tensor>) {
     if wanted.is_empty() {
         return (model.logits(x, false).to_kind(Kind::Float), Vec::new());
     }

@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod client;
 pub mod data;
 pub mod device;
+pub mod dfm;
 pub mod engine;
 pub mod eval;
 pub mod heatmap;

@@ -76,6 +76,12 @@ enum Command {
     /// Writes DIR/heatmap.npy (float64 HxW error rate, DC at the centre), DIR/heatmap.png,
     /// DIR/heatmap.json and, with --layers, DIR/heatmap_<layer>.npy/.png (mean cosine distance).
     Heatmap(HeatmapArgs),
+    /// Dominant frequency maps of a model (SCIENCE.md §7): per class, the loss with each
+    /// frequency (or patch) removed, and the top-X % masks.
+    ///
+    /// Writes DIR/loss_class<c>.npy/.png, DIR/accdrop_class<c>.npy/.png,
+    /// DIR/dfm_class<c>_top<X>.npy/.png for every class and X, and DIR/dfm.json.
+    Dfm(DfmArgs),
 }
 
 #[derive(Args)]
@@ -210,6 +216,45 @@ struct HeatmapArgs {
     memory_format: MemoryFormat,
 }
 
+#[derive(Args)]
+struct DfmArgs {
+    /// The model: a TorchScript file or a freqsweep checkpoint (.ot).
+    #[arg(long)]
+    model: PathBuf,
+    /// Test images: float32 [N,3,H,W] in [0,1] or uint8 [N,H,W,3].
+    #[arg(long)]
+    images: PathBuf,
+    /// Test labels: integer [N].
+    #[arg(long)]
+    labels: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    /// Side of the square patches of the spectrum removed together (1: single frequencies); it
+    /// must divide the image's height and width.
+    #[arg(long, default_value_t = 1)]
+    patch: usize,
+    /// Percentages of the units kept in each DFM, comma separated, each in (0, 100].
+    #[arg(long, value_delimiter = ',', default_value = "1,5,10,20")]
+    top: Vec<f64>,
+    /// Classes to write maps of: `all` or a comma-separated list.
+    #[arg(long, default_value = "all")]
+    classes: String,
+    /// Filtered images per forward pass (bounds memory).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=spec::MAX_BATCH))]
+    batch: u64,
+    /// Use the first N images only (0: all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Numbers of the model's forward pass: fp32 or bf16 (the removal and the sums stay fp32/fp64).
+    #[arg(long, default_value = "fp32", value_parser = parse_precision)]
+    precision: Precision,
+    /// auto (channels-last for conv nets), contiguous or channels_last.
+    #[arg(long, default_value = "auto", value_parser = parse_memory_format)]
+    memory_format: MemoryFormat,
+}
+
 fn parse_precision(s: &str) -> Result<Precision, String> {
     Precision::parse(s).ok_or_else(|| format!("{s:?}: use fp32 or bf16"))
 }
@@ -228,6 +273,7 @@ fn main() {
         Some(Command::Info { device }) => info(&device),
         Some(Command::Train(args)) => train(args),
         Some(Command::Heatmap(args)) => heatmap_cmd(args),
+        Some(Command::Dfm(args)) => dfm_cmd(args),
         None => match cli.coordinator.clone() {
             Some(url) => join(cli, url),
             None => Err(anyhow::anyhow!(
@@ -568,6 +614,138 @@ fn heatmap_cmd(args: HeatmapArgs) -> Result<()> {
         counts.images,
         seconds,
         (config.cells.len() * counts.images) as f64 / seconds.max(1e-9),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// The classes `--classes` names (`all`: every class the model outputs), each checked against
+/// the model's outputs and the images present.
+fn chosen_classes(text: &str, clean: &[freqsweep_common::dfm::CleanStat]) -> Result<Vec<usize>> {
+    let classes: Vec<usize> = if text.trim() == "all" {
+        (0..clean.len()).collect()
+    } else {
+        text.split(',')
+            .map(|c| {
+                c.trim()
+                    .parse::<usize>()
+                    .map_err(|_| anyhow::anyhow!("--classes: {c:?} is not a class number or `all`"))
+            })
+            .collect::<Result<_>>()?
+    };
+    for &c in &classes {
+        if c >= clean.len() {
+            bail!("--classes: class {c} does not exist (the model outputs {} classes)", clean.len());
+        }
+        if clean[c].images == 0 {
+            bail!(
+                "--classes: class {c} has no test images (the model outputs {} classes; choose the classes the labels have)",
+                clean.len()
+            );
+        }
+    }
+    Ok(classes)
+}
+
+fn dfm_cmd(args: DfmArgs) -> Result<()> {
+    for &t in &args.top {
+        freqsweep_common::dfm::top_count(1, t).map_err(|e| anyhow::anyhow!("--top: {e}"))?;
+    }
+    let device = device::parse_device(&args.device)?;
+    let data = data::truncate(dataset::read_npy_pair(&args.images, &args.labels)?, args.limit);
+    if data.dims[1] != 3 {
+        bail!("{}: images have {} channels; the models take 3", args.images.display(), data.dims[1]);
+    }
+    let (h, w) = (data.dims[2], data.dims[3]);
+    let shape = Shape2::new(h, w);
+    let units = freqsweep_common::dfm::units(shape, args.patch).map_err(|e| anyhow::anyhow!("--patch: {e}"))?;
+    let (model_digest, _) = freqsweep_common::digest::of_file(&args.model)
+        .with_context(|| format!("cannot read {}", args.model.display()))?;
+    let requested = freqsweep_worker::engine::numerics_for(device, args.precision, args.memory_format);
+    let loaded =
+        checkpoint::load_classifier(&args.model, device, h as i64, w as i64, requested).map_err(anyhow::Error::msg)?;
+    if let Some(why) = &loaded.fallback {
+        tracing::warn!(reason = %why, "the model does not run in the requested precision; computing in fp32");
+    }
+    let (precision, format) = (loaded.numerics.precision(), loaded.numerics.memory_format());
+    let images = eval::images_tensor(&data, device);
+    let config = freqsweep_worker::dfm::DfmConfig { patch: args.patch, units, batch: args.batch as usize };
+    tracing::info!(model = %args.model.display(), kind = %loaded.what, images = data.len(), units = config.units.len(), patch = args.patch, device = %device::describe(device), precision = precision.as_str(), memory_format = format.as_str(), "dfm");
+    let started = std::time::Instant::now();
+    let mut progress = Progress::new("dfm", (config.units.len() * data.len()) as u64, "images");
+    let counts =
+        freqsweep_worker::dfm::compute(loaded.model.as_ref(), &images, &data.labels, &config, &mut |done, _| {
+            progress.set(done)
+        })
+        .with_context(|| format!("{}", args.model.display()))?;
+    progress.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    let classes = chosen_classes(&args.classes, &counts.clean)?;
+
+    let mut acc = freqsweep_common::dfm::DfmAccumulator::new(shape, args.patch, counts.clean.len())
+        .map_err(anyhow::Error::msg)?;
+    acc.write_clean(&counts.clean)?;
+    for (anchor, stats) in &counts.units {
+        acc.write(*anchor, stats)?;
+    }
+    let model_name = args.model.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+    freqsweep_common::dfm::write_files(&args.out, &acc, &classes, &args.top, &model_name)
+        .map_err(anyhow::Error::msg)?;
+    // Per class: the units on top of its loss map (anchors, highest first) for the smallest X.
+    let smallest = args.top.iter().copied().fold(f64::INFINITY, f64::min);
+    let summary: Vec<serde_json::Value> = classes
+        .iter()
+        .map(|&c| {
+            let loss = acc.loss_map(c);
+            let per_unit: Vec<f64> = acc.units().iter().map(|&u| loss[shape.centred_index(u)]).collect();
+            let top = freqsweep_common::dfm::top_units(&per_unit, smallest).unwrap_or_default();
+            let clean = counts.clean[c];
+            serde_json::json!({
+                "class": c,
+                "images": clean.images,
+                "clean_loss": clean.loss / clean.images as f64,
+                "clean_accuracy": clean.correct as f64 / clean.images as f64,
+                "top_units": top.iter().map(|&i| [acc.units()[i].u, acc.units()[i].v]).collect::<Vec<_>>(),
+                "top_losses": top.iter().map(|&i| per_unit[i]).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let json = serde_json::json!({
+        "height": h,
+        "width": w,
+        "patch": args.patch,
+        "units": acc.units().len(),
+        "top": args.top,
+        "images": counts.images,
+        "model": args.model.display().to_string(),
+        "model_digest": model_digest,
+        "precision": precision.as_str(),
+        "memory_format": format.as_str(),
+        "device": device::describe(device),
+        "seconds": seconds,
+        "filtered_images_per_second": (acc.units().len() * counts.images) as f64 / seconds.max(1e-9),
+        "classes": summary,
+    });
+    write_atomic(&args.out.join("dfm.json"), serde_json::to_string(&json)?.as_bytes())?;
+    for entry in &summary {
+        let top: Vec<String> =
+            entry["top_units"].as_array().into_iter().flatten().map(|uv| format!("({},{})", uv[0], uv[1])).collect();
+        println!(
+            "class {}: clean loss {:.3}, accuracy {:.3}; top {} % of {} units: {}",
+            entry["class"],
+            entry["clean_loss"].as_f64().unwrap_or(f64::NAN),
+            entry["clean_accuracy"].as_f64().unwrap_or(f64::NAN),
+            freqsweep_common::spec::format_number(smallest),
+            acc.units().len(),
+            top.join(" ")
+        );
+    }
+    println!(
+        "{} units x {} images in {:.1} s ({:.0} images/s); wrote {}",
+        acc.units().len(),
+        counts.images,
+        seconds,
+        (acc.units().len() * counts.images) as f64 / seconds.max(1e-9),
         args.out.display()
     );
     Ok(())

@@ -239,6 +239,8 @@ const ENGINE_STEPS: &str = "tiny=200,alexnet=30,resnet18=8";
 const ENGINE_BATCH: &str = "tiny=256,alexnet=256,resnet18=64";
 const ENGINE_BATCHES: &str = "32,64,128,256,512";
 const ENGINE_ROUNDS: usize = 2;
+/// Models whose DFM engine and public DFM loop are timed.
+const ENGINE_DFM: [&str; 1] = ["tiny"];
 const ENGINE_MODELS: [(&str, &str); 3] =
     [("tiny", "Tiny CNN"), ("alexnet", "AlexNet-CIFAR"), ("resnet18", "ResNet18-CIFAR")];
 /// The numerics both sides run in: key suffix, label.
@@ -264,7 +266,7 @@ pub fn engine(source: &libtorch::Source) -> Result<()> {
         let mut bench = cargo(source);
         bench.args(["bench", "-p", "freqsweep-worker", "--bench", "engine", "--", "--out"]).arg(&data);
         bench.args(["--cells", ENGINE_CELLS, "--steps", ENGINE_STEPS, "--batches", ENGINE_BATCHES, "--sweep", "tiny"]);
-        bench.args(["--batch", ENGINE_BATCH, "--models", &models.join(",")]);
+        bench.args(["--batch", ENGINE_BATCH, "--models", &models.join(","), "--dfm", &ENGINE_DFM.join(",")]);
         if let Ok(threads) = std::env::var("FREQSWEEP_BENCH_THREADS") {
             bench.args(["--threads", &threads]);
         }
@@ -288,6 +290,7 @@ pub fn engine(source: &libtorch::Source) -> Result<()> {
             .arg("--data")
             .arg(&data)
             .args(["--threads", &threads.to_string(), "--batch", ENGINE_BATCH, "--variants", variants])
+            .args(["--dfm-models", &ENGINE_DFM.join(",")])
             .args(["--models", &models.join(","), "--loop-cells", ENGINE_CELLS, "--steps", ENGINE_STEPS])
             .env("PYTHONPATH", &pydeps)
             .stderr(std::process::Stdio::inherit())
@@ -390,6 +393,30 @@ pub fn engine(source: &libtorch::Source) -> Result<()> {
             sweep.push_str(&format!("| {label} | heatmap img/s |{}\n", row("heatmap")?));
         }
     }
+    // DFMs: the engine's one pass per removed cell for all classes against the public code's
+    // loop, which re-runs the test set per class (every class costs the same, one is timed).
+    let mut dfm = String::from(
+        "| model | classes | Rust DFM img/s | forward img/s | % of forward | public loop img/s (per class) | time to all class maps, public / Rust |\n|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (model, label) in ENGINE_MODELS.iter().filter(|(m, _)| ENGINE_DFM.contains(m)) {
+        let ours = best(&ours_rounds, &format!("cpu.{model}.dfm"))?;
+        let forward = best(&ours_rounds, &format!("cpu.{model}.forward"))?;
+        let public = best(&theirs_rounds, &format!("{model}.dfm_loop_images_per_second"))?;
+        let classes = 4.0;
+        dfm.push_str(&format!(
+            "| {label} | {classes:.0} | {ours:.0} | {forward:.0} | {:.0} % | {public:.0} | {:.2}× |\n",
+            100.0 * ours / forward,
+            classes * ours / public
+        ));
+    }
+    body.push_str(&format!(
+        "\nDominant frequency maps (SCIENCE.md §7), same run, fp32 NCHW, the same cells and images: the Rust engine \
+         (`dfm::compute`: every class's loss and flips from one forward pass per removed cell, removal as a projection \
+         on the device) against the loop of the authors' public code (`bench/torch_engine.py` `public_dfm_loop`: per \
+         class, per cell, the whole test set through FFT, zeroing, inverse FFT and the model). Time to all class maps \
+         is classes × (Rust img/s) / (public img/s); goal ≥ 0.9 × classes (3.6× for 4 classes), at ≥ 90 % of the \
+         forward pass.\n\n{dfm}"
+    ));
     body.push_str(&format!("\nTraining, same run:\n\n{training}"));
     body.push_str(&format!(
         "\nThe Rust side in fp32 NCHW by batch size (images per forward pass), same run:\n\n{sweep}\n"

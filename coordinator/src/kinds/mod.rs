@@ -5,6 +5,7 @@
 //! exhaustive matches in this file, so a new variant of `TaskKind` makes the compiler list every
 //! place that must learn about it.
 
+pub mod dfm;
 pub mod heatmap;
 pub mod train;
 
@@ -20,7 +21,8 @@ use std::collections::HashMap;
 /// dependency points to an earlier task and the plan is in topological order.
 pub fn plan(sweep: &Sweep) -> Vec<PlannedTask> {
     let heatmaps = heatmap::Prepared::new(sweep);
-    let per_point = 1 + heatmaps.tasks_per_point();
+    let dfms = dfm::Prepared::new(sweep);
+    let per_point = 1 + heatmaps.tasks_per_point() + dfms.tasks_per_point();
     let mut tasks = Vec::with_capacity(sweep.points.len().saturating_mul(per_point));
     for (index, point) in sweep.points.iter().enumerate() {
         let mut planned = PointPlan { index, point, train: None };
@@ -28,10 +30,24 @@ pub fn plan(sweep: &Sweep) -> Vec<PlannedTask> {
             match kind {
                 TaskKind::Train => train::plan(&mut planned, &mut tasks),
                 TaskKind::Heatmap => heatmaps.plan(&planned, &mut tasks),
+                TaskKind::Dfm => dfms.plan(&planned, &mut tasks),
             }
         }
     }
     tasks
+}
+
+/// What the rooms build from accepted results: maps merged chunk by chunk (by the driver as
+/// results are accepted, by the report from the store).
+pub struct Merged {
+    pub heatmaps: heatmap::Maps,
+    pub dfms: dfm::DfmMaps,
+}
+
+impl Merged {
+    pub fn new(tasks: &[PlannedTask]) -> Merged {
+        Merged { heatmaps: heatmap::Maps::new(tasks), dfms: dfm::DfmMaps::new(tasks) }
+    }
 }
 
 /// What the rooms planned so far for one grid point (a later kind depends on an earlier one).
@@ -51,7 +67,7 @@ pub(crate) fn next_id(tasks: &[PlannedTask]) -> TaskId {
 pub fn priority(kind: TaskKind) -> u8 {
     match kind {
         TaskKind::Train => 0,
-        TaskKind::Heatmap => 1,
+        TaskKind::Heatmap | TaskKind::Dfm => 1,
     }
 }
 
@@ -60,6 +76,7 @@ pub fn inputs(task: &PlannedTask) -> Vec<(TaskId, &'static str)> {
     match task.kind() {
         TaskKind::Train => Vec::new(),
         TaskKind::Heatmap => heatmap::inputs(task),
+        TaskKind::Dfm => dfm::inputs(task),
     }
 }
 
@@ -81,7 +98,7 @@ pub fn lease_inputs(task: &PlannedTask, outputs: &HashMap<TaskId, Vec<ArtifactRe
 pub fn resumes_from_partial_checkpoints(kind: TaskKind) -> bool {
     match kind {
         TaskKind::Train => true,
-        TaskKind::Heatmap => false,
+        TaskKind::Heatmap | TaskKind::Dfm => false,
     }
 }
 
@@ -90,7 +107,7 @@ pub fn resumes_from_partial_checkpoints(kind: TaskKind) -> bool {
 pub fn attempts_report_whole_history(kind: TaskKind) -> bool {
     match kind {
         TaskKind::Train => true,
-        TaskKind::Heatmap => false,
+        TaskKind::Heatmap | TaskKind::Dfm => false,
     }
 }
 
@@ -103,8 +120,10 @@ pub fn check_metrics(task: &PlannedTask, points: &[freqsweep_common::task::Metri
             let sets: Vec<String> = spec.train.test_sets.iter().map(|s| s.to_string()).collect();
             points.iter().try_for_each(|p| train::check_metric(spec, &sets, p))
         }
-        TaskSpec::Heatmap(_) if points.is_empty() => Ok(()),
-        TaskSpec::Heatmap(_) => Err("a heatmap task reports no metric points".into()),
+        TaskSpec::Heatmap(_) | TaskSpec::Dfm(_) if points.is_empty() => Ok(()),
+        TaskSpec::Heatmap(_) | TaskSpec::Dfm(_) => {
+            Err(format!("a {} task reports no metric points", task.kind().as_str()))
+        }
     }
 }
 
@@ -128,7 +147,10 @@ pub fn check_result(task: &PlannedTask, result_json: &str, outputs: &[ArtifactRe
     match (&task.spec, &outcome) {
         (TaskSpec::Train(spec), TaskOutcome::Train(o)) => train::check(spec, o)?,
         (TaskSpec::Heatmap(spec), TaskOutcome::Heatmap(o)) => heatmap::check(spec, o)?,
-        (TaskSpec::Train(_) | TaskSpec::Heatmap(_), _) => unreachable!("the kinds were compared above"),
+        (TaskSpec::Dfm(spec), TaskOutcome::Dfm(o)) => dfm::check(spec, o)?,
+        (TaskSpec::Train(_) | TaskSpec::Heatmap(_) | TaskSpec::Dfm(_), _) => {
+            unreachable!("the kinds were compared above")
+        }
     }
     Ok(outcome)
 }

@@ -219,6 +219,39 @@ fn point_section(out: &mut String, p: &PointReport) {
         links.extend(h.layer_pngs.iter().map(|(layer, png)| format!("<a href=\"{}\">{}</a>", esc(png), esc(layer))));
         let _ = writeln!(out, "<p>Single maps: {}.</p>", links.join(" · "));
     }
+    if let Some(d) = &p.dfm {
+        let unit = if d.patch == 1 {
+            "frequency (with its conjugate)".to_string()
+        } else {
+            format!("{0}×{0} patch", d.patch)
+        };
+        let _ = writeln!(
+            out,
+            "<h3>Dominant frequency maps</h3>\n<p>Each of {} units removed in turn: one {unit}; {} test images; model computed in {}{}. Per class: the mean cross-entropy of its images with the unit removed, the fraction of them turned wrong, and the DFMs (the highest-loss units) shown over the loss map.</p>",
+            d.units,
+            d.images,
+            esc(&d.numerics),
+            if d.complete { "" } else { "; <span class=\"fail\">incomplete: grey units were not computed and no DFM is drawn</span>" }
+        );
+        out.push_str("<table><tr><th class=\"l\">class</th><th>images</th><th>clean loss</th><th class=\"l\">top units (u, v): mean loss</th></tr>\n");
+        for c in &d.classes {
+            let top: Vec<String> = c.top.iter().map(|(u, l)| format!("({}, {}): {l:.3}", u.u, u.v)).collect();
+            let _ = writeln!(
+                out,
+                "<tr><td class=\"l\">{}</td><td>{}</td><td>{:.4}</td><td class=\"l\">{}</td></tr>",
+                c.class,
+                c.images,
+                c.clean_loss,
+                esc(&top.join(" · "))
+            );
+        }
+        out.push_str("</table>\n<div class=\"figs\">");
+        for c in &d.classes {
+            let _ =
+                write!(out, "<a href=\"{0}\"><img src=\"{0}\" alt=\"DFMs of class {1}\"></a>", esc(&c.figure), c.class);
+        }
+        out.push_str("</div>\n");
+    }
     if !p.curves.is_empty() {
         out.push_str("<h3>Per-class F1 during training</h3>\n<div class=\"figs\">");
         for c in &p.curves {

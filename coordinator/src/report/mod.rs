@@ -11,7 +11,7 @@ mod html;
 pub(crate) use html::format_time;
 
 use crate::graph::PlannedTask;
-use crate::kinds::{self, heatmap::Maps};
+use crate::kinds::{self, Merged};
 use crate::store::Reader;
 use anyhow::{Context, Result};
 use freqsweep_common::spec::Sweep;
@@ -48,6 +48,7 @@ pub(crate) struct PointReport {
     pub error: Option<String>,
     pub outcome: Option<TrainOutcome>,
     pub heatmaps: Vec<HeatmapFiles>,
+    pub dfm: Option<kinds::dfm::DfmFiles>,
     pub curves: Vec<String>,
     /// Per test set, per class: the first evaluated step at which F1 reached each of
     /// [`LEARNED_AT`] (`None`: never) — the poster's "which class is learned first".
@@ -91,10 +92,20 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
 
     // Every merged map, from the chunk results the store holds (the same merge the driver does
     // as results are accepted).
-    let mut maps = Maps::new(tasks);
-    for t in tasks.iter().filter(|t| t.kind() == TaskKind::Heatmap) {
-        if let Some(Ok(TaskOutcome::Heatmap(h))) = rows[&t.id.0].result_json.as_deref().map(serde_json::from_str) {
-            maps.merge(t, &h).map_err(|e| anyhow::anyhow!("heatmap of {}: {e}", sweep.points[t.point].id))?;
+    let mut maps = Merged::new(tasks);
+    for t in tasks {
+        let Some(Ok(outcome)) = rows[&t.id.0].result_json.as_deref().map(serde_json::from_str::<TaskOutcome>) else {
+            continue;
+        };
+        let point = &sweep.points[t.point].id;
+        match &outcome {
+            TaskOutcome::Train(_) => {}
+            TaskOutcome::Heatmap(h) => {
+                maps.heatmaps.merge(t, h).map_err(|e| anyhow::anyhow!("heatmap of {point}: {e}"))?;
+            }
+            TaskOutcome::Dfm(d) => {
+                maps.dfms.merge(t, d).map_err(|e| anyhow::anyhow!("DFM of {point}: {e}"))?;
+            }
         }
     }
     for (index, point) in sweep.points.iter().enumerate() {
@@ -105,6 +116,7 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
             error: None,
             outcome: None,
             heatmaps: Vec::new(),
+            dfm: None,
             curves: Vec::new(),
             learning_order: Vec::new(),
             confusions: Vec::new(),
@@ -118,8 +130,9 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
                     kinds::train::report(dir, reader, &rows, tasks, index, point, &test_sets, &mut report, &mut csv)?
                 }
                 TaskKind::Heatmap => {
-                    kinds::heatmap::report(dir, &maps, index, point, &eps_list, &mut report, &mut csv)?
+                    kinds::heatmap::report(dir, &maps.heatmaps, index, point, &eps_list, &mut report, &mut csv)?
                 }
+                TaskKind::Dfm => kinds::dfm::report(dir, &maps.dfms, index, point, sweep.dfm.as_ref(), &mut report)?,
             }
         }
         csv.push('\n');
@@ -151,6 +164,7 @@ fn results_header(test_sets: &[String], eps_list: &[f64]) -> String {
         match kind {
             TaskKind::Train => kinds::train::csv_header(test_sets, &mut csv),
             TaskKind::Heatmap => kinds::heatmap::csv_header(eps_list, &mut csv),
+            TaskKind::Dfm => kinds::dfm::csv_header(&mut csv),
         }
     }
     csv.push('\n');

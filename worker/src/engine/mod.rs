@@ -3,6 +3,7 @@
 //! client loop talks only to the [`Engine`] trait, so it can be tested with a fake engine and the
 //! libtorch code stays in [`TorchEngine`].
 
+mod dfm;
 mod heatmap;
 mod train;
 
@@ -168,7 +169,11 @@ impl TorchEngine {
 pub fn numerics_for(device: Device, precision: Precision, format: MemoryFormat) -> Requested {
     let kind = match precision {
         Precision::Bf16 if !device::bf16_allowed(device) => {
-            tracing::warn!(device = %device::describe(device), "bf16 requested, but this device has no bf16 instructions (it would be emulated, slower than fp32); computing in fp32");
+            // Once per process: a sweep asks again with every chunk, and the outcome records it.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(device = %device::describe(device), "bf16 requested, but this device has no bf16 instructions (it would be emulated, slower than fp32); computing in fp32");
+            });
             tch::Kind::Float
         }
         Precision::Bf16 => tch::Kind::BFloat16,
@@ -207,6 +212,7 @@ impl Engine for TorchEngine {
         match task {
             TaskSpec::Train(t) => train::run(self, &dir, t, inputs, events),
             TaskSpec::Heatmap(h) => heatmap::run(self, task_key, h, inputs, events),
+            TaskSpec::Dfm(d) => dfm::run(self, task_key, d, inputs, events),
         }
     }
 }

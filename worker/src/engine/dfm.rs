@@ -1,0 +1,65 @@
+//! The DFM room of the engine: one chunk of a model's dominant-frequency loss maps
+//! (`worker/src/dfm.rs` computes) on the first `images` test images, every class from the same
+//! forward passes.
+
+use super::{EngineError, EngineEvents, EngineResult, TorchEngine};
+use crate::dfm::{self, DfmConfig};
+use crate::{data, device, eval};
+use freqsweep_common::task::{DfmOutcome, DfmTask, TaskOutcome};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+pub(super) fn run(
+    engine: &mut TorchEngine,
+    task_key: &str,
+    d: &DfmTask,
+    inputs: &HashMap<String, PathBuf>,
+    events: &mut dyn EngineEvents,
+) -> Result<EngineResult, EngineError> {
+    let started = Instant::now();
+    let device = engine.device;
+    let test = data::truncate(engine.dataset(&d.dataset)?.1.clone(), d.images);
+    let (height, width) = (test.dims[2] as i64, test.dims[3] as i64);
+    let requested = super::numerics_for(device, d.precision, d.memory_format);
+    let (loaded, model_path) = engine.model(&d.model, inputs, height, width, requested)?;
+    let (precision, format) = (loaded.numerics.precision(), loaded.numerics.memory_format());
+    let model = loaded.model;
+    let images = eval::images_tensor(&test, device);
+    let config = DfmConfig { patch: d.patch, units: d.units.clone(), batch: d.batch };
+    let mut stopped = false;
+    let counts = dfm::compute(model.as_ref(), &images, &test.labels, &config, &mut |done, total| {
+        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        events.progress(done as f64 / total.max(1) as f64, rate);
+        stopped |= events.should_stop();
+    })
+    .map_err(|e| EngineError::fatal(format!("{}: {e}", model_path.display())))?;
+    if counts.clean.len() != d.classes {
+        return Err(EngineError::fatal(format!(
+            "{}: the model outputs {} classes, the task expects {}",
+            model_path.display(),
+            counts.clean.len(),
+            d.classes
+        )));
+    }
+    if stopped {
+        tracing::debug!(task = task_key, "stop requested during a DFM chunk; finished it");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let filtered = (d.units.len() * counts.images) as f64;
+    Ok(EngineResult::Done {
+        outcome: TaskOutcome::Dfm(DfmOutcome {
+            chunk: d.chunk,
+            patch: d.patch,
+            images: counts.images,
+            clean: counts.clean,
+            units: counts.units,
+            seconds,
+            images_per_second: filtered / seconds.max(1e-9),
+            device: device::describe(device),
+            precision,
+            memory_format: format,
+        }),
+        artifacts: Vec::new(),
+    })
+}
