@@ -47,6 +47,15 @@ impl ConfusionMatrix {
         Ok(m)
     }
 
+    /// Build from rows `[truth][predicted]` of a square matrix (`None` if it is not square).
+    pub fn from_rows(rows: &[Vec<u64>]) -> Option<Self> {
+        let classes = rows.len();
+        if rows.iter().any(|r| r.len() != classes) {
+            return None;
+        }
+        Some(ConfusionMatrix { classes, counts: rows.concat() })
+    }
+
     pub fn add(&mut self, truth: i64, predicted: i64) -> Result<(), MetricsError> {
         let check = |label: i64| {
             usize::try_from(label)

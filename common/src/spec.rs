@@ -65,6 +65,10 @@
 //! chunk_cells = 64         # removal units per task (or chunks_per_map = 8)
 //! classes = "all"          # or a list such as [0, 1]: the classes whose maps are written
 //!
+//! [bands]                  # optional: every model on the 15 band subsets (DC kept) of its test set
+//! tolerance = 0.05         # a band set suffices for a class if its F1 is within this of all bands'
+//! images = 0               # test images (0: all)
+//!
 //! [[exclude]]              # drop grid points matching every key given
 //! arch = "resnet18"
 //! optimizer = "sgd"
@@ -208,6 +212,14 @@ impl DfmSpec {
     }
 }
 
+/// The band-sufficiency part of a spec: every model on the 15 band subsets of its test set.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BandsSpec {
+    /// A band set suffices for a class when its F1 is at least the full spectrum's minus this.
+    pub tolerance: f64,
+    pub images: usize,
+}
+
 /// One point of the grid: its values (for names, `results.csv` and include/exclude matching) and
 /// the training task it stands for.
 #[derive(Clone, Debug, PartialEq)]
@@ -275,6 +287,7 @@ pub struct Sweep {
     pub points: Vec<GridPoint>,
     pub heatmap: Option<HeatmapSpec>,
     pub dfm: Option<DfmSpec>,
+    pub bands: Option<BandsSpec>,
 }
 
 /// The grid keys, in expansion order (the last varies fastest). `include`/`exclude` tables use them.
@@ -384,6 +397,7 @@ struct RawSpec {
     eval: RawEval,
     heatmap: Option<Spanned<RawHeatmap>>,
     dfm: Option<Spanned<RawDfm>>,
+    bands: Option<Spanned<RawBands>>,
     #[serde(default)]
     include: Vec<Spanned<RawPoint>>,
     #[serde(default)]
@@ -462,6 +476,13 @@ struct RawHeatmap {
     seed: Scalar,
     precision: Scalar,
     memory_format: Scalar,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBands {
+    tolerance: Scalar,
+    images: Scalar,
 }
 
 #[derive(Deserialize)]
@@ -1311,7 +1332,21 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
     // are built (memory grows with the points), not after.
     let heatmap = raw.heatmap.as_ref().map(|h| heatmap(ctx, h, &grid.arch.values)).transpose()?;
     let dfm = raw.dfm.as_ref().map(|d| dfm(ctx, d)).transpose()?;
+    let bands = raw
+        .bands
+        .as_ref()
+        .map(|b| -> Result<BandsSpec, SpecError> {
+            let b = b.get_ref();
+            Ok(BandsSpec {
+                tolerance: ctx.scalar(&b.tolerance, 0.05, |v| {
+                    number("tolerance", v, |x| (0.0..=1.0).contains(&x), "an F1 difference in [0, 1]")
+                })?,
+                images: ctx.scalar(&b.images, 0, |v| non_negative_usize("images", v))?,
+            })
+        })
+        .transpose()?;
     let per_point = 1
+        + usize::from(bands.is_some())
         + heatmap.as_ref().map_or(0, |h| h.eps.len().saturating_mul(h.chunks.chunks(HEATMAP_CELLS)))
         + dfm.as_ref().map_or(0, |d| d.chunks.chunks(d.units()));
     let most_points = grid.distinct_points(&grid_lens).saturating_add(includes.len());
@@ -1387,7 +1422,7 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
         }
     }
 
-    Ok(Sweep { name, points, heatmap, dfm })
+    Ok(Sweep { name, points, heatmap, dfm, bands })
 }
 
 fn dfm(ctx: &Ctx, raw: &Spanned<RawDfm>) -> Result<DfmSpec, SpecError> {

@@ -255,6 +255,43 @@ pub struct DfmTask {
     pub memory_format: MemoryFormat,
 }
 
+/// Band sufficiency (the poster's "2 or 3 bands are enough", made automatic): `model` on the
+/// test split of `dataset` filtered to every non-empty subset of the four bands (DC kept).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BandsTask {
+    pub dataset: DatasetSource,
+    pub model: ModelSource,
+    /// The model's outputs (a result's confusion matrices are this many classes square).
+    pub classes: usize,
+    /// Use only the first this many test images (0: all).
+    #[serde(default)]
+    pub images: usize,
+    #[serde(default)]
+    pub band_layout: BandLayout,
+    /// Clip filtered images to `[0, 1]`.
+    #[serde(default)]
+    pub clip: bool,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub precision: Precision,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub memory_format: MemoryFormat,
+}
+
+/// What a band-sufficiency task reports: the confusion matrix (`[truth][predicted]`) on every
+/// band subset, in `common::dfm::band_subsets` order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BandsOutcome {
+    pub images: usize,
+    pub sets: Vec<(BandSet, Vec<Vec<u64>>)>,
+    pub seconds: f64,
+    pub device: String,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub precision: Precision,
+    #[serde(default, skip_serializing_if = "is_contiguous")]
+    pub memory_format: MemoryFormat,
+}
+
 /// What a DFM chunk reports: per class its clean statistics, and per unit per class the summed
 /// loss and flip count (sums and counts, so chunks merge exactly).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -360,6 +397,7 @@ pub enum TaskSpec {
     Train(TrainTask),
     Heatmap(HeatmapTask),
     Dfm(DfmTask),
+    Bands(BandsTask),
 }
 
 /// The kinds of task: the unit of the design. Each has one room on either side (the coordinator's
@@ -372,11 +410,12 @@ pub enum TaskKind {
     Train,
     Heatmap,
     Dfm,
+    Bands,
 }
 
 impl TaskKind {
     /// Every kind, in planning order (a kind's dependencies come earlier).
-    pub const ALL: [TaskKind; 3] = [TaskKind::Train, TaskKind::Heatmap, TaskKind::Dfm];
+    pub const ALL: [TaskKind; 4] = [TaskKind::Train, TaskKind::Heatmap, TaskKind::Dfm, TaskKind::Bands];
 
     /// The name in task keys, logs, the store's `tasks.kind` and `status`.
     pub fn as_str(self) -> &'static str {
@@ -384,6 +423,7 @@ impl TaskKind {
             TaskKind::Train => "train",
             TaskKind::Heatmap => "heatmap",
             TaskKind::Dfm => "dfm",
+            TaskKind::Bands => "bands",
         }
     }
 
@@ -397,7 +437,7 @@ impl TaskKind {
     pub fn outputs(self) -> &'static [&'static str] {
         match self {
             TaskKind::Train => &[CHECKPOINT_OUTPUT, MODEL_OUTPUT],
-            TaskKind::Heatmap | TaskKind::Dfm => &[],
+            TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Bands => &[],
         }
     }
 }
@@ -413,6 +453,7 @@ impl TaskSpec {
             TaskSpec::Train(_) => TaskKind::Train,
             TaskSpec::Heatmap(_) => TaskKind::Heatmap,
             TaskSpec::Dfm(_) => TaskKind::Dfm,
+            TaskSpec::Bands(_) => TaskKind::Bands,
         }
     }
 }
@@ -481,6 +522,7 @@ pub enum TaskOutcome {
     Train(TrainOutcome),
     Heatmap(HeatmapOutcome),
     Dfm(DfmOutcome),
+    Bands(BandsOutcome),
 }
 
 impl TaskOutcome {
@@ -489,6 +531,7 @@ impl TaskOutcome {
             TaskOutcome::Train(_) => TaskKind::Train,
             TaskOutcome::Heatmap(_) => TaskKind::Heatmap,
             TaskOutcome::Dfm(_) => TaskKind::Dfm,
+            TaskOutcome::Bands(_) => TaskKind::Bands,
         }
     }
 }

@@ -1110,7 +1110,7 @@ fn merge_accepted(
     changes: &mut Vec<Change>,
 ) -> Result<(), String> {
     let (name, bytes) = match outcome {
-        TaskOutcome::Train(_) => return Ok(()),
+        TaskOutcome::Train(_) | TaskOutcome::Bands(_) => return Ok(()),
         TaskOutcome::Heatmap(h) => {
             if !maps.heatmaps.merge(task, h)? {
                 return Ok(());

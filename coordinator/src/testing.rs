@@ -131,6 +131,25 @@ pub fn dfm_result_json(task: &freqsweep_common::task::DfmTask, images: usize, de
     serde_json::to_string(&outcome).expect("outcomes serialise")
 }
 
+/// The JSON of a band-sufficiency result that fits `task`, for `images` images (all of class 0,
+/// every one classified right).
+pub fn bands_result_json(task: &freqsweep_common::task::BandsTask, images: usize, device: &str) -> String {
+    let mut rows = vec![vec![0u64; task.classes]; task.classes];
+    if let Some(first) = rows.first_mut().and_then(|r| r.first_mut()) {
+        *first = images as u64;
+    }
+    let sets = freqsweep_common::dfm::band_subsets().into_iter().map(|s| (s, rows.clone())).collect();
+    let outcome = TaskOutcome::Bands(freqsweep_common::task::BandsOutcome {
+        images,
+        sets,
+        seconds: 0.0,
+        device: device.to_string(),
+        precision: Default::default(),
+        memory_format: Default::default(),
+    });
+    serde_json::to_string(&outcome).expect("outcomes serialise")
+}
+
 /// A one-epoch train task of the tiny CNN on Syn_1, evaluated on `B1234` (4 classes): a task for
 /// tests of the scheduling and metric path (nothing trains it).
 pub fn sim_train_task() -> TrainTask {

@@ -213,3 +213,68 @@ fn a_bf16_channels_last_sweep_reports_what_its_model_computed_in() {
     let results = String::from_utf8(file(&out, "results.csv")).unwrap();
     assert!(results.lines().nth(1).is_some_and(|l| l.contains(",done,")), "{results}");
 }
+
+/// The shortcut stages end to end: a model trained until it separates classes 0 and 1, its DFMs
+/// (chunks on two workers, merged) and its band sufficiency, with the run directory's files, the
+/// report's sections and `results.csv`'s columns; `freqsweep report` writes the same files again.
+#[test]
+fn dfm_and_band_sufficiency_stages_write_their_maps_tables_and_report_sections() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("shortcuts.toml");
+    let text = r#"name = "shortcuts"
+[[dataset]]
+kind = "syn"
+band = 4
+train = 1024
+test = 64
+[model]
+arch = "tiny"
+[train]
+lr = 0.003
+batch_size = 64
+epochs = 6
+[eval]
+test_sets = ["B1234"]
+[dfm]
+patch = 4
+top = [5, 20]
+images = 48
+chunks_per_map = 3
+classes = [0, 1]
+[bands]
+tolerance = 0.05
+"#;
+    std::fs::write(&spec, text).unwrap();
+    let out = dir.path().join("run");
+    run(&spec, &out, 2);
+    let point = "Syn_4-tiny-adam-lr0.003-bs64-ep6-seed0";
+    // DFM files: the listed classes only, every `top`, the per-class figure.
+    for name in ["loss_class0", "accdrop_class0", "dfm_class0_top5", "dfm_class1_top20", "class1_maps"] {
+        let ext = if name.ends_with("maps") { "png" } else { "npy" };
+        assert!(out.join(format!("dfm/{point}/{name}.{ext}")).is_file(), "dfm/{point}/{name}.{ext}");
+    }
+    assert!(!out.join(format!("dfm/{point}/loss_class2.npy")).exists(), "class 2 was not asked for");
+    let loss = NpyArray::read(&out.join(format!("dfm/{point}/loss_class0.npy"))).unwrap();
+    assert_eq!(loss.shape, vec![32, 32]);
+    assert!(loss.to_f64().iter().all(|v| v.is_finite() && *v >= 0.0), "every unit computed");
+    let mask = NpyArray::read(&out.join(format!("dfm/{point}/dfm_class0_top5.npy"))).unwrap();
+    // 5 % of 64 patches is 4 patches of 16 cells, each with its 16 conjugates (some shared).
+    let ones = mask.to_f64().iter().filter(|&&v| v == 1.0).count();
+    assert!((64..=128).contains(&ones), "{ones} cells in the top-5 % mask");
+    // Band sufficiency: all 15 subsets, a row per class, the results.csv columns.
+    let table = String::from_utf8(file(&out, &format!("bands/{point}_f1.csv"))).unwrap();
+    assert_eq!(table.lines().count(), 16, "{table}");
+    let sufficiency = String::from_utf8(file(&out, &format!("bands/{point}_sufficiency.csv"))).unwrap();
+    assert_eq!(sufficiency.lines().count(), 5, "{sufficiency}");
+    let results = String::from_utf8(file(&out, "results.csv")).unwrap();
+    assert!(results.lines().next().unwrap().ends_with(",sufficient_bands_class3"), "{results}");
+    let html = String::from_utf8(file(&out, "report.html")).unwrap();
+    assert!(html.contains("<h3>Dominant frequency maps</h3>") && html.contains("<h3>Band sufficiency</h3>"));
+    assert!(html.contains(&format!("dfm/{point}/class0_maps.png")));
+    // `freqsweep report` renders the same files from the store alone.
+    let first = file(&out, &format!("dfm/{point}/loss_class0.npy"));
+    std::fs::remove_dir_all(out.join("dfm")).unwrap();
+    let again = run_bounded(Command::new(binary("freqsweep")).arg("report").arg(&out), LIMIT);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(file(&out, &format!("dfm/{point}/loss_class0.npy")), first);
+}

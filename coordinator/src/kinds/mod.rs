@@ -5,6 +5,7 @@
 //! exhaustive matches in this file, so a new variant of `TaskKind` makes the compiler list every
 //! place that must learn about it.
 
+pub mod bands;
 pub mod dfm;
 pub mod heatmap;
 pub mod train;
@@ -22,7 +23,7 @@ use std::collections::HashMap;
 pub fn plan(sweep: &Sweep) -> Vec<PlannedTask> {
     let heatmaps = heatmap::Prepared::new(sweep);
     let dfms = dfm::Prepared::new(sweep);
-    let per_point = 1 + heatmaps.tasks_per_point() + dfms.tasks_per_point();
+    let per_point = 1 + heatmaps.tasks_per_point() + dfms.tasks_per_point() + usize::from(sweep.bands.is_some());
     let mut tasks = Vec::with_capacity(sweep.points.len().saturating_mul(per_point));
     for (index, point) in sweep.points.iter().enumerate() {
         let mut planned = PointPlan { index, point, train: None };
@@ -31,6 +32,7 @@ pub fn plan(sweep: &Sweep) -> Vec<PlannedTask> {
                 TaskKind::Train => train::plan(&mut planned, &mut tasks),
                 TaskKind::Heatmap => heatmaps.plan(&planned, &mut tasks),
                 TaskKind::Dfm => dfms.plan(&planned, &mut tasks),
+                TaskKind::Bands => bands::plan(sweep, &planned, &mut tasks),
             }
         }
     }
@@ -67,7 +69,7 @@ pub(crate) fn next_id(tasks: &[PlannedTask]) -> TaskId {
 pub fn priority(kind: TaskKind) -> u8 {
     match kind {
         TaskKind::Train => 0,
-        TaskKind::Heatmap | TaskKind::Dfm => 1,
+        TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Bands => 1,
     }
 }
 
@@ -77,6 +79,7 @@ pub fn inputs(task: &PlannedTask) -> Vec<(TaskId, &'static str)> {
         TaskKind::Train => Vec::new(),
         TaskKind::Heatmap => heatmap::inputs(task),
         TaskKind::Dfm => dfm::inputs(task),
+        TaskKind::Bands => bands::inputs(task),
     }
 }
 
@@ -98,7 +101,7 @@ pub fn lease_inputs(task: &PlannedTask, outputs: &HashMap<TaskId, Vec<ArtifactRe
 pub fn resumes_from_partial_checkpoints(kind: TaskKind) -> bool {
     match kind {
         TaskKind::Train => true,
-        TaskKind::Heatmap | TaskKind::Dfm => false,
+        TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Bands => false,
     }
 }
 
@@ -107,7 +110,7 @@ pub fn resumes_from_partial_checkpoints(kind: TaskKind) -> bool {
 pub fn attempts_report_whole_history(kind: TaskKind) -> bool {
     match kind {
         TaskKind::Train => true,
-        TaskKind::Heatmap | TaskKind::Dfm => false,
+        TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Bands => false,
     }
 }
 
@@ -120,8 +123,8 @@ pub fn check_metrics(task: &PlannedTask, points: &[freqsweep_common::task::Metri
             let sets: Vec<String> = spec.train.test_sets.iter().map(|s| s.to_string()).collect();
             points.iter().try_for_each(|p| train::check_metric(spec, &sets, p))
         }
-        TaskSpec::Heatmap(_) | TaskSpec::Dfm(_) if points.is_empty() => Ok(()),
-        TaskSpec::Heatmap(_) | TaskSpec::Dfm(_) => {
+        TaskSpec::Heatmap(_) | TaskSpec::Dfm(_) | TaskSpec::Bands(_) if points.is_empty() => Ok(()),
+        TaskSpec::Heatmap(_) | TaskSpec::Dfm(_) | TaskSpec::Bands(_) => {
             Err(format!("a {} task reports no metric points", task.kind().as_str()))
         }
     }
@@ -148,7 +151,8 @@ pub fn check_result(task: &PlannedTask, result_json: &str, outputs: &[ArtifactRe
         (TaskSpec::Train(spec), TaskOutcome::Train(o)) => train::check(spec, o)?,
         (TaskSpec::Heatmap(spec), TaskOutcome::Heatmap(o)) => heatmap::check(spec, o)?,
         (TaskSpec::Dfm(spec), TaskOutcome::Dfm(o)) => dfm::check(spec, o)?,
-        (TaskSpec::Train(_) | TaskSpec::Heatmap(_) | TaskSpec::Dfm(_), _) => {
+        (TaskSpec::Bands(spec), TaskOutcome::Bands(o)) => bands::check(spec, o)?,
+        (TaskSpec::Train(_) | TaskSpec::Heatmap(_) | TaskSpec::Dfm(_) | TaskSpec::Bands(_), _) => {
             unreachable!("the kinds were compared above")
         }
     }

@@ -252,6 +252,23 @@ fn point_section(out: &mut String, p: &PointReport) {
         }
         out.push_str("</div>\n");
     }
+    if let Some(b) = &p.bands {
+        let _ = writeln!(
+            out,
+            "<h3>Band sufficiency</h3>\n<p>The model on its {} test images filtered to each of the 15 non-empty band subsets (DC kept). Per class, the smallest band sets whose F1 is within {} of the full spectrum's (<a href=\"{}\">table of every subset</a>, <a href=\"{}\">CSV</a>).</p>",
+            b.images,
+            b.tolerance,
+            esc(&b.table_csv),
+            esc(&b.sufficiency_csv)
+        );
+        out.push_str("<table><tr><th class=\"l\">class</th><th>F1, all bands</th><th class=\"l\">smallest sufficient band sets (F1)</th></tr>\n");
+        for (c, (full, sets)) in b.classes.iter().enumerate() {
+            let named: Vec<String> = sets.iter().map(|(s, f)| format!("{s} ({f:.3})")).collect();
+            let shown = if named.is_empty() { "—".to_string() } else { named.join(", ") };
+            let _ = writeln!(out, "<tr><td class=\"l\">{c}</td><td>{full:.4}</td><td class=\"l\">{}</td></tr>", esc(&shown));
+        }
+        out.push_str("</table>\n");
+    }
     if !p.curves.is_empty() {
         out.push_str("<h3>Per-class F1 during training</h3>\n<div class=\"figs\">");
         for c in &p.curves {

@@ -49,6 +49,7 @@ pub(crate) struct PointReport {
     pub outcome: Option<TrainOutcome>,
     pub heatmaps: Vec<HeatmapFiles>,
     pub dfm: Option<kinds::dfm::DfmFiles>,
+    pub bands: Option<kinds::bands::BandsFiles>,
     pub curves: Vec<String>,
     /// Per test set, per class: the first evaluated step at which F1 reached each of
     /// [`LEARNED_AT`] (`None`: never) — the poster's "which class is learned first".
@@ -87,24 +88,30 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
         .map(|p| p.task.train.test_sets.iter().map(|s| s.to_string()).collect())
         .unwrap_or_default();
     let eps_list: Vec<f64> = sweep.heatmap.as_ref().map(|h| h.eps.clone()).unwrap_or_default();
-    let mut csv = results_header(&test_sets, &eps_list);
+    // Per-class columns follow the first point's model (a sweep's models share their classes).
+    let classes = sweep.points.first().map_or(0, |p| p.task.train.classes);
+    let mut csv = results_header(sweep, &test_sets, &eps_list, classes);
     let mut points = Vec::new();
 
     // Every merged map, from the chunk results the store holds (the same merge the driver does
     // as results are accepted).
     let mut maps = Merged::new(tasks);
+    let mut bands: HashMap<usize, freqsweep_common::task::BandsOutcome> = HashMap::new();
     for t in tasks {
         let Some(Ok(outcome)) = rows[&t.id.0].result_json.as_deref().map(serde_json::from_str::<TaskOutcome>) else {
             continue;
         };
         let point = &sweep.points[t.point].id;
-        match &outcome {
+        match outcome {
             TaskOutcome::Train(_) => {}
             TaskOutcome::Heatmap(h) => {
-                maps.heatmaps.merge(t, h).map_err(|e| anyhow::anyhow!("heatmap of {point}: {e}"))?;
+                maps.heatmaps.merge(t, &h).map_err(|e| anyhow::anyhow!("heatmap of {point}: {e}"))?;
             }
             TaskOutcome::Dfm(d) => {
-                maps.dfms.merge(t, d).map_err(|e| anyhow::anyhow!("DFM of {point}: {e}"))?;
+                maps.dfms.merge(t, &d).map_err(|e| anyhow::anyhow!("DFM of {point}: {e}"))?;
+            }
+            TaskOutcome::Bands(b) => {
+                bands.insert(t.point, b);
             }
         }
     }
@@ -117,6 +124,7 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
             outcome: None,
             heatmaps: Vec::new(),
             dfm: None,
+            bands: None,
             curves: Vec::new(),
             learning_order: Vec::new(),
             confusions: Vec::new(),
@@ -133,6 +141,15 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
                     kinds::heatmap::report(dir, &maps.heatmaps, index, point, &eps_list, &mut report, &mut csv)?
                 }
                 TaskKind::Dfm => kinds::dfm::report(dir, &maps.dfms, index, point, sweep.dfm.as_ref(), &mut report)?,
+                TaskKind::Bands => kinds::bands::report(
+                    dir,
+                    bands.get(&index),
+                    point,
+                    sweep.bands.as_ref(),
+                    classes,
+                    &mut report,
+                    &mut csv,
+                )?,
             }
         }
         csv.push('\n');
@@ -158,13 +175,14 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
     Ok(Summary { counts: counts.into_iter().collect(), failed })
 }
 
-fn results_header(test_sets: &[String], eps_list: &[f64]) -> String {
+fn results_header(sweep: &Sweep, test_sets: &[String], eps_list: &[f64], classes: usize) -> String {
     let mut csv = String::from("point");
     for kind in TaskKind::ALL {
         match kind {
             TaskKind::Train => kinds::train::csv_header(test_sets, &mut csv),
             TaskKind::Heatmap => kinds::heatmap::csv_header(eps_list, &mut csv),
             TaskKind::Dfm => kinds::dfm::csv_header(&mut csv),
+            TaskKind::Bands => kinds::bands::csv_header(sweep.bands.as_ref(), classes, &mut csv),
         }
     }
     csv.push('\n');

@@ -3,6 +3,7 @@
 //! client loop talks only to the [`Engine`] trait, so it can be tested with a fake engine and the
 //! libtorch code stays in [`TorchEngine`].
 
+mod bands;
 mod dfm;
 mod heatmap;
 mod train;
@@ -213,6 +214,7 @@ impl Engine for TorchEngine {
             TaskSpec::Train(t) => train::run(self, &dir, t, inputs, events),
             TaskSpec::Heatmap(h) => heatmap::run(self, task_key, h, inputs, events),
             TaskSpec::Dfm(d) => dfm::run(self, task_key, d, inputs, events),
+            TaskSpec::Bands(b) => bands::run(self, b, inputs, events),
         }
     }
 }
