@@ -100,15 +100,26 @@ fn bases(shape: Shape2, patch: usize, units: &[Cell], device: Device) -> Tensor 
 /// `q` is the group's `[k, H·W, d]` bases.
 pub fn remove_units(x: &Tensor, q: &Tensor) -> Tensor {
     let size = x.size();
+    let out = Tensor::empty([q.size()[0] * size[0], size[1], size[2], size[3]], (Kind::Float, x.device()));
+    remove_units_into(x, q, &q.transpose(1, 2).neg().contiguous(), &out);
+    out
+}
+
+/// [`remove_units`] written into `out` (`[k·m, C, H, W]`, reused across passes: a fresh
+/// multi-MB tensor per pass made glibc map and unmap pages, which cost small models a third of
+/// their throughput), with `q_neg_t` the group's `−Qᵀ` (`[k, d, H·W]`).
+fn remove_units_into(x: &Tensor, q: &Tensor, q_neg_t: &Tensor, out: &Tensor) {
+    let size = x.size();
     let (m, c, h, w) = (size[0], size[1], size[2], size[3]);
     let (k, d) = (q.size()[0], q.size()[2]);
     let planes = x.reshape([m * c, h * w]);
     // Coefficients of every plane on every unit's basis: [m·C, k·d] → [k, m·C, d].
     let q_cat = q.permute([1, 0, 2]).reshape([h * w, k * d]);
     let coefficients = planes.matmul(&q_cat).view([m * c, k, d]).permute([1, 0, 2]);
-    // Components [k, m·C, H·W] = coefficients · Qᵀ, subtracted from the clean planes.
-    let components = coefficients.bmm(&q.transpose(1, 2));
-    (planes.unsqueeze(0) - components).view([k * m, c, h, w])
+    // −components [k, m·C, H·W] = coefficients · (−Qᵀ), then the clean planes added, in place.
+    let mut filtered = out.view([k, m * c, h * w]);
+    let _ = coefficients.bmm_out(&filtered, q_neg_t);
+    let _ = filtered.g_add_(&planes.unsqueeze(0));
 }
 
 /// Per-image cross-entropy (natural log) of fp32 `logits` against `y`.
@@ -140,6 +151,8 @@ pub fn compute(
     let block = n.min(batch).max(1);
     let group = (batch / block).max(1);
     let q = bases(shape, config.patch, &config.units, device);
+    let q_neg_t = q.transpose(1, 2).neg().contiguous();
+    let scratch = Tensor::empty([group * block, size[1], h, w], (Kind::Float, device));
     let labels_t = Tensor::from_slice(labels).to_device(device);
     let max_label = labels.iter().copied().max().unwrap_or(0);
 
@@ -184,7 +197,8 @@ pub fn compute(
             let mut first = 0;
             while first < units {
                 let k = group.min(units - first);
-                let filtered = remove_units(&x, &q.narrow(0, first, k));
+                let filtered = scratch.narrow(0, 0, k * m);
+                remove_units_into(&x, &q.narrow(0, first, k), &q_neg_t.narrow(0, first, k), &filtered);
                 let (logits, _) = forward(model, &filtered, &[]);
                 non_finite += broken_rows(&logits);
                 let yk = y.repeat([k]);

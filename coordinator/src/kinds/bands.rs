@@ -70,10 +70,7 @@ pub(super) fn check(spec: &BandsTask, o: &BandsOutcome) -> Result<(), String> {
         let square = rows.len() == spec.classes && rows.iter().all(|r| r.len() == spec.classes);
         let total: u64 = rows.iter().flatten().sum();
         if !square || total != o.images as u64 {
-            return Err(format!(
-                "{set}: the confusion matrix is not {0}×{0} over {1} images",
-                spec.classes, o.images
-            ));
+            return Err(format!("{set}: the confusion matrix is not {0}×{0} over {1} images", spec.classes, o.images));
         }
     }
     Ok(())
@@ -158,7 +155,8 @@ pub(crate) fn report(
     std::fs::write(dir.join(&sufficiency_csv), sufficiency).with_context(|| sufficiency_csv.clone())?;
     report.raw.push(table_csv.clone());
     report.raw.push(sufficiency_csv.clone());
-    report.bands = Some(BandsFiles { tolerance: spec.tolerance, images: o.images, classes, table_csv, sufficiency_csv });
+    report.bands =
+        Some(BandsFiles { tolerance: spec.tolerance, images: o.images, classes, table_csv, sufficiency_csv });
     Ok(())
 }
 

@@ -265,7 +265,11 @@ fn point_section(out: &mut String, p: &PointReport) {
         for (c, (full, sets)) in b.classes.iter().enumerate() {
             let named: Vec<String> = sets.iter().map(|(s, f)| format!("{s} ({f:.3})")).collect();
             let shown = if named.is_empty() { "—".to_string() } else { named.join(", ") };
-            let _ = writeln!(out, "<tr><td class=\"l\">{c}</td><td>{full:.4}</td><td class=\"l\">{}</td></tr>", esc(&shown));
+            let _ = writeln!(
+                out,
+                "<tr><td class=\"l\">{c}</td><td>{full:.4}</td><td class=\"l\">{}</td></tr>",
+                esc(&shown)
+            );
         }
         out.push_str("</table>\n");
     }

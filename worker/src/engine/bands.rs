@@ -33,8 +33,9 @@ pub(super) fn run(
     let mut sets = Vec::with_capacity(subsets.len());
     for (i, &set) in subsets.iter().enumerate() {
         let filtered = eval::band_filtered_test_sets(&test, &[set], &b.band_layout, b.clip, device);
-        let m = eval::evaluate(loaded.model.as_ref(), &filtered[0], b.classes, BATCH)
-            .map_err(|e| EngineError::fatal(format!("{}: {e} (the model has {} classes)", model_path.display(), b.classes)))?;
+        let m = eval::evaluate(loaded.model.as_ref(), &filtered[0], b.classes, BATCH).map_err(|e| {
+            EngineError::fatal(format!("{}: {e} (the model has {} classes)", model_path.display(), b.classes))
+        })?;
         sets.push((set, m.rows()));
         let done = (i + 1) as f64 / subsets.len() as f64;
         events.progress(done, ((i + 1) * test.len()) as f64 / started.elapsed().as_secs_f64().max(1e-9));
