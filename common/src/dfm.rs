@@ -334,6 +334,63 @@ pub fn sufficient_sets(f1: &[(BandSet, Vec<f64>)], full: &[f64], tolerance: f64)
         .collect()
 }
 
+/// The merged maps of one model as the artifact a later stage takes (JSON, format
+/// `freqsweep-dfm-1`): every unit's per-class sums and counts, so a reader rebuilds exactly the
+/// accumulator that was merged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MapsFile {
+    pub format: String,
+    pub point: String,
+    pub height: usize,
+    pub width: usize,
+    pub patch: usize,
+    pub clean: Vec<CleanStat>,
+    pub units: Vec<(Cell, Vec<ClassStat>)>,
+}
+
+/// The artifact format name.
+pub const MAPS_FORMAT: &str = "freqsweep-dfm-1";
+
+impl MapsFile {
+    /// The file of a complete accumulator (`None` while units are missing).
+    pub fn of(point: &str, acc: &DfmAccumulator) -> Option<MapsFile> {
+        let clean = acc.clean()?.to_vec();
+        let units = acc.units().iter().map(|&u| Some((u, acc.get(u)?.to_vec()))).collect::<Option<Vec<_>>>()?;
+        Some(MapsFile {
+            format: MAPS_FORMAT.into(),
+            point: point.into(),
+            height: acc.shape().h,
+            width: acc.shape().w,
+            patch: acc.patch(),
+            clean,
+            units,
+        })
+    }
+
+    /// The accumulator this file holds, checked: its format, shape, patch and every unit once.
+    pub fn accumulator(&self) -> Result<DfmAccumulator, String> {
+        if self.format != MAPS_FORMAT {
+            return Err(format!(
+                "not DFM maps: format {:?}, expected {MAPS_FORMAT:?}",
+                crate::text::one_line(&self.format, 80)
+            ));
+        }
+        if !(1..=4096).contains(&self.height) || !(1..=4096).contains(&self.width) {
+            return Err(format!("DFM maps of a {}×{} image", self.height, self.width));
+        }
+        let shape = Shape2::new(self.height, self.width);
+        let mut acc = DfmAccumulator::new(shape, self.patch, self.clean.len())?;
+        acc.write_clean(&self.clean).map_err(|e| e.to_string())?;
+        for (anchor, stats) in &self.units {
+            acc.write(*anchor, stats).map_err(|e| e.to_string())?;
+        }
+        if !acc.is_complete() {
+            return Err(format!("the DFM maps miss {} of their {} units", acc.missing().len(), acc.units().len()));
+        }
+        Ok(acc)
+    }
+}
+
 /// The files of one model's DFMs in `dir` (SCIENCE.md §7; DESIGN.md's run directory), for each
 /// class of `classes`: `loss_class<c>.npy/.png` (`L_c`, float64 `H × W`, centred), `accdrop_class
 /// <c>.npy/.png` (the accuracy drop, 0..1) and per `top` X `dfm_class<c>_top<X>.npy` (uint8 0/1)

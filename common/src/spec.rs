@@ -64,6 +64,7 @@
 //! batch = 256              # filtered images per forward pass
 //! chunk_cells = 64         # removal units per task (or chunks_per_map = 8)
 //! classes = "all"          # or a list such as [0, 1]: the classes whose maps are written
+//! shortcut_degree = true   # then filter the test set to each class's DFM: TPR and FPR per class and top
 //!
 //! [bands]                  # optional: every model on the 15 band subsets (DC kept) of its test set
 //! tolerance = 0.05         # a band set suffices for a class if its F1 is within this of all bands'
@@ -196,6 +197,8 @@ pub struct DfmSpec {
     pub batch: usize,
     pub chunks: Chunking,
     pub classes: ClassChoice,
+    /// Plan the shortcut-degree task after each model's maps (default true).
+    pub shortcut_degree: bool,
     pub precision: Precision,
     pub memory_format: MemoryFormat,
 }
@@ -495,6 +498,7 @@ struct RawDfm {
     chunk_cells: Scalar,
     chunks_per_map: Scalar,
     classes: List,
+    shortcut_degree: Scalar,
     precision: Scalar,
     memory_format: Scalar,
 }
@@ -1348,7 +1352,7 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
     let per_point = 1
         + usize::from(bands.is_some())
         + heatmap.as_ref().map_or(0, |h| h.eps.len().saturating_mul(h.chunks.chunks(HEATMAP_CELLS)))
-        + dfm.as_ref().map_or(0, |d| d.chunks.chunks(d.units()));
+        + dfm.as_ref().map_or(0, |d| d.chunks.chunks(d.units()) + usize::from(d.shortcut_degree));
     let most_points = grid.distinct_points(&grid_lens).saturating_add(includes.len());
     let too_many = || {
         ctx.err_top(format!(
@@ -1479,6 +1483,7 @@ fn dfm(ctx: &Ctx, raw: &Spanned<RawDfm>) -> Result<DfmSpec, SpecError> {
         batch: ctx.scalar(&d.batch, 256, |v| bounded("batch", v, 1, MAX_BATCH, "filtered images per forward pass"))?,
         chunks,
         classes,
+        shortcut_degree: ctx.scalar(&d.shortcut_degree, true, |v| boolean("shortcut_degree", v))?,
         precision: ctx.scalar(&d.precision, Precision::Fp32, check_precision)?,
         memory_format: ctx.scalar(&d.memory_format, MemoryFormat::Auto, check_memory_format)?,
     })

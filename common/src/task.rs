@@ -255,6 +255,55 @@ pub struct DfmTask {
     pub memory_format: MemoryFormat,
 }
 
+/// The shortcut degree (SCIENCE.md §7): `model` on the whole test split filtered to each chosen
+/// class's DFM at each `top` (DC kept), from the merged maps the input `maps` names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShortcutTask {
+    pub dataset: DatasetSource,
+    pub model: ModelSource,
+    /// The input artifact holding the merged DFM maps (`common::dfm::MapsFile`).
+    pub maps: String,
+    /// The model's outputs.
+    pub classes: usize,
+    /// The classes whose DFMs filter the test set.
+    pub chosen: Vec<usize>,
+    /// DFM sizes, percent of the units.
+    pub top: Vec<f64>,
+    /// Use only the first this many test images (0: all).
+    #[serde(default)]
+    pub images: usize,
+    /// Clip filtered images to `[0, 1]`.
+    #[serde(default)]
+    pub clip: bool,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub precision: Precision,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub memory_format: MemoryFormat,
+}
+
+/// One (class, top) of a shortcut-degree result: the confusion matrix (`[truth][predicted]`) of
+/// the test set filtered to that class's DFM (TPR and FPR follow: `common::dfm::shortcut_degree`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShortcutEntry {
+    pub class: usize,
+    pub top: f64,
+    pub confusion: Vec<Vec<u64>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShortcutOutcome {
+    pub images: usize,
+    /// In `chosen` × `top` order.
+    pub entries: Vec<ShortcutEntry>,
+    pub seconds: f64,
+    pub device: String,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub precision: Precision,
+    #[serde(default, skip_serializing_if = "is_contiguous")]
+    pub memory_format: MemoryFormat,
+}
+
 /// Band sufficiency (the poster's "2 or 3 bands are enough", made automatic): `model` on the
 /// test split of `dataset` filtered to every non-empty subset of the four bands (DC kept).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -397,6 +446,7 @@ pub enum TaskSpec {
     Train(TrainTask),
     Heatmap(HeatmapTask),
     Dfm(DfmTask),
+    Shortcut(ShortcutTask),
     Bands(BandsTask),
 }
 
@@ -410,12 +460,14 @@ pub enum TaskKind {
     Train,
     Heatmap,
     Dfm,
+    Shortcut,
     Bands,
 }
 
 impl TaskKind {
     /// Every kind, in planning order (a kind's dependencies come earlier).
-    pub const ALL: [TaskKind; 4] = [TaskKind::Train, TaskKind::Heatmap, TaskKind::Dfm, TaskKind::Bands];
+    pub const ALL: [TaskKind; 5] =
+        [TaskKind::Train, TaskKind::Heatmap, TaskKind::Dfm, TaskKind::Shortcut, TaskKind::Bands];
 
     /// The name in task keys, logs, the store's `tasks.kind` and `status`.
     pub fn as_str(self) -> &'static str {
@@ -423,6 +475,7 @@ impl TaskKind {
             TaskKind::Train => "train",
             TaskKind::Heatmap => "heatmap",
             TaskKind::Dfm => "dfm",
+            TaskKind::Shortcut => "shortcut",
             TaskKind::Bands => "bands",
         }
     }
@@ -437,7 +490,7 @@ impl TaskKind {
     pub fn outputs(self) -> &'static [&'static str] {
         match self {
             TaskKind::Train => &[CHECKPOINT_OUTPUT, MODEL_OUTPUT],
-            TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Bands => &[],
+            TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands => &[],
         }
     }
 }
@@ -453,6 +506,7 @@ impl TaskSpec {
             TaskSpec::Train(_) => TaskKind::Train,
             TaskSpec::Heatmap(_) => TaskKind::Heatmap,
             TaskSpec::Dfm(_) => TaskKind::Dfm,
+            TaskSpec::Shortcut(_) => TaskKind::Shortcut,
             TaskSpec::Bands(_) => TaskKind::Bands,
         }
     }
@@ -522,6 +576,7 @@ pub enum TaskOutcome {
     Train(TrainOutcome),
     Heatmap(HeatmapOutcome),
     Dfm(DfmOutcome),
+    Shortcut(ShortcutOutcome),
     Bands(BandsOutcome),
 }
 
@@ -531,6 +586,7 @@ impl TaskOutcome {
             TaskOutcome::Train(_) => TaskKind::Train,
             TaskOutcome::Heatmap(_) => TaskKind::Heatmap,
             TaskOutcome::Dfm(_) => TaskKind::Dfm,
+            TaskOutcome::Shortcut(_) => TaskKind::Shortcut,
             TaskOutcome::Bands(_) => TaskKind::Bands,
         }
     }

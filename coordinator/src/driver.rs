@@ -363,8 +363,12 @@ impl Shared {
             let merged = serde_json::from_str(json)
                 .map_err(|e| e.to_string())
                 .and_then(|outcome| merge_accepted(&mut driver.maps, &driver.artifacts, task, &outcome, &mut changes));
-            if let Err(e) = merged {
-                tracing::warn!(task = %task.key, error = %e, "a stored result could not be merged; the report merges from the store");
+            match merged {
+                Ok(Some((owner, output))) => driver.outputs.entry(owner).or_default().push(output),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(task = %task.key, error = %e, "a stored result could not be merged; the report merges from the store")
+                }
             }
         }
         // A map completed before the crash but whose artifact row was not committed gets it now.
@@ -673,6 +677,12 @@ impl Driver {
             merge_accepted(&mut self.maps, &self.artifacts, &self.tasks[&task], &outcome, &mut changes)
                 .map_err(|why| format!("result refused: {why}"))
         });
+        if let Ok(Some((owner, output))) = &merged {
+            // Recorded before the result is accepted, so the dependent that becomes ready with
+            // it finds the input in its lease.
+            self.digest_keys.insert(output.digest.clone(), kinds::output_key(*owner, &output.name));
+            self.outputs.entry(*owner).or_default().push(output.clone());
+        }
         if let Err(error) = merged {
             // The refusal quotes what the peer sent (serde's messages quote the JSON).
             let error = crate::grpc::peer_text(&error, crate::grpc::MESSAGE_BYTES);
@@ -1102,31 +1112,36 @@ impl Driver {
 /// Merge an accepted result into what its kind builds from results (a heatmap or DFM chunk
 /// into its maps); maps that are complete now are stored as a content-addressed artifact, the
 /// input a later stage takes. Idempotent: a task's result merges once.
+///
+/// Returns an output derived from the merge, `(task, artifact)`: a point's complete DFM maps are
+/// recorded as the output `dfm_maps` of its first chunk, the input its shortcut-degree task takes.
 fn merge_accepted(
     maps: &mut kinds::Merged,
     artifacts: &ArtifactDir,
     task: &PlannedTask,
     outcome: &TaskOutcome,
     changes: &mut Vec<Change>,
-) -> Result<(), String> {
+) -> Result<Option<(TaskId, ArtifactRef)>, String> {
+    let mut owner = None;
     let (name, bytes) = match outcome {
-        TaskOutcome::Train(_) | TaskOutcome::Bands(_) => return Ok(()),
+        TaskOutcome::Train(_) | TaskOutcome::Shortcut(_) | TaskOutcome::Bands(_) => return Ok(None),
         TaskOutcome::Heatmap(h) => {
             if !maps.heatmaps.merge(task, h)? {
-                return Ok(());
+                return Ok(None);
             }
-            let Some(key) = kinds::heatmap::MapKey::of(task) else { return Ok(()) };
-            let Some(map) = maps.heatmaps.get(key) else { return Ok(()) };
+            let Some(key) = kinds::heatmap::MapKey::of(task) else { return Ok(None) };
+            let Some(map) = maps.heatmaps.get(key) else { return Ok(None) };
             let point = kinds::heatmap::point_id(task);
             (kinds::heatmap::map_artifact_name(point, h.eps), kinds::heatmap::map_artifact(point, map))
         }
         TaskOutcome::Dfm(d) => {
             if !maps.dfms.merge(task, d)? {
-                return Ok(());
+                return Ok(None);
             }
-            let Some(acc) = maps.dfms.get(task.point) else { return Ok(()) };
+            let Some(acc) = maps.dfms.get(task.point) else { return Ok(None) };
             let point = kinds::dfm::point_id(task);
-            let Some(bytes) = kinds::dfm::map_artifact(point, acc) else { return Ok(()) };
+            let Some(bytes) = kinds::dfm::map_artifact(point, acc) else { return Ok(None) };
+            owner = maps.dfms.owner(task.point);
             (kinds::dfm::map_artifact_name(point), bytes)
         }
     };
@@ -1134,12 +1149,17 @@ fn merge_accepted(
         Ok((digest, size)) => {
             tracing::info!(map = %name, digest = %digest, "maps complete");
             let path = artifacts.path(&digest).display().to_string();
-            changes.push(Change::Artifact { digest, name, size, path, task_id: None });
+            changes.push(Change::Artifact { digest: digest.clone(), name, size, path, task_id: None });
+            let output = ArtifactRef { name: kinds::dfm::DFM_MAPS_OUTPUT.into(), digest, size };
+            Ok(owner.map(|task| (task, output)))
         }
-        // The chunks are stored; the report merges them again from the store.
-        Err(e) => tracing::warn!(error = %e, "the merged maps could not be stored as an artifact"),
+        // The chunks are stored; the report merges them again from the store. A later stage
+        // that needs the maps fails its attempt retryably (its input is missing).
+        Err(e) => {
+            tracing::warn!(error = %e, "the merged maps could not be stored as an artifact");
+            Ok(None)
+        }
     }
-    Ok(())
 }
 
 pub(crate) fn worker_name(worker: WorkerId) -> String {

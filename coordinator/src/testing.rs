@@ -131,6 +131,36 @@ pub fn dfm_result_json(task: &freqsweep_common::task::DfmTask, images: usize, de
     serde_json::to_string(&outcome).expect("outcomes serialise")
 }
 
+/// The JSON of a shortcut-degree result that fits `task`, for `images` images (all of class 0,
+/// every one classified right).
+pub fn shortcut_result_json(task: &freqsweep_common::task::ShortcutTask, images: usize, device: &str) -> String {
+    let mut rows = vec![vec![0u64; task.classes]; task.classes];
+    if let Some(first) = rows.first_mut().and_then(|r| r.first_mut()) {
+        *first = images as u64;
+    }
+    let entries = task
+        .chosen
+        .iter()
+        .flat_map(|&class| {
+            let rows = rows.clone();
+            task.top.iter().map(move |&top| freqsweep_common::task::ShortcutEntry {
+                class,
+                top,
+                confusion: rows.clone(),
+            })
+        })
+        .collect();
+    let outcome = TaskOutcome::Shortcut(freqsweep_common::task::ShortcutOutcome {
+        images,
+        entries,
+        seconds: 0.0,
+        device: device.to_string(),
+        precision: Default::default(),
+        memory_format: Default::default(),
+    });
+    serde_json::to_string(&outcome).expect("outcomes serialise")
+}
+
 /// The JSON of a band-sufficiency result that fits `task`, for `images` images (all of class 0,
 /// every one classified right).
 pub fn bands_result_json(task: &freqsweep_common::task::BandsTask, images: usize, device: &str) -> String {

@@ -100,6 +100,7 @@ async fn session(shared: &Shared, name: &str) -> Result<bool, String> {
             TaskSpec::Heatmap(h) => (testing::heatmap_result_json(h, h.images, 1, name), vec![], 0),
             TaskSpec::Dfm(d) => (testing::dfm_result_json(d, d.images, name), vec![], 0),
             TaskSpec::Bands(b) => (testing::bands_result_json(b, b.images, name), vec![], 0),
+            TaskSpec::Shortcut(s) => (testing::shortcut_result_json(s, s.images.max(1), name), vec![], 0),
         };
         let result =
             pb::TaskResult { attempt_id: lease.attempt_id, result_json: result_json.clone(), outputs, seconds: 0.1 };

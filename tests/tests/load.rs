@@ -73,6 +73,7 @@ async fn worker(url: String, name: String) -> Result<Seen, String> {
                     TaskSpec::Heatmap(h) => (testing::heatmap_result_json(h, h.images, 0, &name), vec![]),
                     TaskSpec::Dfm(d) => (testing::dfm_result_json(d, d.images, &name), vec![]),
                     TaskSpec::Bands(b) => (testing::bands_result_json(b, b.images, &name), vec![]),
+                    TaskSpec::Shortcut(s) => (testing::shortcut_result_json(s, s.images.max(1), &name), vec![]),
                 };
                 let result = pb::TaskResult { attempt_id: lease.attempt_id, result_json, outputs, seconds: 0.0 };
                 s.tx.send(s.message(worker_message::Body::Result(result))).await.map_err(|e| e.to_string())?;

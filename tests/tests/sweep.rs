@@ -215,7 +215,8 @@ fn a_bf16_channels_last_sweep_reports_what_its_model_computed_in() {
 }
 
 /// The shortcut stages end to end: a model trained until it separates classes 0 and 1, its DFMs
-/// (chunks on two workers, merged) and its band sufficiency, with the run directory's files, the
+/// (chunks on two workers, merged), the shortcut degree from the merged maps (an input the
+/// coordinator made, not a worker) and its band sufficiency, with the run directory's files, the
 /// report's sections and `results.csv`'s columns; `freqsweep report` writes the same files again.
 #[test]
 fn dfm_and_band_sufficiency_stages_write_their_maps_tables_and_report_sections() {
@@ -267,9 +268,24 @@ tolerance = 0.05
     let sufficiency = String::from_utf8(file(&out, &format!("bands/{point}_sufficiency.csv"))).unwrap();
     assert_eq!(sufficiency.lines().count(), 5, "{sufficiency}");
     let results = String::from_utf8(file(&out, "results.csv")).unwrap();
-    assert!(results.lines().next().unwrap().ends_with(",sufficient_bands_class3"), "{results}");
+    let header = results.lines().next().unwrap();
+    assert!(header.ends_with(",sufficient_bands_class3"), "{results}");
+    // The shortcut degree: after the merged maps, per chosen class and top, TPR and FPR.
+    let degree = String::from_utf8(file(&out, &format!("dfm/{point}/shortcut_degree.csv"))).unwrap();
+    assert_eq!(degree.lines().count(), 1 + 2 * 2, "{degree}");
+    for line in degree.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let (tpr, fpr): (f64, f64) = (fields[2].parse().unwrap(), fields[3].parse().unwrap());
+        assert!((0.0..=1.0).contains(&tpr) && (0.0..=1.0).contains(&fpr), "{line}");
+        assert_eq!(fields[4], "64", "the whole test set: {line}");
+    }
+    let columns: Vec<&str> = header.split(',').collect();
+    let tpr = columns.iter().position(|c| *c == "tpr_class1_top20").expect("a TPR column");
+    let row: Vec<&str> = results.lines().nth(1).unwrap().split(',').collect();
+    assert!(row[tpr].parse::<f64>().is_ok(), "{results}");
     let html = String::from_utf8(file(&out, "report.html")).unwrap();
     assert!(html.contains("<h3>Dominant frequency maps</h3>") && html.contains("<h3>Band sufficiency</h3>"));
+    assert!(html.contains("<h4>Shortcut degree</h4>"));
     assert!(html.contains(&format!("dfm/{point}/class0_maps.png")));
     // `freqsweep report` renders the same files from the store alone.
     let first = file(&out, &format!("dfm/{point}/loss_class0.npy"));

@@ -25,7 +25,7 @@ pub(super) fn plan(sweep: &Sweep, point: &PointPlan<'_>, tasks: &mut Vec<Planned
         model: ModelSource::Checkpoint { artifact: MODEL_OUTPUT.into() },
         classes: t.train.classes,
         images: b.images,
-        band_layout: t.train.band_layout.clone(),
+        band_layout: t.train.band_layout,
         clip: t.train.clip_filtered,
         precision: Default::default(),
         memory_format: Default::default(),

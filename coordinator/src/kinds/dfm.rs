@@ -16,9 +16,11 @@ use freqsweep_common::heatmap::{partition_cells, CellChunk};
 use freqsweep_common::spec::{DfmSpec, GridPoint, Sweep};
 use freqsweep_common::spectrum::{Cell, Shape2};
 use freqsweep_common::task::{DfmOutcome, DfmTask, MemoryFormat, ModelSource, Precision, TaskSpec, MODEL_OUTPUT};
-use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
+
+/// The name under which a point's merged DFM maps are recorded as an output of its first chunk.
+pub const DFM_MAPS_OUTPUT: &str = "dfm_maps";
 
 /// DFMs are of 32 × 32 images (Syn_d, CIFAR-10), like the heatmaps.
 const SHAPE: Shape2 = Shape2 { h: 32, w: 32 };
@@ -42,8 +44,10 @@ impl Prepared {
         self.chunks.len()
     }
 
-    pub(super) fn plan(&self, point: &PointPlan<'_>, tasks: &mut Vec<PlannedTask>) {
-        let (Some(d), Some(train)) = (&self.spec, point.train) else { return };
+    /// Plan the point's chunks; returns their ids.
+    pub(super) fn plan(&self, point: &PointPlan<'_>, tasks: &mut Vec<PlannedTask>) -> Vec<TaskId> {
+        let (Some(d), Some(train)) = (&self.spec, point.train) else { return Vec::new() };
+        let mut ids = Vec::with_capacity(self.chunks.len());
         for chunk in &self.chunks {
             let spec = DfmTask {
                 dataset: point.point.task.dataset.clone(),
@@ -57,6 +61,7 @@ impl Prepared {
                 precision: d.precision,
                 memory_format: d.memory_format,
             };
+            ids.push(next_id(tasks));
             tasks.push(PlannedTask {
                 id: next_id(tasks),
                 key: format!("dfm/{}/chunk{:03}", point.point.id, chunk.index),
@@ -66,6 +71,7 @@ impl Prepared {
                 deps: vec![train],
             });
         }
+        ids
     }
 }
 
@@ -137,6 +143,9 @@ pub struct DfmMaps {
 
 struct MapState {
     acc: DfmAccumulator,
+    /// The point's first DFM chunk: the merged maps are recorded as its output
+    /// [`DFM_MAPS_OUTPUT`], the input the shortcut-degree task takes.
+    owner: TaskId,
     chunks: usize,
     merged_tasks: BTreeSet<TaskId>,
     /// What each merged chunk's model computed in, by chunk.
@@ -151,6 +160,7 @@ impl DfmMaps {
             if let TaskSpec::Dfm(d) = &task.spec {
                 let state = maps.entry(task.point).or_insert_with(|| MapState {
                     acc: DfmAccumulator::new(SHAPE, d.patch, d.classes).expect("planned from a checked spec"),
+                    owner: task.id,
                     chunks: 0,
                     merged_tasks: BTreeSet::new(),
                     numerics: BTreeMap::new(),
@@ -183,6 +193,11 @@ impl DfmMaps {
         self.maps.get(&point).filter(|s| !s.merged_tasks.is_empty()).map(|s| &s.acc)
     }
 
+    /// The task whose output the merged maps of `point` are recorded as.
+    pub fn owner(&self, point: usize) -> Option<TaskId> {
+        self.maps.get(&point).map(|s| s.owner)
+    }
+
     /// Chunks merged and planned for `point`.
     pub fn progress(&self, point: usize) -> (usize, usize) {
         self.maps.get(&point).map_or((0, 0), |s| (s.merged_tasks.len(), s.chunks))
@@ -199,33 +214,10 @@ impl DfmMaps {
     }
 }
 
-/// A complete map set as the content-addressed artifact later stages take as input: JSON with
-/// every unit's per-class sums and counts (deterministic: the same maps give the same digest).
-#[derive(Serialize)]
-struct MapFile<'a> {
-    format: &'static str,
-    point: &'a str,
-    height: usize,
-    width: usize,
-    patch: usize,
-    clean: &'a [CleanStat],
-    units: Vec<(Cell, &'a [ClassStat])>,
-}
-
-/// The artifact bytes of the merged maps of grid point `point_id` (`None` while incomplete).
+/// The artifact bytes of the merged maps of grid point `point_id` (`None` while incomplete;
+/// deterministic: the same maps give the same digest).
 pub fn map_artifact(point_id: &str, acc: &DfmAccumulator) -> Option<Vec<u8>> {
-    let clean = acc.clean()?;
-    let units = acc.units().iter().map(|&u| Some((u, acc.get(u)?))).collect::<Option<Vec<_>>>()?;
-    let file = MapFile {
-        format: "freqsweep-dfm-1",
-        point: point_id,
-        height: acc.shape().h,
-        width: acc.shape().w,
-        patch: acc.patch(),
-        clean,
-        units,
-    };
-    Some(serde_json::to_vec(&file).expect("maps serialise"))
+    dfm::MapsFile::of(point_id, acc).map(|file| serde_json::to_vec(&file).expect("maps serialise"))
 }
 
 /// The grid point id of a chunk task (from its key `dfm/<point>/chunk<k>`).

@@ -160,7 +160,7 @@ impl MapKey {
     pub fn of(task: &PlannedTask) -> Option<MapKey> {
         match &task.spec {
             TaskSpec::Heatmap(h) => Some(MapKey::new(task.point, h.eps)),
-            TaskSpec::Train(_) | TaskSpec::Dfm(_) | TaskSpec::Bands(_) => None,
+            TaskSpec::Train(_) | TaskSpec::Dfm(_) | TaskSpec::Shortcut(_) | TaskSpec::Bands(_) => None,
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod bands;
 pub mod dfm;
 pub mod heatmap;
+pub mod shortcut;
 pub mod train;
 
 use crate::artifacts::ArtifactRef;
@@ -23,15 +24,20 @@ use std::collections::HashMap;
 pub fn plan(sweep: &Sweep) -> Vec<PlannedTask> {
     let heatmaps = heatmap::Prepared::new(sweep);
     let dfms = dfm::Prepared::new(sweep);
-    let per_point = 1 + heatmaps.tasks_per_point() + dfms.tasks_per_point() + usize::from(sweep.bands.is_some());
+    let per_point = 1
+        + heatmaps.tasks_per_point()
+        + dfms.tasks_per_point()
+        + usize::from(sweep.dfm.as_ref().is_some_and(|d| d.shortcut_degree))
+        + usize::from(sweep.bands.is_some());
     let mut tasks = Vec::with_capacity(sweep.points.len().saturating_mul(per_point));
     for (index, point) in sweep.points.iter().enumerate() {
-        let mut planned = PointPlan { index, point, train: None };
+        let mut planned = PointPlan { index, point, train: None, dfm_chunks: Vec::new() };
         for kind in TaskKind::ALL {
             match kind {
                 TaskKind::Train => train::plan(&mut planned, &mut tasks),
                 TaskKind::Heatmap => heatmaps.plan(&planned, &mut tasks),
-                TaskKind::Dfm => dfms.plan(&planned, &mut tasks),
+                TaskKind::Dfm => planned.dfm_chunks = dfms.plan(&planned, &mut tasks),
+                TaskKind::Shortcut => shortcut::plan(sweep, &planned, &planned.dfm_chunks, &mut tasks),
                 TaskKind::Bands => bands::plan(sweep, &planned, &mut tasks),
             }
         }
@@ -58,6 +64,8 @@ pub struct PointPlan<'a> {
     pub point: &'a freqsweep_common::spec::GridPoint,
     /// The point's train task, once planned.
     pub train: Option<TaskId>,
+    /// The point's DFM chunks, once planned.
+    pub dfm_chunks: Vec<TaskId>,
 }
 
 /// The next id in a plan under construction.
@@ -70,6 +78,7 @@ pub fn priority(kind: TaskKind) -> u8 {
     match kind {
         TaskKind::Train => 0,
         TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Bands => 1,
+        TaskKind::Shortcut => 2,
     }
 }
 
@@ -79,6 +88,7 @@ pub fn inputs(task: &PlannedTask) -> Vec<(TaskId, &'static str)> {
         TaskKind::Train => Vec::new(),
         TaskKind::Heatmap => heatmap::inputs(task),
         TaskKind::Dfm => dfm::inputs(task),
+        TaskKind::Shortcut => shortcut::inputs(task),
         TaskKind::Bands => bands::inputs(task),
     }
 }
@@ -101,7 +111,7 @@ pub fn lease_inputs(task: &PlannedTask, outputs: &HashMap<TaskId, Vec<ArtifactRe
 pub fn resumes_from_partial_checkpoints(kind: TaskKind) -> bool {
     match kind {
         TaskKind::Train => true,
-        TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Bands => false,
+        TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands => false,
     }
 }
 
@@ -110,7 +120,7 @@ pub fn resumes_from_partial_checkpoints(kind: TaskKind) -> bool {
 pub fn attempts_report_whole_history(kind: TaskKind) -> bool {
     match kind {
         TaskKind::Train => true,
-        TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Bands => false,
+        TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands => false,
     }
 }
 
@@ -123,8 +133,10 @@ pub fn check_metrics(task: &PlannedTask, points: &[freqsweep_common::task::Metri
             let sets: Vec<String> = spec.train.test_sets.iter().map(|s| s.to_string()).collect();
             points.iter().try_for_each(|p| train::check_metric(spec, &sets, p))
         }
-        TaskSpec::Heatmap(_) | TaskSpec::Dfm(_) | TaskSpec::Bands(_) if points.is_empty() => Ok(()),
-        TaskSpec::Heatmap(_) | TaskSpec::Dfm(_) | TaskSpec::Bands(_) => {
+        TaskSpec::Heatmap(_) | TaskSpec::Dfm(_) | TaskSpec::Shortcut(_) | TaskSpec::Bands(_) if points.is_empty() => {
+            Ok(())
+        }
+        TaskSpec::Heatmap(_) | TaskSpec::Dfm(_) | TaskSpec::Shortcut(_) | TaskSpec::Bands(_) => {
             Err(format!("a {} task reports no metric points", task.kind().as_str()))
         }
     }
@@ -151,8 +163,12 @@ pub fn check_result(task: &PlannedTask, result_json: &str, outputs: &[ArtifactRe
         (TaskSpec::Train(spec), TaskOutcome::Train(o)) => train::check(spec, o)?,
         (TaskSpec::Heatmap(spec), TaskOutcome::Heatmap(o)) => heatmap::check(spec, o)?,
         (TaskSpec::Dfm(spec), TaskOutcome::Dfm(o)) => dfm::check(spec, o)?,
+        (TaskSpec::Shortcut(spec), TaskOutcome::Shortcut(o)) => shortcut::check(spec, o)?,
         (TaskSpec::Bands(spec), TaskOutcome::Bands(o)) => bands::check(spec, o)?,
-        (TaskSpec::Train(_) | TaskSpec::Heatmap(_) | TaskSpec::Dfm(_) | TaskSpec::Bands(_), _) => {
+        (
+            TaskSpec::Train(_) | TaskSpec::Heatmap(_) | TaskSpec::Dfm(_) | TaskSpec::Shortcut(_) | TaskSpec::Bands(_),
+            _,
+        ) => {
             unreachable!("the kinds were compared above")
         }
     }

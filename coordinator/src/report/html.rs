@@ -252,6 +252,23 @@ fn point_section(out: &mut String, p: &PointReport) {
         }
         out.push_str("</div>\n");
     }
+    if let Some(s) = &p.shortcut {
+        let _ = writeln!(
+            out,
+            "<h4>Shortcut degree</h4>\n<p>All {} test images filtered to each class's DFM (DC kept) and classified: the class's true-positive rate (its recall) and false-positive rate (the fraction of other classes' images predicted as it). A high TPR with a high FPR is a shortcut (<a href=\"{}\">CSV</a>).</p>",
+            s.images,
+            esc(&s.csv)
+        );
+        out.push_str("<table><tr><th class=\"l\">class</th><th>top %</th><th>TPR</th><th>FPR</th></tr>\n");
+        for (c, top, tpr, fpr) in &s.rows {
+            let _ = writeln!(
+                out,
+                "<tr><td class=\"l\">{c}</td><td>{}</td><td>{tpr:.3}</td><td>{fpr:.3}</td></tr>",
+                freqsweep_common::spec::format_number(*top)
+            );
+        }
+        out.push_str("</table>\n");
+    }
     if let Some(b) = &p.bands {
         let _ = writeln!(
             out,

@@ -50,6 +50,7 @@ pub(crate) struct PointReport {
     pub heatmaps: Vec<HeatmapFiles>,
     pub dfm: Option<kinds::dfm::DfmFiles>,
     pub bands: Option<kinds::bands::BandsFiles>,
+    pub shortcut: Option<kinds::shortcut::ShortcutRows>,
     pub curves: Vec<String>,
     /// Per test set, per class: the first evaluated step at which F1 reached each of
     /// [`LEARNED_AT`] (`None`: never) — the poster's "which class is learned first".
@@ -97,6 +98,7 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
     // as results are accepted).
     let mut maps = Merged::new(tasks);
     let mut bands: HashMap<usize, freqsweep_common::task::BandsOutcome> = HashMap::new();
+    let mut shortcuts: HashMap<usize, freqsweep_common::task::ShortcutOutcome> = HashMap::new();
     for t in tasks {
         let Some(Ok(outcome)) = rows[&t.id.0].result_json.as_deref().map(serde_json::from_str::<TaskOutcome>) else {
             continue;
@@ -109,6 +111,9 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
             }
             TaskOutcome::Dfm(d) => {
                 maps.dfms.merge(t, &d).map_err(|e| anyhow::anyhow!("DFM of {point}: {e}"))?;
+            }
+            TaskOutcome::Shortcut(s) => {
+                shortcuts.insert(t.point, s);
             }
             TaskOutcome::Bands(b) => {
                 bands.insert(t.point, b);
@@ -125,6 +130,7 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
             heatmaps: Vec::new(),
             dfm: None,
             bands: None,
+            shortcut: None,
             curves: Vec::new(),
             learning_order: Vec::new(),
             confusions: Vec::new(),
@@ -141,6 +147,15 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
                     kinds::heatmap::report(dir, &maps.heatmaps, index, point, &eps_list, &mut report, &mut csv)?
                 }
                 TaskKind::Dfm => kinds::dfm::report(dir, &maps.dfms, index, point, sweep.dfm.as_ref(), &mut report)?,
+                TaskKind::Shortcut => kinds::shortcut::report(
+                    dir,
+                    shortcuts.get(&index),
+                    point,
+                    sweep.dfm.as_ref(),
+                    classes,
+                    &mut report,
+                    &mut csv,
+                )?,
                 TaskKind::Bands => kinds::bands::report(
                     dir,
                     bands.get(&index),
@@ -182,6 +197,7 @@ fn results_header(sweep: &Sweep, test_sets: &[String], eps_list: &[f64], classes
             TaskKind::Train => kinds::train::csv_header(test_sets, &mut csv),
             TaskKind::Heatmap => kinds::heatmap::csv_header(eps_list, &mut csv),
             TaskKind::Dfm => kinds::dfm::csv_header(&mut csv),
+            TaskKind::Shortcut => kinds::shortcut::csv_header(sweep.dfm.as_ref(), classes, &mut csv),
             TaskKind::Bands => kinds::bands::csv_header(sweep.bands.as_ref(), classes, &mut csv),
         }
     }

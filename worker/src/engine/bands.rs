@@ -22,7 +22,7 @@ pub(super) fn run(
     let started = Instant::now();
     let device = engine.device;
     let test = data::truncate(engine.dataset(&b.dataset)?.1.clone(), b.images);
-    if test.len() == 0 {
+    if test.is_empty() {
         return Err(EngineError::fatal("no test images to evaluate (the test split, or its image limit, is empty)"));
     }
     let (height, width) = (test.dims[2] as i64, test.dims[3] as i64);

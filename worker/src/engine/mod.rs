@@ -6,6 +6,7 @@
 mod bands;
 mod dfm;
 mod heatmap;
+mod shortcut;
 mod train;
 
 use crate::models::Requested;
@@ -214,6 +215,7 @@ impl Engine for TorchEngine {
             TaskSpec::Train(t) => train::run(self, &dir, t, inputs, events),
             TaskSpec::Heatmap(h) => heatmap::run(self, task_key, h, inputs, events),
             TaskSpec::Dfm(d) => dfm::run(self, task_key, d, inputs, events),
+            TaskSpec::Shortcut(s) => shortcut::run(self, s, inputs, events),
             TaskSpec::Bands(b) => bands::run(self, b, inputs, events),
         }
     }

@@ -1,0 +1,202 @@
+//! The shortcut-degree room (SCIENCE.md §7): per trained model with DFMs, one task after all of
+//! its DFM chunks that takes the merged maps (recorded as the output `dfm_maps` of the point's
+//! first chunk when the last one merges) and the model's weights, filters the whole test set to
+//! each chosen class's DFM at each `top` (DC kept), and reports the confusion matrices; the true-
+//! and false-positive rates follow (`common::dfm::shortcut_degree`). Its report: `dfm/<point>/
+//! shortcut_degree.csv`, a table in the DFM section and `results.csv` columns.
+
+use super::dfm::DFM_MAPS_OUTPUT;
+use super::{next_id, PointPlan};
+use crate::graph::PlannedTask;
+use crate::report::PointReport;
+use crate::scheduler::{Cost, CostClass, TaskId};
+use anyhow::{Context, Result};
+use freqsweep_common::dfm::shortcut_degree;
+use freqsweep_common::spec::{format_number, DfmSpec, GridPoint, Sweep};
+use freqsweep_common::task::{ModelSource, ShortcutOutcome, ShortcutTask, TaskSpec, MODEL_OUTPUT};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Plan the point's shortcut-degree task after its DFM chunks (`dfm_chunks`, planned just before).
+pub(super) fn plan(sweep: &Sweep, point: &PointPlan<'_>, dfm_chunks: &[TaskId], tasks: &mut Vec<PlannedTask>) {
+    let (Some(d), Some(train)) = (&sweep.dfm, point.train) else { return };
+    if !d.shortcut_degree || dfm_chunks.is_empty() {
+        return;
+    }
+    let t = &point.point.task;
+    let spec = ShortcutTask {
+        dataset: t.dataset.clone(),
+        model: ModelSource::Checkpoint { artifact: MODEL_OUTPUT.into() },
+        maps: DFM_MAPS_OUTPUT.into(),
+        classes: t.train.classes,
+        chosen: d.classes.of(t.train.classes),
+        top: d.top.clone(),
+        images: 0,
+        clip: t.train.clip_filtered,
+        precision: d.precision,
+        memory_format: d.memory_format,
+    };
+    let mut deps = vec![train];
+    deps.extend_from_slice(dfm_chunks);
+    tasks.push(PlannedTask {
+        id: next_id(tasks),
+        key: format!("shortcut/{}", point.point.id),
+        point: point.index,
+        cost: cost(&spec, &t.train.model),
+        spec: TaskSpec::Shortcut(spec),
+        deps,
+    });
+}
+
+/// Throughput class `shortcut/<arch>`; work units: test images × chosen classes × tops.
+pub fn cost(s: &ShortcutTask, arch: &str) -> Cost {
+    let images = super::train::dataset_size(&s.dataset).map_or(1, |(_, test)| test.max(1));
+    let units = images.saturating_mul(s.chosen.len().max(1)).saturating_mul(s.top.len().max(1)) as f64;
+    Cost { class: CostClass::new(&format!("shortcut/{arch}")), units }
+}
+
+/// The model's weights (from the train task, the first dependency) and the merged DFM maps
+/// (recorded as an output of the point's first DFM chunk, the second).
+pub(super) fn inputs(task: &PlannedTask) -> Vec<(TaskId, &'static str)> {
+    let mut inputs = Vec::new();
+    if let Some(&train) = task.deps.first() {
+        inputs.push((train, MODEL_OUTPUT));
+    }
+    if let Some(&first_chunk) = task.deps.get(1) {
+        inputs.push((first_chunk, DFM_MAPS_OUTPUT));
+    }
+    inputs
+}
+
+/// Exactly the chosen classes × tops in order, each a square confusion matrix over the images.
+pub(super) fn check(spec: &ShortcutTask, o: &ShortcutOutcome) -> Result<(), String> {
+    if o.images == 0 || (spec.images > 0 && o.images > spec.images) {
+        return Err(format!("the result evaluated {} images, the task allows 1..={}", o.images, spec.images));
+    }
+    let expected: Vec<(usize, u64)> =
+        spec.chosen.iter().flat_map(|&c| spec.top.iter().map(move |t| (c, t.to_bits()))).collect();
+    let got: Vec<(usize, u64)> = o.entries.iter().map(|e| (e.class, e.top.to_bits())).collect();
+    if got != expected {
+        return Err(format!(
+            "the result has {} entries, not the {} classes × tops in order",
+            got.len(),
+            expected.len()
+        ));
+    }
+    for e in &o.entries {
+        let square = e.confusion.len() == spec.classes && e.confusion.iter().all(|r| r.len() == spec.classes);
+        let total: u64 = e.confusion.iter().flatten().sum();
+        if !square || total != o.images as u64 {
+            return Err(format!(
+                "class {} top {}: the confusion matrix is not {2}×{2} over {3} images",
+                e.class, e.top, spec.classes, o.images
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Per chosen class and top: TPR and FPR, for the report.
+pub(crate) struct ShortcutRows {
+    pub images: usize,
+    /// `(class, top, tpr, fpr)`.
+    pub rows: Vec<(usize, f64, f64, f64)>,
+    pub csv: String,
+}
+
+/// `results.csv` columns: per chosen class and top, the TPR and FPR.
+pub(crate) fn csv_header(spec: Option<&DfmSpec>, classes: usize, csv: &mut String) {
+    let Some(d) = spec.filter(|d| d.shortcut_degree) else { return };
+    for c in d.classes.of(classes) {
+        for t in &d.top {
+            let t = format_number(*t);
+            let _ = write!(csv, ",tpr_class{c}_top{t},fpr_class{c}_top{t}");
+        }
+    }
+}
+
+/// The section of a point: `dfm/<point>/shortcut_degree.csv` and the `results.csv` columns.
+pub(crate) fn report(
+    dir: &Path,
+    outcome: Option<&ShortcutOutcome>,
+    point: &GridPoint,
+    spec: Option<&DfmSpec>,
+    classes: usize,
+    report: &mut PointReport,
+    csv: &mut String,
+) -> Result<()> {
+    let Some(d) = spec.filter(|d| d.shortcut_degree) else { return Ok(()) };
+    let columns = d.classes.of(classes).len() * d.top.len();
+    let Some(o) = outcome else {
+        csv.push_str(&",,".repeat(columns));
+        return Ok(());
+    };
+    let mut file = String::from("class,top,tpr,fpr,images\n");
+    let mut rows = Vec::new();
+    for e in &o.entries {
+        let (tpr, fpr) = shortcut_degree(&e.confusion, e.class);
+        let _ = writeln!(file, "{},{},{tpr},{fpr},{}", e.class, format_number(e.top), o.images);
+        rows.push((e.class, e.top, tpr, fpr));
+    }
+    for c in d.classes.of(classes) {
+        for t in &d.top {
+            match rows.iter().find(|r| r.0 == c && r.1.to_bits() == t.to_bits()) {
+                Some((_, _, tpr, fpr)) => {
+                    let _ = write!(csv, ",{tpr},{fpr}");
+                }
+                None => csv.push_str(",,"),
+            }
+        }
+    }
+    let path = format!("dfm/{}/shortcut_degree.csv", point.id);
+    let full = dir.join(&path);
+    std::fs::create_dir_all(full.parent().expect("has a parent")).with_context(|| path.clone())?;
+    std::fs::write(&full, &file).with_context(|| path.clone())?;
+    report.raw.push(path.clone());
+    report.shortcut = Some(ShortcutRows { images: o.images, rows, csv: path });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use freqsweep_common::spec;
+    use freqsweep_common::task::ShortcutEntry;
+
+    const SPEC: &str = "[[dataset]]\nkind = \"syn\"\nband = 4\ntrain = 64\ntest = 32\n[model]\narch = \"tiny\"\n[train]\nlr = 0.001\nbatch_size = 16\nepochs = 1\n[dfm]\nchunks_per_map = 2\ntop = [5, 10]\nclasses = [0, 1]\n";
+
+    #[test]
+    fn the_task_follows_every_chunk_takes_the_merged_maps_and_refuses_what_does_not_fit() {
+        let sweep = spec::parse(SPEC, "t.toml").unwrap();
+        let tasks = crate::graph::plan(&sweep);
+        assert_eq!(tasks.len(), 4, "train, 2 DFM chunks, the shortcut degree");
+        let s = &tasks[3];
+        assert_eq!(s.key, "shortcut/Syn_4-tiny-adam-lr0.001-bs16-ep1-seed0");
+        assert_eq!(s.deps, vec![tasks[0].id, tasks[1].id, tasks[2].id]);
+        assert_eq!(s.to_new_task().inputs, vec!["task:1/model".to_string(), "task:2/dfm_maps".to_string()]);
+        let TaskSpec::Shortcut(spec) = &s.spec else { panic!("a shortcut task") };
+        assert_eq!((spec.chosen.as_slice(), spec.top.as_slice()), (&[0, 1][..], &[5.0, 10.0][..]));
+        let entry = |class, top| ShortcutEntry { class, top, confusion: vec![vec![8, 0, 0, 0]; 4] };
+        let good = ShortcutOutcome {
+            images: 32,
+            entries: vec![entry(0, 5.0), entry(0, 10.0), entry(1, 5.0), entry(1, 10.0)],
+            seconds: 1.0,
+            device: "cpu".into(),
+            precision: Default::default(),
+            memory_format: Default::default(),
+        };
+        check(spec, &good).unwrap();
+        let mut bad = good.clone();
+        bad.entries.swap(1, 2);
+        assert!(check(spec, &bad).unwrap_err().contains("classes × tops in order"));
+        let mut bad = good.clone();
+        bad.entries[0].confusion[0][0] = 9;
+        assert!(check(spec, &bad).unwrap_err().contains("not 4×4 over 32 images"));
+        let mut bad = good;
+        bad.entries[3].confusion.pop();
+        assert!(check(spec, &bad).is_err());
+        // Without the flag there is no such task.
+        let off = SPEC.replace("classes = [0, 1]\n", "classes = [0, 1]\nshortcut_degree = false\n");
+        assert_eq!(crate::graph::plan(&spec::parse(&off, "t.toml").unwrap()).len(), 3);
+    }
+}
