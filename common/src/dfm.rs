@@ -112,6 +112,8 @@ pub enum DfmError {
     EmptyClass { class: usize },
     #[error("top {0} % is outside (0, 100]")]
     Top(f64),
+    #[error("class {class} does not exist (the maps have {classes} classes)")]
+    NoClass { class: usize, classes: usize },
 }
 
 /// A loss map for every class, assembled from chunks of units.
@@ -218,7 +220,7 @@ impl DfmAccumulator {
     /// Per unit (in [`units`] order) the mean of `value` over class `class`'s images; `NaN` for
     /// units not written or a class without images.
     fn unit_means(&self, class: usize, value: impl Fn(&ClassStat) -> f64) -> Vec<f64> {
-        let n = self.class_images(class).unwrap_or(0);
+        let n = if class < self.classes { self.class_images(class).unwrap_or(0) } else { 0 };
         self.stats
             .iter()
             .map(|s| match s {
@@ -254,6 +256,9 @@ impl DfmAccumulator {
     /// `DFM_c` at the top `top` % of units: a centred `H × W` 0/1 mask holding every removed cell
     /// of the selected units (for `patch = 1` a conjugate pair is one unit, counted once).
     pub fn dfm(&self, class: usize, top: f64) -> Result<Vec<u8>, DfmError> {
+        if class >= self.classes {
+            return Err(DfmError::NoClass { class, classes: self.classes });
+        }
         let missing = self.missing().len();
         if missing > 0 || self.clean.is_none() {
             return Err(DfmError::Incomplete { missing, total: self.units.len() });
@@ -570,6 +575,8 @@ mod tests {
         }
         assert!(acc.dfm(0, 50.0).is_ok());
         assert!(matches!(acc.dfm(1, 50.0), Err(DfmError::EmptyClass { class: 1 })));
+        assert!(matches!(acc.dfm(2, 50.0), Err(DfmError::NoClass { class: 2, classes: 2 })));
+        assert!(acc.loss_map(7).iter().all(|v| v.is_nan()), "a class that does not exist has no values");
         assert!(acc.loss_map(1).iter().all(|v| v.is_nan()));
     }
 

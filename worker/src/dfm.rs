@@ -18,7 +18,7 @@
 //! block, then groups of `batch / m` units per forward pass; the per-class sums are one matrix
 //! product with the block's one-hot labels, kept on the device and read once at the end.
 
-use crate::heatmap::{forward, validate_inputs, HeatmapError};
+use crate::heatmap::{broken_rows, forward, validate_inputs, HeatmapError};
 use crate::models::Classifier;
 use freqsweep_common::dfm::{self, ClassStat, CleanStat};
 use freqsweep_common::spectrum::{Cell, Shape2};
@@ -247,9 +247,52 @@ pub fn compute(
     Ok(DfmCounts { images: n as usize, clean, units: per_unit })
 }
 
-/// How many rows of `logits` (`[N, classes]`) hold a NaN or an infinity.
-fn broken_rows(logits: &Tensor) -> Tensor {
-    logits.isfinite().logical_not().any_dim(-1, false).sum(Kind::Int64)
+/// The shortcut degree's confusion matrices (SCIENCE.md §7): `test` filtered to each class of
+/// `chosen`'s DFM at each of `tops` (from `maps`, DC kept; `clip` clamps to `[0, 1]`), classified
+/// by `model`, in `chosen` × `tops` order. `progress(done)` counts finished entries.
+#[allow(clippy::too_many_arguments)]
+pub fn shortcut_confusions(
+    model: &dyn Classifier,
+    test: &freqsweep_common::dataset::Dataset,
+    maps: &dfm::DfmAccumulator,
+    chosen: &[usize],
+    tops: &[f64],
+    clip: bool,
+    device: Device,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<freqsweep_common::task::ShortcutEntry>, String> {
+    let shape = Shape2::new(test.dims[2], test.dims[3]);
+    if shape != maps.shape() {
+        return Err(format!(
+            "the DFM maps are of {}×{} images, the test images {}×{}",
+            maps.shape().h,
+            maps.shape().w,
+            shape.h,
+            shape.w
+        ));
+    }
+    let classes = maps.classes();
+    let mut entries = Vec::with_capacity(chosen.len() * tops.len());
+    for &class in chosen {
+        for &top in tops {
+            let mask = maps.dfm(class, top).map_err(|e| format!("class {class}, top {top} %: {e}"))?;
+            // Keep the DFM's frequencies and DC; zero every other one.
+            let mut keep: Vec<f32> = mask.iter().map(|&m| f32::from(m)).collect();
+            keep[shape.centred_index(Cell::new(0, 0))] = 1.0;
+            let mut filtered = test.clone();
+            freqsweep_common::bands::BandFilter::from_centred_mask(shape, &keep, clip).apply(&mut filtered.images);
+            let set = crate::eval::TestSet {
+                name: format!("dfm_class{class}"),
+                images: crate::eval::images_tensor(&filtered, device),
+                labels: filtered.labels,
+            };
+            let m = crate::eval::evaluate(model, &set, classes, 256)
+                .map_err(|e| format!("{e} (the model has {classes} classes)"))?;
+            entries.push(freqsweep_common::task::ShortcutEntry { class, top, confusion: m.rows() });
+            progress(entries.len());
+        }
+    }
+    Ok(entries)
 }
 
 #[cfg(test)]

@@ -113,7 +113,7 @@ pub fn validate_inputs(images: &Tensor, labels: &[i64]) -> Result<(), HeatmapErr
 }
 
 /// How many rows of `logits` (`[N, classes]`) hold a NaN or an infinity.
-fn broken_rows(logits: &Tensor) -> Tensor {
+pub(crate) fn broken_rows(logits: &Tensor) -> Tensor {
     logits.isfinite().logical_not().any_dim(-1, false).sum(Kind::Int64)
 }
 

@@ -7,7 +7,7 @@ use freqsweep_common::bands::{Band, BandFilter};
 use freqsweep_common::dfm::{self, DfmAccumulator};
 use freqsweep_common::spectrum::{Cell, Shape2};
 use freqsweep_common::syn::{self, Split, SynConfig};
-use freqsweep_worker::dfm::{compute, DfmConfig};
+use freqsweep_worker::dfm::{compute, shortcut_confusions, DfmConfig};
 use freqsweep_worker::models::{build, Arch, Classifier, ModelConfig, Numerics};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -110,6 +110,16 @@ fn a_model_rigged_on_one_frequency_puts_it_on_top_of_its_class_0_map() {
     assert_eq!(drop[shape.centred_index(Cell::new(2, 5))], 0.0);
     // Class 1 does not depend on (3, 3): its images stay right (it has no such energy to lose).
     assert_eq!(acc.accuracy_drop_map(1)[shape.centred_index(Cell::new(3, 3))], 0.0);
+
+    // The shortcut degree: the test set filtered to class 0's top-1 % DFM keeps (3, 3), so every
+    // class-0 image is still class 0 (TPR 1) and no other image becomes class 0 (FPR 0).
+    let entries = shortcut_confusions(&model, &data, &acc, &[0, 1], &[1.0], false, Device::Cpu, &mut |_| {}).unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(dfm::shortcut_degree(&entries[0].confusion, 0), (1.0, 0.0));
+    let total: u64 = entries[0].confusion.iter().flatten().sum();
+    assert_eq!(total, data.len() as u64, "the whole test set");
+    // Filtered to class 1's DFM, class-1 images (which carry no (3, 3)) stay class 1.
+    assert_eq!(dfm::shortcut_degree(&entries[1].confusion, 1).0, 1.0);
 }
 
 #[test]

@@ -42,13 +42,8 @@ pub(super) fn plan(sweep: &Sweep, point: &PointPlan<'_>, tasks: &mut Vec<Planned
 
 /// Throughput class `bands/<arch>`; work units: test images × 15 band subsets.
 pub fn cost(b: &BandsTask, arch: &str) -> Cost {
-    let test = super::train::dataset_size(&b.dataset).map(|(_, test)| test);
-    let images = match (b.images, test) {
-        (0, None) => 1,
-        (0, Some(test)) => test,
-        (limit, test) => test.map_or(limit, |t| t.min(limit)),
-    };
-    Cost { class: CostClass::new(&format!("bands/{arch}")), units: (images.max(1) * 15) as f64 }
+    let images = super::evaluated_images(&b.dataset, b.images);
+    Cost { class: CostClass::new(&format!("bands/{arch}")), units: images.saturating_mul(15) as f64 }
 }
 
 /// The model's weights, from the train task it depends on.

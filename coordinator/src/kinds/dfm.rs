@@ -77,13 +77,8 @@ impl Prepared {
 
 /// Throughput class `dfm/<arch>`; work units: units × test images evaluated.
 pub fn cost(d: &DfmTask, arch: &str) -> Cost {
-    let test = super::train::dataset_size(&d.dataset).map(|(_, test)| test);
-    let images = match (d.images, test) {
-        (0, None) => 1,
-        (0, Some(test)) => test,
-        (limit, test) => test.map_or(limit, |t| t.min(limit)),
-    };
-    let units = d.units.len().max(1).saturating_mul(images.max(1)) as f64;
+    let images = super::evaluated_images(&d.dataset, d.images);
+    let units = d.units.len().max(1).saturating_mul(images) as f64;
     Cost { class: CostClass::new(&format!("dfm/{arch}")), units }
 }
 

@@ -86,13 +86,8 @@ impl Prepared {
 /// Throughput class `heatmap/<arch>`; work units: cells × test images evaluated (the image limit
 /// or the test split, whichever is smaller; `.npy` datasets without a limit: cells).
 pub fn cost(h: &HeatmapTask, arch: &str) -> Cost {
-    let test = super::train::dataset_size(&h.dataset).map(|(_, test)| test);
-    let images = match (h.images, test) {
-        (0, None) => 1,
-        (0, Some(test)) => test,
-        (limit, test) => test.map_or(limit, |t| t.min(limit)),
-    };
-    let units = h.cells.len().max(1).saturating_mul(images.max(1)) as f64;
+    let images = super::evaluated_images(&h.dataset, h.images);
+    let units = h.cells.len().max(1).saturating_mul(images) as f64;
     Cost { class: CostClass::new(&format!("heatmap/{arch}")), units }
 }
 

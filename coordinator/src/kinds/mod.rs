@@ -68,6 +68,19 @@ pub struct PointPlan<'a> {
     pub dfm_chunks: Vec<TaskId>,
 }
 
+/// Test images an analysis of `dataset` evaluates with image limit `limit` (0: all): the limit or
+/// the test split, whichever is smaller; a split of unknown size (`.npy`, CIFAR) counts as the
+/// limit, or 1 without one. The work units of the analysis kinds' cost classes.
+pub(crate) fn evaluated_images(dataset: &freqsweep_common::task::DatasetSource, limit: usize) -> usize {
+    let test = train::dataset_size(dataset).map(|(_, test)| test);
+    match (limit, test) {
+        (0, None) => 1,
+        (0, Some(test)) => test,
+        (limit, test) => test.map_or(limit, |t| t.min(limit)),
+    }
+    .max(1)
+}
+
 /// The next id in a plan under construction.
 pub(crate) fn next_id(tasks: &[PlannedTask]) -> TaskId {
     TaskId(tasks.len() as u64 + 1)

@@ -50,7 +50,7 @@ pub(super) fn plan(sweep: &Sweep, point: &PointPlan<'_>, dfm_chunks: &[TaskId], 
 
 /// Throughput class `shortcut/<arch>`; work units: test images × chosen classes × tops.
 pub fn cost(s: &ShortcutTask, arch: &str) -> Cost {
-    let images = super::train::dataset_size(&s.dataset).map_or(1, |(_, test)| test.max(1));
+    let images = super::evaluated_images(&s.dataset, s.images);
     let units = images.saturating_mul(s.chosen.len().max(1)).saturating_mul(s.top.len().max(1)) as f64;
     Cost { class: CostClass::new(&format!("shortcut/{arch}")), units }
 }

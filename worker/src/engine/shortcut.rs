@@ -4,17 +4,13 @@
 //! band filter on the CPU) and classified into a confusion matrix.
 
 use super::{EngineError, EngineEvents, EngineResult, TorchEngine};
-use crate::{data, device, eval};
-use freqsweep_common::bands::BandFilter;
+use crate::{data, device};
 use freqsweep_common::dfm::MapsFile;
-use freqsweep_common::spectrum::{Cell, Shape2};
-use freqsweep_common::task::{ShortcutEntry, ShortcutOutcome, ShortcutTask, TaskOutcome};
+use freqsweep_common::spectrum::Shape2;
+use freqsweep_common::task::{ShortcutOutcome, ShortcutTask, TaskOutcome};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
-
-/// Images per forward pass of the evaluation.
-const BATCH: i64 = 256;
 
 pub(super) fn run(
     engine: &mut TorchEngine,
@@ -37,42 +33,32 @@ pub(super) fn run(
         return Err(EngineError::fatal("no test images to filter (the test split, or its image limit, is empty)"));
     }
     let shape = Shape2::new(test.dims[2], test.dims[3]);
-    if shape != acc.shape() {
+    if acc.classes() != s.classes {
         return Err(EngineError::fatal(format!(
-            "the DFM maps are of {}×{} images, the test images {}×{}",
-            acc.shape().h,
-            acc.shape().w,
-            shape.h,
-            shape.w
+            "{}: the DFM maps have {} classes, the task's model {}",
+            maps_path.display(),
+            acc.classes(),
+            s.classes
         )));
     }
     let requested = super::numerics_for(device, s.precision, s.memory_format);
     let (loaded, model_path) = engine.model(&s.model, inputs, shape.h as i64, shape.w as i64, requested)?;
     let (precision, format) = (loaded.numerics.precision(), loaded.numerics.memory_format());
     let total = s.chosen.len() * s.top.len();
-    let mut entries = Vec::with_capacity(total);
-    for &class in &s.chosen {
-        for &top in &s.top {
-            let mask =
-                acc.dfm(class, top).map_err(|e| EngineError::fatal(format!("class {class}, top {top} %: {e}")))?;
-            // Keep the DFM's frequencies and DC; zero every other one.
-            let mut keep: Vec<f32> = mask.iter().map(|&m| f32::from(m)).collect();
-            keep[shape.centred_index(Cell::new(0, 0))] = 1.0;
-            let mut filtered = test.clone();
-            BandFilter::from_centred_mask(shape, &keep, s.clip).apply(&mut filtered.images);
-            let set = eval::TestSet {
-                name: format!("dfm_class{class}"),
-                images: eval::images_tensor(&filtered, device),
-                labels: filtered.labels.clone(),
-            };
-            let m = eval::evaluate(loaded.model.as_ref(), &set, s.classes, BATCH).map_err(|e| {
-                EngineError::fatal(format!("{}: {e} (the model has {} classes)", model_path.display(), s.classes))
-            })?;
-            entries.push(ShortcutEntry { class, top, confusion: m.rows() });
-            let done = entries.len() as f64 / total.max(1) as f64;
-            events.progress(done, (entries.len() * test.len()) as f64 / started.elapsed().as_secs_f64().max(1e-9));
-        }
-    }
+    let entries = crate::dfm::shortcut_confusions(
+        loaded.model.as_ref(),
+        &test,
+        &acc,
+        &s.chosen,
+        &s.top,
+        s.clip,
+        device,
+        &mut |done| {
+            let rate = (done * test.len()) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            events.progress(done as f64 / total.max(1) as f64, rate);
+        },
+    )
+    .map_err(|e| EngineError::fatal(format!("{}: {e}", model_path.display())))?;
     Ok(EngineResult::Done {
         outcome: TaskOutcome::Shortcut(ShortcutOutcome {
             images: test.len(),
