@@ -127,3 +127,53 @@ fn status_against_a_silent_port_gives_up_with_one_line() {
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "took {:?}", started.elapsed());
     drop(silent);
 }
+
+/// `freqsweep-worker dfm` refuses a bad patch, top or class with one line naming the flag, and
+/// a class the model does not have before the computation starts.
+#[test]
+fn dfm_bad_input_gives_a_one_line_error_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = (dir.path().join("m"), dir.path().join("s"));
+    let trained = run_bounded(
+        Command::new(binary("freqsweep-worker"))
+            .args(["--threads", "1", "train", "--model", "tiny", "--train", "64", "--test", "16", "--epochs", "1"])
+            .args(["--batch-size", "16", "--out"])
+            .arg(&model),
+        LIMIT,
+    );
+    assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
+    let synd = run_bounded(
+        Command::new(binary("freqsweep"))
+            .args(["syn", "--band", "4", "--train", "8", "--test", "16", "--out"])
+            .arg(&data),
+        LIMIT,
+    );
+    assert!(synd.status.success(), "{}", String::from_utf8_lossy(&synd.stderr));
+    for (flag, value, message) in [
+        ("--patch", "3", "--patch: patch 3 does not divide the 32×32 image"),
+        ("--top", "0", "--top: top 0 % is outside (0, 100]"),
+        ("--classes", "9", "--classes: class 9 does not exist (the model outputs 4 classes)"),
+        ("--classes", "one", "--classes: \"one\" is not a class number or `all`"),
+    ] {
+        let out = run_bounded(
+            Command::new(binary("freqsweep-worker"))
+                .args(["--threads", "1", "dfm", "--model"])
+                .arg(model.join("checkpoint.ot"))
+                .arg("--images")
+                .arg(data.join("test_x.npy"))
+                .arg("--labels")
+                .arg(data.join("test_y.npy"))
+                .args([flag, value, "--out"])
+                .arg(dir.path().join("d")),
+            LIMIT,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            !out.status.success() && last == format!("freqsweep-worker: error: {message}"),
+            "{flag} {value}: {stderr}"
+        );
+        assert!(!stderr.contains("progress"), "{flag} {value}: refused before computing: {stderr}");
+        assert!(!dir.path().join("d/dfm.json").exists());
+    }
+}

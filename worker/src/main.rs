@@ -620,10 +620,10 @@ fn heatmap_cmd(args: HeatmapArgs) -> Result<()> {
 }
 
 /// The classes `--classes` names (`all`: every class the model outputs), each checked against
-/// the model's outputs and the images present.
-fn chosen_classes(text: &str, clean: &[freqsweep_common::dfm::CleanStat]) -> Result<Vec<usize>> {
+/// the model's outputs and the images present (`per_class[c]`: test images of class `c`).
+fn chosen_classes(text: &str, per_class: &[u64]) -> Result<Vec<usize>> {
     let classes: Vec<usize> = if text.trim() == "all" {
-        (0..clean.len()).collect()
+        (0..per_class.len()).collect()
     } else {
         text.split(',')
             .map(|c| {
@@ -634,13 +634,13 @@ fn chosen_classes(text: &str, clean: &[freqsweep_common::dfm::CleanStat]) -> Res
             .collect::<Result<_>>()?
     };
     for &c in &classes {
-        if c >= clean.len() {
-            bail!("--classes: class {c} does not exist (the model outputs {} classes)", clean.len());
+        if c >= per_class.len() {
+            bail!("--classes: class {c} does not exist (the model outputs {} classes)", per_class.len());
         }
-        if clean[c].images == 0 {
+        if per_class[c] == 0 {
             bail!(
                 "--classes: class {c} has no test images (the model outputs {} classes; choose the classes the labels have)",
-                clean.len()
+                per_class.len()
             );
         }
     }
@@ -669,6 +669,16 @@ fn dfm_cmd(args: DfmArgs) -> Result<()> {
     }
     let (precision, format) = (loaded.numerics.precision(), loaded.numerics.memory_format());
     let images = eval::images_tensor(&data, device);
+    // The classes are checked before the long computation: the model's outputs from one image.
+    let outputs = tch::no_grad(|| loaded.model.logits(&images.narrow(0, 0, 1), false)).size();
+    let outputs = outputs.get(1).copied().unwrap_or(0).max(0) as usize;
+    let mut per_class = vec![0u64; outputs];
+    for &l in &data.labels {
+        if let Some(n) = usize::try_from(l).ok().and_then(|l| per_class.get_mut(l)) {
+            *n += 1;
+        }
+    }
+    let classes = chosen_classes(&args.classes, &per_class)?;
     let config = freqsweep_worker::dfm::DfmConfig { patch: args.patch, units, batch: args.batch as usize };
     tracing::info!(model = %args.model.display(), kind = %loaded.what, images = data.len(), units = config.units.len(), patch = args.patch, device = %device::describe(device), precision = precision.as_str(), memory_format = format.as_str(), "dfm");
     let started = std::time::Instant::now();
@@ -680,7 +690,6 @@ fn dfm_cmd(args: DfmArgs) -> Result<()> {
         .with_context(|| format!("{}", args.model.display()))?;
     progress.finish();
     let seconds = started.elapsed().as_secs_f64();
-    let classes = chosen_classes(&args.classes, &counts.clean)?;
 
     let mut acc = freqsweep_common::dfm::DfmAccumulator::new(shape, args.patch, counts.clean.len())
         .map_err(anyhow::Error::msg)?;
