@@ -206,14 +206,39 @@ struct HeatmapArgs {
     limit: usize,
     #[arg(long, default_value = "auto")]
     device: String,
+    #[command(flatten)]
+    numerics: AnalysisNumerics,
+}
+
+/// What an analysis's model computes in (`heatmap`, `dfm`).
+#[derive(Args)]
+struct AnalysisNumerics {
     /// Numbers of the model's forward pass: fp32 (bit-reproducible) or bf16 (faster where the
-    /// device has bf16 instructions; the perturbation and counts stay fp32/fp64).
+    /// device has bf16 instructions; the perturbation or removal and the sums stay fp32/fp64).
     #[arg(long, default_value = "fp32", value_parser = parse_precision)]
     precision: Precision,
     /// Memory layout of the images and conv weights: auto (channels-last for conv nets, NCHW
     /// for others), contiguous or channels_last.
     #[arg(long, default_value = "auto", value_parser = parse_memory_format)]
     memory_format: MemoryFormat,
+}
+
+/// The model at `path` for `h × w` images in the numerics asked (fp32 where the device or the
+/// model cannot), with the precision and memory format it computes in, to record.
+fn load_for_analysis(
+    path: &Path,
+    device: tch::Device,
+    (h, w): (usize, usize),
+    numerics: &AnalysisNumerics,
+) -> Result<(checkpoint::Loaded, Precision, MemoryFormat)> {
+    let requested = freqsweep_worker::engine::numerics_for(device, numerics.precision, numerics.memory_format);
+    let loaded =
+        checkpoint::load_classifier(path, device, h as i64, w as i64, requested).map_err(anyhow::Error::msg)?;
+    if let Some(why) = &loaded.fallback {
+        tracing::warn!(reason = %why, "the model does not run in the requested precision; computing in fp32");
+    }
+    let (precision, format) = (loaded.numerics.precision(), loaded.numerics.memory_format());
+    Ok((loaded, precision, format))
 }
 
 #[derive(Args)]
@@ -247,12 +272,8 @@ struct DfmArgs {
     limit: usize,
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Numbers of the model's forward pass: fp32 or bf16 (the removal and the sums stay fp32/fp64).
-    #[arg(long, default_value = "fp32", value_parser = parse_precision)]
-    precision: Precision,
-    /// auto (channels-last for conv nets), contiguous or channels_last.
-    #[arg(long, default_value = "auto", value_parser = parse_memory_format)]
-    memory_format: MemoryFormat,
+    #[command(flatten)]
+    numerics: AnalysisNumerics,
 }
 
 fn parse_precision(s: &str) -> Result<Precision, String> {
@@ -549,13 +570,7 @@ fn heatmap_cmd(args: HeatmapArgs) -> Result<()> {
     // Recorded with the map: which file exactly was analysed (checkpoints also carry their own).
     let (model_digest, _) = freqsweep_common::digest::of_file(&args.model)
         .with_context(|| format!("cannot read {}", args.model.display()))?;
-    let requested = freqsweep_worker::engine::numerics_for(device, args.precision, args.memory_format);
-    let loaded =
-        checkpoint::load_classifier(&args.model, device, h as i64, w as i64, requested).map_err(anyhow::Error::msg)?;
-    if let Some(why) = &loaded.fallback {
-        tracing::warn!(reason = %why, "the model does not run in the requested precision; computing in fp32");
-    }
-    let (precision, format) = (loaded.numerics.precision(), loaded.numerics.memory_format());
+    let (loaded, precision, format) = load_for_analysis(&args.model, device, (h, w), &args.numerics)?;
     let (model, what) = (loaded.model, loaded.what);
     let layers = if args.layers.iter().any(|l| l == "all") { model.layer_names() } else { args.layers.clone() };
     let shape = Shape2::new(h, w);
@@ -661,13 +676,7 @@ fn dfm_cmd(args: DfmArgs) -> Result<()> {
     let units = freqsweep_common::dfm::units(shape, args.patch).map_err(|e| anyhow::anyhow!("--patch: {e}"))?;
     let (model_digest, _) = freqsweep_common::digest::of_file(&args.model)
         .with_context(|| format!("cannot read {}", args.model.display()))?;
-    let requested = freqsweep_worker::engine::numerics_for(device, args.precision, args.memory_format);
-    let loaded =
-        checkpoint::load_classifier(&args.model, device, h as i64, w as i64, requested).map_err(anyhow::Error::msg)?;
-    if let Some(why) = &loaded.fallback {
-        tracing::warn!(reason = %why, "the model does not run in the requested precision; computing in fp32");
-    }
-    let (precision, format) = (loaded.numerics.precision(), loaded.numerics.memory_format());
+    let (loaded, precision, format) = load_for_analysis(&args.model, device, (h, w), &args.numerics)?;
     let images = eval::images_tensor(&data, device);
     // The classes are checked before the long computation: the model's outputs from one image.
     let outputs = tch::no_grad(|| loaded.model.logits(&images.narrow(0, 0, 1), false)).size();
