@@ -48,6 +48,46 @@ pub enum BandError {
     Repeated(String, u8),
     #[error("band radii must be increasing and positive, got {0:?}")]
     BadRadii([f64; 3]),
+    #[error("band fractions must be increasing, in (0, 1], got {0:?}")]
+    BadFractions([f64; 3]),
+    #[error("band radius {radius} exceeds the Nyquist radius {nyquist} of {h} × {w} images")]
+    BeyondNyquist { radius: f64, nyquist: f64, h: usize, w: usize },
+}
+
+/// How a spec places the three band radii: in cells, or as fractions of each image size's
+/// Nyquist radius `r_N = min(H, W) / 2` (SCIENCE.md §4). The default, fractions 1/4, 1/2, 3/4,
+/// is exactly the poster's 4, 8, 12 on 32 × 32 images.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum BandRadii {
+    Cells([f64; 3]),
+    Fractions([f64; 3]),
+}
+
+impl Default for BandRadii {
+    fn default() -> Self {
+        BandRadii::Fractions([0.25, 0.5, 0.75])
+    }
+}
+
+impl BandRadii {
+    /// The layout of `shape`'s spectrum: radii increasing, positive, within the Nyquist radius.
+    pub fn layout(self, shape: Shape2) -> Result<BandLayout, BandError> {
+        let nyquist = shape.h.min(shape.w) as f64 / 2.0;
+        let radii = match self {
+            BandRadii::Cells(radii) => radii,
+            BandRadii::Fractions(f) => {
+                if !(f[0] > 0.0 && f[0] < f[1] && f[1] < f[2] && f[2] <= 1.0) {
+                    return Err(BandError::BadFractions(f));
+                }
+                f.map(|x| x * nyquist)
+            }
+        };
+        let layout = BandLayout::new(radii)?;
+        if let Some(&radius) = radii.iter().find(|&&r| r > nyquist) {
+            return Err(BandError::BeyondNyquist { radius, nyquist, h: shape.h, w: shape.w });
+        }
+        Ok(layout)
+    }
 }
 
 /// The radii that separate the bands: `B1 ≤ r1 < B2 ≤ r2 < B3 ≤ r3 < B4`.
@@ -259,6 +299,28 @@ impl BandFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn radii_scale_with_the_nyquist_radius_and_are_checked() {
+        let default = BandRadii::default();
+        assert_eq!(default.layout(Shape2::new(32, 32)).unwrap(), BandLayout::default(), "exactly 4, 8, 12");
+        assert_eq!(default.layout(Shape2::new(64, 64)).unwrap().upper_radii, [8.0, 16.0, 24.0]);
+        // Non-square: the shorter side's Nyquist radius.
+        assert_eq!(default.layout(Shape2::new(64, 48)).unwrap().upper_radii, [6.0, 12.0, 18.0]);
+        let cells = BandRadii::Cells([4.0, 8.0, 12.0]);
+        assert_eq!(cells.layout(Shape2::new(224, 224)).unwrap(), BandLayout::default());
+        let err = cells.layout(Shape2::new(16, 16)).unwrap_err().to_string();
+        assert_eq!(err, "band radius 12 exceeds the Nyquist radius 8 of 16 × 16 images");
+        assert!(matches!(BandRadii::Cells([4.0, 4.0, 12.0]).layout(Shape2::new(32, 32)), Err(BandError::BadRadii(_))));
+        let over = BandRadii::Fractions([0.25, 0.5, 1.5]).layout(Shape2::new(32, 32));
+        assert!(matches!(over, Err(BandError::BadFractions(_))));
+        // At 64 × 64 the scaled bands hold four times the cells of 32 × 32 (to within the rim).
+        let sizes = default.layout(Shape2::new(64, 64)).unwrap().band_sizes(Shape2::new(64, 64));
+        let base = BandLayout::default().band_sizes(Shape2::new(32, 32));
+        for (big, small) in sizes.iter().zip(base) {
+            assert!((*big as f64 / small as f64 - 4.0).abs() < 0.35, "{sizes:?} vs {base:?}");
+        }
+    }
 
     #[test]
     fn band_sizes_match_science_md() {

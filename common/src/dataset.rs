@@ -86,6 +86,21 @@ pub fn read_images_npy(path: &Path) -> Result<([usize; 4], Vec<f32>), DatasetErr
     images_from_array(path, &array)
 }
 
+/// The `(H, W)` of the images in a `.npy` file, from its header alone (`float32 [N,C,H,W]` or
+/// `uint8 [N,H,W,C]`, as [`read_images_npy`] reads them).
+pub fn npy_image_size(path: &Path) -> Result<(usize, usize), DatasetError> {
+    let (dtype, shape) = NpyArray::read_header(path)?;
+    match (dtype, shape.as_slice()) {
+        (DType::F32 | DType::F64, &[_, _, h, w]) => Ok((h, w)),
+        (DType::U8, &[_, h, w, _]) => Ok((h, w)),
+        (DType::F32 | DType::F64 | DType::U8, _) => Err(invalid(
+            path,
+            format!("images must be 4-D (float32 [N,C,H,W] or uint8 [N,H,W,C]), got shape {}", shape_text(&shape)),
+        )),
+        (other, _) => Err(invalid(path, format!("images must be float32 or uint8, got {other}"))),
+    }
+}
+
 fn images_from_array(path: &Path, array: &NpyArray) -> Result<([usize; 4], Vec<f32>), DatasetError> {
     let shape = &array.shape;
     if shape.len() != 4 {

@@ -75,6 +75,41 @@ pub enum MergeError {
     Conflict { cell: Cell, old: CellStat, new: CellStat },
 }
 
+/// Which canonical cells a heatmap computes; the others are skipped (`NaN` in its arrays, grey
+/// in its figures, never zeros). `LowCrop(n)` is Yin et al.'s `n × n` low-frequency window
+/// (`63` on ImageNet): rows `−⌊n/2⌋ … ⌊(n−1)/2⌋`, the same for columns; a canonical cell is kept
+/// when it or its conjugate lies in the window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CellSelection {
+    #[default]
+    All,
+    /// Cells with `sqrt(u² + v²) ≤ r`.
+    MaxRadius(f64),
+    LowCrop(usize),
+}
+
+impl CellSelection {
+    /// The selected canonical cells of `shape`, in centred order.
+    pub fn cells(self, shape: Shape2) -> Vec<Cell> {
+        let mut cells = shape.heatmap_cells();
+        cells.retain(|&c| self.keeps(shape, c));
+        cells
+    }
+
+    fn keeps(self, shape: Shape2, cell: Cell) -> bool {
+        match self {
+            CellSelection::All => true,
+            CellSelection::MaxRadius(r) => cell.radius() <= r,
+            CellSelection::LowCrop(n) => {
+                let (lo, hi) = (-((n / 2) as i64), ((n.max(1) - 1) / 2) as i64);
+                let inside = |c: Cell| (lo..=hi).contains(&i64::from(c.u)) && (lo..=hi).contains(&i64::from(c.v));
+                inside(cell) || inside(shape.conjugate(cell))
+            }
+        }
+    }
+}
+
 /// A full map being assembled from chunks, centred layout.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HeatmapAccumulator {
@@ -125,6 +160,11 @@ impl HeatmapAccumulator {
         self.stats.iter().all(|s| s.n > 0)
     }
 
+    /// Canonical cells written so far.
+    pub fn written(&self) -> usize {
+        self.shape.heatmap_cells().into_iter().filter(|&c| self.get(c).n > 0).count()
+    }
+
     /// Means in centred row-major layout (`NaN` where not computed).
     pub fn means(&self) -> Vec<f64> {
         self.stats.iter().map(|s| s.mean()).collect()
@@ -159,6 +199,24 @@ pub fn write_map_files(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn cell_selections_keep_what_they_say() {
+        let shape = Shape2::new(32, 32);
+        assert_eq!(CellSelection::All.cells(shape), shape.heatmap_cells());
+        // Yin et al.'s 63 × 63 window on 224 × 224: (63² + 1) / 2 canonical cells (DC alone).
+        let big = Shape2::new(224, 224);
+        let crop = CellSelection::LowCrop(63).cells(big);
+        assert_eq!(crop.len(), (63 * 63 - 1) / 2 + 1, "conjugate pairs plus DC");
+        assert!(crop.iter().all(|c| c.u.abs() <= 31 && c.v.abs() <= 31));
+        // A window as large as the image is all of it; an even window keeps a cell whose
+        // conjugate lies inside.
+        assert_eq!(CellSelection::LowCrop(32).cells(shape), shape.heatmap_cells());
+        let radius = CellSelection::MaxRadius(4.0).cells(shape);
+        let brute: Vec<Cell> = shape.heatmap_cells().into_iter().filter(|c| c.u * c.u + c.v * c.v <= 16).collect();
+        assert_eq!(radius, brute);
+        assert_eq!(radius.len(), 48 / 2 + 1, "B1's 48 cells in conjugate pairs, plus DC");
+    }
 
     fn fake_stat(c: Cell) -> CellStat {
         CellStat { sum: f64::from((c.u * 31 + c.v).rem_euclid(50)), n: 50 }

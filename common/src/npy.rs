@@ -278,11 +278,25 @@ impl NpyArray {
         Self::parse(path, &bytes)
     }
 
-    /// Parse `.npy` bytes; `path` only names the source in errors.
-    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, NpyError> {
+    /// The dtype and shape of a `.npy` file from its header alone (the data is not read): what a
+    /// coordinator needs to plan a dataset's heatmaps without loading its images.
+    pub fn read_header(path: &Path) -> Result<(DType, Vec<usize>), NpyError> {
+        let io = |cause| NpyError::Io { path: path.to_path_buf(), cause };
+        let meta = fs::metadata(path).map_err(io)?;
+        if !meta.is_file() {
+            return Err(NpyError::Invalid { path: path.to_path_buf(), detail: "not a regular file".into() });
+        }
+        let mut file = fs::File::open(path).map_err(io)?;
+        let mut bytes = Vec::new();
+        (&mut file).take(PREAMBLE_LEN as u64).read_to_end(&mut bytes).map_err(io)?;
+        let (header_start, data_start) = locate_header(path, &bytes, meta.len())?;
+        let more = data_start.saturating_sub(bytes.len()) as u64;
+        (&mut file).take(more).read_to_end(&mut bytes).map_err(io)?;
+        Self::parse_header(path, bytes.get(header_start..data_start).unwrap_or_default())
+    }
+
+    fn parse_header(path: &Path, header: &[u8]) -> Result<(DType, Vec<usize>), NpyError> {
         let format = |detail: &str| NpyError::Format { path: path.to_path_buf(), detail: detail.to_string() };
-        let (header_start, data_start) = locate_header(path, bytes, bytes.len() as u64)?;
-        let header = bytes.get(header_start..data_start).ok_or_else(|| format("header cut off"))?;
         let header = std::str::from_utf8(header).map_err(|_| format("header is not text"))?;
         let fields = header_fields(header).map_err(|e| format(&e))?;
         let field = |key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
@@ -315,6 +329,15 @@ impl NpyArray {
                 usize::BITS
             ))
         })?;
+        Ok((dtype, shape))
+    }
+
+    /// Parse `.npy` bytes; `path` only names the source in errors.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, NpyError> {
+        let format = |detail: &str| NpyError::Format { path: path.to_path_buf(), detail: detail.to_string() };
+        let (header_start, data_start) = locate_header(path, bytes, bytes.len() as u64)?;
+        let header = bytes.get(header_start..data_start).ok_or_else(|| format("header cut off"))?;
+        let (dtype, shape) = Self::parse_header(path, header)?;
         let expected = shape.iter().try_fold(dtype.size(), |acc, &d| acc.checked_mul(d)).expect("checked above");
         let actual = bytes.len() - data_start;
         if actual < expected {

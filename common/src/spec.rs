@@ -95,7 +95,9 @@
 //! They are stable: the same spec always gives the same ids, and the coordinator keys its stored
 //! tasks by them.
 
-use crate::bands::{Band, BandLayout, BandSet};
+use crate::bands::{Band, BandLayout, BandRadii, BandSet};
+use crate::heatmap::CellSelection;
+use crate::spectrum::Shape2;
 use crate::syn::SynConfig;
 use crate::task::{Augment, DatasetSource, LrSchedule, MemoryFormat, Optimizer, Precision, TrainConfig, TrainTask};
 use crate::text::one_line;
@@ -162,6 +164,8 @@ impl Chunking {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HeatmapSpec {
     pub eps: Vec<f64>,
+    /// The canonical cells computed (`"all"`, `{ max_radius = R }`, `{ low_crop = 63 }`).
+    pub cells: CellSelection,
     pub layers: LayerChoice,
     pub images: usize,
     pub batch: usize,
@@ -204,13 +208,12 @@ pub struct DfmSpec {
 }
 
 impl DfmSpec {
-    /// Removal units of a 32 × 32 map at this patch size.
-    pub fn units(&self) -> usize {
-        let side = 32 / self.patch.max(1);
-        if self.patch == 1 {
-            HEATMAP_CELLS
+    /// Removal units of a map of `shape` at this patch size.
+    pub fn units(&self, shape: Shape2) -> usize {
+        if self.patch <= 1 {
+            shape.heatmap_cells().len()
         } else {
-            side * side
+            (shape.h / self.patch) * (shape.w / self.patch)
         }
     }
 }
@@ -290,7 +293,10 @@ pub struct Sweep {
     pub points: Vec<GridPoint>,
     pub heatmap: Option<HeatmapSpec>,
     pub dfm: Option<DfmSpec>,
+    /// Band sufficiency (`[bands]`, unless `sufficiency = false`).
     pub bands: Option<BandsSpec>,
+    /// Where the band radii lie (`[bands] radii` or `fractions`; each dataset's layout follows).
+    pub band_radii: BandRadii,
 }
 
 /// The grid keys, in expansion order (the last varies fastest). `include`/`exclude` tables use them.
@@ -341,8 +347,10 @@ pub const ARCHS: [(&str, &[&str]); 3] = [
 const MAX_POINTS: usize = 10_000_000;
 /// Tasks one sweep may plan (each costs the coordinator a few KB of memory).
 pub const MAX_TASKS: usize = 2_000_000;
-/// Canonical cells of a 32 × 32 heatmap (what the planner cuts into chunks).
-const HEATMAP_CELLS: usize = 514;
+/// The largest image side a dataset may have (a 1024 × 1024 map has 524 290 cells).
+pub const MAX_IMAGE_SIDE: u64 = 1024;
+/// Bytes of one Syn_d split in memory (every worker holds a split).
+const MAX_SYN_BYTES: u64 = MAX_SYN_IMAGES * 12_288;
 /// Images per Syn_d split (every worker holds a split: 5 000 000 × 12 KB = 60 GB).
 pub const MAX_SYN_IMAGES: u64 = 5_000_000;
 /// Classes of a classifier (ImageNet-21k has 21 841).
@@ -419,6 +427,7 @@ struct RawDataset {
     test: Scalar,
     seed: List,
     special_energy: Scalar,
+    size: Scalar,
     path: Scalar,
     train_images: Scalar,
     train_labels: Scalar,
@@ -471,6 +480,7 @@ struct RawEval {
 #[serde(deny_unknown_fields)]
 struct RawHeatmap {
     eps: Spanned<Values>,
+    cells: Scalar,
     layers: List,
     images: Scalar,
     batch: Scalar,
@@ -486,6 +496,9 @@ struct RawHeatmap {
 struct RawBands {
     tolerance: Scalar,
     images: Scalar,
+    radii: List,
+    fractions: List,
+    sufficiency: Scalar,
 }
 
 #[derive(Deserialize)]
@@ -674,7 +687,13 @@ fn non_negative_usize(key: &str, v: &Value) -> Result<usize, String> {
 /// A positive (`min` 1) or non-negative (`min` 0) integer of at most `max`; `why` says what the
 /// bound protects (shown in the error).
 fn bounded(key: &str, v: &Value, min: u64, max: u64, why: &str) -> Result<usize, String> {
-    let n = integer(key, v, min as i64, if min == 0 { "a non-negative integer" } else { "a positive integer" })?;
+    let at_least = format!("an integer of at least {min}");
+    let what = match min {
+        0 => "a non-negative integer",
+        1 => "a positive integer",
+        _ => &at_least,
+    };
+    let n = integer(key, v, min as i64, what)?;
     if n > max {
         return Err(format!("{key} must be at most {max} ({why}), got {n}"));
     }
@@ -971,6 +990,16 @@ struct Fixed {
     test_limit: usize,
     precision: Precision,
     memory_format: MemoryFormat,
+    band_radii: BandRadii,
+}
+
+/// The band layout of `dataset`'s spectrum: Syn_d's own (its data is built from it), otherwise
+/// `radii` placed on its images (checked when the spec was read).
+fn layout_of(dataset: &DatasetSource, radii: BandRadii) -> BandLayout {
+    match dataset {
+        DatasetSource::Syn(config) => config.layout,
+        other => other.image_shape().and_then(|shape| radii.layout(shape).ok()).unwrap_or_default(),
+    }
 }
 
 impl Grid {
@@ -1032,6 +1061,7 @@ impl Grid {
             DatasetSource::Syn(_) => crate::syn::CLASSES,
             _ => 10,
         });
+        let band_layout = layout_of(&dataset, fixed.band_radii);
         GridPoint {
             id,
             values,
@@ -1048,7 +1078,7 @@ impl Grid {
                     seed: self.seed.values[idx[SEED]],
                     augment: fixed.augment,
                     test_sets: fixed.test_sets.clone(),
-                    band_layout: BandLayout::default(),
+                    band_layout,
                     clip_filtered: fixed.clip,
                     eval_every_steps: fixed.every_steps,
                     eval_steps_epochs: fixed.steps_epochs,
@@ -1065,8 +1095,36 @@ impl Grid {
 // Building the sweep.
 
 /// The alternatives one `[[dataset]]` table expands to, as `(label, source)`.
-fn datasets(ctx: &Ctx, raw: &Spanned<RawDataset>) -> Result<Vec<(String, DatasetSource)>, SpecError> {
+/// The side of an image, for `size`.
+fn image_side(v: &Value) -> Result<usize, String> {
+    bounded("size", v, 4, MAX_IMAGE_SIDE, "pixels on a side (a map of 1024 × 1024 has 524 290 cells)")
+}
+
+/// `size = 64` or `size = [H, W]`.
+fn image_size(v: &Value) -> Result<[usize; 2], String> {
+    match v {
+        Value::Array(items) => match items.as_slice() {
+            [h, w] => Ok([image_side(h)?, image_side(w)?]),
+            _ => Err(format!("size must be one side or [height, width], got {}", show(v))),
+        },
+        _ => image_side(v).map(|side| [side, side]),
+    }
+}
+
+fn datasets(
+    ctx: &Ctx,
+    raw: &Spanned<RawDataset>,
+    radii: (BandRadii, Option<Range<usize>>),
+) -> Result<Vec<(String, DatasetSource)>, SpecError> {
     let d = raw.get_ref();
+    // The band radii must fit every dataset's spectrum; the error points at the radii when the
+    // spec gave them, else at the dataset.
+    let layout = |shape: Shape2, name: &str| {
+        radii.0.layout(shape).map_err(|e| {
+            let span = radii.1.clone().unwrap_or_else(|| d.kind.span());
+            ctx.err(&span, format!("[bands] for dataset {name}: {e}"))
+        })
+    };
     let kind = ctx.scalar(&Some(d.kind.clone()), String::new(), |v| choice("kind", v, &["syn", "cifar10", "npy"]))?;
     // A key that belongs to another kind is a mistake worth naming (a typo'd kind, a pasted block).
     let reject = |present: &Scalar, key: &str, kinds: &str| match present {
@@ -1086,6 +1144,8 @@ fn datasets(ctx: &Ctx, raw: &Spanned<RawDataset>) -> Result<Vec<(String, Dataset
     }
     if kind != "cifar10" {
         reject(&d.path, "path", "\"cifar10\"")?;
+    } else {
+        reject(&d.size, "size", "\"syn\" or \"npy\" (CIFAR-10 is 32 × 32)")?;
     }
     if kind != "npy" {
         for (v, key) in [
@@ -1116,15 +1176,27 @@ fn datasets(ctx: &Ctx, raw: &Spanned<RawDataset>) -> Result<Vec<(String, Dataset
             )?;
             let seeds = ctx.axis("seed", d.seed.as_ref(), 0, |v| non_negative_int("seed", v), u64::to_string)?;
             // Every worker holds a split in memory (12 KB per 32 × 32 image).
-            let images =
-                |key: &'static str| move |v: &Value| bounded(key, v, 1, MAX_SYN_IMAGES, "12 KB of memory each");
+            let side = ctx.scalar(&d.size, crate::syn::IMAGE_SIZE, |v| match image_size(v)? {
+                [h, w] if h == w => Ok(h),
+                [h, w] => Err(format!("Syn_d images are square: size = {h} (not [{h}, {w}])")),
+            })?;
+            let image_bytes = (crate::syn::CHANNELS * 4 * side * side) as u64;
+            let images = |key: &'static str| {
+                move |v: &Value| {
+                    let most = MAX_SYN_IMAGES.min(MAX_SYN_BYTES / image_bytes);
+                    let why = format!("{} KB of memory each at {side} × {side}", image_bytes / 1000);
+                    bounded(key, v, 1, most, &why)
+                }
+            };
             let train = ctx.scalar(&d.train, 10_000, images("train"))?;
             let test = ctx.scalar(&d.test, 2_000, images("test"))?;
             let special_energy = ctx.scalar(&d.special_energy, 0.5, |v| non_negative_number("special_energy", v))?;
+            let shape = Shape2::new(side, side);
             let mut out = Vec::new();
             for &band in &bands.values {
                 for &seed in &seeds.values {
-                    let config = SynConfig { train, test, special_energy, ..SynConfig::new(band, seed) };
+                    let config = SynConfig { train, test, special_energy, size: side, ..SynConfig::new(band, seed) };
+                    let config = SynConfig { layout: layout(shape, &config.name())?, ..config };
                     let label =
                         if seeds.values.len() > 1 { format!("{}s{seed}", config.name()) } else { config.name() };
                     out.push((label, DatasetSource::Syn(config)));
@@ -1142,12 +1214,30 @@ fn datasets(ctx: &Ctx, raw: &Spanned<RawDataset>) -> Result<Vec<(String, Dataset
                 ctx.scalar(p, None, |v| path(key, v).map(Some))?
                     .ok_or_else(|| ctx.err(&d.kind.span(), format!("an npy dataset needs {key}")))
             };
-            let source = DatasetSource::Npy {
-                train_images: need(&d.train_images, "train_images")?,
-                train_labels: need(&d.train_labels, "train_labels")?,
-                test_images: need(&d.test_images, "test_images")?,
-                test_labels: need(&d.test_labels, "test_labels")?,
+            let [train_images, train_labels, test_images, test_labels] = [
+                (&d.train_images, "train_images"),
+                (&d.train_labels, "train_labels"),
+                (&d.test_images, "test_images"),
+                (&d.test_labels, "test_labels"),
+            ]
+            .map(|(raw, key)| need(raw, key));
+            let (train_images, train_labels, test_images, test_labels) =
+                (train_images?, train_labels?, test_images?, test_labels?);
+            // The size plans the heatmap's cells and the bands: given, or read from the header.
+            let size = match ctx.scalar(&d.size, None, |v| image_size(v).map(Some))? {
+                Some(size) => size,
+                None => {
+                    let (h, w) = crate::dataset::npy_image_size(&test_images).map_err(|e| {
+                        ctx.err(
+                            &d.kind.span(),
+                            format!("an npy dataset needs its image size: give size = [H, W], or make test_images readable here ({e})"),
+                        )
+                    })?;
+                    [h, w]
+                }
             };
+            let source = DatasetSource::Npy { train_images, train_labels, test_images, test_labels, size: Some(size) };
+            layout(Shape2::new(size[0], size[1]), &source.name())?;
             vec![(source.name(), source)]
         }
     };
@@ -1206,9 +1296,10 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
     if raw.dataset.is_empty() {
         return Err(ctx.err_top("the spec needs at least one [[dataset]]"));
     }
+    let (band_radii, radii_span) = band_radii(ctx, raw.bands.as_ref())?;
     let mut dataset = Axis { labels: Vec::new(), values: Vec::new() };
     for d in &raw.dataset {
-        for (label, source) in datasets(ctx, d)? {
+        for (label, source) in datasets(ctx, d, (band_radii, radii_span.clone()))? {
             if dataset.labels.contains(&label) {
                 return Err(ctx.err(
                     &d.get_ref().kind.span(),
@@ -1304,6 +1395,7 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
         test_limit: ctx.scalar(&eval.test_limit, 0, |v| non_negative_usize("test_limit", v))?,
         precision: ctx.scalar(&t.precision, Precision::Fp32, check_precision)?,
         memory_format: ctx.scalar(&t.memory_format, MemoryFormat::Auto, check_memory_format)?,
+        band_radii,
     };
 
     // A model with fewer outputs than the dataset has classes fails on every worker; say so here.
@@ -1336,23 +1428,49 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
     // are built (memory grows with the points), not after.
     let heatmap = raw.heatmap.as_ref().map(|h| heatmap(ctx, h, &grid.arch.values)).transpose()?;
     let dfm = raw.dfm.as_ref().map(|d| dfm(ctx, d)).transpose()?;
-    let bands = raw
-        .bands
-        .as_ref()
-        .map(|b| -> Result<BandsSpec, SpecError> {
+    let bands = match raw.bands.as_ref() {
+        Some(b) if ctx.scalar(&b.get_ref().sufficiency, true, |v| boolean("sufficiency", v))? => {
             let b = b.get_ref();
-            Ok(BandsSpec {
+            Some(BandsSpec {
                 tolerance: ctx.scalar(&b.tolerance, 0.05, |v| {
                     number("tolerance", v, |x| (0.0..=1.0).contains(&x), "an F1 difference in [0, 1]")
                 })?,
                 images: ctx.scalar(&b.images, 0, |v| non_negative_usize("images", v))?,
             })
-        })
-        .transpose()?;
+        }
+        _ => None,
+    };
+    // Cells and units follow each dataset's size: the analyses must fit every one.
+    let shapes: Vec<(String, Shape2)> = grid
+        .dataset
+        .labels
+        .iter()
+        .zip(&grid.dataset.values)
+        .filter_map(|(label, d)| Some((label.clone(), d.image_shape()?)))
+        .collect();
+    let mut most_cells = 0;
+    if let Some(h) = &heatmap {
+        // Never empty: every selection keeps DC.
+        most_cells = shapes.iter().map(|(_, shape)| h.cells.cells(*shape).len()).max().unwrap_or(0);
+    }
+    let mut most_units = 0;
+    if let (Some(d), Some(raw_d)) = (&dfm, &raw.dfm) {
+        for (label, shape) in &shapes {
+            let p = d.patch;
+            if p > shape.h.min(shape.w) || shape.h % p != 0 || shape.w % p != 0 {
+                let span = raw_d.get_ref().patch.as_ref().map_or_else(|| raw_d.span(), Spanned::span);
+                return Err(ctx.err(
+                    &span,
+                    format!("patch {p} does not divide dataset {label}'s {} × {} images", shape.h, shape.w),
+                ));
+            }
+            most_units = most_units.max(d.units(*shape));
+        }
+    }
     let per_point = 1
         + usize::from(bands.is_some())
-        + heatmap.as_ref().map_or(0, |h| h.eps.len().saturating_mul(h.chunks.chunks(HEATMAP_CELLS)))
-        + dfm.as_ref().map_or(0, |d| d.chunks.chunks(d.units()) + usize::from(d.shortcut_degree));
+        + heatmap.as_ref().map_or(0, |h| h.eps.len().saturating_mul(h.chunks.chunks(most_cells)))
+        + dfm.as_ref().map_or(0, |d| d.chunks.chunks(most_units) + usize::from(d.shortcut_degree));
     let most_points = grid.distinct_points(&grid_lens).saturating_add(includes.len());
     let too_many = || {
         ctx.err_top(format!(
@@ -1426,18 +1544,46 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
         }
     }
 
-    Ok(Sweep { name, points, heatmap, dfm, bands })
+    Ok(Sweep { name, points, heatmap, dfm, bands, band_radii })
+}
+
+/// `[bands] radii = [4, 8, 12]` (cells) or `fractions = [0.25, 0.5, 0.75]` (of the Nyquist
+/// radius), and the span to blame when a dataset's spectrum does not fit them.
+fn band_radii(ctx: &Ctx, raw: Option<&Spanned<RawBands>>) -> Result<(BandRadii, Option<Range<usize>>), SpecError> {
+    let Some(b) = raw.map(Spanned::get_ref) else { return Ok((BandRadii::default(), None)) };
+    let three = |key: &str, list: &Spanned<Values>| -> Result<[f64; 3], SpecError> {
+        let values = ctx.list(key, list, |v| number(key, v, |x| x > 0.0, "a positive number"))?;
+        let values: Vec<f64> = values.into_iter().map(|(_, x)| x).collect();
+        let three: [f64; 3] = values
+            .as_slice()
+            .try_into()
+            .map_err(|_| ctx.err(&list.span(), format!("{key} must list three numbers (the bounds of B1, B2, B3)")))?;
+        if !(three[0] < three[1] && three[1] < three[2]) {
+            return Err(ctx.err(&list.span(), format!("{key} must be increasing, got {values:?}")));
+        }
+        Ok(three)
+    };
+    match (&b.radii, &b.fractions) {
+        (Some(_), Some(f)) => Err(ctx.err(&f.span(), "give radii or fractions, not both")),
+        (Some(r), None) => Ok((BandRadii::Cells(three("radii", r)?), Some(r.span()))),
+        (None, Some(f)) => {
+            let fractions = three("fractions", f)?;
+            if fractions[2] > 1.0 {
+                return Err(
+                    ctx.err(&f.span(), format!("fractions are of the Nyquist radius: at most 1, got {}", fractions[2]))
+                );
+            }
+            Ok((BandRadii::Fractions(fractions), Some(f.span())))
+        }
+        (None, None) => Ok((BandRadii::default(), None)),
+    }
 }
 
 fn dfm(ctx: &Ctx, raw: &Spanned<RawDfm>) -> Result<DfmSpec, SpecError> {
     let d = raw.get_ref();
-    let patch = ctx.scalar(&d.patch, 1, |v| {
-        let p = bounded("patch", v, 1, 32, "cells on a side of a 32 × 32 spectrum")?;
-        if !32usize.is_multiple_of(p) {
-            return Err(format!("patch {p} does not divide the 32 × 32 image: use 1, 2, 4, 8, 16 or 32"));
-        }
-        Ok(p)
-    })?;
+    // Checked against each dataset's size by `build`.
+    let patch =
+        ctx.scalar(&d.patch, 1, |v| bounded("patch", v, 1, MAX_IMAGE_SIDE, "cells on a side of the spectrum"))?;
     let top = match &d.top {
         None => vec![1.0, 5.0, 10.0, 20.0],
         Some(list) => {
@@ -1487,6 +1633,25 @@ fn dfm(ctx: &Ctx, raw: &Spanned<RawDfm>) -> Result<DfmSpec, SpecError> {
         precision: ctx.scalar(&d.precision, Precision::Fp32, check_precision)?,
         memory_format: ctx.scalar(&d.memory_format, MemoryFormat::Auto, check_memory_format)?,
     })
+}
+
+/// `cells = "all"`, `{ max_radius = R }` or `{ low_crop = N }`.
+fn cell_selection(v: &Value) -> Result<CellSelection, String> {
+    let usage = "cells must be \"all\", { max_radius = R } or { low_crop = N }";
+    match v {
+        Value::String(s) if s == "all" => Ok(CellSelection::All),
+        Value::Table(t) if t.len() == 1 => {
+            let (key, value) = t.iter().next().expect("one entry");
+            match key.as_str() {
+                "max_radius" => number("cells.max_radius", value, |x| x > 0.0, "a positive radius in cells")
+                    .map(CellSelection::MaxRadius),
+                "low_crop" => bounded("cells.low_crop", value, 1, 2 * MAX_IMAGE_SIDE, "cells on a side of the window")
+                    .map(CellSelection::LowCrop),
+                other => Err(format!("{usage}, got key {other:?}")),
+            }
+        }
+        _ => Err(format!("{usage}, got {}", show(v))),
+    }
 }
 
 fn heatmap(ctx: &Ctx, raw: &Spanned<RawHeatmap>, archs: &[String]) -> Result<HeatmapSpec, SpecError> {
@@ -1556,6 +1721,7 @@ fn heatmap(ctx: &Ctx, raw: &Spanned<RawHeatmap>, archs: &[String]) -> Result<Hea
     };
     Ok(HeatmapSpec {
         eps,
+        cells: ctx.scalar(&h.cells, CellSelection::All, cell_selection)?,
         layers,
         images: ctx.scalar(&h.images, 500, |v| non_negative_usize("images", v))?,
         batch: ctx.scalar(&h.batch, 256, |v| bounded("batch", v, 1, MAX_BATCH, "perturbed images per forward pass"))?,
@@ -1578,19 +1744,22 @@ mod tests {
             (d.patch, d.top.as_slice(), d.images, d.classes.clone()),
             (1, &[1.0, 5.0, 10.0, 20.0][..], 500, ClassChoice::All)
         );
-        assert_eq!((d.units(), d.chunks.chunks(d.units())), (514, 9));
+        assert_eq!((d.units(Shape2::new(32, 32)), d.chunks.chunks(d.units(Shape2::new(32, 32)))), (514, 9));
         let d = parse(&format!("{base}patch = 4\ntop = [2.5]\nclasses = [0, 1]\nchunks_per_map = 2\n"), "s.toml")
             .unwrap()
             .dfm
             .unwrap();
-        assert_eq!((d.patch, d.units(), d.top.as_slice(), d.classes.of(4)), (4, 64, &[2.5][..], vec![0, 1]));
+        assert_eq!(
+            (d.patch, d.units(Shape2::new(32, 32)), d.top.as_slice(), d.classes.of(4)),
+            (4, 64, &[2.5][..], vec![0, 1])
+        );
         assert_eq!(
             parse(&format!("{base}classes = \"all\"\n"), "s.toml").unwrap().dfm.unwrap().classes,
             ClassChoice::All
         );
         // A sweep's task count includes the DFM chunks (1 train + 9 chunks).
         for (extra, message) in [
-            ("patch = 3\n", "s.toml:11: patch 3 does not divide the 32 × 32 image"),
+            ("patch = 3\n", "s.toml:11: patch 3 does not divide dataset Syn_1's 32 × 32 images"),
             ("patch = 0\n", "s.toml:11: patch must be"),
             ("top = [0]\n", "s.toml:11: top must be a percentage in (0, 100]"),
             ("top = [5, 120]\n", "s.toml:11: top must be a percentage in (0, 100]"),
@@ -1603,6 +1772,63 @@ mod tests {
         ] {
             let err = parse(&format!("{base}{extra}"), "s.toml").unwrap_err().to_string();
             assert!(err.contains(message), "{extra:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn image_sizes_band_radii_and_cell_selections_follow_the_data() {
+        let base = "[[dataset]]\nkind = \"syn\"\nband = 4\nsize = 64\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n";
+        let sweep = parse(base, "s.toml").unwrap();
+        let task = &sweep.points[0].task;
+        assert_eq!(sweep.points[0].id, "Syn_4_64px-tiny-adam-lr0.1-bs8-ep1-seed0");
+        assert_eq!(task.dataset.image_shape(), Some(Shape2::new(64, 64)));
+        // The default radii scale: 8, 16, 24 on 64 × 64, in the data and in the evaluation.
+        let DatasetSource::Syn(config) = &task.dataset else { panic!("syn") };
+        assert_eq!((config.layout.upper_radii, task.train.band_layout), ([8.0, 16.0, 24.0], config.layout));
+        let radii = parse(&format!("{base}[bands]\nradii = [3, 10, 20]\nsufficiency = false\n"), "s.toml").unwrap();
+        assert_eq!(radii.points[0].task.train.band_layout.upper_radii, [3.0, 10.0, 20.0]);
+        assert_eq!(radii.bands, None, "sufficiency = false plans no band-sufficiency tasks");
+        let fractions = parse(&format!("{base}[bands]\nfractions = [0.125, 0.5, 1]\n"), "s.toml").unwrap();
+        assert_eq!(fractions.points[0].task.train.band_layout.upper_radii, [4.0, 16.0, 32.0]);
+        assert!(fractions.bands.is_some());
+        let cells = |text: &str| {
+            parse(&format!("{base}[heatmap]\neps = 4\ncells = {text}\n"), "s.toml").map(|s| s.heatmap.unwrap().cells)
+        };
+        assert_eq!(cells("\"all\""), Ok(CellSelection::All));
+        assert_eq!(cells("{ max_radius = 12.5 }"), Ok(CellSelection::MaxRadius(12.5)));
+        assert_eq!(cells("{ low_crop = 63 }"), Ok(CellSelection::LowCrop(63)));
+
+        // An npy pair's size is read from its header, or given.
+        let dir = tempfile::tempdir().unwrap();
+        let x = dir.path().join("x.npy");
+        crate::npy::NpyArray::from_u8(vec![2, 48, 40, 3], &[0; 2 * 48 * 40 * 3]).write(&x).unwrap();
+        let npy = |extra: &str, test: &Path| {
+            format!("[[dataset]]\nkind = \"npy\"\ntrain_images = \"a\"\ntrain_labels = \"b\"\ntest_images = {:?}\ntest_labels = \"d\"\n{extra}[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n", test.display().to_string())
+        };
+        let read = parse(&npy("", &x), "s.toml").unwrap();
+        assert_eq!(read.points[0].task.dataset.image_shape(), Some(Shape2::new(48, 40)));
+        assert_eq!(read.points[0].task.train.band_layout.upper_radii, [5.0, 10.0, 15.0], "r_N = 40 / 2");
+        let given = parse(&npy("size = [96, 96]\n", &dir.path().join("absent.npy")), "s.toml").unwrap();
+        assert_eq!(given.points[0].task.dataset.image_shape(), Some(Shape2::new(96, 96)));
+
+        for (text, message) in [
+            (npy("", &dir.path().join("absent.npy")), "s.toml:2: an npy dataset needs its image size: give size = [H, W], or make test_images readable here"),
+            (base.replace("size = 64", "size = [64, 32]"), "s.toml:4: Syn_d images are square"),
+            (base.replace("size = 64", "size = 2"), "s.toml:4: size must be an integer of at least 4, got 2"),
+            (base.replace("size = 64", "size = 5000"), "s.toml:4: size must be at most 1024"),
+            (base.replace("kind = \"syn\"\nband = 4\nsize = 64", "kind = \"cifar10\"\npath = \"c\"\nsize = 64"), "s.toml:4: dataset key size applies to kind"),
+            (format!("{base}[bands]\nradii = [8, 4, 12]\n"), "s.toml:12: radii must be increasing"),
+            (format!("{base}[bands]\nradii = [8, 12]\n"), "s.toml:12: radii must list three numbers"),
+            (format!("{base}[bands]\nradii = [8, 16, 40]\n"), "s.toml:12: [bands] for dataset Syn_4_64px: band radius 40 exceeds the Nyquist radius 32 of 64 × 64 images"),
+            (format!("{base}[bands]\nfractions = [0.2, 0.5, 1.5]\n"), "s.toml:12: fractions are of the Nyquist radius: at most 1"),
+            (format!("{base}[bands]\nradii = [1, 2, 3]\nfractions = [0.2, 0.5, 0.7]\n"), "s.toml:13: give radii or fractions, not both"),
+            (format!("{base}[heatmap]\neps = 4\ncells = {{ low_crop = 0 }}\n"), "s.toml:13: cells.low_crop must be a positive integer, got 0"),
+            (format!("{base}[heatmap]\neps = 4\ncells = {{ radius = 3 }}\n"), "s.toml:13: cells must be \"all\", { max_radius = R } or { low_crop = N }, got key \"radius\""),
+            (format!("{base}[heatmap]\neps = 4\ncells = \"some\"\n"), "s.toml:13: cells must be"),
+            (format!("{base}[dfm]\npatch = 3\n"), "s.toml:12: patch 3 does not divide dataset Syn_4_64px's 64 × 64 images"),
+        ] {
+            let err = parse(&text, "s.toml").unwrap_err().to_string();
+            assert!(err.starts_with(message), "{message}\n{err}");
         }
     }
 
@@ -1978,6 +2204,7 @@ train_images = "a/x.npy"
 train_labels = "a/y.npy"
 test_images = "a/tx.npy"
 test_labels = "a/ty.npy"
+size = [32, 32]
 [model]
 arch = "tiny"
 classes = 10

@@ -27,6 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 pub const CLASSES: usize = 4;
+/// The side of the poster's images (SCIENCE.md §5); [`SynConfig::size`] generalises it.
 pub const IMAGE_SIZE: usize = 32;
 pub const CHANNELS: usize = 3;
 
@@ -40,17 +41,47 @@ pub struct SynConfig {
     pub seed: u64,
     /// Energy of the special pattern relative to one band (`E_sp`).
     pub special_energy: f64,
+    /// The bands, in cells of this size's spectrum (for other sizes than 32 the spec scales the
+    /// radii with the Nyquist radius, SCIENCE.md §4).
     pub layout: BandLayout,
+    /// Images are `size × size` (32 in the poster); bands scale with the layout, the special
+    /// pattern is `(k, k)` for every odd `k` below `size / 2`.
+    #[serde(default = "default_size", skip_serializing_if = "is_default_size")]
+    pub size: usize,
+}
+
+fn default_size() -> usize {
+    IMAGE_SIZE
+}
+
+fn is_default_size(size: &usize) -> bool {
+    *size == IMAGE_SIZE
 }
 
 impl SynConfig {
     /// SCIENCE.md defaults: 10 000 train / 2 000 test images, `E_sp = 0.5`, default bands.
     pub fn new(band: Band, seed: u64) -> Self {
-        SynConfig { band, train: 10_000, test: 2_000, seed, special_energy: 0.5, layout: BandLayout::default() }
+        SynConfig {
+            band,
+            train: 10_000,
+            test: 2_000,
+            seed,
+            special_energy: 0.5,
+            layout: BandLayout::default(),
+            size: IMAGE_SIZE,
+        }
     }
 
+    /// `Syn_4`, or `Syn_4_64px` for another size than the poster's 32.
     pub fn name(&self) -> String {
-        format!("Syn_{}", self.band.index())
+        match self.size {
+            IMAGE_SIZE => format!("Syn_{}", self.band.index()),
+            size => format!("Syn_{}_{size}px", self.band.index()),
+        }
+    }
+
+    pub fn shape(&self) -> Shape2 {
+        Shape2::new(self.size, self.size)
     }
 
     /// The band set of each class (special pattern aside).
@@ -87,7 +118,7 @@ pub fn generate(config: &SynConfig, split: Split) -> Dataset {
         Split::Train => config.train,
         Split::Test => config.test,
     };
-    let shape = Shape2::new(IMAGE_SIZE, IMAGE_SIZE);
+    let shape = config.shape();
     let mut labels: Vec<i64> = (0..n).map(|i| (i % CLASSES) as i64).collect();
     let mut shuffle_rng = rng_for(config.seed, split, u64::MAX);
     labels.shuffle(&mut shuffle_rng);
@@ -106,7 +137,7 @@ pub fn generate(config: &SynConfig, split: Split) -> Dataset {
             plan.sample(fft, scratch, label as usize, &mut rng, out);
         },
     );
-    Dataset { dims: [n, CHANNELS, IMAGE_SIZE, IMAGE_SIZE], images, labels }
+    Dataset { dims: [n, CHANNELS, shape.h, shape.w], images, labels }
 }
 
 fn rng_for(seed: u64, split: Split, index: u64) -> ChaCha8Rng {
@@ -195,7 +226,7 @@ mod tests {
 
     fn spectra_energy(d: &Dataset, i: usize) -> Vec<f64> {
         // Per-cell non-DC energy summed over channels, unshifted layout.
-        let shape = Shape2::new(IMAGE_SIZE, IMAGE_SIZE);
+        let shape = Shape2::new(d.dims[2], d.dims[3]);
         let fft = Fft2::new(shape);
         let mut scratch = fft.scratch();
         let mut energy = vec![0.0; shape.len()];
@@ -219,10 +250,26 @@ mod tests {
 
     #[test]
     fn every_class_puts_its_energy_where_science_md_says() {
-        let shape = Shape2::new(IMAGE_SIZE, IMAGE_SIZE);
+        check_class_energies(IMAGE_SIZE, 40);
+    }
+
+    /// Syn_d generalised to 64 × 64 (SCIENCE.md §4): the bands scaled with the Nyquist radius
+    /// (8, 16, 24), the special pattern at every odd `k` below 32.
+    #[test]
+    fn at_64_by_64_the_bands_scale_and_the_pattern_spans_the_diagonal() {
+        let shape = Shape2::new(64, 64);
+        assert_eq!(special_pattern(shape).len(), 32);
+        assert!(special_pattern(shape).contains(&Cell::new(31, 31)));
+        check_class_energies(64, 12);
+    }
+
+    fn check_class_energies(size: usize, images: usize) {
+        let shape = Shape2::new(size, size);
+        let layout = crate::bands::BandRadii::default().layout(shape).unwrap();
         for d in 1..=4 {
-            let config = SynConfig { train: 0, test: 40, ..SynConfig::new(Band::new(d).unwrap(), 7) };
+            let config = SynConfig { train: 0, test: images, size, layout, ..SynConfig::new(Band::new(d).unwrap(), 7) };
             let data = generate(&config, Split::Test);
+            assert_eq!(data.dims, [images, CHANNELS, size, size]);
             assert!(data.images.iter().all(|x| (0.0..=1.0).contains(x)));
             let special = special_pattern(shape);
             let bands = config.class_bands();

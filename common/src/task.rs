@@ -22,15 +22,30 @@ pub enum DatasetSource {
         path: PathBuf,
     },
     /// `.npy` files: images `float32 [N,3,H,W]` in `[0,1]` or `uint8 [N,H,W,3]`, labels `[N]`.
+    /// `size` is the images' `[H, W]` as the spec gave or read it (a worker refuses files of
+    /// another size); the heatmap's cells follow it.
     Npy {
         train_images: PathBuf,
         train_labels: PathBuf,
         test_images: PathBuf,
         test_labels: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<[usize; 2]>,
     },
 }
 
 impl DatasetSource {
+    /// The `H × W` of the images, where the source says it (an `.npy` pair given without a size
+    /// and not readable where the spec was read does not).
+    pub fn image_shape(&self) -> Option<crate::spectrum::Shape2> {
+        use crate::spectrum::Shape2;
+        match self {
+            DatasetSource::Syn(config) => Some(config.shape()),
+            DatasetSource::Cifar10 { .. } => Some(Shape2::new(32, 32)),
+            DatasetSource::Npy { size, .. } => size.map(|[h, w]| Shape2::new(h, w)),
+        }
+    }
+
     /// A short human name: `Syn_4`, `cifar10`, or the test images' file stem.
     pub fn name(&self) -> String {
         match self {

@@ -20,6 +20,9 @@ pub struct MergedHeatmap {
     /// What each merged chunk's model computed in, by chunk number (a worker without bf16
     /// instructions computes its chunks in fp32 even in a bf16 sweep).
     pub numerics: BTreeMap<usize, (Precision, MemoryFormat)>,
+    /// Canonical cells planned for the map (all of the spectrum's, or a selection's); 0 for a map
+    /// not planned from chunks, which is complete when every cell is written.
+    pub planned_cells: usize,
 }
 
 impl MergedHeatmap {
@@ -31,6 +34,7 @@ impl MergedHeatmap {
             error: HeatmapAccumulator::new(shape),
             layers: BTreeMap::new(),
             numerics: BTreeMap::new(),
+            planned_cells: 0,
         }
     }
 
@@ -67,8 +71,13 @@ impl MergedHeatmap {
         Ok(())
     }
 
+    /// Every planned cell written, in the error map and every layer map.
     pub fn is_complete(&self) -> bool {
-        self.error.is_complete() && self.layers.values().all(HeatmapAccumulator::is_complete)
+        let done = |acc: &HeatmapAccumulator| match self.planned_cells {
+            0 => acc.is_complete(),
+            planned => acc.written() == planned,
+        };
+        done(&self.error) && self.layers.values().all(done)
     }
 }
 

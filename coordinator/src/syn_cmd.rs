@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use freqsweep_common::bands::Band;
 use freqsweep_common::image::{sample_grid, write_rgb_png};
+use freqsweep_common::spectrum::Shape2;
 use freqsweep_common::syn::{self, Split, SynConfig};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -26,6 +27,9 @@ pub struct SynArgs {
     /// Energy of the special pattern relative to one band (E_sp).
     #[arg(long, default_value_t = 0.5)]
     special_energy: f64,
+    /// Image side in pixels (32 in the poster); the band radii scale with it (SCIENCE.md §4).
+    #[arg(long, default_value_t = syn::IMAGE_SIZE as u64, value_parser = clap::value_parser!(u64).range(4..=1024))]
+    size: u64,
 }
 
 pub fn run(args: &SynArgs) -> Result<()> {
@@ -38,6 +42,9 @@ pub fn run(args: &SynArgs) -> Result<()> {
         train: args.train,
         test: args.test,
         special_energy: args.special_energy,
+        size: args.size as usize,
+        layout: freqsweep_common::bands::BandRadii::default()
+            .layout(Shape2::new(args.size as usize, args.size as usize))?,
         ..SynConfig::new(Band::new(args.band)?, args.seed)
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
@@ -59,7 +66,7 @@ pub fn run(args: &SynArgs) -> Result<()> {
         "seed": config.seed,
         "train": config.train,
         "test": config.test,
-        "image_shape": [syn::CHANNELS, syn::IMAGE_SIZE, syn::IMAGE_SIZE],
+        "image_shape": [syn::CHANNELS, config.size, config.size],
         "classes": [
             {"label": 0, "bands": bands[0].to_string(), "special_pattern": true},
             {"label": 1, "bands": bands[1].to_string(), "special_pattern": false},
@@ -67,7 +74,7 @@ pub fn run(args: &SynArgs) -> Result<()> {
             {"label": 3, "bands": bands[3].to_string(), "special_pattern": false},
         ],
         "band_upper_radii": config.layout.upper_radii,
-        "special_pattern": syn::special_pattern(freqsweep_common::spectrum::Shape2::new(syn::IMAGE_SIZE, syn::IMAGE_SIZE))
+        "special_pattern": syn::special_pattern(config.shape())
             .iter().map(|c| [c.u, c.v]).collect::<Vec<_>>(),
         "special_energy": config.special_energy,
         "files": {"train_x": "train_x.npy", "train_y": "train_y.npy", "test_x": "test_x.npy", "test_y": "test_y.npy", "samples": "samples.png"},

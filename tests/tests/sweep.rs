@@ -294,3 +294,63 @@ tolerance = 0.05
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     assert_eq!(file(&out, &format!("dfm/{point}/loss_class0.npy")), first);
 }
+
+/// A sweep on 64 × 64 images end to end with 2 workers: Syn_4 generated at that size (bands
+/// scaled to 8, 16, 24), the tiny CNN trained on it, a heatmap of the cells within radius 10 in
+/// three chunks (the rest skipped: NaN in the array, never zeros) and DFMs of 8 × 8 patches,
+/// every array 64 × 64.
+#[test]
+fn a_64_by_64_sweep_plans_its_cells_from_the_data_and_skips_unselected_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("big.toml");
+    let text = r#"name = "big"
+[[dataset]]
+kind = "syn"
+band = 4
+size = 64
+train = 128
+test = 32
+[model]
+arch = "tiny"
+[train]
+lr = 0.003
+batch_size = 32
+epochs = 1
+[eval]
+test_sets = ["B1234", "B123"]
+[heatmap]
+eps = [4.0]
+images = 12
+cells = { max_radius = 10 }
+chunks_per_map = 3
+[dfm]
+patch = 8
+images = 12
+chunks_per_map = 2
+shortcut_degree = false
+"#;
+    std::fs::write(&spec, text).unwrap();
+    let out = dir.path().join("run");
+    let (stdout, _) = run(&spec, &out, 2);
+    // 1 train + 3 heatmap chunks + 2 DFM chunks.
+    assert!(stdout.contains("sweep finished: 6 done"), "{stdout}");
+    let point = "Syn_4_64px-tiny-adam-lr0.003-bs32-ep1-seed0";
+    let map = NpyArray::read(&out.join(format!("heatmaps/{point}_eps4.npy"))).unwrap();
+    assert_eq!(map.shape, vec![64, 64]);
+    let values = map.to_f64();
+    for (i, v) in values.iter().enumerate() {
+        let (u, w) = (i as i32 / 64 - 32, i as i32 % 64 - 32);
+        if u * u + w * w <= 100 {
+            assert!(v.is_finite() && (0.0..=1.0).contains(v), "cell ({u}, {w}) was selected: {v}");
+        } else {
+            assert!(v.is_nan(), "cell ({u}, {w}) lies beyond radius 10 and must be skipped, not {v}");
+        }
+    }
+    let loss = NpyArray::read(&out.join(format!("dfm/{point}/loss_class0.npy"))).unwrap();
+    assert_eq!(loss.shape, vec![64, 64]);
+    assert!(loss.to_f64().iter().all(|v| v.is_finite()), "every 8 × 8 patch removed");
+    let results = String::from_utf8(file(&out, "results.csv")).unwrap();
+    assert!(results.lines().nth(1).is_some_and(|l| l.contains(",done,")), "{results}");
+    let html = String::from_utf8(file(&out, "report.html")).unwrap();
+    assert!(html.contains(&format!("heatmaps/{point}_eps4.png")));
+}

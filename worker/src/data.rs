@@ -16,12 +16,27 @@ pub fn load_split(source: &DatasetSource, split: Split) -> Result<Dataset, Datas
     match (source, split) {
         (DatasetSource::Syn(config), split) => Ok(syn::generate(config, split)),
         (DatasetSource::Cifar10 { path }, split) => dataset::read_cifar10(path, split == Split::Train),
-        (DatasetSource::Npy { train_images, train_labels, .. }, Split::Train) => {
-            dataset::read_npy_pair(train_images, train_labels)
+        (DatasetSource::Npy { train_images, train_labels, size, .. }, Split::Train) => {
+            sized(dataset::read_npy_pair(train_images, train_labels)?, train_images, *size)
         }
-        (DatasetSource::Npy { test_images, test_labels, .. }, Split::Test) => {
-            dataset::read_npy_pair(test_images, test_labels)
+        (DatasetSource::Npy { test_images, test_labels, size, .. }, Split::Test) => {
+            sized(dataset::read_npy_pair(test_images, test_labels)?, test_images, *size)
         }
+    }
+}
+
+/// `data` if its images are `size` (when the task says one): the coordinator planned the
+/// heatmap's cells for that size, so other images would give a map of the wrong spectrum.
+fn sized(data: Dataset, path: &std::path::Path, size: Option<[usize; 2]>) -> Result<Dataset, DatasetError> {
+    match size {
+        Some([h, w]) if data.dims[2..] != [h, w] => Err(DatasetError::Invalid {
+            path: path.to_path_buf(),
+            detail: format!(
+                "images are {}×{}, the sweep planned {h}×{w} (its size = [{h}, {w}] or the file it read then)",
+                data.dims[2], data.dims[3]
+            ),
+        }),
+        _ => Ok(data),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use freqsweep_common::bands::{BandLayout, BandSet};
+use freqsweep_common::bands::BandSet;
 use freqsweep_common::dataset::{self, Dataset};
 use freqsweep_common::heatmap::{write_map_files, HeatmapAccumulator};
 use freqsweep_common::logging::{self, LogFormat};
@@ -405,6 +405,7 @@ fn task_from_flags(args: &TrainArgs, train: &Dataset) -> Result<TrainTask> {
             train_labels: files[1].clone(),
             test_images: files[2].clone(),
             test_labels: files[3].clone(),
+            size: None,
         }
     } else {
         let band = freqsweep_common::bands::Band::new(args.syn_band).context("--syn-band")?;
@@ -448,7 +449,10 @@ fn task_from_flags(args: &TrainArgs, train: &Dataset) -> Result<TrainTask> {
             seed: args.seed,
             augment: Augment { flip: args.flip, crop_padding: args.crop_padding },
             test_sets,
-            band_layout: BandLayout::default(),
+            // The default radii scaled to the images (exactly 4, 8, 12 on 32 × 32).
+            band_layout: freqsweep_common::bands::BandRadii::default()
+                .layout(freqsweep_common::spectrum::Shape2::new(train.dims[2], train.dims[3]))
+                .context("the band radii of these images")?,
             clip_filtered: args.clip,
             eval_every_steps: args.eval_every_steps,
             eval_steps_epochs: args.eval_steps_epochs,

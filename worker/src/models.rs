@@ -11,8 +11,12 @@
 //! - **Tiny**: two conv stages and a linear layer, for tests and quick sweeps. Named outputs:
 //!   `conv1`, `conv2`, `fc`.
 //!
-//! Every model takes `float32 [N, 3, 32, 32]` in `[0, 1]` and normalises inside (`(x − mean)/std`),
-//! so perturbations are applied to raw pixels, never after normalisation.
+//! Every model takes `float32 [N, 3, H, W]` in `[0, 1]` and normalises inside (`(x − mean)/std`),
+//! so perturbations are applied to raw pixels, never after normalisation. They are built for
+//! 32 × 32 and take any size of at least 8 × 8 (AlexNet: 16 × 16): ResNet18 pools globally, and
+//! Tiny and AlexNet average-pool their last feature map to the size their linear layer was made
+//! for (8 × 8, 2 × 2) when it is another — at 32 × 32 nothing is added, so the poster's models
+//! compute exactly what they did.
 
 use freqsweep_common::task::{MemoryFormat, Precision};
 use tch::nn;
@@ -246,7 +250,7 @@ impl Classifier for Tiny {
         sink("conv1", &x);
         let x = x.apply(&self.conv2).relu().max_pool2d_default(2);
         sink("conv2", &x);
-        let logits = x.flatten(1, -1).apply(&self.fc);
+        let logits = to_spatial(x, 8).flatten(1, -1).apply(&self.fc);
         sink("fc", &logits);
         logits
     }
@@ -257,6 +261,14 @@ impl Classifier for Tiny {
 
     fn set_numerics(&mut self, numerics: Numerics) {
         self.norm.numerics = numerics;
+    }
+}
+
+/// `x` average-pooled to `side × side` unless it already is (other image sizes than 32 × 32).
+fn to_spatial(x: Tensor, side: i64) -> Tensor {
+    match x.size().as_slice() {
+        [_, _, h, w] if *h == side && *w == side => x,
+        _ => x.adaptive_avg_pool2d([side, side]),
     }
 }
 
@@ -300,7 +312,7 @@ impl Classifier for AlexNet {
             }
             sink(name, &x);
         }
-        let x = x.flatten(1, -1).dropout(0.5, train).apply(&self.fc1).relu().dropout(0.5, train);
+        let x = to_spatial(x, 2).flatten(1, -1).dropout(0.5, train).apply(&self.fc1).relu().dropout(0.5, train);
         let logits = x.apply(&self.fc2).relu().apply(&self.fc3);
         sink("fc", &logits);
         logits
@@ -642,6 +654,22 @@ mod tests {
         );
         assert_eq!(model.layer_names(), ["layer1", "layer2", "layer3", "layer4", "fc"]);
         assert!(vs.variables().contains_key("layer2.0.downsample.0.weight"), "readable checkpoint keys");
+    }
+
+    /// Every built-in model classifies other sizes than 32 × 32 (square and not), and its
+    /// parameters do not depend on the size.
+    #[test]
+    fn every_model_takes_other_image_sizes() {
+        for arch in [Arch::Tiny, Arch::AlexNet, Arch::ResNet18] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let model = build(&vs, &ModelConfig::new(arch, 7));
+            for (h, w) in [(64, 64), (48, 40), (16, 16)] {
+                let x = Tensor::rand([2, 3, h, w], (Kind::Float, Device::Cpu));
+                let logits = tch::no_grad(|| model.logits(&x, false));
+                assert_eq!(logits.size(), [2, 7], "{arch:?} at {h}×{w}");
+                assert_eq!(logits.isfinite().all().int64_value(&[]), 1);
+            }
+        }
     }
 
     #[test]

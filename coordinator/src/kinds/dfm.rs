@@ -22,33 +22,46 @@ use std::path::Path;
 /// The name under which a point's merged DFM maps are recorded as an output of its first chunk.
 pub const DFM_MAPS_OUTPUT: &str = "dfm_maps";
 
-/// DFMs are of 32 × 32 images (Syn_d, CIFAR-10), like the heatmaps.
-const SHAPE: Shape2 = Shape2 { h: 32, w: 32 };
+/// The spectrum of a DFM task's images (the spec made sure every planned dataset has a size).
+pub(crate) fn shape_of(d: &DfmTask) -> Shape2 {
+    d.dataset.image_shape().unwrap_or(Shape2::new(32, 32))
+}
 
-/// What every point's DFM tasks share, cut once per sweep.
+/// What every point's DFM tasks share, cut once per image size.
 pub(super) struct Prepared {
     spec: Option<DfmSpec>,
-    chunks: Vec<CellChunk>,
+    chunks: BTreeMap<(usize, usize), Vec<CellChunk>>,
 }
 
 impl Prepared {
     pub(super) fn new(sweep: &Sweep) -> Prepared {
-        let chunks = sweep.dfm.as_ref().map_or_else(Vec::new, |d| {
-            let units = dfm::units(SHAPE, d.patch).expect("the spec checked the patch against 32 × 32");
-            partition_cells(&units, d.chunks.chunks(units.len()))
-        });
+        let mut chunks = BTreeMap::new();
+        if let Some(d) = &sweep.dfm {
+            for shape in sweep.points.iter().filter_map(|p| p.task.dataset.image_shape()) {
+                chunks.entry((shape.h, shape.w)).or_insert_with(|| {
+                    let units = dfm::units(shape, d.patch).expect("the spec checked the patch against every size");
+                    partition_cells(&units, d.chunks.chunks(units.len()))
+                });
+            }
+        }
         Prepared { spec: sweep.dfm.clone(), chunks }
     }
 
+    /// The chunks of a point whose images are `shape`.
+    fn chunks(&self, shape: Option<Shape2>) -> &[CellChunk] {
+        shape.and_then(|s| self.chunks.get(&(s.h, s.w))).map_or(&[], Vec::as_slice)
+    }
+
     pub(super) fn tasks_per_point(&self) -> usize {
-        self.chunks.len()
+        self.chunks.values().map(Vec::len).max().unwrap_or(0)
     }
 
     /// Plan the point's chunks; returns their ids.
     pub(super) fn plan(&self, point: &PointPlan<'_>, tasks: &mut Vec<PlannedTask>) -> Vec<TaskId> {
         let (Some(d), Some(train)) = (&self.spec, point.train) else { return Vec::new() };
-        let mut ids = Vec::with_capacity(self.chunks.len());
-        for chunk in &self.chunks {
+        let chunks = self.chunks(point.point.task.dataset.image_shape());
+        let mut ids = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
             let spec = DfmTask {
                 dataset: point.point.task.dataset.clone(),
                 model: ModelSource::Checkpoint { artifact: MODEL_OUTPUT.into() },
@@ -154,7 +167,7 @@ impl DfmMaps {
         for task in tasks {
             if let TaskSpec::Dfm(d) = &task.spec {
                 let state = maps.entry(task.point).or_insert_with(|| MapState {
-                    acc: DfmAccumulator::new(SHAPE, d.patch, d.classes).expect("planned from a checked spec"),
+                    acc: DfmAccumulator::new(shape_of(d), d.patch, d.classes).expect("planned from a checked spec"),
                     owner: task.id,
                     chunks: 0,
                     merged_tasks: BTreeSet::new(),
@@ -279,7 +292,7 @@ pub(crate) fn report(
     };
     for c in classes {
         let loss = acc.loss_map(c);
-        let per_unit: Vec<f64> = acc.units().iter().map(|&u| loss[SHAPE.centred_index(u)]).collect();
+        let per_unit: Vec<f64> = acc.units().iter().map(|&u| loss[acc.shape().centred_index(u)]).collect();
         let top = dfm::top_units(&per_unit, smallest).unwrap_or_default();
         files.classes.push(DfmClassFiles {
             class: c,

@@ -28,19 +28,30 @@ pub fn eps_label(eps: f64) -> String {
     freqsweep_common::spec::format_number(eps)
 }
 
-/// What every point's heatmaps share, cut once per sweep.
+/// The spectrum of a heatmap task's images (the spec made sure every planned dataset has a size).
+pub(crate) fn shape_of(h: &HeatmapTask) -> Shape2 {
+    h.dataset.image_shape().unwrap_or(Shape2::new(32, 32))
+}
+
+/// What every point's heatmaps share, cut once per image size: the selected canonical cells
+/// (all 514 of a 32 × 32 spectrum by default) in chunks.
 pub(super) struct Prepared {
     spec: Option<freqsweep_common::spec::HeatmapSpec>,
-    chunks: Vec<CellChunk>,
+    chunks: BTreeMap<(usize, usize), Vec<CellChunk>>,
     layers: Vec<String>,
 }
 
 impl Prepared {
     pub(super) fn new(sweep: &Sweep) -> Prepared {
-        // Heatmaps are of 32 × 32 images (Syn_d, CIFAR-10): 514 canonical cells.
-        let cells = Shape2::new(32, 32).heatmap_cells();
-        let chunks =
-            sweep.heatmap.as_ref().map_or_else(Vec::new, |h| partition_cells(&cells, h.chunks.chunks(cells.len())));
+        let mut chunks = BTreeMap::new();
+        if let Some(h) = &sweep.heatmap {
+            for shape in sweep.points.iter().filter_map(|p| p.task.dataset.image_shape()) {
+                chunks.entry((shape.h, shape.w)).or_insert_with(|| {
+                    let cells = h.cells.cells(shape);
+                    partition_cells(&cells, h.chunks.chunks(cells.len()))
+                });
+            }
+        }
         let layers = match sweep.heatmap.as_ref().map(|h| &h.layers) {
             None | Some(LayerChoice::None) => Vec::new(),
             Some(LayerChoice::All) => vec!["all".to_string()],
@@ -50,13 +61,16 @@ impl Prepared {
     }
 
     pub(super) fn tasks_per_point(&self) -> usize {
-        self.spec.as_ref().map_or(0, |h| h.eps.len() * self.chunks.len())
+        let most = self.chunks.values().map(Vec::len).max().unwrap_or(0);
+        self.spec.as_ref().map_or(0, |h| h.eps.len() * most)
     }
 
     pub(super) fn plan(&self, point: &PointPlan<'_>, tasks: &mut Vec<PlannedTask>) {
         let (Some(h), Some(train)) = (&self.spec, point.train) else { return };
+        let shape = point.point.task.dataset.image_shape();
+        let chunks = shape.and_then(|s| self.chunks.get(&(s.h, s.w))).map_or(&[][..], Vec::as_slice);
         for &eps in &h.eps {
-            for chunk in &self.chunks {
+            for chunk in chunks {
                 let spec = HeatmapTask {
                     dataset: point.point.task.dataset.clone(),
                     model: ModelSource::Checkpoint { artifact: MODEL_OUTPUT.into() },
@@ -182,13 +196,14 @@ impl Maps {
     pub fn new(tasks: &[PlannedTask]) -> Maps {
         let mut maps: BTreeMap<MapKey, MapState> = BTreeMap::new();
         for task in tasks {
-            if let Some(key) = MapKey::of(task) {
+            if let (Some(key), TaskSpec::Heatmap(h)) = (MapKey::of(task), &task.spec) {
                 let state = maps.entry(key).or_insert_with(|| MapState {
-                    merged: MergedHeatmap::new(Shape2::new(32, 32), key.eps()),
+                    merged: MergedHeatmap::new(shape_of(h), key.eps()),
                     chunks: 0,
                     merged_tasks: BTreeSet::new(),
                 });
                 state.chunks += 1;
+                state.merged.planned_cells += h.cells.len();
             }
         }
         Maps { maps }
@@ -236,7 +251,8 @@ struct MapFile<'a> {
 /// gives the same digest).
 pub fn map_artifact(point_id: &str, map: &MergedHeatmap) -> Vec<u8> {
     let shape = map.error.shape();
-    let cells = shape.heatmap_cells();
+    // The computed cells (a map of a cell selection skips the others).
+    let cells: Vec<Cell> = shape.heatmap_cells().into_iter().filter(|&c| map.error.get(c).n > 0).collect();
     let of = |acc: &freqsweep_common::heatmap::HeatmapAccumulator| cells.iter().map(|&c| (c, acc.get(c))).collect();
     let file = MapFile {
         format: "freqsweep-heatmap-1",
