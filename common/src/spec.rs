@@ -230,11 +230,28 @@ pub struct BandsSpec {
 /// the training task it stands for.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GridPoint {
-    /// A stable, readable id, e.g. `Syn_4-alexnet-adam-lr0.0001-bs64-ep3-seed0`.
+    /// A stable, readable id, e.g. `Syn_4-alexnet-adam-lr0.0001-bs64-ep3-seed0`, or
+    /// `Syn_4-<model name>` for a given model.
     pub id: String,
     /// Grid key (every one of [`GRID_KEYS`]) → value label; blank where the key does not apply.
     pub values: GridValues,
+    /// The training run of a trained point; for a given model, only its dataset and evaluation
+    /// settings (classes, test sets, band layout, clip) are used, and nothing is trained.
     pub task: TrainTask,
+    /// The model file the point analyses, when the sweep does not train it.
+    pub given: Option<GivenModel>,
+}
+
+/// A model a sweep analyses without training (`[[model]] kind = "torchscript"`): a TorchScript
+/// classifier (or a freqsweep checkpoint) that travels to workers as a content-addressed
+/// artifact, so no shared filesystem is assumed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GivenModel {
+    /// Its label in point ids (a file stem, or the spec's `name`).
+    pub name: String,
+    pub path: PathBuf,
+    /// `(digest, size)` of the file, set by the coordinator when it stores it.
+    pub artifact: Option<(String, u64)>,
 }
 
 /// A point's grid values: key → label for every one of [`GRID_KEYS`] (blank where the key does
@@ -402,8 +419,8 @@ struct RawSpec {
     name: Scalar,
     #[serde(default)]
     dataset: Vec<Spanned<RawDataset>>,
-    model: RawModel,
-    train: RawTrain,
+    model: RawModels,
+    train: Option<Spanned<RawTrain>>,
     #[serde(default)]
     eval: RawEval,
     heatmap: Option<Spanned<RawHeatmap>>,
@@ -435,20 +452,55 @@ struct RawDataset {
     test_labels: Scalar,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawModel {
-    arch: Spanned<Values>,
-    classes: Scalar,
+/// One `[model]` table (models the sweep trains) or `[[model]]` tables (trained or given).
+enum RawModels {
+    One(Box<Spanned<RawModel>>),
+    Many(Vec<Spanned<RawModel>>),
+}
+
+impl<'de> Deserialize<'de> for RawModels {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawModels;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a [model] table or [[model]] tables")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawModels, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(RawModels::Many)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawModels, A::Error> {
+                let model = RawModel::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                // The table's own span is not known here; its keys carry theirs.
+                Ok(RawModels::One(Box::new(Spanned::new(0..0, model))))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawModel {
+    /// `builtin` (trained by the sweep, the default) or `torchscript` (given, analysed only).
+    kind: Scalar,
+    arch: List,
+    classes: Scalar,
+    /// Given models: one path or a list …
+    path: List,
+    /// … and/or a pattern over a directory (`models/*.pt`).
+    glob: Scalar,
+    /// The given model's label in point ids (several files: `<name>_<file stem>`).
+    name: Scalar,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawTrain {
     optimizer: List,
-    lr: Spanned<Values>,
-    batch_size: Spanned<Values>,
-    epochs: Spanned<Values>,
+    lr: List,
+    batch_size: List,
+    epochs: List,
     seed: List,
     schedule: List,
     momentum: List,
@@ -1065,6 +1117,7 @@ impl Grid {
         GridPoint {
             id,
             values,
+            given: None,
             task: TrainTask {
                 dataset,
                 train: TrainConfig {
@@ -1311,16 +1364,37 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
         }
     }
 
-    let t = &raw.train;
+    let no_train = RawTrain::default();
+    let t = raw.train.as_ref().map_or(&no_train, Spanned::get_ref);
+    let train_span = raw.train.as_ref().map_or(0..0, Spanned::span);
+    let (trained, given) = models(ctx, &raw.model)?;
+    // What trains needs [train]'s three keys; a spec of given models only has nothing to train.
+    let required = |key: &str, list: &List| match (trained, list) {
+        (Some(_), None) => Err(ctx.err(&train_span, format!("[train] needs {key}: the sweep trains [model] arch"))),
+        (None, Some(v)) => {
+            Err(ctx.err(&v.span(), format!("[train] {key}: this spec trains no model (give [model] arch)")))
+        }
+        _ => Ok(()),
+    };
+    required("lr", &t.lr)?;
+    required("batch_size", &t.batch_size)?;
+    required("epochs", &t.epochs)?;
+    if trained.is_none() {
+        if let Some(table) = raw.include.first().or(raw.exclude.first()) {
+            return Err(
+                ctx.err(&table.span(), "[[include]] and [[exclude]] pick trained points; this spec trains no model")
+            );
+        }
+    }
     let s = |x: &String| x.clone();
     let f = |x: &f64| format_number(*x);
     let mut grid = Grid {
         dataset,
-        arch: ctx.axis("arch", Some(&raw.model.arch), String::new(), check_arch, s)?,
+        arch: ctx.axis("arch", trained.and_then(|m| m.arch.as_ref()), String::new(), check_arch, s)?,
         optimizer: ctx.axis("optimizer", t.optimizer.as_ref(), "adam".into(), check_optimizer, s)?,
-        lr: ctx.axis("lr", Some(&t.lr), 0.0, check_lr, f)?,
-        batch: ctx.axis("batch_size", Some(&t.batch_size), 0, check_batch, usize::to_string)?,
-        epochs: ctx.axis("epochs", Some(&t.epochs), 0, check_epochs, u32::to_string)?,
+        lr: ctx.axis("lr", t.lr.as_ref(), 0.0, check_lr, f)?,
+        batch: ctx.axis("batch_size", t.batch_size.as_ref(), 0, check_batch, usize::to_string)?,
+        epochs: ctx.axis("epochs", t.epochs.as_ref(), 0, check_epochs, u32::to_string)?,
         schedule: ctx.axis("schedule", t.schedule.as_ref(), "constant".into(), check_schedule, s)?,
         momentum: ctx.axis("momentum", t.momentum.as_ref(), 0.9, check_momentum, f)?,
         nesterov: ctx.axis("nesterov", t.nesterov.as_ref(), false, check_nesterov, bool::to_string)?,
@@ -1375,9 +1449,7 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
 
     let eval = &raw.eval;
     let fixed = Fixed {
-        classes: ctx.scalar(&raw.model.classes, None, |v| {
-            bounded("classes", v, 1, MAX_CLASSES, "a classifier's output layer and confusion matrix").map(Some)
-        })?,
+        classes: ctx.scalar(&trained.and_then(|m| m.classes.clone()), None, check_classes)?,
         adam_eps: ctx.scalar(&t.adam_eps, 1e-8, |v| positive_number("adam_eps", v))?,
         step_every: ctx.scalar(&t.step_every, 10, |v| small_positive("step_every", v))?,
         gamma: ctx.scalar(&t.gamma, 0.1, |v| positive_number("gamma", v))?,
@@ -1399,7 +1471,10 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
     };
 
     // A model with fewer outputs than the dataset has classes fails on every worker; say so here.
-    if let (Some(classes), Some(raw_classes)) = (fixed.classes, raw.model.classes.as_ref()) {
+    let mut declared: Vec<&Spanned<Value>> = trained.and_then(|m| m.classes.as_ref()).into_iter().collect();
+    declared.extend(given.iter().filter_map(|(_, raw)| raw.classes.as_ref()));
+    for raw_classes in declared {
+        let classes = check_classes(raw_classes.get_ref()).map_err(|m| ctx.err(&raw_classes.span(), m))?.unwrap_or(0);
         for dataset in &grid.dataset.values {
             let (name, has) = match dataset {
                 DatasetSource::Syn(_) => ("Syn_d", crate::syn::CLASSES),
@@ -1420,7 +1495,10 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
     let labels = Arc::new((0..AXES).map(|a| grid.labels(a).to_vec()).collect::<Vec<_>>());
     // A product of lists grows fast; refuse a grid far beyond what a coordinator can hold (each
     // point is a task of its own) with a message instead of running out of memory.
-    let total = grid_lens.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n));
+    let total = match trained {
+        Some(_) => grid_lens.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n)),
+        None => Some(0),
+    };
     let total = total
         .filter(|&n| n <= MAX_POINTS)
         .ok_or_else(|| ctx.err_top(format!("the grid has over {MAX_POINTS} points; split the sweep")))?;
@@ -1471,7 +1549,11 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
         + usize::from(bands.is_some())
         + heatmap.as_ref().map_or(0, |h| h.eps.len().saturating_mul(h.chunks.chunks(most_cells)))
         + dfm.as_ref().map_or(0, |d| d.chunks.chunks(most_units) + usize::from(d.shortcut_degree));
-    let most_points = grid.distinct_points(&grid_lens).saturating_add(includes.len());
+    let most_points = match trained {
+        Some(_) => grid.distinct_points(&grid_lens).saturating_add(includes.len()),
+        None => 0,
+    }
+    .saturating_add(given.len().saturating_mul(grid.dataset.values.len()));
     let too_many = || {
         ctx.err_top(format!(
             "the sweep plans up to {} tasks ({most_points} points × {per_point}); a coordinator holds each in memory (about 4 KB), so at most {MAX_TASKS} (8 GB) are planned; split the sweep or use fewer heatmap chunks",
@@ -1523,6 +1605,21 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
     for idx in includes {
         add(idx, true)?;
     }
+    // Given models: one analysis point per model and dataset, after the trained points.
+    let given_labels: Vec<String> = given.iter().map(|(m, _)| m.name.clone()).collect();
+    let mut labels = Arc::unwrap_or_clone(labels);
+    let first_given = labels[ARCH].len();
+    labels[ARCH].extend(given_labels);
+    let labels = Arc::new(labels);
+    for (g, (model, raw_model)) in given.iter().enumerate() {
+        let classes = ctx.scalar(&raw_model.classes, None, check_classes)?;
+        for (d, dataset) in grid.dataset.values.iter().enumerate() {
+            let mut idx = [NOT_APPLICABLE; AXES];
+            idx[DATASET] = d;
+            idx[ARCH] = first_given + g;
+            points.push(given_point(dataset, model, classes, GridValues { labels: Arc::clone(&labels), idx }, &fixed));
+        }
+    }
     if points.is_empty() {
         return Err(ctx.err_top("the grid is empty (everything was excluded)"));
     }
@@ -1545,6 +1642,191 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
     }
 
     Ok(Sweep { name, points, heatmap, dfm, bands, band_radii })
+}
+
+fn check_classes(v: &Value) -> Result<Option<usize>, String> {
+    bounded("classes", v, 1, MAX_CLASSES, "a classifier's output layer and confusion matrix").map(Some)
+}
+
+/// The trained entry and the given models, each with its entry.
+type Models<'a> = (Option<&'a RawModel>, Vec<(GivenModel, &'a RawModel)>);
+
+/// The `[model]` table or `[[model]]` tables: the one entry the sweep trains (its `arch` list is
+/// the grid's axis), and every given model file with its entry (for its `classes`).
+fn models<'a>(
+    ctx: &Ctx,
+    raw: &'a RawModels,
+) -> Result<Models<'a>, SpecError> {
+    let entries: Vec<&Spanned<RawModel>> = match raw {
+        RawModels::One(m) => vec![m.as_ref()],
+        RawModels::Many(list) => list.iter().collect(),
+    };
+    let mut trained: Option<&RawModel> = None;
+    let mut given: Vec<(GivenModel, &RawModel)> = Vec::new();
+    for entry in entries {
+        let m = entry.get_ref();
+        let at = |raw: Option<Range<usize>>| raw.filter(|s| !s.is_empty()).unwrap_or_else(|| entry.span());
+        let kind = ctx.scalar(&m.kind, "builtin".to_string(), |v| choice("kind", v, &["builtin", "torchscript"]))?;
+        if kind == "builtin" {
+            for (key, span) in [
+                ("path", m.path.as_ref().map(Spanned::span)),
+                ("glob", m.glob.as_ref().map(Spanned::span)),
+                ("name", m.name.as_ref().map(Spanned::span)),
+            ] {
+                if let Some(span) = span {
+                    return Err(
+                        ctx.err(&span, format!("model key {key} applies to kind = \"torchscript\" (a given model)"))
+                    );
+                }
+            }
+            if m.arch.is_none() {
+                return Err(ctx.err(
+                    &at(m.kind.as_ref().map(Spanned::span)),
+                    "a trained [model] needs arch (alexnet, resnet18, tiny or a list)",
+                ));
+            }
+            if trained.is_some() {
+                return Err(ctx.err(
+                    &at(m.arch.as_ref().map(Spanned::span)),
+                    "give every trained architecture in one arch list, not in two [[model]] tables",
+                ));
+            }
+            trained = Some(m);
+            continue;
+        }
+        if let Some(arch) = &m.arch {
+            return Err(
+                ctx.err(&arch.span(), "arch applies to trained models; a torchscript model is given by path or glob")
+            );
+        }
+        let mut paths: Vec<PathBuf> = match &m.path {
+            Some(list) => ctx.list("path", list, |v| path("path", v))?.into_iter().map(|(_, p)| p).collect(),
+            None => Vec::new(),
+        };
+        if let Some(pattern) = &m.glob {
+            let text = string("glob", pattern.get_ref()).map_err(|e| ctx.err(&pattern.span(), e))?;
+            paths.extend(expand_glob(&text).map_err(|e| ctx.err(&pattern.span(), e))?);
+        }
+        if paths.is_empty() {
+            return Err(ctx.err(
+                &at(m.kind.as_ref().map(Spanned::span)),
+                "a torchscript model needs path (one file or a list) or glob",
+            ));
+        }
+        let name = ctx.scalar(&m.name, None, |v| {
+            let s = string("name", v)?;
+            if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+                return Err(format!("model name must be letters, digits, '_' or '.', got {s:?}"));
+            }
+            Ok(Some(s))
+        })?;
+        let several = paths.len() > 1;
+        for path in paths {
+            let stem: String = path
+                .file_stem()
+                .map(|s| {
+                    s.to_string_lossy()
+                        .chars()
+                        .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' })
+                        .collect()
+                })
+                .unwrap_or_else(|| "model".into());
+            let label = match &name {
+                Some(n) if several => format!("{n}_{stem}"),
+                Some(n) => n.clone(),
+                None => stem,
+            };
+            if given.iter().any(|(g, _)| g.name == label) || ARCHS.iter().any(|(a, _)| *a == label) {
+                return Err(ctx.err(
+                    &at(m.name.as_ref().map(Spanned::span).or(m.path.as_ref().map(Spanned::span))),
+                    format!("two models are named {label:?} in point ids; give the [[model]] a name = \"…\""),
+                ));
+            }
+            given.push((GivenModel { name: label, path, artifact: None }, m));
+        }
+    }
+    Ok((trained, given))
+}
+
+/// The files a glob such as `models/*.pt` names, sorted: `*` and `?` in the last component
+/// only (a directory of models, the common case).
+fn expand_glob(pattern: &str) -> Result<Vec<PathBuf>, String> {
+    let path = Path::new(pattern);
+    let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if dir.to_string_lossy().contains(['*', '?']) {
+        return Err(format!("glob {pattern:?}: wildcards are allowed in the file name only"));
+    }
+    let entries = std::fs::read_dir(&dir).map_err(|e| format!("glob {pattern:?}: {}: {e}", dir.display()))?;
+    let mut out: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
+        .filter(|e| wildcard_match(file.as_bytes(), e.file_name().to_string_lossy().as_bytes()))
+        .map(|e| dir.join(e.file_name()))
+        .collect();
+    out.sort();
+    if out.is_empty() {
+        return Err(format!("glob {pattern:?} matches no file"));
+    }
+    Ok(out)
+}
+
+/// `*` (any run) and `?` (one character) against a whole name.
+fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
+    match (pattern.first(), name.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            wildcard_match(&pattern[1..], name) || (!name.is_empty() && wildcard_match(pattern, &name[1..]))
+        }
+        (Some(b'?'), Some(_)) => wildcard_match(&pattern[1..], &name[1..]),
+        (Some(p), Some(n)) if p == n => wildcard_match(&pattern[1..], &name[1..]),
+        _ => false,
+    }
+}
+
+/// The analysis point of a given model on `dataset`: id `<dataset>-<model>`, the evaluation
+/// settings of the spec, nothing to train.
+fn given_point(
+    dataset: &DatasetSource,
+    model: &GivenModel,
+    classes: Option<usize>,
+    values: GridValues,
+    fixed: &Fixed,
+) -> GridPoint {
+    let classes = classes.unwrap_or(match dataset {
+        DatasetSource::Syn(_) => crate::syn::CLASSES,
+        _ => 10,
+    });
+    GridPoint {
+        id: format!("{}-{}", values.at(DATASET), model.name),
+        given: Some(model.clone()),
+        task: TrainTask {
+            dataset: dataset.clone(),
+            train: TrainConfig {
+                model: model.name.clone(),
+                classes,
+                optimizer: Optimizer::adam(),
+                lr: 0.0,
+                schedule: LrSchedule::Constant,
+                batch_size: 1,
+                epochs: 0,
+                seed: 0,
+                augment: Augment::default(),
+                test_sets: fixed.test_sets.clone(),
+                band_layout: layout_of(dataset, fixed.band_radii),
+                clip_filtered: fixed.clip,
+                eval_every_steps: 0,
+                eval_steps_epochs: 0,
+                test_limit: fixed.test_limit,
+                precision: fixed.precision,
+                memory_format: fixed.memory_format,
+            },
+        },
+        values,
+    }
 }
 
 /// `[bands] radii = [4, 8, 12]` (cells) or `fractions = [0.25, 0.5, 0.75]` (of the Nyquist
@@ -2125,7 +2407,7 @@ clip = true
                 "dataset Syn_4 appears twice",
             ),
             (SPEC.replace("batch_size = 64", "batch_size = { n = 64 }"), 15, "batch_size: invalid type: map"),
-            (SPEC.replace("epochs = 2\n", ""), 12, "missing field `epochs`"),
+            (SPEC.replace("epochs = 2\n", ""), 12, "[train] needs epochs: the sweep trains [model] arch"),
             (
                 SPEC.to_string() + "\n[[include]]\ndataset = \"Syn_9\"\n",
                 37,

@@ -210,6 +210,10 @@ pub enum ModelSource {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         digest: Option<String>,
     },
+    /// A model file the sweep was given (`[[model]] kind = "torchscript"`: TorchScript or a
+    /// freqsweep checkpoint), named `model` in point ids; the coordinator stores the file and
+    /// the lease carries it as the input `artifact` (no shared filesystem).
+    Given { artifact: String, model: String },
 }
 
 /// A chunk of one Fourier heatmap (SCIENCE.md §2–3): the error rate (and layer cosine distances)

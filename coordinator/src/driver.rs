@@ -211,6 +211,8 @@ pub struct Driver {
     pub(crate) tasks: HashMap<TaskId, PlannedTask>,
     /// Artifacts each finished task produced, by name.
     outputs: HashMap<TaskId, Vec<ArtifactRef>>,
+    /// The stored files of the sweep's given models, by model name.
+    given: HashMap<String, ArtifactRef>,
     /// Heatmaps and DFMs merged chunk by chunk as results are accepted.
     maps: kinds::Merged,
     /// Newest partial checkpoint of unfinished tasks that resume from them.
@@ -311,6 +313,7 @@ impl Shared {
             scheduler,
             tasks: tasks.into_iter().map(|t| (t.id, t)).collect(),
             outputs,
+            given: HashMap::new(),
             maps,
             partials: HashMap::new(),
             digest_keys,
@@ -423,6 +426,16 @@ impl Shared {
     }
 
     /// Restore the newest partial checkpoint of unfinished tasks (from the store, on resume).
+    /// The stored files of the sweep's given models (name → artifact), which leases of their
+    /// analyses carry as the input `model`.
+    pub fn set_given_models(&self, given: impl IntoIterator<Item = (String, ArtifactRef)>) {
+        let mut driver = self.lock();
+        for (name, artifact) in given {
+            driver.digest_keys.insert(artifact.digest.clone(), kinds::given_key(&name));
+            driver.given.insert(name, artifact);
+        }
+    }
+
     pub fn restore_partials(&self, partials: impl IntoIterator<Item = (TaskId, PartialCheckpoint)>) {
         let mut driver = self.lock();
         for (task, partial) in partials {
@@ -979,7 +992,7 @@ impl Driver {
     ) -> ToWorker {
         let planned = &self.tasks[&task];
         let kind = planned.kind();
-        let mut inputs = kinds::lease_inputs(planned, &self.outputs);
+        let mut inputs = kinds::lease_inputs(planned, &self.outputs, &self.given);
         let mut resumes = None;
         if kinds::resumes_from_partial_checkpoints(kind) {
             let can_resume = self.workers.get(&worker).is_some_and(|w| w.resumes_history);

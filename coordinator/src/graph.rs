@@ -38,7 +38,11 @@ impl PlannedTask {
             id: self.id,
             deps: self.deps.clone(),
             priority: kinds::priority(self.kind()),
-            inputs: kinds::inputs(self).into_iter().map(|(dep, name)| kinds::output_key(dep, name)).collect(),
+            inputs: kinds::inputs(self)
+                .into_iter()
+                .map(|(dep, name)| kinds::output_key(dep, name))
+                .chain(kinds::given_model(self).map(kinds::given_key))
+                .collect(),
             cost: self.cost.clone(),
         }
     }

@@ -40,6 +40,8 @@ pub fn open(spec_path: &Path, dir: &Path, config: ServiceConfig) -> Result<Run> 
     let lock = crate::lock::lock_dir(dir)?;
     let (store, writer) = Store::open(&dir.join("freqsweep.db"))?;
     let reader = store.reader()?;
+    let artifacts = ArtifactDir::new(dir.join("artifacts"));
+    let given = import_given_models(&sweep, &artifacts)?;
     let tasks = graph::plan(&sweep);
     let stored_rows = reader.tasks()?;
     let mut stored = HashMap::new();
@@ -50,6 +52,9 @@ pub fn open(spec_path: &Path, dir: &Path, config: ServiceConfig) -> Result<Run> 
             Change::SweepValue { key: "created_ms".into(), value: now_ms().to_string() },
             Change::SweepValue { key: "git_revision".into(), value: crate::report::GIT_REVISION.to_string() },
         ];
+        for (name, artifact) in &given {
+            changes.push(Change::SweepValue { key: given_value_key(name), value: artifact.digest.clone() });
+        }
         for t in &tasks {
             changes.push(Change::InsertTask {
                 id: t.id.0,
@@ -85,13 +90,25 @@ pub fn open(spec_path: &Path, dir: &Path, config: ServiceConfig) -> Result<Run> 
             };
             stored.insert(TaskId(row.id), task);
         }
+        // A given model replaced since the run started would mix two models' results.
+        for (name, artifact) in &given {
+            match reader.sweep_value(&given_value_key(name))? {
+                Some(recorded) if recorded != artifact.digest => bail!(
+                    "model {name} ({}) changed since this run started (digest {}, recorded {}); restore it or use a new --out",
+                    sweep.points.iter().find_map(|p| p.given.as_ref().filter(|g| &g.name == name)).map_or_else(String::new, |g| g.path.display().to_string()),
+                    short(&artifact.digest),
+                    short(&recorded)
+                ),
+                Some(_) => {}
+                None => store.write(vec![Change::SweepValue { key: given_value_key(name), value: artifact.digest.clone() }])?,
+            }
+        }
         // Attempts live when the last coordinator stopped are not live in this one.
         store.write(vec![Change::CloseOpenAttempts { now_ms: now_ms() }])?;
         let done = stored_rows.iter().filter(|r| r.state == "done").count();
         tracing::info!(run = %dir.display(), done, total = tasks.len(), "resuming");
     }
     let first_attempt = reader.max_attempt_id()? + 1;
-    let artifacts = ArtifactDir::new(dir.join("artifacts"));
     let partials: Vec<_> = reader
         .partial_checkpoints()?
         .into_iter()
@@ -104,7 +121,38 @@ pub fn open(spec_path: &Path, dir: &Path, config: ServiceConfig) -> Result<Run> 
     let shared =
         Shared::new(config, store.clone(), artifacts, tasks.clone(), stored, first_attempt, sweep.name.clone());
     shared.restore_partials(partials);
+    shared.set_given_models(given);
     Ok(Run { dir: dir.to_path_buf(), sweep, tasks, shared, store, writer: Some(writer), _lock: lock })
+}
+
+/// Store every given model file in the run's artifacts (content-addressed: once per content),
+/// so workers download it like any input; a file that cannot be read is named.
+fn import_given_models(sweep: &Sweep, artifacts: &ArtifactDir) -> Result<Vec<(String, ArtifactRef)>> {
+    let mut out: Vec<(String, ArtifactRef)> = Vec::new();
+    for given in sweep.points.iter().filter_map(|p| p.given.as_ref()) {
+        if out.iter().any(|(name, _)| name == &given.name) {
+            continue;
+        }
+        let meta = std::fs::metadata(&given.path)
+            .with_context(|| format!("model {}: {}", given.name, given.path.display()))?;
+        if !meta.is_file() {
+            bail!("model {}: {} is not a regular file", given.name, given.path.display());
+        }
+        let (digest, size) = artifacts
+            .import(&given.path)
+            .with_context(|| format!("model {}: storing {}", given.name, given.path.display()))?;
+        out.push((given.name.clone(), ArtifactRef { name: freqsweep_common::task::MODEL_OUTPUT.into(), digest, size }));
+    }
+    Ok(out)
+}
+
+fn given_value_key(name: &str) -> String {
+    format!("given_model/{name}")
+}
+
+fn short(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256-").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
 }
 
 fn now_ms() -> u64 {

@@ -354,3 +354,120 @@ shortcut_degree = false
     let html = String::from_utf8(file(&out, "report.html")).unwrap();
     assert!(html.contains(&format!("heatmaps/{point}_eps4.png")));
 }
+
+/// Given models in a sweep: a TorchScript model made by `freqsweep-worker train` (its
+/// `model.pt`) is analysed beside a model the sweep trains, on an `.npy` test set whose size is
+/// read from its header. The given model travels to both workers as a stored artifact; its map
+/// equals what `freqsweep-worker heatmap` computes on the same file, bit for bit. A replaced
+/// model file is refused on resume instead of mixing two models' results.
+#[test]
+fn a_given_torchscript_model_is_analysed_like_the_standalone_heatmap() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let syn = run_bounded(
+        Command::new(binary("freqsweep"))
+            .args(["syn", "--band", "2", "--train", "96", "--test", "16", "--out"])
+            .arg(&data),
+        LIMIT,
+    );
+    assert!(syn.status.success(), "{}", String::from_utf8_lossy(&syn.stderr));
+    let trained = dir.path().join("trained");
+    let train = run_bounded(
+        Command::new(binary("freqsweep-worker"))
+            .args(["--threads", "1", "train", "--syn-band", "2", "--train", "96", "--test", "16", "--model", "tiny"])
+            .args(["--epochs", "1", "--batch-size", "32", "--lr", "0.003", "--out"])
+            .arg(&trained),
+        LIMIT,
+    );
+    assert!(train.status.success(), "{}", String::from_utf8_lossy(&train.stderr));
+    // The model file lives outside the run and moves under the spec's name.
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::copy(trained.join("model.pt"), models.join("zoo-a.pt")).unwrap();
+
+    let text = format!(
+        r#"name = "given"
+[[dataset]]
+kind = "npy"
+name = "syn2"
+train_images = "{d}/train_x.npy"
+train_labels = "{d}/train_y.npy"
+test_images = "{d}/test_x.npy"
+test_labels = "{d}/test_y.npy"
+[[model]]
+arch = "tiny"
+classes = 4
+[[model]]
+kind = "torchscript"
+glob = "{m}/*.pt"
+classes = 4
+[train]
+lr = 0.003
+batch_size = 32
+epochs = 1
+[eval]
+test_sets = ["B1234"]
+[heatmap]
+eps = [4.0]
+images = 8
+chunk_cells = 129
+[bands]
+images = 16
+"#,
+        d = data.display(),
+        m = models.display()
+    );
+    let spec = dir.path().join("given.toml");
+    std::fs::write(&spec, text).unwrap();
+    let out = dir.path().join("run");
+    let (stdout, _) = run(&spec, &out, 2);
+    // Trained: 1 train + 4 chunks + 1 bands; given: 4 chunks + 1 bands.
+    assert!(stdout.contains("sweep finished: 11 done"), "{stdout}");
+    let given = "syn2-zoo_a";
+    let results = String::from_utf8(file(&out, "results.csv")).unwrap();
+    let row = results.lines().find(|l| l.starts_with(&format!("{given},"))).unwrap_or_else(|| panic!("{results}"));
+    assert!(row.starts_with(&format!("{given},done,syn2,zoo_a,")), "{row}");
+    assert!(out.join(format!("bands/{given}_f1.csv")).is_file());
+
+    let standalone = dir.path().join("standalone");
+    let heatmap = run_bounded(
+        Command::new(binary("freqsweep-worker"))
+            .args(["--threads", "1", "heatmap", "--model"])
+            .arg(models.join("zoo-a.pt"))
+            .arg("--images")
+            .arg(data.join("test_x.npy"))
+            .arg("--labels")
+            .arg(data.join("test_y.npy"))
+            .args(["--eps", "4", "--limit", "8", "--out"])
+            .arg(&standalone),
+        LIMIT,
+    );
+    assert!(heatmap.status.success(), "{}", String::from_utf8_lossy(&heatmap.stderr));
+    let swept = NpyArray::read(&out.join(format!("heatmaps/{given}_eps4.npy"))).unwrap().to_f64();
+    let alone = NpyArray::read(&standalone.join("heatmap.npy")).unwrap().to_f64();
+    assert_eq!(swept.len(), 1024);
+    assert!(swept.iter().all(|v| v.is_finite()));
+    assert!(
+        swept.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "the sweep's map of the given model differs from freqsweep-worker heatmap's"
+    );
+
+    // The same file name with other weights: refused on resume, nothing recomputed.
+    let other = run_bounded(
+        Command::new(binary("freqsweep-worker"))
+            .args(["--threads", "1", "train", "--syn-band", "2", "--train", "96", "--test", "16", "--model", "tiny"])
+            .args(["--epochs", "1", "--batch-size", "32", "--lr", "0.01", "--out"])
+            .arg(dir.path().join("other")),
+        LIMIT,
+    );
+    assert!(other.status.success());
+    std::fs::copy(dir.path().join("other/model.pt"), models.join("zoo-a.pt")).unwrap();
+    let again = run_bounded(
+        Command::new(binary("freqsweep")).arg("run").arg(&spec).args(["--local-workers", "1", "--out"]).arg(&out),
+        LIMIT,
+    );
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("model zoo_a") && last.contains("changed since this run started"), "{stderr}");
+}

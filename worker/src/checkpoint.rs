@@ -287,6 +287,19 @@ pub fn load_classifier(
 ) -> Result<Loaded, String> {
     match load(path) {
         Ok(stored) => {
+            // Built-in models run at any size, but one trained on other images than these would
+            // give a map of a model never meant for them: its run's images decide.
+            if let Some(trained) = stored.meta.train.as_ref().and_then(|t| t.dataset.image_shape()) {
+                if (trained.h as i64, trained.w as i64) != (height, width) {
+                    return Err(format!(
+                        "{}: images of 3×{height}×{width} do not fit this {:?} model (trained on 3×{}×{} images); give images of the size it was trained on",
+                        path.display(),
+                        stored.meta.model.arch,
+                        trained.h,
+                        trained.w
+                    ));
+                }
+            }
             let mut vs = nn::VarStore::new(device);
             let mut model = crate::models::build(&vs, &stored.meta.model);
             stored.restore_model(&mut vs, path).map_err(|e| e.to_string())?;
@@ -385,13 +398,26 @@ mod tests {
         assert_eq!(load(&legacy).unwrap().meta.format, FORMAT_WITHOUT_DIGEST);
     }
 
+    /// A checkpoint of a run refuses images of another size than its run's, in one line; a
+    /// bare model without a run takes any size its architecture takes (built-in models adapt),
+    /// and one too small for it is one line too, not a panic.
     #[test]
     fn images_of_a_size_the_model_does_not_take_are_one_line_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
-        let path = saved(dir.path());
-        assert!(load_classifier(&path, Device::Cpu, 32, 32, Requested::FP32_NCHW).is_ok());
-        let err = load_classifier(&path, Device::Cpu, 16, 16, Requested::FP32_NCHW).err().expect("refused");
-        assert!(err.contains("images of 3×16×16 do not fit this Tiny model"), "{err}");
-        assert!(err.contains("mat1 and mat2 shapes cannot be multiplied") && !err.contains('\n'), "{err}");
+        let vs = nn::VarStore::new(Device::Cpu);
+        let config = ModelConfig::new(Arch::Tiny, 4);
+        let _model = crate::models::build(&vs, &config);
+        let (task, _, _) = crate::train::tests::tiny_task(1);
+        let trained = dir.path().join("trained.ot");
+        save(&trained, &vs, &[], &CheckpointMeta::new(config.clone(), Some(task))).unwrap();
+        assert!(load_classifier(&trained, Device::Cpu, 32, 32, Requested::FP32_NCHW).is_ok());
+        let err = load_classifier(&trained, Device::Cpu, 16, 16, Requested::FP32_NCHW).err().expect("refused");
+        assert!(err.contains("images of 3×16×16 do not fit this Tiny model (trained on 3×32×32 images)"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+
+        let bare = saved(dir.path());
+        assert!(load_classifier(&bare, Device::Cpu, 16, 16, Requested::FP32_NCHW).is_ok());
+        let err = load_classifier(&bare, Device::Cpu, 2, 2, Requested::FP32_NCHW).err().expect("refused");
+        assert!(err.contains("images of 3×2×2 do not fit this Tiny model") && !err.contains('\n'), "{err}");
     }
 }

@@ -405,7 +405,8 @@ fn task_from_flags(args: &TrainArgs, train: &Dataset) -> Result<TrainTask> {
             train_labels: files[1].clone(),
             test_images: files[2].clone(),
             test_labels: files[3].clone(),
-            size: None,
+            // Recorded in the checkpoint: analyses refuse images of another size.
+            size: freqsweep_common::dataset::npy_image_size(&files[2]).ok().map(|(h, w)| [h, w]),
         }
     } else {
         let band = freqsweep_common::bands::Band::new(args.syn_band).context("--syn-band")?;
@@ -414,6 +415,14 @@ fn task_from_flags(args: &TrainArgs, train: &Dataset) -> Result<TrainTask> {
             test: args.test as usize,
             ..SynConfig::new(band, args.data_seed)
         })
+    };
+    // The default radii scaled to the images (exactly 4, 8, 12 on 32 × 32); the provisional
+    // task, built before the data is read, has no images yet.
+    let band_layout = match train.dims {
+        [_, _, 0, _] | [_, _, _, 0] => freqsweep_common::bands::BandLayout::default(),
+        [_, _, h, w] => freqsweep_common::bands::BandRadii::default()
+            .layout(freqsweep_common::spectrum::Shape2::new(h, w))
+            .context("the band radii of these images")?,
     };
     let optimizer = match args.optimizer.as_str() {
         "sgd" => Optimizer::Sgd { momentum: args.momentum, weight_decay: args.weight_decay, nesterov: false },
@@ -449,10 +458,7 @@ fn task_from_flags(args: &TrainArgs, train: &Dataset) -> Result<TrainTask> {
             seed: args.seed,
             augment: Augment { flip: args.flip, crop_padding: args.crop_padding },
             test_sets,
-            // The default radii scaled to the images (exactly 4, 8, 12 on 32 × 32).
-            band_layout: freqsweep_common::bands::BandRadii::default()
-                .layout(freqsweep_common::spectrum::Shape2::new(train.dims[2], train.dims[3]))
-                .context("the band radii of these images")?,
+            band_layout,
             clip_filtered: args.clip,
             eval_every_steps: args.eval_every_steps,
             eval_steps_epochs: args.eval_steps_epochs,

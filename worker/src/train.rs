@@ -440,7 +440,7 @@ fn summarise(model: &dyn models::Classifier, sets: &[TestSet], classes: usize) -
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use freqsweep_common::bands::{Band, BandLayout};
     use freqsweep_common::syn::{self, Split, SynConfig};

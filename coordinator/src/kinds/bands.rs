@@ -13,16 +13,16 @@ use freqsweep_common::bands::BandSet;
 use freqsweep_common::dfm::{band_subsets, sufficient_sets};
 use freqsweep_common::metrics::ConfusionMatrix;
 use freqsweep_common::spec::{BandsSpec, GridPoint, Sweep};
-use freqsweep_common::task::{BandsOutcome, BandsTask, ModelSource, TaskSpec, MODEL_OUTPUT};
+use freqsweep_common::task::{BandsOutcome, BandsTask, TaskSpec, MODEL_OUTPUT};
 use std::fmt::Write as _;
 use std::path::Path;
 
 pub(super) fn plan(sweep: &Sweep, point: &PointPlan<'_>, tasks: &mut Vec<PlannedTask>) {
-    let (Some(b), Some(train)) = (&sweep.bands, point.train) else { return };
+    let (Some(b), Some((model, deps))) = (&sweep.bands, point.model()) else { return };
     let t = &point.point.task;
     let spec = BandsTask {
         dataset: t.dataset.clone(),
-        model: ModelSource::Checkpoint { artifact: MODEL_OUTPUT.into() },
+        model,
         classes: t.train.classes,
         images: b.images,
         band_layout: t.train.band_layout,
@@ -36,7 +36,7 @@ pub(super) fn plan(sweep: &Sweep, point: &PointPlan<'_>, tasks: &mut Vec<Planned
         point: point.index,
         cost: cost(&spec, &t.train.model),
         spec: TaskSpec::Bands(spec),
-        deps: vec![train],
+        deps,
     });
 }
 

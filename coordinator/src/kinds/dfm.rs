@@ -15,7 +15,7 @@ use freqsweep_common::dfm::{self, ClassStat, CleanStat, DfmAccumulator};
 use freqsweep_common::heatmap::{partition_cells, CellChunk};
 use freqsweep_common::spec::{DfmSpec, GridPoint, Sweep};
 use freqsweep_common::spectrum::{Cell, Shape2};
-use freqsweep_common::task::{DfmOutcome, DfmTask, MemoryFormat, ModelSource, Precision, TaskSpec, MODEL_OUTPUT};
+use freqsweep_common::task::{DfmOutcome, DfmTask, MemoryFormat, Precision, TaskSpec, MODEL_OUTPUT};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 
@@ -58,13 +58,13 @@ impl Prepared {
 
     /// Plan the point's chunks; returns their ids.
     pub(super) fn plan(&self, point: &PointPlan<'_>, tasks: &mut Vec<PlannedTask>) -> Vec<TaskId> {
-        let (Some(d), Some(train)) = (&self.spec, point.train) else { return Vec::new() };
+        let (Some(d), Some((model, deps))) = (&self.spec, point.model()) else { return Vec::new() };
         let chunks = self.chunks(point.point.task.dataset.image_shape());
         let mut ids = Vec::with_capacity(chunks.len());
         for chunk in chunks {
             let spec = DfmTask {
                 dataset: point.point.task.dataset.clone(),
-                model: ModelSource::Checkpoint { artifact: MODEL_OUTPUT.into() },
+                model: model.clone(),
                 patch: d.patch,
                 classes: point.point.task.train.classes,
                 units: chunk.cells.clone(),
@@ -81,7 +81,7 @@ impl Prepared {
                 point: point.index,
                 cost: cost(&spec, &point.point.task.train.model),
                 spec: TaskSpec::Dfm(spec),
-                deps: vec![train],
+                deps: deps.clone(),
             });
         }
         ids

@@ -16,7 +16,7 @@ use freqsweep_common::npy::NpyArray;
 use freqsweep_common::spec::GridPoint;
 use freqsweep_common::spec::{LayerChoice, Sweep};
 use freqsweep_common::spectrum::{Cell, Shape2};
-use freqsweep_common::task::{HeatmapOutcome, HeatmapTask, ModelSource, TaskSpec, MODEL_OUTPUT};
+use freqsweep_common::task::{HeatmapOutcome, HeatmapTask, TaskSpec, MODEL_OUTPUT};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,14 +66,14 @@ impl Prepared {
     }
 
     pub(super) fn plan(&self, point: &PointPlan<'_>, tasks: &mut Vec<PlannedTask>) {
-        let (Some(h), Some(train)) = (&self.spec, point.train) else { return };
+        let (Some(h), Some((model, deps))) = (&self.spec, point.model()) else { return };
         let shape = point.point.task.dataset.image_shape();
         let chunks = shape.and_then(|s| self.chunks.get(&(s.h, s.w))).map_or(&[][..], Vec::as_slice);
         for &eps in &h.eps {
             for chunk in chunks {
                 let spec = HeatmapTask {
                     dataset: point.point.task.dataset.clone(),
-                    model: ModelSource::Checkpoint { artifact: MODEL_OUTPUT.into() },
+                    model: model.clone(),
                     eps,
                     cells: chunk.cells.clone(),
                     chunk: chunk.index,
@@ -90,7 +90,7 @@ impl Prepared {
                     point: point.index,
                     cost: cost(&spec, &point.point.task.train.model),
                     spec: TaskSpec::Heatmap(spec),
-                    deps: vec![train],
+                    deps: deps.clone(),
                 });
             }
         }

@@ -15,7 +15,7 @@ use crate::artifacts::ArtifactRef;
 use crate::graph::PlannedTask;
 use crate::scheduler::TaskId;
 use freqsweep_common::spec::Sweep;
-use freqsweep_common::task::{TaskKind, TaskOutcome, TaskSpec};
+use freqsweep_common::task::{ModelSource, TaskKind, TaskOutcome, TaskSpec, MODEL_OUTPUT};
 use std::collections::HashMap;
 
 /// Every task of `sweep`, point by point and, within a point, kind by kind in `TaskKind::ALL`
@@ -62,10 +62,45 @@ impl Merged {
 pub struct PointPlan<'a> {
     pub index: usize,
     pub point: &'a freqsweep_common::spec::GridPoint,
-    /// The point's train task, once planned.
+    /// The point's train task, once planned (none for a given model).
     pub train: Option<TaskId>,
     /// The point's DFM chunks, once planned.
     pub dfm_chunks: Vec<TaskId>,
+}
+
+impl PointPlan<'_> {
+    /// The model an analysis of this point takes, and the dependencies that brings: the train
+    /// task's weights (its `model` output), or the given file (stored by the coordinator, no
+    /// dependency). `None` before the train task is planned.
+    pub fn model(&self) -> Option<(ModelSource, Vec<TaskId>)> {
+        match (&self.point.given, self.train) {
+            (Some(given), _) => {
+                Some((ModelSource::Given { artifact: MODEL_OUTPUT.into(), model: given.name.clone() }, Vec::new()))
+            }
+            (None, Some(train)) => Some((ModelSource::Checkpoint { artifact: MODEL_OUTPUT.into() }, vec![train])),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The given model a task analyses (`ModelSource::Given`), by its name.
+pub fn given_model(task: &PlannedTask) -> Option<&str> {
+    let model = match &task.spec {
+        TaskSpec::Train(_) => return None,
+        TaskSpec::Heatmap(t) => &t.model,
+        TaskSpec::Dfm(t) => &t.model,
+        TaskSpec::Shortcut(t) => &t.model,
+        TaskSpec::Bands(t) => &t.model,
+    };
+    match model {
+        ModelSource::Given { model, .. } => Some(model),
+        ModelSource::Checkpoint { .. } | ModelSource::TorchScript { .. } => None,
+    }
+}
+
+/// The locality key of given model `name` (a worker that downloaded it holds it).
+pub fn given_key(name: &str) -> String {
+    format!("given:{name}")
 }
 
 /// Test images an analysis of `dataset` evaluates with image limit `limit` (0: all): the limit or
@@ -112,12 +147,21 @@ pub fn output_key(task: TaskId, name: &str) -> String {
 }
 
 /// The artifacts a lease of `task` carries: exactly its inputs, from the outputs of its
-/// dependencies (a missing one is left out; the worker then fails the attempt, retryably).
-pub fn lease_inputs(task: &PlannedTask, outputs: &HashMap<TaskId, Vec<ArtifactRef>>) -> Vec<ArtifactRef> {
-    inputs(task)
+/// dependencies and, for a given model, the stored file (a missing one is left out; the worker
+/// then fails the attempt, retryably).
+pub fn lease_inputs(
+    task: &PlannedTask,
+    outputs: &HashMap<TaskId, Vec<ArtifactRef>>,
+    given: &HashMap<String, ArtifactRef>,
+) -> Vec<ArtifactRef> {
+    let mut found: Vec<ArtifactRef> = inputs(task)
         .into_iter()
         .filter_map(|(dep, name)| outputs.get(&dep)?.iter().find(|a| a.name == name).cloned())
-        .collect()
+        .collect();
+    if let Some(model) = given_model(task).and_then(|name| given.get(name)) {
+        found.push(ArtifactRef { name: MODEL_OUTPUT.to_string(), ..model.clone() });
+    }
+    found
 }
 
 /// Whether attempts of this kind upload per-epoch checkpoints that a later attempt resumes from.

@@ -13,20 +13,20 @@ use crate::scheduler::{Cost, CostClass, TaskId};
 use anyhow::{Context, Result};
 use freqsweep_common::dfm::shortcut_degree;
 use freqsweep_common::spec::{format_number, DfmSpec, GridPoint, Sweep};
-use freqsweep_common::task::{ModelSource, ShortcutOutcome, ShortcutTask, TaskSpec, MODEL_OUTPUT};
+use freqsweep_common::task::{ShortcutOutcome, ShortcutTask, TaskSpec, MODEL_OUTPUT};
 use std::fmt::Write as _;
 use std::path::Path;
 
 /// Plan the point's shortcut-degree task after its DFM chunks (`dfm_chunks`, planned just before).
 pub(super) fn plan(sweep: &Sweep, point: &PointPlan<'_>, dfm_chunks: &[TaskId], tasks: &mut Vec<PlannedTask>) {
-    let (Some(d), Some(train)) = (&sweep.dfm, point.train) else { return };
+    let (Some(d), Some((model, model_deps))) = (&sweep.dfm, point.model()) else { return };
     if !d.shortcut_degree || dfm_chunks.is_empty() {
         return;
     }
     let t = &point.point.task;
     let spec = ShortcutTask {
         dataset: t.dataset.clone(),
-        model: ModelSource::Checkpoint { artifact: MODEL_OUTPUT.into() },
+        model,
         maps: DFM_MAPS_OUTPUT.into(),
         classes: t.train.classes,
         chosen: d.classes.of(t.train.classes),
@@ -36,7 +36,7 @@ pub(super) fn plan(sweep: &Sweep, point: &PointPlan<'_>, dfm_chunks: &[TaskId], 
         precision: d.precision,
         memory_format: d.memory_format,
     };
-    let mut deps = vec![train];
+    let mut deps = model_deps;
     deps.extend_from_slice(dfm_chunks);
     tasks.push(PlannedTask {
         id: next_id(tasks),
@@ -57,12 +57,19 @@ pub fn cost(s: &ShortcutTask, arch: &str) -> Cost {
 
 /// The model's weights (from the train task, the first dependency) and the merged DFM maps
 /// (recorded as an output of the point's first DFM chunk, the second).
+/// A given model has no train task: its first dependency is the first chunk (the model comes
+/// with the lease, `kinds::lease_inputs`).
 pub(super) fn inputs(task: &PlannedTask) -> Vec<(TaskId, &'static str)> {
     let mut inputs = Vec::new();
-    if let Some(&train) = task.deps.first() {
-        inputs.push((train, MODEL_OUTPUT));
-    }
-    if let Some(&first_chunk) = task.deps.get(1) {
+    let chunks = if super::given_model(task).is_some() {
+        &task.deps[..]
+    } else {
+        if let Some(&train) = task.deps.first() {
+            inputs.push((train, MODEL_OUTPUT));
+        }
+        task.deps.get(1..).unwrap_or_default()
+    };
+    if let Some(&first_chunk) = chunks.first() {
         inputs.push((first_chunk, DFM_MAPS_OUTPUT));
     }
     inputs

@@ -21,6 +21,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 pub(super) fn plan(point: &mut PointPlan<'_>, tasks: &mut Vec<PlannedTask>) {
+    if point.point.given.is_some() {
+        return;
+    }
     let id = next_id(tasks);
     point.train = Some(id);
     tasks.push(PlannedTask {
@@ -151,8 +154,24 @@ pub(crate) fn report(
     report: &mut PointReport,
     csv: &mut String,
 ) -> Result<()> {
-    let train =
-        tasks.iter().find(|t| t.point == index && t.kind() == TaskKind::Train).expect("every point has a train task");
+    let Some(train) = tasks.iter().find(|t| t.point == index && t.kind() == TaskKind::Train) else {
+        // A given model: nothing trained; its state is its analyses' (done when all are).
+        let states: Vec<&str> =
+            tasks.iter().filter(|t| t.point == index).map(|t| rows[&t.id.0].state.as_str()).collect();
+        let state = ["failed", "cancelled", "running", "ready", "backoff", "pending", "blocked"]
+            .into_iter()
+            .find(|s| states.contains(s))
+            .or(states.first().copied())
+            .unwrap_or("done");
+        report.state = state.to_string();
+        let _ = write!(csv, ",{state}");
+        for k in GRID_KEYS {
+            let _ = write!(csv, ",{}", point.values.get(k).map_or("", String::as_str));
+        }
+        csv.push_str(",,,,");
+        csv.push_str(&",,".repeat(test_sets.len()));
+        return Ok(());
+    };
     let row = &rows[&train.id.0];
     let outcome = match row.result_json.as_deref().map(serde_json::from_str::<TaskOutcome>) {
         Some(Ok(TaskOutcome::Train(o))) => Some(o),

@@ -131,7 +131,7 @@ impl TorchEngine {
         requested: Requested,
     ) -> Result<(checkpoint::Loaded, PathBuf), EngineError> {
         let path = match source {
-            ModelSource::Checkpoint { artifact } => inputs
+            ModelSource::Checkpoint { artifact } | ModelSource::Given { artifact, .. } => inputs
                 .get(artifact)
                 .cloned()
                 .ok_or_else(|| EngineError::transient(format!("input artifact {artifact:?} was not provided")))?,
@@ -146,7 +146,7 @@ impl TorchEngine {
             checkpoint::load_classifier(&path, self.device, height, width, requested).map_err(|e| match source {
                 // An input the coordinator verified by digest does not load here: this worker's copy
                 // is damaged. Dropped from the cache, so the next attempt (here or elsewhere) fetches it.
-                ModelSource::Checkpoint { .. } => {
+                ModelSource::Checkpoint { .. } | ModelSource::Given { .. } => {
                     let _ = std::fs::remove_file(&path);
                     EngineError::transient(format!("{e} (dropped from this worker's cache)"))
                 }
