@@ -11,6 +11,7 @@
 //! - [`image`]: PNG output. [`figures`]: heatmaps with colour bars, F1 curves, confusion matrices
 //!   and overviews (plotters, font embedded).
 //! - [`logging`]: the `tracing` set-up shared by both binaries.
+//! - [`seeds`]: mean ± standard deviation over the runs of a group that differ only in seed.
 //! - [`spec`]: sweep specs (TOML), validation with line numbers, grid expansion.
 //! - [`task`]: task descriptions, outcomes and metric points exchanged by coordinator and worker.
 //! - [`text`]: untrusted text on one bounded line, as error messages quote it.
@@ -25,6 +26,7 @@ pub mod image;
 pub mod logging;
 pub mod metrics;
 pub mod npy;
+pub mod seeds;
 pub mod spec;
 pub mod spectrum;
 pub mod syn;

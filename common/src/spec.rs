@@ -1653,10 +1653,7 @@ type Models<'a> = (Option<&'a RawModel>, Vec<(GivenModel, &'a RawModel)>);
 
 /// The `[model]` table or `[[model]]` tables: the one entry the sweep trains (its `arch` list is
 /// the grid's axis), and every given model file with its entry (for its `classes`).
-fn models<'a>(
-    ctx: &Ctx,
-    raw: &'a RawModels,
-) -> Result<Models<'a>, SpecError> {
+fn models<'a>(ctx: &Ctx, raw: &'a RawModels) -> Result<Models<'a>, SpecError> {
     let entries: Vec<&Spanned<RawModel>> = match raw {
         RawModels::One(m) => vec![m.as_ref()],
         RawModels::Many(list) => list.iter().collect(),

@@ -292,7 +292,13 @@ pub const SERIES_COLOURS: [RGBColor; 10] = [
 pub struct LinePanel {
     pub title: String,
     pub series: Vec<(String, Vec<(f64, f64)>)>,
+    /// Shaded ranges `(x, low, high)` behind the lines, in the colour of the series of the same
+    /// name (mean ± standard deviation over seeds); empty for plain curves.
+    pub bands: Vec<(String, Vec<Spread>)>,
 }
+
+/// `(x, low, high)` of a shaded range.
+pub type Spread = (f64, f64, f64);
 
 /// Panels of lines side by side with a shared x label, y in `0..=1` (F1 over training). One
 /// legend above the panels: a series keeps its colour in every panel.
@@ -335,6 +341,12 @@ pub fn line_panels(panels: &[LinePanel], x_label: &str, y_label: &str, title: &s
                 .axis_desc_style(font(12))
                 .x_label_formatter(&|x| format_axis(*x))
                 .draw()?;
+            for (name, band) in &panel.bands {
+                let upper = band.iter().map(|&(x, _, hi)| (x, hi.clamp(0.0, 1.02)));
+                let lower = band.iter().rev().map(|&(x, lo, _)| (x, lo.clamp(0.0, 1.02)));
+                let outline: Vec<(f64, f64)> = upper.chain(lower).collect();
+                chart.draw_series(std::iter::once(Polygon::new(outline, colour_of(name).mix(0.22).filled())))?;
+            }
             for (name, points) in &panel.series {
                 chart.draw_series(LineSeries::new(points.iter().copied(), colour_of(name).stroke_width(2)))?;
             }
@@ -545,6 +557,7 @@ mod tests {
         assert_eq!((grid.width, grid.height), (3 * 400, 2 * 340 + 36));
 
         let panel = |t: &str| LinePanel {
+            bands: Vec::new(),
             title: t.into(),
             series: (0..4)
                 .map(|c| (format!("class {c}"), vec![(0.0, 0.0), (1.0, 0.3 * c as f64), (2.0, 1.0)]))

@@ -257,6 +257,7 @@ fn write_curves(
                     points.sort_by(|a, b| a.0.total_cmp(&b.0));
                 }
                 LinePanel {
+                    bands: Vec::new(),
                     title: set,
                     series: by_class.into_iter().map(|(c, pts)| (format!("class {c}"), pts)).collect(),
                 }
@@ -276,6 +277,12 @@ fn write_curves(
         report.curves.push(format!("curves/{id}_first3.png"));
     }
     Ok(())
+}
+
+/// [`learning_order`] of a run's whole metric history.
+pub(crate) fn learning_order_of(points: &[MetricPoint], test_sets: &[String]) -> LearningOrder {
+    let f1: Vec<&MetricPoint> = points.iter().filter(|p| p.name == "f1").collect();
+    learning_order(&f1, test_sets)
 }
 
 /// For each test set and class, the first step at which F1 reached each threshold of [`LEARNED_AT`].

@@ -16,6 +16,7 @@ pub(crate) struct Page<'a> {
     pub workers: Vec<WorkerRow>,
     pub attempts: Vec<AttemptRow>,
     pub points: &'a [PointReport],
+    pub groups: &'a [super::seeds::GroupReport],
     pub overview: Option<String>,
     pub results_csv: &'a str,
 }
@@ -39,6 +40,7 @@ pub(crate) fn render(page: &Page) -> String {
     header(&mut out, page);
     contents(&mut out, page);
     overview(&mut out, page);
+    seed_groups(&mut out, page);
     for point in page.points {
         point_section(&mut out, point);
     }
@@ -115,7 +117,64 @@ fn contents(out: &mut String, page: &Page) {
     for p in page.points {
         let _ = write!(out, " · <a href=\"#{}\">{}</a>", anchor(&p.id), esc(&p.id));
     }
+    if !page.groups.is_empty() {
+        out.push_str(" · <a href=\"#seeds\">seeds aggregated</a>");
+    }
     out.push_str(" · <a href=\"#spec\">spec</a></p>\n");
+}
+
+/// Groups of runs that differ only in seed: mean ± standard deviation of the final metrics,
+/// the F1 band, the learning-order steps and the mean heatmap with its standard error.
+fn seed_groups(out: &mut String, page: &Page) {
+    if page.groups.is_empty() {
+        return;
+    }
+    out.push_str("<h2 id=\"seeds\">Seeds aggregated</h2>\n<p>Points that differ only in <code>seed</code>: mean ± sample standard deviation across the runs (n runs with a value). <code>results.csv</code> has a mean row and a std row per group; the arrays are under <code>seeds/</code>.</p>\n");
+    for g in page.groups {
+        let _ = writeln!(out, "<h3>{} <span class=\"muted\">({} seeds)</span></h3>", esc(&g.id), g.members.len());
+        if !g.headline.is_empty() {
+            out.push_str("<table><tr><th class=\"l\">metric</th><th>mean ± std</th><th>n</th></tr>\n");
+            for (name, s) in &g.headline {
+                let _ = writeln!(
+                    out,
+                    "<tr><td class=\"l\">{}</td><td>{:.4} ± {:.4}</td><td>{}</td></tr>",
+                    esc(name),
+                    s.mean,
+                    s.std,
+                    s.n
+                );
+            }
+            out.push_str("</table>\n");
+        }
+        out.push_str("<div class=\"figs\">");
+        if let Some(png) = &g.f1_png {
+            let _ = write!(out, "<a href=\"{0}\"><img src=\"{0}\" alt=\"F1 band over seeds\"></a>", esc(png));
+        }
+        for (eps, mean, sem) in &g.heatmaps {
+            let _ = write!(
+                out,
+                "<a href=\"{0}\"><img src=\"{0}\" alt=\"mean heatmap eps {2}\"></a><a href=\"{1}\"><img src=\"{1}\" alt=\"standard error eps {2}\"></a>",
+                esc(mean),
+                esc(sem),
+                eps
+            );
+        }
+        out.push_str("</div>\n");
+        if !g.learning_order.is_empty() {
+            out.push_str("<table><tr><th class=\"l\">test set</th><th>class</th><th>F1 ≥</th><th>runs reaching it</th><th>first step, mean ± std</th></tr>\n");
+            for (set, class, threshold, reached, steps) in &g.learning_order {
+                let steps = steps.map_or_else(|| "never".to_string(), |s| format!("{:.1} ± {:.1}", s.mean, s.std));
+                let _ = writeln!(
+                    out,
+                    "<tr><td class=\"l\">{}</td><td>{class}</td><td>{threshold}</td><td>{reached} of {}</td><td>{}</td></tr>",
+                    esc(set),
+                    g.members.len(),
+                    esc(&steps)
+                );
+            }
+            out.push_str("</table>\n");
+        }
+    }
 }
 
 fn overview(out: &mut String, page: &Page) {

@@ -8,6 +8,7 @@
 
 pub use freqsweep_common::figures;
 mod html;
+mod seeds;
 pub(crate) use html::format_time;
 
 use crate::graph::PlannedTask;
@@ -92,7 +93,10 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
     // Per-class columns follow the first point's model (a sweep's models share their classes).
     let classes = sweep.points.first().map_or(0, |p| p.task.train.classes);
     let mut csv = results_header(sweep, &test_sets, &eps_list, classes);
+    let header = csv.trim_end().to_string();
     let mut points = Vec::new();
+    // Each point's row, for the seed groups' means.
+    let mut rows_text: Vec<String> = Vec::with_capacity(sweep.points.len());
 
     // Every merged map, from the chunk results the store holds (the same merge the driver does
     // as results are accepted).
@@ -136,6 +140,7 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
             confusions: Vec::new(),
             raw: Vec::new(),
         };
+        let row_start = csv.len();
         let _ = write!(csv, "{}", point.id);
         // One section per kind, in the order of `TaskKind::ALL` (the columns' order).
         for kind in TaskKind::ALL {
@@ -167,9 +172,16 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
                 )?,
             }
         }
+        rows_text.push(csv[row_start..].to_string());
         csv.push('\n');
         points.push(report);
     }
+    let mut group_raw = Vec::new();
+    for (group, members) in seeds::groups(sweep) {
+        csv.push_str(&seeds::csv_rows(&group, &members, &rows_text));
+    }
+    let groups =
+        seeds::write(dir, reader, sweep, tasks, &maps.heatmaps, &header, &rows_text, &test_sets, &mut group_raw)?;
     write_file(&dir.join("results.csv"), &csv)?;
 
     let overview = write_overview(dir, &points, &test_sets)?;
@@ -183,6 +195,7 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
         workers: reader.workers()?,
         attempts: reader.attempts()?,
         points: &points,
+        groups: &groups,
         overview,
         results_csv: &csv,
     };
