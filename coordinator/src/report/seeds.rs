@@ -19,6 +19,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+/// A class's mean F1 line and its ± std range.
+type ClassCurve = (Vec<(f64, f64)>, Vec<figures::Spread>);
+
 /// What the report page shows of one group.
 pub(crate) struct GroupReport {
     pub id: String,
@@ -145,7 +148,7 @@ pub(crate) fn write(
             raw.push(path);
             let mut panels: Vec<LinePanel> = Vec::new();
             for set in test_sets {
-                let mut series: BTreeMap<i32, (Vec<(f64, f64)>, Vec<figures::Spread>)> = BTreeMap::new();
+                let mut series: BTreeMap<i32, ClassCurve> = BTreeMap::new();
                 for p in band.iter().filter(|p| &p.test_set == set) {
                     let (line, spread) = series.entry(p.class).or_default();
                     line.push((p.epoch, p.f1.mean));
