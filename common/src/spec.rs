@@ -164,6 +164,8 @@ impl Chunking {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HeatmapSpec {
     pub eps: Vec<f64>,
+    /// Heatmaps of the checkpoints after these epochs too, besides the trained model's.
+    pub at_epochs: AtEpochs,
     /// The canonical cells computed (`"all"`, `{ max_radius = R }`, `{ low_crop = 63 }`).
     pub cells: CellSelection,
     pub layers: LayerChoice,
@@ -173,6 +175,28 @@ pub struct HeatmapSpec {
     pub seed: u64,
     pub precision: Precision,
     pub memory_format: MemoryFormat,
+}
+
+/// `[heatmap] at_epochs`: which epochs' checkpoints get heatmaps besides the final model.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum AtEpochs {
+    #[default]
+    None,
+    /// After every epoch.
+    Every,
+    Listed(Vec<u32>),
+}
+
+impl AtEpochs {
+    /// The epochs of a run of `epochs` whose checkpoints get maps of their own: the listed ones
+    /// before the last (the last epoch's model is the trained model, mapped anyway).
+    pub fn of_run(&self, epochs: u32) -> Vec<u32> {
+        match self {
+            AtEpochs::None => Vec::new(),
+            AtEpochs::Every => (1..epochs).collect(),
+            AtEpochs::Listed(list) => list.iter().copied().filter(|&e| e < epochs).collect(),
+        }
+    }
 }
 
 /// The classes whose DFMs a sweep writes.
@@ -532,6 +556,7 @@ struct RawEval {
 #[serde(deny_unknown_fields)]
 struct RawHeatmap {
     eps: Spanned<Values>,
+    at_epochs: List,
     cells: Scalar,
     layers: List,
     images: Scalar,
@@ -1138,6 +1163,7 @@ impl Grid {
                     test_limit: fixed.test_limit,
                     precision: fixed.precision,
                     memory_format: fixed.memory_format,
+                    keep_epochs: Vec::new(),
                 },
             },
         }
@@ -1545,9 +1571,14 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
             most_units = most_units.max(d.units(*shape));
         }
     }
+    // Maps per trained point: the final one, and one per kept epoch.
+    let most_epochs = grid.epochs.values.iter().copied().max().unwrap_or(1);
+    let maps_per_point = heatmap.as_ref().map_or(1, |h| 1 + h.at_epochs.of_run(most_epochs).len());
     let per_point = 1
         + usize::from(bands.is_some())
-        + heatmap.as_ref().map_or(0, |h| h.eps.len().saturating_mul(h.chunks.chunks(most_cells)))
+        + heatmap
+            .as_ref()
+            .map_or(0, |h| h.eps.len().saturating_mul(h.chunks.chunks(most_cells)).saturating_mul(maps_per_point))
         + dfm.as_ref().map_or(0, |d| d.chunks.chunks(most_units) + usize::from(d.shortcut_degree));
     let most_points = match trained {
         Some(_) => grid.distinct_points(&grid_lens).saturating_add(includes.len()),
@@ -1622,6 +1653,26 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
     }
     if points.is_empty() {
         return Err(ctx.err_top("the grid is empty (everything was excluded)"));
+    }
+
+    // Listed epochs must exist in every trained point's run; each run keeps their checkpoints.
+    if let (Some(h), Some(raw_h)) = (&heatmap, &raw.heatmap) {
+        if let AtEpochs::Listed(list) = &h.at_epochs {
+            let span = raw_h.get_ref().at_epochs.as_ref().map_or_else(|| raw_h.span(), Spanned::span);
+            if trained.is_none() {
+                return Err(ctx.err(&span, "at_epochs maps checkpoints of training; this spec trains no model"));
+            }
+            let last = list.last().copied().unwrap_or(0);
+            if let Some(p) = points.iter().find(|p| p.given.is_none() && p.task.train.epochs < last) {
+                return Err(ctx.err(
+                    &span,
+                    format!("at_epochs lists epoch {last}, but point {} trains {} epochs", p.id, p.task.train.epochs),
+                ));
+            }
+        }
+        for p in points.iter_mut().filter(|p| p.given.is_none()) {
+            p.task.train.keep_epochs = h.at_epochs.of_run(p.task.train.epochs);
+        }
     }
 
     // Listed DFM classes must exist in every point's model.
@@ -1820,6 +1871,7 @@ fn given_point(
                 test_limit: fixed.test_limit,
                 precision: fixed.precision,
                 memory_format: fixed.memory_format,
+                keep_epochs: Vec::new(),
             },
         },
         values,
@@ -1998,8 +2050,32 @@ fn heatmap(ctx: &Ctx, raw: &Spanned<RawHeatmap>, archs: &[String]) -> Result<Hea
         (_, Some(_)) => Chunking::PerMap(ctx.scalar(&h.chunks_per_map, 1, |v| positive_usize("chunks_per_map", v))?),
         _ => Chunking::Cells(ctx.scalar(&h.chunk_cells, 64, |v| positive_usize("chunk_cells", v))?),
     };
+    let at_epochs = match &h.at_epochs {
+        None => AtEpochs::None,
+        Some(list) if matches!(list.get_ref().0.as_slice(), [(_, Value::String(s))] if s == "every") => AtEpochs::Every,
+        Some(list) => {
+            let mut out: Vec<u32> = Vec::new();
+            for (span, e) in ctx.list("at_epochs", list, |v| {
+                integer(
+                    "at_epochs",
+                    v,
+                    1,
+                    "an epoch number of at least 1 (the checkpoint after that epoch), or \"every\"",
+                )
+                .map(|e| e.min(u64::from(u32::MAX)) as u32)
+            })? {
+                if out.contains(&e) {
+                    return Err(ctx.err(&span, format!("at_epochs lists epoch {e} twice")));
+                }
+                out.push(e);
+            }
+            out.sort_unstable();
+            AtEpochs::Listed(out)
+        }
+    };
     Ok(HeatmapSpec {
         eps,
+        at_epochs,
         cells: ctx.scalar(&h.cells, CellSelection::All, cell_selection)?,
         layers,
         images: ctx.scalar(&h.images, 500, |v| non_negative_usize("images", v))?,
@@ -2319,6 +2395,7 @@ clip = true
                 test_limit: 10,
                 precision: Default::default(),
                 memory_format: Default::default(),
+                keep_epochs: Vec::new(),
             },
         };
         assert_eq!(p.task, expected);

@@ -186,6 +186,10 @@ pub struct TrainConfig {
     /// Layout of the images and conv weights in training (checkpoints store values, not layout).
     #[serde(default, skip_serializing_if = "is_default")]
     pub memory_format: MemoryFormat,
+    /// Epochs whose checkpoints analyses take (`[heatmap] at_epochs`): the worker uploads each
+    /// of them, never skipping one for a newer snapshot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep_epochs: Vec<u32>,
 }
 
 /// One training run.
@@ -244,6 +248,15 @@ pub struct HeatmapTask {
     pub precision: Precision,
     #[serde(default, skip_serializing_if = "is_default")]
     pub memory_format: MemoryFormat,
+    /// The training epoch whose checkpoint is the model (`None`: the trained model, after the
+    /// last epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u32>,
+}
+
+/// The output name of a train task's checkpoint after `epoch` epochs, kept for analyses.
+pub fn epoch_output(epoch: u32) -> String {
+    format!("epoch{epoch}")
 }
 
 /// A chunk of dominant-frequency loss maps (SCIENCE.md §7): `model` on the test split of
@@ -648,6 +661,7 @@ mod tests {
             batch: 1,
             precision: Precision::Fp32,
             memory_format: MemoryFormat::Auto,
+            epoch: None,
         };
         let json = serde_json::to_string(&task).unwrap();
         assert!(!json.contains("precision") && !json.contains("memory_format"), "{json}");
@@ -695,6 +709,7 @@ mod tests {
                 test_limit: 0,
                 precision: Default::default(),
                 memory_format: Default::default(),
+                keep_epochs: Vec::new(),
             },
         });
         let json = serde_json::to_string(&task).unwrap();

@@ -33,7 +33,9 @@ use crate::scheduler::{
 use crate::snapshot::{AttemptCounts, FailureNote};
 use crate::store::{Change, Store, StoreError};
 use crate::tls::TlsIdentity;
-use freqsweep_common::task::{MetricPoint, TaskKind, TaskOutcome, CHECKPOINT_OUTPUT};
+use freqsweep_common::task::{
+    epoch_output, MetricPoint, TaskKind, TaskOutcome, TaskSpec, CHECKPOINT_OUTPUT, MODEL_OUTPUT,
+};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -213,6 +215,8 @@ pub struct Driver {
     outputs: HashMap<TaskId, Vec<ArtifactRef>>,
     /// The stored files of the sweep's given models, by model name.
     given: HashMap<String, ArtifactRef>,
+    /// Per train task, the epochs whose checkpoints analyses take, with those analyses.
+    kept: HashMap<TaskId, BTreeMap<u32, Vec<TaskId>>>,
     /// Heatmaps and DFMs merged chunk by chunk as results are accepted.
     maps: kinds::Merged,
     /// Newest partial checkpoint of unfinished tasks that resume from them.
@@ -309,11 +313,13 @@ impl Shared {
         let (finished, finished_rx) = watch::channel(done);
         let counters = Arc::new(Counters::default());
         let maps = kinds::Merged::new(&tasks);
+        let kept = kept_epochs(&tasks);
         let mut driver = Driver {
             scheduler,
             tasks: tasks.into_iter().map(|t| (t.id, t)).collect(),
             outputs,
             given: HashMap::new(),
+            kept,
             maps,
             partials: HashMap::new(),
             digest_keys,
@@ -436,12 +442,57 @@ impl Shared {
         }
     }
 
+    /// The partial checkpoints of unfinished train tasks, and the analyses waiting for an epoch
+    /// checkpoint stored before a restart (as a kept output, or as the newest partial).
     pub fn restore_partials(&self, partials: impl IntoIterator<Item = (TaskId, PartialCheckpoint)>) {
         let mut driver = self.lock();
         for (task, partial) in partials {
-            if driver.tasks.contains_key(&task) && !driver.outputs.contains_key(&task) {
+            let finished = driver.outputs.get(&task).is_some_and(|o| o.iter().any(|a| a.name == MODEL_OUTPUT));
+            if !driver.tasks.contains_key(&task) || finished {
+                continue;
+            }
+            if driver.kept.get(&task).is_some_and(|k| k.contains_key(&partial.epochs_done)) {
+                let output = ArtifactRef { name: epoch_output(partial.epochs_done), ..partial.artifact.clone() };
+                driver.outputs.entry(task).or_default().push(output);
+            }
+            let newer = driver.partials.get(&task).is_some_and(|p| p.epochs_done >= partial.epochs_done);
+            if !newer {
                 driver.partials.insert(task, partial);
             }
+        }
+        // A kept epoch checkpoint is stored as an output, not as a partial: the newest of them
+        // is what an unfinished run resumes from when no newer partial is stored.
+        let trains: Vec<TaskId> = driver.kept.keys().copied().collect();
+        for train in trains {
+            let outputs = driver.outputs.get(&train).map_or(&[][..], Vec::as_slice);
+            if outputs.iter().any(|a| a.name == MODEL_OUTPUT) {
+                continue;
+            }
+            let newest = driver.kept[&train]
+                .keys()
+                .rev()
+                .find_map(|&e| outputs.iter().find(|o| o.name == epoch_output(e)).map(|o| (e, o.clone())));
+            if let Some((epochs_done, artifact)) = newest {
+                if driver.partials.get(&train).is_none_or(|p| p.epochs_done < epochs_done) {
+                    driver.partials.insert(train, PartialCheckpoint { artifact, epochs_done });
+                }
+            }
+        }
+        let mut waiting: Vec<(TaskId, Vec<TaskId>)> = Vec::new();
+        for (train, epochs) in &driver.kept {
+            let stored = driver.outputs.get(train).map_or(&[][..], Vec::as_slice);
+            let tasks: Vec<TaskId> = epochs
+                .iter()
+                .filter(|(e, _)| stored.iter().any(|o| o.name == epoch_output(**e)))
+                .flat_map(|(_, tasks)| tasks.iter().copied())
+                .collect();
+            if !tasks.is_empty() {
+                waiting.push((*train, tasks));
+            }
+        }
+        waiting.sort();
+        for (dep, tasks) in waiting {
+            driver.drive(Input::DepsSatisfied { dep, tasks }, Vec::new(), None);
         }
     }
 
@@ -723,13 +774,17 @@ impl Driver {
         // one (same bytes), whose row the output just replaced.
         let mut forget = Vec::new();
         if let Some(partial) = self.partials.remove(&task) {
-            if !outputs.iter().any(|o| o.digest == partial.artifact.digest) {
+            let kept = self.kept.get(&task).is_some_and(|k| k.contains_key(&partial.epochs_done));
+            if !kept && !outputs.iter().any(|o| o.digest == partial.artifact.digest) {
                 changes.push(Change::DeleteArtifact { digest: partial.artifact.digest.clone() });
                 forget.push(partial.artifact.digest);
             }
         }
         if !outputs.is_empty() {
-            self.outputs.insert(task, outputs);
+            // The kept epoch checkpoints stay outputs beside the final ones.
+            let all = self.outputs.entry(task).or_default();
+            all.retain(|o| !outputs.iter().any(|n| n.name == o.name));
+            all.extend(outputs);
         }
         let acknowledge = self.ack(worker, attempt);
         let forget = self.forget_files(forget);
@@ -767,32 +822,69 @@ impl Driver {
             tracing::warn!(attempt = attempt.0, digest = %artifact.digest, "checkpoint announced but never uploaded");
             return refuse(self, "not uploaded");
         }
+        // An epoch checkpoint analyses take: an output of the train task from now on, and the
+        // analyses waiting for it can start while training goes on.
+        let kept: Option<Vec<TaskId>> = self.kept.get(&task).and_then(|k| k.get(&epochs_done)).cloned();
+        let mut epoch_changes = Vec::new();
+        if let Some(waiting) = &kept {
+            let name = epoch_output(epochs_done);
+            let outputs = self.outputs.entry(task).or_default();
+            // The first copy stays (a retry's is the same run again; analyses may have read it).
+            if !outputs.iter().any(|o| o.name == name) {
+                tracing::info!(task = %self.tasks[&task].key, epochs_done, analyses = waiting.len(), "epoch checkpoint kept");
+                outputs.push(ArtifactRef { name: name.clone(), ..artifact.clone() });
+                self.digest_keys.insert(artifact.digest.clone(), kinds::output_key(task, &name));
+                epoch_changes.push(Change::Artifact {
+                    digest: artifact.digest.clone(),
+                    name,
+                    size: artifact.size,
+                    path: self.artifacts.path(&artifact.digest).display().to_string(),
+                    task_id: Some(task.0),
+                });
+            }
+        }
         if self.partials.get(&task).is_some_and(|p| p.epochs_done >= epochs_done) {
-            // An older epoch announced late (a drain flushes its last uploads): keep the newer.
+            // An older epoch announced late (a drain flushes its last uploads): keep the newer
+            // as the partial; a kept epoch is recorded as the output it is.
+            if let Some(waiting) = kept {
+                let ack = self.ack(worker, attempt);
+                return self.drive(Input::DepsSatisfied { dep: task, tasks: waiting }, epoch_changes, Some(ack));
+            }
             return self.ack(worker, attempt)(true);
         }
         tracing::info!(task = %self.tasks[&task].key, attempt = attempt.0, epochs_done, "checkpoint saved");
-        let mut changes = vec![Change::PartialCheckpoint {
-            digest: artifact.digest.clone(),
-            name: artifact.name.clone(),
-            size: artifact.size,
-            path: self.artifacts.path(&artifact.digest).display().to_string(),
-            task_id: task.0,
-            attempt_id: attempt.0,
-            epochs_done,
-        }];
+        // A kept epoch's row is the output's (its partial-checkpoint record lives in memory:
+        // on a restart the epoch output is the file to resume from only if nothing newer is).
+        let mut changes = if kept.is_some() {
+            epoch_changes
+        } else {
+            vec![Change::PartialCheckpoint {
+                digest: artifact.digest.clone(),
+                name: artifact.name.clone(),
+                size: artifact.size,
+                path: self.artifacts.path(&artifact.digest).display().to_string(),
+                task_id: task.0,
+                attempt_id: attempt.0,
+                epochs_done,
+            }]
+        };
         let new_digest = artifact.digest.clone();
         let mut forget = Vec::new();
         if let Some(old) = self.partials.insert(task, PartialCheckpoint { artifact, epochs_done }) {
-            if old.artifact.digest != new_digest {
+            let old_kept = self.kept.get(&task).is_some_and(|k| k.contains_key(&old.epochs_done));
+            if old.artifact.digest != new_digest && !old_kept {
                 changes.push(Change::DeleteArtifact { digest: old.artifact.digest.clone() });
                 forget.push(old.artifact.digest);
             }
         }
         let acknowledge = self.ack(worker, attempt);
         let forget = self.forget_files(forget);
+        let input = match kept {
+            Some(waiting) => Input::DepsSatisfied { dep: task, tasks: waiting },
+            None => Input::Heartbeat { worker },
+        };
         self.drive(
-            Input::Heartbeat { worker },
+            input,
             changes,
             Some(Box::new(move |accepted| {
                 if accepted {
@@ -1127,6 +1219,20 @@ impl Driver {
 /// input a later stage takes. Idempotent: a task's result merges once.
 ///
 /// Returns an output derived from the merge, `(task, artifact)`: a point's complete DFM maps are
+/// Per train task, the epochs whose checkpoints heatmap chunks take (`[heatmap] at_epochs`),
+/// with those chunks.
+fn kept_epochs(tasks: &[PlannedTask]) -> HashMap<TaskId, BTreeMap<u32, Vec<TaskId>>> {
+    let mut kept: HashMap<TaskId, BTreeMap<u32, Vec<TaskId>>> = HashMap::new();
+    for task in tasks {
+        if let (TaskSpec::Heatmap(h), Some(&train)) = (&task.spec, task.deps.first()) {
+            if let Some(epoch) = h.epoch {
+                kept.entry(train).or_default().entry(epoch).or_default().push(task.id);
+            }
+        }
+    }
+    kept
+}
+
 /// recorded as the output `dfm_maps` of its first chunk, the input its shortcut-degree task takes.
 fn merge_accepted(
     maps: &mut kinds::Merged,
@@ -1145,7 +1251,7 @@ fn merge_accepted(
             let Some(key) = kinds::heatmap::MapKey::of(task) else { return Ok(None) };
             let Some(map) = maps.heatmaps.get(key) else { return Ok(None) };
             let point = kinds::heatmap::point_id(task);
-            (kinds::heatmap::map_artifact_name(point, h.eps), kinds::heatmap::map_artifact(point, map))
+            (kinds::heatmap::map_artifact_name(point, key), kinds::heatmap::map_artifact(point, map))
         }
         TaskOutcome::Dfm(d) => {
             if !maps.dfms.merge(task, d)? {

@@ -40,7 +40,7 @@ impl PlannedTask {
             priority: kinds::priority(self.kind()),
             inputs: kinds::inputs(self)
                 .into_iter()
-                .map(|(dep, name)| kinds::output_key(dep, name))
+                .map(|(dep, name)| kinds::output_key(dep, &name))
                 .chain(kinds::given_model(self).map(kinds::given_key))
                 .collect(),
             cost: self.cost.clone(),

@@ -299,6 +299,9 @@ pub enum Input {
     Cancel { task: TaskId, reason: String },
     /// Cancel every task that has not finished: the sweep ends with what it has.
     CancelSweep { reason: String },
+    /// What `tasks` need from their dependency `dep` exists already (a checkpoint it uploaded
+    /// while it runs on): they stop waiting for it, and its failure no longer cancels them.
+    DepsSatisfied { dep: TaskId, tasks: Vec<TaskId> },
     /// Time passed: expire workers and end backoffs due by `now`.
     Tick,
 }
@@ -423,6 +426,8 @@ struct Task {
     backups: Vec<AttemptId>,
     /// Backups started since the task last became running (bounded by `max_backups`).
     speculated: u32,
+    /// Dependencies satisfied before they completed ([`Input::DepsSatisfied`]).
+    early: Vec<TaskId>,
 }
 
 /// A live attempt.
@@ -529,6 +534,7 @@ impl Scheduler {
                     cost: t.cost.clone(),
                     backups: Vec::new(),
                     speculated: 0,
+                    early: Vec::new(),
                 },
             );
             for d in &t.deps {
@@ -677,6 +683,9 @@ impl Scheduler {
                 for i in 0..self.tasks[&task].dependents.len() {
                     let d = self.tasks[&task].dependents[i];
                     let dep = self.tasks.get_mut(&d).expect("dependent exists");
+                    if dep.early.contains(&task) {
+                        continue;
+                    }
                     dep.deps_left = dep.deps_left.saturating_sub(1);
                     if dep.deps_left == 0 && dep.state == State::Blocked {
                         self.set_state(d, State::Ready, None, None, out);
@@ -714,6 +723,25 @@ impl Scheduler {
                 if self.tasks.contains_key(&task) {
                     self.cancel_one(task, &reason, out);
                     self.cancel_dependents(task, &format!("dependency {} cancelled: {reason}", task.0), out);
+                }
+            }
+            Input::DepsSatisfied { dep, tasks } => {
+                let dep_done = self.tasks.get(&dep).is_none_or(|d| d.state == State::Done);
+                if dep_done {
+                    return;
+                }
+                for id in tasks {
+                    let Some(t) = self.tasks.get_mut(&id) else { continue };
+                    let waits = t.state == State::Blocked && !t.early.contains(&dep);
+                    if !waits || !self.tasks[&dep].dependents.contains(&id) {
+                        continue;
+                    }
+                    let t = self.tasks.get_mut(&id).expect("checked above");
+                    t.early.push(dep);
+                    t.deps_left = t.deps_left.saturating_sub(1);
+                    if t.deps_left == 0 {
+                        self.set_state(id, State::Ready, None, None, out);
+                    }
                 }
             }
             Input::CancelSweep { reason } => {
@@ -1197,14 +1225,17 @@ impl Scheduler {
 
     /// Cancel everything that (transitively) depends on `task`, which can no longer complete.
     /// Each task is visited once: a cancelled one is terminal and stops the walk.
+    /// A dependent satisfied early by `task` ([`Input::DepsSatisfied`]) does not need it and
+    /// stays.
     fn cancel_dependents(&mut self, task: TaskId, reason: &str, out: &mut Vec<Output>) {
-        let mut stack = self.tasks[&task].dependents.clone();
-        while let Some(d) = stack.pop() {
-            if self.tasks[&d].state.name().is_terminal() {
+        let mut stack: Vec<(TaskId, TaskId)> = self.tasks[&task].dependents.iter().map(|&d| (task, d)).collect();
+        while let Some((parent, d)) = stack.pop() {
+            let t = &self.tasks[&d];
+            if t.state.name().is_terminal() || t.early.contains(&parent) {
                 continue;
             }
             self.cancel_one(d, reason, out);
-            stack.extend(self.tasks[&d].dependents.iter().copied());
+            stack.extend(self.tasks[&d].dependents.iter().map(|&e| (d, e)));
         }
     }
 
@@ -1608,6 +1639,51 @@ mod tests {
         assert!(out.contains(&Output::SweepFinished));
         let again = s.handle(2, Input::Cancel { task: TaskId(1), reason: "user".into() });
         assert!(transitions(&again).is_empty(), "cancelling a cancelled task changes nothing");
+    }
+
+    /// Tasks whose input their running dependency already produced (an epoch checkpoint) start
+    /// while it runs; its completion does not count them twice, and its failure cancels only
+    /// the dependents still waiting for it.
+    #[test]
+    fn dependencies_satisfied_early_start_their_tasks_and_survive_a_failure() {
+        let tasks = vec![task(1, &[], 0, &[]), task(2, &[1], 1, &[]), task(3, &[1], 1, &[]), task(4, &[1], 1, &[])];
+        let mut s = Scheduler::new(config(), tasks, 1);
+        join(&mut s, 0, 1);
+        join(&mut s, 0, 2);
+        let (train, a) = lease_one(&mut s, 0, 1).unwrap();
+        assert_eq!(train, TaskId(1));
+        assert_eq!(lease_one(&mut s, 1, 2), None, "the dependents wait");
+        // A satisfaction for a task that does not depend on it, or an unknown one, changes nothing.
+        let out = s.handle(2, Input::DepsSatisfied { dep: TaskId(2), tasks: vec![TaskId(3), TaskId(99)] });
+        assert!(transitions(&out).is_empty(), "{out:?}");
+        let out = s.handle(2, Input::DepsSatisfied { dep: TaskId(1), tasks: vec![TaskId(2), TaskId(3)] });
+        assert_eq!(
+            transitions(&out),
+            vec![
+                (TaskId(2), StateName::Blocked, StateName::Ready, None),
+                (TaskId(3), StateName::Blocked, StateName::Ready, None),
+            ]
+        );
+        let (early, b) = lease_one(&mut s, 3, 2).unwrap();
+        assert_eq!(early, TaskId(2), "started while its dependency runs");
+        s.handle(4, Input::Completed { attempt: b, by: WorkerId(2), outputs: vec![] });
+        // Twice is once.
+        assert!(transitions(&s.handle(5, Input::DepsSatisfied { dep: TaskId(1), tasks: vec![TaskId(3)] })).is_empty());
+        let out = s.handle(6, Input::Failed { attempt: a, by: WorkerId(1), error: "nan".into(), retryable: false });
+        let ends: Vec<_> = transitions(&out).into_iter().map(|(t, _, to, _)| (t, to)).collect();
+        assert!(ends.contains(&(TaskId(1), StateName::Failed)) && ends.contains(&(TaskId(4), StateName::Cancelled)));
+        assert!(!ends.iter().any(|(t, _)| *t == TaskId(3)), "task 3 had its input: {ends:?}");
+        assert_eq!(s.state(TaskId(3)), Some(StateName::Ready));
+        assert_eq!(s.state(TaskId(2)), Some(StateName::Done));
+
+        // A satisfied task is not made ready again by the completion.
+        let tasks = vec![task(1, &[], 0, &[]), task(2, &[1], 1, &[])];
+        let mut s = Scheduler::new(config(), tasks, 1);
+        join(&mut s, 0, 1);
+        let (_, a) = lease_one(&mut s, 0, 1).unwrap();
+        s.handle(1, Input::DepsSatisfied { dep: TaskId(1), tasks: vec![TaskId(2)] });
+        let out = s.handle(2, Input::Completed { attempt: a, by: WorkerId(1), outputs: vec![] });
+        assert_eq!(transitions(&out), vec![(TaskId(1), StateName::Running, StateName::Done, Some(a))]);
     }
 
     #[test]

@@ -85,6 +85,7 @@ pub fn empty_chunk() -> HeatmapTask {
         batch: 1,
         precision: Default::default(),
         memory_format: Default::default(),
+        epoch: None,
     }
 }
 
@@ -206,6 +207,7 @@ pub fn sim_train_task() -> TrainTask {
             test_limit: 0,
             precision: Default::default(),
             memory_format: Default::default(),
+            keep_epochs: Vec::new(),
         },
     }
 }

@@ -471,3 +471,73 @@ images = 16
     let last = stderr.lines().last().unwrap_or_default();
     assert!(last.contains("model zoo_a") && last.contains("changed since this run started"), "{stderr}");
 }
+
+/// Heatmaps at chosen epochs: the checkpoints after epochs 1 and 2 are kept and mapped while
+/// training goes on (a chunk of epoch 1 is leased before the train task is done), the report
+/// shows the maps over training and the mean error per band against the epoch, and another run
+/// with one worker gives the same epoch maps bit for bit (each depends only on its checkpoint).
+#[test]
+fn heatmaps_at_epochs_start_during_training_and_depend_only_on_their_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("epochs.toml");
+    let text = r#"name = "epochs"
+[[dataset]]
+kind = "syn"
+band = 1
+train = 2048
+test = 32
+[model]
+arch = "tiny"
+[train]
+lr = 0.003
+batch_size = 32
+epochs = 3
+[eval]
+test_sets = ["B1234"]
+[heatmap]
+eps = [4.0]
+images = 8
+chunk_cells = 257
+at_epochs = [1, 2]
+"#;
+    std::fs::write(&spec, text).unwrap();
+    let two = dir.path().join("two");
+    let (stdout, log) = run(&spec, &two, 2);
+    // 1 train + 2 chunks of the trained model's map + 2 × 2 chunks of the epoch maps.
+    assert!(stdout.contains("sweep finished: 7 done"), "{stdout}");
+    let point = "Syn_1-tiny-adam-lr0.003-bs32-ep3-seed0";
+    let line_of = |needle: &str| log.lines().position(|l| l.contains(needle));
+    let kept = line_of("epoch checkpoint kept").expect("the coordinator keeps epoch checkpoints");
+    let done = log
+        .lines()
+        .position(|l| l.contains(&format!("task=train/{point}")) && l.contains("to=\"done\""))
+        .expect("the train task finished");
+    assert!(kept < done);
+    let first_epoch_map =
+        log.lines().position(|l| l.contains(&format!("task=heatmap/{point}/ep1/"))).expect("an epoch-1 chunk ran");
+    let leased_epoch_chunk = log.lines().take(done).any(|l| l.contains("leased") && l.contains("kind=\"heatmap\""));
+    assert!(leased_epoch_chunk, "an epoch heatmap chunk was leased before training finished (line {first_epoch_map})");
+    for rel in [
+        format!("heatmaps/{point}_ep1_eps4.npy"),
+        format!("heatmaps/{point}_ep2_eps4.npy"),
+        format!("heatmaps/{point}_eps4_over_training.png"),
+        format!("heatmaps/{point}_eps4_bands_over_training.png"),
+    ] {
+        assert!(two.join(&rel).is_file(), "{rel} missing");
+    }
+    let bands = String::from_utf8(file(&two, &format!("heatmaps/{point}_eps4_bands_over_training.csv"))).unwrap();
+    let epochs: Vec<&str> = bands.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(epochs, ["1", "2", "3"], "{bands}");
+    let ep1 = NpyArray::read(&two.join(format!("heatmaps/{point}_ep1_eps4.npy"))).unwrap().to_f64();
+    let last = NpyArray::read(&two.join(format!("heatmaps/{point}_eps4.npy"))).unwrap().to_f64();
+    assert!(ep1.iter().all(|v| v.is_finite()));
+    assert_ne!(ep1, last, "the map after epoch 1 is of another model than the trained one");
+    let html = String::from_utf8(file(&two, "report.html")).unwrap();
+    assert!(html.contains("<h4>Over training</h4>"));
+
+    let one = dir.path().join("one");
+    run(&spec, &one, 1);
+    for rel in [format!("heatmaps/{point}_ep1_eps4.npy"), format!("heatmaps/{point}_ep2_eps4.npy")] {
+        assert_eq!(file(&two, &rel), file(&one, &rel), "{rel} differs between runs");
+    }
+}

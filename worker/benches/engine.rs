@@ -298,6 +298,7 @@ fn train_run(arch: Arch, device: Device, steps: usize, precision: Precision, mem
             test_limit: 0,
             precision,
             memory_format,
+            keep_epochs: Vec::new(),
         },
     };
     let dir = std::env::temp_dir().join(format!("freqsweep-bench-{}", std::process::id()));

@@ -30,7 +30,7 @@ use freqsweep_common::task::{MetricPoint, TaskSpec};
 use freqsweep_proto::dial::{self, DialError};
 use freqsweep_proto::v1::coordinator_client::CoordinatorClient;
 use freqsweep_proto::v1::{self as pb, coordinator_message, worker_message};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -350,6 +350,9 @@ struct Running {
     throughput: f64,
     /// Why it was asked to stop, for the `Release` message.
     stop_reason: Option<String>,
+    /// Epochs whose checkpoints analyses take: uploaded every one, even when epochs outpace
+    /// uploads.
+    keep_epochs: Vec<u32>,
 }
 
 fn body(worker_id: &str, body: worker_message::Body) -> pb::WorkerMessage {
@@ -369,7 +372,8 @@ pub async fn run(
     // Checkpoint uploads: at most one in flight, at most one waiting (the newest).
     let (uploaded_tx, mut uploaded) = mpsc::unbounded_channel::<(Snapshot, Result<pb::ArtifactRef, String>)>();
     let mut upload_in_flight = false;
-    let mut waiting_snapshot: Option<Snapshot> = None;
+    // Waiting in epoch order: at most one that is not kept (the newest), and every kept one.
+    let mut waiting: VecDeque<Snapshot> = VecDeque::new();
     // Digests of the snapshots each attempt has stored at the coordinator (a final checkpoint
     // among them is not sent again).
     let mut stored_snapshots: HashMap<u64, HashSet<String>> = HashMap::new();
@@ -534,7 +538,8 @@ pub async fn run(
                                 Ok((spec, inputs)) => {
                                     let stop = Arc::new(AtomicBool::new(false));
                                     tracing::info!(task = lease.task_id, attempt = lease.attempt_id, kind = spec.kind().as_str(), "leased");
-                                    running = Some(Running { attempt: lease.attempt_id, task_id: lease.task_id, stop: stop.clone(), seq: 0, progress: 0.0, throughput: 0.0, stop_reason: None });
+                                    let keep_epochs = match &spec { TaskSpec::Train(t) => t.train.keep_epochs.clone(), _ => Vec::new() };
+                                    running = Some(Running { attempt: lease.attempt_id, task_id: lease.task_id, stop: stop.clone(), seq: 0, progress: 0.0, throughput: 0.0, stop_reason: None, keep_epochs });
                                     let job = Job { attempt: lease.attempt_id, task_key: format!("task-{}", lease.task_id), spec, inputs, stop };
                                     if jobs.send(job).is_err() {
                                         return Err(ClientError::Local("the engine thread has stopped".into()));
@@ -589,11 +594,15 @@ pub async fn run(
                         }
                     }
                     FromEngine::Checkpoint(snapshot) => {
-                        if let Some(older) = waiting_snapshot.replace(snapshot) {
-                            older.discard();
-                        }
+                        let keep = running.as_ref().map_or(&[][..], |r| r.keep_epochs.as_slice());
+                        // A newer snapshot supersedes a waiting one nobody else needs.
+                        let (kept, superseded): (VecDeque<Snapshot>, VecDeque<Snapshot>) =
+                            waiting.drain(..).partition(|s| s.attempt == snapshot.attempt && keep.contains(&s.epochs_done));
+                        superseded.into_iter().for_each(Snapshot::discard);
+                        waiting = kept;
+                        waiting.push_back(snapshot);
                         if !upload_in_flight {
-                            upload_in_flight = start_upload(&client, waiting_snapshot.take(), &uploaded_tx);
+                            upload_in_flight = start_upload(&client, waiting.pop_front(), &uploaded_tx);
                         }
                     }
                     FromEngine::Finished(attempt, result, seconds) => {
@@ -616,8 +625,10 @@ pub async fn run(
                             }
                             upload_in_flight = false;
                         }
-                        if let Some(snapshot) = waiting_snapshot.take() {
-                            if resumable {
+                        let keep = running.as_ref().map_or(Vec::new(), |r| r.keep_epochs.clone());
+                        while let Some(snapshot) = waiting.pop_front() {
+                            // Kept epochs go up even after a finished run: analyses wait for them.
+                            if resumable || keep.contains(&snapshot.epochs_done) {
                                 let result = upload(&mut client, CHECKPOINT_ARTIFACT, &snapshot.path).await;
                                 settled.push((snapshot, result));
                             } else {
@@ -628,7 +639,7 @@ pub async fn run(
                         for (snapshot, result) in settled {
                             if let Ok(artifact) = result {
                                 stored.insert(artifact.digest.clone());
-                                if resumable && snapshot.attempt == attempt {
+                                if (resumable || keep.contains(&snapshot.epochs_done)) && snapshot.attempt == attempt {
                                     let b = checkpoint_saved(&snapshot, artifact);
                                     if !send(b.clone()) { outbox.push(b); }
                                 }
@@ -656,7 +667,7 @@ pub async fn run(
                         Err(e) => tracing::warn!(attempt = snapshot.attempt, epochs_done = snapshot.epochs_done, error = %e, "checkpoint upload failed; the next epoch's will be tried"),
                     }
                     snapshot.discard();
-                    upload_in_flight = start_upload(&client, waiting_snapshot.take(), &uploaded_tx);
+                    upload_in_flight = start_upload(&client, waiting.pop_front(), &uploaded_tx);
                 }
                 _ = heartbeat.tick() => {
                     // What this worker runs or still has to report: the coordinator re-queues

@@ -465,6 +465,7 @@ fn task_from_flags(args: &TrainArgs, train: &Dataset) -> Result<TrainTask> {
             test_limit: args.test_limit,
             precision: args.precision,
             memory_format: args.memory_format,
+            keep_epochs: Vec::new(),
         },
     })
 }

@@ -470,6 +470,7 @@ pub(crate) mod tests {
                 test_limit: 0,
                 precision: Default::default(),
                 memory_format: Default::default(),
+                keep_epochs: Vec::new(),
             },
         };
         (task, train, test)

@@ -297,6 +297,7 @@ fn lease(task_id: u64, with_input: bool) -> pb::Lease {
         batch: 1,
         precision: Default::default(),
         memory_format: Default::default(),
+        epoch: None,
     });
     let inputs = if with_input {
         vec![pb::ArtifactRef { name: "model".into(), digest: digest::of_bytes(INPUT), size: INPUT.len() as u64 }]

@@ -65,6 +65,7 @@ fn resuming_after_a_stop_gives_the_same_weights_optimizer_state_and_history() {
             test_limit: 0,
             precision: Default::default(),
             memory_format: Default::default(),
+            keep_epochs: Vec::new(),
         },
     };
     let dir = tempfile::tempdir().unwrap();

@@ -16,7 +16,7 @@ use freqsweep_common::npy::NpyArray;
 use freqsweep_common::spec::GridPoint;
 use freqsweep_common::spec::{LayerChoice, Sweep};
 use freqsweep_common::spectrum::{Cell, Shape2};
-use freqsweep_common::task::{HeatmapOutcome, HeatmapTask, TaskSpec, MODEL_OUTPUT};
+use freqsweep_common::task::{epoch_output, HeatmapOutcome, HeatmapTask, ModelSource, TaskSpec, MODEL_OUTPUT};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::collections::{BTreeMap, BTreeSet};
@@ -65,6 +65,47 @@ impl Prepared {
         self.spec.as_ref().map_or(0, |h| h.eps.len() * most)
     }
 
+    /// Per kept epoch of the point's run, a map of that epoch's checkpoint: chunks that depend
+    /// on the train task but start as soon as the checkpoint is stored (`DepsSatisfied`).
+    pub(super) fn plan_epochs(&self, point: &PointPlan<'_>, tasks: &mut Vec<PlannedTask>) {
+        let (Some(h), Some(train)) = (&self.spec, point.train) else { return };
+        let shape = point.point.task.dataset.image_shape();
+        let chunks = shape.and_then(|s| self.chunks.get(&(s.h, s.w))).map_or(&[][..], Vec::as_slice);
+        for &epoch in &point.point.task.train.keep_epochs {
+            for &eps in &h.eps {
+                for chunk in chunks {
+                    let spec = HeatmapTask {
+                        dataset: point.point.task.dataset.clone(),
+                        model: ModelSource::Checkpoint { artifact: epoch_output(epoch) },
+                        eps,
+                        cells: chunk.cells.clone(),
+                        chunk: chunk.index,
+                        layers: self.layers.clone(),
+                        images: h.images,
+                        seed: h.seed,
+                        batch: h.batch,
+                        precision: h.precision,
+                        memory_format: h.memory_format,
+                        epoch: Some(epoch),
+                    };
+                    tasks.push(PlannedTask {
+                        id: next_id(tasks),
+                        key: format!(
+                            "heatmap/{}/ep{epoch}/eps{}/chunk{:03}",
+                            point.point.id,
+                            eps_label(eps),
+                            chunk.index
+                        ),
+                        point: point.index,
+                        cost: cost(&spec, &point.point.task.train.model),
+                        spec: TaskSpec::Heatmap(spec),
+                        deps: vec![train],
+                    });
+                }
+            }
+        }
+    }
+
     pub(super) fn plan(&self, point: &PointPlan<'_>, tasks: &mut Vec<PlannedTask>) {
         let (Some(h), Some((model, deps))) = (&self.spec, point.model()) else { return };
         let shape = point.point.task.dataset.image_shape();
@@ -83,6 +124,7 @@ impl Prepared {
                     batch: h.batch,
                     precision: h.precision,
                     memory_format: h.memory_format,
+                    epoch: None,
                 };
                 tasks.push(PlannedTask {
                     id: next_id(tasks),
@@ -105,9 +147,14 @@ pub fn cost(h: &HeatmapTask, arch: &str) -> Cost {
     Cost { class: CostClass::new(&format!("heatmap/{arch}")), units }
 }
 
-/// The model's weights, from the train task it depends on.
-pub(super) fn inputs(task: &PlannedTask) -> Vec<(TaskId, &'static str)> {
-    task.deps.iter().map(|&d| (d, MODEL_OUTPUT)).collect()
+/// The model's weights, from the train task it depends on: its final `model`, or the checkpoint
+/// after the chunk's epoch.
+pub(super) fn inputs(task: &PlannedTask) -> Vec<(TaskId, String)> {
+    let name = match &task.spec {
+        TaskSpec::Heatmap(HeatmapTask { epoch: Some(e), .. }) => epoch_output(*e),
+        _ => MODEL_OUTPUT.to_string(),
+    };
+    task.deps.iter().map(|&d| (d, name.clone())).collect()
 }
 
 /// Exactly the chunk's cells, each once, every count within what `images` images allow.
@@ -154,21 +201,29 @@ pub(super) fn check(spec: &HeatmapTask, o: &HeatmapOutcome) -> Result<(), String
     Ok(())
 }
 
-/// Which map a chunk belongs to: its grid point and ε (compared by bits, never as floats).
+/// Which map a chunk belongs to: its grid point, the epoch of its checkpoint (`None`: the
+/// trained model) and ε (compared by bits, never as floats).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MapKey {
     pub point: usize,
+    pub epoch: Option<u32>,
     eps_bits: u64,
 }
 
 impl MapKey {
+    /// The map of the trained model.
     pub fn new(point: usize, eps: f64) -> MapKey {
-        MapKey { point, eps_bits: eps.to_bits() }
+        MapKey { point, epoch: None, eps_bits: eps.to_bits() }
+    }
+
+    /// The map of the checkpoint after `epoch`.
+    pub fn at_epoch(point: usize, epoch: u32, eps: f64) -> MapKey {
+        MapKey { epoch: Some(epoch), ..MapKey::new(point, eps) }
     }
 
     pub fn of(task: &PlannedTask) -> Option<MapKey> {
         match &task.spec {
-            TaskSpec::Heatmap(h) => Some(MapKey::new(task.point, h.eps)),
+            TaskSpec::Heatmap(h) => Some(MapKey { epoch: h.epoch, ..MapKey::new(task.point, h.eps) }),
             TaskSpec::Train(_) | TaskSpec::Dfm(_) | TaskSpec::Shortcut(_) | TaskSpec::Bands(_) => None,
         }
     }
@@ -268,15 +323,24 @@ pub fn map_artifact(point_id: &str, map: &MergedHeatmap) -> Vec<u8> {
     serde_json::to_vec(&file).expect("maps serialise")
 }
 
-/// The grid point id of a chunk task (from its key `heatmap/<point>/eps<ε>/chunk<k>`).
+/// The grid point id of a chunk task (from its key `heatmap/<point>[/ep<e>]/eps<ε>/chunk<k>`).
 pub fn point_id(task: &PlannedTask) -> &str {
     let rest = task.key.strip_prefix("heatmap/").unwrap_or(&task.key);
-    rest.rsplitn(3, '/').nth(2).unwrap_or(rest)
+    let point = rest.rsplitn(3, '/').nth(2).unwrap_or(rest);
+    match &task.spec {
+        TaskSpec::Heatmap(HeatmapTask { epoch: Some(e), .. }) => {
+            point.strip_suffix(&format!("/ep{e}")).unwrap_or(point)
+        }
+        _ => point,
+    }
 }
 
-/// The artifact name of the merged map of a point (`map/<point>/eps4`).
-pub fn map_artifact_name(point_id: &str, eps: f64) -> String {
-    format!("map/{point_id}/eps{}", eps_label(eps))
+/// The artifact name of a merged map (`map/<point>/eps4`, `map/<point>/ep2/eps4`).
+pub fn map_artifact_name(point_id: &str, key: MapKey) -> String {
+    match key.epoch {
+        None => format!("map/{point_id}/eps{}", eps_label(key.eps())),
+        Some(e) => format!("map/{point_id}/ep{e}/eps{}", eps_label(key.eps())),
+    }
 }
 
 // ---------------------------------------------------------------- report section
@@ -305,12 +369,104 @@ pub(crate) fn report(
             continue;
         };
         let stem = format!("{}_eps{}", point.id, eps_label(eps));
-        report.heatmaps.push(write_heatmap(dir, &stem, &point.id, map, &mut report.raw)?);
+        let mut files = write_heatmap(dir, &stem, &point.id, map, &mut report.raw)?;
+        files.over_training = over_training(dir, maps, index, point, eps, map, &mut report.raw)?;
+        report.heatmaps.push(files);
         let means: Vec<f64> = map.error.means().into_iter().filter(|v| v.is_finite()).collect();
         let mean = if means.is_empty() { f64::NAN } else { means.iter().sum::<f64>() / means.len() as f64 };
         let _ = write!(csv, ",{},{}", map.clean.mean(), mean);
     }
     Ok(())
+}
+
+/// The maps of a point's kept epochs at `eps` (`heatmaps/<point>_ep<e>_eps<ε>.npy/.png`), all
+/// of them beside the trained model's in one figure, and the mean error per band against the
+/// epoch (`…_bands_over_training.csv/.png`): which frequencies the model is sensitive to, when.
+fn over_training(
+    dir: &Path,
+    maps: &Maps,
+    index: usize,
+    point: &GridPoint,
+    eps: f64,
+    last: &MergedHeatmap,
+    raw: &mut Vec<String>,
+) -> Result<Option<crate::report::OverTraining>> {
+    let train = &point.task.train;
+    let mut stages: Vec<(u32, &MergedHeatmap)> =
+        train.keep_epochs.iter().filter_map(|&e| Some((e, maps.get(MapKey::at_epoch(index, e, eps))?))).collect();
+    if stages.is_empty() {
+        return Ok(None);
+    }
+    for (epoch, map) in &stages {
+        let stem = format!("{}_ep{epoch}_eps{}", point.id, eps_label(eps));
+        let values = map.error.means();
+        let shape = map.error.shape();
+        let path = format!("heatmaps/{stem}.npy");
+        NpyArray::from_f64(vec![shape.h, shape.w], &values).write(&dir.join(&path)).with_context(|| path.clone())?;
+        raw.push(path);
+        let title = format!("{} epoch {epoch} ε={}: test error", short_id(&point.id), eps_label(eps));
+        let centred = CentredMap { values: &values, height: shape.h, width: shape.w };
+        save(&figures::heatmap(centred, Some((0.0, 1.0)), &title, "error rate"), dir, &format!("heatmaps/{stem}.png"))?;
+    }
+    stages.push((train.epochs, last));
+    let means: Vec<Vec<f64>> = stages.iter().map(|(_, m)| m.error.means()).collect();
+    let names: Vec<String> = stages.iter().map(|(e, _)| format!("epoch {e}")).collect();
+    let panels: Vec<figures::MapPanel> = stages
+        .iter()
+        .zip(&means)
+        .zip(&names)
+        .map(|(((_, m), values), name)| {
+            let shape = m.error.shape();
+            figures::MapPanel {
+                name,
+                map: CentredMap { values, height: shape.h, width: shape.w },
+                range: Some((0.0, 1.0)),
+                bar_label: "error rate",
+            }
+        })
+        .collect();
+    let stem = format!("heatmaps/{}_eps{}", point.id, eps_label(eps));
+    let title = format!("{} ε={}: test error over training", short_id(&point.id), eps_label(eps));
+    let grid_png = format!("{stem}_over_training.png");
+    save(&figures::heatmap_grid(&panels, panels.len().min(4), &title), dir, &grid_png)?;
+    // Mean error per band (DC left out) at each epoch.
+    let mut csv = String::from("epoch,B1,B2,B3,B4\n");
+    let mut series: Vec<(String, Vec<(f64, f64)>)> =
+        freqsweep_common::bands::Band::ALL.iter().map(|b| (b.to_string(), Vec::new())).collect();
+    for ((epoch, map), values) in stages.iter().zip(&means) {
+        let shape = map.error.shape();
+        let mut sums = [(0.0f64, 0usize); 4];
+        for (i, cell) in shape.cells().enumerate() {
+            if let (Some(band), true) = (train.band_layout.band_of(cell), values[i].is_finite()) {
+                let slot = &mut sums[usize::from(band.index() - 1)];
+                slot.0 += values[i];
+                slot.1 += 1;
+            }
+        }
+        let _ = write!(csv, "{epoch}");
+        for (b, (sum, n)) in sums.iter().enumerate() {
+            let mean = if *n == 0 { f64::NAN } else { sum / *n as f64 };
+            let _ = write!(csv, ",{}", if mean.is_finite() { mean.to_string() } else { String::new() });
+            if mean.is_finite() {
+                series[b].1.push((f64::from(*epoch), mean));
+            }
+        }
+        csv.push('\n');
+    }
+    let csv_path = format!("{stem}_bands_over_training.csv");
+    crate::report::write_file(&dir.join(&csv_path), &csv)?;
+    raw.push(csv_path.clone());
+    series.retain(|(_, points)| !points.is_empty());
+    let panel = figures::LinePanel { title: "mean error per band".into(), series, bands: Vec::new() };
+    let title = format!("{} ε={}: frequency sensitivity over training", short_id(&point.id), eps_label(eps));
+    let bands_png = format!("{stem}_bands_over_training.png");
+    save(&figures::line_panels(&[panel], "epoch", "error rate", &title), dir, &bands_png)?;
+    Ok(Some(crate::report::OverTraining {
+        epochs: stages.iter().map(|(e, _)| *e).collect(),
+        grid_png,
+        bands_png,
+        csv: csv_path,
+    }))
 }
 
 /// `heatmaps/<stem>.npy/.png` (error rate on 0..1), `heatmaps/<stem>_<layer>.npy/.png` (cosine
@@ -364,5 +520,6 @@ fn write_heatmap(dir: &Path, stem: &str, id: &str, map: &MergedHeatmap, raw: &mu
         grid_png,
         layer_pngs,
         numerics: map.numerics_text(),
+        over_training: None,
     })
 }

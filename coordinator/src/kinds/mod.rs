@@ -35,7 +35,10 @@ pub fn plan(sweep: &Sweep) -> Vec<PlannedTask> {
         for kind in TaskKind::ALL {
             match kind {
                 TaskKind::Train => train::plan(&mut planned, &mut tasks),
-                TaskKind::Heatmap => heatmaps.plan(&planned, &mut tasks),
+                TaskKind::Heatmap => {
+                    heatmaps.plan(&planned, &mut tasks);
+                    heatmaps.plan_epochs(&planned, &mut tasks);
+                }
                 TaskKind::Dfm => planned.dfm_chunks = dfms.plan(&planned, &mut tasks),
                 TaskKind::Shortcut => shortcut::plan(sweep, &planned, &planned.dfm_chunks, &mut tasks),
                 TaskKind::Bands => bands::plan(sweep, &planned, &mut tasks),
@@ -131,13 +134,14 @@ pub fn priority(kind: TaskKind) -> u8 {
 }
 
 /// The inputs of a task: `(dependency, output name)`, fetched by that name.
-pub fn inputs(task: &PlannedTask) -> Vec<(TaskId, &'static str)> {
+pub fn inputs(task: &PlannedTask) -> Vec<(TaskId, String)> {
+    let named = |list: Vec<(TaskId, &'static str)>| list.into_iter().map(|(d, n)| (d, n.to_string())).collect();
     match task.kind() {
         TaskKind::Train => Vec::new(),
         TaskKind::Heatmap => heatmap::inputs(task),
-        TaskKind::Dfm => dfm::inputs(task),
-        TaskKind::Shortcut => shortcut::inputs(task),
-        TaskKind::Bands => bands::inputs(task),
+        TaskKind::Dfm => named(dfm::inputs(task)),
+        TaskKind::Shortcut => named(shortcut::inputs(task)),
+        TaskKind::Bands => named(bands::inputs(task)),
     }
 }
 

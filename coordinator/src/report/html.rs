@@ -277,6 +277,17 @@ fn point_section(out: &mut String, p: &PointReport) {
         let mut links = vec![format!("<a href=\"{0}\">error map</a>", esc(&h.error_png))];
         links.extend(h.layer_pngs.iter().map(|(layer, png)| format!("<a href=\"{}\">{}</a>", esc(png), esc(layer))));
         let _ = writeln!(out, "<p>Single maps: {}.</p>", links.join(" · "));
+        if let Some(t) = &h.over_training {
+            let epochs: Vec<String> = t.epochs.iter().map(u32::to_string).collect();
+            let _ = writeln!(
+                out,
+                "<h4>Over training</h4>\n<p>The maps of the checkpoints after epochs {} (the last is the trained model's) and the mean error per band against the epoch (<a href=\"{}\">CSV</a>): when each band's sensitivity appears, beside the per-class F1 curves below.</p>\n<div class=\"figs\"><a href=\"{2}\"><img src=\"{2}\" alt=\"maps over training\"></a><a href=\"{3}\"><img src=\"{3}\" alt=\"band error over training\"></a></div>",
+                esc(&epochs.join(", ")),
+                esc(&t.csv),
+                esc(&t.grid_png),
+                esc(&t.bands_png)
+            );
+        }
     }
     if let Some(d) = &p.dfm {
         let unit = if d.patch == 1 {

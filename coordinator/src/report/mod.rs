@@ -70,6 +70,16 @@ pub(crate) struct HeatmapFiles {
     pub layer_pngs: Vec<(String, String)>,
     /// What the model computed in (`fp32, NCHW`, `bf16, channels-last`, …).
     pub numerics: String,
+    /// The maps of the kept epochs' checkpoints and the trained model side by side, and the
+    /// mean error per band against the epoch (`[heatmap] at_epochs`).
+    pub over_training: Option<OverTraining>,
+}
+
+pub(crate) struct OverTraining {
+    pub epochs: Vec<u32>,
+    pub grid_png: String,
+    pub bands_png: String,
+    pub csv: String,
 }
 
 /// Render every result file of a run directory from its store.

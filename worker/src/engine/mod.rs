@@ -305,6 +305,7 @@ mod tests {
                 test_limit: 0,
                 precision: Default::default(),
                 memory_format: Default::default(),
+                keep_epochs: Vec::new(),
             },
         });
         let epoch1 = dir.path().join("epoch1.ot");
@@ -352,6 +353,7 @@ mod tests {
             batch: 64,
             precision: Precision::Fp32,
             memory_format: MemoryFormat::Auto,
+            epoch: None,
         });
         let inputs = HashMap::from([(MODEL_ARTIFACT.to_string(), artifacts[1].1.clone())]);
         let EngineResult::Done { outcome: TaskOutcome::Heatmap(h), .. } =

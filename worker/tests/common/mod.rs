@@ -25,6 +25,7 @@ pub fn tiny_task(syn: SynConfig, seed: u64, precision: Precision) -> TrainTask {
             test_limit: 0,
             precision,
             memory_format: Default::default(),
+            keep_epochs: Vec::new(),
         },
     }
 }
