@@ -14,16 +14,23 @@
 //! train = 2000             # syn: images per split
 //! test = 400
 //! seed = 0                 # syn: generator seed (a list expands)
+//! # size = 64              # syn: image side (default 32; the band radii scale, SCIENCE.md §4)
 //! # name = "small"         # optional label in point ids (needed when two datasets share one)
 //! # special_energy = 0.5   # syn: energy of the special pattern relative to one band
 //! # kind = "cifar10", path = "/data/cifar-10-batches-bin"
 //! # kind = "npy", train_images = "…", train_labels = "…", test_images = "…", test_labels = "…"
+//! #   size = [H, W]        # npy: read from test_images' header when not given
 //!
-//! [model]
-//! arch = ["alexnet", "resnet18"]   # alexnet | resnet18 | tiny
+//! [model]                  # the models the sweep trains; or [[model]] tables, which may also
+//! arch = ["alexnet", "resnet18"]   # alexnet | resnet18 | tiny   give models to analyse only:
 //! # classes = 4            # default: 4 for syn, 10 otherwise
+//! # [[model]]
+//! # kind = "torchscript"   # a given model: no training, every analysis on every dataset
+//! # path = "zoo/a.pt"      # one file or a list; or glob = "zoo/*.pt"; point ids <dataset>-<stem>
+//! # name = "zoo"           # optional label instead of the file stem (several files: zoo_<stem>)
+//! # classes = 10
 //!
-//! [train]                  # every key but the scalars noted below may be a list
+//! [train]                  # needed when a model is trained; every key but the scalars noted below may be a list
 //! optimizer = ["adam", "sgd"]      # adam | sgd
 //! lr = [1e-4, 1e-2]
 //! batch_size = 64
@@ -49,8 +56,10 @@
 //! test_limit = 0           # evaluate on the first N test images (0: all)
 //! clip = false             # clip band-filtered images to [0, 1]
 //!
-//! [heatmap]                # optional: Fourier heatmaps of every trained model
+//! [heatmap]                # optional: Fourier heatmaps of every trained and given model
 //! eps = [4.0]              # one heatmap per value
+//! # cells = "all"          # or { max_radius = 20 } or { low_crop = 63 }: the rest are skipped (NaN)
+//! # at_epochs = [1, 2, 5]  # also maps of the checkpoints after these epochs (or "every")
 //! layers = true            # true: every named layer; false; or names such as ["conv1", "fc"]
 //! images = 500             # test images per heatmap (0: all)
 //! batch = 256              # perturbed images per forward pass
@@ -69,6 +78,9 @@
 //! [bands]                  # optional: every model on the 15 band subsets (DC kept) of its test set
 //! tolerance = 0.05         # a band set suffices for a class if its F1 is within this of all bands'
 //! images = 0               # test images (0: all)
+//! # sufficiency = false    # only place the bands, plan no band-sufficiency tasks
+//! # radii = [4, 8, 12]     # band bounds in cells, or fractions = [0.25, 0.5, 0.75] of the
+//! #                        # Nyquist radius min(H, W)/2 (the default: 4, 8, 12 on 32 × 32)
 //!
 //! [[exclude]]              # drop grid points matching every key given
 //! arch = "resnet18"

@@ -15,7 +15,10 @@ fn every_example_spec_parses() {
     }
     parsed.sort_by(|a, b| a.0.cmp(&b.0));
     let names: Vec<&str> = parsed.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["demo", "poster_cpu", "seed_poster", "shortcuts", "shortcuts_cpu", "shortcuts_demo"]);
+    assert_eq!(
+        names,
+        ["demo", "learning_dynamics", "poster_cpu", "seed_poster", "shortcuts", "shortcuts_cpu", "shortcuts_demo"]
+    );
     let demo = &parsed.iter().find(|(n, _)| n == "shortcuts_demo").unwrap().1;
     let dfm = demo.dfm.as_ref().expect("the shortcut demo has a [dfm] stage");
     assert_eq!((dfm.patch, dfm.top.len(), demo.points.len()), (1, 4, 1));

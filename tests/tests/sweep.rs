@@ -528,6 +528,7 @@ at_epochs = [1, 2]
     let bands = String::from_utf8(file(&two, &format!("heatmaps/{point}_eps4_bands_over_training.csv"))).unwrap();
     let epochs: Vec<&str> = bands.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
     assert_eq!(epochs, ["1", "2", "3"], "{bands}");
+    assert!(bands.starts_with("epoch,clean,B1,B2,B3,B4\n"), "{bands}");
     let ep1 = NpyArray::read(&two.join(format!("heatmaps/{point}_ep1_eps4.npy"))).unwrap().to_f64();
     let last = NpyArray::read(&two.join(format!("heatmaps/{point}_eps4.npy"))).unwrap().to_f64();
     assert!(ep1.iter().all(|v| v.is_finite()));

@@ -429,10 +429,11 @@ fn over_training(
     let title = format!("{} ε={}: test error over training", short_id(&point.id), eps_label(eps));
     let grid_png = format!("{stem}_over_training.png");
     save(&figures::heatmap_grid(&panels, panels.len().min(4), &title), dir, &grid_png)?;
-    // Mean error per band (DC left out) at each epoch.
-    let mut csv = String::from("epoch,B1,B2,B3,B4\n");
+    // Mean error per band (DC left out) at each epoch, and the clean error it rises from.
+    let mut csv = String::from("epoch,clean,B1,B2,B3,B4\n");
     let mut series: Vec<(String, Vec<(f64, f64)>)> =
         freqsweep_common::bands::Band::ALL.iter().map(|b| (b.to_string(), Vec::new())).collect();
+    let mut series_clean: Vec<(f64, f64)> = Vec::new();
     for ((epoch, map), values) in stages.iter().zip(&means) {
         let shape = map.error.shape();
         let mut sums = [(0.0f64, 0usize); 4];
@@ -443,7 +444,8 @@ fn over_training(
                 slot.1 += 1;
             }
         }
-        let _ = write!(csv, "{epoch}");
+        let _ = write!(csv, "{epoch},{}", map.clean.mean());
+        series_clean.push((f64::from(*epoch), map.clean.mean()));
         for (b, (sum, n)) in sums.iter().enumerate() {
             let mean = if *n == 0 { f64::NAN } else { sum / *n as f64 };
             let _ = write!(csv, ",{}", if mean.is_finite() { mean.to_string() } else { String::new() });
@@ -457,8 +459,10 @@ fn over_training(
     crate::report::write_file(&dir.join(&csv_path), &csv)?;
     raw.push(csv_path.clone());
     series.retain(|(_, points)| !points.is_empty());
-    let panel = figures::LinePanel { title: "mean error per band".into(), series, bands: Vec::new() };
-    let title = format!("{} ε={}: frequency sensitivity over training", short_id(&point.id), eps_label(eps));
+    series.push(("clean".to_string(), series_clean));
+    // One panel: the figure is one panel wide, so the long id goes in the panel's caption.
+    let panel = figures::LinePanel { title: point.id.clone(), series, bands: Vec::new() };
+    let title = format!("mean error per band, ε = {}", eps_label(eps));
     let bands_png = format!("{stem}_bands_over_training.png");
     save(&figures::line_panels(&[panel], "epoch", "error rate", &title), dir, &bands_png)?;
     Ok(Some(crate::report::OverTraining {
