@@ -86,6 +86,90 @@ pub fn read_images_npy(path: &Path) -> Result<([usize; 4], Vec<f32>), DatasetErr
     images_from_array(path, &array)
 }
 
+/// The class names of an image-folder dataset: its sub-directories, sorted (labels are their
+/// positions). A directory without sub-directories, or a class without images, is named.
+pub fn folder_classes(dir: &Path) -> Result<Vec<String>, DatasetError> {
+    let io = |cause| DatasetError::Io { path: dir.to_path_buf(), cause };
+    let mut classes: Vec<String> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    classes.sort();
+    if classes.is_empty() {
+        return Err(invalid(dir, "an image folder needs one sub-directory per class, and has none"));
+    }
+    for class in &classes {
+        if folder_images(&dir.join(class))?.is_empty() {
+            return Err(invalid(&dir.join(class), "class directory holds no .png/.jpg/.jpeg image"));
+        }
+    }
+    Ok(classes)
+}
+
+/// The image files of one class directory, sorted by name (other files are ignored).
+fn folder_images(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
+    let io = |cause| DatasetError::Io { path: dir.to_path_buf(), cause };
+    let image = |p: &Path| {
+        p.extension().is_some_and(|e| matches!(e.to_ascii_lowercase().to_str(), Some("png" | "jpg" | "jpeg")))
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && image(p))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// An image-folder dataset (`DIR/<class>/<image>.png|jpg`): every image decoded, converted to
+/// RGB, scaled (triangle filter) so it covers `height × width` and centre-cropped to it — the
+/// usual `Resize` + `CenterCrop` — as `float32 [N, 3, height, width]` in `[0, 1]`; labels follow
+/// `classes` (the training split's names, so both splits agree). An image that does not decode
+/// is named.
+pub fn read_folder(dir: &Path, classes: &[String], [height, width]: [usize; 2]) -> Result<Dataset, DatasetError> {
+    use rayon::prelude::*;
+    let here = folder_classes(dir)?;
+    if here != classes {
+        return Err(invalid(dir, format!("holds classes {here:?}, the training split {classes:?}")));
+    }
+    let mut files: Vec<(PathBuf, i64)> = Vec::new();
+    for (label, class) in classes.iter().enumerate() {
+        files.extend(folder_images(&dir.join(class))?.into_iter().map(|f| (f, label as i64)));
+    }
+    let plane = height * width;
+    let images: Vec<Vec<f32>> = files
+        .par_iter()
+        .map(|(path, _)| {
+            let decoded = image::open(path).map_err(|e| invalid(path, format!("not a readable image: {e}")))?;
+            let rgb = decoded.to_rgb8();
+            let (w0, h0) = (rgb.width().max(1) as f64, rgb.height().max(1) as f64);
+            let scale = (width as f64 / w0).max(height as f64 / h0);
+            let (w1, h1) =
+                (((w0 * scale).round() as u32).max(width as u32), ((h0 * scale).round() as u32).max(height as u32));
+            let resized = image::imageops::resize(&rgb, w1, h1, image::imageops::FilterType::Triangle);
+            let (x0, y0) = ((w1 as usize - width) / 2, (h1 as usize - height) / 2);
+            let mut out = vec![0.0f32; 3 * plane];
+            for y in 0..height {
+                for x in 0..width {
+                    let pixel = resized.get_pixel((x0 + x) as u32, (y0 + y) as u32);
+                    for c in 0..3 {
+                        out[c * plane + y * width + x] = f32::from(pixel[c]) / 255.0;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .collect::<Result<_, DatasetError>>()?;
+    Ok(Dataset {
+        dims: [files.len(), 3, height, width],
+        images: images.concat(),
+        labels: files.iter().map(|(_, l)| *l).collect(),
+    })
+}
+
 /// The `(H, W)` of the images in a `.npy` file, from its header alone (`float32 [N,C,H,W]` or
 /// `uint8 [N,H,W,C]`, as [`read_images_npy`] reads them).
 pub fn npy_image_size(path: &Path) -> Result<(usize, usize), DatasetError> {
@@ -243,6 +327,46 @@ pub fn read_cifar10(dir: &Path, train: bool) -> Result<Dataset, DatasetError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A class directory of PNGs of one colour each, `w × h` pixels.
+    fn write_class(dir: &Path, class: &str, colours: &[[u8; 3]], (w, h): (u32, u32)) {
+        let class_dir = dir.join(class);
+        std::fs::create_dir_all(&class_dir).unwrap();
+        for (i, colour) in colours.iter().enumerate() {
+            let rgb: Vec<u8> = (0..w * h).flat_map(|_| *colour).collect();
+            crate::image::write_rgb_png(&class_dir.join(format!("{i}.png")), w, h, &rgb).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_image_folder_is_resized_cropped_and_labelled_by_its_sorted_classes() {
+        let dir = tempfile::tempdir().unwrap();
+        let train = dir.path().join("train");
+        // Classes in any order on disk; a wide image is scaled to cover 8 × 8 and cropped.
+        write_class(&train, "dog", &[[255, 0, 0], [0, 255, 0]], (16, 8));
+        write_class(&train, "cat", &[[0, 0, 255]], (8, 8));
+        std::fs::write(train.join("cat/notes.txt"), "not an image").unwrap();
+        let classes = folder_classes(&train).unwrap();
+        assert_eq!(classes, ["cat", "dog"]);
+        let data = read_folder(&train, &classes, [8, 8]).unwrap();
+        assert_eq!((data.dims, data.labels.clone()), ([3, 3, 8, 8], vec![0, 1, 1]));
+        // The blue cat: channel 2 is 1, the others 0, at every pixel (a flat colour resizes flat).
+        let cat = data.image(0);
+        assert!(cat[..128].iter().all(|&v| v == 0.0) && cat[128..].iter().all(|&v| v == 1.0));
+        assert!(data.image(1)[..64].iter().all(|&v| v == 1.0), "the red dog's red channel");
+
+        // An empty class, a corrupt image and a split with other classes are named.
+        let empty = dir.path().join("empty");
+        write_class(&empty, "a", &[[1, 2, 3]], (4, 4));
+        std::fs::create_dir_all(empty.join("b")).unwrap();
+        let err = folder_classes(&empty).unwrap_err().to_string();
+        assert!(err.contains("empty/b") && err.contains("holds no .png/.jpg/.jpeg image"), "{err}");
+        std::fs::write(train.join("dog/broken.png"), b"\x89PNG not really").unwrap();
+        let err = read_folder(&train, &classes, [8, 8]).unwrap_err().to_string();
+        assert!(err.contains("dog/broken.png: not a readable image"), "{err}");
+        let err = read_folder(&empty.join("a"), &classes, [8, 8]).unwrap_err().to_string();
+        assert!(err.contains("sub-directory per class"), "{err}");
+    }
 
     #[test]
     fn labels_are_shown_as_stored_and_bounded_like_classes() {

@@ -1082,6 +1082,15 @@ struct Fixed {
     band_radii: BandRadii,
 }
 
+/// A model's outputs when the spec does not say: Syn_d's 4, an image folder's classes, else 10.
+fn default_classes(dataset: &DatasetSource) -> usize {
+    match dataset {
+        DatasetSource::Syn(_) => crate::syn::CLASSES,
+        DatasetSource::Folder { classes, .. } => classes.len(),
+        DatasetSource::Cifar10 { .. } | DatasetSource::Npy { .. } => 10,
+    }
+}
+
 /// The band layout of `dataset`'s spectrum: Syn_d's own (its data is built from it), otherwise
 /// `radii` placed on its images (checked when the spec was read).
 fn layout_of(dataset: &DatasetSource, radii: BandRadii) -> BandLayout {
@@ -1146,10 +1155,7 @@ impl Grid {
             _ => LrSchedule::Constant,
         };
         let dataset = self.dataset.values[idx[DATASET]].clone();
-        let classes = fixed.classes.unwrap_or(match dataset {
-            DatasetSource::Syn(_) => crate::syn::CLASSES,
-            _ => 10,
-        });
+        let classes = fixed.classes.unwrap_or_else(|| default_classes(&dataset));
         let band_layout = layout_of(&dataset, fixed.band_radii);
         GridPoint {
             id,
@@ -1216,7 +1222,8 @@ fn datasets(
             ctx.err(&span, format!("[bands] for dataset {name}: {e}"))
         })
     };
-    let kind = ctx.scalar(&Some(d.kind.clone()), String::new(), |v| choice("kind", v, &["syn", "cifar10", "npy"]))?;
+    let kind =
+        ctx.scalar(&Some(d.kind.clone()), String::new(), |v| choice("kind", v, &["syn", "cifar10", "npy", "folder"]))?;
     // A key that belongs to another kind is a mistake worth naming (a typo'd kind, a pasted block).
     let reject = |present: &Scalar, key: &str, kinds: &str| match present {
         Some(v) => Err(ctx.err(&v.span(), format!("dataset key {key} applies to kind {kinds}, not {kind:?}"))),
@@ -1229,8 +1236,11 @@ fn datasets(
     if kind != "syn" {
         reject_list(&d.band, "band")?;
         reject_list(&d.seed, "seed")?;
-        for (v, key) in [(&d.train, "train"), (&d.test, "test"), (&d.special_energy, "special_energy")] {
-            reject(v, key, "\"syn\"")?;
+        reject(&d.special_energy, "special_energy", "\"syn\"")?;
+    }
+    if kind != "syn" && kind != "folder" {
+        for (v, key) in [(&d.train, "train"), (&d.test, "test")] {
+            reject(v, key, "\"syn\" (image counts) or \"folder\" (directories)")?;
         }
     }
     if kind != "cifar10" {
@@ -1294,6 +1304,46 @@ fn datasets(
                 }
             }
             out
+        }
+        "folder" => {
+            let dir = |raw: &Scalar, key: &str| {
+                ctx.scalar(raw, None, |v| path(key, v).map(Some))?.ok_or_else(|| {
+                    ctx.err(
+                        &d.kind.span(),
+                        format!("a folder dataset needs {key} (a directory with one sub-directory per class)"),
+                    )
+                })
+            };
+            let (train, test) = (dir(&d.train, "train")?, dir(&d.test, "test")?);
+            let size = ctx.scalar(&d.size, None, |v| image_size(v).map(Some))?.ok_or_else(|| {
+                ctx.err(
+                    &d.kind.span(),
+                    "a folder dataset needs size (the images are resized and centre-cropped to it): 32 or [H, W]",
+                )
+            })?;
+            // The classes are the training split's sub-directories; both splits must have them.
+            let listing = |p: &Path, key: &str| {
+                let span = match key {
+                    "train" => d.train.as_ref(),
+                    _ => d.test.as_ref(),
+                }
+                .map_or_else(|| d.kind.span(), Spanned::span);
+                crate::dataset::folder_classes(p).map_err(|e| ctx.err(&span, format!("{key}: {e}")))
+            };
+            let classes = listing(&train, "train")?;
+            let test_classes = listing(&test, "test")?;
+            if test_classes != classes {
+                let span = d.test.as_ref().map_or_else(|| d.kind.span(), Spanned::span);
+                return Err(ctx.err(
+                    &span,
+                    format!(
+                        "test has classes {test_classes:?}, train {classes:?}: the splits must name the same classes"
+                    ),
+                ));
+            }
+            let source = DatasetSource::Folder { train, test, size, classes };
+            layout(Shape2::new(size[0], size[1]), &source.name())?;
+            vec![(source.name(), source)]
         }
         "cifar10" => {
             let path = ctx.scalar(&d.path, None, |v| path("path", v).map(Some))?;
@@ -1517,6 +1567,7 @@ fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
             let (name, has) = match dataset {
                 DatasetSource::Syn(_) => ("Syn_d", crate::syn::CLASSES),
                 DatasetSource::Cifar10 { .. } => ("CIFAR-10", 10),
+                DatasetSource::Folder { classes, .. } => ("the image folder", classes.len()),
                 // Its labels are read by the workers.
                 DatasetSource::Npy { .. } => continue,
             };
@@ -1856,10 +1907,7 @@ fn given_point(
     values: GridValues,
     fixed: &Fixed,
 ) -> GridPoint {
-    let classes = classes.unwrap_or(match dataset {
-        DatasetSource::Syn(_) => crate::syn::CLASSES,
-        _ => 10,
-    });
+    let classes = classes.unwrap_or_else(|| default_classes(dataset));
     GridPoint {
         id: format!("{}-{}", values.at(DATASET), model.name),
         given: Some(model.clone()),
@@ -2200,6 +2248,39 @@ mod tests {
     }
 
     #[test]
+    fn an_image_folder_dataset_reads_its_classes_and_names_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let png = |path: &Path| {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            crate::image::write_rgb_png(path, 2, 2, &[0; 12]).unwrap();
+        };
+        for class in ["zebra", "ant", "cow"] {
+            png(&dir.path().join(format!("train/{class}/a.png")));
+            png(&dir.path().join(format!("test/{class}/b.png")));
+        }
+        let spec = |extra: &str, test: &str| {
+            format!("[[dataset]]\nkind = \"folder\"\ntrain = \"{0}/train\"\ntest = \"{0}/{test}\"\n{extra}[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n", dir.path().display())
+        };
+        let sweep = parse(&spec("size = [24, 32]\n", "test"), "s.toml").unwrap();
+        let task = &sweep.points[0].task;
+        let DatasetSource::Folder { classes, size, .. } = &task.dataset else { panic!("a folder") };
+        assert_eq!((classes.as_slice(), *size), (&["ant".to_string(), "cow".into(), "zebra".into()][..], [24, 32]));
+        assert_eq!((task.train.classes, task.dataset.image_shape()), (3, Some(Shape2::new(24, 32))));
+        png(&dir.path().join("other/ant/c.png"));
+        std::fs::create_dir_all(dir.path().join("empty/ant")).unwrap();
+        for (text, message) in [
+            (spec("", "test"), "s.toml:2: a folder dataset needs size"),
+            (spec("size = 16\n", "other"), "s.toml:4: test has classes [\"ant\"], train [\"ant\", \"cow\", \"zebra\"]"),
+            (spec("size = 16\n", "empty"), "holds no .png/.jpg/.jpeg image"),
+            (spec("size = 16\n", "absent"), "s.toml:4: test: "),
+            (spec("size = 16\nseed = 3\n", "test"), "s.toml:6: dataset key seed applies to kind \"syn\""),
+        ] {
+            let err = parse(&text, "s.toml").unwrap_err().to_string();
+            assert!(err.contains(message), "{message}\n{err}");
+        }
+    }
+
+    #[test]
     fn heatmap_precision_and_memory_format_are_read_and_default_to_fp32_auto() {
         let base = "[[dataset]]\nkind = \"syn\"\nband = 1\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n[heatmap]\neps = 4\n";
         let plain = parse(base, "s.toml").unwrap().heatmap.unwrap();
@@ -2268,7 +2349,8 @@ lr = 0.0001
         let mut parsed = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
+            // zoo.toml reads the files examples/make_zoo.sh writes (tests/examples.rs makes them).
+            if path.extension().is_some_and(|e| e == "toml") && !path.ends_with("zoo.toml") {
                 load(&path).unwrap_or_else(|e| panic!("{e}"));
                 parsed += 1;
             }

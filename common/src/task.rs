@@ -32,6 +32,15 @@ pub enum DatasetSource {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         size: Option<[usize; 2]>,
     },
+    /// An image folder per split (`<split>/<class>/<image>.png|jpg`), every image resized to
+    /// cover `size` (`[H, W]`) and centre-cropped to it; `classes` are the training split's
+    /// sub-directories in sorted order (the labels), as the spec read them.
+    Folder {
+        train: PathBuf,
+        test: PathBuf,
+        size: [usize; 2],
+        classes: Vec<String>,
+    },
 }
 
 impl DatasetSource {
@@ -43,6 +52,7 @@ impl DatasetSource {
             DatasetSource::Syn(config) => Some(config.shape()),
             DatasetSource::Cifar10 { .. } => Some(Shape2::new(32, 32)),
             DatasetSource::Npy { size, .. } => size.map(|[h, w]| Shape2::new(h, w)),
+            DatasetSource::Folder { size: [h, w], .. } => Some(Shape2::new(*h, *w)),
         }
     }
 
@@ -51,6 +61,10 @@ impl DatasetSource {
         match self {
             DatasetSource::Syn(config) => config.name(),
             DatasetSource::Cifar10 { .. } => "cifar10".to_string(),
+            DatasetSource::Folder { test, .. } => test
+                .parent()
+                .and_then(|p| p.file_name())
+                .map_or_else(|| "folder".into(), |s| s.to_string_lossy().into_owned()),
             DatasetSource::Npy { test_images, .. } => {
                 test_images.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "npy".into())
             }

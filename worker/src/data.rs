@@ -19,6 +19,9 @@ pub fn load_split(source: &DatasetSource, split: Split) -> Result<Dataset, Datas
         (DatasetSource::Npy { train_images, train_labels, size, .. }, Split::Train) => {
             sized(dataset::read_npy_pair(train_images, train_labels)?, train_images, *size)
         }
+        (DatasetSource::Folder { train, test, size, classes }, split) => {
+            dataset::read_folder(if split == Split::Train { train } else { test }, classes, *size)
+        }
         (DatasetSource::Npy { test_images, test_labels, size, .. }, Split::Test) => {
             sized(dataset::read_npy_pair(test_images, test_labels)?, test_images, *size)
         }

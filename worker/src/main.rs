@@ -113,6 +113,13 @@ struct TrainArgs {
     /// Use .npy files instead: train images, train labels, test images, test labels.
     #[arg(long, num_args = 4, value_names = ["TRAIN_X", "TRAIN_Y", "TEST_X", "TEST_Y"])]
     npy: Option<Vec<PathBuf>>,
+    /// Or an image folder: DIR/train/<class>/*.png|jpg and DIR/test/<class>/…, resized and
+    /// centre-cropped to --size.
+    #[arg(long, value_name = "DIR")]
+    folder: Option<PathBuf>,
+    /// Image side for --folder.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(4..=spec::MAX_IMAGE_SIDE))]
+    size: u64,
     /// Model: alexnet, resnet18 or tiny.
     #[arg(long, default_value = "resnet18")]
     model: String,
@@ -399,6 +406,11 @@ fn info(device_spec: &str) -> Result<()> {
 fn task_from_flags(args: &TrainArgs, train: &Dataset) -> Result<TrainTask> {
     let dataset = if let Some(path) = &args.cifar10 {
         DatasetSource::Cifar10 { path: path.clone() }
+    } else if let Some(dir) = &args.folder {
+        let (train, test) = (dir.join("train"), dir.join("test"));
+        let classes = freqsweep_common::dataset::folder_classes(&train)?;
+        let side = args.size as usize;
+        DatasetSource::Folder { train, test, size: [side, side], classes }
     } else if let Some(files) = &args.npy {
         DatasetSource::Npy {
             train_images: files[0].clone(),

@@ -41,7 +41,7 @@ pub(crate) fn dataset_size(d: &DatasetSource) -> Option<(usize, usize)> {
     match d {
         DatasetSource::Syn(c) => Some((c.train, c.test)),
         DatasetSource::Cifar10 { .. } => Some((50_000, 10_000)),
-        DatasetSource::Npy { .. } => None,
+        DatasetSource::Npy { .. } | DatasetSource::Folder { .. } => None,
     }
 }
 
