@@ -257,21 +257,12 @@ impl NpyArray {
 
     pub fn read(path: &Path) -> Result<Self, NpyError> {
         let io = |cause| NpyError::Io { path: path.to_path_buf(), cause };
-        // A FIFO or a device would block or never end: only regular files are arrays.
-        let meta = fs::metadata(path).map_err(io)?;
-        if !meta.is_file() {
-            return Err(NpyError::Invalid { path: path.to_path_buf(), detail: "not a regular file".into() });
-        }
-        let mut file = fs::File::open(path).map_err(io)?;
-        let mut bytes = Vec::new();
-        (&mut file).take(PREAMBLE_LEN as u64).read_to_end(&mut bytes).map_err(io)?;
-        // A bad preamble, a cut-off or an over-long header is refused before the rest is read.
-        locate_header(path, &bytes, meta.len())?;
-        let rest = usize::try_from(meta.len()).unwrap_or(usize::MAX).saturating_sub(bytes.len());
+        let (mut file, mut bytes, len, _) = Self::open(path)?;
+        let rest = usize::try_from(len).unwrap_or(usize::MAX).saturating_sub(bytes.len());
         if bytes.try_reserve_exact(rest).is_err() {
             return Err(NpyError::Invalid {
                 path: path.to_path_buf(),
-                detail: format!("{} bytes do not fit in memory", meta.len()),
+                detail: format!("{len} bytes do not fit in memory"),
             });
         }
         file.read_to_end(&mut bytes).map_err(io)?;
@@ -282,6 +273,17 @@ impl NpyArray {
     /// coordinator needs to plan a dataset's heatmaps without loading its images.
     pub fn read_header(path: &Path) -> Result<(DType, Vec<usize>), NpyError> {
         let io = |cause| NpyError::Io { path: path.to_path_buf(), cause };
+        let (mut file, mut bytes, _, (header_start, data_start)) = Self::open(path)?;
+        let more = data_start.saturating_sub(bytes.len()) as u64;
+        (&mut file).take(more).read_to_end(&mut bytes).map_err(io)?;
+        Self::parse_header(path, bytes.get(header_start..data_start).unwrap_or_default())
+    }
+
+    /// The open file, its preamble, its length and where its header lies. A FIFO or a device
+    /// would block or never end: only regular files are arrays. A bad preamble, a cut-off or an
+    /// over-long header is refused before anything else is read.
+    fn open(path: &Path) -> Result<Opened, NpyError> {
+        let io = |cause| NpyError::Io { path: path.to_path_buf(), cause };
         let meta = fs::metadata(path).map_err(io)?;
         if !meta.is_file() {
             return Err(NpyError::Invalid { path: path.to_path_buf(), detail: "not a regular file".into() });
@@ -289,10 +291,8 @@ impl NpyArray {
         let mut file = fs::File::open(path).map_err(io)?;
         let mut bytes = Vec::new();
         (&mut file).take(PREAMBLE_LEN as u64).read_to_end(&mut bytes).map_err(io)?;
-        let (header_start, data_start) = locate_header(path, &bytes, meta.len())?;
-        let more = data_start.saturating_sub(bytes.len()) as u64;
-        (&mut file).take(more).read_to_end(&mut bytes).map_err(io)?;
-        Self::parse_header(path, bytes.get(header_start..data_start).unwrap_or_default())
+        let header = locate_header(path, &bytes, meta.len())?;
+        Ok((file, bytes, meta.len(), header))
     }
 
     fn parse_header(path: &Path, header: &[u8]) -> Result<(DType, Vec<usize>), NpyError> {
@@ -356,6 +356,9 @@ impl NpyArray {
         Ok(NpyArray { dtype, shape, data: bytes[data_start..].to_vec() })
     }
 }
+
+/// An open `.npy` file: the file, its preamble bytes, its length, where its header lies.
+type Opened = (fs::File, Vec<u8>, u64, (usize, usize));
 
 /// Where the header lies, `(start, end)`, from the preamble (magic, version, header length; the
 /// first [`PREAMBLE_LEN`] bytes or fewer) and the file's length: a cut-off preamble or header, or a

@@ -68,48 +68,32 @@ impl Prepared {
     /// Per kept epoch of the point's run, a map of that epoch's checkpoint: chunks that depend
     /// on the train task but start as soon as the checkpoint is stored (`DepsSatisfied`).
     pub(super) fn plan_epochs(&self, point: &PointPlan<'_>, tasks: &mut Vec<PlannedTask>) {
-        let (Some(h), Some(train)) = (&self.spec, point.train) else { return };
-        let shape = point.point.task.dataset.image_shape();
-        let chunks = shape.and_then(|s| self.chunks.get(&(s.h, s.w))).map_or(&[][..], Vec::as_slice);
+        let Some(train) = point.train else { return };
         for &epoch in &point.point.task.train.keep_epochs {
-            for &eps in &h.eps {
-                for chunk in chunks {
-                    let spec = HeatmapTask {
-                        dataset: point.point.task.dataset.clone(),
-                        model: ModelSource::Checkpoint { artifact: epoch_output(epoch) },
-                        eps,
-                        cells: chunk.cells.clone(),
-                        chunk: chunk.index,
-                        layers: self.layers.clone(),
-                        images: h.images,
-                        seed: h.seed,
-                        batch: h.batch,
-                        precision: h.precision,
-                        memory_format: h.memory_format,
-                        epoch: Some(epoch),
-                    };
-                    tasks.push(PlannedTask {
-                        id: next_id(tasks),
-                        key: format!(
-                            "heatmap/{}/ep{epoch}/eps{}/chunk{:03}",
-                            point.point.id,
-                            eps_label(eps),
-                            chunk.index
-                        ),
-                        point: point.index,
-                        cost: cost(&spec, &point.point.task.train.model),
-                        spec: TaskSpec::Heatmap(spec),
-                        deps: vec![train],
-                    });
-                }
-            }
+            let model = ModelSource::Checkpoint { artifact: epoch_output(epoch) };
+            self.plan_map(point, (model, vec![train]), Some(epoch), tasks);
         }
     }
 
+    /// The trained (or given) model's maps.
     pub(super) fn plan(&self, point: &PointPlan<'_>, tasks: &mut Vec<PlannedTask>) {
-        let (Some(h), Some((model, deps))) = (&self.spec, point.model()) else { return };
+        if let Some(model) = point.model() {
+            self.plan_map(point, model, None, tasks);
+        }
+    }
+
+    /// One map per ε of `model`, its chunks depending on `deps`.
+    fn plan_map(
+        &self,
+        point: &PointPlan<'_>,
+        (model, deps): (ModelSource, Vec<TaskId>),
+        epoch: Option<u32>,
+        tasks: &mut Vec<PlannedTask>,
+    ) {
+        let Some(h) = &self.spec else { return };
         let shape = point.point.task.dataset.image_shape();
         let chunks = shape.and_then(|s| self.chunks.get(&(s.h, s.w))).map_or(&[][..], Vec::as_slice);
+        let at = epoch.map_or_else(String::new, |e| format!("/ep{e}"));
         for &eps in &h.eps {
             for chunk in chunks {
                 let spec = HeatmapTask {
@@ -124,11 +108,11 @@ impl Prepared {
                     batch: h.batch,
                     precision: h.precision,
                     memory_format: h.memory_format,
-                    epoch: None,
+                    epoch,
                 };
                 tasks.push(PlannedTask {
                     id: next_id(tasks),
-                    key: format!("heatmap/{}/eps{}/chunk{:03}", point.point.id, eps_label(eps), chunk.index),
+                    key: format!("heatmap/{}{at}/eps{}/chunk{:03}", point.point.id, eps_label(eps), chunk.index),
                     point: point.index,
                     cost: cost(&spec, &point.point.task.train.model),
                     spec: TaskSpec::Heatmap(spec),
