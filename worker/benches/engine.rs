@@ -20,6 +20,11 @@
 //! `.npy` so the baseline uses exactly the same data. Prints one flat JSON object on stdout
 //! (`"cpu.tiny.heatmap.256": images/s`, …; flat so `cargo xtask bench` reads it without a JSON crate).
 //!
+//! - **large**: for the models in `--large tiny=224`, a heatmap of images of that side over cells of
+//!   Yin et al.'s 63 × 63 low-frequency window (`cells = { low_crop = 63 }`), against the pure
+//!   forward pass of the same model at the same batch on the same images (`large224.heatmap`,
+//!   `large224.forward`, `large224.ratio`).
+//!
 //! Options (all optional): `--out DIR`, `--images N`, `--batch tiny=256,resnet18=64` (main figures),
 //! `--batches 32,64,128,256,512` (forward sweep for every model, over `--sweep-images tiny=8192,…`
 //! images; heatmap sweep for the models in `--sweep tiny`), `--cells tiny=64,resnet18=16`,
@@ -62,6 +67,8 @@ struct Options {
     steps: BTreeMap<String, usize>,
     models: Vec<Arch>,
     devices: Vec<Device>,
+    /// Model → image side of the large-image heatmap measure.
+    large: BTreeMap<String, usize>,
 }
 
 fn parse_map(text: &str) -> BTreeMap<String, usize> {
@@ -84,6 +91,7 @@ fn options() -> Options {
         steps: parse_map("tiny=200,alexnet=20,resnet18=12"),
         models: vec![Arch::Tiny, Arch::ResNet18],
         devices: if tch::Cuda::is_available() { vec![Device::Cpu, Device::Cuda(0)] } else { vec![Device::Cpu] },
+        large: BTreeMap::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -100,7 +108,11 @@ fn options() -> Options {
             "--dfm" => o.dfm = value().split(',').map(|m| m.parse().expect("model name")).collect(),
             "--cells" => o.cells.extend(parse_map(&value())),
             "--steps" => o.steps.extend(parse_map(&value())),
-            "--models" => o.models = value().split(',').map(|m| m.parse().expect("model name")).collect(),
+            "--large" => o.large = parse_map(&value()),
+            // `--models none`: only the `--large` measures.
+            "--models" => {
+                o.models = value().split(',').filter(|m| *m != "none").map(|m| m.parse().expect("model name")).collect()
+            }
             "--device" => {
                 o.devices = vec![freqsweep_worker::device::parse_device(&value()).expect("--device cpu|cuda")]
             }
@@ -139,6 +151,59 @@ fn spread_cells(count: usize) -> Vec<Cell> {
     let all = Shape2::new(32, 32).heatmap_cells();
     let count = count.clamp(1, all.len());
     (0..count).map(|i| all[i * all.len() / count]).collect()
+}
+
+/// A heatmap of `side × side` images over cells spread across the 63 × 63 low-frequency window,
+/// against the pure forward pass of the same model at the same batch: what the heatmap engine
+/// costs beyond the model at a large size (the basis images are built per chunk, `[cells, H, W]`).
+fn bench_large(arch: Arch, side: usize, device: Device, o: &Options, out: &mut Map<String, Value>) {
+    use freqsweep_common::bands::BandRadii;
+    use freqsweep_common::heatmap::CellSelection;
+    let name = key(arch);
+    let prefix = format!("{}.{name}.large{side}", device_key(device));
+    let shape = Shape2::new(side, side);
+    let images_n = 64;
+    let layout = BandRadii::default().layout(shape).expect("a large enough side");
+    let syn = SynConfig { train: 0, test: images_n, size: side, layout, ..SynConfig::new(Band::new(4).unwrap(), 0) };
+    let data = syn::generate(&syn, Split::Test);
+    let images = freqsweep_worker::eval::images_tensor(&data, device);
+    let window = CellSelection::LowCrop(63).cells(shape);
+    let count = o.cells.get(&format!("{name}{side}")).copied().unwrap_or(16).clamp(1, window.len());
+    let cells: Vec<Cell> = (0..count).map(|i| window[i * window.len() / count]).collect();
+    let batch = o.batch.get(&format!("{name}{side}")).copied().unwrap_or(64);
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(device);
+    let model = build(&vs, &ModelConfig::new(arch, 4));
+    let perturbed = cells.len() * images_n;
+    let config = HeatmapConfig { eps: EPS, cells: cells.clone(), layers: vec![], seed: 0, batch };
+    let warm = HeatmapConfig { cells: cells[..1].to_vec(), ..config.clone() };
+    heatmap::compute(model.as_ref(), &images, &data.labels, &warm, &mut |_, _| {}).unwrap();
+    let s = timed(device, || {
+        heatmap::compute(model.as_ref(), &images, &data.labels, &config, &mut |_, _| {}).unwrap();
+    });
+    let heatmap_rate = perturbed as f64 / s;
+    let b = batch as i64;
+    let chunk = images.repeat([(b + images_n as i64 - 1) / images_n as i64, 1, 1, 1]).narrow(0, 0, b);
+    let passes = perturbed.div_ceil(batch).max(1);
+    let s = tch::no_grad(|| {
+        let _ = model.logits(&chunk, false);
+        timed(device, || {
+            for _ in 0..passes {
+                let _ = model.logits(&chunk, false);
+            }
+        })
+    });
+    let forward_rate = (passes * batch) as f64 / s;
+    for (measure, value) in [
+        ("cells", cells.len() as f64),
+        ("batch", batch as f64),
+        ("heatmap", heatmap_rate),
+        ("forward", forward_rate),
+        ("ratio", heatmap_rate / forward_rate),
+    ] {
+        eprintln!("engine bench: {prefix}.{measure} = {value:.3}");
+        out.insert(format!("{prefix}.{measure}"), json!(value));
+    }
 }
 
 /// Measurements of one model on one device, as flat `"<device>.<model>.<measure>": value` entries.
@@ -328,6 +393,9 @@ fn main() {
     for &device in &o.devices {
         for &arch in &o.models {
             bench_model(arch, device, &o, &mut out);
+        }
+        for (name, &side) in &o.large {
+            bench_large(name.parse().expect("model name"), side, device, &o, &mut out);
         }
     }
     let out = Value::Object(out);
