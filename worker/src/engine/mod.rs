@@ -146,10 +146,13 @@ impl TorchEngine {
             checkpoint::load_classifier(&path, self.device, height, width, requested).map_err(|e| match source {
                 // An input the coordinator verified by digest does not load here: this worker's copy
                 // is damaged. Dropped from the cache, so the next attempt (here or elsewhere) fetches it.
-                ModelSource::Checkpoint { .. } | ModelSource::Given { .. } => {
+                ModelSource::Checkpoint { .. } => {
                     let _ = std::fs::remove_file(&path);
                     EngineError::transient(format!("{e} (dropped from this worker's cache)"))
                 }
+                // The file the user gave, verified by digest on the way: another worker would
+                // read the same bytes. Named, not retried.
+                ModelSource::Given { model, .. } => EngineError::fatal(format!("given model {model}: {e}")),
                 ModelSource::TorchScript { .. } => EngineError::fatal(e),
             })?;
         if let Some(why) = &loaded.fallback {
