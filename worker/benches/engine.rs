@@ -20,8 +20,8 @@
 //! `.npy` so the baseline uses exactly the same data. Prints one flat JSON object on stdout
 //! (`"cpu.tiny.heatmap.256": images/s`, …; flat so `cargo xtask bench` reads it without a JSON crate).
 //!
-//! - **large**: for the models in `--large tiny=224`, a heatmap of images of that side over cells of
-//!   Yin et al.'s 63 × 63 low-frequency window (`cells = { low_crop = 63 }`), against the pure
+//! - **large**: for the models in `--large tiny=224`, a heatmap of images of that side over 64 cells (a
+//!   default chunk) of Yin et al.'s 63 × 63 low-frequency window (`cells = { low_crop = 63 }`), against the pure
 //!   forward pass of the same model at the same batch on the same images (`large224.heatmap`,
 //!   `large224.forward`, `large224.ratio`).
 //!
@@ -168,7 +168,9 @@ fn bench_large(arch: Arch, side: usize, device: Device, o: &Options, out: &mut M
     let data = syn::generate(&syn, Split::Test);
     let images = freqsweep_worker::eval::images_tensor(&data, device);
     let window = CellSelection::LowCrop(63).cells(shape);
-    let count = o.cells.get(&format!("{name}{side}")).copied().unwrap_or(16).clamp(1, window.len());
+    // A sweep's default chunk: 64 cells (`[heatmap] chunk_cells`), so the clean pass per block
+    // of images weighs what it does in a run.
+    let count = o.cells.get(&format!("{name}{side}")).copied().unwrap_or(64).clamp(1, window.len());
     let cells: Vec<Cell> = (0..count).map(|i| window[i * window.len() / count]).collect();
     let batch = o.batch.get(&format!("{name}{side}")).copied().unwrap_or(64);
     tch::manual_seed(0);

@@ -194,8 +194,9 @@ pub fn compute(
                 // cost up to half the throughput of small models). Same values as the plain expression.
                 let perturbed = scratch.narrow(0, 0, k * m);
                 let mut copies = perturbed.view([k, m, channels, h, w]);
-                let _ = r.mul_out(&copies, &u);
-                let _ = copies.g_add_(&x.unsqueeze(0));
+                // One pass for `x + r·εU` (two passes over a 38 MB buffer at 224 × 224 cost a
+                // quarter of a cheap model's time), then the clamp in place.
+                let _ = x.unsqueeze(0).addcmul_out(&copies, &r, &u);
                 let _ = copies.clamp_(0.0, 1.0);
                 let (logits, layers) = forward(model, &perturbed, wanted);
                 non_finite += broken_rows(&logits);
