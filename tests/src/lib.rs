@@ -195,3 +195,45 @@ pub fn assert_matches_demo_small(out: &std::path::Path) -> usize {
     );
     compared
 }
+
+/// A test that cannot run on this machine (a missing system package, not root) calls this and
+/// returns: it fails when `FREQSWEEP_REQUIRE_ALL=1` (or the test's own `require_var` is `1`),
+/// and otherwise records `test: why` in `$FREQSWEEP_SKIP_LOG`, which `cargo xtask test` prints
+/// as its last lines, so a skip is never a silent pass.
+pub fn skip(test: &str, require_var: &str, why: &str) {
+    let required = |var: &str| std::env::var(var).is_ok_and(|v| v == "1");
+    assert!(!required("FREQSWEEP_REQUIRE_ALL") && !required(require_var), "{test} cannot run: {why}");
+    eprintln!("\n*** SKIPPED: {test} cannot run here: {why} ***\n");
+    if let Ok(log) = std::env::var("FREQSWEEP_SKIP_LOG") {
+        use std::io::Write;
+        let line = format!("{test}: {why}\n");
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log);
+        // One write per line: tests in parallel append whole lines.
+        if let Err(e) = file.and_then(|mut f| f.write_all(line.as_bytes())) {
+            panic!("{test} skipped, and recording the skip in {log} failed: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The only test in this binary: it sets process-wide variables.
+    #[test]
+    fn a_skip_is_recorded_with_its_reason_or_fails_when_required() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("skipped.txt");
+        std::env::set_var("FREQSWEEP_SKIP_LOG", &log);
+        std::env::remove_var("FREQSWEEP_REQUIRE_ALL");
+        super::skip("test a", "FREQSWEEP_REQUIRE_TEST_A", "no thing A");
+        super::skip("test b", "FREQSWEEP_REQUIRE_TEST_B", "not root");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(text, "test a: no thing A\ntest b: not root\n");
+        std::env::set_var("FREQSWEEP_REQUIRE_TEST_B", "1");
+        let failed = std::panic::catch_unwind(|| super::skip("test b", "FREQSWEEP_REQUIRE_TEST_B", "not root"));
+        assert!(failed.is_err(), "a required test must fail, not skip");
+        std::env::remove_var("FREQSWEEP_REQUIRE_TEST_B");
+        std::env::set_var("FREQSWEEP_REQUIRE_ALL", "1");
+        assert!(std::panic::catch_unwind(|| super::skip("test c", "X", "why")).is_err());
+        assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 2, "a failing skip is not recorded");
+    }
+}
