@@ -13,14 +13,25 @@ pub enum ImageError {
 /// Write an 8-bit RGB image (`rgb.len() == 3·width·height`).
 pub fn write_rgb_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> Result<(), ImageError> {
     let err = |detail: String| ImageError::Write { path: path.display().to_string(), detail };
-    assert_eq!(rgb.len(), 3 * width as usize * height as usize, "rgb buffer does not match {width}x{height}");
     let file = std::fs::File::create(path).map_err(|e| err(e.to_string()))?;
-    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), width, height);
+    encode_rgb_png(std::io::BufWriter::new(file), width, height, rgb).map_err(err)
+}
+
+/// The PNG bytes of an RGB image (for embedding, e.g. in a TensorBoard event).
+pub fn rgb_png_bytes(width: u32, height: u32, rgb: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    encode_rgb_png(&mut out, width, height, rgb)?;
+    Ok(out)
+}
+
+fn encode_rgb_png(out: impl std::io::Write, width: u32, height: u32, rgb: &[u8]) -> Result<(), String> {
+    assert_eq!(rgb.len(), 3 * width as usize * height as usize, "rgb buffer does not match {width}x{height}");
+    let mut encoder = png::Encoder::new(out, width, height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header().map_err(|e| err(e.to_string()))?;
-    writer.write_image_data(rgb).map_err(|e| err(e.to_string()))?;
-    writer.finish().map_err(|e| err(e.to_string()))
+    let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
+    writer.write_image_data(rgb).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())
 }
 
 /// A grid with one row per class (`0..classes`) of up to `per_class` images each, every pixel

@@ -33,6 +33,7 @@ pub mod scheduler;
 pub mod secret;
 pub mod snapshot;
 pub mod store;
+pub mod tensorboard;
 #[doc(hidden)]
 pub mod testing;
 pub mod tls;

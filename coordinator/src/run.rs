@@ -28,6 +28,8 @@ pub struct Run {
     pub shared: Arc<Shared>,
     pub store: Store,
     writer: Option<StoreWriter>,
+    /// Appends what the store commits to `tensorboard/` as the run goes.
+    tensorboard: Option<crate::tensorboard::TensorBoard>,
     /// Held for the life of the run: a second `run` or `serve` on this directory is refused.
     _lock: crate::lock::DirLock,
 }
@@ -122,7 +124,17 @@ pub fn open(spec_path: &Path, dir: &Path, config: ServiceConfig) -> Result<Run> 
         Shared::new(config, store.clone(), artifacts, tasks.clone(), stored, first_attempt, sweep.name.clone());
     shared.restore_partials(partials);
     shared.set_given_models(given);
-    Ok(Run { dir: dir.to_path_buf(), sweep, tasks, shared, store, writer: Some(writer), _lock: lock })
+    let tensorboard = crate::tensorboard::TensorBoard::start(dir, &store, &sweep, &tasks, Duration::from_secs(1))?;
+    Ok(Run {
+        dir: dir.to_path_buf(),
+        sweep,
+        tasks,
+        shared,
+        store,
+        writer: Some(writer),
+        tensorboard: Some(tensorboard),
+        _lock: lock,
+    })
 }
 
 /// Store every given model file in the run's artifacts (content-addressed: once per content),
@@ -201,6 +213,12 @@ impl Run {
         // Everything acknowledged is committed; stop the writer so the files see it all.
         if let Some(writer) = self.writer.take() {
             writer.stop();
+        }
+        if let Some(tensorboard) = self.tensorboard.take() {
+            // A view of the store: failing to write it does not lose results.
+            if let Err(e) = tensorboard.finish() {
+                tracing::warn!(error = %format!("{e:#}"), "tensorboard: the last events could not be written");
+            }
         }
         let reader = Store::open(&self.dir.join("freqsweep.db"))?.0.reader()?;
         write_results(&self.dir, &reader, &self.sweep, &self.tasks)

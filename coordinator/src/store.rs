@@ -255,6 +255,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("artifacts", "attempt_id", "INTEGER"),
     ("artifacts", "epochs_done", "INTEGER"),
     ("attempts", "backup", "INTEGER NOT NULL DEFAULT 0"),
+    // The `metric_batches` rowid of the point's batch (0 for points stored before the column).
+    ("metrics", "batch", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -265,6 +267,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
         }
     }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS metrics_batch ON metrics(batch)")?;
     Ok(())
 }
 
@@ -381,7 +384,7 @@ fn apply<'a>(conn: &mut Connection, groups: impl Iterator<Item = &'a [Change]>) 
     let tx = conn.transaction()?;
     {
         let mut insert_metric = tx.prepare_cached(
-            "INSERT INTO metrics (task_id, attempt_id, name, epoch, step, test_set, class_index, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO metrics (task_id, attempt_id, name, epoch, step, test_set, class_index, value, batch) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
         let mut insert_batch =
             tx.prepare_cached("INSERT OR IGNORE INTO metric_batches (attempt_id, seq) VALUES (?1, ?2)")?;
@@ -438,6 +441,9 @@ fn apply<'a>(conn: &mut Connection, groups: impl Iterator<Item = &'a [Change]>) 
                         if insert_batch.execute(params![*attempt_id as i64, *seq as i64])? == 0 {
                             continue; // a duplicate batch: already stored
                         }
+                        // Batches are never deleted, so their rowids only grow: a follower of the
+                        // metrics (TensorBoard) reads on from the last batch it saw.
+                        let batch = tx.last_insert_rowid();
                         for p in points {
                             insert_metric.execute(params![
                                 *task_id as i64,
@@ -447,7 +453,8 @@ fn apply<'a>(conn: &mut Connection, groups: impl Iterator<Item = &'a [Change]>) 
                                 p.step as i64,
                                 p.test_set,
                                 p.class_index,
-                                p.value
+                                p.value,
+                                batch
                             ])?;
                         }
                     }
@@ -495,6 +502,15 @@ fn apply<'a>(conn: &mut Connection, groups: impl Iterator<Item = &'a [Change]>) 
 }
 
 /// Read-only queries.
+/// A stored metric point with where it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FollowedPoint {
+    pub batch: i64,
+    pub task_id: u64,
+    pub attempt_id: u64,
+    pub point: MetricPoint,
+}
+
 pub struct Reader {
     conn: Connection,
 }
@@ -545,6 +561,85 @@ impl Reader {
                 value: r.get(5)?,
             })
         })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest metric batch (`metric_batches` rowid; -1 for none). A batch commits together
+    /// with its points.
+    pub fn newest_metric_batch(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row("SELECT COALESCE(MAX(rowid), -1) FROM metric_batches", [], |r| r.get(0))?)
+    }
+
+    /// The metric points of batches `after < batch ≤ upto` (rowids of `metric_batches`), in
+    /// batch order. Points of stores older than the column have batch 0.
+    pub fn metrics_between(&self, after: i64, upto: i64) -> Result<Vec<FollowedPoint>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT batch, task_id, attempt_id, name, epoch, step, test_set, class_index, value FROM metrics
+             WHERE batch > ?1 AND batch <= ?2 ORDER BY batch, rowid",
+        )?;
+        let rows = stmt.query_map(params![after, upto], |r| {
+            Ok(FollowedPoint {
+                batch: r.get(0)?,
+                task_id: r.get::<_, i64>(1)? as u64,
+                attempt_id: r.get::<_, i64>(2)? as u64,
+                point: MetricPoint {
+                    name: r.get(3)?,
+                    epoch: r.get(4)?,
+                    step: r.get::<_, i64>(5)? as u64,
+                    test_set: r.get(6)?,
+                    class_index: r.get(7)?,
+                    value: r.get(8)?,
+                },
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every stored point of a task with its attempt, in insertion order (after a race only the
+    /// winner's remain).
+    pub fn task_metrics(&self, task_id: u64) -> Result<Vec<FollowedPoint>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT batch, attempt_id, name, epoch, step, test_set, class_index, value FROM metrics
+             WHERE task_id = ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map([task_id as i64], |r| {
+            Ok(FollowedPoint {
+                batch: r.get(0)?,
+                task_id,
+                attempt_id: r.get::<_, i64>(1)? as u64,
+                point: MetricPoint {
+                    name: r.get(2)?,
+                    epoch: r.get(3)?,
+                    step: r.get::<_, i64>(4)? as u64,
+                    test_set: r.get(5)?,
+                    class_index: r.get(6)?,
+                    value: r.get(7)?,
+                },
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Ids of the done tasks of `kind`.
+    pub fn done_tasks(&self, kind: &str) -> Result<Vec<u64>, StoreError> {
+        let mut stmt =
+            self.conn.prepare_cached("SELECT id FROM tasks WHERE state = 'done' AND kind = ?1 ORDER BY id")?;
+        let rows = stmt.query_map([kind], |r| Ok(r.get::<_, i64>(0)? as u64))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The stored result of a task.
+    pub fn task_result(&self, id: u64) -> Result<Option<String>, StoreError> {
+        let result = self.conn.query_row("SELECT result_json FROM tasks WHERE id = ?1", [id as i64], |r| r.get(0));
+        Ok(result.optional()?.flatten())
+    }
+
+    /// `(name, path)` of the artifacts whose name starts with `prefix`, by name.
+    pub fn artifacts_named(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name, path FROM artifacts WHERE substr(name, 1, length(?1)) = ?1 ORDER BY name")?;
+        let rows = stmt.query_map([prefix], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -215,6 +215,39 @@ pub fn skip(test: &str, require_var: &str, why: &str) {
     }
 }
 
+/// A Python virtual environment under `root` with `requirements` installed by pip (created once;
+/// `<root>/.complete` marks a finished install). `Err` says why it cannot be made here (no
+/// `python3 -m venv`: Debian's `python3-venv`; no package registry), for [`skip`].
+pub fn python_venv(root: &std::path::Path, requirements: &[&str]) -> Result<PathBuf, String> {
+    let python = root.join("bin/python");
+    let marker = root.join(".complete");
+    if marker.is_file() && python.is_file() {
+        return Ok(python);
+    }
+    let _ = std::fs::remove_dir_all(root);
+    let run = |cmd: &mut Command, what: &str| -> Result<(), String> {
+        let out = run_bounded(cmd, Duration::from_secs(600));
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_string();
+        Err(format!("{what} failed ({}): {last}", out.status))
+    };
+    run(
+        Command::new("python3").args(["-m", "venv"]).arg(root),
+        "python3 -m venv (Debian: apt-get install python3-venv)",
+    )?;
+    run(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args(requirements),
+        &format!("pip install {}", requirements.join(" ")),
+    )?;
+    std::fs::write(&marker, requirements.join("\n")).map_err(|e| format!("{}: {e}", marker.display()))?;
+    Ok(python)
+}
+
 #[cfg(test)]
 mod tests {
     /// The only test in this binary: it sets process-wide variables.

@@ -48,6 +48,10 @@ impl Figure {
         }
         write_rgb_png(path, self.width, self.height, &self.rgb).map_err(|e| format!("{}: {e}", path.display()))
     }
+
+    pub fn png(&self) -> Result<Vec<u8>, String> {
+        crate::image::rgb_png_bytes(self.width, self.height, &self.rgb)
+    }
 }
 
 fn render(

@@ -1,0 +1,418 @@
+//! TensorBoard output: `DIR/tensorboard/<point>/` event files, written as the run goes, readable
+//! by a stock `tensorboard --logdir DIR/tensorboard`.
+//!
+//! A follower of the store, not of the protocol: a thread reads what the store has committed
+//! (metric batches in commit order, complete maps, done tasks) about once a second and appends it,
+//! so TensorBoard never shows what the store does not hold, and a coordinator killed at any point
+//! resumes from the cursor (`tensorboard/.freqsweep-cursor.json`, written after the event files
+//! are synced). Each point is one TensorBoard run:
+//!
+//! - scalars against the global step: `train/loss`, `train/lr`, `<test set>/accuracy`,
+//!   `<test set>/macro_f1`, `<test set>/f1/class_<k>` (also precision and recall);
+//! - images: `heatmap/eps<ε>` (and `heatmap/eps<ε>/<layer>`) when a map is complete, at the step of
+//!   the checkpoint it was computed from; `confusion/<test set>` when training ends;
+//!   `band_confusion/<bands>` when the band-sufficiency task ends.
+//!
+//! A retried attempt that starts again at step s (from a checkpoint, or from 0) writes a
+//! `SessionLog START` at s first: TensorBoard then drops the earlier attempt's points at steps ≥ s,
+//! as it does for a restarted TensorFlow job. After a race between two attempts, the winner's
+//! points are written again if they were not the ones followed.
+
+pub mod events;
+
+use crate::graph::PlannedTask;
+use crate::store::{FollowedPoint, Reader, Store};
+use anyhow::{Context, Result};
+use events::EventFile;
+use freqsweep_common::figures::{self, CentredMap};
+use freqsweep_common::heatmap::{CellStat, HeatmapAccumulator};
+use freqsweep_common::spec::Sweep;
+use freqsweep_common::spectrum::{Cell, Shape2};
+use freqsweep_common::task::{TaskOutcome, TaskSpec};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const CURSOR: &str = ".freqsweep-cursor.json";
+/// Metric batches read per query (a resumed run catches up in bounded steps).
+const BATCHES: i64 = 500;
+
+/// What has been written, so a restarted coordinator neither repeats nor skips.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+struct Cursor {
+    /// The last metric batch written (`metric_batches` rowid); -1 before any.
+    metrics_batch: i64,
+    /// Per task, the attempt whose points are being written.
+    followed: BTreeMap<u64, u64>,
+    /// Tasks whose end-of-task images are written.
+    finished: BTreeSet<u64>,
+    /// Map artifacts written as images.
+    maps: BTreeSet<String>,
+}
+
+/// The running follower; [`TensorBoard::finish`] writes what is left and stops it.
+pub struct TensorBoard {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Follower>>,
+}
+
+impl TensorBoard {
+    /// Start following `store` into `dir/tensorboard/`, one pass every `interval`.
+    pub fn start(dir: &Path, store: &Store, sweep: &Sweep, tasks: &[PlannedTask], interval: Duration) -> Result<Self> {
+        let mut follower = Follower::open(dir, store.reader()?, sweep, tasks)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new().name("tensorboard".into()).spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                if let Err(e) = follower.pass() {
+                    // TensorBoard output is a view: the sweep goes on, the next pass retries.
+                    tracing::warn!(error = %format!("{e:#}"), "tensorboard: writing events failed; retrying");
+                }
+                let mut waited = Duration::ZERO;
+                while waited < interval && !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    waited += Duration::from_millis(50);
+                }
+            }
+            follower
+        })?;
+        Ok(TensorBoard { stop, thread: Some(thread) })
+    }
+
+    /// Stop the thread and write everything the store holds now.
+    pub fn finish(mut self) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        let follower = self.thread.take().expect("joined once").join();
+        let mut follower = follower.map_err(|_| anyhow::anyhow!("the tensorboard thread panicked"))?;
+        follower.pass()
+    }
+}
+
+impl Drop for TensorBoard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What the follower knows of a task.
+struct TaskInfo {
+    point: String,
+    classes: usize,
+}
+
+struct Follower {
+    root: PathBuf,
+    reader: Reader,
+    cursor: Cursor,
+    tasks: HashMap<u64, TaskInfo>,
+    /// The train task of each point that trains.
+    train_of_point: HashMap<String, u64>,
+    files: BTreeMap<String, EventFile>,
+    host: String,
+}
+
+impl Follower {
+    fn open(dir: &Path, reader: Reader, sweep: &Sweep, planned: &[PlannedTask]) -> Result<Self> {
+        let root = dir.join("tensorboard");
+        std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+        let cursor_path = root.join(CURSOR);
+        let cursor = match std::fs::read(&cursor_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!("{} is corrupt; delete the tensorboard directory to rewrite it", cursor_path.display())
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Cursor { metrics_batch: -1, ..Cursor::default() },
+            Err(e) => return Err(e).with_context(|| format!("reading {}", cursor_path.display())),
+        };
+        let mut tasks = HashMap::new();
+        let mut train_of_point = HashMap::new();
+        for task in planned {
+            let Some(point) = sweep.points.get(task.point) else { continue };
+            let classes = match &task.spec {
+                TaskSpec::Train(t) => t.train.classes,
+                TaskSpec::Bands(b) => b.classes,
+                _ => point.task.train.classes,
+            };
+            if matches!(task.spec, TaskSpec::Train(_)) {
+                train_of_point.insert(point.id.clone(), task.id.0);
+            }
+            tasks.insert(task.id.0, TaskInfo { point: point.id.clone(), classes });
+        }
+        let host = hostname();
+        Ok(Follower { root, reader, cursor, tasks, train_of_point, files: BTreeMap::new(), host })
+    }
+
+    /// Write what the store holds beyond the cursor, sync, then move the cursor.
+    fn pass(&mut self) -> Result<()> {
+        let mut wrote = false;
+        // Batch ids only grow and a batch commits with its points, so every batch up to the
+        // newest seen now is complete.
+        let newest = self.reader.newest_metric_batch()?;
+        while self.cursor.metrics_batch < newest {
+            let upto = newest.min(self.cursor.metrics_batch.saturating_add(BATCHES));
+            for p in self.reader.metrics_between(self.cursor.metrics_batch, upto)? {
+                self.point(&p)?;
+            }
+            self.cursor.metrics_batch = upto;
+            wrote = true;
+        }
+        wrote |= self.finished_tasks()?;
+        wrote |= self.maps()?;
+        if wrote {
+            for file in self.files.values_mut() {
+                file.flush().with_context(|| format!("writing {}", file.path().display()))?;
+            }
+            let bytes = serde_json::to_vec(&self.cursor).expect("the cursor serialises");
+            let path = self.root.join(CURSOR);
+            let partial = path.with_extension("partial");
+            std::fs::write(&partial, bytes).with_context(|| format!("writing {}", partial.display()))?;
+            std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, point: &str) -> Result<&mut EventFile> {
+        if !self.files.contains_key(point) {
+            let file = EventFile::create(&self.root.join(point), &self.host)
+                .with_context(|| format!("creating an event file in {}", self.root.join(point).display()))?;
+            self.files.insert(point.to_string(), file);
+        }
+        Ok(self.files.get_mut(point).expect("inserted"))
+    }
+
+    /// One metric point, unless it belongs to an attempt older than the one followed.
+    fn point(&mut self, p: &FollowedPoint) -> Result<()> {
+        let Some(info) = self.tasks.get(&p.task_id) else { return Ok(()) };
+        let point = info.point.clone();
+        match self.cursor.followed.get(&p.task_id).copied() {
+            Some(followed) if p.attempt_id < followed => return Ok(()),
+            Some(followed) if p.attempt_id > followed => {
+                self.cursor.followed.insert(p.task_id, p.attempt_id);
+                self.file(&point)?.restart_at(p.point.step)?;
+            }
+            Some(_) => {}
+            None => {
+                self.cursor.followed.insert(p.task_id, p.attempt_id);
+            }
+        }
+        if let Some(tag) = scalar_tag(&p.point) {
+            self.file(&point)?.scalar(&tag, p.point.step, p.point.value)?;
+        }
+        Ok(())
+    }
+
+    /// Images of tasks that ended since the last pass: final confusion matrices of training,
+    /// the band-sufficiency matrices. Also rewrites a race's winner if it was not followed.
+    fn finished_tasks(&mut self) -> Result<bool> {
+        let mut wrote = false;
+        let mut ended: Vec<(u64, &str)> = Vec::new();
+        for kind in ["train", "bands"] {
+            ended.extend(self.reader.done_tasks(kind)?.into_iter().map(|id| (id, kind)));
+        }
+        for (id, kind) in ended {
+            if self.cursor.finished.contains(&id) {
+                continue;
+            }
+            let Some(info) = self.tasks.get(&id) else { continue };
+            let (point, classes) = (info.point.clone(), info.classes);
+            match kind {
+                "train" => {
+                    let stored = self.reader.task_metrics(id)?;
+                    self.rewrite_winner(id, &point, &stored)?;
+                    let points: Vec<_> = stored.into_iter().map(|p| p.point).collect();
+                    let step = points.iter().map(|p| p.step).max().unwrap_or(0);
+                    for (set, rows) in crate::merge::final_confusions(&points, classes) {
+                        // The report's title: the image equals `confusion/<point>_<set>.png`.
+                        let title = format!("{} on {set}", crate::report::short_id(&point));
+                        self.figure(&point, &format!("confusion/{set}"), step, figures::confusion(&rows, &title))?;
+                    }
+                }
+                _ => {
+                    let result = self.reader.task_result(id)?.unwrap_or_default();
+                    if let Ok(TaskOutcome::Bands(outcome)) = serde_json::from_str::<TaskOutcome>(&result) {
+                        let step = self.final_step(&point)?;
+                        for (set, rows) in &outcome.sets {
+                            let title = format!("{} on {set}: confusion", crate::report::short_id(&point));
+                            self.figure(
+                                &point,
+                                &format!("band_confusion/{set}"),
+                                step,
+                                figures::confusion(rows, &title),
+                            )?;
+                        }
+                    }
+                }
+            }
+            self.cursor.finished.insert(id);
+            wrote = true;
+        }
+        Ok(wrote)
+    }
+
+    /// After a race the store keeps only the winner's points: if those are not the attempt that
+    /// was written, write them again after a restart marker at their first step.
+    fn rewrite_winner(&mut self, task: u64, point: &str, stored: &[FollowedPoint]) -> Result<()> {
+        let Some(winner) = stored.iter().map(|p| p.attempt_id).max() else { return Ok(()) };
+        if self.cursor.followed.get(&task) == Some(&winner) {
+            return Ok(());
+        }
+        let first = stored.iter().map(|p| p.point.step).min().unwrap_or(0);
+        self.cursor.followed.insert(task, winner);
+        let file = self.file(point)?;
+        file.restart_at(first)?;
+        for p in stored.iter().filter(|p| p.attempt_id == winner) {
+            if let Some(tag) = scalar_tag(&p.point) {
+                file.scalar(&tag, p.point.step, p.point.value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Complete heatmaps (and their layer maps) not yet written.
+    fn maps(&mut self) -> Result<bool> {
+        let mut wrote = false;
+        for (name, path) in self.reader.artifacts_named("map/")? {
+            if self.cursor.maps.contains(&name) {
+                continue;
+            }
+            let Some((point, epoch, eps)) = parse_map_name(&name) else {
+                self.cursor.maps.insert(name);
+                continue;
+            };
+            let bytes = std::fs::read(&path).with_context(|| format!("reading map {name} ({path})"))?;
+            let map: MapFile = serde_json::from_slice(&bytes).with_context(|| format!("map {name} ({path})"))?;
+            let step = match epoch {
+                Some(e) => self.step_at_epoch(&point, e)?,
+                None => self.final_step(&point)?,
+            };
+            let shape = Shape2::new(map.height, map.width);
+            let error = means(shape, &map.error)?;
+            // The report's titles: the images equal `heatmaps/<point>_eps<ε>[_<layer>].png`.
+            let title = match epoch {
+                Some(e) => format!("{} epoch {e} ε={eps}: test error", crate::report::short_id(&point)),
+                None => format!("{} ε={eps}: test error", crate::report::short_id(&point)),
+            };
+            let centred = CentredMap { values: &error, height: shape.h, width: shape.w };
+            self.figure(
+                &point,
+                &format!("heatmap/eps{eps}"),
+                step,
+                figures::heatmap(centred, Some((0.0, 1.0)), &title, "error rate"),
+            )?;
+            for (layer, cells) in &map.layers {
+                let values = means(shape, cells)?;
+                let centred = CentredMap { values: &values, height: shape.h, width: shape.w };
+                let title = format!("{} ε={eps}: {layer}", crate::report::short_id(&point));
+                self.figure(
+                    &point,
+                    &format!("heatmap/eps{eps}/{layer}"),
+                    step,
+                    figures::heatmap(centred, None, &title, "1 − cos"),
+                )?;
+            }
+            self.cursor.maps.insert(name);
+            wrote = true;
+        }
+        Ok(wrote)
+    }
+
+    fn figure(&mut self, point: &str, tag: &str, step: u64, figure: Result<figures::Figure, String>) -> Result<()> {
+        let figure = figure.map_err(|e| anyhow::anyhow!("rendering {tag} of {point}: {e}"))?;
+        let png = figure.png().map_err(|e| anyhow::anyhow!("encoding {tag} of {point}: {e}"))?;
+        self.file(point)?.image(tag, step, figure.width, figure.height, png)?;
+        Ok(())
+    }
+
+    /// The last step of the point's training (0 for a given model, which is not trained).
+    fn final_step(&self, point: &str) -> Result<u64> {
+        let Some(&task) = self.train_of_point.get(point) else { return Ok(0) };
+        Ok(self.reader.task_metrics(task)?.iter().map(|p| p.point.step).max().unwrap_or(0))
+    }
+
+    /// The last step at or before the end of `epoch` (of the followed points).
+    fn step_at_epoch(&self, point: &str, epoch: u32) -> Result<u64> {
+        let Some(&task) = self.train_of_point.get(point) else { return Ok(0) };
+        let points = self.reader.task_metrics(task)?;
+        Ok(points.iter().filter(|p| p.point.epoch <= f64::from(epoch) + 1e-9).map(|p| p.point.step).max().unwrap_or(0))
+    }
+}
+
+/// The TensorBoard tag of a metric point; `None` for points that are not scalars (confusion
+/// counts become an image when training ends).
+pub fn scalar_tag(p: &freqsweep_common::task::MetricPoint) -> Option<String> {
+    match p.name.as_str() {
+        "loss" | "lr" => Some(format!("train/{}", p.name)),
+        "accuracy" | "macro_f1" => Some(format!("{}/{}", p.test_set, p.name)),
+        "f1" | "precision" | "recall" => Some(format!("{}/{}/class_{}", p.test_set, p.name, p.class_index)),
+        _ => None,
+    }
+}
+
+/// `map/<point>/eps4` → (point, None, "4"); `map/<point>/ep2/eps4` → (point, Some(2), "4").
+fn parse_map_name(name: &str) -> Option<(String, Option<u32>, String)> {
+    let rest = name.strip_prefix("map/")?;
+    let (head, eps) = rest.rsplit_once("/eps")?;
+    match head.rsplit_once("/ep") {
+        Some((point, epoch)) if epoch.parse::<u32>().is_ok() => Some((point.into(), epoch.parse().ok(), eps.into())),
+        _ => Some((head.into(), None, eps.into())),
+    }
+}
+
+/// The map artifact (`kinds::heatmap::map_artifact`), read back.
+#[derive(Deserialize)]
+struct MapFile {
+    height: usize,
+    width: usize,
+    error: Vec<(Cell, CellStat)>,
+    #[serde(default)]
+    layers: BTreeMap<String, Vec<(Cell, CellStat)>>,
+}
+
+fn means(shape: Shape2, cells: &[(Cell, CellStat)]) -> Result<Vec<f64>> {
+    let mut acc = HeatmapAccumulator::new(shape);
+    acc.write_all(cells).map_err(|e| anyhow::anyhow!("a map artifact's cells: {e}"))?;
+    Ok(acc.means())
+}
+
+fn hostname() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = name.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_artifact_names_parse_into_point_epoch_and_eps() {
+        assert_eq!(parse_map_name("map/Syn_4-tiny-lr0.1/eps4"), Some(("Syn_4-tiny-lr0.1".into(), None, "4".into())));
+        assert_eq!(parse_map_name("map/Syn_4-tiny/ep2/eps0.5"), Some(("Syn_4-tiny".into(), Some(2), "0.5".into())));
+        assert_eq!(parse_map_name("dfm/x"), None);
+    }
+
+    #[test]
+    fn metric_points_map_to_tags_and_confusion_counts_are_not_scalars() {
+        let p = |name: &str, set: &str, class: i32| freqsweep_common::task::MetricPoint {
+            name: name.into(),
+            epoch: 1.0,
+            step: 3,
+            test_set: set.into(),
+            class_index: class,
+            value: 0.5,
+        };
+        assert_eq!(scalar_tag(&p("loss", "", -1)).unwrap(), "train/loss");
+        assert_eq!(scalar_tag(&p("macro_f1", "B1234", -1)).unwrap(), "B1234/macro_f1");
+        assert_eq!(scalar_tag(&p("f1", "B12", 3)).unwrap(), "B12/f1/class_3");
+        assert_eq!(scalar_tag(&p("confusion", "B12", 5)), None);
+    }
+}
