@@ -31,6 +31,7 @@ pub mod report;
 pub mod run;
 pub mod scheduler;
 pub mod secret;
+pub mod slurm;
 pub mod snapshot;
 pub mod store;
 pub mod tensorboard;

@@ -2,6 +2,7 @@
 //! listed by `--help` does what it says.
 
 mod run_cmd;
+mod slurm_cmd;
 mod syn_cmd;
 
 use anyhow::Result;
@@ -30,6 +31,8 @@ enum Command {
     Status(run_cmd::StatusArgs),
     /// Re-write a run directory's result files from its store alone.
     Report(run_cmd::ReportArgs),
+    /// SLURM: `freqsweep slurm submit` a job array of workers for a coordinator.
+    Slurm(slurm_cmd::SlurmArgs),
 }
 
 fn main() {
@@ -41,6 +44,7 @@ fn main() {
         Command::Serve(args) => run_cmd::serve(&args),
         Command::Status(args) => run_cmd::status(&args),
         Command::Report(args) => run_cmd::report(&args),
+        Command::Slurm(args) => slurm_cmd::run(&args),
     };
     if let Err(err) = result {
         // One line naming the cause chain, then a non-zero exit.

@@ -13,6 +13,7 @@ fn every_binary_and_subcommand_has_help() {
     for (bin, args) in [
         ("freqsweep", vec!["--help"]),
         ("freqsweep", vec!["syn", "--help"]),
+        ("freqsweep", vec!["slurm", "submit", "--help"]),
         ("freqsweep-worker", vec!["--help"]),
         ("freqsweep-worker", vec!["info", "--help"]),
         ("freqsweep-worker", vec!["train", "--help"]),

@@ -3,8 +3,9 @@
 //! ports, no cgroups, two fake GPUs) runs the real scripts of `deploy/slurm/`. The coordinator job
 //! serves a tiny Syn sweep on 127.0.0.1 and writes its URL; an array of two worker jobs finds it
 //! there and joins; `scancel` of the array drains them (the training task's lease is released, the
-//! jobs leave the queue at once, not after SLURM's kill timeout); a second array resumes the task
-//! from its last epoch checkpoint and completes the sweep, and every job ends by itself.
+//! jobs leave the queue at once, not after SLURM's kill timeout); a second array, submitted by
+//! `freqsweep slurm submit`, resumes the task from its last epoch checkpoint and completes the
+//! sweep, and every job ends by itself.
 //!
 //! `FREQSWEEP_SLURM_TEST_KEEP=1` keeps the directory (configuration, daemon logs, job outputs).
 //! Needs root and the Debian packages `slurmctld slurmd slurm-client munge` (`.ci/run` installs
@@ -286,6 +287,50 @@ fn submit_workers(cluster: &Cluster, dir: &Path) -> String {
     )
 }
 
+/// `freqsweep slurm submit` for a 2-worker array against the coordinator job's URL: first its
+/// `--dry-run` (the values in, the token out), then for real; returns the array job id.
+fn submit_with_freqsweep(cluster: &Cluster, dir: &Path) -> String {
+    let url = std::fs::read_to_string(dir.join("run/coordinator.url")).unwrap().trim().to_string();
+    let submit = |extra: &[&str]| {
+        let mut cmd = Command::new(binary("freqsweep"));
+        cmd.args(["slurm", "submit", "--coordinator", &url, "--workers", "2", "--partition", "debug"])
+            .args(["--time", "10:00", "--cpus-per-task", "1"])
+            .args(extra)
+            .arg("--sbatch")
+            .arg(find("sbatch").unwrap())
+            .current_dir(dir)
+            .env("SLURM_CONF", &cluster.conf)
+            .env("FREQSWEEP_TOKEN", "slurm-test-token")
+            // The job's environment, passed on by sbatch (the fake GPUs are /dev/null).
+            .env("FREQSWEEP_DEVICE", "cpu")
+            .env("FREQSWEEP_WORKER_CACHE", dir.join("cache"))
+            .env("FREQSWEEP_WORKER_ARGS", "--connect-timeout 20");
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "freqsweep slurm submit: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let dry = submit(&["--dry-run"]);
+    for line in ["#SBATCH --array=0-1", "#SBATCH --partition=debug", "#SBATCH --time=10:00", "#SBATCH --gres=gpu:1"] {
+        assert!(dry.lines().any(|l| l == line), "{line} missing from the dry run:\n{dry}");
+    }
+    assert!(!dry.contains("slurm-test-token"), "a dry run prints no token:\n{dry}");
+    assert!(std::fs::read_dir(dir).unwrap().all(|e| !e.unwrap().path().to_string_lossy().ends_with(".sbatch")));
+
+    let script = dir.join("workers.sbatch");
+    let printed = submit(&["--script", script.to_str().unwrap()]);
+    let job = printed
+        .strip_prefix("submitted job array ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no job id in {printed:?}"))
+        .to_string();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&script).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the script holds the token: owner only");
+    let text = std::fs::read_to_string(&script).unwrap();
+    assert!(text.contains("export FREQSWEEP_TOKEN='slurm-test-token'"), "{text}");
+    job
+}
+
 /// Wait until a line matching `pred` is in the file at `log` (or panic showing it after `limit`).
 fn wait_log(log: &Path, limit: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
     let started = Instant::now();
@@ -356,9 +401,10 @@ fn workers_submitted_with_sbatch_complete_a_sweep_and_scancel_drains_them() {
         assert!(outputs.contains(gpu), "{gpu} missing:\n{outputs}");
     }
 
-    // Second array: the training task resumes from its last checkpoint and the sweep completes;
-    // the coordinator job and the workers then end by themselves.
-    let second = submit_workers(&cluster, dir);
+    // Second array, submitted by `freqsweep slurm submit`: the training task resumes from its
+    // last checkpoint and the sweep completes; the coordinator job and the workers then end by
+    // themselves.
+    let second = submit_with_freqsweep(&cluster, dir);
     let finished = wait_log(&log, LIMIT.saturating_sub(started.elapsed()), "the end of the sweep", |l| {
         l.starts_with("sweep finished") || l.starts_with("sweep stopped") || l.starts_with("freqsweep: error")
     });
