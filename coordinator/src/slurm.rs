@@ -265,7 +265,8 @@ mod tests {
 
     #[test]
     fn values_slurm_or_the_workers_would_refuse_are_named() {
-        let cases: Vec<(Box<dyn Fn(&mut Submission)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut Submission)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|s| s.coordinator = "node1:7070".into()), "must be an http:// or https:// URL"),
             (Box::new(|s| s.coordinator = "http://a b".into()), "contains whitespace"),
             (Box::new(|s| s.workers = 0), "--workers 0 must be between 1"),
