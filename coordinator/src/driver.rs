@@ -218,7 +218,9 @@ pub struct Driver {
     /// Per train task, the epochs whose checkpoints analyses take, with those analyses.
     kept: HashMap<TaskId, BTreeMap<u32, Vec<TaskId>>>,
     /// Heatmaps and DFMs merged chunk by chunk as results are accepted.
-    maps: kinds::Merged,
+    pub(crate) maps: kinds::Merged,
+    /// Grid point ids by index (for the dashboard).
+    pub(crate) point_ids: Vec<String>,
     /// Newest partial checkpoint of unfinished tasks that resume from them.
     partials: HashMap<TaskId, PartialCheckpoint>,
     /// Digest → locality key, to translate a worker's cache into keys the scheduler knows.
@@ -319,6 +321,7 @@ impl Shared {
             tasks: tasks.into_iter().map(|t| (t.id, t)).collect(),
             outputs,
             given: HashMap::new(),
+            point_ids: Vec::new(),
             kept,
             maps,
             partials: HashMap::new(),
@@ -429,6 +432,28 @@ impl Shared {
     /// Everything `status`, `/metrics` and the dashboard show, taken under one lock.
     pub fn snapshot(&self) -> crate::snapshot::Snapshot {
         self.lock().snapshot()
+    }
+
+    /// The sweep's grid point ids, by index (the dashboard names points with them).
+    pub fn set_point_ids(&self, ids: Vec<String>) {
+        self.lock().point_ids = ids;
+    }
+
+    /// Every grid point: its training state and how many of its maps are complete.
+    pub fn live_points(&self) -> Vec<crate::live::PointSummary> {
+        self.lock().live_points()
+    }
+
+    /// Point `index` as merged now, with its F1 curves from the store; `None` outside the sweep.
+    pub fn live_point(&self, index: usize) -> Result<Option<crate::live::PointDetail>, crate::store::StoreError> {
+        let (detail, store) = {
+            let driver = self.lock();
+            (driver.live_point(index), driver.store.clone())
+        };
+        let Some(mut detail) = detail else { return Ok(None) };
+        // Outside the lock: reading the curves must not hold up the workers' reports.
+        detail.read_curves(&store.reader()?)?;
+        Ok(Some(detail))
     }
 
     /// Restore the newest partial checkpoint of unfinished tasks (from the store, on resume).

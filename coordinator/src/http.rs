@@ -74,11 +74,38 @@ pub fn respond<B>(shared: &Shared, request: &Request<B>) -> Response<Full<Bytes>
             let body = serde_json::to_string(&shared.snapshot()).expect("snapshots serialise");
             reply(StatusCode::OK, "application/json", body)
         }
+        "/api/points" => {
+            let body = serde_json::to_string(&shared.live_points()).expect("points serialise");
+            reply(StatusCode::OK, "application/json", body)
+        }
+        "/api/point" => {
+            let index = request
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("index=")))
+                .and_then(|v| v.parse::<usize>().ok());
+            match index.map(|i| shared.live_point(i)) {
+                None => {
+                    text(StatusCode::BAD_REQUEST, "/api/point needs ?index=N (a grid point's index from /api/points)\n")
+                }
+                Some(Ok(None)) => text(StatusCode::NOT_FOUND, "no grid point with that index\n"),
+                Some(Ok(Some(detail))) => {
+                    reply(StatusCode::OK, "application/json", serde_json::to_string(&detail).expect("points serialise"))
+                }
+                Some(Err(e)) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain; charset=utf-8",
+                    format!("the store cannot be read: {e}\n"),
+                ),
+            }
+        }
         "/" | "/index.html" => {
             let body = DASHBOARD.replace("{{SWEEP}}", &html_escape(&shared.snapshot().sweep));
             reply(StatusCode::OK, "text/html; charset=utf-8", body)
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: try /, /metrics or /api/status\n"),
+        _ => {
+            text(StatusCode::NOT_FOUND, "not found: try /, /metrics, /api/status, /api/points or /api/point?index=N\n")
+        }
     };
     if request.method() == Method::HEAD {
         *response.body_mut() = Full::new(Bytes::new());
@@ -604,6 +631,36 @@ chunk_cells = 257
         assert_eq!(code, 401);
         assert!(body.contains("missing token") && body.lines().count() == 1, "{body}");
         assert_eq!(get(addr, "/nothing", auth).await.0, 404);
+
+        // The live point: planned maps before any chunk (every value null: grey on the page).
+        let (code, json) = get(addr, "/api/points", auth).await;
+        assert_eq!(code, 200, "{json}");
+        let points: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(points[0]["state"], "ready");
+        assert_eq!((points[0]["maps"].as_u64(), points[0]["maps_complete"].as_u64()), (Some(1), Some(0)));
+        let (code, json) = get(addr, "/api/point?index=0", auth).await;
+        assert_eq!(code, 200, "{json}");
+        let point: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let map = &point["maps"][0];
+        assert_eq!(
+            (map["chunks"].as_u64(), map["chunks_done"].as_u64(), map["written"].as_u64()),
+            (Some(2), Some(0), Some(0))
+        );
+        assert_eq!(map["values"].as_array().unwrap().len(), 32 * 32);
+        assert!(map["values"].as_array().unwrap().iter().all(|v| v.is_null()));
+        assert!(map["mean_error"].is_null() && point["f1"].as_object().unwrap().is_empty());
+        for (path, code) in [
+            ("/api/point", 400),
+            ("/api/point?index=x", 400),
+            ("/api/point?index=-1", 400),
+            ("/api/point?index=99999999999999999999999", 400),
+            ("/api/point?index=1", 404),
+        ] {
+            let (got, body) = get(addr, path, auth).await;
+            assert_eq!(got, code, "{path}: {body}");
+            assert_eq!(body.lines().count(), 1, "{body}");
+        }
+        assert_eq!(get(addr, "/api/point?index=0", "").await.0, 401);
         server.abort();
     }
 

@@ -25,6 +25,7 @@ pub mod graph;
 pub mod grpc;
 pub mod http;
 pub mod kinds;
+pub mod live;
 pub mod lock;
 pub mod merge;
 pub mod report;

@@ -124,6 +124,7 @@ pub fn open(spec_path: &Path, dir: &Path, config: ServiceConfig) -> Result<Run> 
         Shared::new(config, store.clone(), artifacts, tasks.clone(), stored, first_attempt, sweep.name.clone());
     shared.restore_partials(partials);
     shared.set_given_models(given);
+    shared.set_point_ids(sweep.points.iter().map(|p| p.id.clone()).collect());
     let tensorboard = crate::tensorboard::TensorBoard::start(dir, &store, &sweep, &tasks, Duration::from_secs(1))?;
     Ok(Run {
         dir: dir.to_path_buf(),

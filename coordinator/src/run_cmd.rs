@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// it) before the task fails; releases and backups do not count.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub max_attempts: u32,
+    /// With --http: keep serving the dashboard this many seconds after the sweep ends (the
+    /// results are written first; SIGTERM or Ctrl-C ends it sooner).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0, requires = "http")]
+    pub linger: f64,
 }
 
 #[derive(Args)]
@@ -266,6 +270,9 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     }
     let mut config = run::default_config(args.token.clone());
     set_limits(&mut config, args.lease_timeout, args.max_attempts)?;
+    if !(args.linger.is_finite() && (0.0..=86_400.0 * 365.0).contains(&args.linger)) {
+        bail!("--linger {} must be a number of seconds between 0 and a year", args.linger);
+    }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(freqsweep_coordinator::tls::TlsIdentity::load(cert, key).map_err(anyhow::Error::msg)?);
     }
@@ -303,7 +310,22 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         println!("sweep stopped: {}; run the same command again to resume ({})", counts.join(", "), dir.display());
         return Ok(());
     }
-    print_summary(&dir, &summary)
+    let printed = print_summary(&dir, &summary);
+    if args.linger > 0.0 {
+        // The dashboard (a task of this runtime) keeps answering while this waits.
+        rt.block_on(async {
+            tracing::info!(seconds = args.linger, "the dashboard stays up after the sweep (--linger)");
+            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs_f64(args.linger)) => {}
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .context("waiting with --linger")?;
+    }
+    printed
 }
 
 /// How long `freqsweep status` waits for an answer.

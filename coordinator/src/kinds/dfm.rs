@@ -211,6 +211,11 @@ impl DfmMaps {
         self.maps.get(&point).map_or((0, 0), |s| (s.merged_tasks.len(), s.chunks))
     }
 
+    /// The maps of `point` as merged so far, also with nothing merged yet (for the dashboard).
+    pub fn planned(&self, point: usize) -> Option<&DfmAccumulator> {
+        self.maps.get(&point).map(|s| &s.acc)
+    }
+
     fn numerics_text(&self, point: usize) -> String {
         let Some(state) = self.maps.get(&point) else { return String::new() };
         let mut names: BTreeSet<String> = BTreeSet::new();

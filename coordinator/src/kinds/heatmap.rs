@@ -269,6 +269,15 @@ impl Maps {
     pub fn progress(&self, key: MapKey) -> (usize, usize) {
         self.maps.get(&key).map_or((0, 0), |s| (s.merged_tasks.len(), s.chunks))
     }
+
+    /// Every planned map of grid point `point` (also those with nothing merged yet): its key,
+    /// what is merged so far, and chunks merged and planned.
+    pub fn of_point(&self, point: usize) -> impl Iterator<Item = (MapKey, &MergedHeatmap, usize, usize)> {
+        self.maps
+            .iter()
+            .filter(move |(k, _)| k.point == point)
+            .map(|(k, s)| (*k, &s.merged, s.merged_tasks.len(), s.chunks))
+    }
 }
 
 /// A complete map as the content-addressed artifact a later stage takes as input: JSON with every
