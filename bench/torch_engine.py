@@ -20,9 +20,13 @@ thread count, and per model:
   `bf16_cl` is `torch.autocast("cpu", torch.bfloat16)` on a channels-last model (fp32 master
   weights, the way PyTorch AMP does it).
 
+`--device cuda:0` runs everything on that GPU (timings synchronise the device) and also reports
+the forward pass's FLOPs per image (`torch.utils.flop_counter`), for the roofline line.
+
 Prints one JSON object. Usage:
   python3 bench/torch_engine.py --data DIR --threads T [--batch tiny=256,resnet18=64] [--models tiny,resnet18]
       [--loop-cells tiny=64,resnet18=16] [--steps tiny=200,resnet18=12] [--variants fp32,fp32_cl,bf16_cl]
+      [--device cpu|cuda:0]
 """
 
 import argparse
@@ -39,6 +43,14 @@ import torch.nn.functional as F
 EPS = 4.0
 TRAIN_BATCH = 64
 LR = 1e-3
+# Set by --device; every tensor and model lives there.
+DEVICE = torch.device("cpu")
+
+
+def sync():
+    """Wait for the device (CUDA runs asynchronously: a timer must not stop before the work)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 class Normalize(nn.Module):
@@ -134,7 +146,7 @@ def fourier_basis(i, j, h, w):
     spectrum[u % h, v % w] = 1
     spectrum[(-u) % h, (-v) % w] = 1
     basis = torch.fft.ifft2(spectrum).real
-    return basis / basis.norm()
+    return (basis / basis.norm()).to(DEVICE)
 
 
 VARIANTS = {
@@ -154,7 +166,7 @@ def in_variant(model, variant):
 def numerics(variant):
     """The context the forward pass of `variant` runs in."""
     _, bf16 = VARIANTS[variant]
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
+    return torch.autocast(DEVICE.type, dtype=torch.bfloat16) if bf16 else torch.autocast(DEVICE.type, enabled=False)
 
 
 def laid_out(x, variant):
@@ -165,11 +177,12 @@ def batched_map(model, images, labels, cells, batch, variant):
     """The best batched heatmap loop in PyTorch; returns (perturbed images, seconds)."""
     n, c, h, w = images.shape
     k = len(cells)
+    sync()
     start = time.perf_counter()
     with torch.no_grad(), numerics(variant):
         basis = torch.stack([fourier_basis(i, j, h, w) for i, j in cells]) * EPS  # [k, h, w]
-        signs = torch.randint(0, 2, (k, n, c, 1, 1)).float() * 2 - 1
-        wrong = torch.zeros(k, dtype=torch.int64)
+        signs = torch.randint(0, 2, (k, n, c, 1, 1), device=DEVICE).float() * 2 - 1
+        wrong = torch.zeros(k, dtype=torch.int64, device=DEVICE)
         block = min(n, batch)
         group = max(1, batch // block)
         for first in range(0, n, block):
@@ -195,10 +208,11 @@ def public_dfm_loop(model, images, labels, cells, batch, target_class):
     Every class repeats it. Returns (filtered images, seconds)."""
     n, c, h, w = images.shape
     count = 0
+    sync()
     start = time.perf_counter()
     with torch.no_grad():
         for i, j in cells:
-            loss = torch.zeros(())
+            loss = torch.zeros((), device=DEVICE)
             for first in range(0, n, batch):
                 x, y = images[first : first + batch], labels[first : first + batch]
                 spectrum = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
@@ -216,13 +230,14 @@ def per_cell_loop(model, images, labels, cells, batch):
     """The per-cell loop of public Fourier-heatmap code; returns (perturbed images, seconds, errors)."""
     n, c, h, w = images.shape
     errors, count = 0, 0
+    sync()
     start = time.perf_counter()
     with torch.no_grad():
         for i, j in cells:
             basis = fourier_basis(i, j, h, w)
             for first in range(0, n, batch):
                 x, y = images[first : first + batch], labels[first : first + batch]
-                signs = torch.randint(0, 2, (x.shape[0], c, 1, 1)).float() * 2 - 1
+                signs = torch.randint(0, 2, (x.shape[0], c, 1, 1), device=DEVICE).float() * 2 - 1
                 perturbed = torch.clamp(x + EPS * signs * basis, 0, 1)
                 errors += (model(perturbed).argmax(1) != y).sum().item()
                 count += x.shape[0]
@@ -234,24 +249,26 @@ def forward_rate(model, images, batch, total, variant="fp32"):
     passes = max(1, -(-total // chunk.shape[0]))
     with torch.no_grad(), numerics(variant):
         model(chunk)
+        sync()
         start = time.perf_counter()
         for _ in range(passes):
             model(chunk)
+        sync()
         seconds = time.perf_counter() - start
     return passes * chunk.shape[0] / seconds
 
 
 def train_rate(name, images, labels, steps, variant="fp32"):
     torch.manual_seed(1)
-    model = in_variant(MODELS[name](4), variant)
+    model = in_variant(MODELS[name](4).to(DEVICE), variant)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     n = images.shape[0]
-    loss_sum = torch.zeros(())
+    loss_sum = torch.zeros((), device=DEVICE)
 
     def step():
         nonlocal loss_sum
-        index = torch.randperm(n)[: min(TRAIN_BATCH, n)]
+        index = torch.randperm(n, device=DEVICE)[: min(TRAIN_BATCH, n)]
         x, y = laid_out(images.index_select(0, index), variant), labels.index_select(0, index)
         with numerics(variant):
             loss = F.cross_entropy(model(x).float(), y)
@@ -262,12 +279,23 @@ def train_rate(name, images, labels, steps, variant="fp32"):
 
     step()
     step()
+    sync()
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    sync()
     seconds = time.perf_counter() - start
     loss_sum.item()
     return steps / seconds
+
+
+def forward_flops(model, one_image):
+    """FLOPs of one image's forward pass (a multiply-add counts 2), by PyTorch's own counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(one_image)
+    return counter.get_total_flops()
 
 
 def parse_map(text):
@@ -285,11 +313,14 @@ def main():
     p.add_argument("--steps", default="tiny=200,alexnet=20,resnet18=12")
     p.add_argument("--variants", default="fp32,fp32_cl", help="of fp32, fp32_cl, bf16_cl")
     p.add_argument("--dfm-models", default="tiny", help="models whose public DFM loop is timed")
+    p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     args = p.parse_args()
 
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    images = torch.from_numpy(np.load(os.path.join(args.data, "syn4_test_x.npy")))
-    labels = torch.from_numpy(np.load(os.path.join(args.data, "syn4_test_y.npy")))
+    images = torch.from_numpy(np.load(os.path.join(args.data, "syn4_test_x.npy"))).to(DEVICE)
+    labels = torch.from_numpy(np.load(os.path.join(args.data, "syn4_test_y.npy"))).to(DEVICE)
     n, _, h, w = images.shape
     loop_cells, forward_images, steps, batches = map(
         parse_map, (args.loop_cells, args.forward_images, args.steps, args.batch)
@@ -309,10 +340,13 @@ def main():
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "images": n,
+        "device": str(DEVICE),
     }
+    if DEVICE.type == "cuda":
+        out["device_name"] = torch.cuda.get_device_name(DEVICE)
     for name in args.models.split(","):
         torch.manual_seed(0)
-        model = MODELS[name](4).eval()
+        model = MODELS[name](4).to(DEVICE).eval()
         k = loop_cells.get(name, 32)
         cells = [half_plane[t * len(half_plane) // k] for t in range(k)]
         batch = batches.get(name, 256)
@@ -324,6 +358,7 @@ def main():
             "half_plane_cells": len(half_plane),
             "loop_images_per_second": count / seconds,
             "train_steps": steps.get(name, 10),
+            "forward_flops_per_image": forward_flops(model, images[:1]),
         }
         if name in dfm_models:
             public_dfm_loop(model, images, labels, cells[:1], batch, 0)  # warm-up
@@ -331,7 +366,7 @@ def main():
             row["dfm_loop_images_per_second"] = count / seconds
         for variant in variants:
             torch.manual_seed(0)
-            model = in_variant(MODELS[name](4).eval(), variant)
+            model = in_variant(MODELS[name](4).to(DEVICE).eval(), variant)
             batched_map(model, images, labels, cells[:1], batch, variant)  # warm-up
             count, seconds = batched_map(model, images, labels, cells, batch, variant)
             row[f"batched_images_per_second.{variant}"] = count / seconds

@@ -28,6 +28,8 @@ struct PinnedWheel {
     platforms: &'static [&'static str],
     /// (path prefix inside the wheel, destination directory relative to the cache root)
     extract: &'static [(&'static str, &'static str)],
+    /// Also extracted for the CUDA variant (`cargo xtask build --cuda`).
+    extract_cuda: &'static [(&'static str, &'static str)],
 }
 
 const WHEELS: &[PinnedWheel] = &[
@@ -46,6 +48,10 @@ const WHEELS: &[PinnedWheel] = &[
             ("torch/include/", "include"),
             ("torch/share/", "share"),
         ],
+        // The wheel is PyTorch's CUDA 13 build: its CUDA half links the CUDA worker. The CUDA
+        // libraries those need (cuBLAS, cuDNN, NCCL, …) come with the GPU node's PyTorch at run
+        // time, so the link does not need them (worker/build.rs).
+        extract_cuda: &[("torch/lib/libtorch_cuda.so", "lib"), ("torch/lib/libc10_cuda.so", "lib")],
     },
     PinnedWheel {
         requirement: "nvidia-cuda-runtime==13.0.96",
@@ -53,6 +59,7 @@ const WHEELS: &[PinnedWheel] = &[
         sha256: "7f82250d7782aa23b6cfe765ecc7db554bd3c2870c43f3d1821f1d18aebf0548",
         platforms: &["manylinux_2_17_x86_64", "manylinux2014_x86_64"],
         extract: &[("nvidia/cu13/lib/libcudart.so.13", "lib")],
+        extract_cuda: &[],
     },
     PinnedWheel {
         requirement: "nvidia-cuda-cupti==13.0.85",
@@ -60,6 +67,7 @@ const WHEELS: &[PinnedWheel] = &[
         sha256: "4eb01c08e859bf924d222250d2e8f8b8ff6d3db4721288cf35d14252a4d933c8",
         platforms: &["manylinux_2_25_x86_64"],
         extract: &[("nvidia/cu13/lib/libcupti.so.13", "lib")],
+        extract_cuda: &[],
     },
 ];
 
@@ -111,7 +119,35 @@ pub fn ensure() -> Result<Source> {
     if is_complete(&dir) {
         return Ok(Source::Cache(dir));
     }
-    fetch_into(&dir)?;
+    fetch_into(&dir, Variant::Cpu)?;
+    Ok(Source::Cache(dir))
+}
+
+/// Which half of the wheel a cache holds.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Variant {
+    Cpu,
+    /// Also `libtorch_cuda.so` and `libc10_cuda.so`: links a worker that runs on CUDA.
+    Cuda,
+}
+
+/// The libtorch a CUDA worker links: the user's (`LIBTORCH` with `lib/libtorch_cuda.so`, or
+/// `LIBTORCH_USE_PYTORCH=1` with a CUDA PyTorch), else our CUDA cache, fetched on demand.
+pub fn ensure_cuda() -> Result<Source> {
+    if let Some(dir) = std::env::var_os("LIBTORCH") {
+        let dir = PathBuf::from(dir);
+        if !dir.join("lib/libtorch_cuda.so").is_file() {
+            bail!("LIBTORCH={} has no lib/libtorch_cuda.so: --cuda needs a CUDA libtorch", dir.display());
+        }
+        return ensure();
+    }
+    if std::env::var("LIBTORCH_USE_PYTORCH").is_ok_and(|v| !v.is_empty() && v != "0") {
+        return Ok(Source::Python);
+    }
+    let dir = cache_root()?.join(format!("libtorch-{TORCH_VERSION}-cuda"));
+    if !is_complete(&dir) {
+        fetch_into(&dir, Variant::Cuda)?;
+    }
     Ok(Source::Cache(dir))
 }
 
@@ -171,7 +207,7 @@ fn pip_command() -> Result<Vec<String>> {
     )
 }
 
-fn fetch_into(dir: &Path) -> Result<()> {
+fn fetch_into(dir: &Path, variant: Variant) -> Result<()> {
     let root = dir.parent().context("cache dir has no parent")?;
     let downloads = root.join("downloads");
     fs::create_dir_all(&downloads).with_context(|| format!("creating {}", downloads.display()))?;
@@ -201,7 +237,7 @@ fn fetch_into(dir: &Path) -> Result<()> {
 
     // Unpack into a staging directory and rename it into place, so an interrupted run never leaves a
     // half-filled cache that looks complete.
-    let staging = root.join(format!("libtorch-{TORCH_VERSION}.partial"));
+    let staging = root.join(format!("{}.partial", dir.file_name().context("cache dir has no name")?.to_string_lossy()));
     if staging.exists() {
         fs::remove_dir_all(&staging)?;
     }
@@ -210,11 +246,14 @@ fn fetch_into(dir: &Path) -> Result<()> {
     for wheel in WHEELS {
         let path = downloads.join(wheel.file_name);
         eprintln!("xtask: unpacking {}", wheel.file_name);
-        unpack(&path, wheel, &staging, &mut manifest)?;
+        unpack(&path, wheel, variant, &staging, &mut manifest)?;
     }
-    for required in
-        ["lib/libtorch_cpu.so", "lib/libtorch.so", "lib/libc10.so", "lib/libcudart.so.13", "lib/libcupti.so.13"]
-    {
+    let mut required =
+        vec!["lib/libtorch_cpu.so", "lib/libtorch.so", "lib/libc10.so", "lib/libcudart.so.13", "lib/libcupti.so.13"];
+    if variant == Variant::Cuda {
+        required.extend(["lib/libtorch_cuda.so", "lib/libc10_cuda.so"]);
+    }
+    for required in required {
         if !staging.join(required).exists() {
             bail!("the pinned wheels did not contain {required}");
         }
@@ -231,7 +270,7 @@ fn fetch_into(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn unpack(wheel_path: &Path, wheel: &PinnedWheel, dest: &Path, manifest: &mut String) -> Result<()> {
+fn unpack(wheel_path: &Path, wheel: &PinnedWheel, variant: Variant, dest: &Path, manifest: &mut String) -> Result<()> {
     let file = fs::File::open(wheel_path).with_context(|| format!("opening {}", wheel_path.display()))?;
     let mut archive =
         zip::ZipArchive::new(file).with_context(|| format!("{} is not a zip archive", wheel_path.display()))?;
@@ -241,7 +280,8 @@ fn unpack(wheel_path: &Path, wheel: &PinnedWheel, dest: &Path, manifest: &mut St
             continue;
         }
         let name = entry.name().to_string();
-        let Some((prefix, target)) = wheel.extract.iter().find(|(p, _)| name.starts_with(p)) else {
+        let cuda = if variant == Variant::Cuda { wheel.extract_cuda } else { &[] };
+        let Some((prefix, target)) = wheel.extract.iter().chain(cuda).find(|(p, _)| name.starts_with(p)) else {
             continue;
         };
         // Keep the path below the matched directory prefix; single files land by their file name.

@@ -3,7 +3,8 @@
 //!
 //! - `cargo xtask demo`     the main job on the embedded default (see README.md)
 //! - `cargo xtask test`     fmt, clippy, the whole test suite; `.ci/run` calls exactly this
-//! - `cargo xtask build`    release binaries into `target/release/`
+//! - `cargo xtask build`    release binaries into `target/release/`; `--cuda`: a CUDA worker and a
+//!   bundle for GPU nodes in `target/cuda/dist/` (deploy/gpu-check.sh runs it there)
 //! - `cargo xtask bench`    benchmarks, tables into `BENCHMARKS.md`
 //! - `cargo xtask libtorch` print (and fetch if needed) the libtorch location; `--verify` re-hashes it
 
@@ -15,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-const USAGE: &str = "usage: cargo xtask <demo|test|build|bench|libtorch [--verify]>";
+const USAGE: &str =
+    "usage: cargo xtask <demo|test|build [--cuda]|bench [spectral|coordinator|engine|scaling]|libtorch [--verify]>";
 
 fn main() {
     if let Err(err) = run() {
@@ -30,6 +32,7 @@ fn run() -> Result<()> {
     let rest = &args[1..];
     match command.as_str() {
         "libtorch" => cmd_libtorch(rest),
+        "build" if rest.iter().any(|a| a == "--cuda") => cmd_build_cuda(),
         "build" => cmd_build(),
         "test" => cmd_test(rest),
         "demo" => cmd_demo(rest),
@@ -89,6 +92,66 @@ fn cmd_build() -> Result<()> {
     step("cargo build --release", cargo(&source).args(["build", "--release", "--workspace", "--bins"]))?;
     let bin = workspace_root().join("target/release");
     eprintln!("xtask: binaries: {} and {}", bin.join("freqsweep").display(), bin.join("freqsweep-worker").display());
+    Ok(())
+}
+
+/// The CUDA worker, linked against the CUDA half of the pinned wheel (or the user's CUDA
+/// libtorch), and a bundle a GPU node without a Rust toolchain runs as it is:
+/// `target/cuda/dist/` with both binaries, the engine benchmark, its PyTorch baseline, the demo
+/// spec and `gpu-check.sh`. Its own target directory keeps the CPU build intact.
+fn cmd_build_cuda() -> Result<()> {
+    let source = libtorch::ensure_cuda()?;
+    let root = workspace_root();
+    let target = root.join("target/cuda");
+    let release = target.join("release");
+    step(
+        "cargo build --release (CUDA worker, coordinator)",
+        cargo(&source)
+            .args(["build", "--release", "--locked", "--bins", "-p", "freqsweep-worker", "-p", "freqsweep-coordinator"])
+            .env("CARGO_TARGET_DIR", &target),
+    )?;
+    let bench = cargo(&source)
+        .args(["bench", "--locked", "--no-run", "--message-format=json", "-p", "freqsweep-worker", "--bench", "engine"])
+        .env("CARGO_TARGET_DIR", &target)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("building the engine benchmark")?;
+    if !bench.status.success() {
+        bail!("building the engine benchmark failed ({})", bench.status);
+    }
+    // The bench executable's path is in cargo's JSON messages (its name carries a hash).
+    let engine = String::from_utf8_lossy(&bench.stdout)
+        .lines()
+        .filter(|l| l.contains("\"executable\"") && l.contains("\"engine\""))
+        .filter_map(|l| l.split("\"executable\":\"").nth(1)?.split('"').next().map(PathBuf::from))
+        .last()
+        .context("cargo printed no engine benchmark executable")?;
+    let worker = release.join("freqsweep-worker");
+    let needed = Command::new("readelf").arg("-d").arg(&worker).output().context("running readelf -d")?;
+    let needed = String::from_utf8_lossy(&needed.stdout);
+    if !needed.contains("libtorch_cuda.so") {
+        bail!("{} does not link libtorch_cuda.so: it would run on the CPU only", worker.display());
+    }
+    let dist = target.join("dist");
+    if dist.exists() {
+        std::fs::remove_dir_all(&dist)?;
+    }
+    std::fs::create_dir_all(&dist)?;
+    let files = [
+        (release.join("freqsweep"), "freqsweep"),
+        (worker.clone(), "freqsweep-worker"),
+        (engine, "freqsweep-engine-bench"),
+        (root.join("deploy/gpu-check.sh"), "gpu-check.sh"),
+        (root.join("bench/torch_engine.py"), "torch_engine.py"),
+        (root.join("examples/demo.toml"), "demo.toml"),
+    ];
+    for (from, name) in &files {
+        std::fs::copy(from, dist.join(name)).with_context(|| format!("copying {}", from.display()))?;
+    }
+    eprintln!(
+        "xtask: CUDA bundle in {} (the worker links libtorch_cuda.so; on a node with CUDA PyTorch 2.11.0: bash gpu-check.sh)",
+        dist.display()
+    );
     Ok(())
 }
 
