@@ -219,8 +219,9 @@ pub struct Driver {
     kept: HashMap<TaskId, BTreeMap<u32, Vec<TaskId>>>,
     /// Heatmaps and DFMs merged chunk by chunk as results are accepted.
     pub(crate) maps: kinds::Merged,
-    /// Grid point ids by index (for the dashboard).
+    /// Grid point ids by index, and each point's train task (for the dashboard).
     pub(crate) point_ids: Vec<String>,
+    pub(crate) point_trains: Vec<Option<TaskId>>,
     /// Newest partial checkpoint of unfinished tasks that resume from them.
     partials: HashMap<TaskId, PartialCheckpoint>,
     /// Digest → locality key, to translate a worker's cache into keys the scheduler knows.
@@ -322,6 +323,7 @@ impl Shared {
             outputs,
             given: HashMap::new(),
             point_ids: Vec::new(),
+            point_trains: Vec::new(),
             kept,
             maps,
             partials: HashMap::new(),
@@ -436,7 +438,15 @@ impl Shared {
 
     /// The sweep's grid point ids, by index (the dashboard names points with them).
     pub fn set_point_ids(&self, ids: Vec<String>) {
-        self.lock().point_ids = ids;
+        let mut driver = self.lock();
+        let mut trains = vec![None; ids.len()];
+        for task in driver.tasks.values().filter(|t| matches!(t.spec, TaskSpec::Train(_))) {
+            if let Some(slot) = trains.get_mut(task.point) {
+                *slot = Some(task.id);
+            }
+        }
+        driver.point_trains = trains;
+        driver.point_ids = ids;
     }
 
     /// Every grid point: its training state and how many of its maps are complete.

@@ -5,7 +5,6 @@
 
 use crate::driver::Driver;
 use crate::store::Reader;
-use freqsweep_common::task::TaskSpec;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -70,9 +69,8 @@ pub struct LiveDfm {
 
 impl Driver {
     fn point_state(&self, index: usize) -> (String, Option<u64>) {
-        let train = self.tasks.values().find(|t| t.point == index && matches!(t.spec, TaskSpec::Train(_)));
-        match train {
-            Some(t) => (self.scheduler.state(t.id).map_or("unknown", |s| s.as_str()).to_string(), Some(t.id.0)),
+        match self.point_trains.get(index).copied().flatten() {
+            Some(t) => (self.scheduler.state(t).map_or("unknown", |s| s.as_str()).to_string(), Some(t.0)),
             None => ("given".to_string(), None),
         }
     }

@@ -218,3 +218,54 @@ fn a_retried_attempt_replaces_the_steps_it_repeats_across_a_coordinator_restart(
         (1..=3).map(|s| (s, 1.0 + s as f32)).chain((4..=8).map(|s| (s, 100.0 + s as f32))).collect();
     assert_eq!(got, want, "the first attempt's steps 4..6 are dropped, nothing is doubled");
 }
+
+/// A corrupt cursor (a disk error, a hand edit) does not stop the run: the old event files are
+/// set aside and every event is written again from the store. Read back with freqsweep's own
+/// record reader (no Python needed).
+#[test]
+fn a_corrupt_cursor_sets_the_old_files_aside_and_rewrites_from_the_store() {
+    use freqsweep_coordinator::tensorboard::events::{read_records, Kind, What};
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("tb.toml");
+    std::fs::write(&spec, freqsweep_tests::tiny_spec("tb-corrupt", "0.003")).unwrap();
+    let out = dir.path().join("run");
+    let train = {
+        let mut run = run::open(&spec, &out, run::default_config(None)).unwrap();
+        let train = run.tasks.iter().find(|t| t.key.starts_with("train/")).unwrap().id.0;
+        let points = (1..=6).map(|s| loss(s, s as f64)).collect();
+        run.store
+            .write(vec![
+                Change::AttemptStarted { id: 1, task_id: train, worker: "w1".into(), now_ms: 1, backup: false },
+                Change::Metrics { task_id: train, attempt_id: 1, seq: 0, points },
+            ])
+            .unwrap();
+        run.write_results().unwrap();
+        train
+    };
+    std::fs::write(out.join("tensorboard/.freqsweep-cursor.json"), b"{\"metrics_batch\": tru").unwrap();
+    let mut run = run::open(&spec, &out, run::default_config(None)).expect("a corrupt cursor does not stop the run");
+    run.write_results().unwrap();
+    assert!(run.tasks.iter().any(|t| t.id.0 == train));
+    let aside: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("tensorboard.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the old files are kept aside");
+    let point = std::fs::read_dir(out.join("tensorboard")).unwrap().map(|e| e.unwrap().path()).find(|p| p.is_dir());
+    let files: Vec<_> = std::fs::read_dir(point.unwrap()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "written again into one new file");
+    let events = read_records(&std::fs::read(&files[0]).unwrap()).unwrap();
+    let steps: Vec<i64> = events
+        .iter()
+        .filter(|e| match &e.what {
+            Some(What::Summary(s)) => {
+                s.value.iter().any(|v| v.tag == "train/loss" && matches!(v.kind, Some(Kind::SimpleValue(_))))
+            }
+            _ => false,
+        })
+        .map(|e| e.step)
+        .collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
+    assert!(matches!(&events[0].what, Some(What::FileVersion(v)) if v == "brain.Event:2"));
+}

@@ -273,9 +273,11 @@ impl Maps {
     /// Every planned map of grid point `point` (also those with nothing merged yet): its key,
     /// what is merged so far, and chunks merged and planned.
     pub fn of_point(&self, point: usize) -> impl Iterator<Item = (MapKey, &MergedHeatmap, usize, usize)> {
+        // Keys order by point first: the point's maps are one range.
+        let first = MapKey { point, epoch: None, eps_bits: 0 };
         self.maps
-            .iter()
-            .filter(move |(k, _)| k.point == point)
+            .range(first..)
+            .take_while(move |(k, _)| k.point == point)
             .map(|(k, s)| (*k, &s.merged, s.merged_tasks.len(), s.chunks))
     }
 }

@@ -122,11 +122,22 @@ impl Follower {
         let root = dir.join("tensorboard");
         std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
         let cursor_path = root.join(CURSOR);
+        let fresh = Cursor { metrics_batch: -1, ..Cursor::default() };
         let cursor = match std::fs::read(&cursor_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-                format!("{} is corrupt; delete the tensorboard directory to rewrite it", cursor_path.display())
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Cursor { metrics_batch: -1, ..Cursor::default() },
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(cursor) => cursor,
+                // A view of the store: set the old files aside and write everything again.
+                Err(e) => {
+                    let secs =
+                        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                    let aside = dir.join(format!("tensorboard.corrupt-{secs}"));
+                    tracing::warn!(cursor = %cursor_path.display(), error = %e, aside = %aside.display(), "tensorboard: the cursor is corrupt; the old event files are set aside and every event is written again");
+                    std::fs::rename(&root, &aside).with_context(|| format!("moving {} aside", root.display()))?;
+                    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+                    fresh
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => fresh,
             Err(e) => return Err(e).with_context(|| format!("reading {}", cursor_path.display())),
         };
         let mut tasks = HashMap::new();
