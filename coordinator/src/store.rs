@@ -502,6 +502,25 @@ fn apply<'a>(conn: &mut Connection, groups: impl Iterator<Item = &'a [Change]>) 
 }
 
 /// Read-only queries.
+/// The columns [`followed_point`] reads, in its order.
+const FOLLOWED_COLUMNS: &str = "batch, task_id, attempt_id, name, epoch, step, test_set, class_index, value";
+
+fn followed_point(r: &rusqlite::Row<'_>) -> rusqlite::Result<FollowedPoint> {
+    Ok(FollowedPoint {
+        batch: r.get(0)?,
+        task_id: r.get::<_, i64>(1)? as u64,
+        attempt_id: r.get::<_, i64>(2)? as u64,
+        point: MetricPoint {
+            name: r.get(3)?,
+            epoch: r.get(4)?,
+            step: r.get::<_, i64>(5)? as u64,
+            test_set: r.get(6)?,
+            class_index: r.get(7)?,
+            value: r.get(8)?,
+        },
+    })
+}
+
 /// A stored metric point with where it came from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FollowedPoint {
@@ -573,50 +592,20 @@ impl Reader {
     /// The metric points of batches `after < batch ≤ upto` (rowids of `metric_batches`), in
     /// batch order. Points of stores older than the column have batch 0.
     pub fn metrics_between(&self, after: i64, upto: i64) -> Result<Vec<FollowedPoint>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT batch, task_id, attempt_id, name, epoch, step, test_set, class_index, value FROM metrics
-             WHERE batch > ?1 AND batch <= ?2 ORDER BY batch, rowid",
-        )?;
-        let rows = stmt.query_map(params![after, upto], |r| {
-            Ok(FollowedPoint {
-                batch: r.get(0)?,
-                task_id: r.get::<_, i64>(1)? as u64,
-                attempt_id: r.get::<_, i64>(2)? as u64,
-                point: MetricPoint {
-                    name: r.get(3)?,
-                    epoch: r.get(4)?,
-                    step: r.get::<_, i64>(5)? as u64,
-                    test_set: r.get(6)?,
-                    class_index: r.get(7)?,
-                    value: r.get(8)?,
-                },
-            })
-        })?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {FOLLOWED_COLUMNS} FROM metrics WHERE batch > ?1 AND batch <= ?2 ORDER BY batch, rowid"
+        ))?;
+        let rows = stmt.query_map(params![after, upto], followed_point)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Every stored point of a task with its attempt, in insertion order (after a race only the
     /// winner's remain).
     pub fn task_metrics(&self, task_id: u64) -> Result<Vec<FollowedPoint>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT batch, attempt_id, name, epoch, step, test_set, class_index, value FROM metrics
-             WHERE task_id = ?1 ORDER BY rowid",
-        )?;
-        let rows = stmt.query_map([task_id as i64], |r| {
-            Ok(FollowedPoint {
-                batch: r.get(0)?,
-                task_id,
-                attempt_id: r.get::<_, i64>(1)? as u64,
-                point: MetricPoint {
-                    name: r.get(2)?,
-                    epoch: r.get(3)?,
-                    step: r.get::<_, i64>(4)? as u64,
-                    test_set: r.get(5)?,
-                    class_index: r.get(6)?,
-                    value: r.get(7)?,
-                },
-            })
-        })?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {FOLLOWED_COLUMNS} FROM metrics WHERE task_id = ?1 ORDER BY rowid"))?;
+        let rows = stmt.query_map([task_id as i64], followed_point)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

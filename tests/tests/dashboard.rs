@@ -12,23 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const SPEC: &str = r#"name = "dashboard"
-[[dataset]]
-kind = "syn"
-band = 2
-train = 96
-test = 16
-[model]
-arch = "tiny"
-[train]
-lr = 0.003
-batch_size = 32
-epochs = 2
-[heatmap]
-eps = [4.0]
-images = 32
-chunk_cells = 24
-"#;
+/// The tiny sweep with 2 epochs and its map in 22 chunks of 24 cells on 32 images.
+fn dashboard_spec() -> String {
+    freqsweep_tests::tiny_spec("dashboard", "0.003")
+        .replace("epochs = 1", "epochs = 2")
+        .replace("images = 8", "images = 32")
+        .replace("chunk_cells = 257", "chunk_cells = 24")
+}
 
 fn chromium() -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
@@ -102,7 +92,7 @@ fn the_dashboard_fills_in_the_heatmap_in_a_real_browser_and_shows_the_stores_num
     };
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("dashboard.toml");
-    std::fs::write(&spec, SPEC).unwrap();
+    std::fs::write(&spec, dashboard_spec()).unwrap();
     let out = dir.path().join("run");
     let profile = dir.path().join("chromium-profile");
     // Kept after the test: the screenshot is for people to look at.
