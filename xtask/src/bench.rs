@@ -169,6 +169,131 @@ pub fn coordinator(source: &libtorch::Source) -> Result<()> {
     write_section("coordinator", &body)
 }
 
+/// Scaling of one real sweep (4 train tasks, 260 heatmap chunks) with 1–16 simulated workers on
+/// loopback, lease latency under 1 000 sessions and resident memory per 100 000 tasks
+/// (`coordinator/benches/scaling.rs`); each efficiency is against ideals computed from the same
+/// run's own sleeps.
+// Called by `cargo xtask bench scaling` (main.rs's bench arm); allowed until that arm is in.
+#[allow(dead_code)]
+pub fn scaling(source: &libtorch::Source) -> Result<()> {
+    let mut bench = cargo(source);
+    bench.args(["bench", "-p", "freqsweep-coordinator", "--bench", "scaling"]);
+    bench.stderr(std::process::Stdio::inherit());
+    let load_before = load_average();
+    let out = bench.output().context("running the scaling benchmark")?;
+    if !out.status.success() {
+        bail!("scaling benchmark failed ({})", out.status);
+    }
+    let json = String::from_utf8_lossy(&out.stdout).to_string();
+    let load = format!("load average {load_before} before, {} after", load_average());
+    let body = scaling_section(&json, &machine(), "`cargo xtask bench scaling`", &load)?;
+    write_section("scaling", &body)
+}
+
+/// The section text for the scaling benchmark's JSON.
+fn scaling_section(json: &str, machine: &str, command: &str, load: &str) -> Result<String> {
+    let n = |key: &str| json_number(json, key);
+    let mib = |bytes: f64| bytes / 1_048_576.0;
+    let (tasks, trains) = (n("tasks")?, n("train_tasks")?);
+    let (train_ms, chunk_ms, cells) = (n("train_ms")?, n("chunk_ms")?, n("chunk_cells")?);
+    let mut body = format!(
+        "## Scaling (`coordinator/benches/scaling.rs`)\n\nMachine: {machine}. Command: {command}; one run ({load}). One real \
+         sweep planned from a spec and opened as `freqsweep serve` opens it (`run::open`: plan, SQLite store with every \
+         report committed before its ack, artifacts, TensorBoard follower; default service settings), {tasks:.0} tasks: \
+         {trains:.0} train tasks and {:.0} Fourier-heatmap chunks of {cells:.0} cells, each chunk depending on its train \
+         task and taking its `model` output as input. A fresh coordinator per row; the simulated workers run in the same \
+         process on loopback gRPC, one connection each. Only the engine is simulated: per lease a worker downloads the \
+         inputs it does not hold (`DownloadArtifact`, digest checked, cached per worker, its own outputs kept, the cache \
+         announced at registration), sleeps {train_ms:.0} ms per train task and {chunk_ms:.0} ms per {cells:.0}-cell \
+         chunk (proportional to its cells), uploads a train task's checkpoint ({:.1} MiB) and model ({:.1} MiB) of \
+         random bytes in 1 MiB chunks, and reports a result that the coordinator checks and merges into its map; \
+         heartbeats and `NoWork` retries as `freqsweep-worker` does.\n\n\
+         - *work*: the sum of the sleeps the workers actually made in that run; *critical path*: the longest train + \
+         chunk sleeps of one point;\n\
+         - *ideal* = max(work / workers, critical path); *efficiency* = ideal / measured (goal ≥ 95 % at 16);\n\
+         - *best schedule*: the makespan of a zero-overhead greedy list schedule of the same tasks with the same \
+         durations (trains first, a chunk ready when its train ends). With more workers than train tasks, no schedule \
+         reaches the ideal: until the first train ends there is nothing else to run;\n\
+         - *overhead per task* = workers × (measured − best schedule) / tasks: worker time per task that is neither \
+         simulated work nor idleness the graph forces (lease round trips, downloads, uploads, `NoWork` waits, commits \
+         before acks, merging);\n\
+         - *downloaded*: bytes fetched by all workers (and the most by one); *minimum*: per worker, the distinct inputs \
+         of the tasks it ran that it did not produce itself, summed (downloaded above it: an input fetched twice); \
+         *floor*: (workers − train tasks)⁺ × model size, what perfect locality would reach (every worker runs chunks, \
+         only a point's trainer holds its model without a download).\n\n\
+         | workers | measured | ideal | efficiency | best schedule | efficiency vs schedule | overhead per task | \
+         downloaded (max per worker) | minimum | floor |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        tasks - trains,
+        mib(n("checkpoint_bytes")?),
+        mib(n("model_bytes")?),
+    );
+    let rows = [
+        ("w1", "1"),
+        ("w2", "2"),
+        ("w4", "4"),
+        ("w8", "8"),
+        ("w16", "16"),
+        ("w16_retry50", "16, `NoWork` retry 50 ms (default 500 ms)"),
+    ];
+    for (key, label) in rows {
+        let k = |s: &str| n(&format!("{key}_{s}"));
+        let (measured, ideal, schedule) = (k("measured_s")?, k("ideal_s")?, k("schedule_s")?);
+        body.push_str(&format!(
+            "| {label} | {measured:.2} s | {ideal:.2} s | {:.1} % | {schedule:.2} s | {:.1} % | {:.1} ms | {:.1} MiB ({:.1}) | \
+             {:.1} MiB | {:.1} MiB |\n",
+            100.0 * ideal / measured,
+            100.0 * schedule / measured,
+            k("overhead_ms_per_task")?,
+            mib(k("downloaded_bytes")?),
+            mib(k("downloaded_max_bytes")?),
+            mib(k("download_minimum_bytes")?),
+            mib(k("download_floor_bytes")?),
+        ));
+    }
+    let mut twice = Vec::new();
+    for (key, label) in rows {
+        if n(&format!("{key}_downloaded_bytes"))? > n(&format!("{key}_download_minimum_bytes"))? {
+            twice.push(label);
+        }
+    }
+    let at16 = n("w16_efficiency")?;
+    body.push_str(&format!(
+        "\nEfficiency at 16 workers: {:.1} % against the ideal, {:.1} % against the best schedule; goal ≥ 95 %: {}. \
+         Time the 16 workers spent waiting after `NoWork` before asking again: {:.1} s in all (default), {:.1} s with \
+         the 50 ms retry; downloading {:.2} s, uploading {:.2} s. Inputs fetched more than once by a worker: {}.\n\n",
+        100.0 * at16,
+        100.0 * n("w16_schedule_efficiency")?,
+        if at16 >= 0.95 { "met" } else { "not met" },
+        n("w16_no_work_wait_s")?,
+        n("w16_retry50_no_work_wait_s")?,
+        n("w16_download_s")?,
+        n("w16_upload_s")?,
+        if twice.is_empty() { "none (downloaded = minimum in every row)".to_string() } else { twice.join(", ") },
+    ));
+    let sessions = n("sessions")?;
+    body.push_str(&format!(
+        "| measure | freqsweep |\n|---|---:|\n\
+         | lease latency (LeaseRequest → Lease), {sessions:.0} sessions all leasing at once ({:.0} rounds of lease, result, \
+         ack; {:.0} leases), p50 / p99 | {:.2} ms / {:.2} ms |\n\
+         | lease latency, one more session leasing alone while the {sessions:.0} stay open ({:.0} leases), p50 / p99 | \
+         {:.2} ms / {:.2} ms |\n\
+         | resident memory added by `run::open` of {:.0} tasks (plan, store, `Shared::new`, TensorBoard follower), per \
+         100 000 tasks | {:.0} MiB |\n\
+         | for scale: one planned copy of the graph alone (`graph::plan`), per 100 000 tasks | {:.0} MiB |\n\n",
+        n("lease_burst_rounds")?,
+        n("lease_burst_samples")?,
+        n("lease_p50_ms")?,
+        n("lease_p99_ms")?,
+        n("lease_quiet_samples")?,
+        n("lease_quiet_p50_ms")?,
+        n("lease_quiet_p99_ms")?,
+        n("rss_tasks")?,
+        n("rss_mib_per_100k_tasks")?,
+        n("rss_plan_mib_per_100k_tasks")?,
+    ));
+    Ok(body)
+}
+
 /// The PyTorch the engine baseline imports: the registry's `torch` wheel (the CUDA build, the one
 /// the libtorch cache comes from), unpacked into `<cache>/pydeps` without its ~3 GB of CUDA library
 /// wheels: only the CUDA runtime and CUPTI (a few MB, the same pins as `libtorch.rs`) and the pure
