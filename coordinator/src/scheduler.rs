@@ -52,6 +52,9 @@
 //!   `backoff_delay(k)` after its `exclude_after + k − 1`-th failure in a row (Spark's exclusion
 //!   of failing executors): one broken worker must not use up every task's attempts. A
 //!   completion ends it.
+//! - A worker told `NoWork` while it runs nothing is parked: the next task that turns ready (a
+//!   dependency done, a backoff over, a lease released) is leased to it in the same step, without
+//!   waiting for its retry (a worker takes a lease whenever it is idle).
 //! - Leases prefer a task whose inputs the worker already holds (it produced or downloaded them),
 //!   then retried tasks, then lower priority values (train before heatmap), then FIFO.
 //! - Every state change is one [`Output::Transition`]; one that ends a live attempt names it, so
@@ -456,6 +459,21 @@ struct Worker {
     excluded_until: Millis,
 }
 
+impl Worker {
+    /// The worker holds `keys` now (it produced or downloaded them): newest first for locality.
+    fn note_cached(&mut self, keys: impl IntoIterator<Item = String>) {
+        for key in keys {
+            if self.cached.insert(key.clone()) {
+                self.recent.insert(0, key);
+                self.recent.truncate(LOCALITY_KEYS);
+            } else if let Some(i) = self.recent.iter().position(|k| *k == key) {
+                let key = self.recent.remove(i);
+                self.recent.insert(0, key);
+            }
+        }
+    }
+}
+
 /// How many of a worker's most recent inputs the locality lookup tries.
 const LOCALITY_KEYS: usize = 16;
 
@@ -480,6 +498,10 @@ pub struct Scheduler {
     /// Transitions decided while restoring (cascaded cancellations the store has not seen yet);
     /// the first `handle` emits them so the store catches up.
     restored: Vec<Output>,
+    /// Idle workers told `NoWork` while work was still to come: the next task that turns ready
+    /// is leased to them at once instead of after their retry (a worker takes a lease whenever
+    /// it is idle).
+    parked: BTreeSet<WorkerId>,
 }
 
 impl Scheduler {
@@ -511,6 +533,7 @@ impl Scheduler {
             next_seq: 0,
             finished_announced: false,
             restored: Vec::new(),
+            parked: BTreeSet::new(),
         };
         let mut edges = Vec::new();
         for (t, stored, failures) in &tasks {
@@ -597,6 +620,7 @@ impl Scheduler {
         out.append(&mut self.restored);
         self.apply(now, input, out);
         self.expire(now, out);
+        self.lease_parked(now, out);
         if self.is_finished() && !self.finished_announced {
             self.finished_announced = true;
             out.push(Output::SweepFinished);
@@ -626,6 +650,7 @@ impl Scheduler {
             Input::WorkerLeft { worker } => self.drop_worker(worker, out),
             Input::Heartbeat { worker } => self.renew(worker, now),
             Input::LeaseRequest { worker, slots } => {
+                self.parked.remove(&worker);
                 // An unknown (expired or never joined) worker gets nothing; it must join again.
                 let Some(w) = self.workers.get(&worker) else { return };
                 if w.excluded_until > now {
@@ -659,6 +684,9 @@ impl Scheduler {
                     granted += 1;
                 }
                 if granted == 0 {
+                    if self.workers[&worker].running.is_empty() && !self.is_finished() {
+                        self.parked.insert(worker);
+                    }
                     out.push(Output::NoWork { worker, retry_after: self.config.idle_retry });
                 }
             }
@@ -673,12 +701,7 @@ impl Scheduler {
                 out.push(Output::Report { attempt, accepted: true });
                 if let Some(w) = self.workers.get_mut(&worker) {
                     w.failures_in_a_row = 0;
-                    for key in outputs {
-                        if w.cached.insert(key.clone()) {
-                            w.recent.insert(0, key);
-                            w.recent.truncate(LOCALITY_KEYS);
-                        }
-                    }
+                    w.note_cached(outputs);
                 }
                 for i in 0..self.tasks[&task].dependents.len() {
                     let d = self.tasks[&task].dependents[i];
@@ -841,8 +864,30 @@ impl Scheduler {
         let attempt = AttemptId(self.next_attempt);
         self.next_attempt += 1;
         self.attempts.insert(attempt, Live { task, worker, since: now });
-        self.workers.get_mut(&worker).expect("worker exists").running.insert(task);
+        self.parked.remove(&worker);
+        let inputs = self.tasks[&task].inputs.clone();
+        let w = self.workers.get_mut(&worker).expect("worker exists");
+        w.running.insert(task);
+        // The worker downloads the lease's inputs and keeps them: later tasks on the same input
+        // prefer it (a worker that trained nothing still caches the checkpoints it fetched).
+        w.note_cached(inputs);
         attempt
+    }
+
+    /// Lease ready tasks to parked idle workers (in id order), each at most one.
+    fn lease_parked(&mut self, now: Millis, out: &mut Vec<Output>) {
+        while !self.ready.is_empty() {
+            let Some(&worker) = self.parked.iter().next() else { return };
+            self.parked.remove(&worker);
+            let idle = self.workers.get(&worker).is_some_and(|w| w.running.is_empty() && w.excluded_until <= now);
+            if !idle {
+                continue;
+            }
+            let Some(task) = self.pick(worker) else { return };
+            let attempt = self.start_attempt(now, task, worker);
+            self.set_state(task, State::Running { attempt, worker }, Some(attempt), Some(worker), out);
+            out.push(Output::Lease { worker, task, attempt });
+        }
     }
 
     /// A report (completion, failure, release) names `attempt`: if it is one of the task's live
@@ -1086,6 +1131,7 @@ impl Scheduler {
     }
 
     fn drop_worker(&mut self, worker: WorkerId, out: &mut Vec<Output>) {
+        self.parked.remove(&worker);
         let Some(w) = self.workers.remove(&worker) else { return };
         self.worker_deadlines.remove(&(w.deadline, worker));
         for task in w.running {
@@ -1500,8 +1546,9 @@ mod tests {
             Scheduler::new(config(), vec![task(1, &[], 0, &[]), task(2, &[1], 0, &[]), task(3, &[2], 0, &[])], 1);
         join(&mut s, 0, 1);
         let mut now = 0;
+        let mut pushed = None;
         for k in 1..=3u32 {
-            let (t, a) = lease_one(&mut s, now, 1).unwrap();
+            let (t, a) = pushed.take().or_else(|| lease_one(&mut s, now, 1)).unwrap();
             assert_eq!(t, TaskId(1));
             s.handle(now, Input::Failed { attempt: a, by: owner(&s, a), error: "oom".into(), retryable: true });
             if k < 3 {
@@ -1510,8 +1557,10 @@ mod tests {
                 assert_eq!(lease_one(&mut s, now + wait - 1, 1), None, "still backing off");
                 assert_eq!(s.next_deadline().map(|d| d.min(now + wait)), Some(now + wait));
                 now += wait;
-                s.handle(now, Input::Tick);
-                assert_eq!(s.state(t), Some(StateName::Ready));
+                // Ready again, and the worker told NoWork meanwhile is idle: leased at once.
+                pushed = leases(&s.handle(now, Input::Tick)).first().copied();
+                assert_eq!(s.state(t), Some(StateName::Running));
+                assert!(pushed.is_some());
             }
         }
         assert_eq!(s.state(TaskId(1)), Some(StateName::Failed));
@@ -1657,14 +1706,16 @@ mod tests {
         let out = s.handle(2, Input::DepsSatisfied { dep: TaskId(2), tasks: vec![TaskId(3), TaskId(99)] });
         assert!(transitions(&out).is_empty(), "{out:?}");
         let out = s.handle(2, Input::DepsSatisfied { dep: TaskId(1), tasks: vec![TaskId(2), TaskId(3)] });
+        // Worker 2 was told NoWork and is idle: it gets the first of them at once.
+        let (early, b) = leases(&out)[0];
         assert_eq!(
             transitions(&out),
             vec![
                 (TaskId(2), StateName::Blocked, StateName::Ready, None),
                 (TaskId(3), StateName::Blocked, StateName::Ready, None),
+                (TaskId(2), StateName::Ready, StateName::Running, Some(b)),
             ]
         );
-        let (early, b) = lease_one(&mut s, 3, 2).unwrap();
         assert_eq!(early, TaskId(2), "started while its dependency runs");
         s.handle(4, Input::Completed { attempt: b, by: WorkerId(2), outputs: vec![] });
         // Twice is once.
@@ -1807,6 +1858,60 @@ mod tests {
         let mut s = Scheduler::restore(config(), stored, 1);
         s.handle(0, Input::WorkerJoined { worker: WorkerId(1), cached: vec!["task:2/checkpoint".into()] });
         assert_eq!(lease_one(&mut s, 0, 1).map(|l| l.0), Some(TaskId(20)), "not the FIFO head, task 10");
+    }
+
+    /// A worker that downloaded a lease's input holds it: the next task on that input prefers it
+    /// over the queue's head.
+    #[test]
+    fn inputs_a_worker_downloaded_for_a_lease_count_for_locality() {
+        let stored = vec![
+            (task(1, &[], 0, &[]), StoredState::Done, 0),
+            (task(2, &[], 0, &[]), StoredState::Done, 0),
+            (task(10, &[1], 1, &["task:1/checkpoint"]), StoredState::Pending, 0),
+            (task(20, &[2], 1, &["task:2/checkpoint"]), StoredState::Pending, 0),
+            (task(21, &[2], 1, &["task:2/checkpoint"]), StoredState::Pending, 0),
+        ];
+        let mut s = Scheduler::restore(config(), stored, 1);
+        join(&mut s, 0, 1);
+        join(&mut s, 0, 2);
+        assert_eq!(lease_one(&mut s, 0, 1).map(|l| l.0), Some(TaskId(10)), "the FIFO head");
+        let (t, a) = lease_one(&mut s, 0, 2).unwrap();
+        assert_eq!(t, TaskId(20));
+        s.handle(1, Input::Completed { attempt: a, by: WorkerId(2), outputs: vec![] });
+        // Worker 1 is busy; worker 2 fetched task 2's checkpoint for task 20: task 21 is its.
+        assert_eq!(lease_one(&mut s, 1, 2).map(|l| l.0), Some(TaskId(21)));
+    }
+
+    /// An idle worker told `NoWork` while work is still to come is given the next task that turns
+    /// ready in the same step (no wait for its retry); a busy or departed one is not.
+    #[test]
+    fn an_idle_worker_told_no_work_gets_the_next_ready_task_at_once() {
+        let tasks = vec![task(1, &[], 0, &[]), task(2, &[1], 1, &[]), task(3, &[1], 1, &[]), task(4, &[1], 1, &[])];
+        let mut s = Scheduler::new(config(), tasks, 1);
+        for w in 1..=4 {
+            join(&mut s, 0, w);
+        }
+        let (_, a) = lease_one(&mut s, 0, 1).unwrap();
+        for w in 2..=4 {
+            assert_eq!(lease_one(&mut s, 0, w), None, "nothing ready yet");
+        }
+        s.handle(0, Input::WorkerLeft { worker: WorkerId(4) });
+        let out = s.handle(1, Input::Completed { attempt: a, by: WorkerId(1), outputs: vec![] });
+        let pushed: Vec<(WorkerId, TaskId)> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Lease { worker, task, .. } => Some((*worker, *task)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            pushed,
+            vec![(WorkerId(2), TaskId(2)), (WorkerId(3), TaskId(3))],
+            "worker 4 left; worker 1 did not ask"
+        );
+        assert_eq!(s.state(TaskId(4)), Some(StateName::Ready), "left for the next request");
+        // Parked once, leased once: another completion pushes nothing more to them.
+        assert!(leases(&s.handle(2, Input::Heartbeat { worker: WorkerId(2) })).is_empty());
     }
 
     #[test]
@@ -2498,10 +2603,14 @@ mod tests {
                     break;
                 }
                 now += 1_000;
-                s.handle(now, Input::Heartbeat { worker: WorkerId(99) });
-                let out = s.handle(now, Input::LeaseRequest { worker: WorkerId(99), slots: 4 });
-                for (_, a) in leases(&out) {
-                    s.handle(now, Input::Completed { attempt: a, by: owner(&s, a), outputs: vec![] });
+                // Leases come in reply to any input (a parked idle worker is given one at once).
+                let mut out = s.handle(now, Input::Heartbeat { worker: WorkerId(99) });
+                out.extend(s.handle(now, Input::LeaseRequest { worker: WorkerId(99), slots: 4 }));
+                let mut mine: Vec<AttemptId> = Vec::new();
+                loop {
+                    mine.extend(leases(&out).into_iter().map(|(_, a)| a).filter(|a| owner(&s, *a) == WorkerId(99)));
+                    let Some(a) = mine.pop() else { break };
+                    out = s.handle(now, Input::Completed { attempt: a, by: WorkerId(99), outputs: vec![] });
                 }
             }
             prop_assert!(s.is_finished(), "the sweep finishes: {:?}", s.counts());

@@ -173,8 +173,6 @@ pub fn coordinator(source: &libtorch::Source) -> Result<()> {
 /// loopback, lease latency under 1 000 sessions and resident memory per 100 000 tasks
 /// (`coordinator/benches/scaling.rs`); each efficiency is against ideals computed from the same
 /// run's own sleeps.
-// Called by `cargo xtask bench scaling` (main.rs's bench arm); allowed until that arm is in.
-#[allow(dead_code)]
 pub fn scaling(source: &libtorch::Source) -> Result<()> {
     let mut bench = cargo(source);
     bench.args(["bench", "-p", "freqsweep-coordinator", "--bench", "scaling"]);

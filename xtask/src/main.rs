@@ -124,7 +124,7 @@ fn cmd_build_cuda() -> Result<()> {
         .lines()
         .filter(|l| l.contains("\"executable\"") && l.contains("\"engine\""))
         .filter_map(|l| l.split("\"executable\":\"").nth(1)?.split('"').next().map(PathBuf::from))
-        .last()
+        .next_back()
         .context("cargo printed no engine benchmark executable")?;
     let worker = release.join("freqsweep-worker");
     let needed = Command::new("readelf").arg("-d").arg(&worker).output().context("running readelf -d")?;
@@ -247,16 +247,18 @@ fn cmd_demo(rest: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask bench [spectral|coordinator|engine] [criterion args]`: all benchmarks, or one.
+/// `cargo xtask bench [spectral|coordinator|scaling|engine] [criterion args]`: all benchmarks, or one.
 fn cmd_bench(rest: &[String]) -> Result<()> {
     let source = libtorch::ensure()?;
     match rest.first().map(String::as_str) {
         Some("spectral") => bench::spectral(&source, &rest[1..]),
         Some("coordinator") => bench::coordinator(&source),
         Some("engine") => bench::engine(&source),
+        Some("scaling") => bench::scaling(&source),
         _ => {
             bench::spectral(&source, rest)?;
             bench::coordinator(&source)?;
+            bench::scaling(&source)?;
             bench::engine(&source)
         }
     }
