@@ -18,7 +18,7 @@
 #   FREQSWEEP_CONTAINER_WORK work directory (default /var/tmp/freqsweep-container): debootstrap root,
 #                            build context, and a podman storage of its own (so nothing here touches
 #                            the machine's default image store; `rm -rf` it to clean up)
-#   DEBIAN_MIRROR            default http://deb.debian.org/debian
+#   DEBIAN_MIRROR            default: the Debian mirror this machine's apt uses (its sources)
 #   STORAGE_DRIVER           podman storage driver, default overlay (vfs where overlay is refused)
 #   IMAGE                    tag to build, default localhost/freqsweep:$VARIANT-test
 #
@@ -46,7 +46,22 @@ if [ -z "${VARIANT:-}" ]; then
   if ldd "$worker" | grep -q libtorch_cuda.so; then VARIANT=cuda; else VARIANT=cpu; fi
 fi
 work=${FREQSWEEP_CONTAINER_WORK:-/var/tmp/freqsweep-container}
-mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The mirror apt already uses here (deb822 `.sources` or one-line `sources.list`), for the suite's
+# main archive (not -security or -updates).
+apt_mirror() {
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    awk 'BEGIN { RS = ""; FS = "\n" }
+      /(^|\n)Suites:[^\n]*bookworm( |$|\n)/ && !/Suites:[^\n]*bookworm-security/ {
+        for (i = 1; i <= NF; i++) if ($i ~ /^URIs:/) { split($i, u, " "); print u[2]; exit } }' "$f"
+  done | head -1
+  if [ -f /etc/apt/sources.list ]; then
+    awk '$1 == "deb" && $3 == "bookworm" { print $2; exit }' /etc/apt/sources.list
+  fi
+}
+mirror=${DEBIAN_MIRROR:-$(apt_mirror | head -1)}
+[ -n "$mirror" ] || { echo "$0: no Debian bookworm mirror in this machine's apt sources: set DEBIAN_MIRROR" >&2; exit 2; }
 image=${IMAGE:-localhost/freqsweep:$VARIANT-test}
 base=localhost/freqsweep-test-base:bookworm
 mkdir -p "$work"
