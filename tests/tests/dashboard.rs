@@ -1,9 +1,10 @@
 //! The live dashboard in a real headless browser: Chromium (the Debian package; `.ci/run`
 //! installs it) loads the page of a `freqsweep serve` before any worker has joined (every cell
 //! grey), then again and again while one worker trains the tiny CNN and fills its Fourier heatmap
-//! in 22 chunks, until the page says the map is complete. It saves a screenshot, and the numbers
-//! the page shows (mean and clean error of the map, the newest per-class F1 of each test set) must
-//! equal the store's (`results.csv`, written from the store, and its metric points).
+//! in 22 chunks and its DFMs in 8, until the page says both are complete. It saves a screenshot,
+//! and the numbers the page shows (mean and clean error of the map, the newest per-class F1 of each
+//! test set, each class's DFM loss range) must equal the store's (`results.csv` and the DFM
+//! arrays, written from the store, and its metric points).
 
 use freqsweep_tests::{binary, run_bounded, serve};
 use std::collections::BTreeMap;
@@ -12,12 +13,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The tiny sweep with 2 epochs and its map in 22 chunks of 24 cells on 32 images.
+/// The tiny sweep with 2 epochs, its map in 22 chunks of 24 cells on 32 images, and its DFMs of
+/// 4 × 4 patches (64 units in 8 chunks).
 fn dashboard_spec() -> String {
     freqsweep_tests::tiny_spec("dashboard", "0.003")
         .replace("epochs = 1", "epochs = 2")
         .replace("images = 8", "images = 32")
         .replace("chunk_cells = 257", "chunk_cells = 24")
+        + "[dfm]\npatch = 4\nimages = 16\nchunk_cells = 8\n"
+}
+
+/// `(class, units done, units, caption)` of every DFM figure on the page.
+fn dfm_figures(html: &str) -> Vec<(usize, usize, usize, String)> {
+    html.split("<figure class=\"dfm\"")
+        .skip(1)
+        .map(|piece| {
+            let attr = |name: &str| -> usize {
+                piece.split(&format!("{name}=\"")).nth(1).and_then(|s| s.split('"').next()).unwrap().parse().unwrap()
+            };
+            let caption = piece.split("<figcaption>").nth(1).and_then(|s| s.split('<').next()).unwrap().to_string();
+            (attr("data-class"), attr("data-units-done"), attr("data-units"), caption)
+        })
+        .collect()
 }
 
 fn chromium() -> Option<PathBuf> {
@@ -140,7 +157,9 @@ fn the_dashboard_fills_in_the_heatmap_in_a_real_browser_and_shows_the_stores_num
         let grey: usize = map["data-grey"].parse().unwrap();
         assert!(grey <= 1024 && (written == 0) == (grey == 1024), "{map:?}");
         written_seen.push(written);
-        if map["data-complete"] == "true" {
+        let dfms = dfm_figures(&page);
+        assert_eq!(dfms.len(), 4, "one DFM loss map per class from the start");
+        if map["data-complete"] == "true" && dfms.iter().all(|d| d.1 == d.2) {
             assert_eq!(written, 514);
             assert_eq!(grey, 0, "no grey cell once complete");
             break page;
@@ -172,6 +191,23 @@ fn the_dashboard_fills_in_the_heatmap_in_a_real_browser_and_shows_the_stores_num
     let column = |name: &str| row[header.iter().position(|h| *h == name).unwrap()].parse::<f64>().unwrap();
     assert_eq!(bold_text(&page, "mean-error").unwrap(), format!("{:.6}", column("mean_heatmap_error_eps4")));
     assert_eq!(bold_text(&page, "clean-error").unwrap(), format!("{:.6}", column("clean_error_eps4")));
+
+    // Each class's DFM loss map: the range in its caption is the report's `loss_class<k>.npy`'s.
+    let dfm_dir = out.join("dfm").join(
+        std::fs::read_dir(out.join("dfm"))
+            .unwrap()
+            .find_map(|e| e.ok().filter(|e| e.path().is_dir()))
+            .unwrap()
+            .file_name(),
+    );
+    for (class, done, units, caption) in dfm_figures(&page) {
+        assert_eq!((done, units), (64, 64));
+        let loss =
+            freqsweep_common::npy::NpyArray::read(&dfm_dir.join(format!("loss_class{class}.npy"))).unwrap().to_f64();
+        let finite: Vec<f64> = loss.into_iter().filter(|v| v.is_finite()).collect();
+        let (lo, hi) = finite.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        assert_eq!(caption, format!("class {class}: loss {lo:.3} … {hi:.3}, 64 / 64 units"));
+    }
 
     let (store, _writer) = freqsweep_coordinator::store::Store::open(&out.join("freqsweep.db")).unwrap();
     let reader = store.reader().unwrap();
