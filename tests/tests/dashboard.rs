@@ -54,7 +54,7 @@ fn browse(chrome: &Path, profile: &Path, url: &str, action: &[&OsStr]) -> String
         Command::new(chrome)
             .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars"])
             .arg(format!("--user-data-dir={}", profile.display()))
-            .args(["--virtual-time-budget=3000", "--window-size=1280,1400"])
+            .args(["--virtual-time-budget=3000", "--window-size=1280,1900"])
             .args(action)
             .arg(url),
         Duration::from_secs(90),
