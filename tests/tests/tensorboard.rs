@@ -169,6 +169,34 @@ fn loss(step: u64, value: f64) -> freqsweep_common::task::MetricPoint {
     }
 }
 
+/// Store `train/loss` points of `attempt` (started on `worker`) at `steps`, as a worker reports them.
+fn report_losses(
+    run: &run::Run,
+    train: u64,
+    attempt: u64,
+    worker: &str,
+    steps: std::ops::RangeInclusive<u64>,
+    offset: f64,
+) {
+    let points = steps.map(|s| loss(s, offset + s as f64)).collect();
+    run.store
+        .write(vec![
+            Change::AttemptStarted {
+                id: attempt,
+                task_id: train,
+                worker: worker.into(),
+                now_ms: attempt,
+                backup: false,
+            },
+            Change::Metrics { task_id: train, attempt_id: attempt, seq: 0, points },
+        ])
+        .unwrap();
+}
+
+fn train_task(run: &run::Run) -> u64 {
+    run.tasks.iter().find(|t| t.key.starts_with("train/")).unwrap().id.0
+}
+
 #[test]
 fn a_retried_attempt_replaces_the_steps_it_repeats_across_a_coordinator_restart() {
     let Some(python) = tensorboard_python() else { return };
@@ -179,14 +207,8 @@ fn a_retried_attempt_replaces_the_steps_it_repeats_across_a_coordinator_restart(
     let cursor = out.join("tensorboard/.freqsweep-cursor.json");
     let train = {
         let run = run::open(&spec, &out, run::default_config(None)).unwrap();
-        let train = run.tasks.iter().find(|t| t.key.starts_with("train/")).unwrap().id.0;
-        let points = (1..=6).map(|s| loss(s, 1.0 + s as f64)).collect();
-        run.store
-            .write(vec![
-                Change::AttemptStarted { id: 1, task_id: train, worker: "w1".into(), now_ms: 1, backup: false },
-                Change::Metrics { task_id: train, attempt_id: 1, seq: 0, points },
-            ])
-            .unwrap();
+        let train = train_task(&run);
+        report_losses(&run, train, 1, "w1", 1..=6, 1.0);
         // The follower writes within about a second; then the coordinator "dies".
         let started = Instant::now();
         while !std::fs::read_to_string(&cursor).unwrap_or_default().contains("\"metrics_batch\":1") {
@@ -197,13 +219,7 @@ fn a_retried_attempt_replaces_the_steps_it_repeats_across_a_coordinator_restart(
     };
     // Restarted: the retry resumed from a checkpoint at step 4 and reports steps 4..=8 again.
     let mut run = run::open(&spec, &out, run::default_config(None)).unwrap();
-    let points = (4..=8).map(|s| loss(s, 100.0 + s as f64)).collect();
-    run.store
-        .write(vec![
-            Change::AttemptStarted { id: 2, task_id: train, worker: "w2".into(), now_ms: 2, backup: false },
-            Change::Metrics { task_id: train, attempt_id: 2, seq: 0, points },
-        ])
-        .unwrap();
+    report_losses(&run, train, 2, "w2", 4..=8, 100.0);
     run.write_results().unwrap();
     drop(run);
 
@@ -231,14 +247,8 @@ fn a_corrupt_cursor_sets_the_old_files_aside_and_rewrites_from_the_store() {
     let out = dir.path().join("run");
     let train = {
         let mut run = run::open(&spec, &out, run::default_config(None)).unwrap();
-        let train = run.tasks.iter().find(|t| t.key.starts_with("train/")).unwrap().id.0;
-        let points = (1..=6).map(|s| loss(s, s as f64)).collect();
-        run.store
-            .write(vec![
-                Change::AttemptStarted { id: 1, task_id: train, worker: "w1".into(), now_ms: 1, backup: false },
-                Change::Metrics { task_id: train, attempt_id: 1, seq: 0, points },
-            ])
-            .unwrap();
+        let train = train_task(&run);
+        report_losses(&run, train, 1, "w1", 1..=6, 0.0);
         run.write_results().unwrap();
         train
     };
@@ -268,4 +278,43 @@ fn a_corrupt_cursor_sets_the_old_files_aside_and_rewrites_from_the_store() {
         .collect();
     assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
     assert!(matches!(&events[0].what, Some(What::FileVersion(v)) if v == "brain.Event:2"));
+}
+
+/// A race won by an attempt that was not the one followed: when the task ends, the store's
+/// record (the resumed-from attempt's early steps and the winner's) is what TensorBoard shows,
+/// not the loser's points nor a gap where the early steps were.
+#[test]
+fn after_a_race_tensorboard_shows_the_stores_record_of_the_winner() {
+    let Some(python) = tensorboard_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("tb.toml");
+    std::fs::write(&spec, freqsweep_tests::tiny_spec("tb-race", "0.003")).unwrap();
+    let out = dir.path().join("run");
+    let cursor = out.join("tensorboard/.freqsweep-cursor.json");
+    let mut run = run::open(&spec, &out, run::default_config(None)).unwrap();
+    let train = train_task(&run);
+    report_losses(&run, train, 1, "w1", 1..=3, 0.0);
+    report_losses(&run, train, 2, "w2", 4..=6, 10.0);
+    // A backup (the newest attempt, so the one followed) reports too, then loses the race.
+    report_losses(&run, train, 3, "w3", 4..=6, 50.0);
+    let started = Instant::now();
+    while !std::fs::read_to_string(&cursor).unwrap_or_default().contains("\"metrics_batch\":3") {
+        assert!(started.elapsed() < Duration::from_secs(20), "the follower never wrote the batches");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run.store
+        .write(vec![
+            Change::DiscardMetrics { attempt_id: 3 },
+            Change::TaskState { id: train, state: "done".into(), attempts: 0, now_ms: 9 },
+        ])
+        .unwrap();
+    run.write_results().unwrap();
+    drop(run);
+    let run_dir = std::fs::read_dir(out.join("tensorboard")).unwrap().map(|e| e.unwrap().path()).find(|p| p.is_dir());
+    let run_dir = run_dir.unwrap();
+    let read = read_back(&python, std::slice::from_ref(&run_dir), dir.path());
+    let point = run_dir.file_name().unwrap().to_str().unwrap();
+    let got = steps_and_values(&read[point]["scalars"]["train/loss"]);
+    let want: Vec<(u64, f32)> = (1..=3).map(|s| (s, s as f32)).chain((4..=6).map(|s| (s, 10.0 + s as f32))).collect();
+    assert_eq!(got, want);
 }

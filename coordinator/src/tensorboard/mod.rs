@@ -265,8 +265,9 @@ impl Follower {
         Ok(wrote)
     }
 
-    /// After a race the store keeps only the winner's points: if those are not the attempt that
-    /// was written, write them again after a restart marker at their first step.
+    /// After a race the store keeps only the winner's points (with those of earlier attempts it
+    /// resumed from): if the winner is not the attempt that was followed, write the store's
+    /// record again after a restart marker at its first step.
     fn rewrite_winner(&mut self, task: u64, point: &str, stored: &[FollowedPoint]) -> Result<()> {
         let Some(winner) = stored.iter().map(|p| p.attempt_id).max() else { return Ok(()) };
         if self.cursor.followed.get(&task) == Some(&winner) {
@@ -276,7 +277,7 @@ impl Follower {
         self.cursor.followed.insert(task, winner);
         let file = self.file(point)?;
         file.restart_at(first)?;
-        for p in stored.iter().filter(|p| p.attempt_id == winner) {
+        for p in stored {
             if let Some(tag) = scalar_tag(&p.point) {
                 file.scalar(&tag, p.point.step, p.point.value)?;
             }
