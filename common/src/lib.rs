@@ -5,6 +5,7 @@
 //! - [`bands`]: the four radial bands, band sets like `B124`, batched band filtering.
 //! - [`syn`]: the `Syn_d` generator.
 //! - [`digest`]: `sha256:` content digests of artifacts.
+//! - [`files`]: files read whole, each with a size bound.
 //! - [`dataset`], [`npy`]: datasets in memory, `.npy` and CIFAR-10 readers.
 //! - [`metrics`]: confusion matrices, per-class F1, cosine similarity.
 //! - [`heatmap`]: cell chunks and the idempotent merge of chunk results.
@@ -20,6 +21,7 @@ pub mod bands;
 pub mod dataset;
 pub mod dfm;
 pub mod digest;
+pub mod files;
 pub mod figures;
 pub mod heatmap;
 pub mod image;
