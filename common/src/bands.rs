@@ -52,6 +52,8 @@ pub enum BandError {
     BadFractions([f64; 3]),
     #[error("band radius {radius} exceeds the Nyquist radius {nyquist} of {h} × {w} images")]
     BeyondNyquist { radius: f64, nyquist: f64, h: usize, w: usize },
+    #[error("band B{band} holds no frequency cell of {h} × {w} images with radii {radii:?} (cells per band: {sizes:?}); widen the radii")]
+    EmptyBand { band: u8, radii: [f64; 3], sizes: [usize; 4], h: usize, w: usize },
 }
 
 /// How a spec places the three band radii: in cells, or as fractions of each image size's
@@ -85,6 +87,12 @@ impl BandRadii {
         let layout = BandLayout::new(radii)?;
         if let Some(&radius) = radii.iter().find(|&&r| r > nyquist) {
             return Err(BandError::BeyondNyquist { radius, nyquist, h: shape.h, w: shape.w });
+        }
+        // A band without a cell would make every result about it vacuous (an empty band
+        // "suffices" for any class, and its filtered test set is the unfiltered one).
+        let sizes = layout.band_sizes(shape);
+        if let Some(empty) = sizes.iter().position(|&n| n == 0) {
+            return Err(BandError::EmptyBand { band: empty as u8 + 1, radii, sizes, h: shape.h, w: shape.w });
         }
         Ok(layout)
     }
@@ -439,5 +447,21 @@ mod tests {
         let mut x = test_images(2, shape.len());
         BandFilter::new(shape, &BandLayout::default(), "B4".parse().unwrap(), true).apply(&mut x);
         assert!(x.iter().all(|v| (0.0..=1.0).contains(v)));
+    }
+
+    /// Radii so small that a band holds no cell made the sufficiency table say an empty band
+    /// suffices; such a layout is an error naming the band.
+    #[test]
+    fn a_band_without_a_cell_is_refused() {
+        let shape = Shape2::new(32, 32);
+        let e = BandRadii::Cells([0.5, 0.7, 0.9]).layout(shape).unwrap_err().to_string();
+        assert!(e.contains("band B1 holds no frequency cell of 32 × 32"), "{e}");
+        let e = BandRadii::Cells([1.0, 1.1, 8.0]).layout(shape).unwrap_err().to_string();
+        assert!(e.contains("band B2"), "{e}");
+        let e = BandRadii::Fractions([0.01, 0.02, 0.03]).layout(shape).unwrap_err().to_string();
+        assert!(e.contains("band B1"), "{e}");
+        // The smallest layout with a cell in every band: B1 = the 4 cells at distance 1.
+        assert!(BandRadii::Cells([1.0, 1.5, 2.0]).layout(shape).is_ok());
+        assert!(BandRadii::default().layout(shape).is_ok());
     }
 }

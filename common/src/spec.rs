@@ -416,19 +416,43 @@ pub const MAX_CROP_PADDING: u64 = 32;
 const OPTIMIZERS: [&str; 2] = ["adam", "sgd"];
 const SCHEDULES: [&str; 3] = ["constant", "step", "cosine"];
 
-/// Read and parse a spec file.
-pub fn load(path: &Path) -> Result<Sweep, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+/// Read a spec file once, bounded ([`crate::files::MAX_SPEC_BYTES`]): a spec given as a pipe
+/// or `/dev/stdin` can be read only once, so whoever stores the spec must keep these bytes.
+pub fn read(path: &Path) -> Result<String, SpecError> {
+    crate::files::read_text_bounded(path, crate::files::MAX_SPEC_BYTES).map_err(|e| SpecError {
         file: path.display().to_string(),
         line: 0,
         message: format!("cannot read: {e}"),
-    })?;
-    parse(&text, &path.display().to_string())
+    })
 }
 
-/// Parse and expand spec text; `file` names it in errors.
+/// Read and parse a spec file.
+pub fn load(path: &Path) -> Result<Sweep, SpecError> {
+    parse(&read(path)?, &path.display().to_string())
+}
+
+/// Parse and expand spec text; `file` names it in errors. What the spec names on the file
+/// system (npy headers, image folders, globs) is read live.
 pub fn parse(text: &str, file: &str) -> Result<Sweep, SpecError> {
-    let ctx = Ctx { file, text };
+    parse_with(text, file, &Inputs::live())
+}
+
+/// [`parse`], and what it read of the file system ([`SpecInputs`]), for a run to record.
+pub fn parse_recording(text: &str, file: &str) -> Result<(Sweep, SpecInputs), SpecError> {
+    let inputs = Inputs::live();
+    let sweep = parse_with(text, file, &inputs)?;
+    Ok((sweep, inputs.recorded.into_inner()))
+}
+
+/// [`parse`] against what a run recorded when it opened, touching no file: the same spec
+/// gives the same points and tasks whatever the file system holds now (a model added to or
+/// renamed in a globbed directory, a folder deleted, a relative path from another directory).
+pub fn parse_replaying(text: &str, file: &str, recorded: &SpecInputs) -> Result<Sweep, SpecError> {
+    parse_with(text, file, &Inputs { replay: Some(recorded.clone()), recorded: Default::default() })
+}
+
+fn parse_with(text: &str, file: &str, inputs: &Inputs) -> Result<Sweep, SpecError> {
+    let ctx = Ctx { file, text, inputs };
     let raw: RawSpec = toml::from_str(text).map_err(|e| {
         let line = e.span().map_or(1, |s| ctx.line(s.start));
         // toml's messages may span lines (`expected one of …`); errors are one line.
@@ -440,6 +464,75 @@ pub fn parse(text: &str, file: &str) -> Result<Sweep, SpecError> {
         SpecError { file: file.to_string(), line, message }
     })?;
     build(&ctx, raw)
+}
+
+/// What parsing a spec read from the file system, keyed by the path or pattern as the spec
+/// wrote it: each npy dataset's image size (from its header), each image folder's classes,
+/// each glob's matches. The plan depends on these answers, so a run stores them when it opens
+/// and every later parse of its stored spec replays them.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SpecInputs {
+    #[serde(default)]
+    pub npy_sizes: BTreeMap<String, [usize; 2]>,
+    #[serde(default)]
+    pub folder_classes: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub globs: BTreeMap<String, Vec<String>>,
+}
+
+/// Where parsing gets its file-system answers: live (and recorded), or replayed.
+struct Inputs {
+    replay: Option<SpecInputs>,
+    recorded: std::cell::RefCell<SpecInputs>,
+}
+
+impl Inputs {
+    fn live() -> Self {
+        Inputs { replay: None, recorded: Default::default() }
+    }
+
+    fn missing(what: &str, key: &str) -> String {
+        format!("the run's record holds no {what} for {key:?} (a store from before inputs were recorded?)")
+    }
+
+    fn npy_image_size(&self, path: &Path) -> Result<[usize; 2], String> {
+        let key = path.display().to_string();
+        if let Some(replay) = &self.replay {
+            return replay.npy_sizes.get(&key).copied().ok_or_else(|| Self::missing("npy image size", &key));
+        }
+        let (h, w) = crate::dataset::npy_image_size(path).map_err(|e| e.to_string())?;
+        self.recorded.borrow_mut().npy_sizes.insert(key, [h, w]);
+        Ok([h, w])
+    }
+
+    fn folder_classes(&self, dir: &Path) -> Result<Vec<String>, String> {
+        let key = dir.display().to_string();
+        if let Some(replay) = &self.replay {
+            return replay.folder_classes.get(&key).cloned().ok_or_else(|| Self::missing("class list", &key));
+        }
+        let classes = crate::dataset::folder_classes(dir).map_err(|e| e.to_string())?;
+        self.recorded.borrow_mut().folder_classes.insert(key, classes.clone());
+        Ok(classes)
+    }
+
+    fn glob(&self, pattern: &str) -> Result<Vec<PathBuf>, String> {
+        if let Some(replay) = &self.replay {
+            let paths = replay.globs.get(pattern).ok_or_else(|| Self::missing("glob expansion", pattern))?;
+            return Ok(paths.iter().map(PathBuf::from).collect());
+        }
+        let paths = expand_glob(pattern)?;
+        let mut texts = Vec::with_capacity(paths.len());
+        for p in &paths {
+            // Recorded as text (JSON in the store); a file name that is not UTF-8 cannot
+            // name a point either.
+            let text = p.to_str().ok_or_else(|| {
+                format!("glob {pattern:?} matches {}, whose name is not UTF-8; rename it", one_line(&p.display().to_string(), 200))
+            })?;
+            texts.push(text.to_string());
+        }
+        self.recorded.borrow_mut().globs.insert(pattern.to_string(), texts);
+        Ok(paths)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -651,6 +744,7 @@ impl<'de> Deserialize<'de> for Values {
 struct Ctx<'a> {
     file: &'a str,
     text: &'a str,
+    inputs: &'a Inputs,
 }
 
 impl Ctx<'_> {
@@ -1328,7 +1422,7 @@ fn datasets(
                     _ => d.test.as_ref(),
                 }
                 .map_or_else(|| d.kind.span(), Spanned::span);
-                crate::dataset::folder_classes(p).map_err(|e| ctx.err(&span, format!("{key}: {e}")))
+                ctx.inputs.folder_classes(p).map_err(|e| ctx.err(&span, format!("{key}: {e}")))
             };
             let classes = listing(&train, "train")?;
             let test_classes = listing(&test, "test")?;
@@ -1368,12 +1462,19 @@ fn datasets(
             let size = match ctx.scalar(&d.size, None, |v| image_size(v).map(Some))? {
                 Some(size) => size,
                 None => {
-                    let (h, w) = crate::dataset::npy_image_size(&test_images).map_err(|e| {
+                    let [h, w] = ctx.inputs.npy_image_size(&test_images).map_err(|e| {
                         ctx.err(
                             &d.kind.span(),
                             format!("an npy dataset needs its image size: give size = [H, W], or make test_images readable here ({e})"),
                         )
                     })?;
+                    // The header's size meets the bounds `size =` meets: a 200-byte file may
+                    // declare 65536 × 65536 images.
+                    for side in [h, w] {
+                        image_side(&Value::Integer(side.min(i64::MAX as usize) as i64)).map_err(|e| {
+                            ctx.err(&d.kind.span(), format!("test_images {}: {h} × {w} images in its header: {e}", one_line(&test_images.display().to_string(), 200)))
+                        })?;
+                    }
                     [h, w]
                 }
             };
@@ -1816,7 +1917,7 @@ fn models<'a>(ctx: &Ctx, raw: &'a RawModels) -> Result<Models<'a>, SpecError> {
         };
         if let Some(pattern) = &m.glob {
             let text = string("glob", pattern.get_ref()).map_err(|e| ctx.err(&pattern.span(), e))?;
-            paths.extend(expand_glob(&text).map_err(|e| ctx.err(&pattern.span(), e))?);
+            paths.extend(ctx.inputs.glob(&text).map_err(|e| ctx.err(&pattern.span(), e))?);
         }
         if paths.is_empty() {
             return Err(ctx.err(
@@ -1885,17 +1986,35 @@ fn expand_glob(pattern: &str) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
-/// `*` (any run) and `?` (one character) against a whole name.
+/// `*` (any run) and `?` (one character) against a whole name, in O(pattern × name) time: the
+/// recursive match took over 30 s for a pattern of 16 `*` (each star retried every split).
+/// Greedy with one backtrack point (the last star), which suffices because a later star can
+/// absorb whatever an earlier one would have.
 fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
-    match (pattern.first(), name.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => {
-            wildcard_match(&pattern[1..], name) || (!name.is_empty() && wildcard_match(pattern, &name[1..]))
+    let (mut p, mut n) = (0, 0);
+    // The position after the last star seen, and the name position it currently absorbs to.
+    let mut backtrack: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                p += 1;
+                backtrack = Some((p, n));
+            }
+            Some(&c) if c == b'?' || c == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            _ => match backtrack {
+                Some((after_star, absorbed)) => {
+                    p = after_star;
+                    n = absorbed + 1;
+                    backtrack = Some((after_star, absorbed + 1));
+                }
+                None => return false,
+            },
         }
-        (Some(b'?'), Some(_)) => wildcard_match(&pattern[1..], &name[1..]),
-        (Some(p), Some(n)) if p == n => wildcard_match(&pattern[1..], &name[1..]),
-        _ => false,
     }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 /// The analysis point of a given model on `dataset`: id `<dataset>-<model>`, the evaluation
@@ -2245,6 +2364,113 @@ mod tests {
             let err = parse(&text, "s.toml").unwrap_err().to_string();
             assert!(err.starts_with(message), "{message}\n{err}");
         }
+    }
+
+    /// An npy header's image size meets the bounds `size =` meets: a 200-byte file declaring
+    /// 65536 × 65536 images aborted the run (an 8 GB allocation), and 1 × 1 or 2 × 2 images
+    /// panicked on the workers.
+    #[test]
+    fn an_npy_header_size_is_bounded_like_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let header_only = |name: &str, shape: &str| {
+            let dict = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}");
+            let mut header = dict.into_bytes();
+            while (10 + header.len() + 1) % 64 != 0 {
+                header.push(b' ');
+            }
+            header.push(b'\n');
+            let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+            bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(&header);
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        let spec = |test: &Path| {
+            format!("[[dataset]]\nkind = \"npy\"\ntrain_images = \"a\"\ntrain_labels = \"b\"\ntest_images = {:?}\ntest_labels = \"d\"\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n", test.display().to_string())
+        };
+        for (shape, message) in [
+            ("(1, 65536, 65536, 3)", "65536 × 65536 images in its header: size must be at most 1024"),
+            ("(1, 1, 1, 3)", "1 × 1 images in its header: size must be an integer of at least 4"),
+            ("(1, 2, 2, 3)", "2 × 2 images in its header"),
+            ("(1, 4096, 4096, 3)", "size must be at most 1024"),
+        ] {
+            let path = header_only(&format!("{}.npy", shape.len()), shape);
+            let started = std::time::Instant::now();
+            let err = parse(&spec(&path), "s.toml").unwrap_err().to_string();
+            assert!(err.starts_with("s.toml:2: test_images ") && err.contains(message), "{shape}: {err}");
+            assert!(started.elapsed().as_secs() < 2, "{shape}: refused at once");
+        }
+    }
+
+    /// A hostile glob of 16 `*` kept parsing busy for over 30 s (the recursive match retried
+    /// every split); the match is linear in the pattern times the name now.
+    #[test]
+    fn wildcards_match_in_polynomial_time_and_as_before() {
+        for (pattern, name, expected) in [
+            ("*.pt", "a.pt", true),
+            ("*.pt", "a.pth", false),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("*", "", true),
+            ("", "", true),
+            ("", "a", false),
+            ("a*b*c", "aXXbYYc", true),
+            ("a*b*c", "aXXbYY", false),
+            ("*a*", "bab", true),
+            ("**", "x", true),
+            ("m*_?.pt", "model_1.pt", true),
+            ("m*_?.pt", "model_12.pt", false),
+        ] {
+            assert_eq!(wildcard_match(pattern.as_bytes(), name.as_bytes()), expected, "{pattern} {name}");
+        }
+        let hostile = "*".repeat(16) + "b";
+        let name = "a".repeat(250);
+        let started = std::time::Instant::now();
+        assert!(!wildcard_match(hostile.as_bytes(), name.as_bytes()));
+        assert!(started.elapsed().as_millis() < 500, "{:?}", started.elapsed());
+    }
+
+    /// A run records what parsing read of the file system; replaying the record gives the same
+    /// sweep after the files changed, and never touches them.
+    #[test]
+    fn a_recorded_parse_replays_without_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let png = |path: &Path| {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            crate::image::write_rgb_png(path, 2, 2, &[0; 12]).unwrap();
+        };
+        for class in ["ant", "cow"] {
+            png(&dir.path().join(format!("train/{class}/a.png")));
+            png(&dir.path().join(format!("test/{class}/b.png")));
+        }
+        std::fs::create_dir_all(dir.path().join("zoo")).unwrap();
+        for m in ["a.pt", "b.pt"] {
+            std::fs::write(dir.path().join("zoo").join(m), "x").unwrap();
+        }
+        let x = dir.path().join("x.npy");
+        crate::npy::NpyArray::from_u8(vec![2, 8, 8, 3], &[0; 2 * 8 * 8 * 3]).write(&x).unwrap();
+        let d = dir.path().display();
+        let text = format!(
+            "[[dataset]]\nkind = \"folder\"\ntrain = \"{d}/train\"\ntest = \"{d}/test\"\nsize = 8\n[[dataset]]\nkind = \"npy\"\ntrain_images = \"a\"\ntrain_labels = \"b\"\ntest_images = \"{d}/x.npy\"\ntest_labels = \"d\"\n[[model]]\nkind = \"torchscript\"\nglob = \"{d}/zoo/*.pt\"\n"
+        );
+        let (sweep, recorded) = parse_recording(&text, "s.toml").unwrap();
+        assert_eq!(recorded.globs.values().next().map(Vec::len), Some(2));
+        assert_eq!(recorded.folder_classes.len(), 2, "{recorded:?}");
+        assert_eq!(recorded.npy_sizes.values().next(), Some(&[8, 8]));
+        // The zoo grows, a class is renamed, the npy file goes: live parsing sees it all.
+        std::fs::write(dir.path().join("zoo/c.pt"), "x").unwrap();
+        std::fs::rename(dir.path().join("train/cow"), dir.path().join("train/dog")).unwrap();
+        std::fs::remove_file(&x).unwrap();
+        assert!(parse(&text, "s.toml").is_err());
+        let replayed = parse_replaying(&text, "s.toml", &recorded).unwrap();
+        assert_eq!(replayed, sweep);
+        // A record through JSON (as the store keeps it) replays the same.
+        let json = serde_json::to_string(&recorded).unwrap();
+        let back: SpecInputs = serde_json::from_str(&json).unwrap();
+        assert_eq!(parse_replaying(&text, "s.toml", &back).unwrap(), sweep);
+        let err = parse_replaying(&text, "s.toml", &SpecInputs::default()).unwrap_err().to_string();
+        assert!(err.contains("the run's record holds no class list"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`driver`]: owns the scheduler core and the store handle; sessions, reports, leases.
 //! - [`graph`]: the task graph of a sweep (train tasks, heatmap chunks) with stable keys.
 //! - [`grpc`]: the thin tonic shell (proto ↔ domain conversion, errors to `Status`).
+//! - [`identity`]: may a run directory go on with the spec given now (pure).
 //! - [`http`]: `/metrics` (Prometheus), `/api/status` (JSON) and the dashboard page.
 //! - [`kinds`]: one room per task kind (plan, inputs, result checks, checkpoints, history).
 //! - [`lock`]: one run per directory (an OS lock on `freqsweep.lock`).
@@ -24,6 +25,7 @@ pub mod driver;
 pub mod graph;
 pub mod grpc;
 pub mod http;
+pub mod identity;
 pub mod kinds;
 pub mod live;
 pub mod lock;

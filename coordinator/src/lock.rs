@@ -47,6 +47,23 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, LockError> {
     Ok(DirLock { _file: file })
 }
 
+/// Who holds run directory `dir` now (`pid … on …, since …`), or `None` when no `run` or
+/// `serve` uses it: a reader such as `freqsweep report` asks, and takes nothing (the lock is
+/// probed and released at once; a missing lock file means nobody ever held it).
+pub fn holder(dir: &Path) -> Option<String> {
+    let path = dir.join("freqsweep.lock");
+    let file = File::open(&path).ok()?;
+    match file.try_lock_shared() {
+        Ok(()) => None,
+        Err(TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            Some(if holder.is_empty() { "a process that is starting".to_string() } else { holder.to_string() })
+        }
+        Err(TryLockError::Error(_)) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,9 +74,11 @@ mod tests {
         let first = lock_dir(dir.path()).unwrap();
         let err = lock_dir(dir.path()).unwrap_err().to_string();
         assert!(err.contains("is in use by another freqsweep (pid "), "{err}");
+        assert!(holder(dir.path()).is_some_and(|h| h.starts_with(&format!("pid {} on", std::process::id()))));
         assert!(err.contains(&format!("pid {} on", std::process::id())), "{err}");
         assert!(!err.contains('\n'), "one line: {err}");
         drop(first);
+        assert_eq!(holder(dir.path()), None, "nobody holds it now");
         lock_dir(dir.path()).expect("released when the holder is gone");
     }
 

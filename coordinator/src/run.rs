@@ -14,7 +14,8 @@ use crate::grpc;
 use crate::scheduler::{SchedulerConfig, TaskId};
 use crate::store::{Change, Store, StoreWriter};
 use anyhow::{bail, Context, Result};
-use freqsweep_common::spec::{self, Sweep};
+use crate::identity;
+use freqsweep_common::spec::{self, SpecInputs, Sweep};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,49 +35,103 @@ pub struct Run {
     _lock: crate::lock::DirLock,
 }
 
+/// A spec as read once: the bytes the run stores (a spec given as a pipe or `/dev/stdin` can
+/// be read only once), the sweep they plan, and what parsing read of the file system.
+pub struct SpecFile {
+    /// How errors name it (its path).
+    pub file: String,
+    pub text: String,
+    pub sweep: Sweep,
+    pub inputs: SpecInputs,
+}
+
+impl SpecFile {
+    /// Read `path` once (bounded) and parse it, recording its file-system inputs.
+    pub fn read(path: &Path) -> Result<SpecFile> {
+        let text = spec::read(path)?;
+        let file = path.display().to_string();
+        let (sweep, inputs) = spec::parse_recording(&text, &file)?;
+        Ok(SpecFile { file, text, sweep, inputs })
+    }
+}
+
 /// Open `dir` for `spec_path`: plan the sweep, create or resume its store.
 pub fn open(spec_path: &Path, dir: &Path, config: ServiceConfig) -> Result<Run> {
-    let sweep = spec::load(spec_path)?;
-    let text = std::fs::read_to_string(spec_path)?;
+    open_spec(SpecFile::read(spec_path)?, dir, config)
+}
+
+/// The most bytes of one task's description: it travels in a lease, and a gRPC message may hold
+/// 64 MiB (`grpc::MESSAGE_BYTES`) with the rest of the lease beside it.
+pub const MAX_TASK_BYTES: usize = 32 << 20;
+
+/// Open `dir` for an already read spec: plan the sweep, create or resume its store.
+pub fn open_spec(spec: SpecFile, dir: &Path, config: ServiceConfig) -> Result<Run> {
+    let SpecFile { file: _, text, sweep, inputs } = spec;
+    check_run_dir(dir)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let lock = crate::lock::lock_dir(dir)?;
     let (store, writer) = Store::open(&dir.join("freqsweep.db"))?;
     let reader = store.reader()?;
     let artifacts = ArtifactDir::new(dir.join("artifacts"));
-    let given = import_given_models(&sweep, &artifacts)?;
     let tasks = graph::plan(&sweep);
+    // A description too large for a lease is a planning error, not a worker that seems lost.
+    let specs: Vec<String> = tasks.iter().map(|t| serde_json::to_string(&t.spec)).collect::<Result<_, _>>()?;
+    check_task_sizes(&tasks, &specs, MAX_TASK_BYTES)?;
+    let given = import_given_models(&sweep, &artifacts)?;
+    let inputs_json = serde_json::to_string(&inputs)?;
     let stored_rows = reader.tasks()?;
     let mut stored = HashMap::new();
     if stored_rows.is_empty() {
         let mut changes = vec![
             Change::SweepValue { key: "name".into(), value: sweep.name.clone() },
             Change::SweepValue { key: "spec_toml".into(), value: text },
+            Change::SweepValue { key: SPEC_INPUTS.into(), value: inputs_json },
             Change::SweepValue { key: "created_ms".into(), value: now_ms().to_string() },
             Change::SweepValue { key: "git_revision".into(), value: crate::report::GIT_REVISION.to_string() },
         ];
         for (name, artifact) in &given {
             changes.push(Change::SweepValue { key: given_value_key(name), value: artifact.digest.clone() });
         }
-        for t in &tasks {
+        for (t, spec_json) in tasks.iter().zip(specs) {
             changes.push(Change::InsertTask {
                 id: t.id.0,
                 key: t.key.clone(),
                 kind: t.kind().as_str().to_string(),
-                spec_json: serde_json::to_string(&t.spec)?,
+                spec_json,
                 deps: t.deps.iter().map(|d| d.0).collect(),
             });
         }
         store.write(changes)?;
     } else {
-        let by_key: HashMap<&str, &crate::store::TaskRow> = stored_rows.iter().map(|r| (r.key.as_str(), r)).collect();
-        let differing = tasks.iter().filter(|t| by_key.get(t.key.as_str()).is_none_or(|r| r.id != t.id.0)).count();
-        if differing > 0 || stored_rows.len() != tasks.len() {
-            bail!(
-                "{} holds another sweep ({} stored tasks, {} planned, {differing} differ); use a new --out",
-                dir.display(),
-                stored_rows.len(),
-                tasks.len()
-            );
+        // Run identity: the same tasks, setting for setting, or a refusal naming the change.
+        let recorded_text = reader.sweep_value("spec_toml")?.unwrap_or_default();
+        let recorded_inputs: Option<SpecInputs> =
+            reader.sweep_value(SPEC_INPUTS)?.and_then(|json| serde_json::from_str(&json).ok());
+        let recorded = identity::Recorded { spec_toml: &recorded_text, inputs: recorded_inputs.as_ref() };
+        let stored_tasks: Vec<identity::StoredTask> = stored_rows
+            .iter()
+            .map(|r| identity::StoredTask { id: r.id, key: &r.key, spec_json: &r.spec_json })
+            .collect();
+        let planned: Vec<identity::PlannedTask> =
+            tasks.iter().map(|t| identity::PlannedTask { id: t.id.0, key: &t.key, spec: &t.spec }).collect();
+        match identity::compare(&recorded, &stored_tasks, &text, &inputs, &planned) {
+            identity::Verdict::Refuse(why) => bail!(
+                "{} holds a run of another spec: {why}; its results were computed with the old settings and are kept as they are: use a new --out for this spec, or give the old spec to resume",
+                dir.display()
+            ),
+            identity::Verdict::Resume { changed } => {
+                if let Some(changed) = &changed {
+                    tracing::info!(changed = %changed, "the spec changed only in keys that change no task; resuming with it");
+                }
+                // The stored spec is the one the report renders; record this one and its inputs.
+                if changed.is_some() || recorded_inputs.as_ref() != Some(&inputs) {
+                    store.write(vec![
+                        Change::SweepValue { key: "spec_toml".into(), value: text },
+                        Change::SweepValue { key: "name".into(), value: sweep.name.clone() },
+                        Change::SweepValue { key: SPEC_INPUTS.into(), value: inputs_json },
+                    ])?;
+                }
+            }
         }
         for row in &stored_rows {
             let outputs = reader
@@ -157,6 +212,44 @@ fn import_given_models(sweep: &Sweep, artifacts: &ArtifactDir) -> Result<Vec<(St
         out.push((given.name.clone(), ArtifactRef { name: freqsweep_common::task::MODEL_OUTPUT.into(), digest, size }));
     }
     Ok(out)
+}
+
+/// Every task description fits a lease (`limit` bytes).
+fn check_task_sizes(tasks: &[PlannedTask], specs: &[String], limit: usize) -> Result<()> {
+    if let Some((t, json)) = tasks.iter().zip(specs).find(|(_, json)| json.len() > limit) {
+        bail!(
+            "task {} would be a {} lease, more than a worker may be sent ({}); split it (e.g. smaller [heatmap] chunk_cells)",
+            t.key,
+            freqsweep_common::files::bytes_text(json.len() as u64),
+            freqsweep_common::files::bytes_text(limit as u64)
+        );
+    }
+    Ok(())
+}
+
+/// The sweep value holding what parsing the spec read of the file system (JSON `SpecInputs`).
+pub const SPEC_INPUTS: &str = "spec_inputs";
+
+/// A run directory is new, empty, or holds a run: `--out /` or `--out ~` would scatter a run's
+/// files among the user's.
+fn check_run_dir(dir: &Path) -> Result<()> {
+    let meta = match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => bail!("cannot use {} as the run directory: {e}", dir.display()),
+        Ok(meta) => meta,
+    };
+    if !meta.is_dir() {
+        bail!("{} is not a directory; give a new or empty directory as --out", dir.display());
+    }
+    let is_run = dir.join("freqsweep.db").exists() || dir.join("freqsweep.lock").exists();
+    let mut entries = std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    if !is_run && entries.next().is_some() {
+        bail!(
+            "{} is not empty and holds no freqsweep run (no freqsweep.db); give a new or empty directory as --out",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn given_value_key(name: &str) -> String {
@@ -248,6 +341,20 @@ mod tests {
         let run = format!("{:?}", default_config(None).scheduler);
         assert_eq!(run, format!("{:?}", SchedulerConfig::default()));
         assert!(run.contains("backoff_max: 30000"), "{run}");
+    }
+
+    /// A lease larger than a gRPC message was sent, dropped, and ended as a "lost session" with
+    /// advice to run again; it is a planning error naming the task now.
+    #[test]
+    fn a_task_too_large_for_a_lease_is_a_planning_error() {
+        let text = "[[dataset]]\nkind = \"syn\"\nband = 1\ntrain = 32\ntest = 8\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n[heatmap]\neps = 4\nimages = 4\nchunk_cells = 600\n";
+        let sweep = spec::parse(text, "s.toml").unwrap();
+        let tasks = graph::plan(&sweep);
+        let specs: Vec<String> = tasks.iter().map(|t| serde_json::to_string(&t.spec).unwrap()).collect();
+        check_task_sizes(&tasks, &specs, MAX_TASK_BYTES).unwrap();
+        let largest = specs.iter().map(String::len).max().unwrap();
+        let e = check_task_sizes(&tasks, &specs, largest - 1).unwrap_err().to_string();
+        assert!(e.starts_with("task heatmap/") && e.contains("more than a worker may be sent"), "{e}");
     }
 
     /// A coordinator killed while attempts ran left their rows open; resuming closes them.

@@ -95,12 +95,9 @@ pub struct ReportArgs {
     pub dir: PathBuf,
 }
 
-fn out_dir(out: &Option<PathBuf>, spec: &Path) -> Result<PathBuf> {
-    if let Some(out) = out {
-        return Ok(out.clone());
-    }
-    let sweep = freqsweep_common::spec::load(spec)?;
-    Ok(PathBuf::from("runs").join(sweep.name))
+/// `--out`, or `runs/<sweep name>`.
+fn out_dir(out: &Option<PathBuf>, spec: &run::SpecFile) -> PathBuf {
+    out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&spec.sweep.name))
 }
 
 /// `--lease-timeout`: workers heartbeat five times per timeout (at most every 2 s).
@@ -169,14 +166,44 @@ async fn start_http(
 }
 
 fn print_summary(dir: &Path, summary: &run::Summary) -> Result<()> {
+    print_summary_of(dir, summary, None)
+}
+
+/// The summary line: `sweep finished` only when nothing is left to do; a run still holding the
+/// directory, or one stopped before the end, is said to be so.
+fn print_summary_of(dir: &Path, summary: &run::Summary, running: Option<&str>) -> Result<()> {
     let counts: Vec<String> = summary.counts.iter().map(|(s, c)| format!("{c} {s}")).collect();
-    println!("sweep finished: {}; results in {}", counts.join(", "), dir.display());
+    let terminal = ["done", "failed", "cancelled", freqsweep_coordinator::report::UNREADABLE];
+    let unfinished = summary.counts.iter().any(|(s, c)| *c > 0 && !terminal.contains(&s.as_str()));
+    match running {
+        Some(holder) => println!(
+            "sweep running ({holder}): {}; the report shows what is stored so far, in {}",
+            counts.join(", "),
+            dir.display()
+        ),
+        None if unfinished => println!(
+            "sweep stopped before it finished: {}; run it again on {} to resume",
+            counts.join(", "),
+            dir.display()
+        ),
+        None => println!("sweep finished: {}; results in {}", counts.join(", "), dir.display()),
+    }
     println!("report: {}", dir.join("report.html").display());
+    for (key, why) in &summary.unreadable {
+        eprintln!("unreadable: {key}: {why}");
+    }
     if !summary.failed.is_empty() {
         for (key, error) in &summary.failed {
             eprintln!("failed: {key}: {error}");
         }
         bail!("{} task(s) failed (see above and {}/freqsweep.db)", summary.failed.len(), dir.display());
+    }
+    if !summary.unreadable.is_empty() {
+        bail!(
+            "{} stored result(s) cannot be read: {}/freqsweep.db is damaged; those points are marked unreadable in the report",
+            summary.unreadable.len(),
+            dir.display()
+        );
     }
     Ok(())
 }
@@ -185,14 +212,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
     if args.local_workers == 0 {
         bail!("--local-workers must be at least 1");
     }
-    let dir = out_dir(&args.out, &args.spec)?;
+    // Read once: a spec on a pipe or /dev/stdin has no second reading.
+    let spec = run::SpecFile::read(&args.spec)?;
+    let dir = out_dir(&args.out, &spec);
     let token = random_token()?;
     let mut config = run::default_config(Some(token.clone()));
     set_limits(&mut config, args.lease_timeout, args.max_attempts)?;
     // Local workers share this machine's cores: a backup attempt would slow the straggler it is
     // meant to overtake. Speculation is for clusters (`serve`), where workers are separate machines.
     config.scheduler.speculation.max_backups = 0;
-    let mut run = run::open(&args.spec, &dir, config)?;
+    let mut run = run::open_spec(spec, &dir, config)?;
     let worker = worker_binary()?;
     let rt = runtime()?;
     let threads = args
@@ -264,7 +293,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
 }
 
 pub fn serve(args: &ServeArgs) -> Result<()> {
-    let dir = out_dir(&args.out, &args.spec)?;
+    // Read once: a spec on a pipe or /dev/stdin has no second reading.
+    let spec = run::SpecFile::read(&args.spec)?;
+    let dir = out_dir(&args.out, &spec);
     if args.token.is_none() {
         tracing::warn!("no token set: any client that reaches {} can join (set FREQSWEEP_TOKEN)", args.listen);
     }
@@ -277,7 +308,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         config.tls = Some(freqsweep_coordinator::tls::TlsIdentity::load(cert, key).map_err(anyhow::Error::msg)?);
     }
     let tls_identity = config.tls.clone();
-    let mut run = run::open(&args.spec, &dir, config)?;
+    let mut run = run::open_spec(spec, &dir, config)?;
     let rt = runtime()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -429,12 +460,10 @@ pub fn report(args: &ReportArgs) -> Result<()> {
     if !db.is_file() {
         bail!("{} is not a run directory (no freqsweep.db)", args.dir.display());
     }
-    let (store, writer) = freqsweep_coordinator::store::Store::open(&db)?;
-    let reader = store.reader()?;
-    let text = reader.sweep_value("spec_toml")?.context("the store holds no spec")?;
-    let sweep = freqsweep_common::spec::parse(&text, &format!("{} (stored spec)", db.display()))?;
-    let tasks = freqsweep_coordinator::graph::plan(&sweep);
+    // Read-only: a report never creates, migrates or repairs a store.
+    let reader = freqsweep_coordinator::store::open_read_only(&db)?;
+    let (sweep, tasks) = freqsweep_coordinator::report::stored_plan(&reader, &db)?;
+    let running = freqsweep_coordinator::lock::holder(&args.dir);
     let summary = run::write_results(&args.dir, &reader, &sweep, &tasks)?;
-    writer.stop();
-    print_summary(&args.dir, &summary)
+    print_summary_of(&args.dir, &summary, running.as_deref())
 }

@@ -271,6 +271,67 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Open a store only to read it (`freqsweep report`): nothing is created, migrated or written,
+/// so a damaged store stays as it was for whoever repairs it, and one that lacks a table or a
+/// column this version reads is refused naming it (a 0-byte file has none). Tables and columns
+/// come from [`SCHEMA`] and [`ADDED_COLUMNS`], the same source that creates them.
+pub fn open_read_only(path: &Path) -> Result<Reader, StoreError> {
+    let open_err = |e: rusqlite::Error| StoreError::Open { path: path.to_path_buf(), detail: e.to_string() };
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(open_err)?;
+    let damaged = |detail: String| StoreError::Open { path: path.to_path_buf(), detail };
+    let mut missing = Vec::new();
+    for (table, columns) in expected_columns() {
+        let mut stmt = conn
+            .prepare(&format!("PRAGMA table_info({table})"))
+            .map_err(|e| damaged(format!("not a readable freqsweep store ({e})")))?;
+        let present = stmt
+            .query_map([], |r| r.get::<_, String>(1))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| damaged(format!("not a readable freqsweep store ({e})")))?;
+        if present.is_empty() {
+            missing.push(format!("table {table}"));
+        } else {
+            missing.extend(columns.iter().filter(|c| !present.contains(c)).map(|c| format!("column {table}.{c}")));
+        }
+    }
+    if missing.len() == expected_columns().len() {
+        return Err(damaged("holds no freqsweep store (no table of one: empty, or another database)".into()));
+    }
+    if !missing.is_empty() {
+        return Err(damaged(format!(
+            "the store is damaged or from an older freqsweep: it lacks {} (resuming the run with this version migrates an older store)",
+            missing.join(", ")
+        )));
+    }
+    Ok(Reader { conn })
+}
+
+/// Every table of [`SCHEMA`] with the columns this version reads (its own and [`ADDED_COLUMNS`]).
+fn expected_columns() -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for statement in SCHEMA.split(';') {
+        let Some(rest) = statement.trim().strip_prefix("CREATE TABLE IF NOT EXISTS ") else { continue };
+        let Some((table, body)) = rest.split_once('(') else { continue };
+        let body = body.rsplit_once(')').map_or(body, |(b, _)| b);
+        let columns = body
+            .split(',')
+            .filter_map(|c| c.split_whitespace().next())
+            .filter(|c| *c != "PRIMARY" && !c.starts_with(|ch: char| ch.is_ascii_digit() || ch == '('))
+            .filter(|c| c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_'))
+            .map(String::from)
+            .collect();
+        out.push((table.trim().to_string(), columns));
+    }
+    for (table, column, _) in ADDED_COLUMNS {
+        if let Some((_, columns)) = out.iter_mut().find(|(t, _)| t == table) {
+            columns.push(column.to_string());
+        }
+    }
+    out
+}
+
 impl Store {
     /// Open (creating if needed) the database at `path` and start its writer thread.
     pub fn open(path: &Path) -> Result<(Store, StoreWriter), StoreError> {
@@ -624,10 +685,13 @@ impl Reader {
     }
 
     /// `(name, path)` of the artifacts whose name starts with `prefix`, by name.
+    /// `(name, digest)` of the artifacts whose name starts with `prefix`. (A file is found by its
+    /// digest under the run directory's `artifacts/`, not by the stored `path`, which is where it
+    /// was when written: a run directory moved or copied elsewhere still reads.)
     pub fn artifacts_named(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT name, path FROM artifacts WHERE substr(name, 1, length(?1)) = ?1 ORDER BY name")?;
+            .prepare_cached("SELECT name, digest FROM artifacts WHERE substr(name, 1, length(?1)) = ?1 ORDER BY name")?;
         let rows = stmt.query_map([prefix], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

@@ -235,11 +235,38 @@ fn a_retried_attempt_replaces_the_steps_it_repeats_across_a_coordinator_restart(
     assert_eq!(got, want, "the first attempt's steps 4..6 are dropped, nothing is doubled");
 }
 
-/// A corrupt cursor (a disk error, a hand edit) does not stop the run: the old event files are
-/// set aside and every event is written again from the store. Read back with freqsweep's own
-/// record reader (no Python needed).
+/// A cursor that cannot be used does not stop the run: the old event files are set aside and
+/// every event is written again from the store. Read back with freqsweep's own record reader (no
+/// Python needed). Cases: corrupt JSON (a disk error, a hand edit); a valid cursor with a
+/// negative batch (the follower used to spin at full CPU for ever at the end of the run, never
+/// writing results.csv); one listing a task as finished that the store does not hold as done
+/// (its images were suppressed for ever); one ahead of the store; a directory in its place
+/// (it refused the run where a corrupt file was recovered).
 #[test]
-fn a_corrupt_cursor_sets_the_old_files_aside_and_rewrites_from_the_store() {
+fn an_unusable_cursor_sets_the_old_files_aside_and_rewrites_from_the_store() {
+    for (case, cursor) in [
+        ("corrupt", Some(&b"{\"metrics_batch\": tru"[..])),
+        ("negative batch", Some(&b"{\"metrics_batch\": -9223372036854775808, \"followed\": {}, \"finished\": [], \"maps\": []}"[..])),
+        ("batch ahead", Some(&b"{\"metrics_batch\": 100000, \"followed\": {}, \"finished\": [], \"maps\": []}"[..])),
+        ("finished but not done", Some(&b"{\"metrics_batch\": -1, \"followed\": {}, \"finished\": [1, 2], \"maps\": []}"[..])),
+        ("a map not stored", Some(&b"{\"metrics_batch\": -1, \"followed\": {}, \"finished\": [], \"maps\": [\"map/x/eps4\"]}"[..])),
+        ("a directory", None),
+    ] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cursor = cursor.map(<[u8]>::to_vec);
+        std::thread::spawn(move || {
+            recovers_from(cursor.as_deref());
+            let _ = tx.send(());
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("{case}: the run did not end within 60 s"),
+            Err(e) => panic!("{case}: {e} (the check panicked; see above)"),
+        }
+    }
+}
+
+fn recovers_from(cursor: Option<&[u8]>) {
     use freqsweep_coordinator::tensorboard::events::{read_records, Kind, What};
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("tb.toml");
@@ -252,8 +279,15 @@ fn a_corrupt_cursor_sets_the_old_files_aside_and_rewrites_from_the_store() {
         run.write_results().unwrap();
         train
     };
-    std::fs::write(out.join("tensorboard/.freqsweep-cursor.json"), b"{\"metrics_batch\": tru").unwrap();
-    let mut run = run::open(&spec, &out, run::default_config(None)).expect("a corrupt cursor does not stop the run");
+    let path = out.join("tensorboard/.freqsweep-cursor.json");
+    match cursor {
+        Some(bytes) => std::fs::write(&path, bytes).unwrap(),
+        None => {
+            std::fs::remove_file(&path).unwrap();
+            std::fs::create_dir(&path).unwrap();
+        }
+    }
+    let mut run = run::open(&spec, &out, run::default_config(None)).expect("an unusable cursor does not stop the run");
     run.write_results().unwrap();
     assert!(run.tasks.iter().any(|t| t.id.0 == train));
     let aside: Vec<_> = std::fs::read_dir(&out)
@@ -278,6 +312,7 @@ fn a_corrupt_cursor_sets_the_old_files_aside_and_rewrites_from_the_store() {
         .collect();
     assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
     assert!(matches!(&events[0].what, Some(What::FileVersion(v)) if v == "brain.Event:2"));
+    assert!(out.join("results.csv").is_file(), "the run ended with its results");
 }
 
 /// A race won by an attempt that was not the one followed: when the task ends, the store's

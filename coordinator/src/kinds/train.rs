@@ -158,7 +158,7 @@ pub(crate) fn report(
         // A given model: nothing trained; its state is its analyses' (done when all are).
         let states: Vec<&str> =
             tasks.iter().filter(|t| t.point == index).map(|t| rows[&t.id.0].state.as_str()).collect();
-        let state = ["failed", "cancelled", "running", "ready", "backoff", "pending", "blocked"]
+        let state = ["failed", crate::report::UNREADABLE, "cancelled", "running", "ready", "backoff", "pending", "blocked"]
             .into_iter()
             .find(|s| states.contains(s))
             .or(states.first().copied())
@@ -192,10 +192,12 @@ pub(crate) fn report(
             report.confusions.push((set, format!("{stem}.png")));
         }
     }
-    if let Some((_, _, _, path)) = reader.task_artifacts(train.id.0)?.into_iter().find(|a| a.0 == CHECKPOINT_OUTPUT) {
+    if let Some((_, digest, _, _)) = reader.task_artifacts(train.id.0)?.into_iter().find(|a| a.0 == CHECKPOINT_OUTPUT) {
+        // By digest under this run directory, not the stored path: the directory may have moved.
+        let path = crate::artifacts::ArtifactDir::new(dir.join("artifacts")).path(&digest);
         let target = dir.join("checkpoints").join(format!("{}.ot", point.id));
         std::fs::create_dir_all(target.parent().expect("has parent"))?;
-        std::fs::copy(&path, &target).with_context(|| format!("copying {path}"))?;
+        std::fs::copy(&path, &target).with_context(|| format!("copying {}", path.display()))?;
     }
     let _ = write!(csv, ",{}", row.state);
     for k in GRID_KEYS {

@@ -21,6 +21,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
 
+/// The state the report gives a done task whose stored result cannot be read.
+pub const UNREADABLE: &str = "unreadable";
+
 /// The git revision this binary was built from (`unknown` outside a git checkout).
 pub const GIT_REVISION: &str = env!("FREQSWEEP_GIT_REVISION");
 
@@ -37,6 +40,46 @@ pub const LEARNED_AT: [f64; 2] = [0.5, 0.9];
 pub struct Summary {
     pub counts: Vec<(String, usize)>,
     pub failed: Vec<(String, String)>,
+    /// Done tasks whose stored result cannot be read (a damaged store): `(task key, why)`.
+    /// Their points are shown as such, never as a blank row, and no mean counts them.
+    pub unreadable: Vec<(String, String)>,
+}
+
+/// The sweep and plan of a stored run, from the store alone: the stored spec parsed against
+/// the file-system answers recorded when the run opened (a model added to a globbed folder, a
+/// renamed or deleted input, or another working directory change nothing), and checked to plan
+/// exactly the store's tasks, so no row is labelled with a point that never ran.
+pub fn stored_plan(reader: &Reader, db: &Path) -> Result<(Sweep, Vec<PlannedTask>)> {
+    let text = reader.sweep_value("spec_toml")?.with_context(|| format!("{}: the store holds no spec", db.display()))?;
+    let file = format!("{} (stored spec)", db.display());
+    let sweep = match reader.sweep_value(crate::run::SPEC_INPUTS)? {
+        Some(json) => {
+            let inputs: freqsweep_common::spec::SpecInputs = serde_json::from_str(&json)
+                .with_context(|| format!("{}: the recorded spec inputs cannot be read", db.display()))?;
+            freqsweep_common::spec::parse_replaying(&text, &file, &inputs)?
+        }
+        // A store from before inputs were recorded: its spec is read against the files as they are.
+        None => freqsweep_common::spec::parse(&text, &file)?,
+    };
+    let tasks = crate::graph::plan(&sweep);
+    let rows = reader.tasks()?;
+    let stored: HashMap<&str, u64> = rows.iter().map(|r| (r.key.as_str(), r.id)).collect();
+    if let Some(t) = tasks.iter().find(|t| stored.get(t.key.as_str()) != Some(&t.id.0)) {
+        anyhow::bail!(
+            "{}: the stored spec plans task {} that the store does not hold as planned; the store is damaged",
+            db.display(),
+            freqsweep_common::text::one_line(&t.key, 160)
+        );
+    }
+    if rows.len() != tasks.len() {
+        anyhow::bail!(
+            "{}: the store holds {} tasks, its spec plans {}; the store is damaged",
+            db.display(),
+            rows.len(),
+            tasks.len()
+        );
+    }
+    Ok((sweep, tasks))
 }
 
 /// Everything the report shows about one grid point, with the files written for it
@@ -84,11 +127,24 @@ pub(crate) struct OverTraining {
 
 /// Render every result file of a run directory from its store.
 pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[PlannedTask]) -> Result<Summary> {
-    let rows: HashMap<u64, crate::store::TaskRow> = reader.tasks()?.into_iter().map(|r| (r.id, r)).collect();
+    let mut rows: HashMap<u64, crate::store::TaskRow> = reader.tasks()?.into_iter().map(|r| (r.id, r)).collect();
+    if let Some(t) = tasks.iter().find(|t| !rows.contains_key(&t.id.0)) {
+        anyhow::bail!("the store holds no task {} of its plan; the store is damaged", t.key);
+    }
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     let mut failed = Vec::new();
+    let mut unreadable = Vec::new();
     for t in tasks {
-        let row = &rows[&t.id.0];
+        let row = rows.get_mut(&t.id.0).expect("checked above");
+        // A done task whose result does not parse is shown as such (state `unreadable`), not as
+        // a blank row, and its result is left out of every merge and mean.
+        if let Some(Err(e)) = row.result_json.as_deref().map(serde_json::from_str::<TaskOutcome>) {
+            let why = format!("its stored result cannot be read ({})", freqsweep_common::text::one_line(&e.to_string(), 160));
+            unreadable.push((t.key.clone(), why.clone()));
+            row.state = UNREADABLE.to_string();
+            row.error = Some(why);
+            row.result_json = None;
+        }
         *counts.entry(row.state.clone()).or_default() += 1;
         if row.state == "failed" {
             failed.push((t.key.clone(), row.error.clone().unwrap_or_default()));
@@ -201,7 +257,7 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
         created_ms: reader.sweep_value("created_ms")?.and_then(|v| v.parse().ok()),
         created_by: reader.sweep_value("git_revision")?,
         counts: &counts,
-        failed: &failed,
+        failed: &failed.iter().chain(&unreadable).cloned().collect::<Vec<_>>(),
         workers: reader.workers()?,
         attempts: reader.attempts()?,
         points: &points,
@@ -210,7 +266,7 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
         results_csv: &csv,
     };
     write_file(&dir.join("report.html"), &html::render(&page))?;
-    Ok(Summary { counts: counts.into_iter().collect(), failed })
+    Ok(Summary { counts: counts.into_iter().collect(), failed, unreadable })
 }
 
 fn results_header(sweep: &Sweep, test_sets: &[String], eps_list: &[f64], classes: usize) -> String {

@@ -58,9 +58,16 @@ pub(crate) fn csv_rows(group: &str, members: &[usize], rows: &[String]) -> Strin
     let width = fields.iter().map(Vec::len).max().unwrap_or(0);
     let first_numeric = 2 + GRID_KEYS.len();
     let seed_column = 2 + GRID_KEYS.iter().position(|k| *k == "seed").expect("seed is a grid key");
+    // Only finished runs count: a "mean of 2 seeds" over one run's numbers would hide that the
+    // other failed or lost its result.
+    let done = fields.iter().filter(|f| f.get(1) == Some(&"done")).count();
+    let of = match done {
+        d if d == members.len() => format!("{d} seeds"),
+        d => format!("{d} of {} seeds", members.len()),
+    };
     let mut out = String::new();
     for (label, pick) in [("mean", 0usize), ("std", 1)] {
-        let _ = write!(out, "{group},{label} of {} seeds", members.len());
+        let _ = write!(out, "{group},{label} of {of}");
         for column in 2..width {
             let values: Vec<&str> = fields.iter().map(|f| f.get(column).copied().unwrap_or("")).collect();
             let cell = if column == seed_column {
@@ -72,7 +79,12 @@ pub(crate) fn csv_rows(group: &str, members: &[usize], rows: &[String]) -> Strin
                     String::new()
                 }
             } else {
-                let numbers: Vec<f64> = values.iter().filter_map(|v| v.parse::<f64>().ok()).collect();
+                let numbers: Vec<f64> = values
+                    .iter()
+                    .zip(&fields)
+                    .filter(|(_, f)| f.get(1) == Some(&"done"))
+                    .filter_map(|(v, _)| v.parse::<f64>().ok())
+                    .collect();
                 match Summary::of(numbers) {
                     Some(s) if pick == 0 => s.mean.to_string(),
                     Some(s) => s.std.to_string(),

@@ -53,6 +53,45 @@ struct Cursor {
     maps: BTreeSet<String>,
 }
 
+/// The most bytes a cursor may hold (a few ids per task: 2 000 000 tasks fit).
+const MAX_CURSOR_BYTES: u64 = 256 << 20;
+
+/// The cursor at `path`: `None` when there is none yet, an error (why it is unusable) otherwise.
+fn read_cursor(path: &Path) -> std::result::Result<Option<Cursor>, String> {
+    match freqsweep_common::files::read_bounded(path, MAX_CURSOR_BYTES) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| format!("not a cursor: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot be read: {e}")),
+    }
+}
+
+/// A cursor describes this store: its batch is one the store has reached (a negative or
+/// far-ahead one would make the follower loop for ever or skip every point), and everything it
+/// says is written exists and is finished in the store (else its images would never be written).
+fn check_cursor(cursor: &Cursor, reader: &Reader) -> std::result::Result<(), String> {
+    let sql = |e: crate::store::StoreError| e.to_string();
+    let newest = reader.newest_metric_batch().map_err(sql)?;
+    if !(-1..=newest).contains(&cursor.metrics_batch) {
+        return Err(format!("metrics_batch {} is outside the store's -1..={newest}", cursor.metrics_batch));
+    }
+    let mut done = BTreeSet::new();
+    for kind in ["train", "bands"] {
+        done.extend(reader.done_tasks(kind).map_err(sql)?);
+    }
+    if let Some(id) = cursor.finished.iter().find(|id| !done.contains(id)) {
+        return Err(format!("it lists task {id} as written, which the store does not hold as done"));
+    }
+    let maps: BTreeSet<String> = reader.artifacts_named("map/").map_err(sql)?.into_iter().map(|(n, _)| n).collect();
+    if let Some(name) = cursor.maps.iter().find(|n| !maps.contains(*n)) {
+        return Err(format!("it lists map {} as written, which the store does not hold", freqsweep_common::text::one_line(name, 160)));
+    }
+    let newest_attempt = reader.max_attempt_id().map_err(sql)?;
+    if let Some((task, attempt)) = cursor.followed.iter().find(|(_, a)| **a > newest_attempt) {
+        return Err(format!("it follows attempt {attempt} of task {task}, newer than any in the store"));
+    }
+    Ok(())
+}
+
 /// The running follower; [`TensorBoard::finish`] writes what is left and stops it.
 pub struct TensorBoard {
     stop: Arc<AtomicBool>,
@@ -108,6 +147,7 @@ struct TaskInfo {
 
 struct Follower {
     root: PathBuf,
+    artifacts: crate::artifacts::ArtifactDir,
     reader: Reader,
     cursor: Cursor,
     tasks: HashMap<u64, TaskInfo>,
@@ -123,22 +163,23 @@ impl Follower {
         std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
         let cursor_path = root.join(CURSOR);
         let fresh = Cursor { metrics_batch: -1, ..Cursor::default() };
-        let cursor = match std::fs::read(&cursor_path) {
-            Ok(bytes) => match serde_json::from_slice(&bytes) {
-                Ok(cursor) => cursor,
-                // A view of the store: set the old files aside and write everything again.
-                Err(e) => {
-                    let secs =
-                        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                    let aside = dir.join(format!("tensorboard.corrupt-{secs}"));
-                    tracing::warn!(cursor = %cursor_path.display(), error = %e, aside = %aside.display(), "tensorboard: the cursor is corrupt; the old event files are set aside and every event is written again");
-                    std::fs::rename(&root, &aside).with_context(|| format!("moving {} aside", root.display()))?;
-                    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
-                    fresh
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => fresh,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", cursor_path.display())),
+        // Any cursor that cannot be read or does not describe this store (a file edited, copied
+        // from another run, a directory in its place) is recovered the same way: a view of the
+        // store, so the old files are set aside and every event is written again.
+        let cursor = match read_cursor(&cursor_path).and_then(|c| match c {
+            Some(c) => check_cursor(&c, &reader).map(|()| c),
+            None => Ok(fresh),
+        }) {
+            Ok(cursor) => cursor,
+            Err(why) => {
+                let secs =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let aside = dir.join(format!("tensorboard.corrupt-{secs}"));
+                tracing::warn!(cursor = %cursor_path.display(), error = %why, aside = %aside.display(), "tensorboard: the cursor is unusable; the old event files are set aside and every event is written again");
+                std::fs::rename(&root, &aside).with_context(|| format!("moving {} aside", root.display()))?;
+                std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+                Cursor { metrics_batch: -1, ..Cursor::default() }
+            }
         };
         let mut tasks = HashMap::new();
         let mut train_of_point = HashMap::new();
@@ -155,7 +196,8 @@ impl Follower {
             tasks.insert(task.id.0, TaskInfo { point: point.id.clone(), classes });
         }
         let host = hostname();
-        Ok(Follower { root, reader, cursor, tasks, train_of_point, files: BTreeMap::new(), host })
+        let artifacts = crate::artifacts::ArtifactDir::new(dir.join("artifacts"));
+        Ok(Follower { root, artifacts, reader, cursor, tasks, train_of_point, files: BTreeMap::new(), host })
     }
 
     /// Write what the store holds beyond the cursor, sync, then move the cursor.
@@ -288,7 +330,8 @@ impl Follower {
     /// Complete heatmaps (and their layer maps) not yet written.
     fn maps(&mut self) -> Result<bool> {
         let mut wrote = false;
-        for (name, path) in self.reader.artifacts_named("map/")? {
+        for (name, digest) in self.reader.artifacts_named("map/")? {
+            let path = self.artifacts.path(&digest).display().to_string();
             if self.cursor.maps.contains(&name) {
                 continue;
             }
