@@ -282,7 +282,9 @@ pub fn open_read_only(path: &Path) -> Result<Reader, StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(open_err)?;
     let damaged = |detail: String| StoreError::Open { path: path.to_path_buf(), detail };
     let mut missing = Vec::new();
-    for (table, columns) in expected_columns() {
+    let expected = expected_columns();
+    let mut tables_missing = 0;
+    for (table, columns) in &expected {
         let mut stmt = conn
             .prepare(&format!("PRAGMA table_info({table})"))
             .map_err(|e| damaged(format!("not a readable freqsweep store ({e})")))?;
@@ -291,12 +293,13 @@ pub fn open_read_only(path: &Path) -> Result<Reader, StoreError> {
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| damaged(format!("not a readable freqsweep store ({e})")))?;
         if present.is_empty() {
+            tables_missing += 1;
             missing.push(format!("table {table}"));
         } else {
             missing.extend(columns.iter().filter(|c| !present.contains(c)).map(|c| format!("column {table}.{c}")));
         }
     }
-    if missing.len() == expected_columns().len() {
+    if tables_missing == expected.len() {
         return Err(damaged("holds no freqsweep store (no table of one: empty, or another database)".into()));
     }
     if !missing.is_empty() {
@@ -1063,5 +1066,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = Store::open(&dir.path().join("missing/dir/freqsweep.db")).err().unwrap();
         assert!(err.to_string().contains("missing/dir/freqsweep.db"), "{err}");
+    }
+
+    /// `freqsweep report` opened stores read-write: it created a 0-byte store's tables,
+    /// re-created a dropped `metrics` table (the curves silently disappeared) and panicked on
+    /// a dropped `tasks` table. A read-only open checks the schema and writes nothing.
+    #[test]
+    fn a_read_only_open_checks_the_schema_and_changes_nothing() {
+        let expected = expected_columns();
+        let columns = |t: &str| expected.iter().find(|(n, _)| n == t).map(|(_, c)| c.clone()).unwrap();
+        assert_eq!(expected.len(), 7, "{expected:?}");
+        assert_eq!(columns("metric_batches"), ["attempt_id", "seq"]);
+        assert_eq!(columns("tasks").len(), 10);
+        assert!(columns("metrics").contains(&"batch".to_string()), "added columns count too");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("freqsweep.db");
+        {
+            let (store, writer) = Store::open(&path).unwrap();
+            store.write(vec![Change::SweepValue { key: "name".into(), value: "s".into() }]).unwrap();
+            writer.stop();
+        }
+        let reader = open_read_only(&path).unwrap();
+        assert_eq!(reader.sweep_value("name").unwrap().as_deref(), Some("s"));
+        drop(reader);
+        Connection::open(&path).unwrap().execute_batch("DROP TABLE metrics").unwrap();
+        let err = open_read_only(&path).err().unwrap().to_string();
+        assert!(err.contains("lacks table metrics"), "{err}");
+        let err = open_read_only(&path).err().unwrap().to_string();
+        assert!(err.contains("lacks table metrics"), "still missing: nothing re-created it: {err}");
+
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"").unwrap();
+        let err = open_read_only(&empty).err().unwrap().to_string();
+        assert!(err.contains("holds no freqsweep store"), "{err}");
+        assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
     }
 }

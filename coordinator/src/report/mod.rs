@@ -251,13 +251,15 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
     write_file(&dir.join("results.csv"), &csv)?;
 
     let overview = write_overview(dir, &points, &test_sets)?;
+    // The page lists unreadable results with the failures: neither has a usable result.
+    let shown_failed: Vec<(String, String)> = failed.iter().chain(&unreadable).cloned().collect();
     let page = html::Page {
         name: &sweep.name,
         spec_toml: reader.sweep_value("spec_toml")?.unwrap_or_default(),
         created_ms: reader.sweep_value("created_ms")?.and_then(|v| v.parse().ok()),
         created_by: reader.sweep_value("git_revision")?,
         counts: &counts,
-        failed: &failed.iter().chain(&unreadable).cloned().collect::<Vec<_>>(),
+        failed: &shown_failed,
         workers: reader.workers()?,
         attempts: reader.attempts()?,
         points: &points,
