@@ -245,7 +245,7 @@ fn short(text: &str) -> String {
 mod tests {
     use super::*;
 
-    const SPEC: &str = "name = \"s\"\n[[dataset]]\nkind = \"syn\"\nband = 1\ntrain = 32\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\n[heatmap]\neps = 4\nimages = 64\n";
+    const SPEC: &str = "name = \"s\"\n[[dataset]]\nkind = \"syn\"\nband = 1\ntrain = 32\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n[heatmap]\neps = 4\nimages = 64\n";
 
     #[test]
     fn the_first_changed_key_is_named_with_both_values() {

@@ -357,6 +357,24 @@ mod tests {
         assert!(e.starts_with("task heatmap/") && e.contains("more than a worker may be sent"), "{e}");
     }
 
+    /// `--out /` was accepted and the run's files went into the root directory: a run
+    /// directory is new, empty, or holds a run.
+    #[test]
+    fn a_run_directory_is_new_empty_or_a_run() {
+        for dir in ["/", "/usr"] {
+            let e = check_run_dir(Path::new(dir)).unwrap_err().to_string();
+            assert!(e.contains("is not empty and holds no freqsweep run"), "{e}");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        check_run_dir(&tmp.path().join("new")).unwrap();
+        check_run_dir(tmp.path()).unwrap();
+        std::fs::write(tmp.path().join("freqsweep.lock"), "").unwrap();
+        check_run_dir(tmp.path()).expect("a run killed before its store was made");
+        let file = tmp.path().join("freqsweep.lock");
+        let e = check_run_dir(&file).unwrap_err().to_string();
+        assert!(e.contains("is not a directory"), "{e}");
+    }
+
     /// A coordinator killed while attempts ran left their rows open; resuming closes them.
     #[test]
     fn resuming_closes_the_attempts_a_killed_coordinator_left_open() {
