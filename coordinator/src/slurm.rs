@@ -159,13 +159,40 @@ fn check(s: &Submission) -> Result<(), String> {
         {
             return Err(format!("--sbatch-arg {arg:?} must be one sbatch option, --name or --name=value"));
         }
-        if ["array", "output", "open-mode", "signal", "job-name"].contains(&name) {
-            return Err(format!(
-                "--sbatch-arg {arg:?}: the script sets --{name} itself (the drain and requeue depend on it)"
-            ));
+        if let Some((_, why)) = RESERVED.iter().find(|(r, _)| *r == name) {
+            return Err(format!("--sbatch-arg {arg:?}: the script sets --{name} itself ({why})"));
         }
     }
     Ok(())
+}
+
+/// The sbatch options `--sbatch-arg` may not give, and why.
+pub const RESERVED: &[(&str, &str)] = &[
+    ("array", "the drain and requeue depend on it"),
+    ("output", "the drain and requeue depend on it"),
+    ("open-mode", "the drain and requeue depend on it"),
+    ("signal", "the drain and requeue depend on it"),
+    ("job-name", "the drain and requeue depend on it"),
+];
+
+/// How many characters of sbatch's output an error quotes.
+pub const QUOTED_OUTPUT: usize = 300;
+
+/// The job id `sbatch --parsable` printed, or why there is none. `status` is the exit status
+/// in words.
+pub fn sbatch_reply(success: bool, status: &str, stdout: &[u8], stderr: &[u8]) -> Result<String, String> {
+    if !success {
+        let stderr = String::from_utf8_lossy(stderr);
+        let why = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+        let why = if why.is_empty() { "no message".to_string() } else { why };
+        return Err(format!("sbatch refused the script ({status}): {why}"));
+    }
+    let stdout = String::from_utf8_lossy(stdout);
+    let job = stdout.trim().split(';').next().unwrap_or("").to_string();
+    if job.is_empty() {
+        return Err("sbatch printed no job id".into());
+    }
+    Ok(job)
 }
 
 /// SLURM's `--time` formats.

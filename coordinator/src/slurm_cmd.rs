@@ -1,7 +1,7 @@
 //! `freqsweep slurm submit`: write the worker array script for a running coordinator and hand it
 //! to `sbatch` (the script's content is `freqsweep_coordinator::slurm`'s).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use freqsweep_coordinator::slurm::{self, Submission};
 use std::path::PathBuf;
@@ -104,17 +104,8 @@ fn submit_workers(args: &SubmitArgs) -> Result<()> {
         .arg(&script)
         .output()
         .with_context(|| format!("cannot run {} (is SLURM's client installed? --sbatch PATH)", args.sbatch))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let why = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
-        let why = if why.is_empty() { "no message".to_string() } else { why };
-        bail!("sbatch refused {} ({}): {why}", script.display(), out.status);
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let job = stdout.trim().split(';').next().unwrap_or("").to_string();
-    if job.is_empty() {
-        bail!("sbatch printed no job id for {}", script.display());
-    }
+    let job = slurm::sbatch_reply(out.status.success(), &out.status.to_string(), &out.stdout, &out.stderr)
+        .map_err(|why| anyhow::anyhow!("{why} ({})", script.display()))?;
     println!(
         "submitted job array {job} ({} worker{}) for {}; script {}",
         args.workers,
