@@ -2,6 +2,8 @@
 //! filled in with a submission's values. Pure: the command (`main.rs`'s shell) writes the script
 //! and calls `sbatch`.
 
+use freqsweep_common::text::one_line;
+
 /// The script every submission starts from (the file users can also `sbatch` by hand).
 pub const WORKER_TEMPLATE: &str = include_str!("../../deploy/slurm/freqsweep-workers.sbatch");
 
@@ -151,29 +153,88 @@ fn check(s: &Submission) -> Result<(), String> {
         }
     }
     for arg in &s.sbatch_args {
-        let name = arg.strip_prefix("--").unwrap_or("");
-        let name = name.split('=').next().unwrap_or("");
-        if name.is_empty()
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            || arg.chars().any(|c| c.is_control())
-        {
-            return Err(format!("--sbatch-arg {arg:?} must be one sbatch option, --name or --name=value"));
-        }
-        if let Some((_, why)) = RESERVED.iter().find(|(r, _)| *r == name) {
-            return Err(format!("--sbatch-arg {arg:?}: the script sets --{name} itself ({why})"));
-        }
+        check_sbatch_arg(arg)?;
     }
     Ok(())
 }
 
-/// The sbatch options `--sbatch-arg` may not give, and why.
+/// The sbatch options `--sbatch-arg` may not give, and why: the script sets them itself, or a
+/// flag of ours writes them after checking the value (a second `#SBATCH` line would override it
+/// unchecked). `--gres` stays open: a typed GPU (`gpu:a100:1`) is a request `--gpus-per-task`
+/// cannot write. A negation (`no-…`) is listed beside what it negates.
 pub const RESERVED: &[(&str, &str)] = &[
-    ("array", "the drain and requeue depend on it"),
-    ("output", "the drain and requeue depend on it"),
-    ("open-mode", "the drain and requeue depend on it"),
-    ("signal", "the drain and requeue depend on it"),
-    ("job-name", "the drain and requeue depend on it"),
+    ("array", "the script sets --array itself, from --workers"),
+    ("job-name", "the script sets --job-name itself"),
+    ("ntasks", "the script sets --ntasks itself: one worker per array task"),
+    ("output", "the script sets --output itself: one log per array task, appended across requeues"),
+    ("open-mode", "the script sets --open-mode itself: a requeued task appends to its log"),
+    ("signal", "the script sets --signal itself: the workers' drain depends on it"),
+    ("requeue", "the script sets --requeue itself: a requeued task resumes from its checkpoint"),
+    ("no-requeue", "the script sets --requeue itself: a requeued task resumes from its checkpoint"),
+    ("wait", "sbatch would wait for the whole array to end"),
+    ("partition", "use --partition, which checks the name"),
+    ("time", "use --time, which checks the limit"),
+    ("cpus-per-task", "use --cpus-per-task"),
 ];
+
+/// One `--sbatch-arg`, written as one `#SBATCH` line: exactly one option, `--name` or
+/// `--name=value`. sbatch reads such a line splitting at whitespace, taking quotes and
+/// backslashes as quoting, cutting at `#` and splitting at `hetjob`/`packjob` anywhere: each of
+/// those is refused, so the line is one option with its value verbatim. Other characters
+/// (`; | & $ <`) are inert: bash reads the line as a comment and sbatch expands nothing in it
+/// (`--constraint=a100|h100` needs `|`). Short options are refused rather than parsed (`-oa`,
+/// `-a1-9`: getopt's clusters and attached values); sbatch takes any unambiguous prefix of a long
+/// option (`--arr` is `--array`), so a name that begins a reserved one is refused too.
+fn check_sbatch_arg(arg: &str) -> Result<(), String> {
+    let shown = one_line(arg, 80);
+    let (name, value) = match arg.strip_prefix("--").map(|rest| rest.split_once('=').unwrap_or((rest, ""))) {
+        Some((name, value))
+            if name.starts_with(|c: char| c.is_ascii_lowercase())
+                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') =>
+        {
+            (name, value)
+        }
+        _ => {
+            return Err(format!(
+                "--sbatch-arg \"{shown}\" must be one sbatch option in its long form, --name or --name=value \
+                 (--account=lab, not -A lab)"
+            ))
+        }
+    };
+    let special = arg.chars().find_map(|c| match c {
+        c if c.is_whitespace() => Some("whitespace"),
+        c if c.is_control() => Some("a control character"),
+        '"' | '\'' => Some("a quote"),
+        '\\' => Some("a backslash"),
+        '#' => Some("a #"),
+        _ => None,
+    });
+    if let Some(what) = special {
+        return Err(format!(
+            "--sbatch-arg \"{shown}\" holds {what}, where sbatch's #SBATCH reader splits, unquotes or cuts: \
+             give one option per --sbatch-arg, its value unquoted"
+        ));
+    }
+    let lower = arg.to_ascii_lowercase();
+    if lower.contains("hetjob") || lower.contains("packjob") {
+        return Err(format!(
+            "--sbatch-arg \"{shown}\" holds hetjob or packjob, where sbatch splits an #SBATCH line into job components"
+        ));
+    }
+    if arg.contains('=') && value.is_empty() {
+        return Err(format!("--sbatch-arg \"{shown}\" has an empty value"));
+    }
+    if let Some((reserved, why)) = RESERVED.iter().find(|(r, _)| r.starts_with(name)) {
+        if name == *reserved {
+            return Err(format!("--sbatch-arg \"{shown}\": {why}"));
+        }
+        return Err(format!(
+            "--sbatch-arg \"{shown}\": --{name} abbreviates --{reserved} (sbatch takes any unambiguous prefix \
+             of an option); {why}"
+        ));
+    }
+    Ok(())
+}
 
 /// How many characters of sbatch's output an error quotes.
 pub const QUOTED_OUTPUT: usize = 300;
@@ -304,7 +365,7 @@ mod tests {
             (Box::new(|s| s.gpus_per_task = 1000), "more than a node has"),
             (Box::new(|s| s.cpus_per_task = Some(0)), "at least 1"),
             (Box::new(|s| s.token = Some("a\nb".into())), "control characters"),
-            (Box::new(|s| s.sbatch_args = vec!["--account=x\n#SBATCH --array=0".into()]), "must be one sbatch option"),
+            (Box::new(|s| s.sbatch_args = vec!["--account=x\n#SBATCH --array=0".into()]), "holds whitespace"),
             (Box::new(|s| s.sbatch_args = vec!["-A lab".into()]), "must be one sbatch option"),
             (Box::new(|s| s.sbatch_args = vec!["--signal=KILL".into()]), "sets --signal itself"),
         ];
@@ -317,6 +378,85 @@ mod tests {
         }
         for ok in ["30", "30:00", "12:00:00", "2-00", "2-12:30", "1-00:00:00", "UNLIMITED"] {
             assert!(is_slurm_time(ok), "{ok}");
+        }
+    }
+
+    /// Each way one `--sbatch-arg` could set an option the script sets itself, or a value no
+    /// check saw: two options in one argument, sbatch's abbreviations, short options, a
+    /// negation, a partition around `--partition`'s check, the characters sbatch's `#SBATCH`
+    /// reader splits or quotes at.
+    #[test]
+    fn an_sbatch_arg_cannot_set_what_the_script_or_a_flag_sets() {
+        let refused = [
+            ("--mem=4G --array=1-9", "whitespace"),
+            ("--mem=4G\t--array=1-9", "whitespace"),
+            ("--comment=\"a b\"", "a quote"),
+            ("--comment=a\\ --array=1", "a backslash"),
+            ("--comment=x#y", "#"),
+            ("--comment=x\u{a0}y", "whitespace"),
+            ("--comment=HetJob", "hetjob"),
+            ("--arr=1-9", "--arr abbreviates --array"),
+            ("--ar=1-9", "--ar abbreviates --array"),
+            ("--outp=/tmp/x", "--outp abbreviates --output"),
+            ("--sig=KILL", "--sig abbreviates --signal"),
+            ("--open=truncate", "--open abbreviates --open-mode"),
+            ("--job=x", "--job abbreviates --job-name"),
+            ("--no-requeue", "sets --requeue itself"),
+            ("--no-req", "--no-req abbreviates --no-requeue"),
+            ("--requeue", "sets --requeue itself"),
+            ("--wait", "sbatch would wait"),
+            ("-a", "long form"),
+            ("-a1-9", "long form"),
+            ("-o/tmp/x", "long form"),
+            ("-e", "long form"),
+            ("--partition=x;y", "use --partition"),
+            ("--part=gpu", "use --partition"),
+            ("--time=5", "use --time"),
+            ("--cpus-per-task=8", "use --cpus-per-task"),
+            ("--account=", "empty value"),
+            ("--", "long form"),
+            ("--=x", "long form"),
+            ("--Array=1", "long form"),
+        ];
+        for (arg, expected) in refused {
+            let mut s = submission();
+            s.sbatch_args = vec![arg.into()];
+            let err = worker_script(&s, true).unwrap_err();
+            assert!(err.contains(expected), "{arg:?}: {err} (expected {expected:?})");
+            assert!(!err.contains('\n') && err.len() < 400, "one line: {err}");
+        }
+        // What sbatch reads as another option, or a typed GPU the flag cannot write, passes.
+        for ok in [
+            "--account=lab",
+            "--qos=long",
+            "--constraint=a100|h100",
+            "--nodelist=node[01-04]",
+            "--ntasks-per-node=1",
+            "--time-min=30",
+            "--wait-all-nodes=1",
+            "--cpus-per-gpu=8",
+            "--gres=gpu:a100:1",
+            "--error=w-%A_%a.err",
+            "--exclusive",
+            "--comment=café",
+        ] {
+            let mut s = submission();
+            s.sbatch_args = vec![ok.into()];
+            let script = worker_script(&s, true).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert!(script.contains(&format!("#SBATCH {ok}\n")), "{ok}");
+        }
+    }
+
+    /// Every option the template sets is out of `--sbatch-arg`'s reach, but `--gres` (a typed GPU,
+    /// `gpu:a100:1`, is a request `--gpus-per-task` cannot write).
+    #[test]
+    fn every_option_the_template_sets_is_reserved() {
+        for line in WORKER_TEMPLATE.lines().filter_map(|l| l.strip_prefix("#SBATCH --")) {
+            let name = line.split('=').next().unwrap();
+            assert!(
+                name == "gres" || RESERVED.iter().any(|(r, _)| *r == name),
+                "the template sets --{name}: add it to RESERVED"
+            );
         }
     }
 
