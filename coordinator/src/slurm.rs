@@ -239,21 +239,41 @@ fn check_sbatch_arg(arg: &str) -> Result<(), String> {
 /// How many characters of sbatch's output an error quotes.
 pub const QUOTED_OUTPUT: usize = 300;
 
-/// The job id `sbatch --parsable` printed, or why there is none. `status` is the exit status
-/// in words.
+/// The job id `sbatch --parsable` printed, or why there is none, on one line. `status` is the
+/// exit status in words. sbatch's output is untrusted text (a site's wrapper may print anything,
+/// colour escapes included): it is quoted escaped and cut at [`QUOTED_OUTPUT`] characters.
 pub fn sbatch_reply(success: bool, status: &str, stdout: &[u8], stderr: &[u8]) -> Result<String, String> {
+    let quoted = |bytes: &[u8]| {
+        // The bytes of QUOTED_OUTPUT characters at most (4 bytes each): a megabyte of noise is
+        // neither decoded nor joined whole.
+        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(4 * QUOTED_OUTPUT + 4)]);
+        let text = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+        if text.is_empty() {
+            "no message".to_string()
+        } else {
+            one_line(&text, QUOTED_OUTPUT)
+        }
+    };
     if !success {
-        let stderr = String::from_utf8_lossy(stderr);
-        let why = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
-        let why = if why.is_empty() { "no message".to_string() } else { why };
-        return Err(format!("sbatch refused the script ({status}): {why}"));
+        return Err(format!("sbatch refused the script ({status}): {}", quoted(stderr)));
     }
-    let stdout = String::from_utf8_lossy(stdout);
-    let job = stdout.trim().split(';').next().unwrap_or("").to_string();
-    if job.is_empty() {
-        return Err("sbatch printed no job id".into());
+    // `--parsable` prints `jobid` or `jobid;cluster`, as its last line.
+    let stdout_text = String::from_utf8_lossy(stdout);
+    let last = stdout_text.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("");
+    let (job, cluster) = last.split_once(';').unwrap_or((last, ""));
+    let word = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if job.is_empty() || !job.chars().all(|c| c.is_ascii_digit()) || !word(cluster) {
+        return Err(format!("sbatch printed no job id (its output: {})", quoted(stdout)));
     }
-    Ok(job)
+    Ok(job.to_string())
+}
+
+/// What to say when sbatch ran past `--sbatch-timeout` and was killed.
+pub fn sbatch_timed_out(secs: u64) -> String {
+    format!(
+        "sbatch did not finish within {secs} s and was killed (--sbatch-timeout SECS); the array may have \
+         been submitted anyway: check squeue --me"
+    )
 }
 
 /// SLURM's `--time` formats.
@@ -458,6 +478,27 @@ mod tests {
                 "the template sets --{name}: add it to RESERVED"
             );
         }
+    }
+
+    /// A noisy sbatch (megabytes of terminal escapes on one line) is quoted bounded and escaped; a
+    /// job id is only what `--parsable` prints.
+    #[test]
+    fn sbatch_replies_are_quoted_on_one_bounded_line() {
+        let noise = "\u{1b}[31mERROR\u{1b}[0m \u{1b}[2J".repeat(200_000);
+        let err = sbatch_reply(false, "exit status: 1", b"", noise.as_bytes()).unwrap_err();
+        assert!(err.len() < 2 * QUOTED_OUTPUT, "{} bytes", err.len());
+        assert!(!err.contains('\u{1b}') && !err.contains('\n'), "{err}");
+        assert!(err.starts_with("sbatch refused the script (exit status: 1): \\u{1b}[31mERROR"), "{err}");
+        let err = sbatch_reply(true, "exit status: 0", noise.as_bytes(), b"").unwrap_err();
+        assert!(err.starts_with("sbatch printed no job id") && err.len() < 2 * QUOTED_OUTPUT, "{err}");
+        assert!(!err.contains('\u{1b}'), "{err}");
+        let err = sbatch_reply(false, "exit status: 1", b"", b"  \n").unwrap_err();
+        assert!(err.ends_with("no message"), "{err}");
+        assert_eq!(sbatch_reply(true, "", b"4242\n", b"").unwrap(), "4242");
+        assert_eq!(sbatch_reply(true, "", b"4242;cluster2\n", b"").unwrap(), "4242");
+        assert_eq!(sbatch_reply(true, "", b"note\n4242\n", b"").unwrap(), "4242");
+        assert!(sbatch_reply(true, "", b"", b"").is_err());
+        assert!(sbatch_reply(true, "", b"42x\n", b"").is_err());
     }
 
     #[test]
