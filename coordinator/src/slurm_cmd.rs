@@ -1,7 +1,7 @@
 //! `freqsweep slurm submit`: write the worker array script for a running coordinator and hand it
 //! to `sbatch` (the script's content is `freqsweep_coordinator::slurm`'s).
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use freqsweep_common::text::one_line;
 use freqsweep_coordinator::slurm::{self, Submission};
@@ -132,21 +132,49 @@ fn submit_workers(args: &SubmitArgs) -> Result<()> {
     Ok(())
 }
 
-/// Create `path` readable and writable by the owner only (it holds the token).
+/// Write `path` readable and writable by the owner only (it holds the token), never through a
+/// link: a symbolic link at `path` is refused (writing through it would overwrite whatever it
+/// points to), and the text goes to a new file in the same directory (`O_EXCL`, mode 0600) renamed
+/// over `path`. So an existing script, or a hard link to another file, is replaced rather than
+/// rewritten, and sbatch never reads a half-written script. `rename` replaces a link created after
+/// the check instead of following it.
 fn write_private(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    // An existing file keeps its mode on open: tighten it.
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", path.display()))?;
-    file.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let shown = one_line(&path.display().to_string(), 200);
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            bail!("--script {shown} is a symbolic link; freqsweep writes the script only to a path of its own")
+        }
+        Ok(meta) if !meta.is_file() => bail!("--script {shown} exists and is not a regular file"),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect --script {shown}")),
+    }
+    let name = path.file_name().with_context(|| format!("--script {shown} names no file"))?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let written = (|| -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        // The umask may have narrowed the mode; fchmod, on this file itself.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    })();
+    if let Err(e) = written {
+        // Only a file this call created is removed (create_new failed otherwise: nothing to undo).
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        return Err(e).with_context(|| format!("cannot write {}", one_line(&tmp.display().to_string(), 200)));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow!("cannot write --script {shown}: {e}")
+    })
 }
 
 /// What a bounded run of sbatch collected.

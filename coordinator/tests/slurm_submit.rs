@@ -100,6 +100,47 @@ fn slurm_submit_kills_a_hanging_sbatch_after_its_timeout() {
     }
 }
 
+#[test]
+fn slurm_submit_refuses_a_symlinked_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "keep me\n").unwrap();
+    std::os::unix::fs::symlink(&victim, dir.path().join("w.sbatch")).unwrap();
+    let called = dir.path().join("sbatch-called");
+    let (out, _) = submit(dir.path(), "ok", &["--script", "w.sbatch"], &[("FAKE_SBATCH_CALLED", &called)]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("w.sbatch") && err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me\n", "the link's target is untouched");
+    assert!(!called.exists(), "sbatch is not called");
+}
+
+/// An existing script is replaced (mode 0600, the new text), not rewritten in place: a file
+/// hard-linked to it keeps its text.
+#[test]
+fn slurm_submit_replaces_an_existing_script_not_the_files_linked_to_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other");
+    std::fs::write(&other, "keep me\n").unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let script = dir.path().join("w.sbatch");
+    std::fs::hard_link(&other, &script).unwrap();
+    let (out, _) = submit(dir.path(), "ok", &["--script", "w.sbatch"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("submitted job array 4242 (2 workers)"), "{stdout}");
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "keep me\n");
+    assert_eq!(std::fs::metadata(&other).unwrap().permissions().mode() & 0o777, 0o644);
+    let text = std::fs::read_to_string(&script).unwrap();
+    assert!(text.contains("export FREQSWEEP_TOKEN='t0ken'"), "{text}");
+    assert_eq!(std::fs::metadata(&script).unwrap().permissions().mode() & 0o777, 0o600);
+    // No temporary file left behind.
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
 /// A script path that starts with `-` reaches sbatch as a path, not as an option.
 #[test]
 fn slurm_submit_passes_a_dash_script_path_as_a_path() {
