@@ -21,7 +21,8 @@ pub struct Submission {
     pub token: Option<String>,
     /// The worker binary on the nodes (default: `freqsweep-worker` on their PATH).
     pub worker: Option<String>,
-    /// More `#SBATCH` options, each `--name` or `--name=value` (`--account=…`, `--qos=…`).
+    /// More `#SBATCH` options, each `--name` or `--name=value` (`--account=…`, `--qos=…`); see
+    /// `check_sbatch_arg` for what is refused.
     pub sbatch_args: Vec<String>,
 }
 

@@ -52,7 +52,8 @@ pub struct SubmitArgs {
     /// readable by you only.
     #[arg(long, env = "FREQSWEEP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Another #SBATCH option for the script, e.g. --sbatch-arg=--account=lab (repeatable).
+    /// Another #SBATCH option for the script, e.g. --sbatch-arg=--account=lab (repeatable): one
+    /// option each, in its long form, its value unquoted; not one the script or a flag here sets.
     #[arg(long = "sbatch-arg", value_name = "OPTION", allow_hyphen_values = true)]
     pub sbatch_args: Vec<String>,
     /// Where to write the script (default: ./freqsweep-workers-<unix time>.sbatch).
