@@ -2,6 +2,8 @@
 //! filled in with a submission's values. Pure: the command (`main.rs`'s shell) writes the script
 //! and calls `sbatch`.
 
+use freqsweep_common::text::one_line;
+
 /// The script every submission starts from (the file users can also `sbatch` by hand).
 pub const WORKER_TEMPLATE: &str = include_str!("../../deploy/slurm/freqsweep-workers.sbatch");
 
@@ -19,7 +21,8 @@ pub struct Submission {
     pub token: Option<String>,
     /// The worker binary on the nodes (default: `freqsweep-worker` on their PATH).
     pub worker: Option<String>,
-    /// More `#SBATCH` options, each `--name` or `--name=value` (`--account=…`, `--qos=…`).
+    /// More `#SBATCH` options, each `--name` or `--name=value` (`--account=…`, `--qos=…`); see
+    /// `check_sbatch_arg` for what is refused.
     pub sbatch_args: Vec<String>,
 }
 
@@ -151,21 +154,127 @@ fn check(s: &Submission) -> Result<(), String> {
         }
     }
     for arg in &s.sbatch_args {
-        let name = arg.strip_prefix("--").unwrap_or("");
-        let name = name.split('=').next().unwrap_or("");
-        if name.is_empty()
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            || arg.chars().any(|c| c.is_control())
-        {
-            return Err(format!("--sbatch-arg {arg:?} must be one sbatch option, --name or --name=value"));
-        }
-        if ["array", "output", "open-mode", "signal", "job-name"].contains(&name) {
-            return Err(format!(
-                "--sbatch-arg {arg:?}: the script sets --{name} itself (the drain and requeue depend on it)"
-            ));
-        }
+        check_sbatch_arg(arg)?;
     }
     Ok(())
+}
+
+/// The sbatch options `--sbatch-arg` may not give, and why: the script sets them itself, or a
+/// flag of ours writes them after checking the value (a second `#SBATCH` line would override it
+/// unchecked). `--gres` stays open: a typed GPU (`gpu:a100:1`) is a request `--gpus-per-task`
+/// cannot write. A negation (`no-…`) is listed beside what it negates.
+pub const RESERVED: &[(&str, &str)] = &[
+    ("array", "the script sets --array itself, from --workers"),
+    ("job-name", "the script sets --job-name itself"),
+    ("ntasks", "the script sets --ntasks itself: one worker per array task"),
+    ("output", "the script sets --output itself: one log per array task, appended across requeues"),
+    ("open-mode", "the script sets --open-mode itself: a requeued task appends to its log"),
+    ("signal", "the script sets --signal itself: the workers' drain depends on it"),
+    ("requeue", "the script sets --requeue itself: a requeued task resumes from its checkpoint"),
+    ("no-requeue", "the script sets --requeue itself: a requeued task resumes from its checkpoint"),
+    ("wait", "sbatch would wait for the whole array to end"),
+    ("partition", "use --partition, which checks the name"),
+    ("time", "use --time, which checks the limit"),
+    ("cpus-per-task", "use --cpus-per-task"),
+];
+
+/// One `--sbatch-arg`, written as one `#SBATCH` line: exactly one option, `--name` or
+/// `--name=value`. sbatch reads such a line splitting at whitespace, taking quotes and
+/// backslashes as quoting, cutting at `#` and splitting at `hetjob`/`packjob` anywhere: each of
+/// those is refused, so the line is one option with its value verbatim. Other characters
+/// (`; | & $ <`) are inert: bash reads the line as a comment and sbatch expands nothing in it
+/// (`--constraint=a100|h100` needs `|`). Short options are refused rather than parsed (`-oa`,
+/// `-a1-9`: getopt's clusters and attached values); sbatch takes any unambiguous prefix of a long
+/// option (`--arr` is `--array`), so a name that begins a reserved one is refused too.
+fn check_sbatch_arg(arg: &str) -> Result<(), String> {
+    let shown = one_line(arg, 80);
+    let (name, value) = match arg.strip_prefix("--").map(|rest| rest.split_once('=').unwrap_or((rest, ""))) {
+        Some((name, value))
+            if name.starts_with(|c: char| c.is_ascii_lowercase())
+                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') =>
+        {
+            (name, value)
+        }
+        _ => {
+            return Err(format!(
+                "--sbatch-arg \"{shown}\" must be one sbatch option in its long form, --name or --name=value \
+                 (--account=lab, not -A lab)"
+            ))
+        }
+    };
+    let special = arg.chars().find_map(|c| match c {
+        c if c.is_whitespace() => Some("whitespace"),
+        c if c.is_control() => Some("a control character"),
+        '"' | '\'' => Some("a quote"),
+        '\\' => Some("a backslash"),
+        '#' => Some("a #"),
+        _ => None,
+    });
+    if let Some(what) = special {
+        return Err(format!(
+            "--sbatch-arg \"{shown}\" holds {what}, where sbatch's #SBATCH reader splits, unquotes or cuts: \
+             give one option per --sbatch-arg, its value unquoted"
+        ));
+    }
+    let lower = arg.to_ascii_lowercase();
+    if lower.contains("hetjob") || lower.contains("packjob") {
+        return Err(format!(
+            "--sbatch-arg \"{shown}\" holds hetjob or packjob, where sbatch splits an #SBATCH line into job components"
+        ));
+    }
+    if arg.contains('=') && value.is_empty() {
+        return Err(format!("--sbatch-arg \"{shown}\" has an empty value"));
+    }
+    if let Some((reserved, why)) = RESERVED.iter().find(|(r, _)| r.starts_with(name)) {
+        if name == *reserved {
+            return Err(format!("--sbatch-arg \"{shown}\": {why}"));
+        }
+        return Err(format!(
+            "--sbatch-arg \"{shown}\": --{name} abbreviates --{reserved} (sbatch takes any unambiguous prefix \
+             of an option); {why}"
+        ));
+    }
+    Ok(())
+}
+
+/// How many characters of sbatch's output an error quotes.
+pub const QUOTED_OUTPUT: usize = 300;
+
+/// The job id `sbatch --parsable` printed, or why there is none, on one line. `status` is the
+/// exit status in words. sbatch's output is untrusted text (a site's wrapper may print anything,
+/// colour escapes included): it is quoted escaped and cut at [`QUOTED_OUTPUT`] characters.
+pub fn sbatch_reply(success: bool, status: &str, stdout: &[u8], stderr: &[u8]) -> Result<String, String> {
+    let quoted = |bytes: &[u8]| {
+        // The bytes of QUOTED_OUTPUT characters at most (4 bytes each): a megabyte of noise is
+        // neither decoded nor joined whole.
+        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(4 * QUOTED_OUTPUT + 4)]);
+        let text = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+        if text.is_empty() {
+            "no message".to_string()
+        } else {
+            one_line(&text, QUOTED_OUTPUT)
+        }
+    };
+    if !success {
+        return Err(format!("sbatch refused the script ({status}): {}", quoted(stderr)));
+    }
+    // `--parsable` prints `jobid` or `jobid;cluster`, as its last line.
+    let stdout_text = String::from_utf8_lossy(stdout);
+    let last = stdout_text.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("");
+    let (job, cluster) = last.split_once(';').unwrap_or((last, ""));
+    let word = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if job.is_empty() || !job.chars().all(|c| c.is_ascii_digit()) || !word(cluster) {
+        return Err(format!("sbatch printed no job id (its output: {})", quoted(stdout)));
+    }
+    Ok(job.to_string())
+}
+
+/// What to say when sbatch ran past `--sbatch-timeout` and was killed.
+pub fn sbatch_timed_out(secs: u64) -> String {
+    format!(
+        "sbatch did not finish within {secs} s and was killed (--sbatch-timeout SECS); the array may have \
+         been submitted anyway: check squeue --me"
+    )
 }
 
 /// SLURM's `--time` formats.
@@ -277,7 +386,7 @@ mod tests {
             (Box::new(|s| s.gpus_per_task = 1000), "more than a node has"),
             (Box::new(|s| s.cpus_per_task = Some(0)), "at least 1"),
             (Box::new(|s| s.token = Some("a\nb".into())), "control characters"),
-            (Box::new(|s| s.sbatch_args = vec!["--account=x\n#SBATCH --array=0".into()]), "must be one sbatch option"),
+            (Box::new(|s| s.sbatch_args = vec!["--account=x\n#SBATCH --array=0".into()]), "holds whitespace"),
             (Box::new(|s| s.sbatch_args = vec!["-A lab".into()]), "must be one sbatch option"),
             (Box::new(|s| s.sbatch_args = vec!["--signal=KILL".into()]), "sets --signal itself"),
         ];
@@ -291,6 +400,106 @@ mod tests {
         for ok in ["30", "30:00", "12:00:00", "2-00", "2-12:30", "1-00:00:00", "UNLIMITED"] {
             assert!(is_slurm_time(ok), "{ok}");
         }
+    }
+
+    /// Each way one `--sbatch-arg` could set an option the script sets itself, or a value no
+    /// check saw: two options in one argument, sbatch's abbreviations, short options, a
+    /// negation, a partition around `--partition`'s check, the characters sbatch's `#SBATCH`
+    /// reader splits or quotes at.
+    #[test]
+    fn an_sbatch_arg_cannot_set_what_the_script_or_a_flag_sets() {
+        let refused = [
+            ("--mem=4G --array=1-9", "whitespace"),
+            ("--mem=4G\t--array=1-9", "whitespace"),
+            ("--comment=\"a b\"", "a quote"),
+            ("--comment=a\\ --array=1", "a backslash"),
+            ("--comment=x#y", "#"),
+            ("--comment=x\u{a0}y", "whitespace"),
+            ("--comment=HetJob", "hetjob"),
+            ("--arr=1-9", "--arr abbreviates --array"),
+            ("--ar=1-9", "--ar abbreviates --array"),
+            ("--outp=/tmp/x", "--outp abbreviates --output"),
+            ("--sig=KILL", "--sig abbreviates --signal"),
+            ("--open=truncate", "--open abbreviates --open-mode"),
+            ("--job=x", "--job abbreviates --job-name"),
+            ("--no-requeue", "sets --requeue itself"),
+            ("--no-req", "--no-req abbreviates --no-requeue"),
+            ("--requeue", "sets --requeue itself"),
+            ("--wait", "sbatch would wait"),
+            ("-a", "long form"),
+            ("-a1-9", "long form"),
+            ("-o/tmp/x", "long form"),
+            ("-e", "long form"),
+            ("--partition=x;y", "use --partition"),
+            ("--part=gpu", "use --partition"),
+            ("--time=5", "use --time"),
+            ("--cpus-per-task=8", "use --cpus-per-task"),
+            ("--account=", "empty value"),
+            ("--", "long form"),
+            ("--=x", "long form"),
+            ("--Array=1", "long form"),
+        ];
+        for (arg, expected) in refused {
+            let mut s = submission();
+            s.sbatch_args = vec![arg.into()];
+            let err = worker_script(&s, true).unwrap_err();
+            assert!(err.contains(expected), "{arg:?}: {err} (expected {expected:?})");
+            assert!(!err.contains('\n') && err.len() < 400, "one line: {err}");
+        }
+        // What sbatch reads as another option, or a typed GPU the flag cannot write, passes.
+        for ok in [
+            "--account=lab",
+            "--qos=long",
+            "--constraint=a100|h100",
+            "--nodelist=node[01-04]",
+            "--ntasks-per-node=1",
+            "--time-min=30",
+            "--wait-all-nodes=1",
+            "--cpus-per-gpu=8",
+            "--gres=gpu:a100:1",
+            "--error=w-%A_%a.err",
+            "--exclusive",
+            "--comment=café",
+        ] {
+            let mut s = submission();
+            s.sbatch_args = vec![ok.into()];
+            let script = worker_script(&s, true).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert!(script.contains(&format!("#SBATCH {ok}\n")), "{ok}");
+        }
+    }
+
+    /// Every option the template sets is out of `--sbatch-arg`'s reach, but `--gres` (a typed GPU,
+    /// `gpu:a100:1`, is a request `--gpus-per-task` cannot write).
+    #[test]
+    fn every_option_the_template_sets_is_reserved() {
+        for line in WORKER_TEMPLATE.lines().filter_map(|l| l.strip_prefix("#SBATCH --")) {
+            let name = line.split('=').next().unwrap();
+            assert!(
+                name == "gres" || RESERVED.iter().any(|(r, _)| *r == name),
+                "the template sets --{name}: add it to RESERVED"
+            );
+        }
+    }
+
+    /// A noisy sbatch (megabytes of terminal escapes on one line) is quoted bounded and escaped; a
+    /// job id is only what `--parsable` prints.
+    #[test]
+    fn sbatch_replies_are_quoted_on_one_bounded_line() {
+        let noise = "\u{1b}[31mERROR\u{1b}[0m \u{1b}[2J".repeat(200_000);
+        let err = sbatch_reply(false, "exit status: 1", b"", noise.as_bytes()).unwrap_err();
+        assert!(err.len() < 2 * QUOTED_OUTPUT, "{} bytes", err.len());
+        assert!(!err.contains('\u{1b}') && !err.contains('\n'), "{err}");
+        assert!(err.starts_with("sbatch refused the script (exit status: 1): \\u{1b}[31mERROR"), "{err}");
+        let err = sbatch_reply(true, "exit status: 0", noise.as_bytes(), b"").unwrap_err();
+        assert!(err.starts_with("sbatch printed no job id") && err.len() < 2 * QUOTED_OUTPUT, "{err}");
+        assert!(!err.contains('\u{1b}'), "{err}");
+        let err = sbatch_reply(false, "exit status: 1", b"", b"  \n").unwrap_err();
+        assert!(err.ends_with("no message"), "{err}");
+        assert_eq!(sbatch_reply(true, "", b"4242\n", b"").unwrap(), "4242");
+        assert_eq!(sbatch_reply(true, "", b"4242;cluster2\n", b"").unwrap(), "4242");
+        assert_eq!(sbatch_reply(true, "", b"note\n4242\n", b"").unwrap(), "4242");
+        assert!(sbatch_reply(true, "", b"", b"").is_err());
+        assert!(sbatch_reply(true, "", b"42x\n", b"").is_err());
     }
 
     #[test]
