@@ -526,7 +526,10 @@ impl Inputs {
             // Recorded as text (JSON in the store); a file name that is not UTF-8 cannot
             // name a point either.
             let text = p.to_str().ok_or_else(|| {
-                format!("glob {pattern:?} matches {}, whose name is not UTF-8; rename it", one_line(&p.display().to_string(), 200))
+                format!(
+                    "glob {pattern:?} matches {}, whose name is not UTF-8; rename it",
+                    one_line(&p.display().to_string(), 200)
+                )
             })?;
             texts.push(text.to_string());
         }
@@ -1472,7 +1475,13 @@ fn datasets(
                     // declare 65536 × 65536 images.
                     for side in [h, w] {
                         image_side(&Value::Integer(side.min(i64::MAX as usize) as i64)).map_err(|e| {
-                            ctx.err(&d.kind.span(), format!("test_images {}: {h} × {w} images in its header: {e}", one_line(&test_images.display().to_string(), 200)))
+                            ctx.err(
+                                &d.kind.span(),
+                                format!(
+                                    "test_images {}: {h} × {w} images in its header: {e}",
+                                    one_line(&test_images.display().to_string(), 200)
+                                ),
+                            )
                         })?;
                     }
                     [h, w]

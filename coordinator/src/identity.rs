@@ -90,7 +90,11 @@ fn first_task_change(stored: &[StoredTask<'_>], planned: &[PlannedTask<'_>]) -> 
                 return Some(format!("task {} changed: {at}", one_line(task.key, 160)));
             }
             Err(e) => {
-                return Some(format!("the stored task {} cannot be read ({})", one_line(task.key, 160), one_line(&e.to_string(), 160)))
+                return Some(format!(
+                    "the stored task {} cannot be read ({})",
+                    one_line(task.key, 160),
+                    one_line(&e.to_string(), 160)
+                ))
             }
         }
     }
@@ -113,9 +117,8 @@ fn first_json_change(path: &str, old: &serde_json::Value, new: &serde_json::Valu
             let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
             keys.sort();
             keys.dedup();
-            keys.into_iter().find_map(|k| {
-                first_json_change(&join(k), a.get(k).unwrap_or(&J::Null), b.get(k).unwrap_or(&J::Null))
-            })
+            keys.into_iter()
+                .find_map(|k| first_json_change(&join(k), a.get(k).unwrap_or(&J::Null), b.get(k).unwrap_or(&J::Null)))
         }
         (J::Array(a), J::Array(b)) if a.len() == b.len() => {
             a.iter().zip(b).enumerate().find_map(|(i, (x, y))| first_json_change(&join(&i.to_string()), x, y))

@@ -692,9 +692,9 @@ impl Reader {
     /// digest under the run directory's `artifacts/`, not by the stored `path`, which is where it
     /// was when written: a run directory moved or copied elsewhere still reads.)
     pub fn artifacts_named(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT name, digest FROM artifacts WHERE substr(name, 1, length(?1)) = ?1 ORDER BY name")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT name, digest FROM artifacts WHERE substr(name, 1, length(?1)) = ?1 ORDER BY name",
+        )?;
         let rows = stmt.query_map([prefix], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

@@ -108,10 +108,7 @@ fn a_finished_run_stays_right_under_a_careless_user() {
     // naming the key, old and new value, and the way out; nothing stored changes.
     let spec_path = tmp.path().join("s.toml");
     std::fs::write(&spec_path, spec_text.replace("train = 64", "train = 48")).unwrap();
-    let again = run_bounded(
-        Command::new(binary("freqsweep")).arg("run").arg(&spec_path).arg("--out").arg(&out),
-        LIMIT,
-    );
+    let again = run_bounded(Command::new(binary("freqsweep")).arg("run").arg(&spec_path).arg("--out").arg(&out), LIMIT);
     let (_, stderr) = text(&again);
     let line = last_line(&stderr);
     assert!(!again.status.success(), "{stderr}");
@@ -122,10 +119,7 @@ fn a_finished_run_stays_right_under_a_careless_user() {
     assert_eq!(results(&out), csv);
     // The same spec, reformatted and renamed (no task changes): resumes, nothing to do.
     std::fs::write(&spec_path, spec_text.replace("lr = 0.003", "lr   = 0.003   # the same")).unwrap();
-    let same = run_bounded(
-        Command::new(binary("freqsweep")).arg("run").arg(&spec_path).arg("--out").arg(&out),
-        LIMIT,
-    );
+    let same = run_bounded(Command::new(binary("freqsweep")).arg("run").arg(&spec_path).arg("--out").arg(&out), LIMIT);
     let (stdout, stderr) = text(&same);
     assert!(same.status.success() && stdout.contains("sweep finished: 2 done"), "{stdout}{stderr}");
 
@@ -154,13 +148,18 @@ fn a_finished_run_stays_right_under_a_careless_user() {
         let (dir, report) = damaged(name, &|db| sql(db, statement));
         let (_, stderr) = text(&report);
         assert!(!report.status.success(), "{name}: {stderr}");
-        assert!(last_line(&stderr).starts_with("freqsweep: error: ") && last_line(&stderr).contains(expected), "{name}: {stderr}");
+        assert!(
+            last_line(&stderr).starts_with("freqsweep: error: ") && last_line(&stderr).contains(expected),
+            "{name}: {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
         if name == "no-metrics" {
             // The report re-created the table before, and the curves silently disappeared.
             let conn = rusqlite::Connection::open(dir.join("freqsweep.db")).unwrap();
             let tables: i64 = conn
-                .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'metrics'", [], |r| r.get(0))
+                .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'metrics'", [], |r| {
+                    r.get(0)
+                })
                 .unwrap();
             assert_eq!(tables, 0, "the report does not re-create what is missing");
         }
@@ -184,7 +183,10 @@ fn a_finished_run_stays_right_under_a_careless_user() {
     });
     let (stdout, stderr) = text(&report);
     assert!(!report.status.success(), "{stdout}{stderr}");
-    assert!(stderr.contains("unreadable: train/") && last_line(&stderr).contains("1 stored result(s) cannot be read"), "{stderr}");
+    assert!(
+        stderr.contains("unreadable: train/") && last_line(&stderr).contains("1 stored result(s) cannot be read"),
+        "{stderr}"
+    );
     let csv = results(&dir);
     let row = csv.lines().find(|l| l.contains("seed1,")).unwrap();
     assert!(row.split(',').nth(1) == Some("unreadable"), "{row}");
@@ -260,10 +262,8 @@ fn a_run_directory_is_new_empty_or_a_run() {
     // (`--out /` itself is a unit test of the rule in `run.rs`: a regression here must not
     // scatter a run over the test machine's root.)
     for out in [tmp.path(), spec_path.as_path()] {
-        let result = run_bounded(
-            Command::new(binary("freqsweep")).arg("run").arg(&spec_path).arg("--out").arg(out),
-            LIMIT,
-        );
+        let result =
+            run_bounded(Command::new(binary("freqsweep")).arg("run").arg(&spec_path).arg("--out").arg(out), LIMIT);
         let (_, stderr) = text(&result);
         assert!(!result.status.success(), "{}: {stderr}", out.display());
         let line = last_line(&stderr);

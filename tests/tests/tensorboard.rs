@@ -246,10 +246,19 @@ fn a_retried_attempt_replaces_the_steps_it_repeats_across_a_coordinator_restart(
 fn an_unusable_cursor_sets_the_old_files_aside_and_rewrites_from_the_store() {
     for (case, cursor) in [
         ("corrupt", Some(&b"{\"metrics_batch\": tru"[..])),
-        ("negative batch", Some(&b"{\"metrics_batch\": -9223372036854775808, \"followed\": {}, \"finished\": [], \"maps\": []}"[..])),
+        (
+            "negative batch",
+            Some(&b"{\"metrics_batch\": -9223372036854775808, \"followed\": {}, \"finished\": [], \"maps\": []}"[..]),
+        ),
         ("batch ahead", Some(&b"{\"metrics_batch\": 100000, \"followed\": {}, \"finished\": [], \"maps\": []}"[..])),
-        ("finished but not done", Some(&b"{\"metrics_batch\": -1, \"followed\": {}, \"finished\": [1, 2], \"maps\": []}"[..])),
-        ("a map not stored", Some(&b"{\"metrics_batch\": -1, \"followed\": {}, \"finished\": [], \"maps\": [\"map/x/eps4\"]}"[..])),
+        (
+            "finished but not done",
+            Some(&b"{\"metrics_batch\": -1, \"followed\": {}, \"finished\": [1, 2], \"maps\": []}"[..]),
+        ),
+        (
+            "a map not stored",
+            Some(&b"{\"metrics_batch\": -1, \"followed\": {}, \"finished\": [], \"maps\": [\"map/x/eps4\"]}"[..]),
+        ),
         ("a directory", None),
     ] {
         let (tx, rx) = std::sync::mpsc::channel();

@@ -158,11 +158,12 @@ pub(crate) fn report(
         // A given model: nothing trained; its state is its analyses' (done when all are).
         let states: Vec<&str> =
             tasks.iter().filter(|t| t.point == index).map(|t| rows[&t.id.0].state.as_str()).collect();
-        let state = ["failed", crate::report::UNREADABLE, "cancelled", "running", "ready", "backoff", "pending", "blocked"]
-            .into_iter()
-            .find(|s| states.contains(s))
-            .or(states.first().copied())
-            .unwrap_or("done");
+        let state =
+            ["failed", crate::report::UNREADABLE, "cancelled", "running", "ready", "backoff", "pending", "blocked"]
+                .into_iter()
+                .find(|s| states.contains(s))
+                .or(states.first().copied())
+                .unwrap_or("done");
         report.state = state.to_string();
         let _ = write!(csv, ",{state}");
         for k in GRID_KEYS {

@@ -50,7 +50,8 @@ pub struct Summary {
 /// renamed or deleted input, or another working directory change nothing), and checked to plan
 /// exactly the store's tasks, so no row is labelled with a point that never ran.
 pub fn stored_plan(reader: &Reader, db: &Path) -> Result<(Sweep, Vec<PlannedTask>)> {
-    let text = reader.sweep_value("spec_toml")?.with_context(|| format!("{}: the store holds no spec", db.display()))?;
+    let text =
+        reader.sweep_value("spec_toml")?.with_context(|| format!("{}: the store holds no spec", db.display()))?;
     let file = format!("{} (stored spec)", db.display());
     let sweep = match reader.sweep_value(crate::run::SPEC_INPUTS)? {
         Some(json) => {
@@ -139,7 +140,8 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
         // A done task whose result does not parse is shown as such (state `unreadable`), not as
         // a blank row, and its result is left out of every merge and mean.
         if let Some(Err(e)) = row.result_json.as_deref().map(serde_json::from_str::<TaskOutcome>) {
-            let why = format!("its stored result cannot be read ({})", freqsweep_common::text::one_line(&e.to_string(), 160));
+            let why =
+                format!("its stored result cannot be read ({})", freqsweep_common::text::one_line(&e.to_string(), 160));
             unreadable.push((t.key.clone(), why.clone()));
             row.state = UNREADABLE.to_string();
             row.error = Some(why);

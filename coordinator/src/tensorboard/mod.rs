@@ -83,7 +83,10 @@ fn check_cursor(cursor: &Cursor, reader: &Reader) -> std::result::Result<(), Str
     }
     let maps: BTreeSet<String> = reader.artifacts_named("map/").map_err(sql)?.into_iter().map(|(n, _)| n).collect();
     if let Some(name) = cursor.maps.iter().find(|n| !maps.contains(*n)) {
-        return Err(format!("it lists map {} as written, which the store does not hold", freqsweep_common::text::one_line(name, 160)));
+        return Err(format!(
+            "it lists map {} as written, which the store does not hold",
+            freqsweep_common::text::one_line(name, 160)
+        ));
     }
     let newest_attempt = reader.max_attempt_id().map_err(sql)?;
     if let Some((task, attempt)) = cursor.followed.iter().find(|(_, a)| **a > newest_attempt) {
