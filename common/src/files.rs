@@ -39,7 +39,10 @@ pub fn read_text_bounded(path: &Path, limit: u64) -> std::io::Result<String> {
 }
 
 fn too_large(limit: u64) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::FileTooLarge, format!("larger than {} (the most this file may hold)", bytes_text(limit)))
+    std::io::Error::new(
+        std::io::ErrorKind::FileTooLarge,
+        format!("larger than {} (the most this file may hold)", bytes_text(limit)),
+    )
 }
 
 /// `16 MiB`, `1 MiB`, `512 KiB`, `100 bytes`.

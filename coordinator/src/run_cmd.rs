@@ -11,7 +11,8 @@ use std::time::Duration;
 pub struct RunArgs {
     /// The sweep spec (TOML).
     pub spec: PathBuf,
-    /// Local worker processes to start (CPU).
+    /// Local worker processes to start (CPU). At most one per core and one per 512 MiB of
+    /// available memory (at least 1 is always allowed).
     #[arg(long, default_value_t = 2)]
     pub local_workers: usize,
     /// Run directory (default: runs/<sweep name>). Running again on the same directory resumes.
@@ -21,7 +22,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// libtorch CPU threads per local worker (default: cores / workers). Results are bit-identical
-    /// across runs with the same thread count.
+    /// across runs with the same thread count. At most 4 × cores (and 1024) per worker, and
+    /// 4 × cores for all the local workers together.
     #[arg(long)]
     pub worker_threads: Option<usize>,
     /// Serve the dashboard (/), /metrics and /api/status over HTTP on this address, e.g.
@@ -182,9 +184,9 @@ fn print_summary(dir: &Path, summary: &run::Summary) -> Result<()> {
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
-    if args.local_workers == 0 {
-        bail!("--local-workers must be at least 1");
-    }
+    // Before anything is opened or started: 500 workers once took 16 GB and made no progress.
+    let machine = freqsweep_common::machine::Machine::this();
+    machine.check_local_workers(args.local_workers, args.worker_threads).map_err(anyhow::Error::msg)?;
     let dir = out_dir(&args.out, &args.spec)?;
     let token = random_token()?;
     let mut config = run::default_config(Some(token.clone()));
@@ -195,10 +197,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut run = run::open(&args.spec, &dir, config)?;
     let worker = worker_binary()?;
     let rt = runtime()?;
-    let threads = args
-        .worker_threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) / args.local_workers)
-        .max(1);
+    let threads = args.worker_threads.unwrap_or(machine.cores / args.local_workers).max(1);
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
         let url = format!("http://{}", listener.local_addr()?);

@@ -40,9 +40,10 @@ struct Cli {
     /// Where inputs are cached and tasks work (default: $FREQSWEEP_CACHE/worker or ~/.cache/freqsweep/worker).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// CPU threads for libtorch (default: libtorch's choice, usually every core).
+    /// CPU threads for libtorch (default: libtorch's choice, usually every core). At most
+    /// 4 × this machine's cores, and at most 1024.
     #[arg(long, global = true)]
-    threads: Option<i32>,
+    threads: Option<usize>,
     /// CA certificate (PEM) to trust for an https:// coordinator (default: the system's roots).
     #[arg(long, value_name = "CA.pem", env = "FREQSWEEP_TLS_CA")]
     tls_ca: Option<PathBuf>,
@@ -294,10 +295,16 @@ fn parse_memory_format(s: &str) -> Result<MemoryFormat, String> {
 fn main() {
     let cli = Cli::parse();
     logging::init(cli.log_format);
-    if let Some(threads) = cli.threads {
-        tch::set_num_threads(threads.max(1));
-    }
-    let result: Result<()> = match cli.command {
+    let result = match cli.threads {
+        // Checked before libtorch starts a pool: 100 000 once made 3 725 threads and 31 GB of
+        // virtual memory, and the worker never registered.
+        Some(threads) => freqsweep_common::machine::Machine::this()
+            .check_threads("--threads", threads)
+            .map(|()| tch::set_num_threads(threads as i32))
+            .map_err(anyhow::Error::msg),
+        None => Ok(()),
+    };
+    let result: Result<()> = result.and_then(|()| match cli.command {
         Some(Command::Info { device }) => info(&device),
         Some(Command::Train(args)) => train(args),
         Some(Command::Heatmap(args)) => heatmap_cmd(args),
@@ -308,7 +315,7 @@ fn main() {
                 "nothing to do: give --coordinator URL to join a sweep, or a subcommand (see --help)"
             )),
         },
-    };
+    });
     if let Err(err) = result {
         // One line: the rest (a libtorch backtrace) only with RUST_LOG=debug.
         eprintln!("freqsweep-worker: error: {}", freqsweep_worker::engine::one_line(format!("{err:#}")));
