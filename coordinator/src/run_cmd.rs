@@ -333,7 +333,10 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn status(args: &StatusArgs) -> Result<()> {
     use freqsweep_proto::v1::coordinator_client::CoordinatorClient;
     let ca = match &args.tls_ca {
-        Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read --tls-ca {}", path.display()))?),
+        Some(path) => Some(
+            freqsweep_common::files::read_bounded(path, freqsweep_common::files::MAX_PEM_BYTES)
+                .with_context(|| format!("cannot read --tls-ca {}", path.display()))?,
+        ),
         None => None,
     };
     let url = &args.coordinator;

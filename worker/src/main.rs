@@ -362,7 +362,11 @@ fn join(cli: Cli, url: String) -> Result<()> {
         max_backoff: std::time::Duration::from_secs(10),
         tls_ca: match &cli.tls_ca {
             Some(path) => {
-                Some(std::fs::read(path).with_context(|| format!("cannot read --tls-ca {}", path.display()))?)
+                // Bounded: `/dev/zero` given by mistake is refused at the limit, not read for ever.
+                Some(
+                    freqsweep_common::files::read_bounded(path, freqsweep_common::files::MAX_PEM_BYTES)
+                        .with_context(|| format!("cannot read --tls-ca {}", path.display()))?,
+                )
             }
             None => None,
         },
@@ -533,7 +537,9 @@ fn train(args: TrainArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let task: TrainTask = match &args.task {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+            // A task is a page of JSON: bounded like a spec.
+            let text = freqsweep_common::files::read_text_bounded(path, freqsweep_common::files::MAX_SPEC_BYTES)
+                .with_context(|| format!("{}", path.display()))?;
             serde_json::from_str(&text).with_context(|| format!("{}: not a training task", path.display()))?
         }
         None => {
