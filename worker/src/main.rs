@@ -714,10 +714,9 @@ fn dfm_cmd(args: DfmArgs) -> Result<()> {
         .with_context(|| format!("cannot read {}", args.model.display()))?;
     let (loaded, precision, format) = load_for_analysis(&args.model, device, (h, w), &args.numerics)?;
     let images = eval::images_tensor(&data, device);
-    // The classes are checked before the long computation: the model's outputs from one image.
-    let outputs = tch::no_grad(|| loaded.model.logits(&images.narrow(0, 0, 1), false)).size();
-    let outputs = outputs.get(1).copied().unwrap_or(0).max(0) as usize;
-    let mut per_class = vec![0u64; outputs];
+    // The classes are checked before the long computation: the model's outputs, measured by
+    // the probe when it was loaded.
+    let mut per_class = vec![0u64; loaded.classes];
     for &l in &data.labels {
         if let Some(n) = usize::try_from(l).ok().and_then(|l| per_class.get_mut(l)) {
             *n += 1;

@@ -43,7 +43,8 @@ pub(super) fn run(
         )));
     }
     let requested = super::numerics_for(device, s.precision, s.memory_format);
-    let (loaded, model_path) = engine.model(&s.model, inputs, shape.h as i64, shape.w as i64, requested)?;
+    let (loaded, model_name) =
+        engine.model(&s.model, inputs, (shape.h as i64, shape.w as i64), Some(s.classes), requested)?;
     let (precision, format) = (loaded.numerics.precision(), loaded.numerics.memory_format());
     let total = s.chosen.len() * s.top.len();
     let entries = crate::dfm::shortcut_confusions(
@@ -59,7 +60,7 @@ pub(super) fn run(
             events.progress(done as f64 / total.max(1) as f64, rate);
         },
     )
-    .map_err(|e| EngineError::fatal(format!("{}: {e}", model_path.display())))?;
+    .map_err(|e| model_name.fatal(e))?;
     Ok(EngineResult::Done {
         outcome: TaskOutcome::Shortcut(ShortcutOutcome {
             images: test.len(),
