@@ -12,9 +12,10 @@ pub struct RunArgs {
     /// The sweep spec (TOML).
     pub spec: PathBuf,
     /// Local worker processes to start (CPU). At most one per core and one per 512 MiB of
-    /// available memory (at least 1 is always allowed).
-    #[arg(long, default_value_t = 2)]
-    pub local_workers: usize,
+    /// available memory (at least 1 is always allowed). Default: 2, or 1 where only one is
+    /// allowed.
+    #[arg(long)]
+    pub local_workers: Option<usize>,
     /// Run directory (default: runs/<sweep name>). Running again on the same directory resumes.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -186,7 +187,9 @@ fn print_summary(dir: &Path, summary: &run::Summary) -> Result<()> {
 pub fn run(args: &RunArgs) -> Result<()> {
     // Before anything is opened or started: 500 workers once took 16 GB and made no progress.
     let machine = freqsweep_common::machine::Machine::this();
-    machine.check_local_workers(args.local_workers, args.worker_threads).map_err(anyhow::Error::msg)?;
+    // The default adapts (a one-core machine runs one worker); a number given is checked.
+    let workers = args.local_workers.unwrap_or(machine.max_local_workers().min(2));
+    machine.check_local_workers(workers, args.worker_threads).map_err(anyhow::Error::msg)?;
     let dir = out_dir(&args.out, &args.spec)?;
     let token = random_token()?;
     let mut config = run::default_config(Some(token.clone()));
@@ -197,16 +200,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut run = run::open(&args.spec, &dir, config)?;
     let worker = worker_binary()?;
     let rt = runtime()?;
-    let threads = args.worker_threads.unwrap_or(machine.cores / args.local_workers).max(1);
+    let threads = args.worker_threads.unwrap_or(machine.cores / workers).max(1);
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
         let url = format!("http://{}", listener.local_addr()?);
-        tracing::info!(coordinator = %url, workers = args.local_workers, run = %dir.display(), tasks = run.tasks.len(), "embedded sweep");
+        tracing::info!(coordinator = %url, workers, run = %dir.display(), tasks = run.tasks.len(), "embedded sweep");
         if let Some(addr) = &args.http {
             start_http(&run, addr, Some(&token), None).await?;
         }
         let mut children: Vec<Child> = Vec::new();
-        for k in 0..args.local_workers {
+        for k in 0..workers {
             let cache = dir.join("workers").join(format!("w{k}"));
             let child = Command::new(&worker)
                 .arg("--coordinator")
@@ -226,18 +229,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
         // If every worker process dies before the sweep ends, stop instead of waiting forever.
         let watcher = {
             let mut pids: Vec<Child> = std::mem::take(&mut children);
-            tokio::task::spawn_blocking(move || {
-                loop {
-                    let alive = pids.iter_mut().map(|c| c.try_wait()).filter(|r| matches!(r, Ok(None))).count();
-                    if alive == 0 {
-                        let _ = stop_tx.send(true);
-                        return pids;
-                    }
-                    if stop_tx.is_closed() {
-                        return pids;
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
+            tokio::task::spawn_blocking(move || loop {
+                let alive = pids.iter_mut().map(|c| c.try_wait()).filter(|r| matches!(r, Ok(None))).count();
+                if alive == 0 {
+                    let _ = stop_tx.send(true);
+                    return pids;
                 }
+                if stop_tx.is_closed() {
+                    return pids;
+                }
+                std::thread::sleep(Duration::from_millis(200));
             })
         };
         run.serve_until_finished(listener, stop_rx).await?;
