@@ -87,15 +87,29 @@ pub fn read_images_npy(path: &Path) -> Result<([usize; 4], Vec<f32>), DatasetErr
 }
 
 /// The class names of an image-folder dataset: its sub-directories, sorted (labels are their
-/// positions). A directory without sub-directories, or a class without images, is named.
+/// positions). Entries whose names start with `.` are not classes (`.ipynb_checkpoints`, `.git`,
+/// `.Trash-1000`: a hidden directory taken as class 0 shifted every real label by one). A
+/// directory without sub-directories, a class without images, and a class name that is not
+/// UTF-8 (names are recorded in specs, tasks and reports as text) are named.
 pub fn folder_classes(dir: &Path) -> Result<Vec<String>, DatasetError> {
     let io = |cause| DatasetError::Io { path: dir.to_path_buf(), cause };
-    let mut classes: Vec<String> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .filter_map(Result::ok)
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut classes: Vec<String> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)?.filter_map(Result::ok) {
+        let name = entry.file_name();
+        if name.as_encoded_bytes().starts_with(b".") || !entry.path().is_dir() {
+            continue;
+        }
+        match name.into_string() {
+            Ok(name) => classes.push(name),
+            // `{:?}` escapes the bytes that are not UTF-8 (`"caf\xE9"`), on one line.
+            Err(name) => {
+                return Err(invalid(
+                    dir,
+                    format!("class directory {name:?} has a name that is not UTF-8; class names must be UTF-8"),
+                ))
+            }
+        }
+    }
     classes.sort();
     if classes.is_empty() {
         return Err(invalid(dir, "an image folder needs one sub-directory per class, and has none"));
@@ -108,7 +122,8 @@ pub fn folder_classes(dir: &Path) -> Result<Vec<String>, DatasetError> {
     Ok(classes)
 }
 
-/// The image files of one class directory, sorted by name (other files are ignored).
+/// The image files of one class directory, sorted by name (other files, and files whose names
+/// start with `.` such as macOS's `._photo.jpg` resource forks, are ignored).
 fn folder_images(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
     let io = |cause| DatasetError::Io { path: dir.to_path_buf(), cause };
     let image = |p: &Path| {
@@ -117,6 +132,7 @@ fn folder_images(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io)?
         .filter_map(Result::ok)
+        .filter(|e| !e.file_name().as_encoded_bytes().starts_with(b"."))
         .map(|e| e.path())
         .filter(|p| p.is_file() && image(p))
         .collect();
@@ -124,11 +140,66 @@ fn folder_images(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
     Ok(files)
 }
 
+/// The largest side of an image read from a folder, in pixels.
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+/// The most pixels of an image read from a folder (64 Mpixels: a 45-Mpixel camera's photo
+/// passes; decoded as 16-bit RGBA it takes 512 MiB, and the folder is decoded on every core).
+pub const MAX_IMAGE_PIXELS: u64 = 64 << 20;
+/// The most one side of an image read from a folder may exceed the other (32:1: a panorama
+/// passes). Images are scaled to cover the target and cropped, so the scaled image is this many
+/// times the target along its long side; a 1 × 3 000 000 strip scaled to cover 32 × 32 would be
+/// 96 000 000 × 32 pixels (9 GB).
+pub const MAX_IMAGE_ASPECT: u64 = 32;
+
+/// Refuse an image whose header says it is larger or longer than the bounds above, before its
+/// pixels are decoded.
+fn check_image_size(path: &Path, (w, h): (u32, u32)) -> Result<(), DatasetError> {
+    let size = format!("the image is {w} × {h} pixels (width × height)");
+    let (long, short) = (u64::from(w.max(h)), u64::from(w.min(h)));
+    if short == 0 {
+        return Err(invalid(path, format!("{size}: it has no pixels")));
+    }
+    if long > u64::from(MAX_IMAGE_SIDE) {
+        return Err(invalid(path, format!("{size}; images may be at most {MAX_IMAGE_SIDE} pixels a side")));
+    }
+    if long * short > MAX_IMAGE_PIXELS {
+        return Err(invalid(path, format!("{size}; images may hold at most {MAX_IMAGE_PIXELS} pixels (64 Mpixels)")));
+    }
+    if long > MAX_IMAGE_ASPECT * short {
+        return Err(invalid(
+            path,
+            format!("{size}; one side may be at most {MAX_IMAGE_ASPECT} times the other (crop or split it first)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Decode one image of a folder, its size checked from the header first (and the decoder held
+/// to the same bounds, in case the header lies).
+fn decode_bounded(path: &Path) -> Result<image::DynamicImage, DatasetError> {
+    let unreadable = |e: &dyn std::fmt::Display| invalid(path, format!("not a readable image: {e}"));
+    let open = || -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>, DatasetError> {
+        image::ImageReader::open(path)
+            .and_then(|r| r.with_guessed_format())
+            .map_err(|cause| DatasetError::Io { path: path.to_path_buf(), cause })
+    };
+    check_image_size(path, open()?.into_dimensions().map_err(|e| unreadable(&e))?)?;
+    let mut reader = open()?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_PIXELS * 8);
+    reader.limits(limits);
+    reader.decode().map_err(|e| unreadable(&e))
+}
+
 /// An image-folder dataset (`DIR/<class>/<image>.png|jpg`): every image decoded, converted to
 /// RGB, scaled (triangle filter) so it covers `height × width` and centre-cropped to it — the
 /// usual `Resize` + `CenterCrop` — as `float32 [N, 3, height, width]` in `[0, 1]`; labels follow
 /// `classes` (the training split's names, so both splits agree). An image that does not decode
-/// is named.
+/// is named, and so is one beyond [`MAX_IMAGE_SIDE`], [`MAX_IMAGE_PIXELS`] or
+/// [`MAX_IMAGE_ASPECT`] (refused from its header, before its pixels are decoded). Entries whose
+/// names start with `.` are skipped (see [`folder_classes`]).
 pub fn read_folder(dir: &Path, classes: &[String], [height, width]: [usize; 2]) -> Result<Dataset, DatasetError> {
     use rayon::prelude::*;
     let here = folder_classes(dir)?;
@@ -143,7 +214,7 @@ pub fn read_folder(dir: &Path, classes: &[String], [height, width]: [usize; 2]) 
     let images: Vec<Vec<f32>> = files
         .par_iter()
         .map(|(path, _)| {
-            let decoded = image::open(path).map_err(|e| invalid(path, format!("not a readable image: {e}")))?;
+            let decoded = decode_bounded(path)?;
             let rgb = decoded.to_rgb8();
             let (w0, h0) = (rgb.width().max(1) as f64, rgb.height().max(1) as f64);
             let scale = (width as f64 / w0).max(height as f64 / h0);
@@ -366,6 +437,89 @@ mod tests {
         assert!(err.contains("dog/broken.png: not a readable image"), "{err}");
         let err = read_folder(&empty.join("a"), &classes, [8, 8]).unwrap_err().to_string();
         assert!(err.contains("sub-directory per class"), "{err}");
+    }
+
+    #[test]
+    fn hidden_entries_are_neither_classes_nor_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let train = dir.path().join("train");
+        write_class(&train, "cat", &[[0, 0, 255]], (8, 8));
+        write_class(&train, "dog", &[[255, 0, 0]], (8, 8));
+        // Jupyter's checkpoints directory sorted first and became class 0.
+        write_class(&train, ".ipynb_checkpoints", &[[9, 9, 9]], (8, 8));
+        // macOS's resource forks look like images and do not decode.
+        std::fs::write(train.join("dog/._0.png"), b"\0\x05\x16\x07 not an image").unwrap();
+        std::fs::write(train.join("cat/.hidden.png"), b"not an image either").unwrap();
+        let classes = folder_classes(&train).unwrap();
+        assert_eq!(classes, ["cat", "dog"]);
+        let data = read_folder(&train, &classes, [8, 8]).unwrap();
+        assert_eq!(data.labels, [0, 1]);
+    }
+
+    #[test]
+    fn a_class_name_that_is_not_utf8_is_named_on_one_line() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let train = dir.path().join("train");
+        write_class(&train, "cat", &[[0, 0, 255]], (8, 8));
+        let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9");
+        std::fs::create_dir(train.join(latin1)).unwrap();
+        std::fs::copy(train.join("cat/0.png"), train.join(latin1).join("0.png")).unwrap();
+        let err = folder_classes(&train).unwrap_err().to_string();
+        assert!(err.contains("train: class directory \"caf\\xE9\"") && err.contains("must be UTF-8"), "{err}");
+        assert!(!err.contains('\n') && !err.contains("No such file"), "{err}");
+    }
+
+    /// CRC-32 (ISO-HDLC, as PNG chunks use), bit by bit: for the test's edited header.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn images_too_large_or_too_long_are_refused_from_their_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let train = dir.path().join("train");
+        write_class(&train, "ok", &[[1, 2, 3]], (8, 8));
+        let classes = ["ok".to_string()];
+        let refused = |name: &str| {
+            let err = read_folder(&train, &classes, [8, 8]).unwrap_err().to_string();
+            std::fs::remove_file(train.join("ok").join(name)).unwrap();
+            err
+        };
+        // 100:1, a real image.
+        crate::image::write_rgb_png(&train.join("ok/strip.png"), 1000, 10, &[7; 3 * 1000 * 10]).unwrap();
+        let err = refused("strip.png");
+        assert!(
+            err.contains("ok/strip.png: the image is 1000 × 10 pixels") && err.contains("at most 32 times"),
+            "{err}"
+        );
+        // A 1 × 1 PNG whose header claims `w × h`: refused from the header, before the decoder
+        // would find the pixel data missing.
+        let header_only = |name: &str, w: u32, h: u32| {
+            let mut png = crate::image::rgb_png_bytes(1, 1, &[0, 0, 0]).unwrap();
+            png[16..20].copy_from_slice(&w.to_be_bytes());
+            png[20..24].copy_from_slice(&h.to_be_bytes());
+            let crc = crc32(&png[12..29]);
+            png[29..33].copy_from_slice(&crc.to_be_bytes());
+            std::fs::write(train.join("ok").join(name), png).unwrap();
+        };
+        header_only("huge.png", 9000, 9000);
+        let err = refused("huge.png");
+        assert!(
+            err.contains("huge.png: the image is 9000 × 9000 pixels") && err.contains("at most 67108864 pixels"),
+            "{err}"
+        );
+        header_only("wide.png", 20_000, 1000);
+        let err = refused("wide.png");
+        assert!(err.contains("at most 16384 pixels a side"), "{err}");
+        assert_eq!(read_folder(&train, &classes, [8, 8]).unwrap().len(), 1);
     }
 
     #[test]

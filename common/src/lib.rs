@@ -12,6 +12,7 @@
 //! - [`image`]: PNG output. [`figures`]: heatmaps with colour bars, F1 curves, confusion matrices
 //!   and overviews (plotters, font embedded).
 //! - [`logging`]: the `tracing` set-up shared by both binaries.
+//! - [`machine`]: the thread and process counts this machine's cores and memory allow.
 //! - [`seeds`]: mean ± standard deviation over the runs of a group that differ only in seed.
 //! - [`spec`]: sweep specs (TOML), validation with line numbers, grid expansion.
 //! - [`task`]: task descriptions, outcomes and metric points exchanged by coordinator and worker.
@@ -26,6 +27,7 @@ pub mod files;
 pub mod heatmap;
 pub mod image;
 pub mod logging;
+pub mod machine;
 pub mod metrics;
 pub mod npy;
 pub mod seeds;

@@ -266,6 +266,10 @@ pub struct HeatmapTask {
     /// last epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u32>,
+    /// The spec's classes: the model must return exactly this many logits per image, as for
+    /// every other kind (0: not said, in a task stored by a coordinator from before the field).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub classes: usize,
 }
 
 /// The output name of a train task's checkpoint after `epoch` epochs, kept for analyses.
@@ -676,6 +680,7 @@ mod tests {
             precision: Precision::Fp32,
             memory_format: MemoryFormat::Auto,
             epoch: None,
+            classes: 0,
         };
         let json = serde_json::to_string(&task).unwrap();
         assert!(!json.contains("precision") && !json.contains("memory_format"), "{json}");

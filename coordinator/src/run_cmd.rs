@@ -11,9 +11,11 @@ use std::time::Duration;
 pub struct RunArgs {
     /// The sweep spec (TOML).
     pub spec: PathBuf,
-    /// Local worker processes to start (CPU).
-    #[arg(long, default_value_t = 2)]
-    pub local_workers: usize,
+    /// Local worker processes to start (CPU). At most one per core and one per 512 MiB of
+    /// available memory (at least 1 is always allowed). Default: 2, or 1 where only one is
+    /// allowed.
+    #[arg(long)]
+    pub local_workers: Option<usize>,
     /// Run directory (default: runs/<sweep name>). Running again on the same directory resumes.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -21,7 +23,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// libtorch CPU threads per local worker (default: cores / workers). Results are bit-identical
-    /// across runs with the same thread count.
+    /// across runs with the same thread count. At most 4 × cores (and 1024) per worker, and
+    /// 4 × cores for all the local workers together.
     #[arg(long)]
     pub worker_threads: Option<usize>,
     /// Serve the dashboard (/), /metrics and /api/status over HTTP on this address, e.g.
@@ -209,9 +212,11 @@ fn print_summary_of(dir: &Path, summary: &run::Summary, running: Option<&str>) -
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
-    if args.local_workers == 0 {
-        bail!("--local-workers must be at least 1");
-    }
+    // Before anything is opened or started: 500 workers once took 16 GB and made no progress.
+    let machine = freqsweep_common::machine::Machine::this();
+    // The default adapts (a one-core machine runs one worker); a number given is checked.
+    let workers = args.local_workers.unwrap_or(machine.max_local_workers().min(2));
+    machine.check_local_workers(workers, args.worker_threads).map_err(anyhow::Error::msg)?;
     // Read once: a spec on a pipe or /dev/stdin has no second reading.
     let spec = run::SpecFile::read(&args.spec)?;
     let dir = out_dir(&args.out, &spec);
@@ -224,19 +229,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut run = run::open_spec(spec, &dir, config)?;
     let worker = worker_binary()?;
     let rt = runtime()?;
-    let threads = args
-        .worker_threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) / args.local_workers)
-        .max(1);
+    let threads = args.worker_threads.unwrap_or(machine.cores / workers).max(1);
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
         let url = format!("http://{}", listener.local_addr()?);
-        tracing::info!(coordinator = %url, workers = args.local_workers, run = %dir.display(), tasks = run.tasks.len(), "embedded sweep");
+        tracing::info!(coordinator = %url, workers, run = %dir.display(), tasks = run.tasks.len(), "embedded sweep");
         if let Some(addr) = &args.http {
             start_http(&run, addr, Some(&token), None).await?;
         }
         let mut children: Vec<Child> = Vec::new();
-        for k in 0..args.local_workers {
+        for k in 0..workers {
             let cache = dir.join("workers").join(format!("w{k}"));
             let child = Command::new(&worker)
                 .arg("--coordinator")
@@ -256,18 +258,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
         // If every worker process dies before the sweep ends, stop instead of waiting forever.
         let watcher = {
             let mut pids: Vec<Child> = std::mem::take(&mut children);
-            tokio::task::spawn_blocking(move || {
-                loop {
-                    let alive = pids.iter_mut().map(|c| c.try_wait()).filter(|r| matches!(r, Ok(None))).count();
-                    if alive == 0 {
-                        let _ = stop_tx.send(true);
-                        return pids;
-                    }
-                    if stop_tx.is_closed() {
-                        return pids;
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
+            tokio::task::spawn_blocking(move || loop {
+                let alive = pids.iter_mut().map(|c| c.try_wait()).filter(|r| matches!(r, Ok(None))).count();
+                if alive == 0 {
+                    let _ = stop_tx.send(true);
+                    return pids;
                 }
+                if stop_tx.is_closed() {
+                    return pids;
+                }
+                std::thread::sleep(Duration::from_millis(200));
             })
         };
         run.serve_until_finished(listener, stop_rx).await?;
@@ -365,7 +365,10 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn status(args: &StatusArgs) -> Result<()> {
     use freqsweep_proto::v1::coordinator_client::CoordinatorClient;
     let ca = match &args.tls_ca {
-        Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read --tls-ca {}", path.display()))?),
+        Some(path) => Some(
+            freqsweep_common::files::read_bounded(path, freqsweep_common::files::MAX_PEM_BYTES)
+                .with_context(|| format!("cannot read --tls-ca {}", path.display()))?,
+        ),
         None => None,
     };
     let url = &args.coordinator;

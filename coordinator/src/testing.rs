@@ -86,6 +86,7 @@ pub fn empty_chunk() -> HeatmapTask {
         precision: Default::default(),
         memory_format: Default::default(),
         epoch: None,
+        classes: 0,
     }
 }
 

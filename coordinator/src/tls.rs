@@ -22,8 +22,11 @@ impl TlsIdentity {
     /// Read `cert` and `key` and check that they make a usable TLS server configuration, so a bad
     /// file is reported at start-up rather than by the first worker that fails to connect.
     pub fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsIdentity, String> {
+        // Bounded: `/dev/zero` or a huge file given by mistake is refused at the limit instead
+        // of being read until memory runs out.
         let read = |p: &std::path::Path, what: &str| {
-            std::fs::read(p).map_err(|e| format!("cannot read the TLS {what} {}: {e}", p.display()))
+            freqsweep_common::files::read_bounded(p, freqsweep_common::files::MAX_PEM_BYTES)
+                .map_err(|e| format!("cannot read the TLS {what} {}: {e}", p.display()))
         };
         let identity = TlsIdentity { cert_pem: read(cert, "certificate")?, key_pem: read(key, "key")? };
         tonic::transport::Server::builder().tls_config(identity.server_config()).map_err(|e| {

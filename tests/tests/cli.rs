@@ -101,6 +101,40 @@ fn bad_input_gives_a_one_line_error_and_nonzero_exit() {
     }
 }
 
+/// Thread and process counts beyond what the machine can hold are refused at once with one line
+/// naming the flag, the value and the machine's limit (they made thousands of threads or
+/// hundreds of processes that never made progress).
+#[test]
+fn thread_and_worker_counts_beyond_the_machine_are_refused_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("tiny.toml");
+    std::fs::write(&spec, freqsweep_tests::tiny_spec("tiny", "0.003")).unwrap();
+    let run = |workers: &str, threads: &str| {
+        let mut cmd = Command::new(binary("freqsweep"));
+        cmd.arg("run").arg(&spec).args(["--local-workers", workers, "--worker-threads", threads, "--out"]);
+        cmd.arg(dir.path().join("run"));
+        cmd
+    };
+    let mut worker = Command::new(binary("freqsweep-worker"));
+    worker.args(["--threads", "100000", "info", "--device", "cpu"]);
+    for (mut cmd, expected) in [
+        (worker, "--threads 100000: this machine has "),
+        (run("100000", "1"), "--local-workers 100000: this machine has "),
+        (run("1", "100000"), "--worker-threads 100000: this machine has "),
+        (run("1", "0"), "--worker-threads 0: give at least 1"),
+    ] {
+        let started = std::time::Instant::now();
+        let out = run_bounded(&mut cmd, LIMIT);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{expected}: accepted");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(stderr.contains("so at most") || expected.ends_with("at least 1"), "names the limit: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{expected}: {:?}", started.elapsed());
+    }
+    assert!(!dir.path().join("run").exists(), "nothing was started");
+}
+
 #[test]
 fn worker_info_reports_a_working_libtorch() {
     let out = run_bounded(

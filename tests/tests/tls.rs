@@ -156,3 +156,34 @@ fn with_tls_the_dashboard_and_metrics_are_https_only() {
     serve.kill().unwrap();
     serve.wait().unwrap();
 }
+
+/// `/dev/zero` given as a PEM file (a slip of the shell's completion) is refused at the PEM
+/// bound with one line naming the file, by each program that reads one: before the bound, the
+/// whole file was read and a process reached 11.6 GB resident in 10 s.
+#[test]
+fn an_endless_pem_file_is_refused_at_the_limit_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("zero.toml");
+    std::fs::write(&spec, tiny_spec("zero", "0.003")).unwrap();
+    let zero = std::path::Path::new("/dev/zero");
+    let mut serve = Command::new(binary("freqsweep"));
+    serve.arg("serve").arg(&spec).args(["--listen", "127.0.0.1:0", "--out"]).arg(dir.path().join("run"));
+    serve.arg("--tls-cert").arg(zero).arg("--tls-key").arg(fixture("server.key"));
+    let mut status = Command::new(binary("freqsweep"));
+    status.args(["status", "--coordinator", "https://127.0.0.1:1", "--tls-ca"]).arg(zero);
+    let mut worker = Command::new(binary("freqsweep-worker"));
+    worker.args(["--coordinator", "https://127.0.0.1:1", "--device", "cpu", "--cache-dir"]).arg(dir.path().join("w"));
+    worker.arg("--tls-ca").arg(zero);
+    for (what, cmd) in
+        [("serve --tls-cert", &mut serve), ("status --tls-ca", &mut status), ("worker --tls-ca", &mut worker)]
+    {
+        let started = Instant::now();
+        let out = run_bounded(cmd.env_remove("FREQSWEEP_TLS_CA"), Duration::from_secs(60));
+        let line = last_line(&out);
+        assert!(!out.status.success(), "{what}: accepted");
+        assert!(line.contains("/dev/zero") && line.contains("larger than 1 MiB"), "{what}: {line}");
+        let errors = String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains("error")).count();
+        assert_eq!(errors, 1, "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(started.elapsed() < Duration::from_secs(30), "{what}: {:?}", started.elapsed());
+    }
+}

@@ -188,10 +188,10 @@ fn bench_large(arch: Arch, side: usize, device: Device, o: &Options, out: &mut M
     let chunk = images.repeat([(b + images_n as i64 - 1) / images_n as i64, 1, 1, 1]).narrow(0, 0, b);
     let passes = perturbed.div_ceil(batch).max(1);
     let s = tch::no_grad(|| {
-        let _ = model.logits(&chunk, false);
+        let _ = model.logits(&chunk, false).expect("a built-in model");
         timed(device, || {
             for _ in 0..passes {
-                let _ = model.logits(&chunk, false);
+                let _ = model.logits(&chunk, false).expect("a built-in model");
             }
         })
     });
@@ -236,10 +236,10 @@ fn bench_model(arch: Arch, device: Device, o: &Options, out: &mut Map<String, Va
         let chunk = images.repeat([(b + n as i64 - 1) / n as i64, 1, 1, 1]).narrow(0, 0, b);
         let passes = count.div_ceil(b as usize).max(1);
         let s = tch::no_grad(|| {
-            let _ = model.logits(&chunk, false); // warm-up (oneDNN primitives, allocator)
+            let _ = model.logits(&chunk, false).expect("a built-in model"); // warm-up (oneDNN primitives, allocator)
             timed(device, || {
                 for _ in 0..passes {
-                    let _ = model.logits(&chunk, false);
+                    let _ = model.logits(&chunk, false).expect("a built-in model");
                 }
             })
         });
@@ -325,7 +325,7 @@ fn train_loop(arch: Arch, device: Device, images: &Tensor, labels: &[i64], steps
         let index = Tensor::randperm(n, (Kind::Int64, Device::Cpu)).narrow(0, 0, TRAIN_BATCH.min(n)).to_device(device);
         let x = images.index_select(0, &index);
         let y = labels.index_select(0, &index);
-        let loss = model.logits(&x, true).cross_entropy_for_logits(&y);
+        let loss = model.logits(&x, true).expect("a built-in model").cross_entropy_for_logits(&y);
         opt.zero_grad();
         loss.backward();
         opt.step(LR);

@@ -76,7 +76,8 @@ pub fn first_line(err: impl std::fmt::Display) -> String {
 /// Run `model` on one zero image of `height × width`, so that images of a size the model was
 /// not built for fail here with one line naming the sizes, not as a panic mid-heatmap (tch's
 /// modules unwrap libtorch's errors, so the probe catches the panic and keeps its message).
-fn probe(model: &dyn crate::models::Classifier, device: Device, height: i64, width: i64) -> Result<(), String> {
+/// Returns the logits per image.
+fn probe(model: &dyn crate::models::Classifier, device: Device, height: i64, width: i64) -> Result<i64, String> {
     let x = Tensor::zeros([1, 3, height, width], (Kind::Float, device));
     let previous = std::panic::take_hook();
     // Silent while probing: the message is returned, not printed with a backtrace (one task
@@ -85,8 +86,9 @@ fn probe(model: &dyn crate::models::Classifier, device: Device, height: i64, wid
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tch::no_grad(|| model.logits(&x, false))));
     std::panic::set_hook(previous);
     match result {
-        Ok(logits) if logits.dim() == 2 && logits.size()[0] == 1 => Ok(()),
-        Ok(logits) => Err(format!("forward returned shape {:?}; expected logits [N, classes]", logits.size())),
+        Ok(Ok(logits)) if logits.dim() == 2 && logits.size()[0] == 1 => Ok(logits.size()[1]),
+        Ok(Ok(logits)) => Err(format!("forward returned shape {:?}; expected logits [N, classes]", logits.size())),
+        Ok(Err(e)) => Err(e.to_string()),
         Err(payload) => {
             let text = payload
                 .downcast_ref::<String>()
@@ -273,11 +275,14 @@ pub struct Loaded {
     /// (a TorchScript graph with fp32 constants) — with the reason.
     pub numerics: Numerics,
     pub fallback: Option<String>,
+    /// Logits per image (the model's output width, measured when it was loaded).
+    pub classes: usize,
 }
 
 /// Load a classifier for evaluation from either a freqsweep checkpoint or a TorchScript file
 /// (tried in that order), for `height × width` inputs, computing in the `requested` numerics
-/// (a memory format of `Auto` resolved for the model found).
+/// (a memory format of `Auto` resolved for the model found). The probe measures its logits per
+/// image ([`Loaded::classes`]), which a task compares with its spec's classes.
 pub fn load_classifier(
     path: &Path,
     device: Device,
@@ -306,7 +311,7 @@ pub fn load_classifier(
             let numerics = requested.for_model(crate::models::is_conv_net(vs.variables().values()));
             crate::models::convert_vars(&mut vs, numerics);
             model.set_numerics(numerics);
-            probe(model.as_ref(), device, height, width).map_err(|cause| {
+            let classes = probe(model.as_ref(), device, height, width).map_err(|cause| {
                 format!(
                     "{}: images of 3×{height}×{width} do not fit this {:?} model (forward failed: {cause}); give images of the size it was trained on",
                     path.display(),
@@ -315,7 +320,7 @@ pub fn load_classifier(
             })?;
             let what =
                 format!("freqsweep checkpoint ({:?}, {} epochs)", stored.meta.model.arch, stored.meta.epochs_done);
-            Ok(Loaded { model, what, numerics, fallback: None })
+            Ok(Loaded { model, what, numerics, fallback: None, classes: classes.max(0) as usize })
         }
         Err(CheckpointError::NotACheckpoint { .. }) if path.is_file() => {
             match crate::models::ScriptClassifier::load(path, device, height, width) {
@@ -323,7 +328,9 @@ pub fn load_classifier(
                     let numerics = requested.for_model(m.is_conv_net());
                     let fallback = m.convert(numerics, device, height, width).err();
                     let used = if fallback.is_some() { Numerics::FP32 } else { numerics };
-                    Ok(Loaded { model: Box::new(m), what: "TorchScript module".to_string(), numerics: used, fallback })
+                    let classes = m.classes().max(0) as usize;
+                    let what = "TorchScript module".to_string();
+                    Ok(Loaded { model: Box::new(m), what, numerics: used, fallback, classes })
                 }
                 Err(crate::models::ScriptError::NotAModule(e)) => {
                     Err(format!("{e} (and not a freqsweep checkpoint either)"))

@@ -172,7 +172,7 @@ pub fn compute(
             let m = block.min(n - start);
             let x = images.narrow(0, start, m);
             let y = labels_t.narrow(0, start, m);
-            let (clean_logits, _) = forward(model, &x, &[]);
+            let (clean_logits, _) = forward(model, &x, &[]).map_err(HeatmapError::from)?;
             let out = clean_logits.size();
             if out.len() != 2 || out[0] != m {
                 return Err(HeatmapError::Output(out).into());
@@ -199,7 +199,7 @@ pub fn compute(
                 let k = group.min(units - first);
                 let filtered = scratch.narrow(0, 0, k * m);
                 remove_units_into(&x, &q.narrow(0, first, k), &q_neg_t.narrow(0, first, k), &filtered);
-                let (logits, _) = forward(model, &filtered, &[]);
+                let (logits, _) = forward(model, &filtered, &[]).map_err(HeatmapError::from)?;
                 non_finite += broken_rows(&logits);
                 let yk = y.repeat([k]);
                 let per_image = cross_entropy(&logits, &yk).to_kind(Kind::Double).view([k, m]);
@@ -286,8 +286,7 @@ pub fn shortcut_confusions(
                 images: crate::eval::images_tensor(&filtered, device),
                 labels: filtered.labels,
             };
-            let m = crate::eval::evaluate(model, &set, classes, 256)
-                .map_err(|e| format!("{e} (the model has {classes} classes)"))?;
+            let m = crate::eval::evaluate(model, &set, classes, 256).map_err(|e| e.to_string())?;
             entries.push(freqsweep_common::task::ShortcutEntry { class, top, confusion: m.rows() });
             progress(entries.len());
         }

@@ -3,7 +3,7 @@
 //! classified in batches without gradient tracking; the result is a confusion matrix, from which
 //! accuracy and per-class F1 follow (`freqsweep_common::metrics`).
 
-use crate::models::Classifier;
+use crate::models::{Classifier, ForwardError};
 use freqsweep_common::bands::{BandFilter, BandLayout, BandSet};
 use freqsweep_common::dataset::Dataset;
 use freqsweep_common::metrics::{ConfusionMatrix, MetricsError};
@@ -47,21 +47,39 @@ pub fn band_filtered_test_sets(
         .collect()
 }
 
+/// Why an evaluation failed: the model's forward pass (a given model raised), or its predictions
+/// do not fit the classes.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+    // Not `source`: thiserror would chain it, and `{:#}` would print the cause twice.
+    #[error("{cause} (the model has {classes} classes)")]
+    Metrics { cause: MetricsError, classes: usize },
+}
+
 /// Predicted classes (argmax of the logits) for every image, `batch` images per forward pass.
-pub fn predict(model: &dyn Classifier, images: &Tensor, batch: i64) -> Vec<i64> {
+pub fn predict(model: &dyn Classifier, images: &Tensor, batch: i64) -> Result<Vec<i64>, ForwardError> {
     let n = images.size()[0];
     let mut out = Vec::with_capacity(n as usize);
     tch::no_grad(|| {
         let mut start = 0;
         while start < n {
             let len = batch.min(n - start);
-            let logits = model.logits(&images.narrow(0, start, len), false);
+            let logits = model.logits(&images.narrow(0, start, len), false)?;
+            if logits.dim() != 2 || logits.size()[0] != len {
+                return Err(ForwardError(format!(
+                    "forward returned shape {:?} for {len} images; expected logits [N, classes]",
+                    logits.size()
+                )));
+            }
             let predicted = logits.argmax(-1, false).to_kind(Kind::Int64).to_device(Device::Cpu);
-            out.extend(Vec::<i64>::try_from(&predicted).expect("int64 predictions"));
+            out.extend(Vec::<i64>::try_from(&predicted).map_err(|e| ForwardError(e.to_string()))?);
             start += len;
         }
-    });
-    out
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// The confusion matrix of `model` on one test set.
@@ -70,8 +88,10 @@ pub fn evaluate(
     set: &TestSet,
     classes: usize,
     batch: i64,
-) -> Result<ConfusionMatrix, MetricsError> {
-    ConfusionMatrix::from_predictions(classes, &set.labels, &predict(model, &set.images, batch))
+) -> Result<ConfusionMatrix, EvalError> {
+    let predicted = predict(model, &set.images, batch)?;
+    ConfusionMatrix::from_predictions(classes, &set.labels, &predicted)
+        .map_err(|cause| EvalError::Metrics { cause, classes })
 }
 
 #[cfg(test)]

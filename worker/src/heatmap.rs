@@ -21,7 +21,7 @@
 //! takes bit `i·C + ch` of the stream's successive 64-bit words (1 → +1). They depend only on
 //! `(seed, cell, i, ch)`, so chunking, batch size and image limit never change a cell's result.
 
-use crate::models::Classifier;
+use crate::models::{Classifier, ForwardError};
 use freqsweep_common::heatmap::CellStat;
 use freqsweep_common::spectrum::{basis_image, Cell, Shape2};
 use rand::{RngCore, SeedableRng};
@@ -51,6 +51,8 @@ pub enum HeatmapError {
     Empty,
     #[error("the model's logits are NaN or infinite for {count} of {total} images (clean and perturbed): a broken model has no heatmap")]
     NonFinite { count: i64, total: u64 },
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
 }
 
 /// What to compute.
@@ -173,7 +175,7 @@ pub fn compute(
             let m = block.min(n - start);
             let x = images.narrow(0, start, m);
             let y = labels_t.narrow(0, start, m);
-            let (clean_logits, clean_layers) = forward(model, &x, wanted);
+            let (clean_logits, clean_layers) = forward(model, &x, wanted)?;
             let out = clean_logits.size();
             if out.len() != 2 || out[0] != m {
                 return Err(HeatmapError::Output(out));
@@ -198,7 +200,7 @@ pub fn compute(
                 // quarter of a cheap model's time), then the clamp in place.
                 let _ = x.unsqueeze(0).addcmul_out(&copies, &r, &u);
                 let _ = copies.clamp_(0.0, 1.0);
-                let (logits, layers) = forward(model, &perturbed, wanted);
+                let (logits, layers) = forward(model, &perturbed, wanted)?;
                 non_finite += broken_rows(&logits);
                 let misses = logits.argmax(-1, false).view([k, m]).ne_tensor(&y.unsqueeze(0)).sum_dim_intlist(
                     1,
@@ -238,19 +240,29 @@ pub fn compute(
 /// Logits and the requested layers' responses, flattened per image, in `wanted`'s order, in
 /// fp32 whatever the model computes in (a no-op for an fp32 model), so the cosine sums and the
 /// argmax are the same code at every precision.
-pub(crate) fn forward(model: &dyn Classifier, x: &Tensor, wanted: &[String]) -> (Tensor, Vec<Tensor>) {
+pub(crate) fn forward(
+    model: &dyn Classifier,
+    x: &Tensor,
+    wanted: &[String],
+) -> Result<(Tensor, Vec<Tensor>), ForwardError> {
     if wanted.is_empty() {
-        return (model.logits(x, false).to_kind(Kind::Float), Vec::new());
+        return Ok((model.logits(x, false)?.to_kind(Kind::Float), Vec::new()));
     }
     let mut seen: Vec<Option<Tensor>> = wanted.iter().map(|_| None).collect();
     let logits = model.forward_named(x, false, &mut |name, t| {
         if let Some(i) = wanted.iter().position(|w| w == name) {
             seen[i] = Some(t.flatten(1, -1).to_kind(Kind::Float));
         }
-    });
+    })?;
     let logits = logits.to_kind(Kind::Float);
-    let layers = seen.into_iter().map(|t| t.expect("validated layer names are reported")).collect();
-    (logits, layers)
+    // A layer the model listed but did not report this time (a TorchScript `layers()` whose
+    // keys depend on the input) is the model's error, not a panic.
+    let layers = seen
+        .into_iter()
+        .zip(wanted)
+        .map(|(t, name)| t.ok_or_else(|| ForwardError(format!("the model did not report its layer {name:?}"))))
+        .collect::<Result<_, _>>()?;
+    Ok((logits, layers))
 }
 
 /// `1 − cos(a, b)` per row for `a [k, m, D]` against `b [m, D]`, with SCIENCE.md §8's guard: the
@@ -284,10 +296,15 @@ mod tests {
         // Test doubles of one fixed computation.
         fn set_numerics(&mut self, _: crate::models::Numerics) {}
 
-        fn forward_named(&self, x: &Tensor, _: bool, sink: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
+        fn forward_named(
+            &self,
+            x: &Tensor,
+            _: bool,
+            sink: &mut dyn FnMut(&str, &Tensor),
+        ) -> Result<Tensor, ForwardError> {
             let logits = x.flatten(1, -1).matmul(&self.w.tr()) + &self.b;
             sink("fc", &logits);
-            logits
+            Ok(logits)
         }
         fn layer_names(&self) -> Vec<String> {
             vec!["fc".into()]
@@ -301,11 +318,16 @@ mod tests {
         // Test doubles of one fixed computation.
         fn set_numerics(&mut self, _: crate::models::Numerics) {}
 
-        fn forward_named(&self, x: &Tensor, _: bool, sink: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
+        fn forward_named(
+            &self,
+            x: &Tensor,
+            _: bool,
+            sink: &mut dyn FnMut(&str, &Tensor),
+        ) -> Result<Tensor, ForwardError> {
             let n = x.size()[0];
             let logits = Tensor::from_slice(&[0.1f32, 0.7, 0.2, 0.0]).view([1, 4]).repeat([n, 1]);
             sink("fc", &logits);
-            logits
+            Ok(logits)
         }
         fn layer_names(&self) -> Vec<String> {
             vec!["fc".into()]
@@ -319,10 +341,15 @@ mod tests {
         // Test doubles of one fixed computation.
         fn set_numerics(&mut self, _: crate::models::Numerics) {}
 
-        fn forward_named(&self, x: &Tensor, _: bool, sink: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
+        fn forward_named(
+            &self,
+            x: &Tensor,
+            _: bool,
+            sink: &mut dyn FnMut(&str, &Tensor),
+        ) -> Result<Tensor, ForwardError> {
             let logits = Tensor::full([x.size()[0], 4], f64::NAN, (Kind::Float, Device::Cpu));
             sink("fc", &logits);
-            logits
+            Ok(logits)
         }
         fn layer_names(&self) -> Vec<String> {
             vec!["fc".into()]

@@ -40,9 +40,10 @@ struct Cli {
     /// Where inputs are cached and tasks work (default: $FREQSWEEP_CACHE/worker or ~/.cache/freqsweep/worker).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// CPU threads for libtorch (default: libtorch's choice, usually every core).
+    /// CPU threads for libtorch (default: libtorch's choice, usually every core). At most
+    /// 4 × this machine's cores, and at most 1024.
     #[arg(long, global = true)]
-    threads: Option<i32>,
+    threads: Option<usize>,
     /// CA certificate (PEM) to trust for an https:// coordinator (default: the system's roots).
     #[arg(long, value_name = "CA.pem", env = "FREQSWEEP_TLS_CA")]
     tls_ca: Option<PathBuf>,
@@ -294,10 +295,16 @@ fn parse_memory_format(s: &str) -> Result<MemoryFormat, String> {
 fn main() {
     let cli = Cli::parse();
     logging::init(cli.log_format);
-    if let Some(threads) = cli.threads {
-        tch::set_num_threads(threads.max(1));
-    }
-    let result: Result<()> = match cli.command {
+    let result = match cli.threads {
+        // Checked before libtorch starts a pool: 100 000 once made 3 725 threads and 31 GB of
+        // virtual memory, and the worker never registered.
+        Some(threads) => freqsweep_common::machine::Machine::this()
+            .check_threads("--threads", threads)
+            .map(|()| tch::set_num_threads(threads as i32))
+            .map_err(anyhow::Error::msg),
+        None => Ok(()),
+    };
+    let result: Result<()> = result.and_then(|()| match cli.command {
         Some(Command::Info { device }) => info(&device),
         Some(Command::Train(args)) => train(args),
         Some(Command::Heatmap(args)) => heatmap_cmd(args),
@@ -308,7 +315,7 @@ fn main() {
                 "nothing to do: give --coordinator URL to join a sweep, or a subcommand (see --help)"
             )),
         },
-    };
+    });
     if let Err(err) = result {
         // One line: the rest (a libtorch backtrace) only with RUST_LOG=debug.
         eprintln!("freqsweep-worker: error: {}", freqsweep_worker::engine::one_line(format!("{err:#}")));
@@ -355,7 +362,11 @@ fn join(cli: Cli, url: String) -> Result<()> {
         max_backoff: std::time::Duration::from_secs(10),
         tls_ca: match &cli.tls_ca {
             Some(path) => {
-                Some(std::fs::read(path).with_context(|| format!("cannot read --tls-ca {}", path.display()))?)
+                // Bounded: `/dev/zero` given by mistake is refused at the limit, not read for ever.
+                Some(
+                    freqsweep_common::files::read_bounded(path, freqsweep_common::files::MAX_PEM_BYTES)
+                        .with_context(|| format!("cannot read --tls-ca {}", path.display()))?,
+                )
             }
             None => None,
         },
@@ -526,7 +537,9 @@ fn train(args: TrainArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let task: TrainTask = match &args.task {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+            // A task is a page of JSON: bounded like a spec.
+            let text = freqsweep_common::files::read_text_bounded(path, freqsweep_common::files::MAX_SPEC_BYTES)
+                .with_context(|| format!("{}", path.display()))?;
             serde_json::from_str(&text).with_context(|| format!("{}: not a training task", path.display()))?
         }
         None => {
@@ -701,10 +714,9 @@ fn dfm_cmd(args: DfmArgs) -> Result<()> {
         .with_context(|| format!("cannot read {}", args.model.display()))?;
     let (loaded, precision, format) = load_for_analysis(&args.model, device, (h, w), &args.numerics)?;
     let images = eval::images_tensor(&data, device);
-    // The classes are checked before the long computation: the model's outputs from one image.
-    let outputs = tch::no_grad(|| loaded.model.logits(&images.narrow(0, 0, 1), false)).size();
-    let outputs = outputs.get(1).copied().unwrap_or(0).max(0) as usize;
-    let mut per_class = vec![0u64; outputs];
+    // The classes are checked before the long computation: the model's outputs, measured by
+    // the probe when it was loaded.
+    let mut per_class = vec![0u64; loaded.classes];
     for &l in &data.labels {
         if let Some(n) = usize::try_from(l).ok().and_then(|l| per_class.get_mut(l)) {
             *n += 1;

@@ -61,11 +61,24 @@ impl ModelConfig {
     }
 }
 
+/// A forward pass that failed, in one line. Only a given (TorchScript) model fails this way: its
+/// code may raise on inputs the probe did not try (a module traced on one image raises on a
+/// batch). The built-in models never do.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ForwardError(pub String);
+
 /// A classifier whose intermediate outputs can be observed by name.
 pub trait Classifier: Send {
     /// Logits `[N, classes]`; `sink` sees every named intermediate output as it is computed (the
-    /// last one is `fc`, the logits themselves). Training passes a no-op sink.
-    fn forward_named(&self, x: &Tensor, train: bool, sink: &mut dyn FnMut(&str, &Tensor)) -> Tensor;
+    /// last one is `fc`, the logits themselves). Training passes a no-op sink. Fallible, so that
+    /// a given model's error ends its task with one line instead of a panic.
+    fn forward_named(
+        &self,
+        x: &Tensor,
+        train: bool,
+        sink: &mut dyn FnMut(&str, &Tensor),
+    ) -> Result<Tensor, ForwardError>;
 
     /// Names `forward_named` reports, in order.
     fn layer_names(&self) -> Vec<String>;
@@ -75,7 +88,7 @@ pub trait Classifier: Send {
     /// ([`convert_vars`]); outputs come in `numerics.kind`.
     fn set_numerics(&mut self, numerics: Numerics);
 
-    fn logits(&self, x: &Tensor, train: bool) -> Tensor {
+    fn logits(&self, x: &Tensor, train: bool) -> Result<Tensor, ForwardError> {
         self.forward_named(x, train, &mut |_, _| {})
     }
 }
@@ -245,14 +258,19 @@ impl Tiny {
 }
 
 impl Classifier for Tiny {
-    fn forward_named(&self, x: &Tensor, _train: bool, sink: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
+    fn forward_named(
+        &self,
+        x: &Tensor,
+        _train: bool,
+        sink: &mut dyn FnMut(&str, &Tensor),
+    ) -> Result<Tensor, ForwardError> {
         let x = self.norm.apply(x).apply(&self.conv1).relu().max_pool2d_default(2);
         sink("conv1", &x);
         let x = x.apply(&self.conv2).relu().max_pool2d_default(2);
         sink("conv2", &x);
         let logits = to_spatial(x, 8).flatten(1, -1).apply(&self.fc);
         sink("fc", &logits);
-        logits
+        Ok(logits)
     }
 
     fn layer_names(&self) -> Vec<String> {
@@ -301,7 +319,12 @@ impl AlexNet {
 }
 
 impl Classifier for AlexNet {
-    fn forward_named(&self, x: &Tensor, train: bool, sink: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
+    fn forward_named(
+        &self,
+        x: &Tensor,
+        train: bool,
+        sink: &mut dyn FnMut(&str, &Tensor),
+    ) -> Result<Tensor, ForwardError> {
         const NAMES: [&str; 5] = ["conv1", "conv2", "conv3", "conv4", "conv5"];
         const POOLED: [bool; 5] = [true, true, false, false, true];
         let mut x = self.norm.apply(x);
@@ -315,7 +338,7 @@ impl Classifier for AlexNet {
         let x = to_spatial(x, 2).flatten(1, -1).dropout(0.5, train).apply(&self.fc1).relu().dropout(0.5, train);
         let logits = x.apply(&self.fc2).relu().apply(&self.fc3);
         sink("fc", &logits);
-        logits
+        Ok(logits)
     }
 
     fn layer_names(&self) -> Vec<String> {
@@ -397,7 +420,12 @@ impl ResNet18 {
 }
 
 impl Classifier for ResNet18 {
-    fn forward_named(&self, x: &Tensor, train: bool, sink: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
+    fn forward_named(
+        &self,
+        x: &Tensor,
+        train: bool,
+        sink: &mut dyn FnMut(&str, &Tensor),
+    ) -> Result<Tensor, ForwardError> {
         const NAMES: [&str; 4] = ["layer1", "layer2", "layer3", "layer4"];
         let mut x = self.norm.apply(x).apply(&self.conv1).apply_t(&self.bn1, train).relu();
         for (blocks, name) in self.stages.iter().zip(NAMES) {
@@ -408,7 +436,7 @@ impl Classifier for ResNet18 {
         }
         let logits = x.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc);
         sink("fc", &logits);
-        logits
+        Ok(logits)
     }
 
     fn layer_names(&self) -> Vec<String> {
@@ -445,37 +473,89 @@ pub struct ScriptClassifier {
     layers: Vec<String>,
     /// The input is cast (and laid out) into these before the module sees it.
     numerics: Numerics,
+    classes: i64,
+}
+
+/// What a TorchScript `forward` returned, when it is not one tensor, in words.
+fn ivalue_kind(value: &tch::IValue) -> &'static str {
+    use tch::IValue as V;
+    match value {
+        V::Tuple(_) => "a tuple",
+        V::TensorList(_) | V::GenericList(_) | V::IntList(_) | V::DoubleList(_) | V::BoolList(_) | V::StringList(_) => {
+            "a list"
+        }
+        V::GenericDict(_) => "a dict",
+        V::None => "None",
+        V::Double(_) | V::Int(_) | V::Bool(_) => "a number",
+        V::String(_) => "a string",
+        V::Tensor(_) => "a tensor",
+        _ => "a value that is not a tensor",
+    }
 }
 
 impl ScriptClassifier {
-    /// Load `path` onto `device` and probe it with one zero image of `height × width`, so a module
-    /// that is not a classifier fails here, with a clear message, rather than mid-heatmap.
+    /// Load `path` onto `device` and probe it with zero images of `height × width`, one and then
+    /// a batch of two, so a module that is not a classifier of such images fails here with a
+    /// clear message rather than mid-task: one that does not take the size, one that returns
+    /// something else than one logits tensor (a tuple, a dict), and one that takes one image but
+    /// not a batch (traced on one image, its batch size baked into a `view`).
     pub fn load(path: &std::path::Path, device: Device, height: i64, width: i64) -> Result<Self, ScriptError> {
         let first = crate::checkpoint::first_line;
         let mut module = tch::CModule::load_on_device(path, device).map_err(|e| {
             ScriptError::NotAModule(format!("{}: not a TorchScript module ({})", path.display(), first(e)))
         })?;
         module.set_eval();
-        let probe = Tensor::zeros([1, 3, height, width], (Kind::Float, device));
-        let logits = tch::no_grad(|| module.forward_ts(&[&probe])).map_err(|e| {
+        let forward = |n: i64| {
+            let probe = Tensor::zeros([n, 3, height, width], (Kind::Float, device));
+            tch::no_grad(|| module.forward_is(&[tch::IValue::Tensor(probe)]))
+        };
+        let out = forward(1).map_err(|e| {
             ScriptError::Rejected(format!(
                 "{}: images of 3×{height}×{width} do not fit this TorchScript module (forward on float32 [1, 3, {height}, {width}] failed: {}); give images of the size it takes",
                 path.display(),
                 first(e)
             ))
         })?;
-        if logits.dim() != 2 || logits.size()[0] != 1 {
-            return Err(ScriptError::Rejected(format!(
-                "{}: forward returned shape {:?}; expected logits [N, classes]",
+        let logits = |out: tch::IValue, n: i64| {
+            match out {
+            tch::IValue::Tensor(t) if t.dim() == 2 && t.size()[0] == n => Ok(t),
+            tch::IValue::Tensor(t) => Err(ScriptError::Rejected(format!(
+                "{}: forward returned a tensor of shape {:?} for {n} image(s); the model must return one logits tensor [N, classes]",
                 path.display(),
-                logits.size()
+                t.size()
+            ))),
+            other => Err(ScriptError::Rejected(format!(
+                "{}: forward returned {} instead of one tensor; the model must return one logits tensor [N, classes]",
+                path.display(),
+                ivalue_kind(&other)
+            ))),
+        }
+        };
+        let classes = logits(out, 1)?.size()[1];
+        let batch = forward(2).map_err(|e| {
+            ScriptError::Rejected(format!(
+                "{}: forward runs on one image but fails on a batch of 2 ({}); the model must take a batch float32 [N, 3, {height}, {width}]",
+                path.display(),
+                first(e)
+            ))
+        })?;
+        if logits(batch, 2)?.size()[1] != classes {
+            return Err(ScriptError::Rejected(format!(
+                "{}: forward returns a different number of logits for one image and for two",
+                path.display()
             )));
         }
-        let mut script = ScriptClassifier { module, layers: Vec::new(), numerics: Numerics::FP32 };
+        let mut script = ScriptClassifier { module, layers: Vec::new(), numerics: Numerics::FP32, classes };
+        let probe = Tensor::zeros([1, 3, height, width], (Kind::Float, device));
         if let Ok(named) = tch::no_grad(|| script.named_layers(&probe)) {
             script.layers = named.into_iter().map(|(name, _)| name).collect();
         }
         Ok(script)
+    }
+
+    /// Logits per image (the width of `forward`'s output, measured by the probe).
+    pub fn classes(&self) -> i64 {
+        self.classes
     }
 
     fn named_layers(&self, x: &Tensor) -> Result<Vec<(String, Tensor)>, tch::TchError> {
@@ -530,7 +610,12 @@ impl Classifier for ScriptClassifier {
         self.numerics = numerics;
     }
 
-    fn forward_named(&self, x: &Tensor, _train: bool, sink: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
+    fn forward_named(
+        &self,
+        x: &Tensor,
+        _train: bool,
+        sink: &mut dyn FnMut(&str, &Tensor),
+    ) -> Result<Tensor, ForwardError> {
         let converted;
         let x = if self.numerics == Numerics::FP32 {
             x
@@ -538,14 +623,22 @@ impl Classifier for ScriptClassifier {
             converted = self.numerics.apply(x);
             &converted
         };
+        // The probe ran on one and two images; a batch of another size may still raise.
+        let failed = |what: &str, e: tch::TchError| {
+            ForwardError(format!(
+                "{what} failed on a batch of {} images: {}",
+                x.size().first().copied().unwrap_or(0),
+                crate::checkpoint::first_line(e)
+            ))
+        };
         if !self.layers.is_empty() {
-            for (name, t) in self.named_layers(x).expect("layers() worked on the probe") {
+            for (name, t) in self.named_layers(x).map_err(|e| failed("layers()", e))? {
                 sink(&name, &t);
             }
         }
-        let logits = self.module.forward_ts(&[x]).expect("forward worked on the probe");
+        let logits = self.module.forward_ts(&[x]).map_err(|e| failed("forward", e))?;
         sink("fc", &logits);
-        logits
+        Ok(logits)
     }
 
     fn layer_names(&self) -> Vec<String> {
@@ -567,11 +660,22 @@ pub fn export_torchscript(
 ) -> Result<(), String> {
     let first = crate::checkpoint::first_line;
     vs.freeze();
-    let traced = tch::CModule::create_by_tracing("FreqsweepClassifier", "forward", &[example.copy()], &mut |inputs| {
-        vec![model.logits(&inputs[0], false)]
-    })
-    .map_err(|e| format!("tracing failed: {}", first(e)))
-    .and_then(|module| module.save(path).map_err(|e| format!("{}: {}", path.display(), first(e))));
+    let mut failed = None;
+    let traced =
+        tch::CModule::create_by_tracing("FreqsweepClassifier", "forward", &[example.copy()], &mut |inputs| match model
+            .logits(&inputs[0], false)
+        {
+            Ok(logits) => vec![logits],
+            Err(e) => {
+                failed = Some(e);
+                vec![inputs[0].shallow_clone()]
+            }
+        })
+        .map_err(|e| format!("tracing failed: {}", first(e)))
+        .and_then(|module| match failed {
+            Some(e) => Err(format!("tracing failed: {e}")),
+            None => module.save(path).map_err(|e| format!("{}: {}", path.display(), first(e))),
+        });
     // Unfreeze only after saving: the module shares the weight tensors, and a constant that
     // requires grad at save time cannot be loaded back ("Unsupported value kind: Tensor").
     vs.unfreeze();
@@ -590,7 +694,8 @@ mod tests {
     fn shapes(model: &dyn Classifier, x: &Tensor) -> Vec<(String, Vec<i64>)> {
         let mut seen = Vec::new();
         let logits =
-            tch::no_grad(|| model.forward_named(x, false, &mut |name, t| seen.push((name.to_string(), t.size()))));
+            tch::no_grad(|| model.forward_named(x, false, &mut |name, t| seen.push((name.to_string(), t.size()))))
+                .unwrap();
         assert_eq!(seen.last().unwrap().1, logits.size(), "fc is the logits");
         seen
     }
@@ -624,13 +729,13 @@ mod tests {
         // updates the fp32 running statistics in training mode.
         let before = vars["bn1.running_mean"].copy();
         let x = Tensor::rand([4, 3, 32, 32], (Kind::Float, Device::Cpu));
-        let logits = model.logits(&x, true);
+        let logits = model.logits(&x, true).unwrap();
         assert_eq!(logits.kind(), Kind::BFloat16);
         logits.to_kind(Kind::Float).sum(Kind::Float).backward();
         assert!(vars["conv1.weight"].grad().defined());
         assert_eq!(vars["bn1.running_mean"].kind(), Kind::Float);
         assert!(vars["bn1.running_mean"].ne_tensor(&before).any().int64_value(&[]) == 1, "statistics updated");
-        let eval = tch::no_grad(|| model.logits(&x, false));
+        let eval = tch::no_grad(|| model.logits(&x, false)).unwrap();
         assert_eq!(eval.size(), [4, 4]);
         assert_eq!(eval.isfinite().all().int64_value(&[]), 1);
     }
@@ -665,7 +770,7 @@ mod tests {
             let model = build(&vs, &ModelConfig::new(arch, 7));
             for (h, w) in [(64, 64), (48, 40), (16, 16)] {
                 let x = Tensor::rand([2, 3, h, w], (Kind::Float, Device::Cpu));
-                let logits = tch::no_grad(|| model.logits(&x, false));
+                let logits = tch::no_grad(|| model.logits(&x, false)).unwrap();
                 assert_eq!(logits.size(), [2, 7], "{arch:?} at {h}×{w}");
                 assert_eq!(logits.isfinite().all().int64_value(&[]), 1);
             }
@@ -699,8 +804,8 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let model = build(&vs, &ModelConfig::new(Arch::Tiny, 4));
         let x = Tensor::rand([3, 3, 32, 32], (Kind::Float, Device::Cpu));
-        let plain = model.logits(&x, false);
-        let observed = model.forward_named(&x, false, &mut |_, _| {});
+        let plain = model.logits(&x, false).unwrap();
+        let observed = model.forward_named(&x, false, &mut |_, _| {}).unwrap();
         assert!(plain.allclose(&observed, 0.0, 0.0, false));
         // The model sees (x − 0.5)/0.25: an all-0.5 image gives the same logits as the graph run on zeros
         // without normalisation, which differs from feeding raw 0.5s.
@@ -729,7 +834,7 @@ mod tests {
         let path = dir.path().join("tiny.pt");
         export_torchscript(&mut vs, model.as_ref(), &x.narrow(0, 0, 2), &path).unwrap();
         let script = ScriptClassifier::load(&path, Device::Cpu, 32, 32).unwrap();
-        let (a, b) = tch::no_grad(|| (model.logits(&x, false), script.logits(&x, false)));
+        let (a, b) = tch::no_grad(|| (model.logits(&x, false).unwrap(), script.logits(&x, false).unwrap()));
         assert!(a.allclose(&b, 1e-5, 1e-5, false), "traced module reproduces the logits for another batch size");
         assert_eq!(script.layer_names(), ["fc"]);
 
@@ -755,10 +860,11 @@ mod tests {
         let mut opt = nn::Adam::default().build(&vs, 1e-2).unwrap();
         let x = Tensor::rand([32, 3, 32, 32], (Kind::Float, Device::Cpu));
         let y = Tensor::arange(32, (Kind::Int64, Device::Cpu)).remainder(4);
-        let loss_at = |net: &dyn Classifier| f64::try_from(net.logits(&x, false).cross_entropy_for_logits(&y)).unwrap();
+        let loss_at =
+            |net: &dyn Classifier| f64::try_from(net.logits(&x, false).unwrap().cross_entropy_for_logits(&y)).unwrap();
         let initial = loss_at(net.as_ref());
         for _ in 0..20 {
-            let loss = net.logits(&x, true).cross_entropy_for_logits(&y);
+            let loss = net.logits(&x, true).unwrap().cross_entropy_for_logits(&y);
             opt.backward_step(&loss);
         }
         let trained = loss_at(net.as_ref());

@@ -39,6 +39,8 @@ pub enum TrainError {
     Checkpoint(#[from] CheckpointError),
     #[error("libtorch: {0}")]
     Torch(String),
+    #[error("the model: {0}")]
+    Model(String),
 }
 
 /// What the caller hears during a run. Every method has a default that ignores it.
@@ -134,7 +136,14 @@ impl MixedCopy {
     }
 
     /// One optimizer step on `master` for the batch `x`, `y`; returns the loss (fp32).
-    fn step(&self, master: &nn::VarStore, optimizer: &mut OptimizerState, x: &Tensor, y: &Tensor, lr: f64) -> Tensor {
+    fn step(
+        &self,
+        master: &nn::VarStore,
+        optimizer: &mut OptimizerState,
+        x: &Tensor,
+        y: &Tensor,
+        lr: f64,
+    ) -> Result<Tensor, TrainError> {
         let (from, mut to) = (master.variables(), self.vs.variables());
         tch::no_grad(|| {
             for (name, t) in to.iter_mut() {
@@ -145,7 +154,7 @@ impl MixedCopy {
             let mut p = p.shallow_clone();
             p.zero_grad();
         }
-        let loss = self.model.logits(x, true).to_kind(Kind::Float).cross_entropy_for_logits(y);
+        let loss = self.model.logits(x, true).map_err(model_error)?.to_kind(Kind::Float).cross_entropy_for_logits(y);
         loss.backward();
         // Batch-norm statistics (variables without gradients) were updated in the copy.
         tch::no_grad(|| {
@@ -164,8 +173,12 @@ impl MixedCopy {
                 g
             }
         });
-        loss
+        Ok(loss)
     }
+}
+
+fn model_error(e: impl std::fmt::Display) -> TrainError {
+    TrainError::Model(e.to_string())
 }
 
 /// Train `task` on `train`/`test` on `device`, checkpointing to `checkpoint_path`. If that file
@@ -243,7 +256,7 @@ pub fn run(
     };
 
     if meta.step == 0 && meta.metrics.is_empty() {
-        let points = evaluate_all(model.as_ref(), &test_sets, config.classes, 0.0, 0);
+        let points = evaluate_all(model.as_ref(), &test_sets, config.classes, 0.0, 0)?;
         emit(&mut meta, points, observer);
     }
 
@@ -272,13 +285,13 @@ pub fn run(
             x = augment(x, &config.augment, &mut rng);
             let loss = match &mixed {
                 None => {
-                    let loss = model.logits(&x, true).cross_entropy_for_logits(&y);
+                    let loss = model.logits(&x, true).map_err(model_error)?.cross_entropy_for_logits(&y);
                     optimizer.zero_grad();
                     loss.backward();
                     optimizer.step(lr);
                     loss
                 }
-                Some(copy) => copy.step(&vs, &mut optimizer, &x, &y, lr),
+                Some(copy) => copy.step(&vs, &mut optimizer, &x, &y, lr)?,
             };
             loss_sum += loss.detach();
             loss_steps += 1;
@@ -308,7 +321,7 @@ pub fn run(
                 if step_in_epoch == steps_per_epoch {
                     points.push(point("lr", at, meta.step, "", -1, lr));
                 }
-                points.extend(evaluate_all(model.as_ref(), &test_sets, config.classes, at, meta.step));
+                points.extend(evaluate_all(model.as_ref(), &test_sets, config.classes, at, meta.step)?);
                 emit(&mut meta, points, observer);
                 loss_sum = Tensor::zeros([], (Kind::Float, device));
                 loss_steps = 0;
@@ -332,7 +345,7 @@ pub fn run(
         observer.epoch_done(epoch + 1, checkpoint_path, &meta.metrics);
     }
 
-    let test_sets_summary = summarise(model.as_ref(), &test_sets, config.classes);
+    let test_sets_summary = summarise(model.as_ref(), &test_sets, config.classes)?;
     Ok(TrainEnd::Finished {
         outcome: TrainOutcome {
             epochs: meta.epochs_done,
@@ -394,13 +407,13 @@ fn evaluate_all(
     classes: usize,
     epoch: f64,
     step: u64,
-) -> Vec<MetricPoint> {
+) -> Result<Vec<MetricPoint>, TrainError> {
     let mut points = Vec::new();
     for set in sets {
-        let m = eval::evaluate(model, set, classes, EVAL_BATCH).expect("labels were validated against classes");
+        let m = eval::evaluate(model, set, classes, EVAL_BATCH).map_err(model_error)?;
         points.extend(confusion_points(&m, &set.name, epoch, step));
     }
-    points
+    Ok(points)
 }
 
 /// Metric points describing one confusion matrix (see `MetricPoint` for the names).
@@ -424,17 +437,21 @@ pub fn confusion_points(m: &ConfusionMatrix, test_set: &str, epoch: f64, step: u
     points
 }
 
-fn summarise(model: &dyn models::Classifier, sets: &[TestSet], classes: usize) -> Vec<TestSetSummary> {
+fn summarise(
+    model: &dyn models::Classifier,
+    sets: &[TestSet],
+    classes: usize,
+) -> Result<Vec<TestSetSummary>, TrainError> {
     sets.iter()
         .map(|set| {
-            let m = eval::evaluate(model, set, classes, EVAL_BATCH).expect("labels were validated against classes");
-            TestSetSummary {
+            let m = eval::evaluate(model, set, classes, EVAL_BATCH).map_err(model_error)?;
+            Ok(TestSetSummary {
                 test_set: set.name.clone(),
                 accuracy: m.accuracy(),
                 macro_f1: m.macro_f1(),
                 per_class_f1: m.per_class().iter().map(|s| s.f1).collect(),
                 confusion: m.rows(),
-            }
+            })
         })
         .collect()
 }

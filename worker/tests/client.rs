@@ -298,6 +298,7 @@ fn lease(task_id: u64, with_input: bool) -> pb::Lease {
         precision: Default::default(),
         memory_format: Default::default(),
         epoch: None,
+        classes: 0,
     });
     let inputs = if with_input {
         vec![pb::ArtifactRef { name: "model".into(), digest: digest::of_bytes(INPUT), size: INPUT.len() as u64 }]

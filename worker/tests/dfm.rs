@@ -47,14 +47,19 @@ impl Classifier for OneFrequency {
     // A fixed computation: numerics do not apply.
     fn set_numerics(&mut self, _: Numerics) {}
 
-    fn forward_named(&self, x: &Tensor, _: bool, sink: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
+    fn forward_named(
+        &self,
+        x: &Tensor,
+        _: bool,
+        sink: &mut dyn FnMut(&str, &Tensor),
+    ) -> Result<Tensor, freqsweep_worker::models::ForwardError> {
         let e = self.energy(x);
         let n = x.size()[0];
         let class0 = ((e - self.threshold) * 50.0).unsqueeze(1);
         let rest = Tensor::from_slice(&[0f32, -1.0, -1.0]).view([1, 3]).repeat([n, 1]);
         let logits = Tensor::cat(&[class0, rest], 1);
         sink("fc", &logits);
-        logits
+        Ok(logits)
     }
 
     fn layer_names(&self) -> Vec<String> {
@@ -182,7 +187,7 @@ fn chunks_merge_to_the_whole_map_and_one_pass_equals_per_class_passes() {
                 BandFilter::from_centred_mask(shape, &mask, false).apply(&mut planes);
                 let x = Tensor::from_slice(&planes).view([index.len() as i64, 3, 32, 32]);
                 let y = Tensor::from_slice(&subset.labels);
-                let logits = tch::no_grad(|| model.logits(&x, false));
+                let logits = tch::no_grad(|| model.logits(&x, false)).unwrap();
                 let mean = f64::try_from(logits.cross_entropy_for_logits(&y).to_kind(Kind::Double)).unwrap();
                 let ours = stats[class as usize].loss / index.len() as f64;
                 assert!((ours - mean).abs() < 1e-4, "patch {patch} unit {anchor:?} class {class}: {ours} vs {mean}");

@@ -109,6 +109,7 @@ impl Prepared {
                     precision: h.precision,
                     memory_format: h.memory_format,
                     epoch,
+                    classes: point.point.task.train.classes,
                 };
                 tasks.push(PlannedTask {
                     id: next_id(tasks),

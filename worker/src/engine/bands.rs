@@ -27,15 +27,14 @@ pub(super) fn run(
     }
     let (height, width) = (test.dims[2] as i64, test.dims[3] as i64);
     let requested = super::numerics_for(device, b.precision, b.memory_format);
-    let (loaded, model_path) = engine.model(&b.model, inputs, height, width, requested)?;
+    let (loaded, model_name) = engine.model(&b.model, inputs, (height, width), Some(b.classes), requested)?;
     let (precision, format) = (loaded.numerics.precision(), loaded.numerics.memory_format());
     let subsets = band_subsets();
     let mut sets = Vec::with_capacity(subsets.len());
     for (i, &set) in subsets.iter().enumerate() {
         let filtered = eval::band_filtered_test_sets(&test, &[set], &b.band_layout, b.clip, device);
-        let m = eval::evaluate(loaded.model.as_ref(), &filtered[0], b.classes, BATCH).map_err(|e| {
-            EngineError::fatal(format!("{}: {e} (the model has {} classes)", model_path.display(), b.classes))
-        })?;
+        let m =
+            eval::evaluate(loaded.model.as_ref(), &filtered[0], b.classes, BATCH).map_err(|e| model_name.fatal(e))?;
         sets.push((set, m.rows()));
         let done = (i + 1) as f64 / subsets.len() as f64;
         events.progress(done, ((i + 1) * test.len()) as f64 / started.elapsed().as_secs_f64().max(1e-9));

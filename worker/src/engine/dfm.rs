@@ -22,7 +22,7 @@ pub(super) fn run(
     let test = data::truncate(engine.dataset(&d.dataset)?.1.clone(), d.images);
     let (height, width) = (test.dims[2] as i64, test.dims[3] as i64);
     let requested = super::numerics_for(device, d.precision, d.memory_format);
-    let (loaded, model_path) = engine.model(&d.model, inputs, height, width, requested)?;
+    let (loaded, model_name) = engine.model(&d.model, inputs, (height, width), Some(d.classes), requested)?;
     let (precision, format) = (loaded.numerics.precision(), loaded.numerics.memory_format());
     let model = loaded.model;
     let images = eval::images_tensor(&test, device);
@@ -33,11 +33,11 @@ pub(super) fn run(
         events.progress(done as f64 / total.max(1) as f64, rate);
         stopped |= events.should_stop();
     })
-    .map_err(|e| EngineError::fatal(format!("{}: {e}", model_path.display())))?;
+    .map_err(|e| model_name.fatal(e))?;
     if counts.clean.len() != d.classes {
-        return Err(EngineError::fatal(format!(
-            "{}: the model outputs {} classes, the task expects {}",
-            model_path.display(),
+        // Checked when the model was loaded; kept because a result must have exactly these.
+        return Err(model_name.fatal(format!(
+            "the model outputs {} classes, the task expects {}",
             counts.clean.len(),
             d.classes
         )));

@@ -21,7 +21,8 @@ pub(super) fn run(
     let test = data::truncate(engine.dataset(&h.dataset)?.1.clone(), h.images);
     let (height, width) = (test.dims[2] as i64, test.dims[3] as i64);
     let requested = super::numerics_for(device, h.precision, h.memory_format);
-    let (loaded, model_path) = engine.model(&h.model, inputs, height, width, requested)?;
+    let classes = (h.classes > 0).then_some(h.classes);
+    let (loaded, model_name) = engine.model(&h.model, inputs, (height, width), classes, requested)?;
     // Recorded as it ran: a TorchScript graph that cannot run in bf16 ran in fp32, NCHW.
     let (precision, format) = (loaded.numerics.precision(), loaded.numerics.memory_format());
     let model = loaded.model;
@@ -40,7 +41,7 @@ pub(super) fn run(
         events.progress(done as f64 / total.max(1) as f64, rate);
         stopped |= events.should_stop();
     })
-    .map_err(|e| EngineError::fatal(format!("{}: {e}", model_path.display())))?;
+    .map_err(|e| model_name.fatal(e))?;
     if stopped {
         // Chunks are short: finishing is cheaper than redoing; report it done anyway.
         tracing::debug!(task = task_key, "stop requested during a heatmap chunk; finished it");

@@ -121,15 +121,17 @@ impl TorchEngine {
     }
 
     /// A classifier from the input named by `source` (or a TorchScript path) for
-    /// `height × width` images: shared by every kind that analyses a model.
+    /// `height × width` images: shared by every kind that analyses a model. Its logits per image
+    /// must be the spec's `classes` exactly (`None`: a task from an older coordinator that did not
+    /// say): one rule, checked here once for every kind, not after the work by each.
     fn model(
         &self,
         source: &ModelSource,
         inputs: &HashMap<String, PathBuf>,
-        height: i64,
-        width: i64,
+        (height, width): (i64, i64),
+        classes: Option<usize>,
         requested: Requested,
-    ) -> Result<(checkpoint::Loaded, PathBuf), EngineError> {
+    ) -> Result<(checkpoint::Loaded, ModelName), EngineError> {
         let path = match source {
             ModelSource::Checkpoint { artifact } | ModelSource::Given { artifact, .. } => inputs
                 .get(artifact)
@@ -158,13 +160,46 @@ impl TorchEngine {
         if let Some(why) = &loaded.fallback {
             tracing::warn!(model = %path.display(), reason = %why, "the model does not run in the requested precision; computing in fp32");
         }
-        Ok((loaded, path))
+        let name = ModelName::of(source, &path);
+        if let Some(expected) = classes.filter(|&c| c != loaded.classes) {
+            // The same file fails the same way on every worker: not retried.
+            return Err(EngineError::fatal(format!(
+                "{name}: the model returns {} logits per image, the spec says classes = {expected}",
+                loaded.classes
+            )));
+        }
+        Ok((loaded, name))
     }
 
     fn task_dir(&self, task_key: &str) -> PathBuf {
         let safe: String =
             task_key.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
         self.work_dir.join(safe)
+    }
+}
+
+/// How errors name a task's model: `given model <name>` for a model the sweep was given (its
+/// cached copy's path means nothing to the user), the file otherwise.
+pub(crate) struct ModelName(String);
+
+impl ModelName {
+    fn of(source: &ModelSource, path: &Path) -> ModelName {
+        match source {
+            ModelSource::Given { model, .. } => ModelName(format!("given model {model}")),
+            ModelSource::Checkpoint { .. } | ModelSource::TorchScript { .. } => ModelName(path.display().to_string()),
+        }
+    }
+
+    /// A failure of the model itself (its forward pass raised, its output does not fit): the
+    /// same file fails the same way on any worker, so it is not retried.
+    pub(crate) fn fatal(&self, cause: impl std::fmt::Display) -> EngineError {
+        EngineError::fatal(format!("{self}: {cause}"))
+    }
+}
+
+impl std::fmt::Display for ModelName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -357,6 +392,7 @@ mod tests {
             precision: Precision::Fp32,
             memory_format: MemoryFormat::Auto,
             epoch: None,
+            classes: 4,
         });
         let inputs = HashMap::from([(MODEL_ARTIFACT.to_string(), artifacts[1].1.clone())]);
         let EngineResult::Done { outcome: TaskOutcome::Heatmap(h), .. } =
