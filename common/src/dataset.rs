@@ -343,7 +343,9 @@ pub const CIFAR10_RECORD: usize = 1 + 3 * 32 * 32;
 
 /// Read one CIFAR-10 binary batch file.
 pub fn read_cifar10_batch(path: &Path) -> Result<Dataset, DatasetError> {
-    let bytes = std::fs::read(path).map_err(|cause| DatasetError::Io { path: path.to_path_buf(), cause })?;
+    // A batch file holds 10 000 records (30 MB); ten times that is surely not one.
+    let bytes = crate::files::read_bounded(path, 100_000 * CIFAR10_RECORD as u64)
+        .map_err(|cause| DatasetError::Io { path: path.to_path_buf(), cause })?;
     if bytes.is_empty() || bytes.len() % CIFAR10_RECORD != 0 {
         return Err(invalid(
             path,

@@ -265,6 +265,7 @@ impl NpyArray {
                 detail: format!("{len} bytes do not fit in memory"),
             });
         }
+        // bounded: a regular file (checked in `open`) whose whole length was reserved above.
         file.read_to_end(&mut bytes).map_err(io)?;
         Self::parse(path, &bytes)
     }

@@ -32,7 +32,7 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, LockError> {
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder_text(&path);
             let holder = holder.trim();
             let holder = if holder.is_empty() { "a process that is starting" } else { holder };
             return Err(LockError::Held { dir: dir.display().to_string(), holder: holder.to_string() });
@@ -56,12 +56,18 @@ pub fn holder(dir: &Path) -> Option<String> {
     match file.try_lock_shared() {
         Ok(()) => None,
         Err(TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder_text(&path);
             let holder = holder.trim();
             Some(if holder.is_empty() { "a process that is starting".to_string() } else { holder.to_string() })
         }
         Err(TryLockError::Error(_)) => None,
     }
+}
+
+/// What the lock file says of its holder (one short line; a few hundred bytes at most are read).
+fn holder_text(path: &Path) -> String {
+    let bytes = freqsweep_common::files::read_bounded(path, 4096).unwrap_or_default();
+    freqsweep_common::text::one_line(&String::from_utf8_lossy(&bytes), 300)
 }
 
 #[cfg(test)]

@@ -53,6 +53,10 @@ struct Cursor {
     maps: BTreeSet<String>,
 }
 
+/// The most bytes of a stored map artifact (JSON counts and layer sums: about 100 bytes a cell,
+/// 524 290 cells at 1024 × 1024, times the layers).
+const MAX_MAP_BYTES: u64 = 4 << 30;
+
 /// The most bytes a cursor may hold (a few ids per task: 2 000 000 tasks fit).
 const MAX_CURSOR_BYTES: u64 = 256 << 20;
 
@@ -342,7 +346,8 @@ impl Follower {
                 self.cursor.maps.insert(name);
                 continue;
             };
-            let bytes = std::fs::read(&path).with_context(|| format!("reading map {name} ({path})"))?;
+            let bytes = freqsweep_common::files::read_bounded(Path::new(&path), MAX_MAP_BYTES)
+                .with_context(|| format!("reading map {name} ({path})"))?;
             let map: MapFile = serde_json::from_slice(&bytes).with_context(|| format!("map {name} ({path})"))?;
             let step = match epoch {
                 Some(e) => self.step_at_epoch(&point, e)?,
