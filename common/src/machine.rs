@@ -7,8 +7,10 @@
 //!
 //! The rules (the flags' help texts say the same):
 //! - libtorch threads of one process: at most 4 × cores, and at most [`MAX_THREADS`];
-//! - local worker processes: at most one per core, and at most one per [`WORKER_MEMORY`] of the
-//!   memory available now (at least one is always allowed);
+//! - local worker processes: at most [`THREADS_PER_CORE`] per core (a few more workers than
+//!   cores, each on one thread, is a fair way to fill a machine and what the tests do on two
+//!   cores), and at most one per [`WORKER_MEMORY`] of the memory available now (at least one
+//!   is always allowed);
 //! - threads per local worker × local workers: at most 4 × cores.
 //!
 //! The checks are pure functions of a [`Machine`], so they are tested without the machine's
@@ -55,7 +57,7 @@ impl Machine {
     /// The most local worker processes this machine can run.
     pub fn max_local_workers(&self) -> usize {
         let by_memory = self.mem_available.map_or(usize::MAX, |m| (m / WORKER_MEMORY) as usize);
-        self.cores.min(by_memory).max(1)
+        self.cores.saturating_mul(THREADS_PER_CORE).min(by_memory).max(1)
     }
 
     /// `--threads` (`flag`) of one process: between 1 and [`Machine::max_threads`].
@@ -144,6 +146,9 @@ mod tests {
     fn local_workers_are_bounded_by_cores_memory_and_threads_in_all() {
         let m = Machine { cores: 16, mem_available: Some(3 * GIB) };
         assert_eq!(m.max_local_workers(), 6, "3 GiB / 512 MiB");
+        let two = Machine { cores: 2, mem_available: Some(24 * GIB) };
+        assert_eq!(two.max_local_workers(), 8, "4 per core");
+        two.check_local_workers(3, Some(1)).expect("3 one-thread workers on 2 cores");
         m.check_local_workers(6, None).unwrap();
         let err = m.check_local_workers(500, None).unwrap_err();
         assert_eq!(

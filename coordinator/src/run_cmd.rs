@@ -11,7 +11,7 @@ use std::time::Duration;
 pub struct RunArgs {
     /// The sweep spec (TOML).
     pub spec: PathBuf,
-    /// Local worker processes to start (CPU). At most one per core and one per 512 MiB of
+    /// Local worker processes to start (CPU). At most 4 per core and one per 512 MiB of
     /// available memory (at least 1 is always allowed). Default: 2, or 1 where only one is
     /// allowed.
     #[arg(long)]

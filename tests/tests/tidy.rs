@@ -41,5 +41,9 @@ fn every_whole_file_read_is_bounded() {
             }
         }
     }
-    assert!(offenders.is_empty(), "read without a bound (use freqsweep_common::files::read_bounded):\n{}", offenders.join("\n"));
+    assert!(
+        offenders.is_empty(),
+        "read without a bound (use freqsweep_common::files::read_bounded):\n{}",
+        offenders.join("\n")
+    );
 }

@@ -156,4 +156,11 @@ fn train_then_heatmap_writes_every_promised_file() {
     assert!(line.contains("[0, 1]"), "{line}");
     let line = last_error_line(&heatmap(&run.join("model.pt"), &x, &y, &bad, &["--layers", "layer7"]));
     assert!(line.contains("unknown layer \"layer7\""), "{line}");
+    // 2 × 2 images panicked inside the model (issue 23): the bound `size =` has, from any source.
+    let tiny = dir.path().join("tiny.npy");
+    NpyArray::from_f32(vec![16, 3, 2, 2], &[0.5; 16 * 3 * 2 * 2]).write(&tiny).unwrap();
+    let out = heatmap(&run.join("model.pt"), &tiny, &y, &bad, &[]);
+    let line = last_error_line(&out);
+    assert!(line.contains("tiny.npy: images are 2×2; images must be 4 to 1024 pixels a side"), "{line}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{line}");
 }

@@ -28,9 +28,26 @@ pub fn load_split(source: &DatasetSource, split: Split) -> Result<Dataset, Datas
     }
 }
 
+/// `data` if its images are within the sides a spec's `size =` allows (4 to
+/// [`freqsweep_common::spec::MAX_IMAGE_SIDE`]): the same bound from every source, so 1 × 1 or
+/// 2 × 2 images from an npy file are refused in one line, not deep inside a model or a map.
+pub fn within_size_bounds(data: Dataset, path: &std::path::Path) -> Result<Dataset, DatasetError> {
+    let most = freqsweep_common::spec::MAX_IMAGE_SIDE as usize;
+    let [_, _, h, w] = data.dims;
+    let outside = h.min(w) < 4 || h.max(w) > most;
+    if data.len() > 0 && outside {
+        return Err(DatasetError::Invalid {
+            path: path.to_path_buf(),
+            detail: format!("images are {h}×{w}; images must be 4 to {most} pixels a side"),
+        });
+    }
+    Ok(data)
+}
+
 /// `data` if its images are `size` (when the task says one): the coordinator planned the
 /// heatmap's cells for that size, so other images would give a map of the wrong spectrum.
 fn sized(data: Dataset, path: &std::path::Path, size: Option<[usize; 2]>) -> Result<Dataset, DatasetError> {
+    let data = within_size_bounds(data, path)?;
     match size {
         Some([h, w]) if data.dims[2..] != [h, w] => Err(DatasetError::Invalid {
             path: path.to_path_buf(),

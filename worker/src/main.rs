@@ -598,7 +598,8 @@ fn train(args: TrainArgs) -> Result<()> {
 
 fn heatmap_cmd(args: HeatmapArgs) -> Result<()> {
     let device = device::parse_device(&args.device)?;
-    let data = data::truncate(dataset::read_npy_pair(&args.images, &args.labels)?, args.limit);
+    let data = data::within_size_bounds(dataset::read_npy_pair(&args.images, &args.labels)?, &args.images)?;
+    let data = data::truncate(data, args.limit);
     if data.dims[1] != 3 {
         bail!("{}: images have {} channels; the models take 3", args.images.display(), data.dims[1]);
     }
@@ -703,7 +704,8 @@ fn dfm_cmd(args: DfmArgs) -> Result<()> {
         freqsweep_common::dfm::top_count(1, t).map_err(|e| anyhow::anyhow!("--top: {e}"))?;
     }
     let device = device::parse_device(&args.device)?;
-    let data = data::truncate(dataset::read_npy_pair(&args.images, &args.labels)?, args.limit);
+    let data = data::within_size_bounds(dataset::read_npy_pair(&args.images, &args.labels)?, &args.images)?;
+    let data = data::truncate(data, args.limit);
     if data.dims[1] != 3 {
         bail!("{}: images have {} channels; the models take 3", args.images.display(), data.dims[1]);
     }
