@@ -35,7 +35,7 @@ pub fn within_size_bounds(data: Dataset, path: &std::path::Path) -> Result<Datas
     let most = freqsweep_common::spec::MAX_IMAGE_SIDE as usize;
     let [_, _, h, w] = data.dims;
     let outside = h.min(w) < 4 || h.max(w) > most;
-    if data.len() > 0 && outside {
+    if !data.is_empty() && outside {
         return Err(DatasetError::Invalid {
             path: path.to_path_buf(),
             detail: format!("images are {h}×{w}; images must be 4 to {most} pixels a side"),
