@@ -155,6 +155,37 @@ pub fn results_without_timing(path: &std::path::Path) -> String {
 pub const PINNED_KERNELS: [(&str, &str); 3] =
     [("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2"), ("MKL_CBWR", "COMPATIBLE")];
 
+/// Run the `demo_small` sweep into `out` (2 local workers, 1 thread each, kernels pinned) and
+/// return its stderr; panics naming the last line if it fails.
+pub fn run_demo_small(out: &std::path::Path) -> String {
+    let result = run_bounded(
+        Command::new(binary("freqsweep"))
+            .arg("run")
+            .arg(demo_small().join("spec.toml"))
+            .args(["--local-workers", "2", "--worker-threads", "1", "--out"])
+            .arg(out)
+            .envs(PINNED_KERNELS),
+        Duration::from_secs(600),
+    );
+    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
+    assert!(result.status.success(), "freqsweep run failed: {}", stderr.lines().last().unwrap_or(""));
+    stderr
+}
+
+/// Copy the directory tree `from` to `to` (a run directory moved or copied by a user).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 /// `tests/fixtures/demo_small`: the demo shrunk to seconds and what an earlier `main` made of it.
 pub fn demo_small() -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo_small")

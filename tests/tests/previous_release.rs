@@ -4,23 +4,10 @@
 //! and finish it with exactly the arrays, curves, confusion matrices and `results.csv` of the
 //! `demo_small` fixture, as an uninterrupted run gives. The promise is stated in RELIABILITY.md.
 
-use freqsweep_tests::{assert_matches_demo_small, binary, demo_small, run_bounded, PINNED_KERNELS};
+use freqsweep_tests::{assert_matches_demo_small, binary, copy_dir, run_bounded, run_demo_small};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
 
 #[test]
 fn a_store_made_by_the_previous_release_resumes_and_finishes_identically() {
@@ -33,17 +20,7 @@ fn a_store_made_by_the_previous_release_resumes_and_finishes_identically() {
     let states: Vec<String> = stored.tasks().unwrap().into_iter().map(|t| t.state).collect();
     assert!(states.iter().any(|s| s == "done") && states.iter().any(|s| s != "done"), "half-way: {states:?}");
     drop(stored);
-    let result = run_bounded(
-        Command::new(binary("freqsweep"))
-            .arg("run")
-            .arg(demo_small().join("spec.toml"))
-            .args(["--local-workers", "2", "--worker-threads", "1", "--out"])
-            .arg(&out)
-            .envs(PINNED_KERNELS),
-        Duration::from_secs(600),
-    );
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.success(), "freqsweep run failed: {}", stderr.lines().last().unwrap_or(""));
+    let stderr = run_demo_small(&out);
     assert!(stderr.contains("resuming"), "it resumed the stored run: {stderr}");
     assert_eq!(assert_matches_demo_small(&out), 2 * 4 + 2 + 2 * 2, "every fixture file compared");
     // And the report of the finished store, from the store alone, says the same.

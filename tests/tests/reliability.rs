@@ -2,7 +2,7 @@
 //! run again, give the spec on a pipe, damage the store, ask for a report while the sweep runs.
 //! Each case failed (silently or with a panic) before its fix.
 
-use freqsweep_tests::{binary, run_bounded};
+use freqsweep_tests::{binary, copy_dir, run_bounded};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -56,19 +56,6 @@ fn run_piped(spec_text: &str, out: &Path) -> Output {
             panic!("freqsweep run did not end within {LIMIT:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
     }
 }
 
