@@ -231,7 +231,8 @@ fn check_task_sizes(tasks: &[PlannedTask], specs: &[String], limit: usize) -> Re
 pub const SPEC_INPUTS: &str = "spec_inputs";
 
 /// A run directory is new, empty, or holds a run: `--out /` or `--out ~` would scatter a run's
-/// files among the user's.
+/// files among the user's. "Empty" allows the `coordinator.url` that
+/// `deploy/slurm/freqsweep-coordinator.sbatch` writes into it before `serve` starts.
 fn check_run_dir(dir: &Path) -> Result<()> {
     let meta = match std::fs::metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -243,7 +244,12 @@ fn check_run_dir(dir: &Path) -> Result<()> {
     }
     let is_run = dir.join("freqsweep.db").exists() || dir.join("freqsweep.lock").exists();
     let mut entries = std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
-    if !is_run && entries.next().is_some() {
+    let written_first = |name: &std::ffi::OsStr| name.to_str().is_some_and(|n| n.starts_with("coordinator.url"));
+    let foreign = |e: std::io::Result<std::fs::DirEntry>| match e {
+        Ok(e) => !written_first(&e.file_name()),
+        Err(_) => true,
+    };
+    if !is_run && entries.any(foreign) {
         bail!(
             "{} is not empty and holds no freqsweep run (no freqsweep.db); give a new or empty directory as --out",
             dir.display()
@@ -368,6 +374,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         check_run_dir(&tmp.path().join("new")).unwrap();
         check_run_dir(tmp.path()).unwrap();
+        std::fs::write(tmp.path().join("coordinator.url"), "http://node1:7070").unwrap();
+        check_run_dir(tmp.path()).expect("the SLURM coordinator script writes its URL first");
+        std::fs::write(tmp.path().join("notes.txt"), "").unwrap();
+        assert!(check_run_dir(tmp.path()).is_err());
         std::fs::write(tmp.path().join("freqsweep.lock"), "").unwrap();
         check_run_dir(tmp.path()).expect("a run killed before its store was made");
         let file = tmp.path().join("freqsweep.lock");
