@@ -314,7 +314,7 @@ pub fn read_labels_npy(path: &Path) -> Result<Vec<i64>, DatasetError> {
         DType::U64 => u64::from_le_bytes(array.data[i * 8..i * 8 + 8].try_into().expect("8 bytes")).to_string(),
         _ => labels[i].to_string(),
     };
-    let max = crate::spec::MAX_CLASSES as i64;
+    let max = MAX_CLASSES as i64;
     if let Some(i) = labels.iter().position(|&l| l < 0 && array.dtype != DType::U64) {
         return Err(invalid(path, format!("labels must be non-negative, found {}", shown(i))));
     }
@@ -337,6 +337,9 @@ pub fn read_npy_pair(images: &Path, labels: &Path) -> Result<Dataset, DatasetErr
     }
     Ok(Dataset { dims, images: images_data, labels: labels_data })
 }
+
+/// Classes of a classifier (ImageNet-21k has 21 841).
+pub const MAX_CLASSES: u64 = 100_000;
 
 /// CIFAR-10 binary format: records of 1 label byte + 3072 bytes (1024 R, 1024 G, 1024 B; row-major).
 pub const CIFAR10_RECORD: usize = 1 + 3 * 32 * 32;

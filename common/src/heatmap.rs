@@ -175,26 +175,6 @@ impl HeatmapAccumulator {
     }
 }
 
-/// Write a map as `DIR/STEM.npy` (float64 `H × W`, centred layout, `NaN` where not computed) and
-/// `DIR/STEM.png`, the report's heatmap figure: frequency axes and a colour bar labelled
-/// `bar_label` (colour scale `range`; `None` uses the map's own finite range).
-pub fn write_map_files(
-    dir: &std::path::Path,
-    stem: &str,
-    map: &HeatmapAccumulator,
-    range: Option<(f64, f64)>,
-    title: &str,
-    bar_label: &str,
-) -> Result<(), String> {
-    let shape = map.shape();
-    let means = map.means();
-    crate::npy::NpyArray::from_f64(vec![shape.h, shape.w], &means)
-        .write(&dir.join(format!("{stem}.npy")))
-        .map_err(|e| e.to_string())?;
-    let centred = crate::figures::CentredMap { values: &means, height: shape.h, width: shape.w };
-    crate::figures::heatmap(centred, range, title, bar_label)?.write_png(&dir.join(format!("{stem}.png")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

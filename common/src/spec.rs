@@ -406,8 +406,7 @@ pub const MAX_IMAGE_SIDE: u64 = 1024;
 const MAX_SYN_BYTES: u64 = MAX_SYN_IMAGES * 12_288;
 /// Images per Syn_d split (every worker holds a split: 5 000 000 × 12 KB = 60 GB).
 pub const MAX_SYN_IMAGES: u64 = 5_000_000;
-/// Classes of a classifier (ImageNet-21k has 21 841).
-pub const MAX_CLASSES: u64 = 100_000;
+pub use crate::dataset::MAX_CLASSES;
 /// Images per training batch or heatmap forward pass (65 536 × 12 KB = 768 MB of input alone).
 pub const MAX_BATCH: u64 = 65_536;
 /// Zero-padding of the random-crop augmentation, per side (the images are 32 pixels wide).
@@ -970,18 +969,7 @@ fn path(key: &str, v: &Value) -> Result<PathBuf, String> {
     Ok(PathBuf::from(s))
 }
 
-/// A number as written in ids and `results.csv` (shortest round-trip form).
-/// A number as it appears in point ids, task keys and file names: as written (`0.001`, `4`), or
-/// in exponent form when that is longer than 16 characters (`1e300`, not 301 digits that make
-/// file names too long for the filesystem).
-pub fn format_number(v: f64) -> String {
-    let plain = format!("{v}");
-    if plain.len() > 16 {
-        format!("{v:e}")
-    } else {
-        plain
-    }
-}
+pub use crate::text::format_number;
 
 fn arch_names() -> Vec<&'static str> {
     ARCHS.iter().map(|(name, _)| *name).collect()

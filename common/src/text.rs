@@ -22,6 +22,19 @@ pub fn one_line(text: &str, max: usize) -> String {
     out
 }
 
+/// A number as written in ids and `results.csv` (shortest round-trip form).
+/// A number as it appears in point ids, task keys and file names: as written (`0.001`, `4`), or
+/// in exponent form when that is longer than 16 characters (`1e300`, not 301 digits that make
+/// file names too long for the filesystem).
+pub fn format_number(v: f64) -> String {
+    let plain = format!("{v}");
+    if plain.len() > 16 {
+        format!("{v:e}")
+    } else {
+        plain
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,3 +47,167 @@ fn every_whole_file_read_is_bounded() {
         offenders.join("\n")
     );
 }
+
+/// Code without string and char literals and comments, so braces count blocks.
+fn code_only(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' {
+                        i += 1;
+                    } else if bytes[i] == b'\n' {
+                        out.push('\n');
+                    }
+                    i += 1;
+                }
+                out.push_str("\"\"");
+                i += 1;
+            }
+            b'\'' if bytes.get(i + 2) == Some(&b'\'') => {
+                out.push_str("' '");
+                i += 3;
+            }
+            b'\'' if bytes.get(i + 1) == Some(&b'\\') => {
+                // An escaped char literal: '\n', '\'', '\\', '\u{…}'.
+                let end = text[i + 2..].find('\'').map_or(bytes.len(), |e| i + 2 + e + 1);
+                out.push_str("' '");
+                i = end;
+            }
+            b => {
+                out.push(b as char);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// A `match` over task kinds has no `_ =>` arm: a new kind must make the compiler list every
+/// place that decides by kind (ARCHITECTURE.md, `kinds/`). Matches whose arms name
+/// `TaskSpec::`, `TaskOutcome::` or `TaskKind::` variants are checked; the message names the
+/// file and the line of the catch-all arm. (To pick out one kind, `if let` says so; a `match`
+/// decides by kind and names them all.)
+#[test]
+fn no_catch_all_arm_over_task_kinds() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut files = Vec::new();
+    for krate in ["common/src", "coordinator/src", "worker/src"] {
+        sources(&root.join(krate), &mut files);
+    }
+    let offenders = catch_all_arms_over_kinds(&files, root);
+    assert!(
+        offenders.is_empty(),
+        "a `_ =>` arm in a match over task kinds (name every kind):\n{}",
+        offenders.join("\n")
+    );
+    // The check finds what it looks for: a match over kinds with a catch-all arm.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.rs");
+    std::fs::write(
+        &bad,
+        "fn f(t: &TaskSpec) -> u8 {\n    match t {\n        TaskSpec::Train(_) => 1,\n        _ => 0,\n    }\n}\n",
+    )
+    .unwrap();
+    let found = catch_all_arms_over_kinds(&[bad], dir.path());
+    assert_eq!(found, ["bad.rs:4: _ => 0,"], "the rule fails when it is broken");
+}
+
+fn catch_all_arms_over_kinds(files: &[PathBuf], root: &Path) -> Vec<String> {
+    const KINDS: [&str; 3] = ["TaskSpec::", "TaskOutcome::", "TaskKind::"];
+    let mut offenders = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let before_tests = text.split("#[cfg(test)]").next().unwrap_or_default();
+        let code = code_only(before_tests);
+        let lines: Vec<&str> = code.lines().collect();
+        let raw: Vec<&str> = before_tests.lines().collect();
+        // Depth at the start of each line.
+        let mut depth = 0i32;
+        let mut at_start = Vec::with_capacity(lines.len());
+        for line in &lines {
+            at_start.push(depth);
+            depth += line.matches('{').count() as i32 - line.matches('}').count() as i32;
+        }
+        for (n, line) in lines.iter().enumerate() {
+            if !(line.contains("match ") && line.trim_end().ends_with('{')) {
+                continue;
+            }
+            let arm_depth = at_start[n] + line.matches('{').count() as i32 - line.matches('}').count() as i32;
+            let mut arms = Vec::new();
+            for (k, l) in lines.iter().enumerate().skip(n + 1) {
+                if at_start[k] < arm_depth {
+                    break;
+                }
+                if at_start[k] == arm_depth && !l.trim().is_empty() {
+                    arms.push((k, l.trim()));
+                }
+            }
+            let over_kinds = arms.iter().any(|(_, a)| {
+                let pattern =
+                    a.trim_start_matches(['(', '&', '|', ' ']).trim_start_matches("Some(").trim_start_matches("Ok(");
+                KINDS.iter().any(|k| pattern.starts_with(k))
+            });
+            if !over_kinds {
+                continue;
+            }
+            for (k, arm) in arms {
+                if arm.starts_with("_ =>") || arm.starts_with("_ if ") {
+                    let shown = raw.get(k).map_or(arm, |r| r.trim());
+                    offenders.push(format!("{}:{}: {shown}", file.strip_prefix(root).unwrap().display(), k + 1));
+                }
+            }
+        }
+    }
+    offenders
+}
+
+/// `common`'s science modules compute: they import neither rendering (`figures`, `image`) nor
+/// the spec parser (`spec`). Drawing and file writing live in `figures`, limits and number
+/// formats where the science needs them (`dataset::MAX_CLASSES`, `text::format_number`).
+#[test]
+fn the_science_modules_do_not_import_rendering_or_the_parser() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let science = ["bands", "dataset", "dfm", "heatmap", "metrics", "npy", "seeds", "spectrum", "syn", "task"];
+    let files: Vec<PathBuf> = science.iter().map(|m| root.join(format!("common/src/{m}.rs"))).collect();
+    let offenders = forbidden_imports(&files, root);
+    assert!(offenders.is_empty(), "a science module imports rendering or the parser:\n{}", offenders.join("\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.rs");
+    std::fs::write(&bad, "fn f() {\n    let s = crate::spec::format_number(1.0);\n}\n").unwrap();
+    assert_eq!(forbidden_imports(&[bad], dir.path()), ["bad.rs:2: crate::spec"], "the rule fails when it is broken");
+}
+
+fn forbidden_imports(files: &[PathBuf], root: &Path) -> Vec<String> {
+    let mut offenders = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let code = code_only(text.split("#[cfg(test)]").next().unwrap_or_default());
+        for (n, line) in code.lines().enumerate() {
+            for module in ["crate::figures", "crate::image", "crate::spec"] {
+                let whole = |text: &str, word: &str| {
+                    text.match_indices(word).any(|(i, _)| {
+                        let after = text[i + word.len()..].chars().next();
+                        let before = text[..i].chars().next_back();
+                        !after.is_some_and(|c| c.is_alphanumeric() || c == '_')
+                            && !before.is_some_and(|c| c.is_alphanumeric() || c == '_')
+                    })
+                };
+                let named = whole(line, module) || (line.contains("use crate::{") && whole(line, &module[7..]));
+                if named {
+                    offenders.push(format!("{}:{}: {module}", file.strip_prefix(root).unwrap().display(), n + 1));
+                }
+            }
+        }
+    }
+    offenders
+}

@@ -6,7 +6,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use freqsweep_common::bands::BandSet;
 use freqsweep_common::dataset::{self, Dataset};
-use freqsweep_common::heatmap::{write_map_files, HeatmapAccumulator};
+use freqsweep_common::figures::write_map_files;
+use freqsweep_common::heatmap::HeatmapAccumulator;
 use freqsweep_common::logging::{self, LogFormat};
 use freqsweep_common::spec;
 use freqsweep_common::spectrum::{Cell, Shape2};
@@ -744,7 +745,7 @@ fn dfm_cmd(args: DfmArgs) -> Result<()> {
         acc.write(*anchor, stats)?;
     }
     let model_name = args.model.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
-    freqsweep_common::dfm::write_files(&args.out, &acc, &classes, &args.top, &model_name)
+    freqsweep_common::figures::write_dfm_files(&args.out, &acc, &classes, &args.top, &model_name)
         .map_err(anyhow::Error::msg)?;
     // Per class: the units on top of its loss map (anchors, highest first) for the smallest X.
     let smallest = args.top.iter().copied().fold(f64::INFINITY, f64::min);

@@ -7,6 +7,8 @@
 //! coordinator's reports and by `freqsweep-worker heatmap` (one figure per map).
 
 mod canvas;
+mod files;
+pub use files::{write_dfm_files, write_map_files};
 
 use crate::image::{viridis, write_rgb_png};
 use canvas::Canvas;

@@ -284,7 +284,8 @@ pub(crate) fn report(
     // Classes without test images have no maps (their loss is undefined); the rest are written.
     let classes: Vec<usize> = spec.classes.of(acc.classes()).into_iter().filter(|&c| clean[c].images > 0).collect();
     let title = crate::report::short_id(&point.id).to_string();
-    let written = dfm::write_files(&dir.join(&sub), acc, &classes, &spec.top, &title).map_err(anyhow::Error::msg)?;
+    let written = freqsweep_common::figures::write_dfm_files(&dir.join(&sub), acc, &classes, &spec.top, &title)
+        .map_err(anyhow::Error::msg)?;
     report.raw.extend(written.iter().filter(|f| f.ends_with(".npy")).map(|f| format!("{sub}/{f}")));
     let smallest = spec.top.iter().copied().fold(f64::INFINITY, f64::min);
     let mut files = DfmFiles {

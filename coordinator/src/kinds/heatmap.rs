@@ -135,9 +135,10 @@ pub fn cost(h: &HeatmapTask, arch: &str) -> Cost {
 /// The model's weights, from the train task it depends on: its final `model`, or the checkpoint
 /// after the chunk's epoch.
 pub(super) fn inputs(task: &PlannedTask) -> Vec<(TaskId, String)> {
-    let name = match &task.spec {
-        TaskSpec::Heatmap(HeatmapTask { epoch: Some(e), .. }) => epoch_output(*e),
-        _ => MODEL_OUTPUT.to_string(),
+    let name = if let TaskSpec::Heatmap(HeatmapTask { epoch: Some(e), .. }) = &task.spec {
+        epoch_output(*e)
+    } else {
+        MODEL_OUTPUT.to_string()
     };
     task.deps.iter().map(|&d| (d, name.clone())).collect()
 }
@@ -323,11 +324,10 @@ pub fn map_artifact(point_id: &str, map: &MergedHeatmap) -> Vec<u8> {
 pub fn point_id(task: &PlannedTask) -> &str {
     let rest = task.key.strip_prefix("heatmap/").unwrap_or(&task.key);
     let point = rest.rsplitn(3, '/').nth(2).unwrap_or(rest);
-    match &task.spec {
-        TaskSpec::Heatmap(HeatmapTask { epoch: Some(e), .. }) => {
-            point.strip_suffix(&format!("/ep{e}")).unwrap_or(point)
-        }
-        _ => point,
+    if let TaskSpec::Heatmap(HeatmapTask { epoch: Some(e), .. }) = &task.spec {
+        point.strip_suffix(&format!("/ep{e}")).unwrap_or(point)
+    } else {
+        point
     }
 }
 

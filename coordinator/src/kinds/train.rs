@@ -174,9 +174,10 @@ pub(crate) fn report(
         return Ok(());
     };
     let row = &rows[&train.id.0];
-    let outcome = match row.result_json.as_deref().map(serde_json::from_str::<TaskOutcome>) {
-        Some(Ok(TaskOutcome::Train(o))) => Some(o),
-        _ => None,
+    let outcome = if let Some(Ok(TaskOutcome::Train(o))) = row.result_json.as_deref().map(serde_json::from_str) {
+        Some(o)
+    } else {
+        None
     };
     report.state = row.state.clone();
     report.error = row.error.clone();

@@ -195,7 +195,7 @@ impl Follower {
             let classes = match &task.spec {
                 TaskSpec::Train(t) => t.train.classes,
                 TaskSpec::Bands(b) => b.classes,
-                _ => point.task.train.classes,
+                TaskSpec::Heatmap(_) | TaskSpec::Dfm(_) | TaskSpec::Shortcut(_) => point.task.train.classes,
             };
             if matches!(task.spec, TaskSpec::Train(_)) {
                 train_of_point.insert(point.id.clone(), task.id.0);
