@@ -551,6 +551,22 @@ pub const CHECKPOINT_OUTPUT: &str = "checkpoint";
 pub const MODEL_OUTPUT: &str = "model";
 
 impl TaskSpec {
+    /// This task as an earlier release stored it, with the fields added since filled in as
+    /// `planned` (the same task planned by this release) has them, where the old release could
+    /// not have said them: they describe no change the user made, so a stored run resumes
+    /// (`coordinator::identity`). Each arm names the change that added its field; a field whose
+    /// default equals the old behaviour needs no arm (it deserialises to that default).
+    pub fn with_fields_added_since(self, planned: &TaskSpec) -> TaskSpec {
+        match (self, planned) {
+            // `HeatmapTask::classes` (issue 23): 0 in a task stored before it.
+            (TaskSpec::Heatmap(mut old), TaskSpec::Heatmap(new)) if old.classes == 0 => {
+                old.classes = new.classes;
+                TaskSpec::Heatmap(old)
+            }
+            (stored, _) => stored,
+        }
+    }
+
     pub fn kind(&self) -> TaskKind {
         match self {
             TaskSpec::Train(_) => TaskKind::Train,
@@ -691,6 +707,14 @@ mod tests {
             "{json}"
         );
         assert_eq!(serde_json::from_str::<HeatmapTask>(&json).unwrap(), fast);
+
+        // A heatmap task stored before `classes` existed is the task planned now with them;
+        // another value than 0 is a change, kept as stored.
+        let stored = TaskSpec::Heatmap(HeatmapTask { classes: 0, ..fast.clone() });
+        let planned = TaskSpec::Heatmap(HeatmapTask { classes: 10, ..fast.clone() });
+        assert_eq!(stored.with_fields_added_since(&planned), planned);
+        let other = TaskSpec::Heatmap(HeatmapTask { classes: 4, ..fast });
+        assert_eq!(other.clone().with_fields_added_since(&planned), other);
     }
 
     #[test]

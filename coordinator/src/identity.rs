@@ -81,7 +81,7 @@ fn first_task_change(stored: &[StoredTask<'_>], planned: &[PlannedTask<'_>]) -> 
         }
         // Compared as task descriptions, not as text: a store written by an older release
         // lacks fields added since with their defaults, which describe the same task.
-        match serde_json::from_str::<TaskSpec>(old.spec_json).map(|spec| upgrade(spec, task.spec)) {
+        match serde_json::from_str::<TaskSpec>(old.spec_json).map(|spec| spec.with_fields_added_since(task.spec)) {
             Ok(spec) if &spec == task.spec => {}
             Ok(spec) => {
                 let old = serde_json::to_value(&spec).unwrap_or_default();
@@ -104,21 +104,6 @@ fn first_task_change(stored: &[StoredTask<'_>], planned: &[PlannedTask<'_>]) -> 
         return Some(format!("it no longer plans task {} that the run holds", one_line(gone, 160)));
     }
     None
-}
-
-/// A task stored by an earlier release, with the fields added since filled in as this release
-/// plans them where the old one could not have said them: they describe no change the user
-/// made. Each arm names the release that added the field; a field with a default that equals
-/// the old behaviour needs no arm (it deserialises to that default).
-fn upgrade(stored: TaskSpec, planned: &TaskSpec) -> TaskSpec {
-    match (stored, planned) {
-        // `HeatmapTask::classes` (issue 23): 0 in a task stored before it.
-        (TaskSpec::Heatmap(mut old), TaskSpec::Heatmap(new)) if old.classes == 0 => {
-            old.classes = new.classes;
-            TaskSpec::Heatmap(old)
-        }
-        (stored, _) => stored,
-    }
 }
 
 fn first_json_change(path: &str, old: &serde_json::Value, new: &serde_json::Value) -> Option<String> {
