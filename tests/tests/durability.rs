@@ -176,7 +176,14 @@ fn every_acknowledged_record_survives_a_coordinator_killed_at_random_moments() {
         // SplitMix64 step: a kill 100–600 ms into this coordinator's life.
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let z = (state ^ (state >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        let acked_before = shared.acked.lock().unwrap().len();
         std::thread::sleep(Duration::from_millis(100 + (z >> 33) % 500));
+        // On a loaded machine a life of 600 ms may end before its first acknowledgement, and a
+        // kill then proves nothing: let each life acknowledge something first (up to 10 s).
+        let waited = std::time::Instant::now();
+        while shared.acked.lock().unwrap().len() == acked_before && waited.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         if coordinator.try_wait().unwrap().is_some() {
             break;
         }
