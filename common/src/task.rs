@@ -551,6 +551,15 @@ pub const CHECKPOINT_OUTPUT: &str = "checkpoint";
 pub const MODEL_OUTPUT: &str = "model";
 
 impl TaskSpec {
+    /// The epochs after which an attempt keeps its checkpoint as an output of the task, for the
+    /// analyses that take it (a train task's `[heatmap] at_epochs`; none for the other kinds).
+    pub fn kept_epochs(&self) -> &[u32] {
+        match self {
+            TaskSpec::Train(t) => &t.train.keep_epochs,
+            TaskSpec::Heatmap(_) | TaskSpec::Dfm(_) | TaskSpec::Shortcut(_) | TaskSpec::Bands(_) => &[],
+        }
+    }
+
     /// This task as an earlier release stored it, with the fields added since filled in as
     /// `planned` (the same task planned by this release) has them, where the old release could
     /// not have said them: they describe no change the user made, so a stored run resumes

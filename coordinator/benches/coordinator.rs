@@ -91,7 +91,10 @@ async fn worker(url: String, metrics: usize) -> u64 {
     let (tx, mut inbound, id) = (session.tx, session.inbound, session.worker_id);
     // Results that fit their tasks: a train result names its two outputs (uploaded once).
     let (result_json, outputs) = if metrics > 0 {
-        let outputs = testing::upload_train_outputs(&mut client, None).await.unwrap();
+        let outputs = testing::outputs_of(
+            freqsweep_common::task::TaskKind::Train,
+            &testing::upload_simulated_outputs(&mut client, None).await.unwrap(),
+        );
         (testing::train_result_json(&testing::sim_train_task(), "bench"), outputs)
     } else {
         (testing::heatmap_result_json(&testing::empty_chunk(), 1, 0, "bench"), Vec::new())

@@ -33,9 +33,7 @@ use crate::scheduler::{
 use crate::snapshot::{AttemptCounts, FailureNote};
 use crate::store::{Change, Store, StoreError};
 use crate::tls::TlsIdentity;
-use freqsweep_common::task::{
-    epoch_output, MetricPoint, TaskKind, TaskOutcome, TaskSpec, CHECKPOINT_OUTPUT, MODEL_OUTPUT,
-};
+use freqsweep_common::task::{epoch_output, MetricPoint, TaskKind, TaskOutcome, CHECKPOINT_OUTPUT, MODEL_OUTPUT};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -213,6 +211,8 @@ pub struct Driver {
     pub(crate) tasks: HashMap<TaskId, PlannedTask>,
     /// Artifacts each finished task produced, by name.
     outputs: HashMap<TaskId, Vec<ArtifactRef>>,
+    /// Artifacts merges derived from accepted results, by key (`kinds::Derived`).
+    derived: HashMap<String, ArtifactRef>,
     /// The stored files of the sweep's given models, by model name.
     given: HashMap<String, ArtifactRef>,
     /// Per train task, the epochs whose checkpoints analyses take, with those analyses.
@@ -315,12 +315,13 @@ impl Shared {
         let terminal_at_start = scheduler.counts().iter().filter(|(s, _)| s.is_terminal()).map(|(_, c)| c).sum();
         let (finished, finished_rx) = watch::channel(done);
         let counters = Arc::new(Counters::default());
-        let maps = kinds::Merged::new(&tasks);
-        let kept = kept_epochs(&tasks);
+        let maps = kinds::Merged::new(&tasks, kinds::Keep::MapsOnly);
+        let kept = kinds::epoch_consumers(&tasks);
         let mut driver = Driver {
             scheduler,
             tasks: tasks.into_iter().map(|t| (t.id, t)).collect(),
             outputs,
+            derived: HashMap::new(),
             given: HashMap::new(),
             point_ids: Vec::new(),
             point_trains: Vec::new(),
@@ -378,8 +379,7 @@ impl Shared {
                 .map_err(|e| e.to_string())
                 .and_then(|outcome| merge_accepted(&mut driver.maps, &driver.artifacts, task, &outcome, &mut changes));
             match merged {
-                Ok(Some((owner, output))) => driver.outputs.entry(owner).or_default().push(output),
-                Ok(None) => {}
+                Ok(derived) => driver.record_derived(derived),
                 Err(e) => {
                     tracing::warn!(task = %task.key, error = %e, "a stored result could not be merged; the report merges from the store")
                 }
@@ -440,7 +440,7 @@ impl Shared {
     pub fn set_point_ids(&self, ids: Vec<String>) {
         let mut driver = self.lock();
         let mut trains = vec![None; ids.len()];
-        for task in driver.tasks.values().filter(|t| matches!(t.spec, TaskSpec::Train(_))) {
+        for task in driver.tasks.values().filter(|t| kinds::trains_model(t.kind())) {
             if let Some(slot) = trains.get_mut(task.point) {
                 *slot = Some(task.id);
             }
@@ -752,6 +752,14 @@ impl Driver {
         true
     }
 
+    /// Artifacts merges derived, by key: the inputs of the leases that take them.
+    fn record_derived(&mut self, derived: Vec<(String, ArtifactRef)>) {
+        for (key, artifact) in derived {
+            self.digest_keys.insert(artifact.digest.clone(), key.clone());
+            self.derived.insert(key, artifact);
+        }
+    }
+
     /// The task of `attempt` if it is live and held by `worker`.
     fn owned(&self, attempt: AttemptId, worker: WorkerId) -> Option<TaskId> {
         self.scheduler.attempt(attempt).filter(|(_, w)| *w == worker).map(|(t, _)| t)
@@ -776,12 +784,9 @@ impl Driver {
             merge_accepted(&mut self.maps, &self.artifacts, &self.tasks[&task], &outcome, &mut changes)
                 .map_err(|why| format!("result refused: {why}"))
         });
-        if let Ok(Some((owner, output))) = &merged {
-            // Recorded before the result is accepted, so the dependent that becomes ready with
-            // it finds the input in its lease.
-            self.digest_keys.insert(output.digest.clone(), kinds::output_key(*owner, &output.name));
-            self.outputs.entry(*owner).or_default().push(output.clone());
-        }
+        // Recorded before the result is accepted, so the dependent that becomes ready with it
+        // finds the input in its lease.
+        let merged = merged.map(|derived| self.record_derived(derived));
         if let Err(error) = merged {
             // The refusal quotes what the peer sent (serde's messages quote the JSON).
             let error = crate::grpc::peer_text(&error, crate::grpc::MESSAGE_BYTES);
@@ -1119,7 +1124,7 @@ impl Driver {
     ) -> ToWorker {
         let planned = &self.tasks[&task];
         let kind = planned.kind();
-        let mut inputs = kinds::lease_inputs(planned, &self.outputs, &self.given);
+        let mut inputs = kinds::lease_inputs(planned, &self.outputs, &self.derived, &self.given);
         let mut resumes = None;
         if kinds::resumes_from_partial_checkpoints(kind) {
             let can_resume = self.workers.get(&worker).is_some_and(|w| w.resumes_history);
@@ -1249,71 +1254,38 @@ impl Driver {
     }
 }
 
-/// Merge an accepted result into what its kind builds from results (a heatmap or DFM chunk
-/// into its maps); maps that are complete now are stored as a content-addressed artifact, the
-/// input a later stage takes. Idempotent: a task's result merges once.
-///
-/// Returns an output derived from the merge, `(task, artifact)`: a point's complete DFM maps are
-/// Per train task, the epochs whose checkpoints heatmap chunks take (`[heatmap] at_epochs`),
-/// with those chunks.
-fn kept_epochs(tasks: &[PlannedTask]) -> HashMap<TaskId, BTreeMap<u32, Vec<TaskId>>> {
-    let mut kept: HashMap<TaskId, BTreeMap<u32, Vec<TaskId>>> = HashMap::new();
-    for task in tasks {
-        if let (TaskSpec::Heatmap(h), Some(&train)) = (&task.spec, task.deps.first()) {
-            if let Some(epoch) = h.epoch {
-                kept.entry(train).or_default().entry(epoch).or_default().push(task.id);
-            }
-        }
-    }
-    kept
-}
-
-/// recorded as the output `dfm_maps` of its first chunk, the input its shortcut-degree task takes.
+/// Merge an accepted result into what the rooms build from results and store every artifact the
+/// merge derived (content-addressed, its row in `changes`); returns them by key. Idempotent: a
+/// task's result merges once.
 fn merge_accepted(
     maps: &mut kinds::Merged,
     artifacts: &ArtifactDir,
     task: &PlannedTask,
     outcome: &TaskOutcome,
     changes: &mut Vec<Change>,
-) -> Result<Option<(TaskId, ArtifactRef)>, String> {
-    let mut owner = None;
-    let (name, bytes) = match outcome {
-        TaskOutcome::Train(_) | TaskOutcome::Shortcut(_) | TaskOutcome::Bands(_) => return Ok(None),
-        TaskOutcome::Heatmap(h) => {
-            if !maps.heatmaps.merge(task, h)? {
-                return Ok(None);
+) -> Result<Vec<(String, ArtifactRef)>, String> {
+    let mut stored = Vec::new();
+    for derived in maps.merge(task, outcome)? {
+        match artifacts.store_bytes(&derived.bytes) {
+            Ok((digest, size)) => {
+                tracing::info!(map = %derived.name, digest = %digest, "maps complete");
+                let path = artifacts.path(&digest).display().to_string();
+                let name = derived.name;
+                changes.push(Change::Artifact {
+                    digest: digest.clone(),
+                    name: name.clone(),
+                    size,
+                    path,
+                    task_id: None,
+                });
+                stored.push((derived.key, ArtifactRef { name, digest, size }));
             }
-            let Some(key) = kinds::heatmap::MapKey::of(task) else { return Ok(None) };
-            let Some(map) = maps.heatmaps.get(key) else { return Ok(None) };
-            let point = kinds::heatmap::point_id(task);
-            (kinds::heatmap::map_artifact_name(point, key), kinds::heatmap::map_artifact(point, map))
-        }
-        TaskOutcome::Dfm(d) => {
-            if !maps.dfms.merge(task, d)? {
-                return Ok(None);
-            }
-            let Some(acc) = maps.dfms.get(task.point) else { return Ok(None) };
-            let point = kinds::dfm::point_id(task);
-            let Some(bytes) = kinds::dfm::map_artifact(point, acc) else { return Ok(None) };
-            owner = maps.dfms.owner(task.point);
-            (kinds::dfm::map_artifact_name(point), bytes)
-        }
-    };
-    match artifacts.store_bytes(&bytes) {
-        Ok((digest, size)) => {
-            tracing::info!(map = %name, digest = %digest, "maps complete");
-            let path = artifacts.path(&digest).display().to_string();
-            changes.push(Change::Artifact { digest: digest.clone(), name, size, path, task_id: None });
-            let output = ArtifactRef { name: kinds::dfm::DFM_MAPS_OUTPUT.into(), digest, size };
-            Ok(owner.map(|task| (task, output)))
-        }
-        // The chunks are stored; the report merges them again from the store. A later stage
-        // that needs the maps fails its attempt retryably (its input is missing).
-        Err(e) => {
-            tracing::warn!(error = %e, "the merged maps could not be stored as an artifact");
-            Ok(None)
+            // The chunks are stored; the report merges them again from the store. A later stage
+            // that needs the maps fails its attempt retryably (its input is missing).
+            Err(e) => tracing::warn!(error = %e, "the merged maps could not be stored as an artifact"),
         }
     }
+    Ok(stored)
 }
 
 pub(crate) fn worker_name(worker: WorkerId) -> String {

@@ -39,8 +39,8 @@ impl PlannedTask {
             deps: self.deps.clone(),
             priority: kinds::priority(self.kind()),
             inputs: kinds::inputs(self)
-                .into_iter()
-                .map(|(dep, name)| kinds::output_key(dep, &name))
+                .iter()
+                .map(kinds::Input::locality_key)
                 .chain(kinds::given_model(self).map(kinds::given_key))
                 .collect(),
             cost: self.cost.clone(),

@@ -2,14 +2,11 @@
 //! (the race test, the throughput benchmark): register and open a session the way
 //! `freqsweep-worker` does, and write results that fit their task. Not used by the binary.
 
-use freqsweep_common::heatmap::CellStat;
 use freqsweep_common::task::{
-    Augment, DatasetSource, HeatmapOutcome, HeatmapTask, LrSchedule, Optimizer, TaskOutcome, TestSetSummary,
-    TrainConfig, TrainOutcome, TrainTask,
+    Augment, DatasetSource, HeatmapTask, LrSchedule, Optimizer, TaskKind, TaskSpec, TrainConfig, TrainTask,
 };
 use freqsweep_proto::v1::coordinator_client::CoordinatorClient;
 use freqsweep_proto::v1::{self as pb};
-use std::collections::BTreeMap;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
@@ -93,93 +90,34 @@ pub fn empty_chunk() -> HeatmapTask {
 /// The JSON of a heatmap chunk's outcome that fits `task`: every cell once, `images` images,
 /// `errors` wrong per cell, the clean error 0; `device` names who computed it.
 pub fn heatmap_result_json(task: &HeatmapTask, images: usize, errors: usize, device: &str) -> String {
-    let n = images as u64;
-    let outcome = TaskOutcome::Heatmap(HeatmapOutcome {
-        eps: task.eps,
-        chunk: task.chunk,
-        images,
-        clean: CellStat { sum: 0.0, n },
-        error: task.cells.iter().map(|&c| (c, CellStat { sum: errors as f64, n })).collect(),
-        layers: BTreeMap::new(),
-        seconds: 0.0,
-        images_per_second: 0.0,
-        device: device.to_string(),
-        precision: Default::default(),
-        memory_format: Default::default(),
-    });
+    let outcome = crate::kinds::heatmap::simulated(task, images, errors, device);
     serde_json::to_string(&outcome).expect("outcomes serialise")
 }
 
 /// The JSON of a DFM chunk result that fits `task`, for `images` images (all of class 0, every
 /// one classified right, nothing flipped).
 pub fn dfm_result_json(task: &freqsweep_common::task::DfmTask, images: usize, device: &str) -> String {
-    use freqsweep_common::dfm::{ClassStat, CleanStat};
-    let mut clean = vec![CleanStat::default(); task.classes];
-    if let Some(first) = clean.first_mut() {
-        *first = CleanStat { images: images as u64, loss: 0.0, correct: images as u64 };
-    }
-    let outcome = TaskOutcome::Dfm(freqsweep_common::task::DfmOutcome {
-        chunk: task.chunk,
-        patch: task.patch,
-        images,
-        clean,
-        units: task.units.iter().map(|&u| (u, vec![ClassStat::default(); task.classes])).collect(),
-        seconds: 0.0,
-        images_per_second: 0.0,
-        device: device.to_string(),
-        precision: Default::default(),
-        memory_format: Default::default(),
-    });
-    serde_json::to_string(&outcome).expect("outcomes serialise")
-}
-
-/// The JSON of a shortcut-degree result that fits `task`, for `images` images (all of class 0,
-/// every one classified right).
-pub fn shortcut_result_json(task: &freqsweep_common::task::ShortcutTask, images: usize, device: &str) -> String {
-    let mut rows = vec![vec![0u64; task.classes]; task.classes];
-    if let Some(first) = rows.first_mut().and_then(|r| r.first_mut()) {
-        *first = images as u64;
-    }
-    let entries = task
-        .chosen
-        .iter()
-        .flat_map(|&class| {
-            let rows = rows.clone();
-            task.top.iter().map(move |&top| freqsweep_common::task::ShortcutEntry {
-                class,
-                top,
-                confusion: rows.clone(),
-            })
-        })
-        .collect();
-    let outcome = TaskOutcome::Shortcut(freqsweep_common::task::ShortcutOutcome {
-        images,
-        entries,
-        seconds: 0.0,
-        device: device.to_string(),
-        precision: Default::default(),
-        memory_format: Default::default(),
-    });
+    let outcome = crate::kinds::dfm::simulated(task, images, device);
     serde_json::to_string(&outcome).expect("outcomes serialise")
 }
 
 /// The JSON of a band-sufficiency result that fits `task`, for `images` images (all of class 0,
 /// every one classified right).
 pub fn bands_result_json(task: &freqsweep_common::task::BandsTask, images: usize, device: &str) -> String {
-    let mut rows = vec![vec![0u64; task.classes]; task.classes];
-    if let Some(first) = rows.first_mut().and_then(|r| r.first_mut()) {
-        *first = images as u64;
-    }
-    let sets = freqsweep_common::dfm::band_subsets().into_iter().map(|s| (s, rows.clone())).collect();
-    let outcome = TaskOutcome::Bands(freqsweep_common::task::BandsOutcome {
-        images,
-        sets,
-        seconds: 0.0,
-        device: device.to_string(),
-        precision: Default::default(),
-        memory_format: Default::default(),
-    });
+    let outcome = crate::kinds::bands::simulated(task, images, device);
     serde_json::to_string(&outcome).expect("outcomes serialise")
+}
+
+/// The JSON of a result that fits `task`, whatever its kind (each room says what one looks
+/// like): what the load and durability tests' simulated workers report.
+pub fn simulated_result_json(task: &TaskSpec, device: &str) -> String {
+    serde_json::to_string(&crate::kinds::simulated_result(task, device)).expect("outcomes serialise")
+}
+
+/// Of `uploaded` (every kind's outputs, [`upload_simulated_outputs`]), those a result of `kind`
+/// names.
+pub fn outputs_of(kind: TaskKind, uploaded: &[pb::ArtifactRef]) -> Vec<pb::ArtifactRef> {
+    uploaded.iter().filter(|o| kind.outputs().contains(&o.name.as_str())).cloned().collect()
 }
 
 /// A one-epoch train task of the tiny CNN on Syn_1, evaluated on `B1234` (4 classes): a task for
@@ -215,30 +153,7 @@ pub fn sim_train_task() -> TrainTask {
 
 /// The JSON of a finished run of `task` that fits it (`device` names who ran it).
 pub fn train_result_json(task: &TrainTask, device: &str) -> String {
-    let classes = task.train.classes;
-    let outcome = TaskOutcome::Train(TrainOutcome {
-        epochs: task.train.epochs,
-        steps: 1,
-        final_loss: 0.5,
-        test_sets: task
-            .train
-            .test_sets
-            .iter()
-            .map(|s| TestSetSummary {
-                test_set: s.to_string(),
-                accuracy: 0.5,
-                macro_f1: 0.5,
-                per_class_f1: vec![0.5; classes],
-                confusion: vec![vec![0; classes]; classes],
-            })
-            .collect(),
-        seconds: 0.0,
-        device: device.to_string(),
-        checkpoint: "checkpoint".into(),
-        precision: Default::default(),
-        memory_format: Default::default(),
-    });
-    serde_json::to_string(&outcome).expect("outcomes serialise")
+    serde_json::to_string(&crate::kinds::train::simulated(task, device)).expect("outcomes serialise")
 }
 
 /// An F1 point of class 0 on `B1234` after epoch 1, one that [`sim_train_task`] produces.
@@ -246,14 +161,15 @@ pub fn f1_point(value: f64) -> pb::MetricPoint {
     pb::MetricPoint { name: "f1".into(), epoch: 1.0, step: 1, test_set: "B1234".into(), class_index: 0, value }
 }
 
-/// Upload the two outputs every train result names (`checkpoint`, `model`; a few bytes each) once,
-/// so simulated results can name them (`token` as for [`open_session`]).
-pub async fn upload_train_outputs(
+/// Upload the outputs every kind's results name (a train task's `checkpoint` and `model`; a few
+/// bytes each) once, so simulated results can name them ([`outputs_of`]; `token` as for
+/// [`open_session`]).
+pub async fn upload_simulated_outputs(
     client: &mut CoordinatorClient<Channel>,
     token: Option<&str>,
 ) -> Result<Vec<pb::ArtifactRef>, tonic::Status> {
     let mut refs = Vec::new();
-    for name in freqsweep_common::task::TaskKind::Train.outputs() {
+    for name in TaskKind::ALL.iter().flat_map(|kind| kind.outputs()) {
         let data = format!("simulated {name}").into_bytes();
         let mut hasher = freqsweep_common::digest::Hasher::default();
         hasher.update(&data);

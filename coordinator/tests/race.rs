@@ -45,7 +45,10 @@ impl Session {
     async fn open(url: &str) -> Session {
         let mut client = CoordinatorClient::connect(url.to_string()).await.unwrap();
         let s = testing::open_session(&mut client, "sim", None).await.unwrap();
-        let outputs = testing::upload_train_outputs(&mut client, None).await.unwrap();
+        let outputs = testing::outputs_of(
+            freqsweep_common::task::TaskKind::Train,
+            &testing::upload_simulated_outputs(&mut client, None).await.unwrap(),
+        );
         Session { id: s.worker_id, outputs, tx: s.tx, inbound: s.inbound }
     }
 

@@ -60,7 +60,7 @@ async fn session(shared: &Shared, name: &str) -> Result<bool, String> {
     let url = shared.url.lock().unwrap().clone();
     let mut client = CoordinatorClient::connect(url).await.map_err(|e| e.to_string())?;
     let mut s = testing::open_session(&mut client, name, Some("right")).await.map_err(|e| e.to_string())?;
-    let outputs = testing::upload_train_outputs(&mut client, Some("right")).await.map_err(|e| e.to_string())?;
+    let outputs = testing::upload_simulated_outputs(&mut client, Some("right")).await.map_err(|e| e.to_string())?;
     let send = |s: &testing::SimSession, body| {
         let m = s.message(body);
         let tx = s.tx.clone();
@@ -85,23 +85,18 @@ async fn session(shared: &Shared, name: &str) -> Result<bool, String> {
             }
         };
         let spec: TaskSpec = serde_json::from_str(&lease.task_json).map_err(|e| e.to_string())?;
-        let (result_json, outputs, points) = match &spec {
-            TaskSpec::Train(t) => {
-                for batch in 0..BATCHES {
-                    let metrics = pb::MetricBatch {
-                        attempt_id: lease.attempt_id,
-                        seq: batch as u64,
-                        points: points_for(t, batch),
-                    };
-                    send(&s, worker_message::Body::Metrics(metrics)).await?;
-                }
-                (testing::train_result_json(t, name), outputs.clone(), BATCHES * POINTS)
+        // A train task streams its metric history first; every kind then reports a result that fits.
+        let mut points = 0;
+        if let TaskSpec::Train(t) = &spec {
+            for batch in 0..BATCHES {
+                let metrics =
+                    pb::MetricBatch { attempt_id: lease.attempt_id, seq: batch as u64, points: points_for(t, batch) };
+                send(&s, worker_message::Body::Metrics(metrics)).await?;
             }
-            TaskSpec::Heatmap(h) => (testing::heatmap_result_json(h, h.images, 1, name), vec![], 0),
-            TaskSpec::Dfm(d) => (testing::dfm_result_json(d, d.images, name), vec![], 0),
-            TaskSpec::Bands(b) => (testing::bands_result_json(b, b.images, name), vec![], 0),
-            TaskSpec::Shortcut(s) => (testing::shortcut_result_json(s, s.images.max(1), name), vec![], 0),
-        };
+            points = BATCHES * POINTS;
+        }
+        let result_json = testing::simulated_result_json(&spec, name);
+        let outputs = testing::outputs_of(spec.kind(), &outputs);
         let result =
             pb::TaskResult { attempt_id: lease.attempt_id, result_json: result_json.clone(), outputs, seconds: 0.1 };
         send(&s, worker_message::Body::Result(result)).await?;

@@ -56,7 +56,7 @@ struct Seen {
 async fn worker(url: String, name: String) -> Result<Seen, String> {
     let mut client = CoordinatorClient::connect(url).await.map_err(|e| e.to_string())?;
     let mut s = testing::open_session(&mut client, &name, Some("right")).await.map_err(|e| e.to_string())?;
-    let outputs = testing::upload_train_outputs(&mut client, Some("right")).await.map_err(|e| e.to_string())?;
+    let outputs = testing::upload_simulated_outputs(&mut client, Some("right")).await.map_err(|e| e.to_string())?;
     let mut seen = Seen::default();
     let ask = |s: &testing::SimSession| s.message(worker_message::Body::LeaseRequest(pb::LeaseRequest { slots: 1 }));
     s.tx.send(ask(&s)).await.map_err(|e| e.to_string())?;
@@ -68,13 +68,8 @@ async fn worker(url: String, name: String) -> Result<Seen, String> {
             Some(coordinator_message::Body::Lease(lease)) => {
                 seen.lease_latencies_us.push(asked.elapsed().as_micros() as u64);
                 let spec: TaskSpec = serde_json::from_str(&lease.task_json).map_err(|e| e.to_string())?;
-                let (result_json, outputs) = match &spec {
-                    TaskSpec::Train(t) => (testing::train_result_json(t, &name), outputs.clone()),
-                    TaskSpec::Heatmap(h) => (testing::heatmap_result_json(h, h.images, 0, &name), vec![]),
-                    TaskSpec::Dfm(d) => (testing::dfm_result_json(d, d.images, &name), vec![]),
-                    TaskSpec::Bands(b) => (testing::bands_result_json(b, b.images, &name), vec![]),
-                    TaskSpec::Shortcut(s) => (testing::shortcut_result_json(s, s.images.max(1), &name), vec![]),
-                };
+                let result_json = testing::simulated_result_json(&spec, &name);
+                let outputs = testing::outputs_of(spec.kind(), &outputs);
                 let result = pb::TaskResult { attempt_id: lease.attempt_id, result_json, outputs, seconds: 0.0 };
                 s.tx.send(s.message(worker_message::Body::Result(result))).await.map_err(|e| e.to_string())?;
             }

@@ -211,3 +211,143 @@ fn forbidden_imports(files: &[PathBuf], root: &Path) -> Vec<String> {
     }
     offenders
 }
+
+/// The rooms decide by kind; nothing else does. Outside the coordinator's kind rooms
+/// (`coordinator/src/kinds/`), the worker's engine rooms (`worker/src/engine/`) and the kind
+/// types themselves (`common/src/task.rs`), no code names a kind's variant (`TaskSpec::Dfm`,
+/// `TaskOutcome::Bands(…)`, `TaskKind::Train`; `TaskKind::ALL` is fine): a new kind is then
+/// learnt in its room and in the exhaustive matches the compiler points to, never by a place
+/// that silently ignores it. Test code (after `#[cfg(test)]`) is free.
+#[test]
+fn kinds_are_decided_only_in_their_rooms() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut files = Vec::new();
+    for krate in ["common/src", "coordinator/src", "worker/src"] {
+        sources(&root.join(krate), &mut files);
+    }
+    let rooms = ["coordinator/src/kinds/", "worker/src/engine/", "common/src/task.rs"];
+    files.retain(|f| !rooms.iter().any(|r| f.strip_prefix(root).unwrap().to_string_lossy().starts_with(r)));
+    assert!(files.len() > 40, "the sources were found: {}", files.len());
+    let offenders = kind_variants_named(&files, root, &["TaskSpec", "TaskOutcome", "TaskKind"]);
+    assert!(
+        offenders.is_empty(),
+        "a kind decided outside its room (move the decision into kinds/<kind>.rs behind an exhaustive match in kinds/mod.rs):\n{}",
+        offenders.join("\n")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.rs");
+    std::fs::write(
+        &bad,
+        "fn f(t: &TaskSpec) -> bool {\n    let all = TaskKind::ALL;\n    matches!(t, TaskSpec::Train(_))\n}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        kind_variants_named(&[bad], dir.path(), &["TaskSpec", "TaskOutcome", "TaskKind"]),
+        ["bad.rs:3: TaskSpec::Train"],
+        "the rule fails when it is broken"
+    );
+}
+
+/// The driver, the gRPC shell, the scheduler and the store are the same for every kind: their
+/// code names no kind (no variant, no room module `kinds::<kind>`, no kind's task, outcome or
+/// spec type). They reach a kind only through `kinds::` functions that dispatch.
+#[test]
+fn the_driver_grpc_scheduler_and_store_name_no_kind() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut files = Vec::new();
+    for part in ["driver", "grpc", "scheduler", "store"] {
+        let dir = root.join("coordinator/src").join(part);
+        if dir.is_dir() {
+            sources(&dir, &mut files);
+        }
+        let file = root.join(format!("coordinator/src/{part}.rs"));
+        if file.is_file() {
+            files.push(file);
+        }
+    }
+    assert!(files.len() >= 4, "the files were found: {files:?}");
+    let offenders = kind_names(&files, root);
+    assert!(offenders.is_empty(), "a kind named in a kind-free part:\n{}", offenders.join("\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.rs");
+    std::fs::write(&bad, "fn f() {\n    let k = kinds::heatmap::kept_epochs(&tasks);\n    let t: DfmTask;\n}\n")
+        .unwrap();
+    assert_eq!(
+        kind_names(&[bad], dir.path()),
+        ["bad.rs:2: kinds::heatmap", "bad.rs:3: DfmTask"],
+        "the rule fails when it is broken"
+    );
+}
+
+/// `Type::Variant` names (an upper-case letter after `::`) of the given enums in code before
+/// `#[cfg(test)]`, comments and strings left out; `ALL` is not a variant.
+fn kind_variants_named(files: &[PathBuf], root: &Path, enums: &[&str]) -> Vec<String> {
+    let mut offenders = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let code = code_only(text.split("#[cfg(test)]").next().unwrap_or_default());
+        for (n, line) in code.lines().enumerate() {
+            for e in enums {
+                let prefix = format!("{e}::");
+                for (i, _) in line.match_indices(&prefix) {
+                    let before = line[..i].chars().next_back();
+                    if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                        continue;
+                    }
+                    let rest = &line[i + prefix.len()..];
+                    let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                    let variant = name.chars().next().is_some_and(|c| c.is_uppercase()) && name != "ALL";
+                    if variant {
+                        offenders.push(format!(
+                            "{}:{}: {prefix}{name}",
+                            file.strip_prefix(root).unwrap().display(),
+                            n + 1
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    offenders
+}
+
+/// Kind names in code before `#[cfg(test)]`: variants of the kind enums, the rooms
+/// (`kinds::train`, …) and the kinds' own types (`HeatmapTask`, `BandsOutcome`, `DfmSpec`, …).
+fn kind_names(files: &[PathBuf], root: &Path) -> Vec<String> {
+    const KINDS: [&str; 5] = ["train", "heatmap", "dfm", "shortcut", "bands"];
+    let mut offenders = kind_variants_named(files, root, &["TaskSpec", "TaskOutcome", "TaskKind"]);
+    for file in files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let code = code_only(text.split("#[cfg(test)]").next().unwrap_or_default());
+        for (n, line) in code.lines().enumerate() {
+            let at = |what: String| format!("{}:{}: {what}", file.strip_prefix(root).unwrap().display(), n + 1);
+            for kind in KINDS {
+                let room = format!("kinds::{kind}");
+                if line.match_indices(&room).any(|(i, _)| {
+                    !line[i + room.len()..].chars().next().is_some_and(|c| c.is_alphanumeric() || c == '_')
+                }) {
+                    offenders.push(at(room));
+                }
+                let mut upper = kind.to_string();
+                upper[..1].make_ascii_uppercase();
+                for suffix in ["Task", "Outcome", "Spec"] {
+                    let ty = format!("{upper}{suffix}");
+                    let whole = line.match_indices(&ty).any(|(i, _)| {
+                        let after = line[i + ty.len()..].chars().next();
+                        let before = line[..i].chars().next_back();
+                        !after.is_some_and(|c| c.is_alphanumeric() || c == '_')
+                            && !before.is_some_and(|c| c.is_alphanumeric() || c == '_')
+                    });
+                    if whole {
+                        offenders.push(at(ty));
+                    }
+                }
+            }
+        }
+    }
+    offenders.sort_by_key(|o| {
+        let mut parts = o.splitn(3, ':');
+        (parts.next().unwrap_or_default().to_string(), parts.next().and_then(|n| n.parse::<usize>().ok()))
+    });
+    offenders
+}

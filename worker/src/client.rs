@@ -538,7 +538,7 @@ pub async fn run(
                                 Ok((spec, inputs)) => {
                                     let stop = Arc::new(AtomicBool::new(false));
                                     tracing::info!(task = lease.task_id, attempt = lease.attempt_id, kind = spec.kind().as_str(), "leased");
-                                    let keep_epochs = match &spec { TaskSpec::Train(t) => t.train.keep_epochs.clone(), _ => Vec::new() };
+                                    let keep_epochs = spec.kept_epochs().to_vec();
                                     running = Some(Running { attempt: lease.attempt_id, task_id: lease.task_id, stop: stop.clone(), seq: 0, progress: 0.0, throughput: 0.0, stop_reason: None, keep_epochs });
                                     let job = Job { attempt: lease.attempt_id, task_key: format!("task-{}", lease.task_id), spec, inputs, stop };
                                     if jobs.send(job).is_err() {

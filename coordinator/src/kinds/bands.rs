@@ -4,18 +4,17 @@
 //! band sets whose F1 stays within the spec's tolerance of the full spectrum's (the poster's "2 or
 //! 3 bands are enough", made automatic), with the whole class × subset table.
 
-use super::{next_id, PointPlan};
+use super::{next_id, Input, PointPlan};
 use crate::graph::PlannedTask;
-use crate::report::PointReport;
-use crate::scheduler::{Cost, CostClass, TaskId};
+use crate::report::{esc, PointReport, RunData};
+use crate::scheduler::{Cost, CostClass};
 use anyhow::{Context, Result};
 use freqsweep_common::bands::BandSet;
 use freqsweep_common::dfm::{band_subsets, sufficient_sets};
 use freqsweep_common::metrics::ConfusionMatrix;
-use freqsweep_common::spec::{BandsSpec, GridPoint, Sweep};
-use freqsweep_common::task::{BandsOutcome, BandsTask, TaskSpec, MODEL_OUTPUT};
+use freqsweep_common::spec::{GridPoint, Sweep};
+use freqsweep_common::task::{BandsOutcome, BandsTask, TaskOutcome, TaskSpec, MODEL_OUTPUT};
 use std::fmt::Write as _;
-use std::path::Path;
 
 pub(super) fn plan(sweep: &Sweep, point: &PointPlan<'_>, tasks: &mut Vec<PlannedTask>) {
     let (Some(b), Some((model, deps))) = (&sweep.bands, point.model()) else { return };
@@ -47,8 +46,8 @@ pub fn cost(b: &BandsTask, arch: &str) -> Cost {
 }
 
 /// The model's weights, from the train task it depends on.
-pub(super) fn inputs(task: &PlannedTask) -> Vec<(TaskId, &'static str)> {
-    task.deps.iter().map(|&d| (d, MODEL_OUTPUT)).collect()
+pub(super) fn inputs(task: &PlannedTask) -> Vec<Input> {
+    task.deps.iter().map(|&d| Input::output(d, MODEL_OUTPUT)).collect()
 }
 
 /// Every band subset once, in order, each a `classes`-square confusion matrix of the images.
@@ -72,7 +71,7 @@ pub(super) fn check(spec: &BandsTask, o: &BandsOutcome) -> Result<(), String> {
 }
 
 /// What the report shows of a point's band sufficiency.
-pub(crate) struct BandsFiles {
+struct BandsFiles {
     pub tolerance: f64,
     pub images: usize,
     /// Per class: F1 on all bands, the smallest sufficient sets and their F1.
@@ -82,9 +81,9 @@ pub(crate) struct BandsFiles {
 }
 
 /// `results.csv` columns: per class, the smallest sufficient band sets (space-separated).
-pub(crate) fn csv_header(spec: Option<&BandsSpec>, classes: usize, csv: &mut String) {
-    if spec.is_some() {
-        for c in 0..classes {
+pub(super) fn csv_header(run: &RunData<'_>, csv: &mut String) {
+    if run.sweep.bands.is_some() {
+        for c in 0..run.classes {
             let _ = write!(csv, ",sufficient_bands_class{c}");
         }
     }
@@ -92,16 +91,15 @@ pub(crate) fn csv_header(spec: Option<&BandsSpec>, classes: usize, csv: &mut Str
 
 /// The section of a point: `bands/<point>_f1.csv` (class × subset F1), `bands/<point>_sufficiency
 /// .csv` (per class the smallest sufficient sets), and the `results.csv` columns.
-pub(crate) fn report(
-    dir: &Path,
-    outcome: Option<&BandsOutcome>,
+pub(super) fn report(
+    run: &RunData<'_>,
+    index: usize,
     point: &GridPoint,
-    spec: Option<&BandsSpec>,
-    columns: usize,
     report: &mut PointReport,
     csv: &mut String,
 ) -> Result<()> {
-    let Some(spec) = spec else { return Ok(()) };
+    let (dir, outcome, columns) = (run.dir, run.merged.bands.get(index), run.classes);
+    let Some(spec) = run.sweep.bands.as_ref() else { return Ok(()) };
     let Some(o) = outcome else {
         csv.push_str(&",".repeat(columns));
         return Ok(());
@@ -150,9 +148,71 @@ pub(crate) fn report(
     std::fs::write(dir.join(&sufficiency_csv), sufficiency).with_context(|| sufficiency_csv.clone())?;
     report.raw.push(table_csv.clone());
     report.raw.push(sufficiency_csv.clone());
-    report.bands =
-        Some(BandsFiles { tolerance: spec.tolerance, images: o.images, classes, table_csv, sufficiency_csv });
+    report.sections.push(section(&BandsFiles {
+        tolerance: spec.tolerance,
+        images: o.images,
+        classes,
+        table_csv,
+        sufficiency_csv,
+    }));
     Ok(())
+}
+
+/// The report section: per class the smallest sufficient band sets.
+fn section(b: &BandsFiles) -> String {
+    let mut html = String::new();
+    let out = &mut html;
+    let _ = writeln!(
+        out,
+        "<h3>Band sufficiency</h3>\n<p>The model on its {} test images filtered to each of the 15 non-empty band subsets (DC kept). Per class, the smallest band sets whose F1 is within {} of the full spectrum's (<a href=\"{}\">table of every subset</a>, <a href=\"{}\">CSV</a>).</p>",
+        b.images,
+        b.tolerance,
+        esc(&b.table_csv),
+        esc(&b.sufficiency_csv)
+    );
+    out.push_str("<table><tr><th class=\"l\">class</th><th>F1, all bands</th><th class=\"l\">smallest sufficient band sets (F1)</th></tr>\n");
+    for (c, (full, sets)) in b.classes.iter().enumerate() {
+        let named: Vec<String> = sets.iter().map(|(s, f)| format!("{s} ({f:.3})")).collect();
+        let shown = if named.is_empty() { "—".to_string() } else { named.join(", ") };
+        let _ =
+            writeln!(out, "<tr><td class=\"l\">{c}</td><td>{full:.4}</td><td class=\"l\">{}</td></tr>", esc(&shown));
+    }
+    out.push_str("</table>\n");
+    html
+}
+
+/// TensorBoard: the confusion matrix on each band subset's filtered images
+/// (`band_confusion/<bands>`).
+pub(crate) fn tensorboard_figures(point: &str, outcome: &TaskOutcome) -> Vec<(String, super::Drawn)> {
+    let TaskOutcome::Bands(outcome) = outcome else { return Vec::new() };
+    outcome
+        .sets
+        .iter()
+        .map(|(set, rows)| {
+            let title = format!("{} on {set}: confusion", crate::report::short_id(point));
+            (format!("band_confusion/{set}"), freqsweep_common::figures::confusion(rows, &title))
+        })
+        .collect()
+}
+
+/// A result that fits `task` (for the load and durability tests' simulated workers, via
+/// `testing`): `images` images, all of class 0, every one classified right.
+pub fn simulated(task: &BandsTask, images: usize, device: &str) -> TaskOutcome {
+    TaskOutcome::Bands({
+        let mut rows = vec![vec![0u64; task.classes]; task.classes];
+        if let Some(first) = rows.first_mut().and_then(|r| r.first_mut()) {
+            *first = images as u64;
+        }
+        let sets = freqsweep_common::dfm::band_subsets().into_iter().map(|s| (s, rows.clone())).collect();
+        freqsweep_common::task::BandsOutcome {
+            images,
+            sets,
+            seconds: 0.0,
+            device: device.to_string(),
+            precision: Default::default(),
+            memory_format: Default::default(),
+        }
+    })
 }
 
 #[cfg(test)]

@@ -6,21 +6,38 @@
 //! content-addressed artifact for later stages. Its report section: per class the loss map, the
 //! accuracy-drop map and the DFMs at every `top`, as `.npy` and figures under `dfm/<point>/`.
 
-use super::{next_id, PointPlan};
+use super::{next_id, Derived, Input, PointPlan};
 use crate::graph::PlannedTask;
-use crate::report::PointReport;
+use crate::report::{esc, PointReport, RunData};
 use crate::scheduler::{Cost, CostClass, TaskId};
 use anyhow::Result;
 use freqsweep_common::dfm::{self, ClassStat, CleanStat, DfmAccumulator};
 use freqsweep_common::heatmap::{partition_cells, CellChunk};
 use freqsweep_common::spec::{DfmSpec, GridPoint, Sweep};
 use freqsweep_common::spectrum::{Cell, Shape2};
-use freqsweep_common::task::{DfmOutcome, DfmTask, MemoryFormat, Precision, TaskSpec, MODEL_OUTPUT};
+use freqsweep_common::task::{DfmOutcome, DfmTask, MemoryFormat, Precision, TaskOutcome, TaskSpec, MODEL_OUTPUT};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::Path;
+use std::fmt::Write as _;
 
-/// The name under which a point's merged DFM maps are recorded as an output of its first chunk.
+/// The name under which a lease carries a point's merged DFM maps.
 pub const DFM_MAPS_OUTPUT: &str = "dfm_maps";
+
+/// The key of grid point `point`'s merged DFM maps, a derived artifact.
+pub(super) fn maps_key(point: usize) -> String {
+    format!("derived:dfm_maps/{point}")
+}
+
+/// Merge chunk `task`'s accepted result; the point's maps complete now are derived as the
+/// artifact its shortcut-degree task takes.
+pub(super) fn merge(maps: &mut DfmMaps, task: &PlannedTask, outcome: &DfmOutcome) -> Result<Vec<Derived>, String> {
+    if !maps.merge(task, outcome)? {
+        return Ok(Vec::new());
+    }
+    let Some(acc) = maps.get(task.point) else { return Ok(Vec::new()) };
+    let point = point_id(task);
+    let Some(bytes) = map_artifact(point, acc) else { return Ok(Vec::new()) };
+    Ok(vec![Derived { key: maps_key(task.point), name: map_artifact_name(point), bytes }])
+}
 
 /// The spectrum of a DFM task's images (the spec made sure every planned dataset has a size).
 pub(crate) fn shape_of(d: &DfmTask) -> Shape2 {
@@ -96,8 +113,8 @@ pub fn cost(d: &DfmTask, arch: &str) -> Cost {
 }
 
 /// The model's weights, from the train task it depends on.
-pub(super) fn inputs(task: &PlannedTask) -> Vec<(TaskId, &'static str)> {
-    task.deps.iter().map(|&d| (d, MODEL_OUTPUT)).collect()
+pub(super) fn inputs(task: &PlannedTask) -> Vec<Input> {
+    task.deps.iter().map(|&d| Input::output(d, MODEL_OUTPUT)).collect()
 }
 
 /// Exactly the chunk's units, each once, with every class's sums and counts within what the
@@ -151,9 +168,6 @@ pub struct DfmMaps {
 
 struct MapState {
     acc: DfmAccumulator,
-    /// The point's first DFM chunk: the merged maps are recorded as its output
-    /// [`DFM_MAPS_OUTPUT`], the input the shortcut-degree task takes.
-    owner: TaskId,
     chunks: usize,
     merged_tasks: BTreeSet<TaskId>,
     /// What each merged chunk's model computed in, by chunk.
@@ -168,7 +182,6 @@ impl DfmMaps {
             if let TaskSpec::Dfm(d) = &task.spec {
                 let state = maps.entry(task.point).or_insert_with(|| MapState {
                     acc: DfmAccumulator::new(shape_of(d), d.patch, d.classes).expect("planned from a checked spec"),
-                    owner: task.id,
                     chunks: 0,
                     merged_tasks: BTreeSet::new(),
                     numerics: BTreeMap::new(),
@@ -199,11 +212,6 @@ impl DfmMaps {
     /// The maps of grid point `point` as merged so far.
     pub fn get(&self, point: usize) -> Option<&DfmAccumulator> {
         self.maps.get(&point).filter(|s| !s.merged_tasks.is_empty()).map(|s| &s.acc)
-    }
-
-    /// The task whose output the merged maps of `point` are recorded as.
-    pub fn owner(&self, point: usize) -> Option<TaskId> {
-        self.maps.get(&point).map(|s| s.owner)
     }
 
     /// Chunks merged and planned for `point`.
@@ -247,7 +255,7 @@ pub fn map_artifact_name(point_id: &str) -> String {
 // ---------------------------------------------------------------- report section
 
 /// What the report shows of a point's DFMs.
-pub(crate) struct DfmFiles {
+struct DfmFiles {
     pub patch: usize,
     pub units: usize,
     pub images: u64,
@@ -258,7 +266,7 @@ pub(crate) struct DfmFiles {
     pub classes: Vec<DfmClassFiles>,
 }
 
-pub(crate) struct DfmClassFiles {
+struct DfmClassFiles {
     pub class: usize,
     pub images: u64,
     pub clean_loss: f64,
@@ -267,18 +275,18 @@ pub(crate) struct DfmClassFiles {
 }
 
 /// `results.csv` has no DFM columns (the maps are arrays; the shortcut degree has columns).
-pub(crate) fn csv_header(_csv: &mut String) {}
+pub(super) fn csv_header(_run: &RunData<'_>, _csv: &mut String) {}
 
 /// The DFM section of a point's report: `dfm/<point>/` with every chosen class's maps.
-pub(crate) fn report(
-    dir: &Path,
-    maps: &DfmMaps,
+pub(super) fn report(
+    run: &RunData<'_>,
     index: usize,
     point: &GridPoint,
-    spec: Option<&DfmSpec>,
     report: &mut PointReport,
+    _csv: &mut String,
 ) -> Result<()> {
-    let (Some(spec), Some(acc)) = (spec, maps.get(index)) else { return Ok(()) };
+    let (dir, maps) = (run.dir, &run.merged.dfms);
+    let (Some(spec), Some(acc)) = (run.sweep.dfm.as_ref(), maps.get(index)) else { return Ok(()) };
     let Some(clean) = acc.clean() else { return Ok(()) };
     let sub = format!("dfm/{}", point.id);
     // Classes without test images have no maps (their loss is undefined); the rest are written.
@@ -308,8 +316,66 @@ pub(crate) fn report(
             figure: format!("{sub}/class{c}_maps.png"),
         });
     }
-    report.dfm = Some(files);
+    report.sections.push(section(&files));
     Ok(())
+}
+
+/// The report section: per class the top units and the maps figure.
+fn section(d: &DfmFiles) -> String {
+    let mut html = String::new();
+    let out = &mut html;
+    let unit =
+        if d.patch == 1 { "frequency (with its conjugate)".to_string() } else { format!("{0}×{0} patch", d.patch) };
+    let _ = writeln!(
+        out,
+        "<h3>Dominant frequency maps</h3>\n<p>Each of {} units removed in turn: one {unit}; {} test images; model computed in {}{}. Per class: the mean cross-entropy of its images with the unit removed, the fraction of them turned wrong, and the DFMs (the highest-loss units) shown over the loss map.</p>",
+        d.units,
+        d.images,
+        esc(&d.numerics),
+        if d.complete { "" } else { "; <span class=\"fail\">incomplete: grey units were not computed and no DFM is drawn</span>" }
+    );
+    out.push_str("<table><tr><th class=\"l\">class</th><th>images</th><th>clean loss</th><th class=\"l\">top units (u, v): mean loss</th></tr>\n");
+    for c in &d.classes {
+        let top: Vec<String> = c.top.iter().map(|(u, l)| format!("({}, {}): {l:.3}", u.u, u.v)).collect();
+        let _ = writeln!(
+            out,
+            "<tr><td class=\"l\">{}</td><td>{}</td><td>{:.4}</td><td class=\"l\">{}</td></tr>",
+            c.class,
+            c.images,
+            c.clean_loss,
+            esc(&top.join(" · "))
+        );
+    }
+    out.push_str("</table>\n<div class=\"figs\">");
+    for c in &d.classes {
+        let _ = write!(out, "<a href=\"{0}\"><img src=\"{0}\" alt=\"DFMs of class {1}\"></a>", esc(&c.figure), c.class);
+    }
+    out.push_str("</div>\n");
+    html
+}
+
+/// A result that fits `task` (for the load and durability tests' simulated workers, via
+/// `testing`): `images` images, all of class 0, every one classified right, nothing flipped.
+pub fn simulated(task: &DfmTask, images: usize, device: &str) -> TaskOutcome {
+    TaskOutcome::Dfm({
+        use freqsweep_common::dfm::{ClassStat, CleanStat};
+        let mut clean = vec![CleanStat::default(); task.classes];
+        if let Some(first) = clean.first_mut() {
+            *first = CleanStat { images: images as u64, loss: 0.0, correct: images as u64 };
+        }
+        freqsweep_common::task::DfmOutcome {
+            chunk: task.chunk,
+            patch: task.patch,
+            images,
+            clean,
+            units: task.units.iter().map(|&u| (u, vec![ClassStat::default(); task.classes])).collect(),
+            seconds: 0.0,
+            images_per_second: 0.0,
+            device: device.to_string(),
+            precision: Default::default(),
+            memory_format: Default::default(),
+        }
+    })
 }
 
 #[cfg(test)]

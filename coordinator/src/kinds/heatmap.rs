@@ -4,10 +4,10 @@
 //! Chunks merge into maps as their results are accepted ([`Maps`]); a complete map is stored as a
 //! content-addressed artifact for later stages. Its report section: the maps and their figures.
 
-use super::{next_id, PointPlan};
+use super::{next_id, Derived, Input, PointPlan};
 use crate::graph::PlannedTask;
 use crate::merge::MergedHeatmap;
-use crate::report::{figures, save, short_id, HeatmapFiles, PointReport};
+use crate::report::{esc, figures, save, short_id, PointReport, RunData};
 use crate::scheduler::{Cost, CostClass, TaskId};
 use anyhow::{Context, Result};
 use figures::CentredMap;
@@ -16,10 +16,11 @@ use freqsweep_common::npy::NpyArray;
 use freqsweep_common::spec::GridPoint;
 use freqsweep_common::spec::{LayerChoice, Sweep};
 use freqsweep_common::spectrum::{Cell, Shape2};
-use freqsweep_common::task::{epoch_output, HeatmapOutcome, HeatmapTask, ModelSource, TaskSpec, MODEL_OUTPUT};
+use freqsweep_common::task::{
+    epoch_output, HeatmapOutcome, HeatmapTask, ModelSource, TaskOutcome, TaskSpec, MODEL_OUTPUT,
+};
 use serde::Serialize;
-use std::collections::HashSet;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -134,13 +135,13 @@ pub fn cost(h: &HeatmapTask, arch: &str) -> Cost {
 
 /// The model's weights, from the train task it depends on: its final `model`, or the checkpoint
 /// after the chunk's epoch.
-pub(super) fn inputs(task: &PlannedTask) -> Vec<(TaskId, String)> {
+pub(super) fn inputs(task: &PlannedTask) -> Vec<Input> {
     let name = if let TaskSpec::Heatmap(HeatmapTask { epoch: Some(e), .. }) = &task.spec {
         epoch_output(*e)
     } else {
         MODEL_OUTPUT.to_string()
     };
-    task.deps.iter().map(|&d| (d, name.clone())).collect()
+    task.deps.iter().map(|&d| Input::output(d, name.clone())).collect()
 }
 
 /// Exactly the chunk's cells, each once, every count within what `images` images allow.
@@ -284,6 +285,32 @@ impl Maps {
     }
 }
 
+/// Per train task, the epochs whose checkpoints heatmap chunks take (`[heatmap] at_epochs`),
+/// with those chunks.
+pub(crate) fn kept_epochs(tasks: &[PlannedTask]) -> HashMap<TaskId, BTreeMap<u32, Vec<TaskId>>> {
+    let mut kept: HashMap<TaskId, BTreeMap<u32, Vec<TaskId>>> = HashMap::new();
+    for task in tasks {
+        if let (TaskSpec::Heatmap(h), Some(&train)) = (&task.spec, task.deps.first()) {
+            if let Some(epoch) = h.epoch {
+                kept.entry(train).or_default().entry(epoch).or_default().push(task.id);
+            }
+        }
+    }
+    kept
+}
+
+/// Merge chunk `task`'s accepted result; a map complete now is derived as its artifact.
+pub(super) fn merge(maps: &mut Maps, task: &PlannedTask, outcome: &HeatmapOutcome) -> Result<Vec<Derived>, String> {
+    if !maps.merge(task, outcome)? {
+        return Ok(Vec::new());
+    }
+    let Some(key) = MapKey::of(task) else { return Ok(Vec::new()) };
+    let Some(map) = maps.get(key) else { return Ok(Vec::new()) };
+    let point = point_id(task);
+    let name = map_artifact_name(point, key);
+    Ok(vec![Derived { key: format!("derived:{name}"), bytes: map_artifact(point, map), name }])
+}
+
 /// A complete map as the content-addressed artifact a later stage takes as input: JSON with every
 /// canonical cell's counts (sums and image counts, never rates, so it merges and compares exactly).
 #[derive(Serialize)]
@@ -342,24 +369,24 @@ pub fn map_artifact_name(point_id: &str, key: MapKey) -> String {
 // ---------------------------------------------------------------- report section
 
 /// `results.csv` columns of the heatmap section: per ε the clean error and the map's mean error.
-pub(crate) fn csv_header(eps_list: &[f64], csv: &mut String) {
-    for e in eps_list {
+pub(super) fn csv_header(run: &RunData<'_>, csv: &mut String) {
+    for e in eps_list(run.sweep) {
         let _ = write!(csv, ",clean_error_eps{0},mean_heatmap_error_eps{0}", eps_label(*e));
     }
 }
 
 /// The heatmap section of a point's report: per ε its merged map (error and layer maps, `.npy`
 /// and figures; cells not computed yet are grey) and its `results.csv` columns.
-pub(crate) fn report(
-    dir: &Path,
-    maps: &Maps,
+pub(super) fn report(
+    run: &RunData<'_>,
     index: usize,
     point: &GridPoint,
-    eps_list: &[f64],
     report: &mut PointReport,
     csv: &mut String,
 ) -> Result<()> {
-    for &eps in eps_list {
+    let (dir, maps) = (run.dir, &run.merged.heatmaps);
+    let mut heatmaps = Vec::new();
+    for &eps in eps_list(run.sweep) {
         let Some(map) = maps.get(MapKey::new(index, eps)) else {
             csv.push_str(",,");
             continue;
@@ -367,12 +394,77 @@ pub(crate) fn report(
         let stem = format!("{}_eps{}", point.id, eps_label(eps));
         let mut files = write_heatmap(dir, &stem, &point.id, map, &mut report.raw)?;
         files.over_training = over_training(dir, maps, index, point, eps, map, &mut report.raw)?;
-        report.heatmaps.push(files);
+        heatmaps.push(files);
         let means: Vec<f64> = map.error.means().into_iter().filter(|v| v.is_finite()).collect();
         let mean = if means.is_empty() { f64::NAN } else { means.iter().sum::<f64>() / means.len() as f64 };
         let _ = write!(csv, ",{},{}", map.clean.mean(), mean);
     }
+    if !heatmaps.is_empty() {
+        report.sections.push(section(&heatmaps));
+    }
     Ok(())
+}
+
+/// The sweep's ε list (none without `[heatmap]`).
+fn eps_list(sweep: &Sweep) -> &[f64] {
+    sweep.heatmap.as_ref().map_or(&[], |h| h.eps.as_slice())
+}
+
+pub(crate) struct HeatmapFiles {
+    pub eps: f64,
+    pub clean_error: f64,
+    pub images: usize,
+    pub complete: bool,
+    pub error_png: String,
+    pub grid_png: Option<String>,
+    pub layer_pngs: Vec<(String, String)>,
+    /// What the model computed in (`fp32, NCHW`, `bf16, channels-last`, …).
+    pub numerics: String,
+    /// The maps of the kept epochs' checkpoints and the trained model side by side, and the
+    /// mean error per band against the epoch (`[heatmap] at_epochs`).
+    pub over_training: Option<OverTraining>,
+}
+
+pub(crate) struct OverTraining {
+    pub epochs: Vec<u32>,
+    pub grid_png: String,
+    pub bands_png: String,
+    pub csv: String,
+}
+
+/// The report section: per ε the map (with its layers) and, with kept epochs, the maps over training.
+fn section(heatmaps: &[HeatmapFiles]) -> String {
+    let mut html = String::new();
+    let out = &mut html;
+    for h in heatmaps {
+        let _ = writeln!(
+            out,
+            "<h3>Fourier heatmap, ε = {}</h3>\n<p>{} test images per cell; clean error {:.4}; model computed in {}{}.</p>",
+            crate::graph::eps_label(h.eps),
+            h.images,
+            h.clean_error,
+            esc(&h.numerics),
+            if h.complete { "" } else { "; <span class=\"fail\">incomplete: grey cells were not computed</span>" }
+        );
+        let main = h.grid_png.as_ref().unwrap_or(&h.error_png);
+        let _ =
+            writeln!(out, "<div class=\"figs\"><a href=\"{0}\"><img src=\"{0}\" alt=\"heatmap\"></a></div>", esc(main));
+        let mut links = vec![format!("<a href=\"{0}\">error map</a>", esc(&h.error_png))];
+        links.extend(h.layer_pngs.iter().map(|(layer, png)| format!("<a href=\"{}\">{}</a>", esc(png), esc(layer))));
+        let _ = writeln!(out, "<p>Single maps: {}.</p>", links.join(" · "));
+        if let Some(t) = &h.over_training {
+            let epochs: Vec<String> = t.epochs.iter().map(u32::to_string).collect();
+            let _ = writeln!(
+                out,
+                "<h4>Over training</h4>\n<p>The maps of the checkpoints after epochs {} (the last is the trained model's) and the mean error per band against the epoch (<a href=\"{}\">CSV</a>): when each band's sensitivity appears, beside the per-class F1 curves below.</p>\n<div class=\"figs\"><a href=\"{2}\"><img src=\"{2}\" alt=\"maps over training\"></a><a href=\"{3}\"><img src=\"{3}\" alt=\"band error over training\"></a></div>",
+                esc(&epochs.join(", ")),
+                esc(&t.csv),
+                esc(&t.grid_png),
+                esc(&t.bands_png)
+            );
+        }
+    }
+    html
 }
 
 /// The maps of a point's kept epochs at `eps` (`heatmaps/<point>_ep<e>_eps<ε>.npy/.png`), all
@@ -386,7 +478,7 @@ fn over_training(
     eps: f64,
     last: &MergedHeatmap,
     raw: &mut Vec<String>,
-) -> Result<Option<crate::report::OverTraining>> {
+) -> Result<Option<OverTraining>> {
     let train = &point.task.train;
     let mut stages: Vec<(u32, &MergedHeatmap)> =
         train.keep_epochs.iter().filter_map(|&e| Some((e, maps.get(MapKey::at_epoch(index, e, eps))?))).collect();
@@ -461,12 +553,7 @@ fn over_training(
     let title = format!("mean error per band, ε = {}", eps_label(eps));
     let bands_png = format!("{stem}_bands_over_training.png");
     save(&figures::line_panels(&[panel], "epoch", "error rate", &title), dir, &bands_png)?;
-    Ok(Some(crate::report::OverTraining {
-        epochs: stages.iter().map(|(e, _)| *e).collect(),
-        grid_png,
-        bands_png,
-        csv: csv_path,
-    }))
+    Ok(Some(OverTraining { epochs: stages.iter().map(|(e, _)| *e).collect(), grid_png, bands_png, csv: csv_path }))
 }
 
 /// `heatmaps/<stem>.npy/.png` (error rate on 0..1), `heatmaps/<stem>_<layer>.npy/.png` (cosine
@@ -521,5 +608,26 @@ fn write_heatmap(dir: &Path, stem: &str, id: &str, map: &MergedHeatmap, raw: &mu
         layer_pngs,
         numerics: map.numerics_text(),
         over_training: None,
+    })
+}
+
+/// A result that fits `task` (for the load and durability tests' simulated workers, via
+/// `testing`): every cell once, `images` images, `errors` wrong per cell, the clean error 0.
+pub fn simulated(task: &HeatmapTask, images: usize, errors: usize, device: &str) -> TaskOutcome {
+    TaskOutcome::Heatmap({
+        let n = images as u64;
+        HeatmapOutcome {
+            eps: task.eps,
+            chunk: task.chunk,
+            images,
+            clean: CellStat { sum: 0.0, n },
+            error: task.cells.iter().map(|&c| (c, CellStat { sum: errors as f64, n })).collect(),
+            layers: BTreeMap::new(),
+            seconds: 0.0,
+            images_per_second: 0.0,
+            device: device.to_string(),
+            precision: Default::default(),
+            memory_format: Default::default(),
+        }
     })
 }

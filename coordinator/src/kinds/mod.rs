@@ -13,9 +13,10 @@ pub mod train;
 
 use crate::artifacts::ArtifactRef;
 use crate::graph::PlannedTask;
+use crate::report::{PointReport, RunData};
 use crate::scheduler::TaskId;
-use freqsweep_common::spec::Sweep;
-use freqsweep_common::task::{ModelSource, TaskKind, TaskOutcome, TaskSpec, MODEL_OUTPUT};
+use freqsweep_common::spec::{GridPoint, Sweep};
+use freqsweep_common::task::{MetricPoint, ModelSource, TaskKind, TaskOutcome, TaskSpec, MODEL_OUTPUT};
 use std::collections::HashMap;
 
 /// Every task of `sweep`, point by point and, within a point, kind by kind in `TaskKind::ALL`
@@ -48,16 +49,198 @@ pub fn plan(sweep: &Sweep) -> Vec<PlannedTask> {
     tasks
 }
 
+/// What a [`Merged`] keeps of results that merge into no map (whole per-point outcomes): the
+/// report renders them; the driver keeps none, so its memory does not grow with them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    MapsOnly,
+    Everything,
+}
+
+/// One outcome per grid point, kept only for the report ([`Keep::Everything`]).
+pub struct PerPoint<T>(Option<HashMap<usize, T>>);
+
+impl<T> PerPoint<T> {
+    fn new(keep: Keep) -> PerPoint<T> {
+        PerPoint((keep == Keep::Everything).then(HashMap::new))
+    }
+
+    fn insert(&mut self, point: usize, value: T) {
+        if let Some(kept) = &mut self.0 {
+            kept.insert(point, value);
+        }
+    }
+
+    pub fn get(&self, point: usize) -> Option<&T> {
+        self.0.as_ref()?.get(&point)
+    }
+}
+
 /// What the rooms build from accepted results: maps merged chunk by chunk (by the driver as
-/// results are accepted, by the report from the store).
+/// results are accepted, by the report from the store) and, for the report, the outcomes of the
+/// kinds that merge into no map.
 pub struct Merged {
     pub heatmaps: heatmap::Maps,
     pub dfms: dfm::DfmMaps,
+    pub shortcuts: PerPoint<freqsweep_common::task::ShortcutOutcome>,
+    pub bands: PerPoint<freqsweep_common::task::BandsOutcome>,
+}
+
+/// An artifact a merge derived from accepted results (a point's complete maps). It has its own
+/// key, which an [`Input::Derived`] names and which is its locality key; it is no task's output.
+/// The driver stores the bytes, records the artifact under `name` and hands it to the leases
+/// that take it.
+#[derive(Debug)]
+pub struct Derived {
+    pub key: String,
+    /// The stored artifact's name (`map/<point>/eps4`, `dfm/<point>`).
+    pub name: String,
+    pub bytes: Vec<u8>,
 }
 
 impl Merged {
-    pub fn new(tasks: &[PlannedTask]) -> Merged {
-        Merged { heatmaps: heatmap::Maps::new(tasks), dfms: dfm::DfmMaps::new(tasks) }
+    pub fn new(tasks: &[PlannedTask], keep: Keep) -> Merged {
+        Merged {
+            heatmaps: heatmap::Maps::new(tasks),
+            dfms: dfm::DfmMaps::new(tasks),
+            shortcuts: PerPoint::new(keep),
+            bands: PerPoint::new(keep),
+        }
+    }
+
+    /// Merge the accepted result of `task`; returns the artifacts that completed with it.
+    /// Idempotent: a task's result merges once.
+    pub fn merge(&mut self, task: &PlannedTask, outcome: &TaskOutcome) -> Result<Vec<Derived>, String> {
+        match outcome {
+            TaskOutcome::Train(_) => Ok(Vec::new()),
+            TaskOutcome::Heatmap(h) => heatmap::merge(&mut self.heatmaps, task, h),
+            TaskOutcome::Dfm(d) => dfm::merge(&mut self.dfms, task, d),
+            TaskOutcome::Shortcut(s) => {
+                self.shortcuts.insert(task.point, s.clone());
+                Ok(Vec::new())
+            }
+            TaskOutcome::Bands(b) => {
+                self.bands.insert(task.point, b.clone());
+                Ok(Vec::new())
+            }
+        }
+    }
+}
+
+/// An input a lease carries, under the name the consuming kind reads it by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Output `name` of dependency `task` (a model's weights, a kept epoch's checkpoint).
+    Output { task: TaskId, name: String },
+    /// An artifact a merge derived (a point's complete DFM maps), by its key, read as `name`.
+    Derived { key: String, name: &'static str },
+}
+
+impl Input {
+    pub(crate) fn output(task: TaskId, name: impl Into<String>) -> Input {
+        Input::Output { task, name: name.into() }
+    }
+
+    /// Its locality key: a worker that produced or downloaded it holds it.
+    pub fn locality_key(&self) -> String {
+        match self {
+            Input::Output { task, name } => output_key(*task, name),
+            Input::Derived { key, .. } => key.clone(),
+        }
+    }
+}
+
+/// The `results.csv` header's columns, kind by kind in `TaskKind::ALL` order.
+pub(crate) fn csv_header(run: &RunData<'_>, csv: &mut String) {
+    for kind in TaskKind::ALL {
+        match kind {
+            TaskKind::Train => train::csv_header(run, csv),
+            TaskKind::Heatmap => heatmap::csv_header(run, csv),
+            TaskKind::Dfm => dfm::csv_header(run, csv),
+            TaskKind::Shortcut => shortcut::csv_header(run, csv),
+            TaskKind::Bands => bands::csv_header(run, csv),
+        }
+    }
+}
+
+/// Point `index`'s report, kind by kind in `TaskKind::ALL` order: each room writes its files,
+/// adds its section of the page to `report` and its columns to the point's `results.csv` row.
+pub(crate) fn report_point(
+    run: &RunData<'_>,
+    index: usize,
+    point: &GridPoint,
+    report: &mut PointReport,
+    csv: &mut String,
+) -> anyhow::Result<()> {
+    for kind in TaskKind::ALL {
+        match kind {
+            TaskKind::Train => train::report(run, index, point, report, csv)?,
+            TaskKind::Heatmap => heatmap::report(run, index, point, report, csv)?,
+            TaskKind::Dfm => dfm::report(run, index, point, report, csv)?,
+            TaskKind::Shortcut => shortcut::report(run, index, point, report, csv)?,
+            TaskKind::Bands => bands::report(run, index, point, report, csv)?,
+        }
+    }
+    Ok(())
+}
+
+/// A figure a view draws, or why it cannot be drawn.
+pub(crate) type Drawn = Result<freqsweep_common::figures::Figure, String>;
+
+/// Figures by TensorBoard tag.
+pub(crate) type Tagged = Vec<(String, Drawn)>;
+
+/// What a done task of a kind adds to its point's TensorBoard run, as `(tag, figure)`.
+pub(crate) enum TensorBoardView {
+    /// Nothing: the kind's results are drawn from its derived maps, or only in the report.
+    Nothing,
+    /// Figures from the task's whole stored metric history (the point's id, the task's classes),
+    /// at its last step; a race's winner is written again first.
+    FromMetrics(fn(&str, usize, &[MetricPoint]) -> Tagged),
+    /// Figures from the task's result (the point's id), at the point's last training step.
+    FromResult(fn(&str, &TaskOutcome) -> Tagged),
+}
+
+/// The TensorBoard view of `kind`'s done tasks.
+pub(crate) fn tensorboard_view(kind: TaskKind) -> TensorBoardView {
+    match kind {
+        TaskKind::Train => TensorBoardView::FromMetrics(train::tensorboard_figures),
+        TaskKind::Bands => TensorBoardView::FromResult(bands::tensorboard_figures),
+        // Heatmaps are drawn when a map completes (its derived artifact), DFMs and shortcut
+        // degrees in the report and on the dashboard.
+        TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Shortcut => TensorBoardView::Nothing,
+    }
+}
+
+/// Whether `kind` trains the point's model: its metric steps are the point's timeline (the step
+/// of a map, the dashboard's curves) and a given model has no such task.
+pub fn trains_model(kind: TaskKind) -> bool {
+    match kind {
+        TaskKind::Train => true,
+        TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands => false,
+    }
+}
+
+/// The number of classes of the model `task` runs.
+pub fn classes(task: &PlannedTask) -> usize {
+    match &task.spec {
+        TaskSpec::Train(t) => t.train.classes,
+        TaskSpec::Heatmap(h) => h.classes,
+        TaskSpec::Dfm(d) => d.classes,
+        TaskSpec::Shortcut(s) => s.classes,
+        TaskSpec::Bands(b) => b.classes,
+    }
+}
+
+/// A result that fits `task`, whatever its kind: what the load and durability tests' simulated
+/// workers report (`testing::simulated_result_json`).
+pub fn simulated_result(task: &TaskSpec, device: &str) -> TaskOutcome {
+    match task {
+        TaskSpec::Train(t) => train::simulated(t, device),
+        TaskSpec::Heatmap(h) => heatmap::simulated(h, h.images, 0, device),
+        TaskSpec::Dfm(d) => dfm::simulated(d, d.images, device),
+        TaskSpec::Shortcut(s) => shortcut::simulated(s, s.images.max(1), device),
+        TaskSpec::Bands(b) => bands::simulated(b, b.images, device),
     }
 }
 
@@ -133,16 +316,21 @@ pub fn priority(kind: TaskKind) -> u8 {
     }
 }
 
-/// The inputs of a task: `(dependency, output name)`, fetched by that name.
-pub fn inputs(task: &PlannedTask) -> Vec<(TaskId, String)> {
-    let named = |list: Vec<(TaskId, &'static str)>| list.into_iter().map(|(d, n)| (d, n.to_string())).collect();
+/// The inputs of a task, fetched by their names.
+pub fn inputs(task: &PlannedTask) -> Vec<Input> {
     match task.kind() {
         TaskKind::Train => Vec::new(),
         TaskKind::Heatmap => heatmap::inputs(task),
-        TaskKind::Dfm => named(dfm::inputs(task)),
-        TaskKind::Shortcut => named(shortcut::inputs(task)),
-        TaskKind::Bands => named(bands::inputs(task)),
+        TaskKind::Dfm => dfm::inputs(task),
+        TaskKind::Shortcut => shortcut::inputs(task),
+        TaskKind::Bands => bands::inputs(task),
     }
+}
+
+/// Per task whose epoch checkpoints analyses take, those epochs with the analyses that take
+/// each (today the heatmap chunks of `[heatmap] at_epochs`).
+pub fn epoch_consumers(tasks: &[PlannedTask]) -> HashMap<TaskId, std::collections::BTreeMap<u32, Vec<TaskId>>> {
+    heatmap::kept_epochs(tasks)
 }
 
 /// The locality key of output `name` of `task` (a worker that produced or downloaded it holds it).
@@ -151,16 +339,20 @@ pub fn output_key(task: TaskId, name: &str) -> String {
 }
 
 /// The artifacts a lease of `task` carries: exactly its inputs, from the outputs of its
-/// dependencies and, for a given model, the stored file (a missing one is left out; the worker
-/// then fails the attempt, retryably).
+/// dependencies, the artifacts merges derived and, for a given model, the stored file (a missing
+/// one is left out; the worker then fails the attempt, retryably).
 pub fn lease_inputs(
     task: &PlannedTask,
     outputs: &HashMap<TaskId, Vec<ArtifactRef>>,
+    derived: &HashMap<String, ArtifactRef>,
     given: &HashMap<String, ArtifactRef>,
 ) -> Vec<ArtifactRef> {
     let mut found: Vec<ArtifactRef> = inputs(task)
         .into_iter()
-        .filter_map(|(dep, name)| outputs.get(&dep)?.iter().find(|a| a.name == name).cloned())
+        .filter_map(|input| match input {
+            Input::Output { task, name } => outputs.get(&task)?.iter().find(|a| a.name == name).cloned(),
+            Input::Derived { key, name } => Some(ArtifactRef { name: name.to_string(), ..derived.get(&key)?.clone() }),
+        })
         .collect();
     if let Some(model) = given_model(task).and_then(|name| given.get(name)) {
         found.push(ArtifactRef { name: MODEL_OUTPUT.to_string(), ..model.clone() });

@@ -6,16 +6,15 @@
 //! shortcut_degree.csv`, a table in the DFM section and `results.csv` columns.
 
 use super::dfm::DFM_MAPS_OUTPUT;
-use super::{next_id, PointPlan};
+use super::{next_id, Input, PointPlan};
 use crate::graph::PlannedTask;
-use crate::report::PointReport;
+use crate::report::{esc, PointReport, RunData};
 use crate::scheduler::{Cost, CostClass, TaskId};
 use anyhow::{Context, Result};
 use freqsweep_common::dfm::shortcut_degree;
-use freqsweep_common::spec::{format_number, DfmSpec, GridPoint, Sweep};
-use freqsweep_common::task::{ShortcutOutcome, ShortcutTask, TaskSpec, MODEL_OUTPUT};
+use freqsweep_common::spec::{format_number, GridPoint, Sweep};
+use freqsweep_common::task::{ShortcutOutcome, ShortcutTask, TaskOutcome, TaskSpec, MODEL_OUTPUT};
 use std::fmt::Write as _;
-use std::path::Path;
 
 /// Plan the point's shortcut-degree task after its DFM chunks (`dfm_chunks`, planned just before).
 pub(super) fn plan(sweep: &Sweep, point: &PointPlan<'_>, dfm_chunks: &[TaskId], tasks: &mut Vec<PlannedTask>) {
@@ -55,23 +54,17 @@ pub fn cost(s: &ShortcutTask, arch: &str) -> Cost {
     Cost { class: CostClass::new(&format!("shortcut/{arch}")), units }
 }
 
-/// The model's weights (from the train task, the first dependency) and the merged DFM maps
-/// (recorded as an output of the point's first DFM chunk, the second).
-/// A given model has no train task: its first dependency is the first chunk (the model comes
-/// with the lease, `kinds::lease_inputs`).
-pub(super) fn inputs(task: &PlannedTask) -> Vec<(TaskId, &'static str)> {
+/// The model's weights (from the train task, the first dependency; a given model comes with
+/// the lease, `kinds::lease_inputs`) and the point's merged DFM maps (derived when its last chunk
+/// was accepted).
+pub(super) fn inputs(task: &PlannedTask) -> Vec<Input> {
     let mut inputs = Vec::new();
-    let chunks = if super::given_model(task).is_some() {
-        &task.deps[..]
-    } else {
+    if super::given_model(task).is_none() {
         if let Some(&train) = task.deps.first() {
-            inputs.push((train, MODEL_OUTPUT));
+            inputs.push(Input::output(train, MODEL_OUTPUT));
         }
-        task.deps.get(1..).unwrap_or_default()
-    };
-    if let Some(&first_chunk) = chunks.first() {
-        inputs.push((first_chunk, DFM_MAPS_OUTPUT));
     }
+    inputs.push(Input::Derived { key: super::dfm::maps_key(task.point), name: DFM_MAPS_OUTPUT });
     inputs
 }
 
@@ -104,7 +97,7 @@ pub(super) fn check(spec: &ShortcutTask, o: &ShortcutOutcome) -> Result<(), Stri
 }
 
 /// Per chosen class and top: TPR and FPR, for the report.
-pub(crate) struct ShortcutRows {
+struct ShortcutRows {
     pub images: usize,
     /// `(class, top, tpr, fpr)`.
     pub rows: Vec<(usize, f64, f64, f64)>,
@@ -112,9 +105,9 @@ pub(crate) struct ShortcutRows {
 }
 
 /// `results.csv` columns: per chosen class and top, the TPR and FPR.
-pub(crate) fn csv_header(spec: Option<&DfmSpec>, classes: usize, csv: &mut String) {
-    let Some(d) = spec.filter(|d| d.shortcut_degree) else { return };
-    for c in d.classes.of(classes) {
+pub(super) fn csv_header(run: &RunData<'_>, csv: &mut String) {
+    let Some(d) = run.sweep.dfm.as_ref().filter(|d| d.shortcut_degree) else { return };
+    for c in d.classes.of(run.classes) {
         for t in &d.top {
             let t = format_number(*t);
             let _ = write!(csv, ",tpr_class{c}_top{t},fpr_class{c}_top{t}");
@@ -123,16 +116,15 @@ pub(crate) fn csv_header(spec: Option<&DfmSpec>, classes: usize, csv: &mut Strin
 }
 
 /// The section of a point: `dfm/<point>/shortcut_degree.csv` and the `results.csv` columns.
-pub(crate) fn report(
-    dir: &Path,
-    outcome: Option<&ShortcutOutcome>,
+pub(super) fn report(
+    run: &RunData<'_>,
+    index: usize,
     point: &GridPoint,
-    spec: Option<&DfmSpec>,
-    classes: usize,
     report: &mut PointReport,
     csv: &mut String,
 ) -> Result<()> {
-    let Some(d) = spec.filter(|d| d.shortcut_degree) else { return Ok(()) };
+    let (dir, outcome, classes) = (run.dir, run.merged.shortcuts.get(index), run.classes);
+    let Some(d) = run.sweep.dfm.as_ref().filter(|d| d.shortcut_degree) else { return Ok(()) };
     let columns = d.classes.of(classes).len() * d.top.len();
     let Some(o) = outcome else {
         csv.push_str(&",,".repeat(columns));
@@ -160,8 +152,61 @@ pub(crate) fn report(
     std::fs::create_dir_all(full.parent().expect("has a parent")).with_context(|| path.clone())?;
     std::fs::write(&full, &file).with_context(|| path.clone())?;
     report.raw.push(path.clone());
-    report.shortcut = Some(ShortcutRows { images: o.images, rows, csv: path });
+    report.sections.push(section(&ShortcutRows { images: o.images, rows, csv: path }));
     Ok(())
+}
+
+/// The report section: per chosen class and top, the TPR and FPR.
+fn section(s: &ShortcutRows) -> String {
+    let mut html = String::new();
+    let out = &mut html;
+    let _ = writeln!(
+        out,
+        "<h4>Shortcut degree</h4>\n<p>All {} test images filtered to each class's DFM (DC kept) and classified: the class's true-positive rate (its recall) and false-positive rate (the fraction of other classes' images predicted as it). A high TPR with a high FPR is a shortcut (<a href=\"{}\">CSV</a>).</p>",
+        s.images,
+        esc(&s.csv)
+    );
+    out.push_str("<table><tr><th class=\"l\">class</th><th>top %</th><th>TPR</th><th>FPR</th></tr>\n");
+    for (c, top, tpr, fpr) in &s.rows {
+        let _ = writeln!(
+            out,
+            "<tr><td class=\"l\">{c}</td><td>{}</td><td>{tpr:.3}</td><td>{fpr:.3}</td></tr>",
+            freqsweep_common::spec::format_number(*top)
+        );
+    }
+    out.push_str("</table>\n");
+    html
+}
+
+/// A result that fits `task` (for the load and durability tests' simulated workers, via
+/// `testing`): `images` images, all of class 0, every one classified right.
+pub fn simulated(task: &ShortcutTask, images: usize, device: &str) -> TaskOutcome {
+    TaskOutcome::Shortcut({
+        let mut rows = vec![vec![0u64; task.classes]; task.classes];
+        if let Some(first) = rows.first_mut().and_then(|r| r.first_mut()) {
+            *first = images as u64;
+        }
+        let entries = task
+            .chosen
+            .iter()
+            .flat_map(|&class| {
+                let rows = rows.clone();
+                task.top.iter().map(move |&top| freqsweep_common::task::ShortcutEntry {
+                    class,
+                    top,
+                    confusion: rows.clone(),
+                })
+            })
+            .collect();
+        freqsweep_common::task::ShortcutOutcome {
+            images,
+            entries,
+            seconds: 0.0,
+            device: device.to_string(),
+            precision: Default::default(),
+            memory_format: Default::default(),
+        }
+    })
 }
 
 #[cfg(test)]
@@ -180,7 +225,7 @@ mod tests {
         let s = &tasks[3];
         assert_eq!(s.key, "shortcut/Syn_4-tiny-adam-lr0.001-bs16-ep1-seed0");
         assert_eq!(s.deps, vec![tasks[0].id, tasks[1].id, tasks[2].id]);
-        assert_eq!(s.to_new_task().inputs, vec!["task:1/model".to_string(), "task:2/dfm_maps".to_string()]);
+        assert_eq!(s.to_new_task().inputs, vec!["task:1/model".to_string(), "derived:dfm_maps/0".to_string()]);
         let TaskSpec::Shortcut(spec) = &s.spec else { panic!("a shortcut task") };
         assert_eq!((spec.chosen.as_slice(), spec.top.as_slice()), (&[0, 1][..], &[5.0, 10.0][..]));
         let entry = |class, top| ShortcutEntry { class, top, confusion: vec![vec![8, 0, 0, 0]; 4] };

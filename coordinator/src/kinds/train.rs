@@ -7,16 +7,18 @@
 use super::{next_id, PointPlan};
 use crate::graph::PlannedTask;
 use crate::merge;
-use crate::report::{figures, save, short_id, write_file, LearningOrder, PointReport, EARLY_EPOCHS, LEARNED_AT};
+use crate::report::{
+    esc, figures, format_duration, save, short_id, write_file, LearningOrder, PointReport, RunData, EARLY_EPOCHS,
+    LEARNED_AT,
+};
 use crate::scheduler::{Cost, CostClass};
-use crate::store::{Reader, TaskRow};
 use anyhow::{Context, Result};
 use figures::LinePanel;
 use freqsweep_common::spec::{GridPoint, GRID_KEYS};
 use freqsweep_common::task::{
     DatasetSource, MetricPoint, TaskKind, TaskOutcome, TaskSpec, TrainOutcome, TrainTask, CHECKPOINT_OUTPUT,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -129,7 +131,8 @@ pub(super) fn check(spec: &TrainTask, o: &TrainOutcome) -> Result<(), String> {
 
 /// `results.csv` columns of the train section: the point's state and grid values, the run's
 /// figures and every test set's accuracy and macro-F1.
-pub(crate) fn csv_header(test_sets: &[String], csv: &mut String) {
+pub(super) fn csv_header(run: &RunData<'_>, csv: &mut String) {
+    let test_sets = run.test_sets;
     csv.push_str(",state");
     for k in GRID_KEYS {
         let _ = write!(csv, ",{k}");
@@ -142,18 +145,14 @@ pub(crate) fn csv_header(test_sets: &[String], csv: &mut String) {
 
 /// The train section of a point's report: its state, learning curves, confusion matrices, the
 /// final checkpoint under `checkpoints/`, and its `results.csv` columns.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn report(
-    dir: &Path,
-    reader: &Reader,
-    rows: &HashMap<u64, TaskRow>,
-    tasks: &[PlannedTask],
+pub(super) fn report(
+    run: &RunData<'_>,
     index: usize,
     point: &GridPoint,
-    test_sets: &[String],
     report: &mut PointReport,
     csv: &mut String,
 ) -> Result<()> {
+    let RunData { dir, reader, rows, tasks, test_sets, .. } = *run;
     let Some(train) = tasks.iter().find(|t| t.point == index && t.kind() == TaskKind::Train) else {
         // A given model: nothing trained; its state is its analyses' (done when all are).
         let states: Vec<&str> =
@@ -182,16 +181,17 @@ pub(crate) fn report(
     report.state = row.state.clone();
     report.error = row.error.clone();
     report.outcome = outcome.clone();
+    let mut files = TrainFiles::default();
     let metric_points = reader.metrics(train.id.0)?;
     if !metric_points.is_empty() {
-        write_curves(dir, &point.id, &metric_points, test_sets, report)?;
+        write_curves(dir, &point.id, &metric_points, test_sets, &mut report.raw, &mut files)?;
         for (set, rows) in merge::final_confusions(&metric_points, point.task.train.classes) {
             let stem = format!("confusion/{}_{set}", point.id);
             write_file(&dir.join(format!("{stem}.csv")), &merge::confusion_csv(&rows))?;
             let title = format!("{} on {set}", short_id(&point.id));
             save(&figures::confusion(&rows, &title), dir, &format!("{stem}.png"))?;
             report.raw.push(format!("{stem}.csv"));
-            report.confusions.push((set, format!("{stem}.png")));
+            files.confusions.push((set, format!("{stem}.png")));
         }
     }
     if let Some((_, digest, _, _)) = reader.task_artifacts(train.id.0)?.into_iter().find(|a| a.0 == CHECKPOINT_OUTPUT) {
@@ -224,7 +224,93 @@ pub(crate) fn report(
             }
         }
     }
+    report.sections.push(section(outcome.as_ref(), &files));
     Ok(())
+}
+
+/// What the train section shows beside the final table.
+#[derive(Default)]
+struct TrainFiles {
+    curves: Vec<String>,
+    /// Per test set, per class: the first evaluated step at which F1 reached each of
+    /// [`LEARNED_AT`] (`None`: never) — the poster's "which class is learned first".
+    learning_order: LearningOrder,
+    confusions: Vec<(String, String)>,
+}
+
+/// The report section: the final test-set table, the F1 curves, the learning order and the confusion matrices.
+fn section(outcome: Option<&TrainOutcome>, files: &TrainFiles) -> String {
+    let mut html = String::new();
+    let out = &mut html;
+    if let Some(o) = outcome {
+        let _ = writeln!(
+            out,
+            "<p>Trained {} epochs ({} steps) in {} on {}; final loss {:.4}.</p>",
+            o.epochs,
+            o.steps,
+            format_duration((o.seconds * 1000.0) as u64),
+            esc(&o.device),
+            o.final_loss
+        );
+        out.push_str("<table><tr><th class=\"l\">test set</th><th>accuracy</th><th>macro-F1</th>");
+        let classes = o.test_sets.first().map_or(0, |t| t.per_class_f1.len());
+        for c in 0..classes {
+            let _ = write!(out, "<th>F1 class {c}</th>");
+        }
+        out.push_str("</tr>\n");
+        for t in &o.test_sets {
+            let _ = write!(
+                out,
+                "<tr><td class=\"l\">{}</td><td>{:.4}</td><td>{:.4}</td>",
+                esc(&t.test_set),
+                t.accuracy,
+                t.macro_f1
+            );
+            for f in &t.per_class_f1 {
+                let _ = write!(out, "<td>{f:.4}</td>");
+            }
+            out.push_str("</tr>\n");
+        }
+        out.push_str("</table>\n");
+    }
+    if !files.curves.is_empty() {
+        out.push_str("<h3>Per-class F1 during training</h3>\n<div class=\"figs\">");
+        for c in &files.curves {
+            let _ = write!(out, "<a href=\"{0}\"><img src=\"{0}\" alt=\"F1 curves\"></a>", esc(c));
+        }
+        out.push_str("</div>\n");
+    }
+    if !files.learning_order.is_empty() {
+        let thresholds: Vec<String> = LEARNED_AT.iter().map(|t| format!("F1 ≥ {t}")).collect();
+        let _ = writeln!(
+            out,
+            "<p>Learning order: the first evaluated step at which each class reached {} (— never).</p>",
+            thresholds.join(" / ")
+        );
+        out.push_str("<table><tr><th class=\"l\">test set</th>");
+        let classes = files.learning_order[0].1.len();
+        for c in 0..classes {
+            let _ = write!(out, "<th>class {c}</th>");
+        }
+        out.push_str("</tr>\n");
+        for (set, per_class) in &files.learning_order {
+            let _ = write!(out, "<tr><td class=\"l\">{}</td>", esc(set));
+            for (_, firsts) in per_class {
+                let cells: Vec<String> = firsts.iter().map(|f| f.map_or("—".into(), |s| s.to_string())).collect();
+                let _ = write!(out, "<td>{}</td>", cells.join(" / "));
+            }
+            out.push_str("</tr>\n");
+        }
+        out.push_str("</table>\n");
+    }
+    if !files.confusions.is_empty() {
+        out.push_str("<h3>Confusion matrices after training</h3>\n<div class=\"figs\">");
+        for (set, png) in &files.confusions {
+            let _ = write!(out, "<a href=\"{0}\"><img src=\"{0}\" alt=\"confusion on {1}\"></a>", esc(png), esc(set));
+        }
+        out.push_str("</div>\n");
+    }
+    html
 }
 
 /// Per-class F1 over all epochs (x = epoch) and over the first [`EARLY_EPOCHS`] (x = step).
@@ -233,11 +319,12 @@ fn write_curves(
     id: &str,
     metric_points: &[MetricPoint],
     test_sets: &[String],
-    report: &mut PointReport,
+    raw: &mut Vec<String>,
+    files: &mut TrainFiles,
 ) -> Result<()> {
     let csv_path = format!("curves/{id}.csv");
     write_file(&dir.join(&csv_path), &merge::f1_curve_csv(metric_points))?;
-    report.raw.push(csv_path);
+    raw.push(csv_path);
     let f1: Vec<&MetricPoint> = metric_points.iter().filter(|p| p.name == "f1").collect();
     if f1.is_empty() {
         return Ok(());
@@ -270,15 +357,15 @@ fn write_curves(
             .collect()
     };
     let all = panels(&|p| Some(p.epoch));
-    report.learning_order = learning_order(&f1, test_sets);
+    files.learning_order = learning_order(&f1, test_sets);
     let title = format!("per-class F1 — {}", short_id(id));
     save(&figures::line_panels(&all, "epoch", "F1", &title), dir, &format!("curves/{id}.png"))?;
-    report.curves.push(format!("curves/{id}.png"));
+    files.curves.push(format!("curves/{id}.png"));
     let early = panels(&|p| (p.epoch <= EARLY_EPOCHS).then_some(p.step as f64));
     if !early.is_empty() {
         let title = format!("per-class F1, first {EARLY_EPOCHS} epochs — {}", short_id(id));
         save(&figures::line_panels(&early, "step", "F1", &title), dir, &format!("curves/{id}_first3.png"))?;
-        report.curves.push(format!("curves/{id}_first3.png"));
+        files.curves.push(format!("curves/{id}_first3.png"));
     }
     Ok(())
 }
@@ -310,6 +397,46 @@ fn learning_order(f1: &[&MetricPoint], test_sets: &[String]) -> LearningOrder {
         })
         .filter(|(_, classes): &(String, Vec<_>)| !classes.is_empty())
         .collect()
+}
+
+/// TensorBoard: the final confusion matrix per test set (`confusion/<set>`), the report's
+/// figures (`confusion/<point>_<set>.png`).
+pub(crate) fn tensorboard_figures(point: &str, classes: usize, metrics: &[MetricPoint]) -> Vec<(String, super::Drawn)> {
+    merge::final_confusions(metrics, classes)
+        .into_iter()
+        .map(|(set, rows)| {
+            let title = format!("{} on {set}", short_id(point));
+            (format!("confusion/{set}"), figures::confusion(&rows, &title))
+        })
+        .collect()
+}
+
+/// A result that fits `task` (for the load and durability tests' simulated workers, via
+/// `testing`): the whole run, every test set at accuracy and F1 0.5.
+pub fn simulated(task: &TrainTask, device: &str) -> TaskOutcome {
+    let classes = task.train.classes;
+    TaskOutcome::Train(TrainOutcome {
+        epochs: task.train.epochs,
+        steps: 1,
+        final_loss: 0.5,
+        test_sets: task
+            .train
+            .test_sets
+            .iter()
+            .map(|s| freqsweep_common::task::TestSetSummary {
+                test_set: s.to_string(),
+                accuracy: 0.5,
+                macro_f1: 0.5,
+                per_class_f1: vec![0.5; classes],
+                confusion: vec![vec![0; classes]; classes],
+            })
+            .collect(),
+        seconds: 0.0,
+        device: device.to_string(),
+        checkpoint: "checkpoint".into(),
+        precision: Default::default(),
+        memory_format: Default::default(),
+    })
 }
 
 #[cfg(test)]

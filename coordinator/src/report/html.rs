@@ -1,7 +1,7 @@
 //! `report.html`: one self-contained page (no scripts, no external assets) whose images and raw
 //! arrays lie beside it in the run directory, referenced by relative paths.
 
-use super::{PointReport, GIT_REVISION, LEARNED_AT, OVERVIEW_ROWS};
+use super::{PointReport, GIT_REVISION, OVERVIEW_ROWS};
 use crate::store::{AttemptRow, WorkerRow};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -230,172 +230,9 @@ fn point_section(out: &mut String, p: &PointReport) {
     if let Some(error) = &p.error {
         let _ = writeln!(out, "<p class=\"fail\">{}</p>", esc(error));
     }
-    if let Some(o) = &p.outcome {
-        let _ = writeln!(
-            out,
-            "<p>Trained {} epochs ({} steps) in {} on {}; final loss {:.4}.</p>",
-            o.epochs,
-            o.steps,
-            format_duration((o.seconds * 1000.0) as u64),
-            esc(&o.device),
-            o.final_loss
-        );
-        out.push_str("<table><tr><th class=\"l\">test set</th><th>accuracy</th><th>macro-F1</th>");
-        let classes = o.test_sets.first().map_or(0, |t| t.per_class_f1.len());
-        for c in 0..classes {
-            let _ = write!(out, "<th>F1 class {c}</th>");
-        }
-        out.push_str("</tr>\n");
-        for t in &o.test_sets {
-            let _ = write!(
-                out,
-                "<tr><td class=\"l\">{}</td><td>{:.4}</td><td>{:.4}</td>",
-                esc(&t.test_set),
-                t.accuracy,
-                t.macro_f1
-            );
-            for f in &t.per_class_f1 {
-                let _ = write!(out, "<td>{f:.4}</td>");
-            }
-            out.push_str("</tr>\n");
-        }
-        out.push_str("</table>\n");
-    }
-    for h in &p.heatmaps {
-        let _ = writeln!(
-            out,
-            "<h3>Fourier heatmap, ε = {}</h3>\n<p>{} test images per cell; clean error {:.4}; model computed in {}{}.</p>",
-            crate::graph::eps_label(h.eps),
-            h.images,
-            h.clean_error,
-            esc(&h.numerics),
-            if h.complete { "" } else { "; <span class=\"fail\">incomplete: grey cells were not computed</span>" }
-        );
-        let main = h.grid_png.as_ref().unwrap_or(&h.error_png);
-        let _ =
-            writeln!(out, "<div class=\"figs\"><a href=\"{0}\"><img src=\"{0}\" alt=\"heatmap\"></a></div>", esc(main));
-        let mut links = vec![format!("<a href=\"{0}\">error map</a>", esc(&h.error_png))];
-        links.extend(h.layer_pngs.iter().map(|(layer, png)| format!("<a href=\"{}\">{}</a>", esc(png), esc(layer))));
-        let _ = writeln!(out, "<p>Single maps: {}.</p>", links.join(" · "));
-        if let Some(t) = &h.over_training {
-            let epochs: Vec<String> = t.epochs.iter().map(u32::to_string).collect();
-            let _ = writeln!(
-                out,
-                "<h4>Over training</h4>\n<p>The maps of the checkpoints after epochs {} (the last is the trained model's) and the mean error per band against the epoch (<a href=\"{}\">CSV</a>): when each band's sensitivity appears, beside the per-class F1 curves below.</p>\n<div class=\"figs\"><a href=\"{2}\"><img src=\"{2}\" alt=\"maps over training\"></a><a href=\"{3}\"><img src=\"{3}\" alt=\"band error over training\"></a></div>",
-                esc(&epochs.join(", ")),
-                esc(&t.csv),
-                esc(&t.grid_png),
-                esc(&t.bands_png)
-            );
-        }
-    }
-    if let Some(d) = &p.dfm {
-        let unit = if d.patch == 1 {
-            "frequency (with its conjugate)".to_string()
-        } else {
-            format!("{0}×{0} patch", d.patch)
-        };
-        let _ = writeln!(
-            out,
-            "<h3>Dominant frequency maps</h3>\n<p>Each of {} units removed in turn: one {unit}; {} test images; model computed in {}{}. Per class: the mean cross-entropy of its images with the unit removed, the fraction of them turned wrong, and the DFMs (the highest-loss units) shown over the loss map.</p>",
-            d.units,
-            d.images,
-            esc(&d.numerics),
-            if d.complete { "" } else { "; <span class=\"fail\">incomplete: grey units were not computed and no DFM is drawn</span>" }
-        );
-        out.push_str("<table><tr><th class=\"l\">class</th><th>images</th><th>clean loss</th><th class=\"l\">top units (u, v): mean loss</th></tr>\n");
-        for c in &d.classes {
-            let top: Vec<String> = c.top.iter().map(|(u, l)| format!("({}, {}): {l:.3}", u.u, u.v)).collect();
-            let _ = writeln!(
-                out,
-                "<tr><td class=\"l\">{}</td><td>{}</td><td>{:.4}</td><td class=\"l\">{}</td></tr>",
-                c.class,
-                c.images,
-                c.clean_loss,
-                esc(&top.join(" · "))
-            );
-        }
-        out.push_str("</table>\n<div class=\"figs\">");
-        for c in &d.classes {
-            let _ =
-                write!(out, "<a href=\"{0}\"><img src=\"{0}\" alt=\"DFMs of class {1}\"></a>", esc(&c.figure), c.class);
-        }
-        out.push_str("</div>\n");
-    }
-    if let Some(s) = &p.shortcut {
-        let _ = writeln!(
-            out,
-            "<h4>Shortcut degree</h4>\n<p>All {} test images filtered to each class's DFM (DC kept) and classified: the class's true-positive rate (its recall) and false-positive rate (the fraction of other classes' images predicted as it). A high TPR with a high FPR is a shortcut (<a href=\"{}\">CSV</a>).</p>",
-            s.images,
-            esc(&s.csv)
-        );
-        out.push_str("<table><tr><th class=\"l\">class</th><th>top %</th><th>TPR</th><th>FPR</th></tr>\n");
-        for (c, top, tpr, fpr) in &s.rows {
-            let _ = writeln!(
-                out,
-                "<tr><td class=\"l\">{c}</td><td>{}</td><td>{tpr:.3}</td><td>{fpr:.3}</td></tr>",
-                freqsweep_common::spec::format_number(*top)
-            );
-        }
-        out.push_str("</table>\n");
-    }
-    if let Some(b) = &p.bands {
-        let _ = writeln!(
-            out,
-            "<h3>Band sufficiency</h3>\n<p>The model on its {} test images filtered to each of the 15 non-empty band subsets (DC kept). Per class, the smallest band sets whose F1 is within {} of the full spectrum's (<a href=\"{}\">table of every subset</a>, <a href=\"{}\">CSV</a>).</p>",
-            b.images,
-            b.tolerance,
-            esc(&b.table_csv),
-            esc(&b.sufficiency_csv)
-        );
-        out.push_str("<table><tr><th class=\"l\">class</th><th>F1, all bands</th><th class=\"l\">smallest sufficient band sets (F1)</th></tr>\n");
-        for (c, (full, sets)) in b.classes.iter().enumerate() {
-            let named: Vec<String> = sets.iter().map(|(s, f)| format!("{s} ({f:.3})")).collect();
-            let shown = if named.is_empty() { "—".to_string() } else { named.join(", ") };
-            let _ = writeln!(
-                out,
-                "<tr><td class=\"l\">{c}</td><td>{full:.4}</td><td class=\"l\">{}</td></tr>",
-                esc(&shown)
-            );
-        }
-        out.push_str("</table>\n");
-    }
-    if !p.curves.is_empty() {
-        out.push_str("<h3>Per-class F1 during training</h3>\n<div class=\"figs\">");
-        for c in &p.curves {
-            let _ = write!(out, "<a href=\"{0}\"><img src=\"{0}\" alt=\"F1 curves\"></a>", esc(c));
-        }
-        out.push_str("</div>\n");
-    }
-    if !p.learning_order.is_empty() {
-        let thresholds: Vec<String> = LEARNED_AT.iter().map(|t| format!("F1 ≥ {t}")).collect();
-        let _ = writeln!(
-            out,
-            "<p>Learning order: the first evaluated step at which each class reached {} (— never).</p>",
-            thresholds.join(" / ")
-        );
-        out.push_str("<table><tr><th class=\"l\">test set</th>");
-        let classes = p.learning_order[0].1.len();
-        for c in 0..classes {
-            let _ = write!(out, "<th>class {c}</th>");
-        }
-        out.push_str("</tr>\n");
-        for (set, per_class) in &p.learning_order {
-            let _ = write!(out, "<tr><td class=\"l\">{}</td>", esc(set));
-            for (_, firsts) in per_class {
-                let cells: Vec<String> = firsts.iter().map(|f| f.map_or("—".into(), |s| s.to_string())).collect();
-                let _ = write!(out, "<td>{}</td>", cells.join(" / "));
-            }
-            out.push_str("</tr>\n");
-        }
-        out.push_str("</table>\n");
-    }
-    if !p.confusions.is_empty() {
-        out.push_str("<h3>Confusion matrices after training</h3>\n<div class=\"figs\">");
-        for (set, png) in &p.confusions {
-            let _ = write!(out, "<a href=\"{0}\"><img src=\"{0}\" alt=\"confusion on {1}\"></a>", esc(png), esc(set));
-        }
-        out.push_str("</div>\n");
+    // Each kind's section, in the order of `TaskKind::ALL` (the rooms render them).
+    for section in &p.sections {
+        out.push_str(section);
     }
     if !p.raw.is_empty() {
         let links: Vec<String> = p.raw.iter().map(|r| format!("<a href=\"{0}\">{0}</a>", esc(r))).collect();
@@ -405,7 +242,7 @@ fn point_section(out: &mut String, p: &PointReport) {
 }
 
 /// HTML-escape text and attribute values.
-fn esc(text: &str) -> String {
+pub(crate) fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for ch in text.chars() {
         match ch {

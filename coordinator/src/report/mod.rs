@@ -9,14 +9,14 @@
 pub use freqsweep_common::figures;
 mod html;
 mod seeds;
-pub(crate) use html::format_time;
+pub(crate) use html::{esc, format_duration, format_time};
 
 use crate::graph::PlannedTask;
 use crate::kinds::{self, Merged};
 use crate::store::Reader;
 use anyhow::{Context, Result};
 use freqsweep_common::spec::Sweep;
-use freqsweep_common::task::{TaskKind, TaskOutcome, TrainOutcome};
+use freqsweep_common::task::{TaskOutcome, TrainOutcome};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -83,6 +83,21 @@ pub fn stored_plan(reader: &Reader, db: &Path) -> Result<(Sweep, Vec<PlannedTask
     Ok((sweep, tasks))
 }
 
+/// What every room's report section reads: the run directory it writes to, the store, the plan,
+/// the merged results and what every point's columns share.
+pub(crate) struct RunData<'a> {
+    pub dir: &'a Path,
+    pub reader: &'a Reader,
+    pub rows: &'a HashMap<u64, crate::store::TaskRow>,
+    pub tasks: &'a [PlannedTask],
+    pub sweep: &'a Sweep,
+    pub merged: &'a Merged,
+    /// The first point's test sets (the columns' order).
+    pub test_sets: &'a [String],
+    /// Per-class columns follow the first point's model (a sweep's models share their classes).
+    pub classes: usize,
+}
+
 /// Everything the report shows about one grid point, with the files written for it
 /// (paths relative to the run directory).
 pub(crate) struct PointReport {
@@ -91,39 +106,11 @@ pub(crate) struct PointReport {
     pub values: Vec<(String, String)>,
     pub state: String,
     pub error: Option<String>,
+    /// The point's training summary (the overview figure and the devices list read it).
     pub outcome: Option<TrainOutcome>,
-    pub heatmaps: Vec<HeatmapFiles>,
-    pub dfm: Option<kinds::dfm::DfmFiles>,
-    pub bands: Option<kinds::bands::BandsFiles>,
-    pub shortcut: Option<kinds::shortcut::ShortcutRows>,
-    pub curves: Vec<String>,
-    /// Per test set, per class: the first evaluated step at which F1 reached each of
-    /// [`LEARNED_AT`] (`None`: never) — the poster's "which class is learned first".
-    pub learning_order: LearningOrder,
-    pub confusions: Vec<(String, String)>,
+    /// Each kind's section of the page, HTML, in the order of `TaskKind::ALL`.
+    pub sections: Vec<String>,
     pub raw: Vec<String>,
-}
-
-pub(crate) struct HeatmapFiles {
-    pub eps: f64,
-    pub clean_error: f64,
-    pub images: usize,
-    pub complete: bool,
-    pub error_png: String,
-    pub grid_png: Option<String>,
-    pub layer_pngs: Vec<(String, String)>,
-    /// What the model computed in (`fp32, NCHW`, `bf16, channels-last`, …).
-    pub numerics: String,
-    /// The maps of the kept epochs' checkpoints and the trained model side by side, and the
-    /// mean error per band against the epoch (`[heatmap] at_epochs`).
-    pub over_training: Option<OverTraining>,
-}
-
-pub(crate) struct OverTraining {
-    pub epochs: Vec<u32>,
-    pub grid_png: String,
-    pub bands_png: String,
-    pub csv: String,
 }
 
 /// Render every result file of a run directory from its store.
@@ -157,41 +144,25 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
         .first()
         .map(|p| p.task.train.test_sets.iter().map(|s| s.to_string()).collect())
         .unwrap_or_default();
-    let eps_list: Vec<f64> = sweep.heatmap.as_ref().map(|h| h.eps.clone()).unwrap_or_default();
-    // Per-class columns follow the first point's model (a sweep's models share their classes).
     let classes = sweep.points.first().map_or(0, |p| p.task.train.classes);
-    let mut csv = results_header(sweep, &test_sets, &eps_list, classes);
-    let header = csv.trim_end().to_string();
-    let mut points = Vec::new();
-    // Each point's row, for the seed groups' means.
-    let mut rows_text: Vec<String> = Vec::with_capacity(sweep.points.len());
-
-    // Every merged map, from the chunk results the store holds (the same merge the driver does
-    // as results are accepted).
-    let mut maps = Merged::new(tasks);
-    let mut bands: HashMap<usize, freqsweep_common::task::BandsOutcome> = HashMap::new();
-    let mut shortcuts: HashMap<usize, freqsweep_common::task::ShortcutOutcome> = HashMap::new();
+    // Every merged map and kept outcome, from the results the store holds (the same merge the
+    // driver does as results are accepted).
+    let mut merged = Merged::new(tasks, kinds::Keep::Everything);
     for t in tasks {
         let Some(Ok(outcome)) = rows[&t.id.0].result_json.as_deref().map(serde_json::from_str::<TaskOutcome>) else {
             continue;
         };
         let point = &sweep.points[t.point].id;
-        match outcome {
-            TaskOutcome::Train(_) => {}
-            TaskOutcome::Heatmap(h) => {
-                maps.heatmaps.merge(t, &h).map_err(|e| anyhow::anyhow!("heatmap of {point}: {e}"))?;
-            }
-            TaskOutcome::Dfm(d) => {
-                maps.dfms.merge(t, &d).map_err(|e| anyhow::anyhow!("DFM of {point}: {e}"))?;
-            }
-            TaskOutcome::Shortcut(s) => {
-                shortcuts.insert(t.point, s);
-            }
-            TaskOutcome::Bands(b) => {
-                bands.insert(t.point, b);
-            }
-        }
+        merged.merge(t, &outcome).map_err(|e| anyhow::anyhow!("{} of {point}: {e}", t.kind().as_str()))?;
     }
+    let run = RunData { dir, reader, rows: &rows, tasks, sweep, merged: &merged, test_sets: &test_sets, classes };
+    let mut csv = String::from("point");
+    kinds::csv_header(&run, &mut csv);
+    csv.push('\n');
+    let header = csv.trim_end().to_string();
+    let mut points = Vec::new();
+    // Each point's row, for the seed groups' means.
+    let mut rows_text: Vec<String> = Vec::with_capacity(sweep.points.len());
     for (index, point) in sweep.points.iter().enumerate() {
         let mut report = PointReport {
             id: point.id.clone(),
@@ -199,47 +170,12 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
             state: String::new(),
             error: None,
             outcome: None,
-            heatmaps: Vec::new(),
-            dfm: None,
-            bands: None,
-            shortcut: None,
-            curves: Vec::new(),
-            learning_order: Vec::new(),
-            confusions: Vec::new(),
+            sections: Vec::new(),
             raw: Vec::new(),
         };
         let row_start = csv.len();
         let _ = write!(csv, "{}", point.id);
-        // One section per kind, in the order of `TaskKind::ALL` (the columns' order).
-        for kind in TaskKind::ALL {
-            match kind {
-                TaskKind::Train => {
-                    kinds::train::report(dir, reader, &rows, tasks, index, point, &test_sets, &mut report, &mut csv)?
-                }
-                TaskKind::Heatmap => {
-                    kinds::heatmap::report(dir, &maps.heatmaps, index, point, &eps_list, &mut report, &mut csv)?
-                }
-                TaskKind::Dfm => kinds::dfm::report(dir, &maps.dfms, index, point, sweep.dfm.as_ref(), &mut report)?,
-                TaskKind::Shortcut => kinds::shortcut::report(
-                    dir,
-                    shortcuts.get(&index),
-                    point,
-                    sweep.dfm.as_ref(),
-                    classes,
-                    &mut report,
-                    &mut csv,
-                )?,
-                TaskKind::Bands => kinds::bands::report(
-                    dir,
-                    bands.get(&index),
-                    point,
-                    sweep.bands.as_ref(),
-                    classes,
-                    &mut report,
-                    &mut csv,
-                )?,
-            }
-        }
+        kinds::report_point(&run, index, point, &mut report, &mut csv)?;
         rows_text.push(csv[row_start..].to_string());
         csv.push('\n');
         points.push(report);
@@ -249,7 +185,7 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
         csv.push_str(&seeds::csv_rows(&group, &members, &rows_text));
     }
     let groups =
-        seeds::write(dir, reader, sweep, tasks, &maps.heatmaps, &header, &rows_text, &test_sets, &mut group_raw)?;
+        seeds::write(dir, reader, sweep, tasks, &merged.heatmaps, &header, &rows_text, &test_sets, &mut group_raw)?;
     write_file(&dir.join("results.csv"), &csv)?;
 
     let overview = write_overview(dir, &points, &test_sets)?;
@@ -271,21 +207,6 @@ pub fn write_results(dir: &Path, reader: &Reader, sweep: &Sweep, tasks: &[Planne
     };
     write_file(&dir.join("report.html"), &html::render(&page))?;
     Ok(Summary { counts: counts.into_iter().collect(), failed, unreadable })
-}
-
-fn results_header(sweep: &Sweep, test_sets: &[String], eps_list: &[f64], classes: usize) -> String {
-    let mut csv = String::from("point");
-    for kind in TaskKind::ALL {
-        match kind {
-            TaskKind::Train => kinds::train::csv_header(test_sets, &mut csv),
-            TaskKind::Heatmap => kinds::heatmap::csv_header(eps_list, &mut csv),
-            TaskKind::Dfm => kinds::dfm::csv_header(&mut csv),
-            TaskKind::Shortcut => kinds::shortcut::csv_header(sweep.dfm.as_ref(), classes, &mut csv),
-            TaskKind::Bands => kinds::bands::csv_header(sweep.bands.as_ref(), classes, &mut csv),
-        }
-    }
-    csv.push('\n');
-    csv
 }
 
 /// Point ids spell out the whole grid point; figure titles keep the part before the seed short.

@@ -14,7 +14,6 @@ use figures::{CentredMap, LinePanel};
 use freqsweep_common::npy::NpyArray;
 use freqsweep_common::seeds::{f1_band, group_of, map_mean_and_error, Summary};
 use freqsweep_common::spec::{Sweep, GRID_KEYS};
-use freqsweep_common::task::TaskKind;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -140,7 +139,7 @@ pub(crate) fn write(
         // F1 band and learning order from every member's metric history.
         let mut histories = Vec::new();
         for &i in &members {
-            if let Some(train) = tasks.iter().find(|t| t.point == i && t.kind() == TaskKind::Train) {
+            if let Some(train) = tasks.iter().find(|t| t.point == i && crate::kinds::trains_model(t.kind())) {
                 histories.push(reader.metrics(train.id.0)?);
             }
         }

@@ -21,6 +21,7 @@
 pub mod events;
 
 use crate::graph::PlannedTask;
+use crate::kinds::{self, TensorBoardView};
 use crate::store::{FollowedPoint, Reader, Store};
 use anyhow::{Context, Result};
 use events::EventFile;
@@ -28,7 +29,7 @@ use freqsweep_common::figures::{self, CentredMap};
 use freqsweep_common::heatmap::{CellStat, HeatmapAccumulator};
 use freqsweep_common::spec::Sweep;
 use freqsweep_common::spectrum::{Cell, Shape2};
-use freqsweep_common::task::{TaskOutcome, TaskSpec};
+use freqsweep_common::task::{TaskKind, TaskOutcome};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -192,15 +193,10 @@ impl Follower {
         let mut train_of_point = HashMap::new();
         for task in planned {
             let Some(point) = sweep.points.get(task.point) else { continue };
-            let classes = match &task.spec {
-                TaskSpec::Train(t) => t.train.classes,
-                TaskSpec::Bands(b) => b.classes,
-                TaskSpec::Heatmap(_) | TaskSpec::Dfm(_) | TaskSpec::Shortcut(_) => point.task.train.classes,
-            };
-            if matches!(task.spec, TaskSpec::Train(_)) {
+            if crate::kinds::trains_model(task.kind()) {
                 train_of_point.insert(point.id.clone(), task.id.0);
             }
-            tasks.insert(task.id.0, TaskInfo { point: point.id.clone(), classes });
+            tasks.insert(task.id.0, TaskInfo { point: point.id.clone(), classes: crate::kinds::classes(task) });
         }
         let host = hostname();
         let artifacts = crate::artifacts::ArtifactDir::new(dir.join("artifacts"));
@@ -266,50 +262,45 @@ impl Follower {
         Ok(())
     }
 
-    /// Images of tasks that ended since the last pass: final confusion matrices of training,
-    /// the band-sufficiency matrices. Also rewrites a race's winner if it was not followed.
+    /// Images of tasks that ended since the last pass, as each kind's view draws them (final
+    /// confusion matrices of training, the band-sufficiency matrices). Also rewrites a race's
+    /// winner if it was not followed.
     fn finished_tasks(&mut self) -> Result<bool> {
         let mut wrote = false;
-        let mut ended: Vec<(u64, &str)> = Vec::new();
-        for kind in ["train", "bands"] {
-            ended.extend(self.reader.done_tasks(kind)?.into_iter().map(|id| (id, kind)));
-        }
-        for (id, kind) in ended {
-            if self.cursor.finished.contains(&id) {
+        for kind in TaskKind::ALL {
+            let view = kinds::tensorboard_view(kind);
+            if matches!(view, TensorBoardView::Nothing) {
                 continue;
             }
-            let Some(info) = self.tasks.get(&id) else { continue };
-            let (point, classes) = (info.point.clone(), info.classes);
-            match kind {
-                "train" => {
-                    let stored = self.reader.task_metrics(id)?;
-                    self.rewrite_winner(id, &point, &stored)?;
-                    let points: Vec<_> = stored.into_iter().map(|p| p.point).collect();
-                    let step = points.iter().map(|p| p.step).max().unwrap_or(0);
-                    for (set, rows) in crate::merge::final_confusions(&points, classes) {
-                        // The report's title: the image equals `confusion/<point>_<set>.png`.
-                        let title = format!("{} on {set}", crate::report::short_id(&point));
-                        self.figure(&point, &format!("confusion/{set}"), step, figures::confusion(&rows, &title))?;
-                    }
+            for id in self.reader.done_tasks(kind.as_str())? {
+                if self.cursor.finished.contains(&id) {
+                    continue;
                 }
-                _ => {
-                    let result = self.reader.task_result(id)?.unwrap_or_default();
-                    if let Ok(TaskOutcome::Bands(outcome)) = serde_json::from_str::<TaskOutcome>(&result) {
-                        let step = self.final_step(&point)?;
-                        for (set, rows) in &outcome.sets {
-                            let title = format!("{} on {set}: confusion", crate::report::short_id(&point));
-                            self.figure(
-                                &point,
-                                &format!("band_confusion/{set}"),
-                                step,
-                                figures::confusion(rows, &title),
-                            )?;
+                let Some(info) = self.tasks.get(&id) else { continue };
+                let (point, classes) = (info.point.clone(), info.classes);
+                let (step, drawn) = match view {
+                    TensorBoardView::Nothing => (0, Vec::new()),
+                    TensorBoardView::FromMetrics(draw) => {
+                        let stored = self.reader.task_metrics(id)?;
+                        self.rewrite_winner(id, &point, &stored)?;
+                        let points: Vec<_> = stored.into_iter().map(|p| p.point).collect();
+                        (points.iter().map(|p| p.step).max().unwrap_or(0), draw(&point, classes, &points))
+                    }
+                    TensorBoardView::FromResult(draw) => {
+                        let result = self.reader.task_result(id)?.unwrap_or_default();
+                        match serde_json::from_str::<TaskOutcome>(&result) {
+                            Ok(outcome) => (self.final_step(&point)?, draw(&point, &outcome)),
+                            // An unreadable result has nothing to draw (the report names it).
+                            Err(_) => (0, Vec::new()),
                         }
                     }
+                };
+                for (tag, figure) in drawn {
+                    self.figure(&point, &tag, step, figure)?;
                 }
+                self.cursor.finished.insert(id);
+                wrote = true;
             }
-            self.cursor.finished.insert(id);
-            wrote = true;
         }
         Ok(wrote)
     }
