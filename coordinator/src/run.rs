@@ -13,7 +13,7 @@ use crate::graph::{self, PlannedTask};
 use crate::grpc;
 use crate::identity;
 use crate::scheduler::{SchedulerConfig, TaskId};
-use crate::store::{Change, Store, StoreWriter};
+use crate::store::{Change, Reader, Store, StoreWriter, TaskRow};
 use anyhow::{bail, Context, Result};
 use freqsweep_common::spec::{self, SpecInputs, Sweep};
 use std::collections::HashMap;
@@ -133,20 +133,7 @@ pub fn open_spec(spec: SpecFile, dir: &Path, config: ServiceConfig) -> Result<Ru
                 }
             }
         }
-        for row in &stored_rows {
-            let outputs = reader
-                .task_artifacts(row.id)?
-                .into_iter()
-                .map(|(name, digest, size, _)| ArtifactRef { name, digest, size })
-                .collect();
-            let task = StoredTask {
-                state: row.state.clone(),
-                failures: row.attempts,
-                outputs,
-                result_json: row.result_json.clone(),
-            };
-            stored.insert(TaskId(row.id), task);
-        }
+        stored = read_stored_tasks(&reader, &stored_rows)?;
         // A given model replaced since the run started would mix two models' results.
         for (name, artifact) in &given {
             match reader.sweep_value(&given_value_key(name))? {
@@ -191,6 +178,27 @@ pub fn open_spec(spec: SpecFile, dir: &Path, config: ServiceConfig) -> Result<Ru
         tensorboard: Some(tensorboard),
         _lock: lock,
     })
+}
+
+/// What the store holds of each task (state, counted failures, outputs, result), for the
+/// scheduler and the driver to resume from.
+fn read_stored_tasks(reader: &Reader, rows: &[TaskRow]) -> Result<HashMap<TaskId, StoredTask>> {
+    let mut stored = HashMap::new();
+    for row in rows {
+        let outputs = reader
+            .task_artifacts(row.id)?
+            .into_iter()
+            .map(|(name, digest, size, _)| ArtifactRef { name, digest, size })
+            .collect();
+        let task = StoredTask {
+            state: row.state.clone(),
+            failures: row.attempts,
+            outputs,
+            result_json: row.result_json.clone(),
+        };
+        stored.insert(TaskId(row.id), task);
+    }
+    Ok(stored)
 }
 
 /// Store every given model file in the run's artifacts (content-addressed: once per content),

@@ -22,8 +22,52 @@ pub(super) fn test_sets(ctx: &Ctx, raw: &List) -> Result<Vec<BandSet>, SpecError
     Ok(out)
 }
 
+/// The sweep a spec describes, checked: each step below reads one part of the spec, and the
+/// order of the steps is the order in which a spec's first mistake is reported.
 pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
-    let name = ctx.scalar(&raw.name, "sweep".to_string(), |v| {
+    let name = sweep_name(ctx, &raw.name)?;
+    if raw.dataset.is_empty() {
+        return Err(ctx.err_top("the spec needs at least one [[dataset]]"));
+    }
+    let (band_radii, radii_span) = band_radii(ctx, raw.bands.as_ref())?;
+    let dataset = dataset_axis(ctx, &raw.dataset, band_radii, radii_span)?;
+
+    let no_train = RawTrain::default();
+    let t = raw.train.as_ref().map_or(&no_train, Spanned::get_ref);
+    let (trained, given) = models(ctx, &raw.model)?;
+    check_what_trains(ctx, &raw, t, trained)?;
+    let mut grid = train_grid(ctx, dataset, trained, t)?;
+    let selection = read_selection(ctx, &raw, &mut grid)?;
+    check_keys_apply(ctx, t, &grid)?;
+    let fixed = fixed_settings(ctx, t, &raw.eval, trained, band_radii)?;
+    check_model_outputs(ctx, trained, &given, &grid.dataset.values)?;
+    let total = product_size(ctx, trained, &selection.lens)?;
+
+    // The heatmap's chunks fix the tasks per point: the task table is bounded while the points
+    // are built (memory grows with the points), not after.
+    let heatmap = raw.heatmap.as_ref().map(|h| heatmap(ctx, h, &grid.arch.values)).transpose()?;
+    let dfm = raw.dfm.as_ref().map(|d| dfm(ctx, d)).transpose()?;
+    let bands = bands_spec(ctx, raw.bands.as_ref())?;
+    let per_point = tasks_per_point(ctx, &grid, heatmap.as_ref(), dfm.as_ref(), raw.dfm.as_ref(), bands.is_some())?;
+    let budget = TaskBudget { most_points: selection.most_points(&grid, trained, given.len()), per_point };
+    // Without excludes every distinct point is planned: refuse before building any.
+    if selection.excludes.is_empty() && budget.planned() > MAX_TASKS {
+        return Err(budget.too_many(ctx));
+    }
+    let mut points = trained_points(ctx, &grid, selection, total, &fixed, t, &budget)?;
+    add_given_points(ctx, &grid, &given, &fixed, &mut points)?;
+    if points.is_empty() {
+        return Err(ctx.err_top("the grid is empty (everything was excluded)"));
+    }
+
+    check_heatmap_epochs(ctx, heatmap.as_ref(), raw.heatmap.as_ref(), trained, &mut points)?;
+    check_dfm_classes(ctx, dfm.as_ref(), raw.dfm.as_ref(), &points)?;
+    Ok(Sweep { name, points, heatmap, dfm, bands, band_radii })
+}
+
+/// `name`: the sweep's name.
+fn sweep_name(ctx: &Ctx, raw: &Scalar) -> Result<String, SpecError> {
+    ctx.scalar(raw, "sweep".to_string(), |v| {
         let s = string("name", v)?;
         // The name is the default run directory (`runs/<name>`): one plain path component.
         let plain = s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
@@ -36,14 +80,18 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
             ));
         }
         Ok(s)
-    })?;
+    })
+}
 
-    if raw.dataset.is_empty() {
-        return Err(ctx.err_top("the spec needs at least one [[dataset]]"));
-    }
-    let (band_radii, radii_span) = band_radii(ctx, raw.bands.as_ref())?;
+/// The dataset axis: every `[[dataset]]` table's alternatives, under labels that differ.
+fn dataset_axis(
+    ctx: &Ctx,
+    raw: &[Spanned<RawDataset>],
+    band_radii: BandRadii,
+    radii_span: Option<Range<usize>>,
+) -> Result<Axis<DatasetSource>, SpecError> {
     let mut dataset = Axis { labels: Vec::new(), values: Vec::new() };
-    for d in &raw.dataset {
+    for d in raw {
         for (label, source) in datasets(ctx, d, (band_radii, radii_span.clone()))? {
             if dataset.labels.contains(&label) {
                 return Err(ctx.err(
@@ -55,12 +103,13 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
             dataset.values.push(source);
         }
     }
+    Ok(dataset)
+}
 
-    let no_train = RawTrain::default();
-    let t = raw.train.as_ref().map_or(&no_train, Spanned::get_ref);
+/// What trains needs [train]'s three keys; a spec of given models only has nothing to train, and
+/// nothing for [[include]] or [[exclude]] to pick.
+fn check_what_trains(ctx: &Ctx, raw: &RawSpec, t: &RawTrain, trained: Option<&RawModel>) -> Result<(), SpecError> {
     let train_span = raw.train.as_ref().map_or(0..0, Spanned::span);
-    let (trained, given) = models(ctx, &raw.model)?;
-    // What trains needs [train]'s three keys; a spec of given models only has nothing to train.
     let required = |key: &str, list: &List| match (trained, list) {
         (Some(_), None) => Err(ctx.err(&train_span, format!("[train] needs {key}: the sweep trains [model] arch"))),
         (None, Some(v)) => {
@@ -78,9 +127,19 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
             );
         }
     }
+    Ok(())
+}
+
+/// The grid's axes: the datasets, the trained architectures and every [train] list.
+fn train_grid(
+    ctx: &Ctx,
+    dataset: Axis<DatasetSource>,
+    trained: Option<&RawModel>,
+    t: &RawTrain,
+) -> Result<Grid, SpecError> {
     let s = |x: &String| x.clone();
     let f = |x: &f64| format_number(*x);
-    let mut grid = Grid {
+    Ok(Grid {
         dataset,
         arch: ctx.axis("arch", trained.and_then(|m| m.arch.as_ref()), String::new(), check_arch, s)?,
         optimizer: ctx.axis("optimizer", t.optimizer.as_ref(), "adam".into(), check_optimizer, s)?,
@@ -94,34 +153,69 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
         beta1: ctx.axis("beta1", t.beta1.as_ref(), 0.9, check_beta1, f)?,
         beta2: ctx.axis("beta2", t.beta2.as_ref(), 0.999, check_beta2, f)?,
         seed: ctx.axis("seed", t.seed.as_ref(), 0, check_seed, u64::to_string)?,
-    };
-    // The cartesian product covers the lists as written; includes may append values after it.
-    let grid_lens = grid.lens();
+    })
+}
 
-    let table = |raw: &Spanned<RawPoint>, what: &str, grid: &mut Grid, add: bool| {
-        let mut out = Vec::new();
-        for (key, v) in raw.get_ref() {
-            let (axis, index) =
-                grid.index(key, v.get_ref(), add).map_err(|m| ctx.err(&v.span(), format!("{what}: {m}")))?;
-            out.push((axis, index));
+/// Which trained points the sweep plans: the product of the axes as written, then the
+/// [[include]] points (which may add values to the axes), less the [[exclude]] matches.
+struct Selection {
+    /// The axes' lengths as written: the cartesian product covers these.
+    lens: [usize; AXES],
+    includes: Vec<[usize; AXES]>,
+    excludes: Vec<Vec<(usize, usize)>>,
+}
+
+impl Selection {
+    /// An upper bound on the points: distinct trained ones, plus one per given model and dataset.
+    fn most_points(&self, grid: &Grid, trained: Option<&RawModel>, given: usize) -> usize {
+        match trained {
+            Some(_) => grid.distinct_points(&self.lens).saturating_add(self.includes.len()),
+            None => 0,
         }
-        if out.is_empty() {
-            return Err(ctx.err(&raw.span(), format!("an empty [[{what}]] table")));
-        }
-        Ok(out)
-    };
+        .saturating_add(given.saturating_mul(grid.dataset.values.len()))
+    }
+}
+
+/// Read [[include]] (its values join the axes) and [[exclude]].
+fn read_selection(ctx: &Ctx, raw: &RawSpec, grid: &mut Grid) -> Result<Selection, SpecError> {
+    // The cartesian product covers the lists as written; includes may append values after it.
+    let lens = grid.lens();
     let mut includes = Vec::new();
     for inc in &raw.include {
         let mut idx = [0; AXES];
-        for (axis, index) in table(inc, "include", &mut grid, true)? {
+        for (axis, index) in point_table(ctx, inc, "include", grid, true)? {
             idx[axis] = index;
         }
         includes.push(idx);
     }
     let excludes: Vec<Vec<(usize, usize)>> =
-        raw.exclude.iter().map(|e| table(e, "exclude", &mut grid, false)).collect::<Result<_, _>>()?;
+        raw.exclude.iter().map(|e| point_table(ctx, e, "exclude", grid, false)).collect::<Result<_, _>>()?;
+    Ok(Selection { lens, includes, excludes })
+}
 
-    // Keys that no point uses are mistakes (momentum for an Adam-only sweep, gamma without step).
+/// One [[include]] or [[exclude]] table as `(axis, index)` pairs; `add`: values not on an axis
+/// join it.
+fn point_table(
+    ctx: &Ctx,
+    raw: &Spanned<RawPoint>,
+    what: &str,
+    grid: &mut Grid,
+    add: bool,
+) -> Result<Vec<(usize, usize)>, SpecError> {
+    let mut out = Vec::new();
+    for (key, v) in raw.get_ref() {
+        let (axis, index) =
+            grid.index(key, v.get_ref(), add).map_err(|m| ctx.err(&v.span(), format!("{what}: {m}")))?;
+        out.push((axis, index));
+    }
+    if out.is_empty() {
+        return Err(ctx.err(&raw.span(), format!("an empty [[{what}]] table")));
+    }
+    Ok(out)
+}
+
+/// Keys that no point uses are mistakes (momentum for an Adam-only sweep, gamma without step).
+fn check_keys_apply(ctx: &Ctx, t: &RawTrain, grid: &Grid) -> Result<(), SpecError> {
     let uses = |axis: &Axis<String>, value: &str| axis.values.iter().any(|v| v == value);
     let inapplicable: [(Option<Range<usize>>, &str, bool, &str); 8] = [
         (t.momentum.as_ref().map(Spanned::span), "momentum", uses(&grid.optimizer, "sgd"), "optimizer = \"sgd\""),
@@ -138,9 +232,18 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
             return Err(ctx.err(&span, format!("{key} applies to {needs}, which no point of this spec uses")));
         }
     }
+    Ok(())
+}
 
-    let eval = &raw.eval;
-    let fixed = Fixed {
+/// The settings every trained point shares ([train] and [eval] keys that are not axes).
+fn fixed_settings(
+    ctx: &Ctx,
+    t: &RawTrain,
+    eval: &RawEval,
+    trained: Option<&RawModel>,
+    band_radii: BandRadii,
+) -> Result<Fixed, SpecError> {
+    Ok(Fixed {
         classes: ctx.scalar(&trained.and_then(|m| m.classes.clone()), None, check_classes)?,
         adam_eps: ctx.scalar(&t.adam_eps, 1e-8, |v| positive_number("adam_eps", v))?,
         step_every: ctx.scalar(&t.step_every, 10, |v| small_positive("step_every", v))?,
@@ -160,14 +263,21 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
         precision: ctx.scalar(&t.precision, Precision::Fp32, check_precision)?,
         memory_format: ctx.scalar(&t.memory_format, MemoryFormat::Auto, check_memory_format)?,
         band_radii,
-    };
+    })
+}
 
-    // A model with fewer outputs than the dataset has classes fails on every worker; say so here.
+/// A model with fewer outputs than the dataset has classes fails on every worker; say so here.
+fn check_model_outputs(
+    ctx: &Ctx,
+    trained: Option<&RawModel>,
+    given: &[(GivenModel, &RawModel)],
+    datasets: &[DatasetSource],
+) -> Result<(), SpecError> {
     let mut declared: Vec<&Spanned<Value>> = trained.and_then(|m| m.classes.as_ref()).into_iter().collect();
     declared.extend(given.iter().filter_map(|(_, raw)| raw.classes.as_ref()));
     for raw_classes in declared {
         let classes = check_classes(raw_classes.get_ref()).map_err(|m| ctx.err(&raw_classes.span(), m))?.unwrap_or(0);
-        for dataset in &grid.dataset.values {
+        for dataset in datasets {
             let (name, has) = match dataset {
                 DatasetSource::Syn(_) => ("Syn_d", crate::syn::CLASSES),
                 DatasetSource::Cifar10 { .. } => ("CIFAR-10", 10),
@@ -183,23 +293,25 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
             }
         }
     }
+    Ok(())
+}
 
-    let varying = grid.lens().map(|n| n > 1);
-    let labels = Arc::new((0..AXES).map(|a| grid.labels(a).to_vec()).collect::<Vec<_>>());
-    // A product of lists grows fast; refuse a grid far beyond what a coordinator can hold (each
-    // point is a task of its own) with a message instead of running out of memory.
+/// The points in the product of the axes. A product of lists grows fast; refuse a grid far beyond
+/// what a coordinator can hold (each point is a task of its own) with a message instead of
+/// running out of memory.
+fn product_size(ctx: &Ctx, trained: Option<&RawModel>, lens: &[usize; AXES]) -> Result<usize, SpecError> {
     let total = match trained {
-        Some(_) => grid_lens.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n)),
+        Some(_) => lens.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n)),
         None => Some(0),
     };
-    let total = total
+    total
         .filter(|&n| n <= MAX_POINTS)
-        .ok_or_else(|| ctx.err_top(format!("the grid has over {MAX_POINTS} points; split the sweep")))?;
-    // The heatmap's chunks fix the tasks per point: the task table is bounded while the points
-    // are built (memory grows with the points), not after.
-    let heatmap = raw.heatmap.as_ref().map(|h| heatmap(ctx, h, &grid.arch.values)).transpose()?;
-    let dfm = raw.dfm.as_ref().map(|d| dfm(ctx, d)).transpose()?;
-    let bands = match raw.bands.as_ref() {
+        .ok_or_else(|| ctx.err_top(format!("the grid has over {MAX_POINTS} points; split the sweep")))
+}
+
+/// `[bands]`: the sufficiency analysis, unless `sufficiency = false`.
+fn bands_spec(ctx: &Ctx, raw: Option<&Spanned<RawBands>>) -> Result<Option<BandsSpec>, SpecError> {
+    Ok(match raw {
         Some(b) if ctx.scalar(&b.get_ref().sufficiency, true, |v| boolean("sufficiency", v))? => {
             let b = b.get_ref();
             Some(BandsSpec {
@@ -210,7 +322,19 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
             })
         }
         _ => None,
-    };
+    })
+}
+
+/// The most tasks one point may need: its training, the sufficiency analysis, every heatmap
+/// chunk of every kept map, the DFM chunks and shortcut tasks.
+fn tasks_per_point(
+    ctx: &Ctx,
+    grid: &Grid,
+    heatmap: Option<&HeatmapSpec>,
+    dfm: Option<&DfmSpec>,
+    raw_dfm: Option<&Spanned<RawDfm>>,
+    bands: bool,
+) -> Result<usize, SpecError> {
     // Cells and units follow each dataset's size: the analyses must fit every one.
     let shapes: Vec<(String, Shape2)> = grid
         .dataset
@@ -220,12 +344,12 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
         .filter_map(|(label, d)| Some((label.clone(), d.image_shape()?)))
         .collect();
     let mut most_cells = 0;
-    if let Some(h) = &heatmap {
+    if let Some(h) = heatmap {
         // Never empty: every selection keeps DC.
         most_cells = shapes.iter().map(|(_, shape)| h.cells.cells(*shape).len()).max().unwrap_or(0);
     }
     let mut most_units = 0;
-    if let (Some(d), Some(raw_d)) = (&dfm, &raw.dfm) {
+    if let (Some(d), Some(raw_d)) = (dfm, raw_dfm) {
         for (label, shape) in &shapes {
             let p = d.patch;
             if p > shape.h.min(shape.w) || shape.h % p != 0 || shape.w % p != 0 {
@@ -240,28 +364,47 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
     }
     // Maps per trained point: the final one, and one per kept epoch.
     let most_epochs = grid.epochs.values.iter().copied().max().unwrap_or(1);
-    let maps_per_point = heatmap.as_ref().map_or(1, |h| 1 + h.at_epochs.of_run(most_epochs).len());
-    let per_point = 1
-        + usize::from(bands.is_some())
-        + heatmap
-            .as_ref()
-            .map_or(0, |h| h.eps.len().saturating_mul(h.chunks.chunks(most_cells)).saturating_mul(maps_per_point))
-        + dfm.as_ref().map_or(0, |d| d.chunks.chunks(most_units) + usize::from(d.shortcut_degree));
-    let most_points = match trained {
-        Some(_) => grid.distinct_points(&grid_lens).saturating_add(includes.len()),
-        None => 0,
+    let maps_per_point = heatmap.map_or(1, |h| 1 + h.at_epochs.of_run(most_epochs).len());
+    Ok(1 + usize::from(bands)
+        + heatmap.map_or(0, |h| h.eps.len().saturating_mul(h.chunks.chunks(most_cells)).saturating_mul(maps_per_point))
+        + dfm.map_or(0, |d| d.chunks.chunks(most_units) + usize::from(d.shortcut_degree)))
+}
+
+/// The tasks a sweep may plan: `per_point` tasks for each of up to `most_points` points, at
+/// most [`MAX_TASKS`].
+struct TaskBudget {
+    most_points: usize,
+    per_point: usize,
+}
+
+impl TaskBudget {
+    fn planned(&self) -> usize {
+        self.most_points.saturating_mul(self.per_point)
     }
-    .saturating_add(given.len().saturating_mul(grid.dataset.values.len()));
-    let too_many = || {
+
+    fn too_many(&self, ctx: &Ctx) -> SpecError {
+        let (most_points, per_point) = (self.most_points, self.per_point);
         ctx.err_top(format!(
             "the sweep plans up to {} tasks ({most_points} points × {per_point}); a coordinator holds each in memory (about 4 KB), so at most {MAX_TASKS} (8 GB) are planned; split the sweep or use fewer heatmap chunks",
-            most_points.saturating_mul(per_point)
+            self.planned()
         ))
-    };
-    // Without excludes every distinct point is planned: refuse before building any.
-    if excludes.is_empty() && most_points.saturating_mul(per_point) > MAX_TASKS {
-        return Err(too_many());
     }
+}
+
+/// The trained points: the product of the axes (an odometer, the last axis fastest) less the
+/// excluded ones, then the included ones; each distinct point once.
+fn trained_points(
+    ctx: &Ctx,
+    grid: &Grid,
+    selection: Selection,
+    total: usize,
+    fixed: &Fixed,
+    t: &RawTrain,
+    budget: &TaskBudget,
+) -> Result<Vec<GridPoint>, SpecError> {
+    let Selection { lens: grid_lens, includes, excludes } = selection;
+    let varying = grid.lens().map(|n| n > 1);
+    let labels = Arc::new((0..AXES).map(|a| grid.labels(a).to_vec()).collect::<Vec<_>>());
     let excluded = |idx: &[usize; AXES]| excludes.iter().any(|f| f.iter().all(|&(a, i)| idx[a] == i));
     let nesterov_span = t.nesterov.as_ref().map_or(0..0, Spanned::span);
     let capacity = (total + includes.len()).min(1 << 20);
@@ -272,7 +415,7 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
         if (!included && excluded(&idx)) || !seen.insert(idx) {
             return Ok(());
         }
-        let point = grid.point(&idx, &varying, &labels, &fixed);
+        let point = grid.point(&idx, &varying, &labels, fixed);
         // PyTorch refuses Nesterov without momentum; say so here rather than on a worker.
         if let Optimizer::Sgd { momentum, nesterov: true, .. } = point.task.train.optimizer {
             if momentum == 0.0 {
@@ -283,8 +426,8 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
             }
         }
         points.push(point);
-        if points.len().saturating_mul(per_point) > MAX_TASKS {
-            return Err(too_many());
+        if points.len().saturating_mul(budget.per_point) > MAX_TASKS {
+            return Err(budget.too_many(ctx));
         }
         Ok(())
     };
@@ -303,11 +446,20 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
     for idx in includes {
         add(idx, true)?;
     }
-    // Given models: one analysis point per model and dataset, after the trained points.
-    let given_labels: Vec<String> = given.iter().map(|(m, _)| m.name.clone()).collect();
-    let mut labels = Arc::unwrap_or_clone(labels);
+    Ok(points)
+}
+
+/// Given models: one analysis point per model and dataset, after the trained points.
+fn add_given_points(
+    ctx: &Ctx,
+    grid: &Grid,
+    given: &[(GivenModel, &RawModel)],
+    fixed: &Fixed,
+    points: &mut Vec<GridPoint>,
+) -> Result<(), SpecError> {
+    let mut labels: Vec<Vec<String>> = (0..AXES).map(|a| grid.labels(a).to_vec()).collect();
     let first_given = labels[ARCH].len();
-    labels[ARCH].extend(given_labels);
+    labels[ARCH].extend(given.iter().map(|(m, _)| m.name.clone()));
     let labels = Arc::new(labels);
     for (g, (model, raw_model)) in given.iter().enumerate() {
         let classes = ctx.scalar(&raw_model.classes, None, check_classes)?;
@@ -315,15 +467,21 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
             let mut idx = [NOT_APPLICABLE; AXES];
             idx[DATASET] = d;
             idx[ARCH] = first_given + g;
-            points.push(given_point(dataset, model, classes, GridValues { labels: Arc::clone(&labels), idx }, &fixed));
+            points.push(given_point(dataset, model, classes, GridValues { labels: Arc::clone(&labels), idx }, fixed));
         }
     }
-    if points.is_empty() {
-        return Err(ctx.err_top("the grid is empty (everything was excluded)"));
-    }
+    Ok(())
+}
 
-    // Listed epochs must exist in every trained point's run; each run keeps their checkpoints.
-    if let (Some(h), Some(raw_h)) = (&heatmap, &raw.heatmap) {
+/// Listed epochs must exist in every trained point's run; each run keeps their checkpoints.
+fn check_heatmap_epochs(
+    ctx: &Ctx,
+    heatmap: Option<&HeatmapSpec>,
+    raw_heatmap: Option<&Spanned<RawHeatmap>>,
+    trained: Option<&RawModel>,
+    points: &mut [GridPoint],
+) -> Result<(), SpecError> {
+    if let (Some(h), Some(raw_h)) = (heatmap, raw_heatmap) {
         if let AtEpochs::Listed(list) = &h.at_epochs {
             let span = raw_h.get_ref().at_epochs.as_ref().map_or_else(|| raw_h.span(), Spanned::span);
             if trained.is_none() {
@@ -341,9 +499,17 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
             p.task.train.keep_epochs = h.at_epochs.of_run(p.task.train.epochs);
         }
     }
+    Ok(())
+}
 
-    // Listed DFM classes must exist in every point's model.
-    if let (Some(d), Some(raw)) = (&dfm, &raw.dfm) {
+/// Listed DFM classes must exist in every point's model.
+fn check_dfm_classes(
+    ctx: &Ctx,
+    dfm: Option<&DfmSpec>,
+    raw_dfm: Option<&Spanned<RawDfm>>,
+    points: &[GridPoint],
+) -> Result<(), SpecError> {
+    if let (Some(d), Some(raw)) = (dfm, raw_dfm) {
         let fewest = points.iter().map(|p| p.task.train.classes).min().unwrap_or(0);
         if let ClassChoice::Listed(list) = &d.classes {
             if let Some(&c) = list.iter().find(|&&c| c >= fewest) {
@@ -358,6 +524,5 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
             }
         }
     }
-
-    Ok(Sweep { name, points, heatmap, dfm, bands, band_radii })
+    Ok(())
 }
