@@ -937,16 +937,27 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Lease,
-        Metrics { stale: bool, points: usize },
-        Progress { stale: bool },
+        /// A lease for a task whose checkpoints after these epochs analyses take.
+        Lease {
+            keep_epochs: Vec<u32>,
+        },
+        Metrics {
+            stale: bool,
+            points: usize,
+        },
+        Progress {
+            stale: bool,
+        },
         Checkpoint,
-        KeepEpochs(Vec<u32>),
         Finish(End),
-        UploadEnds { ok: bool },
+        UploadEnds {
+            ok: bool,
+        },
         StreamBreaks,
         Reconnect,
-        Cancel { stale: bool },
+        Cancel {
+            stale: bool,
+        },
         Heartbeat,
         NoWork,
         Wait(u64),
@@ -955,11 +966,10 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         let end = prop_oneof![Just(End::Done), Just(End::Stopped), Just(End::Retryable), Just(End::Fatal)];
         prop_oneof![
-            2 => Just(Op::Lease),
+            2 => proptest::collection::vec(1..6u32, 0..3).prop_map(|keep_epochs| Op::Lease { keep_epochs }),
             3 => (any::<bool>(), 1..4usize).prop_map(|(stale, points)| Op::Metrics { stale, points }),
             1 => any::<bool>().prop_map(|stale| Op::Progress { stale }),
             3 => Just(Op::Checkpoint),
-            1 => proptest::collection::vec(1..6u32, 0..3).prop_map(Op::KeepEpochs),
             1 => end.prop_map(Op::Finish),
             3 => any::<bool>().prop_map(|ok| Op::UploadEnds { ok }),
             1 => Just(Op::StreamBreaks),
@@ -976,7 +986,14 @@ mod tests {
             let running = self.job.map(|(attempt, _)| attempt);
             let attempt = |stale: bool| if stale { 7 } else { running.unwrap_or(7) };
             match op {
-                Op::Lease => self.lease(),
+                Op::Lease { keep_epochs } => {
+                    self.lease();
+                    // As a train task's spec would say (fixed for the attempt).
+                    match self.agent.running.as_mut() {
+                        Some(running) if running.attempt == self.next_attempt => running.keep_epochs = keep_epochs,
+                        _ => {}
+                    }
+                }
                 Op::Metrics { stale, points } => {
                     if running.is_some() || stale {
                         let points = (0..points as u64).map(point).collect();
@@ -985,11 +1002,6 @@ mod tests {
                 }
                 Op::Progress { stale } => self.feed(Event::Engine(EngineEvent::Progress(attempt(stale), 0.5, 10.0))),
                 Op::Checkpoint => self.checkpoint(),
-                Op::KeepEpochs(epochs) => {
-                    if let Some(running) = self.agent.running.as_mut() {
-                        running.keep_epochs = epochs;
-                    }
-                }
                 Op::Finish(end) => self.finish(end),
                 Op::UploadEnds { ok } => self.upload_ends(ok),
                 Op::StreamBreaks => self.stream_up = false,
