@@ -196,67 +196,32 @@ pub fn run(
     let model_config = ModelConfig::new(arch, config.classes as i64);
     let started = Instant::now();
 
-    tch::manual_seed(config.seed as i64);
-    let mut vs = nn::VarStore::new(device);
-    let mut model = models::build(&vs, &model_config);
-    // The master model's layout: `Auto` is channels-last for these conv nets. Its numbers stay
-    // fp32 (in bf16-mixed too); checkpoints store values, so a run resumes in either layout.
-    let channels_last = config.memory_format.resolve(models::is_conv_net(vs.variables().values()))
-        == freqsweep_common::task::MemoryFormat::ChannelsLast;
-    let master = models::Numerics { kind: Kind::Float, channels_last };
-    models::convert_vars(&mut vs, master);
-    model.set_numerics(master);
-    let mut optimizer = OptimizerState::new(&vs, config.optimizer);
-    // bf16-mixed: the model above keeps the fp32 master weights (what the optimizer updates,
-    // the evaluations use and checkpoints hold); a bf16 copy, refreshed before every step, runs
-    // the forward and backward passes.
-    let mixed = match config.precision {
-        Precision::Bf16 if crate::device::bf16_allowed(device) => {
-            Some(MixedCopy::new(&model_config, device, &optimizer, channels_last))
-        }
-        Precision::Bf16 => {
-            tracing::warn!(device = %crate::device::describe(device), "bf16 training requested, but this device has no bf16 instructions (it would be emulated, slower than fp32); training in fp32");
-            None
-        }
-        Precision::Fp32 => None,
-    };
-    let mut meta = CheckpointMeta::new(model_config, Some(task.clone()));
-
-    if checkpoint_path.exists() {
-        let stored = checkpoint::load(checkpoint_path)?;
-        if stored.meta.train.as_ref() != Some(task) {
-            return Err(CheckpointError::Mismatch {
-                path: checkpoint_path.to_path_buf(),
-                detail: "belongs to a different training task (remove it or use another output directory)".into(),
-            }
-            .into());
-        }
-        stored.restore_model(&mut vs, checkpoint_path)?;
-        optimizer
-            .load_state(&stored.optimizer)
-            .map_err(|detail| CheckpointError::Mismatch { path: checkpoint_path.to_path_buf(), detail })?;
-        meta = stored.meta;
-        tracing::info!(checkpoint = %checkpoint_path.display(), epochs_done = meta.epochs_done, step = meta.step, "resuming");
-        observer.resumed(meta.epochs_done, &meta.metrics);
-    }
+    let mut trainee = Trainee::new(config, &model_config, device);
+    let fresh = CheckpointMeta::new(model_config, Some(task.clone()));
+    let mut meta = resume(task, checkpoint_path, &mut trainee, fresh, observer)?;
 
     let test = crate::data::truncate(test.clone(), config.test_limit);
     let test_sets =
         eval::band_filtered_test_sets(&test, &config.test_sets, &config.band_layout, config.clip_filtered, device);
-    let train_images = eval::images_tensor(train, device);
-    let train_labels = Tensor::from_slice(&train.labels).to_device(device);
     let n = train.len();
     let batch = config.batch_size.min(n);
     let steps_per_epoch = n.div_ceil(batch) as u64;
-    let total_steps = steps_per_epoch * u64::from(config.epochs);
-
-    let emit = |meta: &mut CheckpointMeta, points: Vec<MetricPoint>, observer: &mut dyn TrainObserver| {
-        observer.metrics(&points);
-        meta.metrics.extend(points);
+    let mut epochs = Epochs {
+        config,
+        device,
+        checkpoint_path,
+        trainee,
+        test_sets,
+        train_images: eval::images_tensor(train, device),
+        train_labels: Tensor::from_slice(&train.labels).to_device(device),
+        n,
+        batch,
+        steps_per_epoch,
+        total_steps: steps_per_epoch * u64::from(config.epochs),
     };
 
     if meta.step == 0 && meta.metrics.is_empty() {
-        let points = evaluate_all(model.as_ref(), &test_sets, config.classes, 0.0, 0)?;
+        let points = evaluate_all(epochs.trainee.model.as_ref(), &epochs.test_sets, config.classes, 0.0, 0)?;
         emit(&mut meta, points, observer);
     }
 
@@ -264,88 +229,13 @@ pub fn run(
     // what the uninterrupted run reported (every epoch ends with a loss point).
     let mut last_loss = meta.metrics.iter().rev().find(|p| p.name == "loss").map_or(f64::NAN, |p| p.value);
     for epoch in meta.epochs_done..config.epochs {
-        let lr = config.schedule.lr(config.lr, epoch, config.epochs);
-        let epoch_seed = mix(config.seed, u64::from(epoch));
-        tch::manual_seed(epoch_seed as i64);
-        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-        rng.set_stream(u64::from(epoch) + 1);
-        let mut order: Vec<i64> = (0..n as i64).collect();
-        order.shuffle(&mut rng);
-
-        let epoch_started = Instant::now();
-        let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
-        let mut loss_steps = 0u64;
-        for (i, chunk) in order.chunks(batch).enumerate() {
-            if observer.should_stop() {
-                return Ok(TrainEnd::Stopped { epochs_done: meta.epochs_done });
-            }
-            let index = Tensor::from_slice(chunk).to_device(device);
-            let mut x = train_images.index_select(0, &index);
-            let y = train_labels.index_select(0, &index);
-            x = augment(x, &config.augment, &mut rng);
-            let loss = match &mixed {
-                None => {
-                    let loss = model.logits(&x, true).map_err(model_error)?.cross_entropy_for_logits(&y);
-                    optimizer.zero_grad();
-                    loss.backward();
-                    optimizer.step(lr);
-                    loss
-                }
-                Some(copy) => copy.step(&vs, &mut optimizer, &x, &y, lr)?,
-            };
-            loss_sum += loss.detach();
-            loss_steps += 1;
-            meta.step += 1;
-
-            let step_in_epoch = i as u64 + 1;
-            let eval_now = config.eval_every_steps > 0
-                && epoch < config.eval_steps_epochs
-                && step_in_epoch.is_multiple_of(u64::from(config.eval_every_steps))
-                && step_in_epoch < steps_per_epoch;
-            if eval_now || step_in_epoch == steps_per_epoch || meta.step.is_multiple_of(LOSS_CHECK_STEPS) {
-                let mean = f64::try_from(&loss_sum).map_err(|e| TrainError::Torch(e.to_string()))? / loss_steps as f64;
-                if !mean.is_finite() {
-                    return Err(TrainError::NonFinite {
-                        loss: mean,
-                        epoch,
-                        step: meta.step,
-                        epochs_done: meta.epochs_done,
-                        checkpoint: checkpoint_path.to_path_buf(),
-                    });
-                }
-                last_loss = mean;
-            }
-            if eval_now || step_in_epoch == steps_per_epoch {
-                let at = f64::from(epoch) + step_in_epoch as f64 / steps_per_epoch as f64;
-                let mut points = vec![point("loss", at, meta.step, "", -1, last_loss)];
-                if step_in_epoch == steps_per_epoch {
-                    points.push(point("lr", at, meta.step, "", -1, lr));
-                }
-                points.extend(evaluate_all(model.as_ref(), &test_sets, config.classes, at, meta.step)?);
-                emit(&mut meta, points, observer);
-                loss_sum = Tensor::zeros([], (Kind::Float, device));
-                loss_steps = 0;
-            }
-            let done = (u64::from(epoch) * steps_per_epoch + step_in_epoch) as f64 / total_steps.max(1) as f64;
-            let rate = (step_in_epoch as usize * batch) as f64 / epoch_started.elapsed().as_secs_f64().max(1e-9);
-            observer.progress(done, rate);
+        if let EpochEnd::Stopped = epochs.train_epoch(epoch, &mut meta, &mut last_loss, observer)? {
+            return Ok(TrainEnd::Stopped { epochs_done: meta.epochs_done });
         }
-        meta.epochs_done = epoch + 1;
-        checkpoint::save(checkpoint_path, &vs, &optimizer.state_tensors(), &meta)?;
-        let seconds = epoch_started.elapsed().as_secs_f64();
-        tracing::info!(
-            epoch = epoch + 1,
-            epochs = config.epochs,
-            loss = last_loss,
-            lr,
-            seconds,
-            images_per_second = n as f64 / seconds.max(1e-9),
-            "epoch done"
-        );
-        observer.epoch_done(epoch + 1, checkpoint_path, &meta.metrics);
     }
 
-    let test_sets_summary = summarise(model.as_ref(), &test_sets, config.classes)?;
+    let trainee = &epochs.trainee;
+    let test_sets_summary = summarise(trainee.model.as_ref(), &epochs.test_sets, config.classes)?;
     Ok(TrainEnd::Finished {
         outcome: TrainOutcome {
             epochs: meta.epochs_done,
@@ -355,11 +245,228 @@ pub fn run(
             seconds: started.elapsed().as_secs_f64(),
             device: device::describe(device),
             checkpoint: checkpoint_path.display().to_string(),
-            precision: if mixed.is_some() { Precision::Bf16 } else { Precision::Fp32 },
-            memory_format: master.memory_format(),
+            precision: if trainee.mixed.is_some() { Precision::Bf16 } else { Precision::Fp32 },
+            memory_format: trainee.master.memory_format(),
         },
         history: meta.metrics,
     })
+}
+
+/// The model being trained: the master weights and their optimizer, and in bf16-mixed the copy
+/// that runs the passes.
+struct Trainee {
+    vs: nn::VarStore,
+    model: Box<dyn models::Classifier>,
+    optimizer: OptimizerState,
+    /// bf16-mixed: the model above keeps the fp32 master weights (what the optimizer updates, the
+    /// evaluations use and checkpoints hold); this bf16 copy, refreshed before every step, runs
+    /// the forward and backward passes.
+    mixed: Option<MixedCopy>,
+    master: models::Numerics,
+}
+
+impl Trainee {
+    /// A freshly initialised model (from the run's seed), in the task's layout and precision.
+    fn new(config: &TrainConfig, model_config: &ModelConfig, device: Device) -> Trainee {
+        tch::manual_seed(config.seed as i64);
+        let mut vs = nn::VarStore::new(device);
+        let mut model = models::build(&vs, model_config);
+        // The master model's layout: `Auto` is channels-last for these conv nets. Its numbers stay
+        // fp32 (in bf16-mixed too); checkpoints store values, so a run resumes in either layout.
+        let channels_last = config.memory_format.resolve(models::is_conv_net(vs.variables().values()))
+            == freqsweep_common::task::MemoryFormat::ChannelsLast;
+        let master = models::Numerics { kind: Kind::Float, channels_last };
+        models::convert_vars(&mut vs, master);
+        model.set_numerics(master);
+        let optimizer = OptimizerState::new(&vs, config.optimizer);
+        let mixed = match config.precision {
+            Precision::Bf16 if crate::device::bf16_allowed(device) => {
+                Some(MixedCopy::new(model_config, device, &optimizer, channels_last))
+            }
+            Precision::Bf16 => {
+                tracing::warn!(device = %crate::device::describe(device), "bf16 training requested, but this device has no bf16 instructions (it would be emulated, slower than fp32); training in fp32");
+                None
+            }
+            Precision::Fp32 => None,
+        };
+        Trainee { vs, model, optimizer, mixed, master }
+    }
+
+    /// One optimizer step on the batch `x`, `y`; returns the loss.
+    fn step(&mut self, x: &Tensor, y: &Tensor, lr: f64) -> Result<Tensor, TrainError> {
+        match &self.mixed {
+            None => {
+                let loss = self.model.logits(x, true).map_err(model_error)?.cross_entropy_for_logits(y);
+                self.optimizer.zero_grad();
+                loss.backward();
+                self.optimizer.step(lr);
+                Ok(loss)
+            }
+            Some(copy) => copy.step(&self.vs, &mut self.optimizer, x, y, lr),
+        }
+    }
+}
+
+/// Continue from the checkpoint at `checkpoint_path` if there is one (it must be this task's):
+/// the weights and optimizer state go into `trainee`, and its metadata (epochs done, history) is
+/// returned; otherwise `fresh`.
+fn resume(
+    task: &TrainTask,
+    checkpoint_path: &Path,
+    trainee: &mut Trainee,
+    fresh: CheckpointMeta,
+    observer: &mut dyn TrainObserver,
+) -> Result<CheckpointMeta, TrainError> {
+    if !checkpoint_path.exists() {
+        return Ok(fresh);
+    }
+    let stored = checkpoint::load(checkpoint_path)?;
+    if stored.meta.train.as_ref() != Some(task) {
+        return Err(CheckpointError::Mismatch {
+            path: checkpoint_path.to_path_buf(),
+            detail: "belongs to a different training task (remove it or use another output directory)".into(),
+        }
+        .into());
+    }
+    stored.restore_model(&mut trainee.vs, checkpoint_path)?;
+    trainee
+        .optimizer
+        .load_state(&stored.optimizer)
+        .map_err(|detail| CheckpointError::Mismatch { path: checkpoint_path.to_path_buf(), detail })?;
+    let meta = stored.meta;
+    tracing::info!(checkpoint = %checkpoint_path.display(), epochs_done = meta.epochs_done, step = meta.step, "resuming");
+    observer.resumed(meta.epochs_done, &meta.metrics);
+    Ok(meta)
+}
+
+/// Tell the observer about new points and add them to the history the checkpoint keeps.
+fn emit(meta: &mut CheckpointMeta, points: Vec<MetricPoint>, observer: &mut dyn TrainObserver) {
+    observer.metrics(&points);
+    meta.metrics.extend(points);
+}
+
+/// How an epoch ended.
+enum EpochEnd {
+    /// Every step ran and the checkpoint is saved.
+    Done,
+    /// `should_stop` said so before a step.
+    Stopped,
+}
+
+/// What every epoch of a run works with: the model, the data on the device, the batch geometry.
+struct Epochs<'a> {
+    config: &'a TrainConfig,
+    device: Device,
+    checkpoint_path: &'a Path,
+    trainee: Trainee,
+    test_sets: Vec<TestSet>,
+    train_images: Tensor,
+    train_labels: Tensor,
+    n: usize,
+    batch: usize,
+    steps_per_epoch: u64,
+    total_steps: u64,
+}
+
+impl Epochs<'_> {
+    /// Train epoch `epoch` (its randomness from `(seed, epoch)` alone), evaluating when due, then
+    /// checkpoint it.
+    fn train_epoch(
+        &mut self,
+        epoch: u32,
+        meta: &mut CheckpointMeta,
+        last_loss: &mut f64,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<EpochEnd, TrainError> {
+        let config = self.config;
+        let lr = config.schedule.lr(config.lr, epoch, config.epochs);
+        let epoch_seed = mix(config.seed, u64::from(epoch));
+        tch::manual_seed(epoch_seed as i64);
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        rng.set_stream(u64::from(epoch) + 1);
+        let mut order: Vec<i64> = (0..self.n as i64).collect();
+        order.shuffle(&mut rng);
+
+        let epoch_started = Instant::now();
+        let mut loss_sum = Tensor::zeros([], (Kind::Float, self.device));
+        let mut loss_steps = 0u64;
+        for (i, chunk) in order.chunks(self.batch).enumerate() {
+            if observer.should_stop() {
+                return Ok(EpochEnd::Stopped);
+            }
+            let index = Tensor::from_slice(chunk).to_device(self.device);
+            let mut x = self.train_images.index_select(0, &index);
+            let y = self.train_labels.index_select(0, &index);
+            x = augment(x, &config.augment, &mut rng);
+            let loss = self.trainee.step(&x, &y, lr)?;
+            loss_sum += loss.detach();
+            loss_steps += 1;
+            meta.step += 1;
+
+            let step_in_epoch = i as u64 + 1;
+            let epoch_end = step_in_epoch == self.steps_per_epoch;
+            let eval_now = config.eval_every_steps > 0
+                && epoch < config.eval_steps_epochs
+                && step_in_epoch.is_multiple_of(u64::from(config.eval_every_steps))
+                && step_in_epoch < self.steps_per_epoch;
+            if eval_now || epoch_end || meta.step.is_multiple_of(LOSS_CHECK_STEPS) {
+                *last_loss = self.checked_mean_loss(&loss_sum, loss_steps, epoch, meta)?;
+            }
+            if eval_now || epoch_end {
+                let at = f64::from(epoch) + step_in_epoch as f64 / self.steps_per_epoch as f64;
+                let mut points = vec![point("loss", at, meta.step, "", -1, *last_loss)];
+                if epoch_end {
+                    points.push(point("lr", at, meta.step, "", -1, lr));
+                }
+                let model = self.trainee.model.as_ref();
+                points.extend(evaluate_all(model, &self.test_sets, config.classes, at, meta.step)?);
+                emit(meta, points, observer);
+                loss_sum = Tensor::zeros([], (Kind::Float, self.device));
+                loss_steps = 0;
+            }
+            let done =
+                (u64::from(epoch) * self.steps_per_epoch + step_in_epoch) as f64 / self.total_steps.max(1) as f64;
+            let rate = (step_in_epoch as usize * self.batch) as f64 / epoch_started.elapsed().as_secs_f64().max(1e-9);
+            observer.progress(done, rate);
+        }
+        meta.epochs_done = epoch + 1;
+        let trainee = &self.trainee;
+        checkpoint::save(self.checkpoint_path, &trainee.vs, &trainee.optimizer.state_tensors(), meta)?;
+        let seconds = epoch_started.elapsed().as_secs_f64();
+        tracing::info!(
+            epoch = epoch + 1,
+            epochs = config.epochs,
+            loss = *last_loss,
+            lr,
+            seconds,
+            images_per_second = self.n as f64 / seconds.max(1e-9),
+            "epoch done"
+        );
+        observer.epoch_done(epoch + 1, self.checkpoint_path, &meta.metrics);
+        Ok(EpochEnd::Done)
+    }
+
+    /// The mean loss since the last evaluation; a NaN or infinite one ends the run (the last
+    /// checkpoint, written before, stays good).
+    fn checked_mean_loss(
+        &self,
+        loss_sum: &Tensor,
+        loss_steps: u64,
+        epoch: u32,
+        meta: &CheckpointMeta,
+    ) -> Result<f64, TrainError> {
+        let mean = f64::try_from(loss_sum).map_err(|e| TrainError::Torch(e.to_string()))? / loss_steps as f64;
+        if !mean.is_finite() {
+            return Err(TrainError::NonFinite {
+                loss: mean,
+                epoch,
+                step: meta.step,
+                epochs_done: meta.epochs_done,
+                checkpoint: self.checkpoint_path.to_path_buf(),
+            });
+        }
+        Ok(mean)
+    }
 }
 
 /// A seed for epoch `epoch` of a run seeded `seed` (SplitMix64 finaliser: nearby inputs give

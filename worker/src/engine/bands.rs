@@ -2,8 +2,8 @@
 //! 15 non-empty band subsets (DC kept), one subset at a time (one filtered copy of the test set
 //! resident at once), a confusion matrix each.
 
-use super::{EngineError, EngineEvents, EngineResult, TorchEngine};
-use crate::{data, device, eval};
+use super::{EngineError, EngineEvents, EngineResult, RoomModel, TorchEngine};
+use crate::{device, eval};
 use freqsweep_common::dfm::band_subsets;
 use freqsweep_common::task::{BandsOutcome, BandsTask, TaskOutcome};
 use std::collections::HashMap;
@@ -21,20 +21,17 @@ pub(super) fn run(
 ) -> Result<EngineResult, EngineError> {
     let started = Instant::now();
     let device = engine.device;
-    let test = data::truncate(engine.dataset(&b.dataset)?.1.clone(), b.images);
+    let test = engine.test_split(&b.dataset, b.images)?;
     if test.is_empty() {
         return Err(EngineError::fatal("no test images to evaluate (the test split, or its image limit, is empty)"));
     }
-    let (height, width) = (test.dims[2] as i64, test.dims[3] as i64);
-    let requested = super::numerics_for(device, b.precision, b.memory_format);
-    let (loaded, model_name) = engine.model(&b.model, inputs, (height, width), Some(b.classes), requested)?;
-    let (precision, format) = (loaded.numerics.precision(), loaded.numerics.memory_format());
+    let RoomModel { model, name: model_name, precision, memory_format: format } =
+        engine.room_model(&b.model, inputs, &test, Some(b.classes), (b.precision, b.memory_format))?;
     let subsets = band_subsets();
     let mut sets = Vec::with_capacity(subsets.len());
     for (i, &set) in subsets.iter().enumerate() {
         let filtered = eval::band_filtered_test_sets(&test, &[set], &b.band_layout, b.clip, device);
-        let m =
-            eval::evaluate(loaded.model.as_ref(), &filtered[0], b.classes, BATCH).map_err(|e| model_name.fatal(e))?;
+        let m = eval::evaluate(model.as_ref(), &filtered[0], b.classes, BATCH).map_err(|e| model_name.fatal(e))?;
         sets.push((set, m.rows()));
         let done = (i + 1) as f64 / subsets.len() as f64;
         events.progress(done, ((i + 1) * test.len()) as f64 / started.elapsed().as_secs_f64().max(1e-9));

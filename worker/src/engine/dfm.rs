@@ -2,9 +2,9 @@
 //! (`worker/src/dfm.rs` computes) on the first `images` test images, every class from the same
 //! forward passes.
 
-use super::{EngineError, EngineEvents, EngineResult, TorchEngine};
+use super::{EngineError, EngineEvents, EngineResult, RoomModel, TorchEngine};
 use crate::dfm::{self, DfmConfig};
-use crate::{data, device, eval};
+use crate::{device, eval};
 use freqsweep_common::task::{DfmOutcome, DfmTask, TaskOutcome};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,12 +19,9 @@ pub(super) fn run(
 ) -> Result<EngineResult, EngineError> {
     let started = Instant::now();
     let device = engine.device;
-    let test = data::truncate(engine.dataset(&d.dataset)?.1.clone(), d.images);
-    let (height, width) = (test.dims[2] as i64, test.dims[3] as i64);
-    let requested = super::numerics_for(device, d.precision, d.memory_format);
-    let (loaded, model_name) = engine.model(&d.model, inputs, (height, width), Some(d.classes), requested)?;
-    let (precision, format) = (loaded.numerics.precision(), loaded.numerics.memory_format());
-    let model = loaded.model;
+    let test = engine.test_split(&d.dataset, d.images)?;
+    let RoomModel { model, name: model_name, precision, memory_format: format } =
+        engine.room_model(&d.model, inputs, &test, Some(d.classes), (d.precision, d.memory_format))?;
     let images = eval::images_tensor(&test, device);
     let config = DfmConfig { patch: d.patch, units: d.units.clone(), batch: d.batch };
     let mut stopped = false;

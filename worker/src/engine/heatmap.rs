@@ -1,9 +1,9 @@
 //! The heatmap room of the engine: one chunk of a Fourier heatmap (`worker/src/heatmap.rs`
 //! computes) of the model named by the lease's input, on the first `images` test images.
 
-use super::{EngineError, EngineEvents, EngineResult, TorchEngine};
+use super::{EngineError, EngineEvents, EngineResult, RoomModel, TorchEngine};
 use crate::heatmap::{self, HeatmapConfig};
-use crate::{data, device, eval};
+use crate::{device, eval};
 use freqsweep_common::task::{HeatmapOutcome, HeatmapTask, TaskOutcome};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,14 +18,10 @@ pub(super) fn run(
 ) -> Result<EngineResult, EngineError> {
     let started = Instant::now();
     let device = engine.device;
-    let test = data::truncate(engine.dataset(&h.dataset)?.1.clone(), h.images);
-    let (height, width) = (test.dims[2] as i64, test.dims[3] as i64);
-    let requested = super::numerics_for(device, h.precision, h.memory_format);
+    let test = engine.test_split(&h.dataset, h.images)?;
     let classes = (h.classes > 0).then_some(h.classes);
-    let (loaded, model_name) = engine.model(&h.model, inputs, (height, width), classes, requested)?;
-    // Recorded as it ran: a TorchScript graph that cannot run in bf16 ran in fp32, NCHW.
-    let (precision, format) = (loaded.numerics.precision(), loaded.numerics.memory_format());
-    let model = loaded.model;
+    let RoomModel { model, name: model_name, precision, memory_format: format } =
+        engine.room_model(&h.model, inputs, &test, classes, (h.precision, h.memory_format))?;
     let images = eval::images_tensor(&test, device);
     let config = HeatmapConfig {
         eps: h.eps,

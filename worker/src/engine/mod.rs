@@ -171,11 +171,46 @@ impl TorchEngine {
         Ok((loaded, name))
     }
 
+    /// The first `images` images of `source`'s test split: what every analysis room evaluates.
+    fn test_split(&mut self, source: &DatasetSource, images: usize) -> Result<Dataset, EngineError> {
+        Ok(data::truncate(self.dataset(source)?.1.clone(), images))
+    }
+
+    /// An analysis room's model for images the size of `test`'s, in the precision and layout the
+    /// task asks for where this device has them.
+    fn room_model(
+        &self,
+        source: &ModelSource,
+        inputs: &HashMap<String, PathBuf>,
+        test: &Dataset,
+        classes: Option<usize>,
+        (precision, format): (Precision, MemoryFormat),
+    ) -> Result<RoomModel, EngineError> {
+        let (height, width) = (test.dims[2] as i64, test.dims[3] as i64);
+        let requested = numerics_for(self.device, precision, format);
+        let (loaded, name) = self.model(source, inputs, (height, width), classes, requested)?;
+        Ok(RoomModel {
+            precision: loaded.numerics.precision(),
+            memory_format: loaded.numerics.memory_format(),
+            model: loaded.model,
+            name,
+        })
+    }
+
     fn task_dir(&self, task_key: &str) -> PathBuf {
         let safe: String =
             task_key.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
         self.work_dir.join(safe)
     }
+}
+
+/// The model an analysis room runs, with the numerics it runs in: recorded in the outcome as it
+/// ran (a TorchScript graph that cannot run in bf16 runs in fp32, NCHW).
+pub(crate) struct RoomModel {
+    pub(crate) model: Box<dyn crate::models::Classifier>,
+    pub(crate) name: ModelName,
+    pub(crate) precision: Precision,
+    pub(crate) memory_format: MemoryFormat,
 }
 
 /// How errors name a task's model: `given model <name>` for a model the sweep was given (its

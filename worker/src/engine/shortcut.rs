@@ -3,8 +3,8 @@
 //! report's masks decides); the whole test split is filtered to each mask with DC kept (the FFT
 //! band filter on the CPU) and classified into a confusion matrix.
 
-use super::{EngineError, EngineEvents, EngineResult, TorchEngine};
-use crate::{data, device};
+use super::{EngineError, EngineEvents, EngineResult, RoomModel, TorchEngine};
+use crate::device;
 use freqsweep_common::dfm::MapsFile;
 use freqsweep_common::spectrum::Shape2;
 use freqsweep_common::task::{ShortcutOutcome, ShortcutTask, TaskOutcome};
@@ -23,7 +23,7 @@ pub(super) fn run(
     let maps_path = inputs
         .get(&s.maps)
         .ok_or_else(|| EngineError::transient(format!("input artifact {:?} was not provided", s.maps)))?;
-    let test = data::truncate(engine.dataset(&s.dataset)?.1.clone(), s.images);
+    let test = engine.test_split(&s.dataset, s.images)?;
     if test.is_empty() {
         return Err(EngineError::fatal("no test images to filter (the test split, or its image limit, is empty)"));
     }
@@ -42,25 +42,15 @@ pub(super) fn run(
             s.classes
         )));
     }
-    let requested = super::numerics_for(device, s.precision, s.memory_format);
-    let (loaded, model_name) =
-        engine.model(&s.model, inputs, (shape.h as i64, shape.w as i64), Some(s.classes), requested)?;
-    let (precision, format) = (loaded.numerics.precision(), loaded.numerics.memory_format());
+    let RoomModel { model, name: model_name, precision, memory_format: format } =
+        engine.room_model(&s.model, inputs, &test, Some(s.classes), (s.precision, s.memory_format))?;
     let total = s.chosen.len() * s.top.len();
-    let entries = crate::dfm::shortcut_confusions(
-        loaded.model.as_ref(),
-        &test,
-        &acc,
-        &s.chosen,
-        &s.top,
-        s.clip,
-        device,
-        &mut |done| {
+    let entries =
+        crate::dfm::shortcut_confusions(model.as_ref(), &test, &acc, &s.chosen, &s.top, s.clip, device, &mut |done| {
             let rate = (done * test.len()) as f64 / started.elapsed().as_secs_f64().max(1e-9);
             events.progress(done as f64 / total.max(1) as f64, rate);
-        },
-    )
-    .map_err(|e| model_name.fatal(e))?;
+        })
+        .map_err(|e| model_name.fatal(e))?;
     Ok(EngineResult::Done {
         outcome: TaskOutcome::Shortcut(ShortcutOutcome {
             images: test.len(),
