@@ -194,7 +194,7 @@ impl Coordinator for Service {
             cached_artifacts: r.cached_artifacts,
             resumes_history: r.features.iter().any(|f| f == freqsweep_proto::FEATURE_RESUME_HISTORY),
         };
-        let registered = self.0.with(|d| d.register(registration)).map_err(internal)?;
+        let registered = self.0.register(registration).map_err(internal)?;
         Ok(Response::new(pb::RegisterReply {
             worker_id: crate::driver::worker_name(registered.worker),
             heartbeat_interval_ms: registered.heartbeat_interval_ms,
@@ -213,8 +213,7 @@ impl Coordinator for Service {
         let text = |key: &str| request.metadata().get(key).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let (worker, key) = (text(WORKER_METADATA), text(SESSION_KEY_METADATA));
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
-        let session =
-            self.0.with(|d| d.attach(&worker, &key, tx)).map_err(internal)?.map_err(Status::failed_precondition)?;
+        let session = self.0.attach(&worker, &key, tx).map_err(internal)?.map_err(Status::failed_precondition)?;
         let mut inbound = request.into_inner();
         let shared = self.0.clone();
         tokio::spawn(async move {
@@ -228,17 +227,17 @@ impl Coordinator for Service {
                             status.code(),
                             peer_text(status.message(), MESSAGE_BYTES)
                         );
-                        let _ = shared.with(|d| d.close_session(session, why));
+                        let _ = shared.close_session(session, why);
                         break;
                     }
                 };
                 let Some(message) = from_proto(message) else { continue };
                 // A panic is logged by `with` and costs this message only.
-                if let Ok(false) = shared.with(|d| d.on_message(session, message)) {
+                if let Ok(false) = shared.on_message(session, message) {
                     break;
                 }
             }
-            let _ = shared.with(|d| d.detach(session));
+            let _ = shared.detach(session);
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx).map(to_proto))))
     }
@@ -308,7 +307,7 @@ impl Coordinator for Service {
     }
 
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
-        let snap = self.0.with(|d| d.snapshot()).map_err(internal)?;
+        let snap = self.0.try_snapshot().map_err(internal)?;
         let workers = snap
             .workers
             .into_iter()

@@ -3,7 +3,7 @@
 //! loss maps of the shortcut stage, and per-class F1 curves from the store. Built under the
 //! driver's lock from what it merged; the curves are read from the store outside it.
 
-use crate::driver::Driver;
+use crate::driver::View;
 use crate::store::Reader;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -67,7 +67,7 @@ pub struct LiveDfm {
     pub loss: Vec<Vec<f64>>,
 }
 
-impl Driver {
+impl View<'_> {
     fn point_state(&self, index: usize) -> (String, Option<u64>) {
         match self.point_trains.get(index).copied().flatten() {
             Some(t) => (self.scheduler.state(t).map_or("unknown", |s| s.as_str()).to_string(), Some(t.0)),

@@ -2,7 +2,7 @@
 //! struct as JSON) are all rendered from [`Snapshot`], taken under the driver's lock so the numbers
 //! agree with each other.
 
-use crate::driver::{worker_name, Driver};
+use crate::driver::{worker_name, View};
 use crate::scheduler::{StateName, TaskId, WorkerId};
 use crate::store::StoreStats;
 use freqsweep_common::task::TaskKind;
@@ -109,10 +109,9 @@ pub struct FailureSnapshot {
     pub task_failed: bool,
 }
 
-impl Driver {
-    /// Everything `status`, `/metrics` and the dashboard show.
-    pub fn snapshot(&self) -> Snapshot {
-        let store = self.store_stats();
+impl View<'_> {
+    /// Everything `status`, `/metrics` and the dashboard show, at `now`.
+    pub fn snapshot(&self, store: StoreStats, now: Instant) -> Snapshot {
         let core = self;
         let counts = core.scheduler.counts();
         let all_states = StateName::ALL;
@@ -138,7 +137,7 @@ impl Driver {
         );
         let total = core.scheduler.len();
         let terminal: usize = counts.iter().filter(|(s, _)| s.is_terminal()).map(|(_, c)| c).sum();
-        let uptime = self.started.elapsed().as_secs_f64();
+        let uptime = now.saturating_duration_since(self.started).as_secs_f64();
         let remaining = total - terminal;
         let since_start = terminal.saturating_sub(core.terminal_at_start);
         let eta_seconds = if remaining == 0 {
@@ -168,8 +167,8 @@ impl Driver {
                     leases: w.leases,
                     completed: w.completed,
                     throughput: w.throughput,
-                    last_seen_seconds: w.last_seen.elapsed().as_secs_f64(),
-                    connected_seconds: w.joined.elapsed().as_secs_f64(),
+                    last_seen_seconds: now.saturating_duration_since(w.last_seen).as_secs_f64(),
+                    connected_seconds: now.saturating_duration_since(w.joined).as_secs_f64(),
                     measured: core
                         .scheduler
                         .throughputs(*id)
@@ -187,12 +186,12 @@ impl Driver {
                 attempt: f.attempt,
                 worker: f.worker.clone(),
                 error: f.error.clone(),
-                age_seconds: f.at.elapsed().as_secs_f64(),
+                age_seconds: now.saturating_duration_since(f.at).as_secs_f64(),
                 task_failed: f.task.and_then(|t| core.scheduler.state(t)) == Some(StateName::Failed),
             })
             .collect();
         Snapshot {
-            sweep: self.sweep_id.clone(),
+            sweep: self.sweep_id.to_string(),
             uptime_seconds: uptime,
             finished: core.sweep_done,
             total_tasks: total as u64,
