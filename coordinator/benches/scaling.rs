@@ -174,6 +174,33 @@ struct Running {
     until: tokio::time::Instant,
 }
 
+/// A finished attempt's result and outputs: a training attempt uploads a random checkpoint and
+/// model (held in `cache` from then on), a heatmap attempt uploads nothing.
+async fn result_of(
+    client: &mut CoordinatorClient<Channel>,
+    r: &Running,
+    stats: &mut WorkerStats,
+    cache: &mut HashSet<String>,
+) -> (String, Vec<pb::ArtifactRef>) {
+    match &r.spec {
+        TaskSpec::Train(t) => {
+            let checkpoint = random_bytes(r.attempt * 2, CHECKPOINT_BYTES);
+            let model = random_bytes(r.attempt * 2 + 1, MODEL_BYTES);
+            let uploading = Instant::now();
+            let outputs =
+                vec![upload(client, CHECKPOINT_OUTPUT, &checkpoint).await, upload(client, MODEL_OUTPUT, &model).await];
+            stats.upload_time += uploading.elapsed();
+            cache.extend(outputs.iter().map(|o| o.digest.clone()));
+            (testing::train_result_json(t, "sim"), outputs)
+        }
+        TaskSpec::Heatmap(h) => {
+            let images = if h.images > 0 { h.images.min(32) } else { 32 };
+            (testing::heatmap_result_json(h, images, 0, "sim"), Vec::new())
+        }
+        other => panic!("no {} tasks here", other.kind().as_str()),
+    }
+}
+
 async fn sim_worker(channel: Channel, index: usize) -> WorkerStats {
     let mut client = CoordinatorClient::new(channel).max_decoding_message_size(64 << 20);
     let mut stats = WorkerStats::default();
@@ -269,25 +296,7 @@ async fn sim_worker(channel: Channel, index: usize) -> WorkerStats {
                 if running.as_ref().is_some_and(|r| r.until <= tokio::time::Instant::now()) {
                     let r = running.take().expect("running");
                     stats.slept.push((r.task_id, r.started.elapsed()));
-                    let (result_json, outputs) = match &r.spec {
-                        TaskSpec::Train(t) => {
-                            let checkpoint = random_bytes(r.attempt * 2, CHECKPOINT_BYTES);
-                            let model = random_bytes(r.attempt * 2 + 1, MODEL_BYTES);
-                            let uploading = Instant::now();
-                            let outputs = vec![
-                                upload(&mut client, CHECKPOINT_OUTPUT, &checkpoint).await,
-                                upload(&mut client, MODEL_OUTPUT, &model).await,
-                            ];
-                            stats.upload_time += uploading.elapsed();
-                            cache.extend(outputs.iter().map(|o| o.digest.clone()));
-                            (testing::train_result_json(t, "sim"), outputs)
-                        }
-                        TaskSpec::Heatmap(h) => {
-                            let images = if h.images > 0 { h.images.min(32) } else { 32 };
-                            (testing::heatmap_result_json(h, images, 0, "sim"), Vec::new())
-                        }
-                        other => panic!("no {} tasks here", other.kind().as_str()),
-                    };
+                    let (result_json, outputs) = result_of(&mut client, &r, &mut stats, &mut cache).await;
                     let result = pb::TaskResult { attempt_id: r.attempt, result_json, outputs, seconds: 0.0 };
                     tx.send(msg(worker_message::Body::Result(result))).await.expect("session open");
                     tx.send(lease_request()).await.expect("session open");

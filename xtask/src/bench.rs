@@ -382,12 +382,40 @@ pub fn engine(source: &libtorch::Source) -> Result<()> {
     let data = workspace_root().join("target/bench-engine");
     let models: Vec<&str> = ENGINE_MODELS.iter().map(|(m, _)| *m).collect();
     let load_before = load_average();
-    // Rust, PyTorch, Rust, PyTorch: each figure is the better of its two rounds, so a burst of
-    // other work on the machine during one half does not decide a ratio.
+    let (ours_rounds, theirs_rounds) = engine_rounds(source, &data, &models, &pydeps)?;
+    let load_after = load_average();
+    let (mut body, bf16) = engine_intro(&ours_rounds[0], &theirs_rounds[0], &load_before, &load_after)?;
+    let (rows, training, sweep) = engine_tables(&ours_rounds, &theirs_rounds, bf16)?;
+    body.push_str(&rows);
+    let dfm = engine_dfm_table(&ours_rounds, &theirs_rounds)?;
+    body.push_str(&format!(
+        "\nDominant frequency maps (SCIENCE.md §7), same run, fp32 NCHW, the same cells and images: the Rust engine \
+         (`dfm::compute`: every class's loss and flips from one forward pass per removed cell, removal as a projection \
+         on the device) against the loop of the authors' public code (`bench/torch_engine.py` `public_dfm_loop`: per \
+         class, per cell, the whole test set through FFT, zeroing, inverse FFT and the model). Time to all class maps \
+         is classes × (Rust img/s) / (public img/s); goal ≥ 0.9 × classes (3.6× for 4 classes), at ≥ 90 % of the \
+         forward pass.\n\n{dfm}"
+    ));
+    body.push_str(&format!("\nTraining, same run:\n\n{training}"));
+    body.push_str(&format!(
+        "\nThe Rust side in fp32 NCHW by batch size (images per forward pass), same run:\n\n{sweep}\n"
+    ));
+    write_section("engine", &body)
+}
+
+/// Rust, PyTorch, Rust, PyTorch: each figure is the better of its two rounds, so a burst of
+/// other work on the machine during one half does not decide a ratio. The JSON outputs of the
+/// Rust rounds and of the PyTorch rounds, in round order.
+fn engine_rounds(
+    source: &libtorch::Source,
+    data: &Path,
+    models: &[&str],
+    pydeps: &Path,
+) -> Result<(Vec<String>, Vec<String>)> {
     let (mut ours_rounds, mut theirs_rounds) = (Vec::new(), Vec::new());
     for round in 1..=ENGINE_ROUNDS {
         let mut bench = cargo(source);
-        bench.args(["bench", "-p", "freqsweep-worker", "--bench", "engine", "--", "--out"]).arg(&data);
+        bench.args(["bench", "-p", "freqsweep-worker", "--bench", "engine", "--", "--out"]).arg(data);
         bench.args(["--cells", ENGINE_CELLS, "--steps", ENGINE_STEPS, "--batches", ENGINE_BATCHES, "--sweep", "tiny"]);
         bench.args(["--batch", ENGINE_BATCH, "--models", &models.join(","), "--dfm", &ENGINE_DFM.join(",")]);
         if let Ok(threads) = std::env::var("FREQSWEEP_BENCH_THREADS") {
@@ -411,11 +439,11 @@ pub fn engine(source: &libtorch::Source) -> Result<()> {
         let out = Command::new("python3")
             .arg(workspace_root().join("bench/torch_engine.py"))
             .arg("--data")
-            .arg(&data)
+            .arg(data)
             .args(["--threads", &threads.to_string(), "--batch", ENGINE_BATCH, "--variants", variants])
             .args(["--dfm-models", &ENGINE_DFM.join(",")])
             .args(["--models", &models.join(","), "--loop-cells", ENGINE_CELLS, "--steps", ENGINE_STEPS])
-            .env("PYTHONPATH", &pydeps)
+            .env("PYTHONPATH", pydeps)
             .stderr(std::process::Stdio::inherit())
             .output()
             .context("running bench/torch_engine.py")?;
@@ -424,11 +452,13 @@ pub fn engine(source: &libtorch::Source) -> Result<()> {
         }
         theirs_rounds.push(String::from_utf8_lossy(&out.stdout).to_string());
     }
-    let load_after = load_average();
-    let best = |rounds: &[String], key: &str| -> Result<f64> {
-        rounds.iter().map(|r| json_number(r, key)).try_fold(f64::MIN, |m, v| Ok(m.max(v?)))
-    };
-    let (ours, theirs) = (&ours_rounds[0], &theirs_rounds[0]);
+    Ok((ours_rounds, theirs_rounds))
+}
+
+/// The section's heading and preamble (machine, versions, threads, load, what each column
+/// means) up to the heatmap table's header, from the first round of each side; and whether the
+/// CPU has bf16 instructions.
+fn engine_intro(ours: &str, theirs: &str, load_before: &str, load_after: &str) -> Result<(String, bool)> {
     let threads = json_number(ours, "threads")?;
     let torch_version =
         theirs.split("\"torch\": \"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("?").to_string();
@@ -441,7 +471,7 @@ pub fn engine(source: &libtorch::Source) -> Result<()> {
          on both sides: the bf16 rows are left out and a worker asked for bf16 here computes in fp32 and says so."
     };
 
-    let mut body = format!(
+    let body = format!(
         "## Worker engine (`worker/benches/engine.rs` vs `bench/torch_engine.py`)\n\n\
          Machine: {}, CPU only (no GPU in this run). libtorch 2.11.0 in both: the Rust engine through `tch`, the baseline \
          through PyTorch {torch_version} (the same wheel, so the same kernels); threads: {threads:.0} (libtorch in the Rust \
@@ -470,6 +500,13 @@ pub fn engine(source: &libtorch::Source) -> Result<()> {
         machine(),
         images = json_number(ours, "cpu.tiny.images")?,
     );
+    Ok((body, bf16))
+}
+
+/// The heatmap table's rows, the training table and the batch-size sweep table, each figure the
+/// best over the rounds.
+fn engine_tables(ours_rounds: &[String], theirs_rounds: &[String], bf16: bool) -> Result<(String, String, String)> {
+    let mut body = String::new();
     let mut training = String::from(
         "| model | numerics | Rust `train::run` steps/s | PyTorch steps/s | ratio |\n|---|---|---:|---:|---:|\n",
     );
@@ -480,8 +517,8 @@ pub fn engine(source: &libtorch::Source) -> Result<()> {
         batches.iter().map(|_| "---:|").collect::<String>()
     );
     for (model, label) in ENGINE_MODELS {
-        let get = |what: &str| best(&ours_rounds, &format!("cpu.{model}.{what}"));
-        let theirs_get = |what: &str| best(&theirs_rounds, &format!("{model}.{what}"));
+        let get = |what: &str| best_of(ours_rounds, &format!("cpu.{model}.{what}"));
+        let theirs_get = |what: &str| best_of(theirs_rounds, &format!("{model}.{what}"));
         let batch = get("batch")?;
         let looped = theirs_get("loop_images_per_second")?;
         for (variant, numerics) in ENGINE_VARIANTS {
@@ -516,15 +553,19 @@ pub fn engine(source: &libtorch::Source) -> Result<()> {
             sweep.push_str(&format!("| {label} | heatmap img/s |{}\n", row("heatmap")?));
         }
     }
-    // DFMs: the engine's one pass per removed cell for all classes against the public code's
-    // loop, which re-runs the test set per class (every class costs the same, one is timed).
+    Ok((body, training, sweep))
+}
+
+/// The DFM table: the engine's one pass per removed cell for all classes against the public
+/// code's loop, which re-runs the test set per class (every class costs the same, one is timed).
+fn engine_dfm_table(ours_rounds: &[String], theirs_rounds: &[String]) -> Result<String> {
     let mut dfm = String::from(
         "| model | classes | Rust DFM img/s | forward img/s | % of forward | public loop img/s (per class) | time to all class maps, public / Rust |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for (model, label) in ENGINE_MODELS.iter().filter(|(m, _)| ENGINE_DFM.contains(m)) {
-        let ours = best(&ours_rounds, &format!("cpu.{model}.dfm"))?;
-        let forward = best(&ours_rounds, &format!("cpu.{model}.forward"))?;
-        let public = best(&theirs_rounds, &format!("{model}.dfm_loop_images_per_second"))?;
+        let ours = best_of(ours_rounds, &format!("cpu.{model}.dfm"))?;
+        let forward = best_of(ours_rounds, &format!("cpu.{model}.forward"))?;
+        let public = best_of(theirs_rounds, &format!("{model}.dfm_loop_images_per_second"))?;
         let classes = 4.0;
         dfm.push_str(&format!(
             "| {label} | {classes:.0} | {ours:.0} | {forward:.0} | {:.0} % | {public:.0} | {:.2}× |\n",
@@ -532,17 +573,10 @@ pub fn engine(source: &libtorch::Source) -> Result<()> {
             classes * ours / public
         ));
     }
-    body.push_str(&format!(
-        "\nDominant frequency maps (SCIENCE.md §7), same run, fp32 NCHW, the same cells and images: the Rust engine \
-         (`dfm::compute`: every class's loss and flips from one forward pass per removed cell, removal as a projection \
-         on the device) against the loop of the authors' public code (`bench/torch_engine.py` `public_dfm_loop`: per \
-         class, per cell, the whole test set through FFT, zeroing, inverse FFT and the model). Time to all class maps \
-         is classes × (Rust img/s) / (public img/s); goal ≥ 0.9 × classes (3.6× for 4 classes), at ≥ 90 % of the \
-         forward pass.\n\n{dfm}"
-    ));
-    body.push_str(&format!("\nTraining, same run:\n\n{training}"));
-    body.push_str(&format!(
-        "\nThe Rust side in fp32 NCHW by batch size (images per forward pass), same run:\n\n{sweep}\n"
-    ));
-    write_section("engine", &body)
+    Ok(dfm)
+}
+
+/// The best (largest) value of `key` over the rounds' JSON outputs.
+fn best_of(rounds: &[String], key: &str) -> Result<f64> {
+    rounds.iter().map(|r| json_number(r, key)).try_fold(f64::MIN, |m, v| Ok(m.max(v?)))
 }
