@@ -2,12 +2,17 @@
 
 use std::path::{Path, PathBuf};
 
+/// The Rust sources under `dir`, test modules kept in their own files left out (`tests.rs`,
+/// anything under a `tests/` folder): like code after `#[cfg(test)]`, they are free.
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
+        let name = path.file_name().unwrap_or_default();
         if path.is_dir() {
-            sources(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
+            if name != "tests" {
+                sources(&path, out);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") && name != "tests.rs" {
             out.push(path);
         }
     }
@@ -357,7 +362,8 @@ fn kind_names(files: &[PathBuf], root: &Path) -> Vec<String> {
 /// Files that still break the file rule of `no_file_over_900_lines_and_no_function_over_120`
 /// (the function rule holds for them too). This list may only shrink: an entry is dropped the
 /// day its file is split, and the test fails while a listed file is gone or within the rule.
-const KNOWN_OVER: &[&str] = &["coordinator/src/driver.rs"];
+/// (Empty since `driver.rs` became `driver/`.)
+const KNOWN_OVER: &[&str] = &[];
 
 /// Most lines a source file may have before its test module (issue 24).
 const MAX_FILE_LINES: usize = 900;
