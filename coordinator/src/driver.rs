@@ -1063,6 +1063,10 @@ impl Driver {
                     self.workers.remove(&worker);
                     changes.push(Change::WorkerLeft { id: worker_name(worker), now_ms: wall_ms() });
                 }
+                Output::AddRefused { task, refusal } => {
+                    // The driver sends no `AddTasks` yet; a refusal would be a bug in whoever does.
+                    tracing::error!(task = task.0, ?refusal, "added tasks refused; none of the batch was added");
+                }
                 Output::SweepFinished => {
                     self.sweep_done = true;
                     // Told from the commit callback below, after the last acknowledgement.
