@@ -444,125 +444,128 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, stats: &Counte
     }
 }
 
+/// Apply `groups` in one transaction: all of them or, on an error, none.
 fn apply<'a>(conn: &mut Connection, groups: impl Iterator<Item = &'a [Change]>) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
-    {
-        let mut insert_metric = tx.prepare_cached(
-            "INSERT INTO metrics (task_id, attempt_id, name, epoch, step, test_set, class_index, value, batch) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?;
-        let mut insert_batch =
-            tx.prepare_cached("INSERT OR IGNORE INTO metric_batches (attempt_id, seq) VALUES (?1, ?2)")?;
-        for changes in groups {
-            for change in changes {
-                match change {
-                    Change::SweepValue { key, value } => {
-                        tx.execute("INSERT OR REPLACE INTO sweep (key, value) VALUES (?1, ?2)", params![key, value])?;
-                    }
-                    Change::InsertTask { id, key, kind, spec_json, deps } => {
-                        let deps = serde_json::to_string(deps).expect("ids serialise");
-                        tx.prepare_cached(
-                            "INSERT OR IGNORE INTO tasks (id, key, kind, spec_json, deps_json, state) VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
-                        )?
-                        .execute(params![*id as i64, key, kind, spec_json, deps])?;
-                    }
-                    Change::TaskState { id, state, attempts, now_ms } => {
-                        tx.prepare_cached("UPDATE tasks SET state = ?2, attempts = ?3, updated_ms = ?4 WHERE id = ?1")?
-                            .execute(params![*id as i64, state, attempts, *now_ms as i64])?;
-                    }
-                    Change::TaskResult { id, result_json } => {
-                        tx.prepare_cached("UPDATE tasks SET result_json = ?2 WHERE id = ?1")?
-                            .execute(params![*id as i64, result_json])?;
-                    }
-                    Change::TaskError { id, error } => {
-                        tx.prepare_cached("UPDATE tasks SET error = ?2 WHERE id = ?1")?
-                            .execute(params![*id as i64, error])?;
-                    }
-                    Change::AttemptStarted { id, task_id, worker, now_ms, backup } => {
-                        tx.prepare_cached(
-                            "INSERT OR IGNORE INTO attempts (id, task_id, worker, started_ms, backup) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        )?
-                        .execute(params![
-                            *id as i64,
-                            *task_id as i64,
-                            worker,
-                            *now_ms as i64,
-                            *backup as i64
-                        ])?;
-                    }
-                    Change::AttemptEnded { id, outcome, now_ms } => {
-                        tx.prepare_cached(
-                            "UPDATE attempts SET ended_ms = ?2, outcome = ?3 WHERE id = ?1 AND ended_ms IS NULL",
-                        )?
-                        .execute(params![*id as i64, *now_ms as i64, outcome])?;
-                    }
-                    Change::CloseOpenAttempts { now_ms } => {
-                        tx.execute(
-                            "UPDATE attempts SET ended_ms = ?1, outcome = 'interrupted' WHERE ended_ms IS NULL",
-                            params![*now_ms as i64],
-                        )?;
-                    }
-                    Change::Metrics { task_id, attempt_id, seq, points } => {
-                        if insert_batch.execute(params![*attempt_id as i64, *seq as i64])? == 0 {
-                            continue; // a duplicate batch: already stored
-                        }
-                        // Batches are never deleted, so their rowids only grow: a follower of the
-                        // metrics (TensorBoard) reads on from the last batch it saw.
-                        let batch = tx.last_insert_rowid();
-                        for p in points {
-                            insert_metric.execute(params![
-                                *task_id as i64,
-                                *attempt_id as i64,
-                                p.name,
-                                p.epoch,
-                                p.step as i64,
-                                p.test_set,
-                                p.class_index,
-                                p.value,
-                                batch
-                            ])?;
-                        }
-                    }
-                    Change::DiscardMetrics { attempt_id } => {
-                        tx.prepare_cached("DELETE FROM metrics WHERE attempt_id = ?1")?
-                            .execute(params![*attempt_id as i64])?;
-                    }
-                    Change::Artifact { digest, name, size, path, task_id } => {
-                        tx.execute(
-                            "INSERT OR REPLACE INTO artifacts (digest, name, size, path, task_id) VALUES (?1, ?2, ?3, ?4, ?5)",
-                            params![digest, name, *size as i64, path, task_id.map(|t| t as i64)],
-                        )?;
-                    }
-                    Change::WorkerJoined { id, hostname, device, now_ms } => {
-                        tx.execute(
-                            "INSERT OR REPLACE INTO workers (id, hostname, device, joined_ms, left_ms) VALUES (?1, ?2, ?3, ?4, NULL)",
-                            params![id, hostname, device, *now_ms as i64],
-                        )?;
-                    }
-                    Change::WorkerLeft { id, now_ms } => {
-                        tx.execute("UPDATE workers SET left_ms = ?2 WHERE id = ?1", params![id, *now_ms as i64])?;
-                    }
-                    Change::PartialCheckpoint { digest, name, size, path, task_id, attempt_id, epochs_done } => {
-                        tx.execute(
-                            "INSERT OR REPLACE INTO artifacts (digest, name, size, path, task_id, attempt_id, epochs_done) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                            params![digest, name, *size as i64, path, *task_id as i64, *attempt_id as i64, epochs_done],
-                        )?;
-                    }
-                    Change::DeleteArtifact { digest } => {
-                        tx.execute("DELETE FROM artifacts WHERE digest = ?1", params![digest])?;
-                    }
-                    Change::AttemptResumed { id, epochs_done } => {
-                        tx.prepare_cached("UPDATE attempts SET resumed_epoch = ?2 WHERE id = ?1")?
-                            .execute(params![*id as i64, epochs_done])?;
-                    }
-                    Change::SupersedeMetrics { task_id, attempt_id } => {
-                        tx.prepare_cached("DELETE FROM metrics WHERE task_id = ?1 AND attempt_id != ?2")?
-                            .execute(params![*task_id as i64, *attempt_id as i64])?;
-                    }
-                }
-            }
-        }
+    for change in groups.flatten() {
+        apply_change(&tx, change)?;
     }
     tx.commit()
+}
+
+/// One change, inside the caller's transaction.
+fn apply_change(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<()> {
+    match change {
+        Change::SweepValue { key, value } => {
+            tx.execute("INSERT OR REPLACE INTO sweep (key, value) VALUES (?1, ?2)", params![key, value])?;
+        }
+        Change::InsertTask { id, key, kind, spec_json, deps } => {
+            let deps = serde_json::to_string(deps).expect("ids serialise");
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO tasks (id, key, kind, spec_json, deps_json, state) VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+            )?
+            .execute(params![*id as i64, key, kind, spec_json, deps])?;
+        }
+        Change::TaskState { id, state, attempts, now_ms } => {
+            tx.prepare_cached("UPDATE tasks SET state = ?2, attempts = ?3, updated_ms = ?4 WHERE id = ?1")?
+                .execute(params![*id as i64, state, attempts, *now_ms as i64])?;
+        }
+        Change::TaskResult { id, result_json } => {
+            tx.prepare_cached("UPDATE tasks SET result_json = ?2 WHERE id = ?1")?
+                .execute(params![*id as i64, result_json])?;
+        }
+        Change::TaskError { id, error } => {
+            tx.prepare_cached("UPDATE tasks SET error = ?2 WHERE id = ?1")?.execute(params![*id as i64, error])?;
+        }
+        Change::AttemptStarted { id, task_id, worker, now_ms, backup } => {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO attempts (id, task_id, worker, started_ms, backup) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![*id as i64, *task_id as i64, worker, *now_ms as i64, *backup as i64])?;
+        }
+        Change::AttemptEnded { id, outcome, now_ms } => {
+            tx.prepare_cached("UPDATE attempts SET ended_ms = ?2, outcome = ?3 WHERE id = ?1 AND ended_ms IS NULL")?
+                .execute(params![*id as i64, *now_ms as i64, outcome])?;
+        }
+        Change::CloseOpenAttempts { now_ms } => {
+            tx.execute(
+                "UPDATE attempts SET ended_ms = ?1, outcome = 'interrupted' WHERE ended_ms IS NULL",
+                params![*now_ms as i64],
+            )?;
+        }
+        Change::Metrics { task_id, attempt_id, seq, points } => store_metrics(tx, *task_id, *attempt_id, *seq, points)?,
+        Change::DiscardMetrics { attempt_id } => {
+            tx.prepare_cached("DELETE FROM metrics WHERE attempt_id = ?1")?.execute(params![*attempt_id as i64])?;
+        }
+        Change::Artifact { digest, name, size, path, task_id } => {
+            tx.execute(
+                "INSERT OR REPLACE INTO artifacts (digest, name, size, path, task_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![digest, name, *size as i64, path, task_id.map(|t| t as i64)],
+            )?;
+        }
+        Change::WorkerJoined { id, hostname, device, now_ms } => {
+            tx.execute(
+                "INSERT OR REPLACE INTO workers (id, hostname, device, joined_ms, left_ms) VALUES (?1, ?2, ?3, ?4, NULL)",
+                params![id, hostname, device, *now_ms as i64],
+            )?;
+        }
+        Change::WorkerLeft { id, now_ms } => {
+            tx.execute("UPDATE workers SET left_ms = ?2 WHERE id = ?1", params![id, *now_ms as i64])?;
+        }
+        Change::PartialCheckpoint { digest, name, size, path, task_id, attempt_id, epochs_done } => {
+            tx.execute(
+                "INSERT OR REPLACE INTO artifacts (digest, name, size, path, task_id, attempt_id, epochs_done) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![digest, name, *size as i64, path, *task_id as i64, *attempt_id as i64, epochs_done],
+            )?;
+        }
+        Change::DeleteArtifact { digest } => {
+            tx.execute("DELETE FROM artifacts WHERE digest = ?1", params![digest])?;
+        }
+        Change::AttemptResumed { id, epochs_done } => {
+            tx.prepare_cached("UPDATE attempts SET resumed_epoch = ?2 WHERE id = ?1")?
+                .execute(params![*id as i64, epochs_done])?;
+        }
+        Change::SupersedeMetrics { task_id, attempt_id } => {
+            tx.prepare_cached("DELETE FROM metrics WHERE task_id = ?1 AND attempt_id != ?2")?
+                .execute(params![*task_id as i64, *attempt_id as i64])?;
+        }
+    }
+    Ok(())
+}
+
+/// A batch of metric points, unless `(attempt_id, seq)` was stored before (a retransmission).
+fn store_metrics(
+    tx: &rusqlite::Transaction<'_>,
+    task_id: u64,
+    attempt_id: u64,
+    seq: u64,
+    points: &[MetricPoint],
+) -> rusqlite::Result<()> {
+    let mut insert_batch =
+        tx.prepare_cached("INSERT OR IGNORE INTO metric_batches (attempt_id, seq) VALUES (?1, ?2)")?;
+    if insert_batch.execute(params![attempt_id as i64, seq as i64])? == 0 {
+        return Ok(()); // a duplicate batch: already stored
+    }
+    // Batches are never deleted, so their rowids only grow: a follower of the metrics
+    // (TensorBoard) reads on from the last batch it saw.
+    let batch = tx.last_insert_rowid();
+    let mut insert_metric = tx.prepare_cached(
+        "INSERT INTO metrics (task_id, attempt_id, name, epoch, step, test_set, class_index, value, batch) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for p in points {
+        insert_metric.execute(params![
+            task_id as i64,
+            attempt_id as i64,
+            p.name,
+            p.epoch,
+            p.step as i64,
+            p.test_set,
+            p.class_index,
+            p.value,
+            batch
+        ])?;
+    }
+    Ok(())
 }
 
 /// Read-only queries.
