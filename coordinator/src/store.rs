@@ -11,7 +11,9 @@
 //!
 //! Tables (all times are milliseconds since the Unix epoch):
 //! - `sweep(key, value)`: `spec_toml`, `name`, `created_ms`, … as key/value rows.
-//! - `tasks(id, key, kind, spec_json, deps_json, state, attempts, result_json, error, updated_ms)`.
+//! - `tasks(id, key, kind, spec_json, deps_json, state, attempts, result_json, error, updated_ms,
+//!   added)`: `added` is 1 for a task added while the sweep ran (a search strategy's new point),
+//!   0 for one planned when the run opened.
 //! - `attempts(id, task_id, worker, started_ms, ended_ms, outcome, resumed_epoch, backup)`:
 //!   `resumed_epoch` is the epoch a train attempt resumed at from a partial checkpoint (NULL: from
 //!   scratch); `backup` is 1 for a speculative backup attempt; `outcome` is the task's next state
@@ -40,6 +42,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
+mod added;
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StoreError {
     #[error("{path}: {detail}")]
@@ -48,6 +52,10 @@ pub enum StoreError {
     Sql(String),
     #[error("store writer has stopped")]
     Closed,
+    /// A [`Change::AddTask`] met another task under its id or key (nothing of its batch is
+    /// written).
+    #[error("store: cannot add task {key}: {detail}")]
+    AddedTaskDiffers { key: String, detail: String },
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -77,8 +85,21 @@ pub enum Change {
         key: String,
         value: String,
     },
-    /// Insert a task (ignored if the key exists: resuming a sweep re-plans the same tasks).
+    /// Insert a task planned when the run opens (ignored if the key exists: resuming a sweep
+    /// re-plans the same tasks).
     InsertTask {
+        id: u64,
+        key: String,
+        kind: String,
+        spec_json: String,
+        deps: Vec<u64>,
+    },
+    /// Insert a task added while the sweep runs, as pending and marked added (`tasks.added` = 1;
+    /// [`Reader::added_tasks`] reads them back). Applying it again is fine if the stored row is
+    /// the same added task (a retry after a crash; its state is kept); a row that differs —
+    /// another task under the id or the key, a planned task, or other kind, spec or deps — fails
+    /// the batch with [`StoreError::AddedTaskDiffers`] naming the key.
+    AddTask {
         id: u64,
         key: String,
         kind: String,
@@ -257,7 +278,13 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("attempts", "backup", "INTEGER NOT NULL DEFAULT 0"),
     // The `metric_batches` rowid of the point's batch (0 for points stored before the column).
     ("metrics", "batch", "INTEGER NOT NULL DEFAULT 0"),
+    // 1 for a task added while the sweep ran, 0 for one planned when the run opened.
+    ("tasks", "added", "INTEGER NOT NULL DEFAULT 0"),
 ];
+
+/// Added columns a read-only open does without: a store from before one reads as if each row
+/// held its default (before `tasks.added`, every task was planned when the run opened).
+const READ_WITHOUT: &[(&str, &str)] = &[("tasks", "added")];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     for (table, column, decl) in ADDED_COLUMNS {
@@ -296,7 +323,9 @@ pub fn open_read_only(path: &Path) -> Result<Reader, StoreError> {
             tables_missing += 1;
             missing.push(format!("table {table}"));
         } else {
-            missing.extend(columns.iter().filter(|c| !present.contains(c)).map(|c| format!("column {table}.{c}")));
+            let required = |c: &&String| !READ_WITHOUT.contains(&(table.as_str(), c.as_str()));
+            let lacking = columns.iter().filter(required).filter(|c| !present.contains(c));
+            missing.extend(lacking.map(|c| format!("column {table}.{c}")));
         }
     }
     if tables_missing == expected.len() {
@@ -427,7 +456,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, stats: &Counte
             continue;
         }
         let started = std::time::Instant::now();
-        let result = apply(&mut conn, group.iter().map(|(c, _)| c.as_slice())).map_err(StoreError::from);
+        let result = apply(&mut conn, group.iter().map(|(c, _)| c.as_slice()));
         // Empty batches (the service's periodic ticks) only order callbacks: not counted.
         let changes: u64 = group.iter().map(|(c, _)| c.len() as u64).sum();
         if changes > 0 {
@@ -445,16 +474,16 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, stats: &Counte
 }
 
 /// Apply `groups` in one transaction: all of them or, on an error, none.
-fn apply<'a>(conn: &mut Connection, groups: impl Iterator<Item = &'a [Change]>) -> rusqlite::Result<()> {
+fn apply<'a>(conn: &mut Connection, groups: impl Iterator<Item = &'a [Change]>) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     for change in groups.flatten() {
         apply_change(&tx, change)?;
     }
-    tx.commit()
+    Ok(tx.commit()?)
 }
 
 /// One change, inside the caller's transaction.
-fn apply_change(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<()> {
+fn apply_change(tx: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), StoreError> {
     match change {
         Change::SweepValue { key, value } => {
             tx.execute("INSERT OR REPLACE INTO sweep (key, value) VALUES (?1, ?2)", params![key, value])?;
@@ -465,6 +494,9 @@ fn apply_change(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Re
                 "INSERT OR IGNORE INTO tasks (id, key, kind, spec_json, deps_json, state) VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
             )?
             .execute(params![*id as i64, key, kind, spec_json, deps])?;
+        }
+        Change::AddTask { id, key, kind, spec_json, deps } => {
+            added::add_task(tx, &added::AddedTask { id: *id, key, kind, spec_json, deps })?
         }
         Change::TaskState { id, state, attempts, now_ms } => {
             tx.prepare_cached("UPDATE tasks SET state = ?2, attempts = ?3, updated_ms = ?4 WHERE id = ?1")?
@@ -568,7 +600,24 @@ fn store_metrics(
     Ok(())
 }
 
-/// Read-only queries.
+/// The columns [`task_row`] reads, in its order.
+const TASK_COLUMNS: &str = "id, key, kind, spec_json, deps_json, state, attempts, result_json, error";
+
+fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
+    let deps: String = r.get(4)?;
+    Ok(TaskRow {
+        id: r.get::<_, i64>(0)? as u64,
+        key: r.get(1)?,
+        kind: r.get(2)?,
+        spec_json: r.get(3)?,
+        deps: serde_json::from_str(&deps).unwrap_or_default(),
+        state: r.get(5)?,
+        attempts: r.get(6)?,
+        result_json: r.get(7)?,
+        error: r.get(8)?,
+    })
+}
+
 /// The columns [`followed_point`] reads, in its order.
 const FOLLOWED_COLUMNS: &str = "batch, task_id, attempt_id, name, epoch, step, test_set, class_index, value";
 
@@ -597,6 +646,7 @@ pub struct FollowedPoint {
     pub point: MetricPoint,
 }
 
+/// Read-only queries.
 pub struct Reader {
     conn: Connection,
 }
@@ -606,24 +656,10 @@ impl Reader {
         Ok(self.conn.query_row("SELECT value FROM sweep WHERE key = ?1", [key], |r| r.get(0)).optional()?)
     }
 
+    /// Every task, planned or added, in id order.
     pub fn tasks(&self) -> Result<Vec<TaskRow>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, key, kind, spec_json, deps_json, state, attempts, result_json, error FROM tasks ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            let deps: String = r.get(4)?;
-            Ok(TaskRow {
-                id: r.get::<_, i64>(0)? as u64,
-                key: r.get(1)?,
-                kind: r.get(2)?,
-                spec_json: r.get(3)?,
-                deps: serde_json::from_str(&deps).unwrap_or_default(),
-                state: r.get(5)?,
-                attempts: r.get(6)?,
-                result_json: r.get(7)?,
-                error: r.get(8)?,
-            })
-        })?;
+        let mut stmt = self.conn.prepare(&format!("SELECT {TASK_COLUMNS} FROM tasks ORDER BY id"))?;
+        let rows = stmt.query_map([], task_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1080,7 +1116,7 @@ mod tests {
         let columns = |t: &str| expected.iter().find(|(n, _)| n == t).map(|(_, c)| c.clone()).unwrap();
         assert_eq!(expected.len(), 7, "{expected:?}");
         assert_eq!(columns("metric_batches"), ["attempt_id", "seq"]);
-        assert_eq!(columns("tasks").len(), 10);
+        assert_eq!(columns("tasks").len(), 11);
         assert!(columns("metrics").contains(&"batch".to_string()), "added columns count too");
 
         let dir = tempfile::tempdir().unwrap();
