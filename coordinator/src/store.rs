@@ -456,7 +456,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, stats: &Counte
             continue;
         }
         let started = std::time::Instant::now();
-        let result = apply(&mut conn, group.iter().map(|(c, _)| c.as_slice()));
+        let results = commit_group(&mut conn, &group.iter().map(|(c, _)| c.as_slice()).collect::<Vec<_>>());
         // Empty batches (the service's periodic ticks) only order callbacks: not counted.
         let changes: u64 = group.iter().map(|(c, _)| c.len() as u64).sum();
         if changes > 0 {
@@ -465,11 +465,21 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, stats: &Counte
             stats.batches.fetch_add(group.iter().filter(|(c, _)| !c.is_empty()).count() as u64, Ordering::Relaxed);
             stats.changes.fetch_add(changes, Ordering::Relaxed);
         }
-        for (_, cb) in group {
+        for ((_, cb), result) in group.into_iter().zip(results) {
             if let Some(cb) = cb {
-                cb(result.clone());
+                cb(result);
             }
         }
+    }
+}
+
+/// Commit `batches` in one transaction; if that fails, each again in one of its own, so a batch
+/// that cannot be written (an added task that conflicts) fails alone, not with its group.
+fn commit_group(conn: &mut Connection, batches: &[&[Change]]) -> Vec<Result<(), StoreError>> {
+    match apply(conn, batches.iter().copied()) {
+        Ok(()) => vec![Ok(()); batches.len()],
+        Err(e) if batches.len() == 1 => vec![Err(e)],
+        Err(_) => batches.iter().map(|batch| apply(conn, std::iter::once(*batch))).collect(),
     }
 }
 
@@ -726,7 +736,6 @@ impl Reader {
         Ok(result.optional()?.flatten())
     }
 
-    /// `(name, path)` of the artifacts whose name starts with `prefix`, by name.
     /// `(name, digest)` of the artifacts whose name starts with `prefix`. (A file is found by its
     /// digest under the run directory's `artifacts/`, not by the stored `path`, which is where it
     /// was when written: a run directory moved or copied elsewhere still reads.)

@@ -99,7 +99,7 @@ impl Reader {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{open_read_only, Change, Store, ADDED_COLUMNS, SCHEMA};
+    use super::super::{commit_group, open_read_only, Change, Store, ADDED_COLUMNS, SCHEMA};
     use super::*;
     use rusqlite::Connection;
 
@@ -178,6 +178,24 @@ mod tests {
             assert_eq!(reader.sweep_value("beside").unwrap(), None);
         }
         assert_eq!(ids(&reader.tasks().unwrap()), [1, 2], "nothing else was added");
+    }
+
+    #[test]
+    fn a_conflicting_addition_fails_alone_not_the_batches_committed_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = Store::open(&dir.path().join("db")).unwrap();
+        store.write(vec![add(1, "train/a", "{}", &[])]).unwrap();
+        writer.stop();
+        let mut conn = Connection::open(dir.path().join("db")).unwrap();
+        let before = [Change::SweepValue { key: "before".into(), value: "1".into() }];
+        let conflict = [add(1, "train/a", r#"{"lr":1}"#, &[])];
+        let after = [Change::SweepValue { key: "after".into(), value: "1".into() }];
+        let results = commit_group(&mut conn, &[&before, &conflict, &after]);
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(matches!(&results[1], Err(StoreError::AddedTaskDiffers { key, .. }) if key == "train/a"));
+        let reader = Reader { conn };
+        assert_eq!(reader.sweep_value("before").unwrap().as_deref(), Some("1"));
+        assert_eq!(reader.sweep_value("after").unwrap().as_deref(), Some("1"));
     }
 
     #[test]
