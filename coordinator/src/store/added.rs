@@ -78,6 +78,15 @@ fn difference(row: &Stored, task: &AddedTask<'_>) -> Option<String> {
 }
 
 impl Reader {
+    /// Every sweep value whose key starts with `prefix`, in key order (the added points are
+    /// stored as `added_point/<index>`).
+    pub fn sweep_values_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt =
+            self.conn.prepare("SELECT key, value FROM sweep WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key")?;
+        let rows = stmt.query_map([prefix], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The tasks added while the sweep ran ([`Change::AddTask`]), in id order, with their stored
     /// state: what a restarted coordinator restores beside the tasks it plans. A store from
     /// before added tasks (read-only, so not migrated) has none.
