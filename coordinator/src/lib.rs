@@ -3,7 +3,7 @@
 //!
 //! - [`artifacts`]: content-addressed artifact files, verified uploads, chunked downloads.
 //! - [`conn`]: bounds on connections (count, unauthenticated and idle time) of both ports.
-//! - [`driver`]: owns the scheduler core and the store handle; sessions, reports, leases.
+//! - [`driver`]: the sans-IO driver (sessions, reports, leases → effects) and its shell.
 //! - [`graph`]: the task graph of a sweep (train tasks, heatmap chunks) with stable keys.
 //! - [`grpc`]: the thin tonic shell (proto ↔ domain conversion, errors to `Status`).
 //! - [`identity`]: may a run directory go on with the spec given now (pure).
@@ -13,6 +13,7 @@
 //! - [`merge`]: heatmap chunks into maps, metric points into curves and confusion matrices.
 //! - [`report`]: result files, figures and `report.html` rendered from the store.
 //! - [`run`]: opening/resuming a run directory, serving until done, writing result files.
+//! - [`search`]: which points run (`Strategy::Grid`) and points added while a sweep runs.
 //! - [`scheduler`]: the sans-IO scheduler core (tasks, attempts, leases, workers; time is an input).
 //! - [`secret`]: random tokens and keys (OS CSPRNG), constant-time comparison.
 //! - [`snapshot`]: the one picture of progress behind `status`, `/metrics` and the dashboard.
@@ -33,6 +34,7 @@ pub mod merge;
 pub mod report;
 pub mod run;
 pub mod scheduler;
+pub mod search;
 pub mod secret;
 pub mod slurm;
 pub mod snapshot;

@@ -66,14 +66,14 @@ pub const MAX_TASK_BYTES: usize = 32 << 20;
 
 /// Open `dir` for an already read spec: plan the sweep, create or resume its store.
 pub fn open_spec(spec: SpecFile, dir: &Path, config: ServiceConfig) -> Result<Run> {
-    let SpecFile { file: _, text, sweep, inputs } = spec;
+    let SpecFile { file: _, text, mut sweep, inputs } = spec;
     check_run_dir(dir)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let lock = crate::lock::lock_dir(dir)?;
     let (store, writer) = Store::open(&dir.join("freqsweep.db"))?;
     let reader = store.reader()?;
     let artifacts = ArtifactDir::new(dir.join("artifacts"));
-    let tasks = graph::plan(&sweep);
+    let mut tasks = graph::plan(&sweep);
     // A description too large for a lease is a planning error, not a worker that seems lost.
     let specs: Vec<String> = tasks.iter().map(|t| serde_json::to_string(&t.spec)).collect::<Result<_, _>>()?;
     check_task_sizes(&tasks, &specs, MAX_TASK_BYTES)?;
@@ -103,36 +103,9 @@ pub fn open_spec(spec: SpecFile, dir: &Path, config: ServiceConfig) -> Result<Ru
         }
         store.write(changes)?;
     } else {
-        // Run identity: the same tasks, setting for setting, or a refusal naming the change.
-        let recorded_text = reader.sweep_value("spec_toml")?.unwrap_or_default();
-        let recorded_inputs: Option<SpecInputs> =
-            reader.sweep_value(SPEC_INPUTS)?.and_then(|json| serde_json::from_str(&json).ok());
-        let recorded = identity::Recorded { spec_toml: &recorded_text, inputs: recorded_inputs.as_ref() };
-        let stored_tasks: Vec<identity::StoredTask> = stored_rows
-            .iter()
-            .map(|r| identity::StoredTask { id: r.id, key: &r.key, spec_json: &r.spec_json })
-            .collect();
-        let planned: Vec<identity::PlannedTask> =
-            tasks.iter().map(|t| identity::PlannedTask { id: t.id.0, key: &t.key, spec: &t.spec }).collect();
-        match identity::compare(&recorded, &stored_tasks, &text, &inputs, &planned) {
-            identity::Verdict::Refuse(why) => bail!(
-                "{} holds a run of another spec: {why}; its results were computed with the old settings and are kept as they are: use a new --out for this spec, or give the old spec to resume",
-                dir.display()
-            ),
-            identity::Verdict::Resume { changed } => {
-                if let Some(changed) = &changed {
-                    tracing::info!(changed = %changed, "the spec changed only in keys that change no task; resuming with it");
-                }
-                // The stored spec is the one the report renders; record this one and its inputs.
-                if changed.is_some() || recorded_inputs.as_ref() != Some(&inputs) {
-                    store.write(vec![
-                        Change::SweepValue { key: "spec_toml".into(), value: text },
-                        Change::SweepValue { key: "name".into(), value: sweep.name.clone() },
-                        Change::SweepValue { key: SPEC_INPUTS.into(), value: inputs_json },
-                    ])?;
-                }
-            }
-        }
+        check_identity(dir, &store, &reader, &stored_rows, &tasks, &sweep, text, &inputs, inputs_json)?;
+        crate::search::extend_with_added(&mut sweep, &mut tasks, &reader)
+            .with_context(|| format!("{}: the points added while the sweep ran", dir.display()))?;
         stored = read_stored_tasks(&reader, &stored_rows)?;
         // A given model replaced since the run started would mix two models' results.
         for (name, artifact) in &given {
@@ -167,6 +140,7 @@ pub fn open_spec(spec: SpecFile, dir: &Path, config: ServiceConfig) -> Result<Ru
     shared.restore_partials(partials);
     shared.set_given_models(given);
     shared.set_point_ids(sweep.points.iter().map(|p| p.id.clone()).collect());
+    shared.allow_growth(crate::kinds::Planner::new(&sweep), sweep.points.len());
     let tensorboard = crate::tensorboard::TensorBoard::start(dir, &store, &sweep, &tasks, Duration::from_secs(1))?;
     Ok(Run {
         dir: dir.to_path_buf(),
@@ -178,6 +152,58 @@ pub fn open_spec(spec: SpecFile, dir: &Path, config: ServiceConfig) -> Result<Ru
         tensorboard: Some(tensorboard),
         _lock: lock,
     })
+}
+
+/// Run identity: a run directory resumes only with the spec that planned its tasks, setting for
+/// setting (points added while it ran are checked apart), or it is refused naming the change. A
+/// spec that changes no task becomes the stored one.
+#[allow(clippy::too_many_arguments)]
+fn check_identity(
+    dir: &Path,
+    store: &Store,
+    reader: &Reader,
+    stored_rows: &[TaskRow],
+    tasks: &[PlannedTask],
+    sweep: &Sweep,
+    text: String,
+    inputs: &SpecInputs,
+    inputs_json: String,
+) -> Result<()> {
+    // Run identity: the same tasks, setting for setting, or a refusal naming the change.
+    let recorded_text = reader.sweep_value("spec_toml")?.unwrap_or_default();
+    let recorded_inputs: Option<SpecInputs> =
+        reader.sweep_value(SPEC_INPUTS)?.and_then(|json| serde_json::from_str(&json).ok());
+    let recorded = identity::Recorded { spec_toml: &recorded_text, inputs: recorded_inputs.as_ref() };
+    // The spec planned the grid's tasks; points added while the sweep ran are checked apart.
+    let added_rows = reader.added_tasks()?;
+    let added_ids: std::collections::HashSet<u64> = added_rows.iter().map(|r| r.id).collect();
+    let stored_tasks: Vec<identity::StoredTask> = stored_rows
+        .iter()
+        .filter(|r| !added_ids.contains(&r.id))
+        .map(|r| identity::StoredTask { id: r.id, key: &r.key, spec_json: &r.spec_json })
+        .collect();
+    let planned: Vec<identity::PlannedTask> =
+        tasks.iter().map(|t| identity::PlannedTask { id: t.id.0, key: &t.key, spec: &t.spec }).collect();
+    match identity::compare(&recorded, &stored_tasks, &text, inputs, &planned) {
+        identity::Verdict::Refuse(why) => bail!(
+            "{} holds a run of another spec: {why}; its results were computed with the old settings and are kept as they are: use a new --out for this spec, or give the old spec to resume",
+            dir.display()
+        ),
+        identity::Verdict::Resume { changed } => {
+            if let Some(changed) = &changed {
+                tracing::info!(changed = %changed, "the spec changed only in keys that change no task; resuming with it");
+            }
+            // The stored spec is the one the report renders; record this one and its inputs.
+            if changed.is_some() || recorded_inputs.as_ref() != Some(inputs) {
+                store.write(vec![
+                    Change::SweepValue { key: "spec_toml".into(), value: text },
+                    Change::SweepValue { key: "name".into(), value: sweep.name.clone() },
+                    Change::SweepValue { key: SPEC_INPUTS.into(), value: inputs_json },
+                ])?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What the store holds of each task (state, counted failures, outputs, result), for the
@@ -329,6 +355,8 @@ impl Run {
             }
         }
         let reader = Store::open(&self.dir.join("freqsweep.db"))?.0.reader()?;
+        // Points a search added since the run opened are results too.
+        crate::search::extend_with_added(&mut self.sweep, &mut self.tasks, &reader)?;
         write_results(&self.dir, &reader, &self.sweep, &self.tasks)
     }
 }

@@ -11,7 +11,9 @@
 //!
 //! Tables (all times are milliseconds since the Unix epoch):
 //! - `sweep(key, value)`: `spec_toml`, `name`, `created_ms`, … as key/value rows.
-//! - `tasks(id, key, kind, spec_json, deps_json, state, attempts, result_json, error, updated_ms)`.
+//! - `tasks(id, key, kind, spec_json, deps_json, state, attempts, result_json, error, updated_ms,
+//!   added)`: `added` is 1 for a task added while the sweep ran (a search strategy's new point),
+//!   0 for one planned when the run opened.
 //! - `attempts(id, task_id, worker, started_ms, ended_ms, outcome, resumed_epoch, backup)`:
 //!   `resumed_epoch` is the epoch a train attempt resumed at from a partial checkpoint (NULL: from
 //!   scratch); `backup` is 1 for a speculative backup attempt; `outcome` is the task's next state
@@ -40,6 +42,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
+mod added;
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StoreError {
     #[error("{path}: {detail}")]
@@ -48,6 +52,10 @@ pub enum StoreError {
     Sql(String),
     #[error("store writer has stopped")]
     Closed,
+    /// A [`Change::AddTask`] met another task under its id or key (nothing of its batch is
+    /// written).
+    #[error("store: cannot add task {key}: {detail}")]
+    AddedTaskDiffers { key: String, detail: String },
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -77,8 +85,21 @@ pub enum Change {
         key: String,
         value: String,
     },
-    /// Insert a task (ignored if the key exists: resuming a sweep re-plans the same tasks).
+    /// Insert a task planned when the run opens (ignored if the key exists: resuming a sweep
+    /// re-plans the same tasks).
     InsertTask {
+        id: u64,
+        key: String,
+        kind: String,
+        spec_json: String,
+        deps: Vec<u64>,
+    },
+    /// Insert a task added while the sweep runs, as pending and marked added (`tasks.added` = 1;
+    /// [`Reader::added_tasks`] reads them back). Applying it again is fine if the stored row is
+    /// the same added task (a retry after a crash; its state is kept); a row that differs —
+    /// another task under the id or the key, a planned task, or other kind, spec or deps — fails
+    /// the batch with [`StoreError::AddedTaskDiffers`] naming the key.
+    AddTask {
         id: u64,
         key: String,
         kind: String,
@@ -257,7 +278,13 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("attempts", "backup", "INTEGER NOT NULL DEFAULT 0"),
     // The `metric_batches` rowid of the point's batch (0 for points stored before the column).
     ("metrics", "batch", "INTEGER NOT NULL DEFAULT 0"),
+    // 1 for a task added while the sweep ran, 0 for one planned when the run opened.
+    ("tasks", "added", "INTEGER NOT NULL DEFAULT 0"),
 ];
+
+/// Added columns a read-only open does without: a store from before one reads as if each row
+/// held its default (before `tasks.added`, every task was planned when the run opened).
+const READ_WITHOUT: &[(&str, &str)] = &[("tasks", "added")];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     for (table, column, decl) in ADDED_COLUMNS {
@@ -296,7 +323,9 @@ pub fn open_read_only(path: &Path) -> Result<Reader, StoreError> {
             tables_missing += 1;
             missing.push(format!("table {table}"));
         } else {
-            missing.extend(columns.iter().filter(|c| !present.contains(c)).map(|c| format!("column {table}.{c}")));
+            let required = |c: &&String| !READ_WITHOUT.contains(&(table.as_str(), c.as_str()));
+            let lacking = columns.iter().filter(required).filter(|c| !present.contains(c));
+            missing.extend(lacking.map(|c| format!("column {table}.{c}")));
         }
     }
     if tables_missing == expected.len() {
@@ -427,7 +456,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, stats: &Counte
             continue;
         }
         let started = std::time::Instant::now();
-        let result = apply(&mut conn, group.iter().map(|(c, _)| c.as_slice())).map_err(StoreError::from);
+        let results = commit_group(&mut conn, &group.iter().map(|(c, _)| c.as_slice()).collect::<Vec<_>>());
         // Empty batches (the service's periodic ticks) only order callbacks: not counted.
         let changes: u64 = group.iter().map(|(c, _)| c.len() as u64).sum();
         if changes > 0 {
@@ -436,136 +465,169 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Command>, stats: &Counte
             stats.batches.fetch_add(group.iter().filter(|(c, _)| !c.is_empty()).count() as u64, Ordering::Relaxed);
             stats.changes.fetch_add(changes, Ordering::Relaxed);
         }
-        for (_, cb) in group {
+        for ((_, cb), result) in group.into_iter().zip(results) {
             if let Some(cb) = cb {
-                cb(result.clone());
+                cb(result);
             }
         }
     }
 }
 
-fn apply<'a>(conn: &mut Connection, groups: impl Iterator<Item = &'a [Change]>) -> rusqlite::Result<()> {
+/// Commit `batches` in one transaction; if that fails, each again in one of its own, so a batch
+/// that cannot be written (an added task that conflicts) fails alone, not with its group.
+fn commit_group(conn: &mut Connection, batches: &[&[Change]]) -> Vec<Result<(), StoreError>> {
+    match apply(conn, batches.iter().copied()) {
+        Ok(()) => vec![Ok(()); batches.len()],
+        Err(e) if batches.len() == 1 => vec![Err(e)],
+        Err(_) => batches.iter().map(|batch| apply(conn, std::iter::once(*batch))).collect(),
+    }
+}
+
+/// Apply `groups` in one transaction: all of them or, on an error, none.
+fn apply<'a>(conn: &mut Connection, groups: impl Iterator<Item = &'a [Change]>) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
-    {
-        let mut insert_metric = tx.prepare_cached(
-            "INSERT INTO metrics (task_id, attempt_id, name, epoch, step, test_set, class_index, value, batch) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?;
-        let mut insert_batch =
-            tx.prepare_cached("INSERT OR IGNORE INTO metric_batches (attempt_id, seq) VALUES (?1, ?2)")?;
-        for changes in groups {
-            for change in changes {
-                match change {
-                    Change::SweepValue { key, value } => {
-                        tx.execute("INSERT OR REPLACE INTO sweep (key, value) VALUES (?1, ?2)", params![key, value])?;
-                    }
-                    Change::InsertTask { id, key, kind, spec_json, deps } => {
-                        let deps = serde_json::to_string(deps).expect("ids serialise");
-                        tx.prepare_cached(
-                            "INSERT OR IGNORE INTO tasks (id, key, kind, spec_json, deps_json, state) VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
-                        )?
-                        .execute(params![*id as i64, key, kind, spec_json, deps])?;
-                    }
-                    Change::TaskState { id, state, attempts, now_ms } => {
-                        tx.prepare_cached("UPDATE tasks SET state = ?2, attempts = ?3, updated_ms = ?4 WHERE id = ?1")?
-                            .execute(params![*id as i64, state, attempts, *now_ms as i64])?;
-                    }
-                    Change::TaskResult { id, result_json } => {
-                        tx.prepare_cached("UPDATE tasks SET result_json = ?2 WHERE id = ?1")?
-                            .execute(params![*id as i64, result_json])?;
-                    }
-                    Change::TaskError { id, error } => {
-                        tx.prepare_cached("UPDATE tasks SET error = ?2 WHERE id = ?1")?
-                            .execute(params![*id as i64, error])?;
-                    }
-                    Change::AttemptStarted { id, task_id, worker, now_ms, backup } => {
-                        tx.prepare_cached(
-                            "INSERT OR IGNORE INTO attempts (id, task_id, worker, started_ms, backup) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        )?
-                        .execute(params![
-                            *id as i64,
-                            *task_id as i64,
-                            worker,
-                            *now_ms as i64,
-                            *backup as i64
-                        ])?;
-                    }
-                    Change::AttemptEnded { id, outcome, now_ms } => {
-                        tx.prepare_cached(
-                            "UPDATE attempts SET ended_ms = ?2, outcome = ?3 WHERE id = ?1 AND ended_ms IS NULL",
-                        )?
-                        .execute(params![*id as i64, *now_ms as i64, outcome])?;
-                    }
-                    Change::CloseOpenAttempts { now_ms } => {
-                        tx.execute(
-                            "UPDATE attempts SET ended_ms = ?1, outcome = 'interrupted' WHERE ended_ms IS NULL",
-                            params![*now_ms as i64],
-                        )?;
-                    }
-                    Change::Metrics { task_id, attempt_id, seq, points } => {
-                        if insert_batch.execute(params![*attempt_id as i64, *seq as i64])? == 0 {
-                            continue; // a duplicate batch: already stored
-                        }
-                        // Batches are never deleted, so their rowids only grow: a follower of the
-                        // metrics (TensorBoard) reads on from the last batch it saw.
-                        let batch = tx.last_insert_rowid();
-                        for p in points {
-                            insert_metric.execute(params![
-                                *task_id as i64,
-                                *attempt_id as i64,
-                                p.name,
-                                p.epoch,
-                                p.step as i64,
-                                p.test_set,
-                                p.class_index,
-                                p.value,
-                                batch
-                            ])?;
-                        }
-                    }
-                    Change::DiscardMetrics { attempt_id } => {
-                        tx.prepare_cached("DELETE FROM metrics WHERE attempt_id = ?1")?
-                            .execute(params![*attempt_id as i64])?;
-                    }
-                    Change::Artifact { digest, name, size, path, task_id } => {
-                        tx.execute(
-                            "INSERT OR REPLACE INTO artifacts (digest, name, size, path, task_id) VALUES (?1, ?2, ?3, ?4, ?5)",
-                            params![digest, name, *size as i64, path, task_id.map(|t| t as i64)],
-                        )?;
-                    }
-                    Change::WorkerJoined { id, hostname, device, now_ms } => {
-                        tx.execute(
-                            "INSERT OR REPLACE INTO workers (id, hostname, device, joined_ms, left_ms) VALUES (?1, ?2, ?3, ?4, NULL)",
-                            params![id, hostname, device, *now_ms as i64],
-                        )?;
-                    }
-                    Change::WorkerLeft { id, now_ms } => {
-                        tx.execute("UPDATE workers SET left_ms = ?2 WHERE id = ?1", params![id, *now_ms as i64])?;
-                    }
-                    Change::PartialCheckpoint { digest, name, size, path, task_id, attempt_id, epochs_done } => {
-                        tx.execute(
-                            "INSERT OR REPLACE INTO artifacts (digest, name, size, path, task_id, attempt_id, epochs_done) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                            params![digest, name, *size as i64, path, *task_id as i64, *attempt_id as i64, epochs_done],
-                        )?;
-                    }
-                    Change::DeleteArtifact { digest } => {
-                        tx.execute("DELETE FROM artifacts WHERE digest = ?1", params![digest])?;
-                    }
-                    Change::AttemptResumed { id, epochs_done } => {
-                        tx.prepare_cached("UPDATE attempts SET resumed_epoch = ?2 WHERE id = ?1")?
-                            .execute(params![*id as i64, epochs_done])?;
-                    }
-                    Change::SupersedeMetrics { task_id, attempt_id } => {
-                        tx.prepare_cached("DELETE FROM metrics WHERE task_id = ?1 AND attempt_id != ?2")?
-                            .execute(params![*task_id as i64, *attempt_id as i64])?;
-                    }
-                }
-            }
-        }
+    for change in groups.flatten() {
+        apply_change(&tx, change)?;
     }
-    tx.commit()
+    Ok(tx.commit()?)
 }
 
-/// Read-only queries.
+/// One change, inside the caller's transaction.
+fn apply_change(tx: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), StoreError> {
+    match change {
+        Change::SweepValue { key, value } => {
+            tx.execute("INSERT OR REPLACE INTO sweep (key, value) VALUES (?1, ?2)", params![key, value])?;
+        }
+        Change::InsertTask { id, key, kind, spec_json, deps } => {
+            let deps = serde_json::to_string(deps).expect("ids serialise");
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO tasks (id, key, kind, spec_json, deps_json, state) VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+            )?
+            .execute(params![*id as i64, key, kind, spec_json, deps])?;
+        }
+        Change::AddTask { id, key, kind, spec_json, deps } => {
+            added::add_task(tx, &added::AddedTask { id: *id, key, kind, spec_json, deps })?
+        }
+        Change::TaskState { id, state, attempts, now_ms } => {
+            tx.prepare_cached("UPDATE tasks SET state = ?2, attempts = ?3, updated_ms = ?4 WHERE id = ?1")?
+                .execute(params![*id as i64, state, attempts, *now_ms as i64])?;
+        }
+        Change::TaskResult { id, result_json } => {
+            tx.prepare_cached("UPDATE tasks SET result_json = ?2 WHERE id = ?1")?
+                .execute(params![*id as i64, result_json])?;
+        }
+        Change::TaskError { id, error } => {
+            tx.prepare_cached("UPDATE tasks SET error = ?2 WHERE id = ?1")?.execute(params![*id as i64, error])?;
+        }
+        Change::AttemptStarted { id, task_id, worker, now_ms, backup } => {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO attempts (id, task_id, worker, started_ms, backup) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![*id as i64, *task_id as i64, worker, *now_ms as i64, *backup as i64])?;
+        }
+        Change::AttemptEnded { id, outcome, now_ms } => {
+            tx.prepare_cached("UPDATE attempts SET ended_ms = ?2, outcome = ?3 WHERE id = ?1 AND ended_ms IS NULL")?
+                .execute(params![*id as i64, *now_ms as i64, outcome])?;
+        }
+        Change::CloseOpenAttempts { now_ms } => {
+            tx.execute(
+                "UPDATE attempts SET ended_ms = ?1, outcome = 'interrupted' WHERE ended_ms IS NULL",
+                params![*now_ms as i64],
+            )?;
+        }
+        Change::Metrics { task_id, attempt_id, seq, points } => store_metrics(tx, *task_id, *attempt_id, *seq, points)?,
+        Change::DiscardMetrics { attempt_id } => {
+            tx.prepare_cached("DELETE FROM metrics WHERE attempt_id = ?1")?.execute(params![*attempt_id as i64])?;
+        }
+        Change::Artifact { digest, name, size, path, task_id } => {
+            tx.execute(
+                "INSERT OR REPLACE INTO artifacts (digest, name, size, path, task_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![digest, name, *size as i64, path, task_id.map(|t| t as i64)],
+            )?;
+        }
+        Change::WorkerJoined { id, hostname, device, now_ms } => {
+            tx.execute(
+                "INSERT OR REPLACE INTO workers (id, hostname, device, joined_ms, left_ms) VALUES (?1, ?2, ?3, ?4, NULL)",
+                params![id, hostname, device, *now_ms as i64],
+            )?;
+        }
+        Change::WorkerLeft { id, now_ms } => {
+            tx.execute("UPDATE workers SET left_ms = ?2 WHERE id = ?1", params![id, *now_ms as i64])?;
+        }
+        Change::PartialCheckpoint { digest, name, size, path, task_id, attempt_id, epochs_done } => {
+            tx.execute(
+                "INSERT OR REPLACE INTO artifacts (digest, name, size, path, task_id, attempt_id, epochs_done) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![digest, name, *size as i64, path, *task_id as i64, *attempt_id as i64, epochs_done],
+            )?;
+        }
+        Change::DeleteArtifact { digest } => {
+            tx.execute("DELETE FROM artifacts WHERE digest = ?1", params![digest])?;
+        }
+        Change::AttemptResumed { id, epochs_done } => {
+            tx.prepare_cached("UPDATE attempts SET resumed_epoch = ?2 WHERE id = ?1")?
+                .execute(params![*id as i64, epochs_done])?;
+        }
+        Change::SupersedeMetrics { task_id, attempt_id } => {
+            tx.prepare_cached("DELETE FROM metrics WHERE task_id = ?1 AND attempt_id != ?2")?
+                .execute(params![*task_id as i64, *attempt_id as i64])?;
+        }
+    }
+    Ok(())
+}
+
+/// A batch of metric points, unless `(attempt_id, seq)` was stored before (a retransmission).
+fn store_metrics(
+    tx: &rusqlite::Transaction<'_>,
+    task_id: u64,
+    attempt_id: u64,
+    seq: u64,
+    points: &[MetricPoint],
+) -> rusqlite::Result<()> {
+    let mut insert_batch =
+        tx.prepare_cached("INSERT OR IGNORE INTO metric_batches (attempt_id, seq) VALUES (?1, ?2)")?;
+    if insert_batch.execute(params![attempt_id as i64, seq as i64])? == 0 {
+        return Ok(()); // a duplicate batch: already stored
+    }
+    // Batches are never deleted, so their rowids only grow: a follower of the metrics
+    // (TensorBoard) reads on from the last batch it saw.
+    let batch = tx.last_insert_rowid();
+    let mut insert_metric = tx.prepare_cached(
+        "INSERT INTO metrics (task_id, attempt_id, name, epoch, step, test_set, class_index, value, batch) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for p in points {
+        insert_metric.execute(params![
+            task_id as i64,
+            attempt_id as i64,
+            p.name,
+            p.epoch,
+            p.step as i64,
+            p.test_set,
+            p.class_index,
+            p.value,
+            batch
+        ])?;
+    }
+    Ok(())
+}
+
+/// The columns [`task_row`] reads, in its order.
+const TASK_COLUMNS: &str = "id, key, kind, spec_json, deps_json, state, attempts, result_json, error";
+
+fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
+    let deps: String = r.get(4)?;
+    Ok(TaskRow {
+        id: r.get::<_, i64>(0)? as u64,
+        key: r.get(1)?,
+        kind: r.get(2)?,
+        spec_json: r.get(3)?,
+        deps: serde_json::from_str(&deps).unwrap_or_default(),
+        state: r.get(5)?,
+        attempts: r.get(6)?,
+        result_json: r.get(7)?,
+        error: r.get(8)?,
+    })
+}
+
 /// The columns [`followed_point`] reads, in its order.
 const FOLLOWED_COLUMNS: &str = "batch, task_id, attempt_id, name, epoch, step, test_set, class_index, value";
 
@@ -594,6 +656,7 @@ pub struct FollowedPoint {
     pub point: MetricPoint,
 }
 
+/// Read-only queries.
 pub struct Reader {
     conn: Connection,
 }
@@ -603,24 +666,10 @@ impl Reader {
         Ok(self.conn.query_row("SELECT value FROM sweep WHERE key = ?1", [key], |r| r.get(0)).optional()?)
     }
 
+    /// Every task, planned or added, in id order.
     pub fn tasks(&self) -> Result<Vec<TaskRow>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, key, kind, spec_json, deps_json, state, attempts, result_json, error FROM tasks ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            let deps: String = r.get(4)?;
-            Ok(TaskRow {
-                id: r.get::<_, i64>(0)? as u64,
-                key: r.get(1)?,
-                kind: r.get(2)?,
-                spec_json: r.get(3)?,
-                deps: serde_json::from_str(&deps).unwrap_or_default(),
-                state: r.get(5)?,
-                attempts: r.get(6)?,
-                result_json: r.get(7)?,
-                error: r.get(8)?,
-            })
-        })?;
+        let mut stmt = self.conn.prepare(&format!("SELECT {TASK_COLUMNS} FROM tasks ORDER BY id"))?;
+        let rows = stmt.query_map([], task_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -687,7 +736,6 @@ impl Reader {
         Ok(result.optional()?.flatten())
     }
 
-    /// `(name, path)` of the artifacts whose name starts with `prefix`, by name.
     /// `(name, digest)` of the artifacts whose name starts with `prefix`. (A file is found by its
     /// digest under the run directory's `artifacts/`, not by the stored `path`, which is where it
     /// was when written: a run directory moved or copied elsewhere still reads.)
@@ -1077,7 +1125,7 @@ mod tests {
         let columns = |t: &str| expected.iter().find(|(n, _)| n == t).map(|(_, c)| c.clone()).unwrap();
         assert_eq!(expected.len(), 7, "{expected:?}");
         assert_eq!(columns("metric_batches"), ["attempt_id", "seq"]);
-        assert_eq!(columns("tasks").len(), 10);
+        assert_eq!(columns("tasks").len(), 11);
         assert!(columns("metrics").contains(&"batch".to_string()), "added columns count too");
 
         let dir = tempfile::tempdir().unwrap();

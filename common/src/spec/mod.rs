@@ -321,6 +321,20 @@ pub struct GridValues {
 }
 
 impl GridValues {
+    /// Values given key by key, as a point a search strategy made (a stored one read back):
+    /// keys not in [`GRID_KEYS`] are left out, missing or blank ones do not apply.
+    pub fn from_labels<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> GridValues {
+        let mut labels = vec![Vec::new(); AXES];
+        let mut idx = [NOT_APPLICABLE; AXES];
+        for (key, label) in pairs {
+            if let (Some(axis), false) = (GRID_KEYS.iter().position(|k| *k == key), label.is_empty()) {
+                labels[axis] = vec![label.to_string()];
+                idx[axis] = 0;
+            }
+        }
+        GridValues { labels: Arc::new(labels), idx }
+    }
+
     /// The label of grid key `key` (`None` for a key that is not in [`GRID_KEYS`]).
     pub fn get(&self, key: &str) -> Option<&String> {
         GRID_KEYS.iter().position(|k| *k == key).map(|a| self.at(a))

@@ -84,6 +84,10 @@ impl Driver {
                     );
                 }
                 Output::WorkerExpired { worker } => self.expire(now, worker, fx),
+                Output::AddRefused { task, refusal } => {
+                    tracing::error!(task = task.0, ?refusal, "added tasks refused; none of the batch was added");
+                    self.add_refused = Some(format!("task {}: {refusal:?}", task.0));
+                }
                 Output::SweepFinished => {
                     self.sweep_done = true;
                     // Told once the changes commit, after the last acknowledgement.

@@ -34,6 +34,7 @@
 //! worker join/leave/expiry; one per backup attempt started and per attempt that lost the race.
 
 mod drive;
+mod grow;
 mod restore;
 mod results;
 mod sessions;
@@ -308,6 +309,12 @@ pub struct Driver {
     pub(crate) started: Instant,
     pub(crate) sweep_id: String,
     pub(crate) counters: std::sync::Arc<Counters>,
+    /// Plans points added while the sweep runs (`None`: the run cannot grow).
+    planner: Option<kinds::Planner>,
+    /// Points planned so far, grid and added: the next added point's index.
+    points_planned: usize,
+    /// Why the scheduler refused the last `AddTasks`, if it did.
+    add_refused: Option<String>,
 }
 
 impl Driver {
@@ -357,7 +364,7 @@ impl Driver {
     }
 }
 
-pub(crate) fn worker_name(worker: WorkerId) -> String {
+pub fn worker_name(worker: WorkerId) -> String {
     format!("w{}", worker.0)
 }
 

@@ -94,6 +94,9 @@ impl Driver {
             started: now.instant,
             sweep_id,
             counters,
+            planner: None,
+            points_planned: 0,
+            add_refused: None,
         };
         let mut fx = Effects::default();
         // Restoring may have decided transitions (cascaded cancellations) that only the first

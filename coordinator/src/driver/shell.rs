@@ -298,6 +298,21 @@ impl Shared {
         self.act(|d, now, fx| d.close_session(now, session, why, fx))
     }
 
+    /// Let points be added to this sweep ([`crate::search`]), after the `points` planned.
+    pub fn allow_growth(&self, planner: crate::kinds::Planner, points: usize) {
+        self.lock().driver.allow_growth(planner, points);
+    }
+
+    /// Add `points` to the running sweep (a search strategy's); returns their tasks' ids. A
+    /// finished sweep is unfinished again until they end.
+    pub fn add_points(&self, points: &[freqsweep_common::spec::GridPoint]) -> Result<Vec<TaskId>, String> {
+        let added = self.act(|d, now, fx| d.add_points(now, points, fx)).map_err(|p| p.0)??;
+        if !self.lock().driver.sweep_done {
+            self.finished_tx.send_replace(false);
+        }
+        Ok(added)
+    }
+
     /// The token HTTP and gRPC calls must carry, if any.
     pub fn token(&self) -> Option<&str> {
         self.config.token.as_deref()

@@ -52,16 +52,23 @@ pub(super) struct Prepared {
 
 impl Prepared {
     pub(super) fn new(sweep: &Sweep) -> Prepared {
-        let mut chunks = BTreeMap::new();
-        if let Some(d) = &sweep.dfm {
-            for shape in sweep.points.iter().filter_map(|p| p.task.dataset.image_shape()) {
-                chunks.entry((shape.h, shape.w)).or_insert_with(|| {
-                    let units = dfm::units(shape, d.patch).expect("the spec checked the patch against every size");
-                    partition_cells(&units, d.chunks.chunks(units.len()))
-                });
-            }
+        let mut prepared = Prepared { spec: sweep.dfm.clone(), chunks: BTreeMap::new() };
+        for shape in sweep.points.iter().filter_map(|p| p.task.dataset.image_shape()) {
+            prepared.cut(shape);
         }
-        Prepared { spec: sweep.dfm.clone(), chunks }
+        prepared
+    }
+
+    /// Cut the units of images of `shape` into chunks, once per size. The spec checked the patch
+    /// against every dataset's size; a size it does not divide has no units and plans no chunk.
+    pub(super) fn cut(&mut self, shape: Shape2) {
+        let Some(d) = &self.spec else { return };
+        if self.chunks.contains_key(&(shape.h, shape.w)) {
+            return;
+        }
+        if let Ok(units) = dfm::units(shape, d.patch) {
+            self.chunks.insert((shape.h, shape.w), partition_cells(&units, d.chunks.chunks(units.len())));
+        }
     }
 
     /// The chunks of a point whose images are `shape`.
@@ -177,7 +184,14 @@ struct MapState {
 impl DfmMaps {
     /// Empty maps for every point that `tasks` has DFM chunks of.
     pub fn new(tasks: &[PlannedTask]) -> DfmMaps {
-        let mut maps: BTreeMap<usize, MapState> = BTreeMap::new();
+        let mut maps = DfmMaps { maps: BTreeMap::new() };
+        maps.add(tasks);
+        maps
+    }
+
+    /// Empty maps for the points of DFM chunks added to the plan.
+    pub fn add(&mut self, tasks: &[PlannedTask]) {
+        let maps = &mut self.maps;
         for task in tasks {
             if let TaskSpec::Dfm(d) = &task.spec {
                 let state = maps.entry(task.point).or_insert_with(|| MapState {
@@ -189,7 +203,6 @@ impl DfmMaps {
                 state.chunks += 1;
             }
         }
-        DfmMaps { maps }
     }
 
     /// Merge the accepted result of chunk `task`. Returns whether its point's maps became

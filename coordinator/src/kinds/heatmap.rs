@@ -44,21 +44,25 @@ pub(super) struct Prepared {
 
 impl Prepared {
     pub(super) fn new(sweep: &Sweep) -> Prepared {
-        let mut chunks = BTreeMap::new();
-        if let Some(h) = &sweep.heatmap {
-            for shape in sweep.points.iter().filter_map(|p| p.task.dataset.image_shape()) {
-                chunks.entry((shape.h, shape.w)).or_insert_with(|| {
-                    let cells = h.cells.cells(shape);
-                    partition_cells(&cells, h.chunks.chunks(cells.len()))
-                });
-            }
-        }
         let layers = match sweep.heatmap.as_ref().map(|h| &h.layers) {
             None | Some(LayerChoice::None) => Vec::new(),
             Some(LayerChoice::All) => vec!["all".to_string()],
             Some(LayerChoice::Named(names)) => names.clone(),
         };
-        Prepared { spec: sweep.heatmap.clone(), chunks, layers }
+        let mut prepared = Prepared { spec: sweep.heatmap.clone(), chunks: BTreeMap::new(), layers };
+        for shape in sweep.points.iter().filter_map(|p| p.task.dataset.image_shape()) {
+            prepared.cut(shape);
+        }
+        prepared
+    }
+
+    /// Cut the cells of images of `shape` into chunks, once per size.
+    pub(super) fn cut(&mut self, shape: Shape2) {
+        let Some(h) = &self.spec else { return };
+        self.chunks.entry((shape.h, shape.w)).or_insert_with(|| {
+            let cells = h.cells.cells(shape);
+            partition_cells(&cells, h.chunks.chunks(cells.len()))
+        });
     }
 
     pub(super) fn tasks_per_point(&self) -> usize {
@@ -236,7 +240,14 @@ struct MapState {
 impl Maps {
     /// Empty maps for every (point, ε) that `tasks` has chunks of.
     pub fn new(tasks: &[PlannedTask]) -> Maps {
-        let mut maps: BTreeMap<MapKey, MapState> = BTreeMap::new();
+        let mut maps = Maps { maps: BTreeMap::new() };
+        maps.add(tasks);
+        maps
+    }
+
+    /// Empty maps for the (point, ε) of tasks added to the plan.
+    pub fn add(&mut self, tasks: &[PlannedTask]) {
+        let maps = &mut self.maps;
         for task in tasks {
             if let (Some(key), TaskSpec::Heatmap(h)) = (MapKey::of(task), &task.spec) {
                 let state = maps.entry(key).or_insert_with(|| MapState {
@@ -248,7 +259,6 @@ impl Maps {
                 state.merged.planned_cells += h.cells.len();
             }
         }
-        Maps { maps }
     }
 
     /// Merge the accepted result of chunk `task`. Returns whether its map became complete now.

@@ -19,32 +19,72 @@ use freqsweep_common::spec::{GridPoint, Sweep};
 use freqsweep_common::task::{MetricPoint, ModelSource, TaskKind, TaskOutcome, TaskSpec, MODEL_OUTPUT};
 use std::collections::HashMap;
 
-/// Every task of `sweep`, point by point and, within a point, kind by kind in `TaskKind::ALL`
-/// order (a kind's dependencies are planned before it). Ids are 1-based positions, so every
-/// dependency points to an earlier task and the plan is in topological order.
-pub fn plan(sweep: &Sweep) -> Vec<PlannedTask> {
-    let heatmaps = heatmap::Prepared::new(sweep);
-    let dfms = dfm::Prepared::new(sweep);
-    let per_point = 1
-        + heatmaps.tasks_per_point()
-        + dfms.tasks_per_point()
-        + usize::from(sweep.dfm.as_ref().is_some_and(|d| d.shortcut_degree))
-        + usize::from(sweep.bands.is_some());
-    let mut tasks = Vec::with_capacity(sweep.points.len().saturating_mul(per_point));
-    for (index, point) in sweep.points.iter().enumerate() {
+/// Plans a sweep's points one at a time, the same way whether a point comes from the spec's grid
+/// at start-up or from a search strategy while the sweep runs (`Shared::add_points`).
+pub struct Planner {
+    sweep: Sweep,
+    heatmaps: heatmap::Prepared,
+    dfms: dfm::Prepared,
+}
+
+impl Planner {
+    /// A planner for the analyses `sweep` asks for (its points give the image sizes to cut cells
+    /// for first; a point of another size is cut when it comes).
+    pub fn new(sweep: &Sweep) -> Planner {
+        let sections = Sweep { points: Vec::new(), ..sweep.clone() };
+        Planner { heatmaps: heatmap::Prepared::new(sweep), dfms: dfm::Prepared::new(sweep), sweep: sections }
+    }
+
+    /// Tasks per point at most, for the plan's capacity.
+    fn tasks_per_point(&self) -> usize {
+        1 + self.heatmaps.tasks_per_point()
+            + self.dfms.tasks_per_point()
+            + usize::from(self.sweep.dfm.as_ref().is_some_and(|d| d.shortcut_degree))
+            + usize::from(self.sweep.bands.is_some())
+    }
+
+    /// The tasks of grid point `index`, kind by kind in `TaskKind::ALL` order (a kind's
+    /// dependencies are planned before it), with ids from `first` on: every dependency is a task
+    /// of the same point planned before it.
+    pub fn plan_point(&mut self, index: usize, point: &GridPoint, first: TaskId) -> Vec<PlannedTask> {
+        if let Some(shape) = point.task.dataset.image_shape() {
+            self.heatmaps.cut(shape);
+            self.dfms.cut(shape);
+        }
+        // Planned as the only point (ids from 1), then moved to `first`.
+        let mut tasks = Vec::new();
         let mut planned = PointPlan { index, point, train: None, dfm_chunks: Vec::new() };
         for kind in TaskKind::ALL {
             match kind {
                 TaskKind::Train => train::plan(&mut planned, &mut tasks),
                 TaskKind::Heatmap => {
-                    heatmaps.plan(&planned, &mut tasks);
-                    heatmaps.plan_epochs(&planned, &mut tasks);
+                    self.heatmaps.plan(&planned, &mut tasks);
+                    self.heatmaps.plan_epochs(&planned, &mut tasks);
                 }
-                TaskKind::Dfm => planned.dfm_chunks = dfms.plan(&planned, &mut tasks),
-                TaskKind::Shortcut => shortcut::plan(sweep, &planned, &planned.dfm_chunks, &mut tasks),
-                TaskKind::Bands => bands::plan(sweep, &planned, &mut tasks),
+                TaskKind::Dfm => planned.dfm_chunks = self.dfms.plan(&planned, &mut tasks),
+                TaskKind::Shortcut => shortcut::plan(&self.sweep, &planned, &planned.dfm_chunks, &mut tasks),
+                TaskKind::Bands => bands::plan(&self.sweep, &planned, &mut tasks),
             }
         }
+        let offset = first.0 - 1;
+        for task in &mut tasks {
+            task.id = TaskId(task.id.0 + offset);
+            for dep in &mut task.deps {
+                *dep = TaskId(dep.0 + offset);
+            }
+        }
+        tasks
+    }
+}
+
+/// Every task of `sweep`, point by point ([`Planner::plan_point`]). Ids are 1-based positions,
+/// so every dependency points to an earlier task and the plan is in topological order.
+pub fn plan(sweep: &Sweep) -> Vec<PlannedTask> {
+    let mut planner = Planner::new(sweep);
+    let mut tasks = Vec::with_capacity(sweep.points.len().saturating_mul(planner.tasks_per_point()));
+    for (index, point) in sweep.points.iter().enumerate() {
+        let first = next_id(&tasks);
+        tasks.extend(planner.plan_point(index, point, first));
     }
     tasks
 }
@@ -106,6 +146,12 @@ impl Merged {
             shortcuts: PerPoint::new(keep),
             bands: PerPoint::new(keep),
         }
+    }
+
+    /// What tasks added to the plan merge into.
+    pub fn add(&mut self, tasks: &[PlannedTask]) {
+        self.heatmaps.add(tasks);
+        self.dfms.add(tasks);
     }
 
     /// Merge the accepted result of `task`; returns the artifacts that completed with it.

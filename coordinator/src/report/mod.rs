@@ -62,7 +62,11 @@ pub fn stored_plan(reader: &Reader, db: &Path) -> Result<(Sweep, Vec<PlannedTask
         // A store from before inputs were recorded: its spec is read against the files as they are.
         None => freqsweep_common::spec::parse(&text, &file)?,
     };
-    let tasks = crate::graph::plan(&sweep);
+    let mut sweep = sweep;
+    let mut tasks = crate::graph::plan(&sweep);
+    // Points added while the sweep ran, re-planned as the run did.
+    crate::search::extend_with_added(&mut sweep, &mut tasks, reader)
+        .with_context(|| format!("{}: the points added while the sweep ran", db.display()))?;
     let rows = reader.tasks()?;
     let stored: HashMap<&str, u64> = rows.iter().map(|r| (r.key.as_str(), r.id)).collect();
     if let Some(t) = tasks.iter().find(|t| stored.get(t.key.as_str()) != Some(&t.id.0)) {

@@ -23,7 +23,8 @@ impl Scheduler {
         // Nothing ready: the tail, where a straggler may be worth racing.
         granted += self.lease_backups(now, worker, slots - granted, out);
         if granted == 0 {
-            if self.workers[&worker].running.is_empty() && !self.is_finished() {
+            // Parked even when the sweep is finished: tasks may still be added to it.
+            if self.workers[&worker].running.is_empty() {
                 self.parked.insert(worker);
             }
             out.push(Output::NoWork { worker, retry_after: self.config.idle_retry });

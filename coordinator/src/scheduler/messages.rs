@@ -56,6 +56,17 @@ pub enum Input {
     /// What `tasks` need from their dependency `dep` exists already (a checkpoint it uploaded
     /// while it runs on): they stop waiting for it, and its failure no longer cancels them.
     DepsSatisfied { dep: TaskId, tasks: Vec<TaskId> },
+    /// New tasks while the sweep runs (a search strategy adds points). The caller allocates the
+    /// ids, each above every task id the core holds (the batch's earlier ones included); each
+    /// dependency names a task the core holds or an earlier task of the batch (so the graph stays
+    /// acyclic). A batch that breaks a rule is refused whole with [`Output::AddRefused`] and
+    /// nothing of it is added. Otherwise each task enters as Blocked (the driver counts and stores
+    /// it so) and follows its dependencies as at restore, each change a [`Output::Transition`]:
+    /// to Ready if every dependency is done (leased at once to a parked idle worker), to
+    /// Cancelled if one failed or was cancelled, else it stays Blocked. A finished sweep with a
+    /// task added that is not terminal is unfinished again: [`Output::SweepFinished`] comes again
+    /// when the added tasks end.
+    AddTasks { tasks: Vec<NewTask> },
     /// Time passed: expire workers and end backoffs due by `now`.
     Tick,
 }
@@ -91,8 +102,24 @@ pub enum Output {
     /// `max_attempts`: this is the task's `times`-th counted attempt, and `failed` says the task
     /// failed with it (a `Transition` to Failed follows) rather than being re-queued.
     DiedRunning { task: TaskId, attempt: AttemptId, worker: WorkerId, times: u32, failed: bool },
-    /// Every task is terminal; emitted once.
+    /// An [`Input::AddTasks`] batch was refused whole (nothing of it was added): `task` is the
+    /// first of its tasks that broke a rule, `refusal` the rule.
+    AddRefused { task: TaskId, refusal: AddRefusal },
+    /// Every task is terminal. Emitted once each time the sweep becomes finished: once for the
+    /// planned tasks, and again after an [`Input::AddTasks`] made it unfinished, when the added
+    /// tasks end.
     SweepFinished,
+}
+
+/// Why an [`Input::AddTasks`] batch was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddRefusal {
+    /// The id names a task the core holds already (or an earlier task of the batch).
+    Exists,
+    /// The id is below `highest`, the highest task id held: new ids go above every existing one.
+    NotAbove { highest: TaskId },
+    /// The dependency `dep` names neither a task the core holds nor an earlier task of the batch.
+    UnknownDependency { dep: TaskId },
 }
 
 /// A backup attempt and why it was started (rates in work units per second: the worker's

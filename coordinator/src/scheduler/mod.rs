@@ -61,13 +61,21 @@
 //!   the store can close the attempt; any other attempt that ends (a race's loser, one of several
 //!   live attempts lost) comes as an [`Output::AttemptEnded`]. Replaying the transitions
 //!   reproduces the core's states; restoring forgets races (a running task is re-leased once).
+//! - The plan can grow: [`Input::AddTasks`] adds tasks while the sweep runs (ids above every
+//!   existing one, dependencies on known tasks; a batch that breaks a rule is refused whole with
+//!   [`Output::AddRefused`]). An added task enters Blocked and follows its dependencies as at
+//!   restore: Ready if all are done, Cancelled behind a failed or cancelled one. A finished sweep
+//!   given a task that is not terminal is unfinished again, and `SweepFinished` comes again when
+//!   it ends; idle workers stay parked after the sweep finished, so an added task reaches them at
+//!   once.
 //! - Costs: lease, report and expiry are O(log n); nothing scans all tasks (only `restore` and
-//!   `CancelSweep`, once per sweep).
+//!   `CancelSweep`, once per sweep); adding a task costs O(deps · log n).
 
 mod attempts;
 mod cancel;
 mod config;
 mod dependencies;
+mod grow;
 mod leasing;
 mod messages;
 mod restore;
@@ -79,7 +87,7 @@ mod workers;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub use config::{SchedulerConfig, SpeculationConfig};
-pub use messages::{AttemptEnd, Backup, Input, NewTask, Output, StoredState};
+pub use messages::{AddRefusal, AttemptEnd, Backup, Input, NewTask, Output, StoredState};
 pub use state::StateName;
 pub use throughput::{Cost, CostClass};
 
@@ -115,15 +123,18 @@ pub struct Scheduler {
     worker_deadlines: BTreeSet<(Millis, WorkerId)>,
     backoffs: BTreeSet<(Millis, TaskId)>,
     counts: BTreeMap<StateName, usize>,
+    /// The highest task id held: ids added at run time go above it.
+    highest_task: Option<TaskId>,
     next_attempt: u64,
     next_seq: u64,
+    /// `SweepFinished` was emitted and no task added since is unfinished.
     finished_announced: bool,
     /// Transitions decided while restoring (cascaded cancellations the store has not seen yet);
     /// the first `handle` emits them so the store catches up.
     restored: Vec<Output>,
-    /// Idle workers told `NoWork` while work was still to come: the next task that turns ready
-    /// is leased to them at once instead of after their retry (a worker takes a lease whenever
-    /// it is idle).
+    /// Idle workers told `NoWork`: the next task that turns ready (also one added to a finished
+    /// sweep) is leased to them at once instead of after their retry (a worker takes a lease
+    /// whenever it is idle).
     parked: BTreeSet<WorkerId>,
 }
 
@@ -176,6 +187,7 @@ impl Scheduler {
             Input::Cancel { task, reason } => self.cancel_task(task, &reason, out),
             Input::DepsSatisfied { dep, tasks } => self.deps_satisfied(dep, tasks, out),
             Input::CancelSweep { reason } => self.cancel_sweep(&reason, out),
+            Input::AddTasks { tasks } => self.add_tasks(tasks, out),
             Input::Tick => {}
         }
     }

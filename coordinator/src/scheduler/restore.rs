@@ -38,6 +38,7 @@ impl Scheduler {
             worker_deadlines: BTreeSet::new(),
             backoffs: BTreeSet::new(),
             counts: BTreeMap::new(),
+            highest_task: None,
             next_attempt: first_attempt.max(1),
             next_seq: 0,
             finished_announced: false,
@@ -47,7 +48,7 @@ impl Scheduler {
     }
 
     /// Add `t` as the store left it: finished states stay, anything else is blocked for now.
-    fn insert_stored(&mut self, t: &NewTask, stored: StoredState, failures: u32) {
+    pub(super) fn insert_stored(&mut self, t: &NewTask, stored: StoredState, failures: u32) {
         let state = match stored {
             StoredState::Done => State::Done,
             StoredState::Failed => State::Failed,
@@ -55,6 +56,7 @@ impl Scheduler {
             StoredState::Pending => State::Blocked,
         };
         *self.counts.entry(state.name()).or_default() += 1;
+        self.highest_task = self.highest_task.max(Some(t.id));
         self.tasks.insert(
             t.id,
             Task {
@@ -75,7 +77,7 @@ impl Scheduler {
 
     /// Once every task is in: `t` waits for each dependency not done (one naming no task counts
     /// as done), and is among its dependents.
-    fn link_dependencies(&mut self, t: &NewTask) {
+    pub(super) fn link_dependencies(&mut self, t: &NewTask) {
         for &dep in &t.deps {
             let dep_done = self.tasks.get(&dep).is_none_or(|d| d.state == State::Done);
             if let Some(d) = self.tasks.get_mut(&dep) {

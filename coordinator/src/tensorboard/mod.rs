@@ -154,6 +154,11 @@ struct TaskInfo {
 }
 
 struct Follower {
+    /// The spec's sweep and the id after its planned tasks: points added while the sweep runs
+    /// are re-planned from them when their tasks first appear (`learn_added`).
+    sweep: Sweep,
+    first_added: u64,
+    added_known: usize,
     root: PathBuf,
     artifacts: crate::artifacts::ArtifactDir,
     reader: Reader,
@@ -200,11 +205,52 @@ impl Follower {
         }
         let host = hostname();
         let artifacts = crate::artifacts::ArtifactDir::new(dir.join("artifacts"));
-        Ok(Follower { root, artifacts, reader, cursor, tasks, train_of_point, files: BTreeMap::new(), host })
+        // The sweep may hold points added before a restart: the spec's own come first.
+        let added_at_open =
+            crate::search::added_points(&reader)?.iter().filter(|a| a.index < sweep.points.len()).count();
+        let spec_points = sweep.points.len() - added_at_open;
+        let first_added = planned.iter().filter(|t| t.point < spec_points).map(|t| t.id.0).max().unwrap_or(0) + 1;
+        let spec_sweep = Sweep { points: sweep.points[..spec_points].to_vec(), ..sweep.clone() };
+        let mut follower = Follower {
+            sweep: spec_sweep,
+            first_added,
+            added_known: 0,
+            root,
+            artifacts,
+            reader,
+            cursor,
+            tasks,
+            train_of_point,
+            files: BTreeMap::new(),
+            host,
+        };
+        follower.learn_added()?;
+        Ok(follower)
+    }
+
+    /// Tasks of points added while the sweep ran that the follower does not know yet.
+    fn learn_added(&mut self) -> Result<()> {
+        let added = crate::search::added_points(&self.reader)?;
+        if added.len() <= self.added_known {
+            return Ok(());
+        }
+        let rows = self.reader.added_tasks()?;
+        let rows: Vec<_> = rows.into_iter().filter(|r| r.id >= self.first_added).collect();
+        let (points, tasks) = crate::search::replan(&self.sweep, self.first_added, &added, &rows)?;
+        for task in &tasks {
+            let Some(point) = points.get(task.point - self.sweep.points.len()) else { continue };
+            if crate::kinds::trains_model(task.kind()) {
+                self.train_of_point.insert(point.id.clone(), task.id.0);
+            }
+            self.tasks.insert(task.id.0, TaskInfo { point: point.id.clone(), classes: crate::kinds::classes(task) });
+        }
+        self.added_known = added.len();
+        Ok(())
     }
 
     /// Write what the store holds beyond the cursor, sync, then move the cursor.
     fn pass(&mut self) -> Result<()> {
+        self.learn_added()?;
         let mut wrote = false;
         // Batch ids only grow and a batch commits with its points, so every batch up to the
         // newest seen now is complete.

@@ -624,5 +624,6 @@ fn restore_reports_cascaded_cancellations_once() {
     assert!(s.handle(1, Input::Tick).is_empty(), "emitted once");
 }
 
+mod grow;
 mod random;
 mod speculation;

@@ -1,5 +1,5 @@
-//! Random event sequences (joins, leases, reports, forgeries, restarts, …) with the invariants
-//! checked after every step.
+//! Random event sequences (joins, leases, reports, forgeries, restarts, tasks added, …) with the
+//! invariants checked after every step.
 
 use super::*;
 use proptest::prelude::*;
@@ -29,6 +29,12 @@ enum Event {
     /// Worker `w` lists those of its live attempts whose bit is set in the mask, plus one
     /// leased attempt that may be stale; `seen`: it has received every lease sent so far.
     Reconcile(u64, u8, usize, bool),
+    /// Tasks added while the sweep runs, one per entry: its dependencies pick (modulo) among the
+    /// tasks held and the batch's earlier ones; `gap`: its id skips one.
+    Add(Vec<(Vec<usize>, bool)>),
+    /// A valid task, then one that breaks a rule (`rule` % 3: an id that exists, an unknown
+    /// dependency, a dependency on itself): the batch must be refused whole.
+    AddBad(usize, u8),
 }
 
 fn event() -> impl Strategy<Value = Event> {
@@ -40,7 +46,8 @@ fn event() -> impl Strategy<Value = Event> {
         40 => (0..64usize).prop_map(Event::Complete),
         20 => ((0..64usize), any::<bool>()).prop_map(|(i, r)| Event::Fail(i, r)),
         10 => (0..64usize).prop_map(Event::Release),
-        10 => (0..TASKS).prop_map(Event::Cancel),
+        // Ids past the planned ones hit added tasks (or none: an unknown id is ignored).
+        10 => (0..TASKS + 12).prop_map(Event::Cancel),
         30 => (0..1500u64).prop_map(Event::Advance),
         30 => (0..300u64).prop_map(Event::Advance),
         60 => (0..64usize).prop_map(Event::CompleteLive),
@@ -48,6 +55,8 @@ fn event() -> impl Strategy<Value = Event> {
         10 => Just(Event::Restart),
         20 => ((0..64usize), (0..4u64)).prop_map(|(i, w)| Event::Forge(i, w)),
         20 => ((0..4u64), any::<u8>(), (0..64usize), any::<bool>()).prop_map(|(w, m, i, seen)| Event::Reconcile(w, m, i, seen)),
+        15 => prop::collection::vec((prop::collection::vec(0..64usize, 0..3), any::<bool>()), 1..4).prop_map(Event::Add),
+        3 => ((0..64usize), any::<u8>()).prop_map(|(i, rule)| Event::AddBad(i, rule)),
         // Rare, or nearly every sequence would end cancelled.
         1 => Just(Event::CancelSweep),
     ]
@@ -75,17 +84,53 @@ fn random_sweep() -> Vec<NewTask> {
 
 /// What the store would hold: states replayed from transitions, plus failure counts.
 struct ShadowStore {
+    /// Every task: the planned ones, then those added (a driver stores them before it hands them
+    /// to the core).
+    plan: Vec<NewTask>,
     states: HashMap<TaskId, StateName>,
     failures: HashMap<TaskId, u32>,
     /// Largest attempt id handed out so far (the store's `max(attempt_id)`).
     max_attempt: u64,
     /// Attempts started and not yet closed since the last restart.
     open: HashSet<AttemptId>,
-    /// Backup attempts started (to check that the sequences exercise them).
+    coverage: Coverage,
+}
+
+/// What a sequence exercised (summed over all sequences, to check they reach the rare paths).
+#[derive(Clone, Copy, Default)]
+struct Coverage {
+    /// Backup attempts started.
     backups: usize,
+    /// Leases of added tasks.
+    added_leased: usize,
+    /// Finished sweeps that tasks added made unfinished.
+    regrown: usize,
+}
+
+impl Coverage {
+    fn plus(self, other: Coverage) -> Coverage {
+        Coverage {
+            backups: self.backups + other.backups,
+            added_leased: self.added_leased + other.added_leased,
+            regrown: self.regrown + other.regrown,
+        }
+    }
 }
 
 impl ShadowStore {
+    /// The store of a new sweep. The constructor's Blocked → Ready changes are not transitions
+    /// (the store inserts tasks as pending); mirror them like the store's reading of "pending".
+    fn new(s: &Scheduler) -> Self {
+        ShadowStore {
+            plan: random_sweep(),
+            states: s.tasks.iter().map(|(id, t)| (*id, t.state.name())).collect(),
+            failures: HashMap::new(),
+            max_attempt: 0,
+            open: HashSet::new(),
+            coverage: Coverage::default(),
+        }
+    }
+
     /// Apply one step's outputs, checking them against what the store knew before.
     fn apply(&mut self, s: &Scheduler, out: &[Output], live_before: &HashMap<AttemptId, (TaskId, WorkerId)>) {
         let mut started = HashMap::new();
@@ -112,6 +157,7 @@ impl ShadowStore {
                     assert_eq!(started.get(attempt), Some(&(*task, *worker)), "a lease follows its transition");
                     assert!(attempt.0 > self.max_attempt, "attempt ids only grow, across restarts too");
                     self.max_attempt = attempt.0;
+                    self.coverage.added_leased += usize::from(task.0 >= TASKS);
                     self.open.insert(*attempt);
                 }
                 Output::Backup(b) => {
@@ -120,7 +166,7 @@ impl ShadowStore {
                     assert_eq!(racing, Some(&(b.task, b.straggler_worker)), "the straggler is live");
                     assert_ne!(b.worker, b.straggler_worker, "never on the straggler's worker");
                     started.insert(b.attempt, (b.task, b.worker));
-                    self.backups += 1;
+                    self.coverage.backups += 1;
                 }
                 Output::AttemptEnded { task, attempt, worker, .. } => {
                     assert_eq!(live_before.get(attempt).or_else(|| started.get(attempt)), Some(&(*task, *worker)));
@@ -140,8 +186,10 @@ impl ShadowStore {
     }
 
     fn restore(&self) -> Scheduler {
-        let stored = random_sweep()
-            .into_iter()
+        let stored = self
+            .plan
+            .iter()
+            .cloned()
             .map(|t| {
                 let state = match self.states[&t.id] {
                     StateName::Done => StoredState::Done,
@@ -155,17 +203,27 @@ impl ShadowStore {
             .collect();
         Scheduler::restore(racing_config(), stored, self.max_attempt + 1)
     }
+
+    /// Tasks added: stored as pending (Blocked, as the core enters them) before the core's
+    /// transitions for them are replayed.
+    fn add(&mut self, tasks: &[NewTask]) {
+        for t in tasks {
+            self.states.insert(t.id, StateName::Blocked);
+            self.plan.push(t.clone());
+        }
+    }
 }
 
 fn check_invariants(s: &Scheduler, store: &ShadowStore, completed: &HashMap<TaskId, usize>) {
     let counted: usize = s.counts().values().sum();
-    assert_eq!(counted, TASKS as usize, "no task lost or duplicated");
+    assert_eq!(counted, store.plan.len(), "no task lost or duplicated");
+    assert_eq!(s.len(), store.plan.len(), "every task added is held");
     for (name, count) in s.counts() {
         let actual = s.tasks.values().filter(|t| t.state.name() == *name).count();
         assert_eq!(*count, actual, "count of {name:?}");
     }
     assert!(completed.values().all(|&n| n <= 1), "a task completed more than once");
-    let sweep = random_sweep();
+    let deps: HashMap<TaskId, &[TaskId]> = store.plan.iter().map(|t| (t.id, t.deps.as_slice())).collect();
     for (id, t) in &s.tasks {
         assert_eq!(store.states[id], t.state.name(), "replaying transitions gives the core's state");
         if let State::Running { attempt, .. } = t.state {
@@ -185,8 +243,14 @@ fn check_invariants(s: &Scheduler, store: &ShadowStore, completed: &HashMap<Task
         }
         assert_eq!(t.queued.is_some(), t.state == State::Ready, "queued iff ready");
         if matches!(t.state, State::Ready | State::Running { .. } | State::Backoff { .. } | State::Done) {
-            let deps = &sweep[id.0 as usize].deps;
-            assert!(deps.iter().all(|d| s.tasks[d].state == State::Done), "{id:?} ran before its deps");
+            assert!(deps[id].iter().all(|d| s.tasks[d].state == State::Done), "{id:?} ran before its deps");
+        }
+        if t.state == State::Blocked {
+            assert!(deps[id].iter().any(|d| s.tasks[d].state != State::Done), "{id:?} blocked with its deps done");
+        }
+        if !t.state.name().is_terminal() {
+            let dead = |d: &&TaskId| matches!(s.tasks[*d].state, State::Failed | State::Cancelled);
+            assert!(!deps[id].iter().any(|d| dead(&d)), "{id:?} waits on a dead dependency");
         }
         if matches!(t.state, State::Failed | State::Cancelled) {
             for d in &t.dependents {
@@ -290,6 +354,113 @@ fn restart(store: &mut ShadowStore) -> Scheduler {
     s
 }
 
+/// An honest report that `attempt` completed (if there is one): accepted exactly when it is live.
+fn complete(
+    s: &mut Scheduler,
+    now: Millis,
+    attempt: Option<AttemptId>,
+    completed: &mut HashMap<TaskId, usize>,
+    out: &mut Vec<Output>,
+) -> Result<(), TestCaseError> {
+    let Some(a) = attempt else { return Ok(()) };
+    let task = s.attempt(a).map(|(t, _)| t);
+    let outputs = task.map(|t| vec![format!("task:{}/checkpoint", t.0)]).unwrap_or_default();
+    s.handle_into(now, Input::Completed { attempt: a, by: owner(s, a), outputs }, out);
+    let accepted = out.contains(&Output::Report { attempt: a, accepted: true });
+    prop_assert_eq!(accepted, task.is_some(), "accepted exactly when the attempt was live");
+    if let Some(task) = task.filter(|_| accepted) {
+        *completed.entry(task).or_default() += 1;
+    }
+    Ok(())
+}
+
+/// The id a caller allocates next: above every task held.
+fn next_id(store: &ShadowStore) -> u64 {
+    store.plan.iter().map(|t| t.id.0 + 1).max().unwrap_or(0)
+}
+
+/// Add a batch, each task's dependencies picked among the tasks held and the batch's earlier
+/// ones: always accepted, each task stored as pending before the core's transitions for it.
+fn add(
+    s: &mut Scheduler,
+    now: Millis,
+    store: &mut ShadowStore,
+    batch: Vec<(Vec<usize>, bool)>,
+    out: &mut Vec<Output>,
+) -> Result<(), TestCaseError> {
+    let mut candidates: Vec<TaskId> = store.plan.iter().map(|t| t.id).collect();
+    let mut id = next_id(store);
+    let mut tasks = Vec::new();
+    for (picks, gap) in batch {
+        id += u64::from(gap);
+        let mut deps: Vec<TaskId> = picks.iter().map(|&i| candidates[i % candidates.len()]).collect();
+        deps.dedup();
+        let key = deps.first().map(|d| format!("task:{}/checkpoint", d.0));
+        let t = task(id, &[], (id % 3) as u8, &key.iter().map(String::as_str).collect::<Vec<_>>());
+        tasks.push(NewTask { deps, cost: Cost { class: CostClass::new("added"), units: 1.0 }, ..t });
+        candidates.push(TaskId(id));
+        id += 1;
+    }
+    let held = s.len();
+    // The store holds the rows before the core's transitions for them come.
+    store.add(&tasks);
+    s.handle_into(now, Input::AddTasks { tasks: tasks.clone() }, out);
+    prop_assert!(!out.iter().any(|o| matches!(o, Output::AddRefused { .. })), "refused: {:?}", out);
+    prop_assert_eq!(s.len(), held + tasks.len());
+    Ok(())
+}
+
+/// A valid task, then one that breaks a rule: the batch is refused whole, naming the second.
+fn add_bad(
+    s: &mut Scheduler,
+    now: Millis,
+    store: &ShadowStore,
+    i: usize,
+    rule: u8,
+    out: &mut Vec<Output>,
+) -> Result<(), TestCaseError> {
+    let next = next_id(store);
+    let (bad, refusal) = match rule % 3 {
+        0 => {
+            let taken = store.plan[i % store.plan.len()].id;
+            (task(taken.0, &[], 0, &[]), AddRefusal::Exists)
+        }
+        1 => (task(next + 1, &[10_000], 0, &[]), AddRefusal::UnknownDependency { dep: TaskId(10_000) }),
+        _ => (task(next + 1, &[next + 1], 0, &[]), AddRefusal::UnknownDependency { dep: TaskId(next + 1) }),
+    };
+    let held = s.len();
+    let counts = s.counts().clone();
+    s.handle_into(now, Input::AddTasks { tasks: vec![task(next, &[], 0, &[]), bad.clone()] }, out);
+    let refused: Vec<&Output> = out.iter().filter(|o| matches!(o, Output::AddRefused { .. })).collect();
+    prop_assert_eq!(refused, [&Output::AddRefused { task: bad.id, refusal }]);
+    prop_assert_eq!(s.len(), held, "nothing of a refused batch is added");
+    prop_assert!(s.state(TaskId(next)).is_none());
+    // Deadlines due at `now` may still change states; without them the counts are as before.
+    if !out.iter().any(|o| matches!(o, Output::Transition { .. })) {
+        prop_assert_eq!(s.counts(), &counts);
+    }
+    Ok(())
+}
+
+/// `SweepFinished` comes exactly when the sweep turns finished: in the step that ends its last
+/// task, once, and again after tasks added made it unfinished.
+fn check_sweep_finished(s: &Scheduler, out: &[Output], announced: &mut bool) -> Result<(), TestCaseError> {
+    let times = out.iter().filter(|o| **o == Output::SweepFinished).count();
+    prop_assert!(times <= 1, "announced twice in one step");
+    if times == 1 {
+        prop_assert!(!*announced, "announced again while nothing was added");
+        prop_assert!(s.is_finished(), "announced while unfinished");
+        prop_assert_eq!(out.last(), Some(&Output::SweepFinished), "the step's last output");
+        *announced = true;
+    }
+    if s.is_finished() {
+        prop_assert!(*announced, "finished without SweepFinished: {:?}", out);
+    } else {
+        *announced = false;
+    }
+    Ok(())
+}
+
 /// Liveness: one worker that keeps working finishes the sweep.
 fn finish_with_one_worker(s: &mut Scheduler, mut now: Millis) -> Result<(), TestCaseError> {
     s.handle(now, Input::WorkerJoined { worker: WorkerId(99), cached: vec![] });
@@ -313,30 +484,22 @@ fn finish_with_one_worker(s: &mut Scheduler, mut now: Millis) -> Result<(), Test
 }
 
 /// Run by hand rather than through `proptest!` so the test can also check, across all cases,
-/// that the sequences did exercise backup attempts.
+/// that the sequences did exercise backup attempts and a growing plan.
 #[test]
 fn random_event_sequences_keep_the_invariants() {
-    let backups = std::cell::Cell::new(0usize);
+    let coverage = std::cell::Cell::new(Coverage::default());
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 400, ..ProptestConfig::default() });
     let result = runner.run(&prop::collection::vec(event(), 1..150), |events| {
         let mut s = Scheduler::new(racing_config(), random_sweep(), 1);
-        let mut store = ShadowStore {
-            states: random_sweep().iter().map(|t| (t.id, StateName::Blocked)).collect(),
-            failures: HashMap::new(),
-            max_attempt: 0,
-            open: HashSet::new(),
-            backups: 0,
-        };
+        let mut store = ShadowStore::new(&s);
         let mut now = 0;
         // Every attempt ever leased, so reports also come from stale ones.
         let mut leased: Vec<AttemptId> = Vec::new();
         let mut completed: HashMap<TaskId, usize> = HashMap::new();
         let mut out = Vec::new();
-        // The constructor's Blocked → Ready changes are not transitions (the store inserts
-        // tasks as pending); mirror them like the store's reading of "pending".
-        for (id, t) in &s.tasks {
-            store.states.insert(*id, t.state.name());
-        }
+        // Whether `SweepFinished` came since the sweep last was unfinished (a restarted core
+        // announces it again).
+        let mut announced = false;
         for e in events {
             let live_before = live_attempts(&s);
             out.clear();
@@ -358,24 +521,12 @@ fn random_event_sequences_keep_the_invariants() {
                         s.handle_into(now, Input::LeaseRequest { worker: w, slots: 1 }, &mut out);
                     }
                 }
-                Event::Complete(i) | Event::CompleteLive(i) => {
-                    if let Some(a) = match e {
-                        Event::CompleteLive(_) => {
-                            let mut live: Vec<AttemptId> = s.attempts.keys().copied().collect();
-                            live.sort_unstable();
-                            (!live.is_empty()).then(|| live[i % live.len()])
-                        }
-                        _ => pick(i),
-                    } {
-                        let task = s.attempt(a).map(|(t, _)| t);
-                        let outputs = task.map(|t| vec![format!("task:{}/checkpoint", t.0)]).unwrap_or_default();
-                        s.handle_into(now, Input::Completed { attempt: a, by: owner(&s, a), outputs }, &mut out);
-                        let accepted = out.contains(&Output::Report { attempt: a, accepted: true });
-                        prop_assert_eq!(accepted, task.is_some(), "accepted exactly when the attempt was live");
-                        if accepted {
-                            *completed.entry(task.unwrap()).or_default() += 1;
-                        }
-                    }
+                Event::Complete(i) => complete(&mut s, now, pick(i), &mut completed, &mut out)?,
+                Event::CompleteLive(i) => {
+                    let mut live: Vec<AttemptId> = s.attempts.keys().copied().collect();
+                    live.sort_unstable();
+                    let a = (!live.is_empty()).then(|| live[i % live.len()]);
+                    complete(&mut s, now, a, &mut completed, &mut out)?
                 }
                 Event::Fail(i, r) => {
                     if let Some(a) = pick(i) {
@@ -414,9 +565,17 @@ fn random_event_sequences_keep_the_invariants() {
                 }
                 Event::Restart => {
                     s = restart(&mut store);
+                    announced = false;
                     s.handle_into(now, Input::Tick, &mut out);
                 }
+                Event::Add(batch) => {
+                    let was_finished = s.is_finished();
+                    add(&mut s, now, &mut store, batch, &mut out)?;
+                    store.coverage.regrown += usize::from(was_finished && !s.is_finished());
+                }
+                Event::AddBad(i, rule) => add_bad(&mut s, now, &store, i, rule, &mut out)?,
             }
+            check_sweep_finished(&s, &out, &mut announced)?;
             store.apply(&s, &out, &live_before);
             for o in &out {
                 if let Output::Lease { attempt, .. } = o {
@@ -426,11 +585,14 @@ fn random_event_sequences_keep_the_invariants() {
             check_invariants(&s, &store, &completed);
         }
         finish_with_one_worker(&mut s, now)?;
-        backups.set(backups.get() + store.backups);
+        coverage.set(coverage.get().plus(store.coverage));
         Ok(())
     });
     if let Err(e) = result {
         panic!("{e}");
     }
-    assert!(backups.get() >= 20, "only {} backup attempts in all sequences", backups.get());
+    let Coverage { backups, added_leased, regrown } = coverage.get();
+    assert!(backups >= 20, "only {backups} backup attempts in all sequences");
+    assert!(added_leased >= 100, "only {added_leased} leases of added tasks in all sequences");
+    assert!(regrown >= 10, "only {regrown} finished sweeps grew in all sequences");
 }
