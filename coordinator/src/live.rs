@@ -1,7 +1,8 @@
-//! What the dashboard shows of each grid point while the sweep runs: every planned map as merged
-//! so far (NaN, i.e. `null` in JSON and grey on the page, where no chunk has reported), the DFM
-//! loss maps of the shortcut stage, and per-class F1 curves from the store. Built under the
-//! driver's lock from what it merged; the curves are read from the store outside it.
+//! What the dashboard shows of each grid point while the sweep runs: each kind's live view of
+//! what the driver merged so far (the rooms draw them: every planned heatmap, NaN — `null` in
+//! JSON, grey on the page — where no chunk has reported; the DFM loss maps), and per-class F1
+//! curves of the point's training from the store. Built under the driver's lock; the curves are
+//! read from the store outside it.
 
 use crate::driver::View;
 use crate::store::Reader;
@@ -17,6 +18,7 @@ pub struct PointSummary {
     pub id: String,
     /// The training task's state; `given` for a given model.
     pub state: String,
+    /// Of the parts the kinds with a live view merge (a point's heatmaps), those complete.
     pub maps_complete: usize,
     pub maps: usize,
 }
@@ -26,45 +28,16 @@ pub struct PointDetail {
     pub index: usize,
     pub id: String,
     pub state: String,
-    pub maps: Vec<LiveMap>,
-    pub dfm: Option<LiveDfm>,
+    /// Each kind's live view of the point, by name (`maps`: the heatmaps, `dfm`: the DFM loss
+    /// maps), flattened into the point's JSON; a kind without one adds nothing.
+    #[serde(flatten)]
+    pub views: BTreeMap<&'static str, serde_json::Value>,
     /// Test set → per class `[step, F1]` (thinned to at most 400 points a class).
     pub f1: BTreeMap<String, Vec<Vec<(u64, f64)>>>,
     /// Test set → per class the newest F1 (`null` for a class not yet evaluated).
     pub last_f1: BTreeMap<String, Vec<Option<f64>>>,
     #[serde(skip)]
     pub(crate) train_task: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct LiveMap {
-    /// The checkpoint's epoch (`at_epochs`), `null` for the trained model.
-    pub epoch: Option<u32>,
-    pub eps: f64,
-    pub height: usize,
-    pub width: usize,
-    pub chunks_done: usize,
-    pub chunks: usize,
-    /// Canonical cells written and planned.
-    pub written: usize,
-    pub planned: usize,
-    pub complete: bool,
-    /// Clean test error of the images the chunks used; `null` before the first chunk.
-    pub clean_error: Option<f64>,
-    /// Mean error over the computed cells of the centred map (the report's `mean_heatmap_error`).
-    pub mean_error: Option<f64>,
-    /// Centred `H × W` mean error per cell, row-major; `null` where not computed yet.
-    pub values: Vec<f64>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct LiveDfm {
-    pub height: usize,
-    pub width: usize,
-    pub units_done: usize,
-    pub units: usize,
-    /// Per class the centred loss map `L_c` (`null` where a unit has not reported).
-    pub loss: Vec<Vec<f64>>,
 }
 
 impl View<'_> {
@@ -78,58 +51,24 @@ impl View<'_> {
     pub(crate) fn live_points(&self) -> Vec<PointSummary> {
         (0..self.point_ids.len())
             .map(|index| {
-                let maps: Vec<_> = self.maps.heatmaps.of_point(index).collect();
+                let (maps_complete, maps) = crate::kinds::live_progress(self.maps, index);
                 PointSummary {
                     index,
                     id: self.point_ids[index].clone(),
                     state: self.point_state(index).0,
-                    maps_complete: maps.iter().filter(|(_, _, done, chunks)| done == chunks).count(),
-                    maps: maps.len(),
+                    maps_complete,
+                    maps,
                 }
             })
             .collect()
     }
 
-    /// The point's maps and DFM as merged now; `None` for an index outside the sweep.
+    /// The point's live views as merged now; `None` for an index outside the sweep.
     pub(crate) fn live_point(&self, index: usize) -> Option<PointDetail> {
         let id = self.point_ids.get(index)?.clone();
         let (state, train_task) = self.point_state(index);
-        let maps = self
-            .maps
-            .heatmaps
-            .of_point(index)
-            .map(|(key, map, chunks_done, chunks)| {
-                let shape = map.error.shape();
-                let values = map.error.means();
-                let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
-                let planned = if map.planned_cells > 0 { map.planned_cells } else { shape.heatmap_cells().len() };
-                LiveMap {
-                    epoch: key.epoch,
-                    eps: key.eps(),
-                    height: shape.h,
-                    width: shape.w,
-                    chunks_done,
-                    chunks,
-                    written: map.error.written(),
-                    planned,
-                    complete: chunks_done == chunks,
-                    clean_error: (map.clean.n > 0).then(|| map.clean.mean()),
-                    mean_error: (!finite.is_empty()).then(|| finite.iter().sum::<f64>() / finite.len() as f64),
-                    values,
-                }
-            })
-            .collect();
-        let dfm = self.maps.dfms.planned(index).map(|acc| {
-            let shape = acc.shape();
-            LiveDfm {
-                height: shape.h,
-                width: shape.w,
-                units_done: acc.units().len() - acc.missing().len(),
-                units: acc.units().len(),
-                loss: (0..acc.classes()).map(|c| acc.loss_map(c)).collect(),
-            }
-        });
-        Some(PointDetail { index, id, state, maps, dfm, f1: BTreeMap::new(), last_f1: BTreeMap::new(), train_task })
+        let views = crate::kinds::live_views(self.maps, index);
+        Some(PointDetail { index, id, state, views, f1: BTreeMap::new(), last_f1: BTreeMap::new(), train_task })
     }
 }
 

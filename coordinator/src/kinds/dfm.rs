@@ -265,6 +265,33 @@ pub fn map_artifact_name(point_id: &str) -> String {
     format!("dfm/{point_id}")
 }
 
+// ---------------------------------------------------------------- live view
+
+/// The dashboard's view of a point's DFM maps as merged so far.
+#[derive(Debug, serde::Serialize)]
+pub struct LiveDfm {
+    pub height: usize,
+    pub width: usize,
+    pub units_done: usize,
+    pub units: usize,
+    /// Per class the centred loss map `L_c` (`null` where a unit has not reported).
+    pub loss: Vec<Vec<f64>>,
+}
+
+/// The dashboard's `dfm` of point `index`, also with nothing merged yet.
+pub(crate) fn live_view(maps: &DfmMaps, index: usize) -> Option<LiveDfm> {
+    maps.planned(index).map(|acc| {
+        let shape = acc.shape();
+        LiveDfm {
+            height: shape.h,
+            width: shape.w,
+            units_done: acc.units().len() - acc.missing().len(),
+            units: acc.units().len(),
+            loss: (0..acc.classes()).map(|c| acc.loss_map(c)).collect(),
+        }
+    })
+}
+
 // ---------------------------------------------------------------- report section
 
 /// What the report shows of a point's DFMs.

@@ -376,6 +376,62 @@ pub fn map_artifact_name(point_id: &str, key: MapKey) -> String {
     }
 }
 
+// ---------------------------------------------------------------- live view
+
+/// The dashboard's view of a heatmap: what its chunks merged so far.
+#[derive(Debug, Serialize)]
+pub struct LiveMap {
+    /// The checkpoint's epoch (`at_epochs`), `null` for the trained model.
+    pub epoch: Option<u32>,
+    pub eps: f64,
+    pub height: usize,
+    pub width: usize,
+    pub chunks_done: usize,
+    pub chunks: usize,
+    /// Canonical cells written and planned.
+    pub written: usize,
+    pub planned: usize,
+    pub complete: bool,
+    /// Clean test error of the images the chunks used; `null` before the first chunk.
+    pub clean_error: Option<f64>,
+    /// Mean error over the computed cells of the centred map (the report's `mean_heatmap_error`).
+    pub mean_error: Option<f64>,
+    /// Centred `H × W` mean error per cell, row-major; `null` where not computed yet.
+    pub values: Vec<f64>,
+}
+
+/// The dashboard's `maps` of point `index`: every planned map, also with nothing merged yet.
+pub(crate) fn live_view(maps: &Maps, index: usize) -> Vec<LiveMap> {
+    maps.of_point(index)
+        .map(|(key, map, chunks_done, chunks)| {
+            let shape = map.error.shape();
+            let values = map.error.means();
+            let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+            let planned = if map.planned_cells > 0 { map.planned_cells } else { shape.heatmap_cells().len() };
+            LiveMap {
+                epoch: key.epoch,
+                eps: key.eps(),
+                height: shape.h,
+                width: shape.w,
+                chunks_done,
+                chunks,
+                written: map.error.written(),
+                planned,
+                complete: chunks_done == chunks,
+                clean_error: (map.clean.n > 0).then(|| map.clean.mean()),
+                mean_error: (!finite.is_empty()).then(|| finite.iter().sum::<f64>() / finite.len() as f64),
+                values,
+            }
+        })
+        .collect()
+}
+
+/// Of point `index`'s planned maps, those complete, and how many there are.
+pub(crate) fn live_progress(maps: &Maps, index: usize) -> (usize, usize) {
+    let all: Vec<_> = maps.of_point(index).collect();
+    (all.iter().filter(|(_, _, done, chunks)| done == chunks).count(), all.len())
+}
+
 // ---------------------------------------------------------------- report section
 
 /// `results.csv` columns of the heatmap section: per ε the clean error and the map's mean error.

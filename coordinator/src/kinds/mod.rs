@@ -17,7 +17,7 @@ use crate::report::{PointReport, RunData};
 use crate::scheduler::TaskId;
 use freqsweep_common::spec::{GridPoint, Sweep};
 use freqsweep_common::task::{MetricPoint, ModelSource, TaskKind, TaskOutcome, TaskSpec, MODEL_OUTPUT};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Plans a sweep's points one at a time, the same way whether a point comes from the spec's grid
 /// at start-up or from a search strategy while the sweep runs (`Shared::add_points`).
@@ -256,6 +256,39 @@ pub(crate) fn tensorboard_view(kind: TaskKind) -> TensorBoardView {
         // degrees in the report and on the dashboard.
         TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Shortcut => TensorBoardView::Nothing,
     }
+}
+
+/// Each kind's live view of point `index` for the dashboard, by the name the page reads it
+/// under (a kind without one adds nothing: its results are in the report and TensorBoard).
+pub(crate) fn live_views(merged: &Merged, index: usize) -> BTreeMap<&'static str, serde_json::Value> {
+    let mut views = BTreeMap::new();
+    for kind in TaskKind::ALL {
+        let view = match kind {
+            TaskKind::Heatmap => Some(("maps", serde_json::to_value(heatmap::live_view(&merged.heatmaps, index)))),
+            TaskKind::Dfm => Some(("dfm", serde_json::to_value(dfm::live_view(&merged.dfms, index)))),
+            // Training shows as the point's state and F1 curves; shortcut degrees and band
+            // sufficiency only once done, in the report and TensorBoard.
+            TaskKind::Train | TaskKind::Shortcut | TaskKind::Bands => None,
+        };
+        if let Some((name, Ok(value))) = view {
+            views.insert(name, value);
+        }
+    }
+    views
+}
+
+/// Of the parts of point `index` whose progress the dashboard lists (its heatmaps), those
+/// complete, and how many there are.
+pub(crate) fn live_progress(merged: &Merged, index: usize) -> (usize, usize) {
+    let mut progress = (0, 0);
+    for kind in TaskKind::ALL {
+        let (done, all) = match kind {
+            TaskKind::Heatmap => heatmap::live_progress(&merged.heatmaps, index),
+            TaskKind::Train | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands => (0, 0),
+        };
+        progress = (progress.0 + done, progress.1 + all);
+    }
+    progress
 }
 
 /// Whether `kind` trains the point's model: its metric steps are the point's timeline (the step
