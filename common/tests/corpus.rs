@@ -323,15 +323,18 @@ const GENERATED_SPECS: &[Generated] = &[
         },
         ":1: the grid has over 10000000 points",
     ),
-    refused(
-        "million_points_with_heatmaps",
-        || {
-            BASE.replace("lr = 0.1", &lrs(1000))
-                .replace("epochs = 1", &format!("epochs = 1\nseed = [{}]", numbers(1000, |i| i.to_string())))
-                + "[heatmap]\neps = 4\n"
-        },
-        ":1: the sweep plans up to 10000000 tasks (1000000 points × 10)",
-    ),
+    Generated {
+        limit: Some(Duration::from_secs(1)),
+        ..refused(
+            "three_million_points_with_heatmaps_are_refused_before_expanding",
+            || {
+                BASE.replace("lr = 0.1", &lrs(1000))
+                    .replace("epochs = 1", &format!("epochs = 1\nseed = [{}]", numbers(3000, |i| i.to_string())))
+                    + "[heatmap]\neps = 4\n"
+            },
+            ":1: the grid has 3000000 points; each plans at least one task",
+        )
+    },
     Generated {
         limit: Some(Duration::from_secs(1)),
         ..refused(
@@ -340,19 +343,9 @@ const GENERATED_SPECS: &[Generated] = &[
                 BASE.replace("lr = 0.1", &lrs(2100))
                     .replace("epochs = 1", &format!("epochs = 1\nseed = [{}]", numbers(1000, |i| i.to_string())))
             },
-            ":1: the sweep plans up to 2100000 tasks",
+            ":1: the grid has 2100000 points",
         )
     },
-    refused(
-        "too_many_eps",
-        || {
-            format!(
-                "{BASE}[heatmap]\nchunk_cells = 1\neps = [{}]\n",
-                numbers(4000, |i| format!("{}", (i + 1) as f64 / 100.0))
-            )
-        },
-        ":1: the sweep plans up to 2056001 tasks (1 points × 2056001)",
-    ),
     Generated {
         ..refused(
             "exclude_names_a_value_among_3000",

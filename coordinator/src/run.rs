@@ -15,6 +15,7 @@ use crate::identity;
 use crate::scheduler::{SchedulerConfig, TaskId};
 use crate::store::{Change, Reader, Store, StoreWriter, TaskRow};
 use anyhow::{bail, Context, Result};
+use freqsweep_common::spec::MAX_TASKS;
 use freqsweep_common::spec::{self, SpecInputs, Sweep};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,13 @@ pub fn open_spec(spec: SpecFile, dir: &Path, config: ServiceConfig) -> Result<Ru
     let (store, writer) = Store::open(&dir.join("freqsweep.db"))?;
     let reader = store.reader()?;
     let artifacts = ArtifactDir::new(dir.join("artifacts"));
+    // The planner says how many tasks the sweep plans before any is built.
+    if let Err((tasks, points)) = crate::kinds::count_tasks(&sweep, MAX_TASKS) {
+        bail!(
+            "the sweep plans over {MAX_TASKS} tasks ({tasks} by its first {points} of {} points); a coordinator holds each in memory (about 4 KB), so at most {MAX_TASKS} (8 GB) are planned; split the sweep or use fewer heatmap chunks",
+            sweep.points.len()
+        );
+    }
     let mut tasks = graph::plan(&sweep);
     // A description too large for a lease is a planning error, not a worker that seems lost.
     let specs: Vec<String> = tasks.iter().map(|t| serde_json::to_string(&t.spec)).collect::<Result<_, _>>()?;
@@ -422,6 +430,27 @@ mod tests {
     }
 
     /// A coordinator killed while attempts ran left their rows open; resuming closes them.
+    #[test]
+    fn a_sweep_over_the_task_bound_is_refused_with_the_planners_count_before_planning() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = dir.path().join("s.toml");
+        let seeds: Vec<String> = (0..4000).map(|s| s.to_string()).collect();
+        let text = format!(
+            "[[dataset]]\nkind = \"syn\"\nband = 1\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\nseed = [{}]\n[heatmap]\neps = [2, 4]\nchunk_cells = 1\n",
+            seeds.join(", ")
+        );
+        std::fs::write(&spec, text).unwrap();
+        let out = dir.path().join("run");
+        let err = open(&spec, &out, default_config(None)).err().expect("refused").to_string();
+        assert!(
+            err.starts_with("the sweep plans over 2000000 tasks (2000376 by its first 1944 of 4000 points)"),
+            "{err}"
+        );
+        // Nothing was planned into the store: the directory takes a smaller spec as a new run.
+        let store = crate::store::open_read_only(&out.join("freqsweep.db")).unwrap();
+        assert!(store.tasks().unwrap().is_empty());
+    }
+
     #[test]
     fn resuming_closes_the_attempts_a_killed_coordinator_left_open() {
         let dir = tempfile::tempdir().unwrap();

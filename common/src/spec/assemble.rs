@@ -43,15 +43,16 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
     check_model_outputs(ctx, trained, &given, &grid.dataset.values)?;
     let total = product_size(ctx, trained, &selection.lens)?;
 
-    // The heatmap's chunks fix the tasks per point: the task table is bounded while the points
-    // are built (memory grows with the points), not after.
     let heatmap = raw.heatmap.as_ref().map(|h| heatmap(ctx, h, &grid.arch.values)).transpose()?;
     let dfm = raw.dfm.as_ref().map(|d| dfm(ctx, d)).transpose()?;
     let bands = bands_spec(ctx, raw.bands.as_ref())?;
-    let per_point = tasks_per_point(ctx, &grid, heatmap.as_ref(), dfm.as_ref(), raw.dfm.as_ref(), bands.is_some())?;
-    let budget = TaskBudget { most_points: selection.most_points(&grid, trained, given.len()), per_point };
-    // Without excludes every distinct point is planned: refuse before building any.
-    if selection.excludes.is_empty() && budget.planned() > MAX_TASKS {
+    check_dfm_patch(ctx, &grid, dfm.as_ref(), raw.dfm.as_ref())?;
+    // Every point plans at least one task, so the points are bounded while they are built
+    // (memory grows with them), not after. How many tasks they plan is the planner's answer
+    // (the coordinator's `kinds::count_tasks`, before it plans any).
+    let budget = PointBudget { most_points: selection.most_points(&grid, trained, given.len()) };
+    // Without excludes every distinct point is built: refuse before building any.
+    if selection.excludes.is_empty() && budget.most_points > MAX_TASKS {
         return Err(budget.too_many(ctx));
     }
     let mut points = trained_points(ctx, &grid, selection, total, &fixed, t, &budget)?;
@@ -325,68 +326,37 @@ fn bands_spec(ctx: &Ctx, raw: Option<&Spanned<RawBands>>) -> Result<Option<Bands
     })
 }
 
-/// The most tasks one point may need: its training, the sufficiency analysis, every heatmap
-/// chunk of every kept map, the DFM chunks and shortcut tasks.
-fn tasks_per_point(
+/// The DFM's patch divides every dataset's images (each size is cut into units of it).
+fn check_dfm_patch(
     ctx: &Ctx,
     grid: &Grid,
-    heatmap: Option<&HeatmapSpec>,
     dfm: Option<&DfmSpec>,
     raw_dfm: Option<&Spanned<RawDfm>>,
-    bands: bool,
-) -> Result<usize, SpecError> {
-    // Cells and units follow each dataset's size: the analyses must fit every one.
-    let shapes: Vec<(String, Shape2)> = grid
-        .dataset
-        .labels
-        .iter()
-        .zip(&grid.dataset.values)
-        .filter_map(|(label, d)| Some((label.clone(), d.image_shape()?)))
-        .collect();
-    let mut most_cells = 0;
-    if let Some(h) = heatmap {
-        // Never empty: every selection keeps DC.
-        most_cells = shapes.iter().map(|(_, shape)| h.cells.cells(*shape).len()).max().unwrap_or(0);
-    }
-    let mut most_units = 0;
-    if let (Some(d), Some(raw_d)) = (dfm, raw_dfm) {
-        for (label, shape) in &shapes {
-            let p = d.patch;
-            if p > shape.h.min(shape.w) || shape.h % p != 0 || shape.w % p != 0 {
-                let span = raw_d.get_ref().patch.as_ref().map_or_else(|| raw_d.span(), Spanned::span);
-                return Err(ctx.err(
-                    &span,
-                    format!("patch {p} does not divide dataset {label}'s {} × {} images", shape.h, shape.w),
-                ));
-            }
-            most_units = most_units.max(d.units(*shape));
+) -> Result<(), SpecError> {
+    let (Some(d), Some(raw_d)) = (dfm, raw_dfm) else { return Ok(()) };
+    let p = d.patch;
+    for (label, dataset) in grid.dataset.labels.iter().zip(&grid.dataset.values) {
+        let Some(shape) = dataset.image_shape() else { continue };
+        if p > shape.h.min(shape.w) || shape.h % p != 0 || shape.w % p != 0 {
+            let span = raw_d.get_ref().patch.as_ref().map_or_else(|| raw_d.span(), Spanned::span);
+            return Err(
+                ctx.err(&span, format!("patch {p} does not divide dataset {label}'s {} × {} images", shape.h, shape.w))
+            );
         }
     }
-    // Maps per trained point: the final one, and one per kept epoch.
-    let most_epochs = grid.epochs.values.iter().copied().max().unwrap_or(1);
-    let maps_per_point = heatmap.map_or(1, |h| 1 + h.at_epochs.of_run(most_epochs).len());
-    Ok(1 + usize::from(bands)
-        + heatmap.map_or(0, |h| h.eps.len().saturating_mul(h.chunks.chunks(most_cells)).saturating_mul(maps_per_point))
-        + dfm.map_or(0, |d| d.chunks.chunks(most_units) + usize::from(d.shortcut_degree)))
+    Ok(())
 }
 
-/// The tasks a sweep may plan: `per_point` tasks for each of up to `most_points` points, at
-/// most [`MAX_TASKS`].
-struct TaskBudget {
+/// The points a sweep may build: at most [`MAX_TASKS`], since each plans at least one task.
+struct PointBudget {
     most_points: usize,
-    per_point: usize,
 }
 
-impl TaskBudget {
-    fn planned(&self) -> usize {
-        self.most_points.saturating_mul(self.per_point)
-    }
-
+impl PointBudget {
     fn too_many(&self, ctx: &Ctx) -> SpecError {
-        let (most_points, per_point) = (self.most_points, self.per_point);
         ctx.err_top(format!(
-            "the sweep plans up to {} tasks ({most_points} points × {per_point}); a coordinator holds each in memory (about 4 KB), so at most {MAX_TASKS} (8 GB) are planned; split the sweep or use fewer heatmap chunks",
-            self.planned()
+            "the grid has {} points; each plans at least one task and a coordinator holds each task in memory (about 4 KB), so at most {MAX_TASKS} (8 GB) are planned; split the sweep",
+            self.most_points
         ))
     }
 }
@@ -400,7 +370,7 @@ fn trained_points(
     total: usize,
     fixed: &Fixed,
     t: &RawTrain,
-    budget: &TaskBudget,
+    budget: &PointBudget,
 ) -> Result<Vec<GridPoint>, SpecError> {
     let Selection { lens: grid_lens, includes, excludes } = selection;
     let varying = grid.lens().map(|n| n > 1);
@@ -426,8 +396,8 @@ fn trained_points(
             }
         }
         points.push(point);
-        if points.len().saturating_mul(budget.per_point) > MAX_TASKS {
-            return Err(budget.too_many(ctx));
+        if points.len() > MAX_TASKS {
+            return Err(PointBudget { most_points: budget.most_points.max(points.len()) }.too_many(ctx));
         }
         Ok(())
     };

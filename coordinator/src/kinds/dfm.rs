@@ -80,6 +80,14 @@ impl Prepared {
         self.chunks.values().map(Vec::len).max().unwrap_or(0)
     }
 
+    /// How many chunks [`Prepared::plan`] plans for `point`.
+    pub(super) fn count(&self, point: &freqsweep_common::spec::GridPoint) -> usize {
+        if self.spec.is_none() {
+            return 0;
+        }
+        self.chunks(point.task.dataset.image_shape()).len()
+    }
+
     /// Plan the point's chunks; returns their ids.
     pub(super) fn plan(&self, point: &PointPlan<'_>, tasks: &mut Vec<PlannedTask>) -> Vec<TaskId> {
         let (Some(d), Some((model, deps))) = (&self.spec, point.model()) else { return Vec::new() };

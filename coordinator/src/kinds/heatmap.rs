@@ -80,6 +80,14 @@ impl Prepared {
         }
     }
 
+    /// How many chunks [`Prepared::plan`] and [`Prepared::plan_epochs`] plan for `point`.
+    pub(super) fn count(&self, point: &freqsweep_common::spec::GridPoint, trained: bool) -> usize {
+        let Some(h) = &self.spec else { return 0 };
+        let chunks = point.task.dataset.image_shape().and_then(|s| self.chunks.get(&(s.h, s.w))).map_or(0, Vec::len);
+        let maps = 1 + if trained { point.task.train.keep_epochs.len() } else { 0 };
+        h.eps.len().saturating_mul(chunks).saturating_mul(maps)
+    }
+
     /// The trained (or given) model's maps.
     pub(super) fn plan(&self, point: &PointPlan<'_>, tasks: &mut Vec<PlannedTask>) {
         if let Some(model) = point.model() {

@@ -43,6 +43,33 @@ impl Planner {
             + usize::from(self.sweep.bands.is_some())
     }
 
+    /// How many tasks [`Planner::plan_point`] plans for `point`, without planning them: each
+    /// room counts beside its `plan` (a test holds the two equal on every example spec).
+    pub fn count_point(&mut self, point: &GridPoint) -> usize {
+        if let Some(shape) = point.task.dataset.image_shape() {
+            self.heatmaps.cut(shape);
+            self.dfms.cut(shape);
+        }
+        let trained = point.given.is_none();
+        let mut count = 0usize;
+        let mut dfm_chunks = 0;
+        for kind in TaskKind::ALL {
+            count = count.saturating_add(match kind {
+                TaskKind::Train => usize::from(trained),
+                TaskKind::Heatmap => self.heatmaps.count(point, trained),
+                TaskKind::Dfm => {
+                    dfm_chunks = self.dfms.count(point);
+                    dfm_chunks
+                }
+                TaskKind::Shortcut => {
+                    usize::from(self.sweep.dfm.as_ref().is_some_and(|d| d.shortcut_degree) && dfm_chunks > 0)
+                }
+                TaskKind::Bands => usize::from(self.sweep.bands.is_some()),
+            });
+        }
+        count
+    }
+
     /// The tasks of grid point `index`, kind by kind in `TaskKind::ALL` order (a kind's
     /// dependencies are planned before it), with ids from `first` on: every dependency is a task
     /// of the same point planned before it.
@@ -75,6 +102,21 @@ impl Planner {
         }
         tasks
     }
+}
+
+/// How many tasks `sweep` plans — the planner's own answer ([`Planner::count_point`]), built
+/// nowhere — or `Err((tasks so far, points counted))` as soon as they are over `limit`, so a
+/// sweep too large is refused before its plan is built.
+pub fn count_tasks(sweep: &Sweep, limit: usize) -> Result<usize, (usize, usize)> {
+    let mut planner = Planner::new(sweep);
+    let mut total = 0usize;
+    for (index, point) in sweep.points.iter().enumerate() {
+        total = total.saturating_add(planner.count_point(point));
+        if total > limit {
+            return Err((total, index + 1));
+        }
+    }
+    Ok(total)
 }
 
 /// Every task of `sweep`, point by point ([`Planner::plan_point`]). Ids are 1-based positions,
@@ -505,4 +547,60 @@ pub fn check_result(task: &PlannedTask, result_json: &str, outputs: &[ArtifactRe
         }
     }
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The planner answers the spec's size bound: its count is the plan's length, and a sweep
+    /// over the bound is refused after counting at most the bound's worth of tasks.
+    #[test]
+    fn the_planner_counts_what_it_plans_and_stops_past_the_bound() {
+        let base = "[[dataset]]\nkind = \"syn\"\nband = 1\n[model]\narch = \"tiny\"\n[train]\nlr = [0.1, 0.01]\nbatch_size = 8\nepochs = 3\nseed = [0, 1]\n[heatmap]\neps = [2, 4]\nat_epochs = [1]\nchunks_per_map = 3\n[dfm]\nchunks_per_map = 2\n[bands]\n";
+        let sweep = freqsweep_common::spec::parse(base, "s.toml").unwrap();
+        // Per point: 1 train + 2 ε × 3 chunks × 2 maps + 2 DFM chunks + 1 shortcut + 1 bands.
+        assert_eq!(count_tasks(&sweep, usize::MAX), Ok(plan(&sweep).len()));
+        assert_eq!(plan(&sweep).len(), 4 * (1 + 12 + 2 + 1 + 1));
+        assert_eq!(count_tasks(&sweep, 30), Err((34, 2)), "stops at the first point past the bound");
+        // The count is the plan's length on every example spec (given models, sizes, epochs).
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut compared = 0;
+        for entry in std::fs::read_dir(&examples).unwrap() {
+            let path = entry.unwrap().path();
+            let Some(text) =
+                path.extension().filter(|e| *e == "toml").and_then(|_| std::fs::read_to_string(&path).ok())
+            else {
+                continue;
+            };
+            // Examples that read data from elsewhere are skipped by the parser's own error.
+            let Ok(sweep) = freqsweep_common::spec::parse(&text, &path.display().to_string()) else { continue };
+            let planned = plan(&sweep);
+            let mut planner = Planner::new(&sweep);
+            for (index, point) in sweep.points.iter().enumerate() {
+                let of_point = planned.iter().filter(|t| t.point == index).count();
+                assert_eq!(planner.count_point(point), of_point, "{}: point {}", path.display(), point.id);
+            }
+            compared += 1;
+        }
+        assert!(compared >= 5, "{compared} example specs compared");
+        // 4 000 points × (1 + 2 ε × 514 one-cell chunks): refused before the plan is built.
+        let seeds: Vec<String> = (0..4000).map(|s| s.to_string()).collect();
+        let text = format!(
+            "[[dataset]]\nkind = \"syn\"\nband = 1\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\nseed = [{}]\n[heatmap]\neps = [2, 4]\nchunk_cells = 1\n",
+            seeds.join(", ")
+        );
+        let big = freqsweep_common::spec::parse(&text, "s.toml").unwrap();
+        let limit = freqsweep_common::spec::MAX_TASKS;
+        let (tasks, points) = count_tasks(&big, limit).unwrap_err();
+        assert_eq!((tasks, points), (1029 * 1944, 1944), "over {limit} after 1 944 points of 1 029 tasks");
+        // One point of 4 000 ε × 514 one-cell chunks: counted, not planned.
+        let eps: Vec<String> = (1..=4000).map(|i| format!("{}", i as f64 / 100.0)).collect();
+        let text = format!(
+            "[[dataset]]\nkind = \"syn\"\nband = 1\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n[heatmap]\nchunk_cells = 1\neps = [{}]\n",
+            eps.join(", ")
+        );
+        let one = freqsweep_common::spec::parse(&text, "s.toml").unwrap();
+        assert_eq!(count_tasks(&one, limit), Err((1 + 4000 * 514, 1)));
+    }
 }
