@@ -257,14 +257,16 @@ fn kinds_are_decided_only_in_their_rooms() {
 
 /// The driver, the gRPC shell, the scheduler and the store are the same for every kind, and so
 /// are the surfaces that show a run (the dashboard's `live` and `http`, `status`'s `snapshot`,
-/// the report page's `html`) and run opening (`run`): their code names no kind (no variant, no
+/// the report page's `html`, the TensorBoard follower) and run opening (`run`): their code names no kind (no variant, no
 /// room module `kinds::<kind>`, no kind's task, outcome or spec type). They reach a kind only
 /// through `kinds::` functions that dispatch.
 #[test]
 fn the_driver_grpc_scheduler_and_store_name_no_kind() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let mut files = Vec::new();
-    for part in ["driver", "grpc", "scheduler", "store", "live", "snapshot", "http", "run", "report/html"] {
+    for part in
+        ["driver", "grpc", "scheduler", "store", "live", "snapshot", "http", "run", "report/html", "tensorboard/mod"]
+    {
         let dir = root.join("coordinator/src").join(part);
         if dir.is_dir() {
             sources(&dir, &mut files);
@@ -274,7 +276,7 @@ fn the_driver_grpc_scheduler_and_store_name_no_kind() {
             files.push(file);
         }
     }
-    assert!(files.len() >= 9, "the files were found: {files:?}");
+    assert!(files.len() >= 10, "the files were found: {files:?}");
     let offenders = kind_names(&files, root);
     assert!(offenders.is_empty(), "a kind named in a kind-free part:\n{}", offenders.join("\n"));
     let dir = tempfile::tempdir().unwrap();

@@ -384,6 +384,57 @@ pub fn map_artifact_name(point_id: &str, key: MapKey) -> String {
     }
 }
 
+// ---------------------------------------------------------------- TensorBoard view
+
+/// The map artifact ([`map_artifact`]), read back.
+#[derive(serde::Deserialize)]
+struct StoredMap {
+    height: usize,
+    width: usize,
+    error: Vec<(Cell, CellStat)>,
+    #[serde(default)]
+    layers: BTreeMap<String, Vec<(Cell, CellStat)>>,
+}
+
+/// `map/<point>/eps4` → (point, None, "4"); `map/<point>/ep2/eps4` → (point, Some(2), "4").
+fn parse_map_name(name: &str) -> Option<(String, Option<u32>, String)> {
+    let rest = name.strip_prefix("map/")?;
+    let (head, eps) = rest.rsplit_once("/eps")?;
+    match head.rsplit_once("/ep") {
+        Some((point, epoch)) if epoch.parse::<u32>().is_ok() => Some((point.into(), epoch.parse().ok(), eps.into())),
+        _ => Some((head.into(), None, eps.into())),
+    }
+}
+
+/// TensorBoard: a complete map (`heatmap/eps<ε>`) and its layer maps (`heatmap/eps<ε>/<layer>`),
+/// the report's figures (`heatmaps/<point>_eps<ε>[_<layer>].png`); `None` for an artifact that
+/// is not a map.
+pub(crate) fn tensorboard_map(name: &str, bytes: &[u8]) -> Result<Option<super::DerivedFigures>, String> {
+    let Some((point, epoch, eps)) = parse_map_name(name) else { return Ok(None) };
+    let map: StoredMap = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let shape = Shape2::new(map.height, map.width);
+    let means = |cells: &[(Cell, CellStat)]| -> Result<Vec<f64>, String> {
+        let mut acc = freqsweep_common::heatmap::HeatmapAccumulator::new(shape);
+        acc.write_all(cells).map_err(|e| format!("a map artifact's cells: {e}"))?;
+        Ok(acc.means())
+    };
+    let error = means(&map.error)?;
+    let title = match epoch {
+        Some(e) => format!("{} epoch {e} ε={eps}: test error", short_id(&point)),
+        None => format!("{} ε={eps}: test error", short_id(&point)),
+    };
+    let centred = CentredMap { values: &error, height: shape.h, width: shape.w };
+    let mut figures =
+        vec![(format!("heatmap/eps{eps}"), figures::heatmap(centred, Some((0.0, 1.0)), &title, "error rate"))];
+    for (layer, cells) in &map.layers {
+        let values = means(cells)?;
+        let centred = CentredMap { values: &values, height: shape.h, width: shape.w };
+        let title = format!("{} ε={eps}: {layer}", short_id(&point));
+        figures.push((format!("heatmap/eps{eps}/{layer}"), figures::heatmap(centred, None, &title, "1 − cos")));
+    }
+    Ok(Some(super::DerivedFigures { point, epoch, figures }))
+}
+
 // ---------------------------------------------------------------- live view
 
 /// The dashboard's view of a heatmap: what its chunks merged so far.

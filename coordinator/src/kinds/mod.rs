@@ -333,6 +333,41 @@ pub(crate) fn live_progress(merged: &Merged, index: usize) -> (usize, usize) {
     progress
 }
 
+/// A derived artifact a kind draws in TensorBoard once it is stored: the point it belongs to,
+/// the epoch of the checkpoint it was computed from (`None`: the trained model), its figures.
+pub(crate) struct DerivedFigures {
+    pub point: String,
+    pub epoch: Option<u32>,
+    pub figures: Tagged,
+}
+
+/// The name prefixes of the derived artifacts the kinds draw in TensorBoard.
+pub(crate) fn tensorboard_derived_prefixes() -> Vec<&'static str> {
+    TaskKind::ALL
+        .iter()
+        .filter_map(|kind| match kind {
+            TaskKind::Heatmap => Some("map/"),
+            // The DFM maps are drawn in the report and on the dashboard.
+            TaskKind::Train | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands => None,
+        })
+        .collect()
+}
+
+/// The figures of derived artifact `name` (its stored bytes), drawn by the kind that derives
+/// it; `None` when no kind draws it.
+pub(crate) fn tensorboard_derived(name: &str, bytes: &[u8]) -> Result<Option<DerivedFigures>, String> {
+    for kind in TaskKind::ALL {
+        let drawn = match kind {
+            TaskKind::Heatmap => heatmap::tensorboard_map(name, bytes)?,
+            TaskKind::Train | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands => None,
+        };
+        if drawn.is_some() {
+            return Ok(drawn);
+        }
+    }
+    Ok(None)
+}
+
 /// Whether `kind` trains the point's model: its metric steps are the point's timeline (the step
 /// of a map, the dashboard's curves) and a given model has no such task.
 pub fn trains_model(kind: TaskKind) -> bool {

@@ -25,10 +25,8 @@ use crate::kinds::{self, TensorBoardView};
 use crate::store::{FollowedPoint, Reader, Store};
 use anyhow::{Context, Result};
 use events::EventFile;
-use freqsweep_common::figures::{self, CentredMap};
-use freqsweep_common::heatmap::{CellStat, HeatmapAccumulator};
+use freqsweep_common::figures;
 use freqsweep_common::spec::Sweep;
-use freqsweep_common::spectrum::{Cell, Shape2};
 use freqsweep_common::task::{TaskKind, TaskOutcome};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -371,52 +369,32 @@ impl Follower {
         Ok(())
     }
 
-    /// Complete heatmaps (and their layer maps) not yet written.
+    /// The derived artifacts stored since the last pass that a kind draws (a complete heatmap
+    /// and its layer maps), each at the step of the checkpoint it was computed from.
     fn maps(&mut self) -> Result<bool> {
         let mut wrote = false;
-        for (name, digest) in self.reader.artifacts_named("map/")? {
-            let path = self.artifacts.path(&digest).display().to_string();
-            if self.cursor.maps.contains(&name) {
-                continue;
-            }
-            let Some((point, epoch, eps)) = parse_map_name(&name) else {
+        for prefix in kinds::tensorboard_derived_prefixes() {
+            for (name, digest) in self.reader.artifacts_named(prefix)? {
+                if self.cursor.maps.contains(&name) {
+                    continue;
+                }
+                let path = self.artifacts.path(&digest);
+                let bytes = freqsweep_common::files::read_bounded(&path, MAX_MAP_BYTES)
+                    .with_context(|| format!("reading map {name} ({})", path.display()))?;
+                let drawn = kinds::tensorboard_derived(&name, &bytes)
+                    .map_err(|e| anyhow::anyhow!("map {name} ({}): {e}", path.display()))?;
+                if let Some(derived) = drawn {
+                    let step = match derived.epoch {
+                        Some(e) => self.step_at_epoch(&derived.point, e)?,
+                        None => self.final_step(&derived.point)?,
+                    };
+                    for (tag, figure) in derived.figures {
+                        self.figure(&derived.point, &tag, step, figure)?;
+                    }
+                    wrote = true;
+                }
                 self.cursor.maps.insert(name);
-                continue;
-            };
-            let bytes = freqsweep_common::files::read_bounded(Path::new(&path), MAX_MAP_BYTES)
-                .with_context(|| format!("reading map {name} ({path})"))?;
-            let map: MapFile = serde_json::from_slice(&bytes).with_context(|| format!("map {name} ({path})"))?;
-            let step = match epoch {
-                Some(e) => self.step_at_epoch(&point, e)?,
-                None => self.final_step(&point)?,
-            };
-            let shape = Shape2::new(map.height, map.width);
-            let error = means(shape, &map.error)?;
-            // The report's titles: the images equal `heatmaps/<point>_eps<ε>[_<layer>].png`.
-            let title = match epoch {
-                Some(e) => format!("{} epoch {e} ε={eps}: test error", crate::report::short_id(&point)),
-                None => format!("{} ε={eps}: test error", crate::report::short_id(&point)),
-            };
-            let centred = CentredMap { values: &error, height: shape.h, width: shape.w };
-            self.figure(
-                &point,
-                &format!("heatmap/eps{eps}"),
-                step,
-                figures::heatmap(centred, Some((0.0, 1.0)), &title, "error rate"),
-            )?;
-            for (layer, cells) in &map.layers {
-                let values = means(shape, cells)?;
-                let centred = CentredMap { values: &values, height: shape.h, width: shape.w };
-                let title = format!("{} ε={eps}: {layer}", crate::report::short_id(&point));
-                self.figure(
-                    &point,
-                    &format!("heatmap/eps{eps}/{layer}"),
-                    step,
-                    figures::heatmap(centred, None, &title, "1 − cos"),
-                )?;
             }
-            self.cursor.maps.insert(name);
-            wrote = true;
         }
         Ok(wrote)
     }
@@ -453,32 +431,6 @@ pub fn scalar_tag(p: &freqsweep_common::task::MetricPoint) -> Option<String> {
     }
 }
 
-/// `map/<point>/eps4` → (point, None, "4"); `map/<point>/ep2/eps4` → (point, Some(2), "4").
-fn parse_map_name(name: &str) -> Option<(String, Option<u32>, String)> {
-    let rest = name.strip_prefix("map/")?;
-    let (head, eps) = rest.rsplit_once("/eps")?;
-    match head.rsplit_once("/ep") {
-        Some((point, epoch)) if epoch.parse::<u32>().is_ok() => Some((point.into(), epoch.parse().ok(), eps.into())),
-        _ => Some((head.into(), None, eps.into())),
-    }
-}
-
-/// The map artifact (`kinds::heatmap::map_artifact`), read back.
-#[derive(Deserialize)]
-struct MapFile {
-    height: usize,
-    width: usize,
-    error: Vec<(Cell, CellStat)>,
-    #[serde(default)]
-    layers: BTreeMap<String, Vec<(Cell, CellStat)>>,
-}
-
-fn means(shape: Shape2, cells: &[(Cell, CellStat)]) -> Result<Vec<f64>> {
-    let mut acc = HeatmapAccumulator::new(shape);
-    acc.write_all(cells).map_err(|e| anyhow::anyhow!("a map artifact's cells: {e}"))?;
-    Ok(acc.means())
-}
-
 fn hostname() -> String {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let name: String = name.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
@@ -492,13 +444,6 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn map_artifact_names_parse_into_point_epoch_and_eps() {
-        assert_eq!(parse_map_name("map/Syn_4-tiny-lr0.1/eps4"), Some(("Syn_4-tiny-lr0.1".into(), None, "4".into())));
-        assert_eq!(parse_map_name("map/Syn_4-tiny/ep2/eps0.5"), Some(("Syn_4-tiny".into(), Some(2), "0.5".into())));
-        assert_eq!(parse_map_name("dfm/x"), None);
-    }
 
     #[test]
     fn metric_points_map_to_tags_and_confusion_counts_are_not_scalars() {
