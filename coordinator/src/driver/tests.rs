@@ -4,7 +4,7 @@
 use super::*;
 use crate::artifacts::ArtifactDir;
 use crate::store::Store;
-use freqsweep_common::task::{TaskOutcome, TaskSpec};
+use freqsweep_common::task::TaskSpec;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -240,30 +240,7 @@ fn a_map_is_merged_as_its_chunks_are_accepted_and_stored_once_complete() {
     // The train task, with a result that fits it and both outputs uploaded.
     let (train, attempt) = lease(&shared, session, &mut rx);
     let TaskSpec::Train(t) = &tasks[&train].spec else { panic!("the train task comes first") };
-    let classes = t.train.classes;
-    let summaries: Vec<_> = t
-        .train
-        .test_sets
-        .iter()
-        .map(|s| freqsweep_common::task::TestSetSummary {
-            test_set: s.to_string(),
-            accuracy: 0.5,
-            macro_f1: 0.5,
-            per_class_f1: vec![0.5; classes],
-            confusion: vec![vec![0; classes]; classes],
-        })
-        .collect();
-    let outcome = TaskOutcome::Train(freqsweep_common::task::TrainOutcome {
-        epochs: t.train.epochs,
-        steps: 4,
-        final_loss: 0.5,
-        test_sets: summaries,
-        seconds: 1.0,
-        device: "cpu".into(),
-        checkpoint: "c".into(),
-        precision: Default::default(),
-        memory_format: Default::default(),
-    });
+    let outcome = kinds::train::simulated(t, "cpu");
     let artifacts = ArtifactDir::new(dir.path().join("artifacts"));
     let outputs: Vec<ArtifactRef> = ["checkpoint", "model"]
         .iter()
