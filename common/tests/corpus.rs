@@ -236,8 +236,11 @@ fn every_bad_spec_is_refused_with_one_line_naming_the_cause() {
             }
             Err(_) => {
                 let owned = path.clone();
-                let load =
-                    move || spec::load(&owned).map(|s| format!("{} points", s.points.len())).map_err(|e| e.to_string());
+                let load = move || {
+                    freqsweep_common::files::load_spec(&owned)
+                        .map(|s| format!("{} points", s.points.len()))
+                        .map_err(|e| e.to_string())
+                };
                 (on_thread(load), path.display().to_string())
             }
         };
@@ -458,7 +461,8 @@ fn the_valid_specs_parse() {
     let files = spec_files(&corpus().join("specs/valid"));
     assert!(files.len() >= 3, "{} valid specs", files.len());
     for path in files {
-        let sweep = spec::load(&path).unwrap_or_else(|e| panic!("a valid spec is refused: {e}"));
+        let sweep =
+            freqsweep_common::files::load_spec(&path).unwrap_or_else(|e| panic!("a valid spec is refused: {e}"));
         assert!(!sweep.points.is_empty(), "{}", path.display());
     }
 }

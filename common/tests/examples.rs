@@ -14,7 +14,7 @@ fn every_example_spec_parses() {
             let sweep = if path.ends_with("zoo.toml") {
                 zoo(&path)
             } else {
-                spec::load(&path).unwrap_or_else(|e| panic!("{e}"))
+                freqsweep_common::files::load_spec(&path).unwrap_or_else(|e| panic!("{e}"))
             };
             parsed.push((path.file_stem().unwrap().to_string_lossy().into_owned(), sweep));
         }

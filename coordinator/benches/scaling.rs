@@ -604,7 +604,7 @@ fn memory_child() {
     std::fs::write(&spec, big_spec()).unwrap();
     let before = rss_bytes();
     // One planned copy of the graph alone, kept alive, for scale.
-    let sweep = freqsweep_common::spec::load(&spec).unwrap();
+    let sweep = freqsweep_common::files::load_spec(&spec).unwrap();
     let plan = freqsweep_coordinator::graph::plan(&sweep);
     let planned = rss_bytes();
     let started = Instant::now();

@@ -49,9 +49,11 @@ pub struct SpecFile {
 impl SpecFile {
     /// Read `path` once (bounded) and parse it, recording its file-system inputs.
     pub fn read(path: &Path) -> Result<SpecFile> {
-        let text = spec::read(path)?;
+        let text = freqsweep_common::files::read_spec(path)?;
         let file = path.display().to_string();
-        let (sweep, inputs) = spec::parse_recording(&text, &file)?;
+        // The run opening probes the file system for what the spec names (npy headers, image
+        // folders, globs); the answers are recorded, so every later parse replays them.
+        let (sweep, inputs) = spec::parse_probing(&text, &file, &freqsweep_common::files::FileSystem)?;
         Ok(SpecFile { file, text, sweep, inputs })
     }
 }

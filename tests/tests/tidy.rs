@@ -498,3 +498,46 @@ fn functions(code: &str) -> Vec<(usize, usize, String)> {
     }
     found
 }
+
+/// Parsing is pure: the spec parser (`common/src/spec/`) does no I/O of its own. What a spec
+/// needs of the file system (npy headers, image folders, globs) it asks the caller's
+/// `spec::Probe`: the file system when a run opens (`files::FileSystem`), the recorded answers
+/// when a stored spec is parsed again.
+#[test]
+fn the_spec_parser_does_no_io() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut files = Vec::new();
+    sources(&root.join("common/src/spec"), &mut files);
+    assert!(files.len() >= 8, "the parser's modules were found: {files:?}");
+    let offenders = io_calls(&files, root);
+    assert!(offenders.is_empty(), "the spec parser does I/O (ask the Probe instead):\n{}", offenders.join("\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.rs");
+    std::fs::write(&bad, "fn f(p: &Path) {\n    let n = crate::dataset::npy_image_size(p);\n}\n").unwrap();
+    assert_eq!(io_calls(&[bad], dir.path()), ["bad.rs:2: dataset::npy_image_size"], "the rule fails when it is broken");
+}
+
+fn io_calls(files: &[PathBuf], root: &Path) -> Vec<String> {
+    const IO: [&str; 9] = [
+        "std::fs",
+        "fs::",
+        "File::",
+        "OpenOptions",
+        "read_dir",
+        "dataset::npy_image_size",
+        "dataset::folder_classes",
+        "files::expand_glob",
+        "files::read",
+    ];
+    let mut offenders = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let code = code_only(text.split("#[cfg(test)]").next().unwrap_or_default());
+        for (n, line) in code.lines().enumerate() {
+            if let Some(call) = IO.iter().find(|c| line.contains(*c)) {
+                offenders.push(format!("{}:{}: {call}", file.strip_prefix(root).unwrap().display(), n + 1));
+            }
+        }
+    }
+    offenders
+}

@@ -7,7 +7,7 @@ use super::*;
 pub(super) struct Ctx<'a> {
     pub(super) file: &'a str,
     pub(super) text: &'a str,
-    pub(super) inputs: &'a Inputs,
+    pub(super) inputs: &'a Inputs<'a>,
 }
 
 impl Ctx<'_> {

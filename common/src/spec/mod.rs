@@ -137,8 +137,8 @@ use checks::*;
 use ctx::*;
 use datasets::*;
 use grid::*;
-pub use inputs::SpecInputs;
 use inputs::*;
+pub use inputs::{Probe, SpecInputs};
 use models::*;
 use raw::*;
 use sections::*;
@@ -451,39 +451,31 @@ pub const MAX_CROP_PADDING: u64 = 32;
 const OPTIMIZERS: [&str; 2] = ["adam", "sgd"];
 const SCHEDULES: [&str; 3] = ["constant", "step", "cosine"];
 
-/// Read a spec file once, bounded ([`crate::files::MAX_SPEC_BYTES`]): a spec given as a pipe
-/// or `/dev/stdin` can be read only once, so whoever stores the spec must keep these bytes.
-pub fn read(path: &Path) -> Result<String, SpecError> {
-    crate::files::read_text_bounded(path, crate::files::MAX_SPEC_BYTES).map_err(|e| SpecError {
-        file: path.display().to_string(),
-        line: 0,
-        message: format!("cannot read: {e}"),
-    })
-}
-
-/// Read and parse a spec file.
-pub fn load(path: &Path) -> Result<Sweep, SpecError> {
-    parse(&read(path)?, &path.display().to_string())
-}
-
 /// Parse and expand spec text; `file` names it in errors. What the spec names on the file
 /// system (npy headers, image folders, globs) is read live.
 pub fn parse(text: &str, file: &str) -> Result<Sweep, SpecError> {
-    parse_with(text, file, &Inputs::live())
+    Ok(parse_probing(text, file, &crate::files::FileSystem)?.0)
 }
 
-/// [`parse`], and what it read of the file system ([`SpecInputs`]), for a run to record.
-pub fn parse_recording(text: &str, file: &str) -> Result<(Sweep, SpecInputs), SpecError> {
-    let inputs = Inputs::live();
+/// Parse, asking `probe` what the spec needs of the file system (npy headers, image folders,
+/// globs), and return what it answered ([`SpecInputs`]) for a run to record. Parsing does no
+/// I/O itself: a run opening passes the file system (`files::FileSystem`).
+pub fn parse_probing(text: &str, file: &str, probe: &dyn Probe) -> Result<(Sweep, SpecInputs), SpecError> {
+    let inputs = Inputs::probing(probe);
     let sweep = parse_with(text, file, &inputs)?;
     Ok((sweep, inputs.recorded.into_inner()))
+}
+
+/// [`parse_probing`] against the file system: what the tests and examples use.
+pub fn parse_recording(text: &str, file: &str) -> Result<(Sweep, SpecInputs), SpecError> {
+    parse_probing(text, file, &crate::files::FileSystem)
 }
 
 /// [`parse`] against what a run recorded when it opened, touching no file: the same spec
 /// gives the same points and tasks whatever the file system holds now (a model added to or
 /// renamed in a globbed directory, a folder deleted, a relative path from another directory).
 pub fn parse_replaying(text: &str, file: &str, recorded: &SpecInputs) -> Result<Sweep, SpecError> {
-    parse_with(text, file, &Inputs { replay: Some(recorded.clone()), recorded: Default::default() })
+    parse_with(text, file, &Inputs::replaying(recorded))
 }
 
 fn parse_with(text: &str, file: &str, inputs: &Inputs) -> Result<Sweep, SpecError> {
@@ -638,6 +630,42 @@ mod tests {
         }
     }
 
+    /// Parsing asks its caller's probe and touches no file: a probe that answers from memory
+    /// plans datasets and models that do not exist on disk, its refusals carry the spec's line,
+    /// and what it answered is what a run records.
+    #[test]
+    fn parsing_asks_the_probe_and_touches_no_file() {
+        struct Answers;
+        impl Probe for Answers {
+            fn npy_image_size(&self, path: &Path) -> Result<[usize; 2], String> {
+                if path.ends_with("broken.npy") {
+                    return Err("not an npy file".into());
+                }
+                Ok([16, 16])
+            }
+            fn folder_classes(&self, _: &Path) -> Result<Vec<String>, String> {
+                Ok(vec!["ant".into(), "bee".into(), "cat".into(), "dog".into()])
+            }
+            fn glob(&self, pattern: &str) -> Result<Vec<PathBuf>, String> {
+                Ok(vec![PathBuf::from(pattern.replace('*', "m1")), PathBuf::from(pattern.replace('*', "m2"))])
+            }
+        }
+        let text = "[[dataset]]\nkind = \"npy\"\ntrain_images = \"/nowhere/a\"\ntrain_labels = \"/nowhere/b\"\ntest_images = \"/nowhere/x.npy\"\ntest_labels = \"/nowhere/d\"\n[[model]]\nkind = \"torchscript\"\nglob = \"/nowhere/zoo/*.pt\"\n";
+        let (sweep, inputs) = parse_probing(text, "s.toml", &Answers).unwrap();
+        assert_eq!(sweep.points.len(), 2, "one point per model the probe listed");
+        assert_eq!(sweep.points[0].task.dataset.image_shape(), Some(Shape2::new(16, 16)));
+        assert_eq!(inputs.npy_sizes.get("/nowhere/x.npy"), Some(&[16, 16]));
+        assert_eq!(inputs.globs["/nowhere/zoo/*.pt"].len(), 2);
+        // Replayed, the same answers plan the same sweep.
+        assert_eq!(parse_replaying(text, "s.toml", &inputs).unwrap(), sweep);
+        let broken = text.replace("x.npy", "broken.npy");
+        let err = parse_probing(&broken, "s.toml", &Answers).unwrap_err().to_string();
+        assert!(
+            err.starts_with("s.toml:2: an npy dataset needs its image size") && err.contains("not an npy file"),
+            "{err}"
+        );
+    }
+
     /// A hostile glob of 16 `*` kept parsing busy for over 30 s (the recursive match retried
     /// every split); the match is linear in the pattern times the name now.
     #[test]
@@ -657,12 +685,12 @@ mod tests {
             ("m*_?.pt", "model_1.pt", true),
             ("m*_?.pt", "model_12.pt", false),
         ] {
-            assert_eq!(wildcard_match(pattern.as_bytes(), name.as_bytes()), expected, "{pattern} {name}");
+            assert_eq!(crate::files::wildcard_match(pattern.as_bytes(), name.as_bytes()), expected, "{pattern} {name}");
         }
         let hostile = "*".repeat(16) + "b";
         let name = "a".repeat(250);
         let started = std::time::Instant::now();
-        assert!(!wildcard_match(hostile.as_bytes(), name.as_bytes()));
+        assert!(!crate::files::wildcard_match(hostile.as_bytes(), name.as_bytes()));
         assert!(started.elapsed().as_millis() < 500, "{:?}", started.elapsed());
     }
 
@@ -812,7 +840,7 @@ lr = 0.0001
             let path = entry.unwrap().path();
             // zoo.toml reads the files examples/make_zoo.sh writes (tests/examples.rs makes them).
             if path.extension().is_some_and(|e| e == "toml") && !path.ends_with("zoo.toml") {
-                load(&path).unwrap_or_else(|e| panic!("{e}"));
+                crate::files::load_spec(&path).unwrap_or_else(|e| panic!("{e}"));
                 parsed += 1;
             }
         }
