@@ -465,6 +465,21 @@ fn check_heatmap_epochs(
                 ));
             }
         }
+        // Counted before listed: `"every"` of a run of 4 × 10⁹ epochs would be 16 GB of epochs.
+        if let Some(p) =
+            points.iter().find(|p| p.given.is_none() && h.at_epochs.count_of_run(p.task.train.epochs) > MAX_KEPT_EPOCHS)
+        {
+            let span = raw_h.get_ref().at_epochs.as_ref().map_or_else(|| raw_h.span(), Spanned::span);
+            return Err(ctx.err(
+                &span,
+                format!(
+                    "at_epochs keeps {} checkpoints of point {} ({} epochs), each with maps of its own; at most {MAX_KEPT_EPOCHS}",
+                    h.at_epochs.count_of_run(p.task.train.epochs),
+                    p.id,
+                    p.task.train.epochs
+                ),
+            ));
+        }
         for p in points.iter_mut().filter(|p| p.given.is_none()) {
             p.task.train.keep_epochs = h.at_epochs.of_run(p.task.train.epochs);
         }

@@ -230,7 +230,20 @@ impl AtEpochs {
             AtEpochs::Listed(list) => list.iter().copied().filter(|&e| e < epochs).collect(),
         }
     }
+
+    /// How many epochs [`AtEpochs::of_run`] gives, without listing them.
+    pub fn count_of_run(&self, epochs: u32) -> usize {
+        match self {
+            AtEpochs::None => 0,
+            AtEpochs::Every => epochs.saturating_sub(1) as usize,
+            AtEpochs::Listed(list) => list.iter().filter(|&&e| e < epochs).count(),
+        }
+    }
 }
+
+/// Checkpoints of one run that get maps of their own (`[heatmap] at_epochs`): each is a file
+/// every worker keeps and a full map.
+pub const MAX_KEPT_EPOCHS: usize = 10_000;
 
 /// The classes whose DFMs a sweep writes.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -856,6 +869,14 @@ lr = 0.0001
             (base.replace("batch_size = 8", "batch_size = 100000000000"), "batch_size must be at most 65536"),
             (base.replace("epochs = 1", "epochs = 1\naugment_crop = 4294967295"), "augment_crop must be at most 32"),
             (format!("{base}[heatmap]\neps = 4\nbatch = 100000000000\n"), "batch must be at most 65536"),
+            // Counted before listed: 4 × 10⁹ kept epochs would be 16 GB per point.
+            (
+                format!(
+                    "{}[heatmap]\neps = 4\nat_epochs = \"every\"\n",
+                    base.replace("epochs = 1", "epochs = 4000000000")
+                ),
+                "at_epochs keeps 3999999999 checkpoints of point",
+            ),
         ] {
             let err = parse(&text, "s.toml").unwrap_err().to_string();
             assert!(err.contains(what), "{what}: {err}");
