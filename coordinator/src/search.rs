@@ -37,6 +37,11 @@ impl Strategy {
 /// The prefix of the sweep keys that hold added points, by index.
 pub const ADDED_POINT: &str = "added_point/";
 
+/// The sweep key of added point `index` (zero-padded, so keys sort by index).
+fn point_key(index: usize) -> String {
+    format!("{ADDED_POINT}{index:08}")
+}
+
 /// A point added while the sweep ran, as stored: what re-planning it needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AddedPoint {
@@ -60,7 +65,7 @@ impl AddedPoint {
     }
 
     pub fn key(&self) -> String {
-        format!("{ADDED_POINT}{:08}", self.index)
+        point_key(self.index)
     }
 
     pub fn to_point(&self) -> GridPoint {
@@ -75,8 +80,15 @@ impl AddedPoint {
 
 /// The points a run added while it ran, in index order.
 pub fn added_points(reader: &Reader) -> Result<Vec<AddedPoint>> {
+    added_points_from(reader, 0)
+}
+
+/// The points a run added with index `index` or above, in index order (read from the store
+/// only from there: a follower asks for what is new since it last looked).
+pub fn added_points_from(reader: &Reader, index: usize) -> Result<Vec<AddedPoint>> {
+    let from = point_key(index);
     let mut points = Vec::new();
-    for (key, json) in reader.sweep_values_with_prefix(ADDED_POINT)? {
+    for (key, json) in reader.sweep_values_from(ADDED_POINT, &from)? {
         let point: AddedPoint =
             serde_json::from_str(&json).with_context(|| format!("the stored point {key} cannot be read"))?;
         points.push(point);
@@ -90,16 +102,22 @@ pub fn added_points(reader: &Reader) -> Result<Vec<AddedPoint>> {
 /// some), re-planned and checked against the added tasks the store holds: same ids, keys and
 /// descriptions, in the same order.
 pub fn extend_with_added(sweep: &mut Sweep, tasks: &mut Vec<PlannedTask>, reader: &Reader) -> Result<()> {
-    let added: Vec<AddedPoint> = added_points(reader)?.into_iter().filter(|p| p.index >= sweep.points.len()).collect();
-    if added.is_empty() {
-        return Ok(());
-    }
     let first = tasks.iter().map(|t| t.id.0).max().unwrap_or(0) + 1;
-    let rows: Vec<TaskRow> = reader.added_tasks()?.into_iter().filter(|r| r.id >= first).collect();
-    let (points, replanned) = replan(sweep, first, &added, &rows)?;
+    let (points, replanned) = added_since(sweep, first, reader)?;
     sweep.points.extend(points);
     tasks.extend(replanned);
     Ok(())
+}
+
+/// The points added after `sweep`'s and their tasks (ids from `first`), re-planned and checked
+/// against the added tasks the store holds; only what is new is read.
+pub fn added_since(sweep: &Sweep, first: u64, reader: &Reader) -> Result<(Vec<GridPoint>, Vec<PlannedTask>)> {
+    let added = added_points_from(reader, sweep.points.len())?;
+    if added.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let rows = reader.added_tasks_from(first)?;
+    replan(sweep, first, &added, &rows)
 }
 
 /// The points and tasks of `added`, planned after `sweep`'s own points with ids from `first`,

@@ -34,6 +34,15 @@ impl Driver {
             stored.push(Change::SweepValue { key: added.key(), value });
             tasks.extend(planned);
         }
+        let limit = freqsweep_common::spec::MAX_TASKS;
+        if self.tasks.len().saturating_add(tasks.len()) > limit {
+            return Err(format!(
+                "adding {} points ({} tasks) would make the sweep over {limit} tasks; it holds {}",
+                points.len(),
+                tasks.len(),
+                self.tasks.len()
+            ));
+        }
         for task in &tasks {
             let spec_json = serde_json::to_string(&task.spec).map_err(|e| format!("task {}: {e}", task.key))?;
             let deps = task.deps.iter().map(|d| d.0).collect();

@@ -87,15 +87,31 @@ impl Reader {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The sweep values whose key starts with `prefix` and is at least `from` (keys such as
+    /// `added_point/00000042` sort by index): what was added since `from`.
+    pub fn sweep_values_from(&self, prefix: &str, from: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, value FROM sweep WHERE substr(key, 1, length(?1)) = ?1 AND key >= ?2 ORDER BY key")?;
+        let rows = stmt.query_map([prefix, from], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The tasks added while the sweep ran ([`Change::AddTask`]), in id order, with their stored
     /// state: what a restarted coordinator restores beside the tasks it plans. A store from
     /// before added tasks (read-only, so not migrated) has none.
     pub fn added_tasks(&self) -> Result<Vec<TaskRow>, StoreError> {
+        self.added_tasks_from(0)
+    }
+
+    /// [`Reader::added_tasks`] with ids from `first` on (those added since a task `first - 1`).
+    pub fn added_tasks_from(&self, first: u64) -> Result<Vec<TaskRow>, StoreError> {
         if !self.has_column("tasks", "added")? {
             return Ok(Vec::new());
         }
-        let mut stmt = self.conn.prepare(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE added = 1 ORDER BY id"))?;
-        let rows = stmt.query_map([], task_row)?;
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE added = 1 AND id >= ?1 ORDER BY id");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([first as i64], task_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -148,6 +164,33 @@ mod tests {
         assert_eq!((added[0].state.as_str(), added[0].attempts), ("done", 1), "with their stored state");
         assert_eq!(added[1].state, "pending", "added as pending, as planned tasks are");
         assert_eq!(ids(&reader.tasks().unwrap()), [1, 2, 3, 4], "every task, planned or added");
+        assert_eq!(ids(&reader.added_tasks_from(4).unwrap()), [4], "only those from an id on");
+    }
+
+    /// A follower reads only what was added since it last looked: sweep values by prefix from a
+    /// key on (the added points' keys sort by index), no other key among them.
+    #[test]
+    fn sweep_values_are_read_by_prefix_from_a_key_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = Store::open(&dir.path().join("db")).unwrap();
+        let value = |key: &str| Change::SweepValue { key: key.into(), value: format!("v of {key}") };
+        store
+            .write(vec![
+                value("added_point/00000000"),
+                value("added_point/00000001"),
+                value("added_point/00000002"),
+                value("added_pointless"),
+                value("name"),
+            ])
+            .unwrap();
+        let reader = store.reader().unwrap();
+        let keys = |rows: Vec<(String, String)>| rows.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(keys(reader.sweep_values_with_prefix("added_point/").unwrap()).len(), 3);
+        assert_eq!(
+            keys(reader.sweep_values_from("added_point/", "added_point/00000001").unwrap()),
+            ["added_point/00000001", "added_point/00000002"]
+        );
+        assert!(reader.sweep_values_from("added_point/", "added_point/00000003").unwrap().is_empty());
     }
 
     #[test]

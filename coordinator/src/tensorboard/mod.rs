@@ -152,11 +152,10 @@ struct TaskInfo {
 }
 
 struct Follower {
-    /// The spec's sweep and the id after its planned tasks: points added while the sweep runs
-    /// are re-planned from them when their tasks first appear (`learn_added`).
+    /// The sweep's points the follower knows (the spec's, then those added while it ran) and
+    /// the id after their tasks: points added since are re-planned after them (`learn_added`).
     sweep: Sweep,
     first_added: u64,
-    added_known: usize,
     root: PathBuf,
     artifacts: crate::artifacts::ArtifactDir,
     reader: Reader,
@@ -212,7 +211,6 @@ impl Follower {
         let mut follower = Follower {
             sweep: spec_sweep,
             first_added,
-            added_known: 0,
             root,
             artifacts,
             reader,
@@ -228,21 +226,20 @@ impl Follower {
 
     /// Tasks of points added while the sweep ran that the follower does not know yet.
     fn learn_added(&mut self) -> Result<()> {
-        let added = crate::search::added_points(&self.reader)?;
-        if added.len() <= self.added_known {
-            return Ok(());
-        }
-        let rows = self.reader.added_tasks()?;
-        let rows: Vec<_> = rows.into_iter().filter(|r| r.id >= self.first_added).collect();
-        let (points, tasks) = crate::search::replan(&self.sweep, self.first_added, &added, &rows)?;
+        // Only what was added since the last look is read and planned.
+        let known = self.sweep.points.len();
+        let (points, tasks) = crate::search::added_since(&self.sweep, self.first_added, &self.reader)?;
         for task in &tasks {
-            let Some(point) = points.get(task.point - self.sweep.points.len()) else { continue };
+            let Some(point) = points.get(task.point - known) else { continue };
             if crate::kinds::trains_model(task.kind()) {
                 self.train_of_point.insert(point.id.clone(), task.id.0);
             }
             self.tasks.insert(task.id.0, TaskInfo { point: point.id.clone(), classes: crate::kinds::classes(task) });
         }
-        self.added_known = added.len();
+        if let Some(last) = tasks.last() {
+            self.first_added = last.id.0 + 1;
+        }
+        self.sweep.points.extend(points);
         Ok(())
     }
 
