@@ -22,6 +22,16 @@ impl Driver {
     /// one cannot be (a given model, a run that cannot grow, tasks the scheduler refuses).
     pub fn add_points(&mut self, now: Now, points: &[GridPoint], fx: &mut Effects) -> Result<Vec<TaskId>, String> {
         let planner = self.planner.as_mut().ok_or("this run cannot add points (it was opened without its planner)")?;
+        // Counted before planned: a point of millions of tasks is refused without building them.
+        let limit = freqsweep_common::spec::MAX_TASKS;
+        let adding = points.iter().fold(0usize, |n, p| n.saturating_add(planner.count_point(p)));
+        if self.tasks.len().saturating_add(adding) > limit {
+            return Err(format!(
+                "adding {} points ({adding} tasks) would make the sweep over {limit} tasks; it holds {}",
+                points.len(),
+                self.tasks.len()
+            ));
+        }
         let mut next = self.tasks.keys().map(|t| t.0).max().unwrap_or(0) + 1;
         let mut stored = Vec::new();
         let mut tasks: Vec<PlannedTask> = Vec::new();
@@ -33,15 +43,6 @@ impl Driver {
             let value = serde_json::to_string(&added).map_err(|e| format!("point {}: {e}", point.id))?;
             stored.push(Change::SweepValue { key: added.key(), value });
             tasks.extend(planned);
-        }
-        let limit = freqsweep_common::spec::MAX_TASKS;
-        if self.tasks.len().saturating_add(tasks.len()) > limit {
-            return Err(format!(
-                "adding {} points ({} tasks) would make the sweep over {limit} tasks; it holds {}",
-                points.len(),
-                tasks.len(),
-                self.tasks.len()
-            ));
         }
         for task in &tasks {
             let spec_json = serde_json::to_string(&task.spec).map_err(|e| format!("task {}: {e}", task.key))?;

@@ -537,3 +537,33 @@ mod sans_io {
         }
     }
 }
+
+/// A point added while the sweep runs is counted before it is planned: one of 4 000 ε × 514
+/// one-cell chunks (over two million tasks) is refused in one line, nothing stored, nothing added.
+#[test]
+fn an_added_point_over_the_task_bound_is_refused_before_it_is_planned() {
+    let eps: Vec<String> = (1..=4000).map(|i| format!("{}", i as f64 / 100.0)).collect();
+    let text = format!(
+        "[[dataset]]\nkind = \"syn\"\nband = 1\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n[heatmap]\nchunk_cells = 1\neps = [{}]\n",
+        eps.join(", ")
+    );
+    let sweep = freqsweep_common::spec::parse(&text, "s.toml").unwrap();
+    let from = crate::driver::Restore {
+        config: crate::run::default_config(None),
+        artifacts: ArtifactDir::new("/nonexistent/artifacts".into()),
+        tasks: Vec::new(),
+        stored: HashMap::new(),
+        first_attempt: 1,
+        sweep_id: "t".into(),
+        counters: Arc::default(),
+    };
+    let now = crate::driver::Now { ms: 0, instant: Instant::now(), wall_ms: 0 };
+    let (mut driver, _) = Driver::restore(now, from);
+    driver.allow_growth(crate::kinds::Planner::new(&sweep), 0);
+    let mut fx = crate::driver::Effects::default();
+    let started = Instant::now();
+    let err = driver.add_points(now, &sweep.points, &mut fx).unwrap_err();
+    assert!(err.starts_with("adding 1 points (2056001 tasks) would make the sweep over 2000000 tasks"), "{err}");
+    assert!(started.elapsed().as_secs() < 2, "refused without planning");
+    assert!(fx.changes.is_empty() && driver.tasks.is_empty(), "nothing stored, nothing added");
+}
