@@ -37,7 +37,7 @@ fn every_example_spec_parses() {
     let zoo = &parsed.iter().find(|(n, _)| n == "zoo").unwrap().1;
     assert_eq!(zoo.points.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["digits-a", "digits-b"]);
     let demo = &parsed.iter().find(|(n, _)| n == "shortcuts_demo").unwrap().1;
-    let dfm = demo.dfm.as_ref().expect("the shortcut demo has a [dfm] stage");
+    let dfm = demo.analyses.dfm.as_ref().expect("the shortcut demo has a [dfm] stage");
     assert_eq!((dfm.patch, dfm.top.len(), demo.points.len()), (1, 4, 1));
 }
 

@@ -527,7 +527,7 @@ fn check_sweep(s: &Sweep) -> Result<(), String> {
             return Err(format!("point {} outside the bounds: {:?}", p.id, p.task));
         }
     }
-    if let Some(h) = &s.heatmap {
+    if let Some(h) = &s.analyses.heatmap {
         let eps_ok = !h.eps.is_empty() && h.eps.iter().all(|e| e.is_finite() && *e > 0.0 && *e <= 1e4);
         if !eps_ok || !(1..=spec::MAX_BATCH as usize).contains(&h.batch) {
             return Err(format!("heatmap outside the bounds: {h:?}"));

@@ -180,27 +180,38 @@ fn catch_all_arms_over_kinds(files: &[PathBuf], root: &Path) -> Vec<String> {
 
 /// `common`'s science modules compute: they import neither rendering (`figures`, `image`) nor
 /// the spec parser (`spec`). Drawing and file writing live in `figures`, limits and number
-/// formats where the science needs them (`dataset::MAX_CLASSES`, `text::format_number`).
+/// formats where the science needs them (`dataset::MAX_CLASSES`, `text::format_number`). The
+/// kinds' vocabulary (`common/src/task/`) holds each kind's spec section, so it uses the parser's
+/// toolkit, but it draws nothing either.
 #[test]
 fn the_science_modules_do_not_import_rendering_or_the_parser() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let science = ["bands", "dataset", "dfm", "heatmap", "metrics", "npy", "seeds", "spectrum", "syn", "task"];
+    let science = ["bands", "dataset", "dfm", "heatmap", "metrics", "npy", "seeds", "spectrum", "syn"];
     let files: Vec<PathBuf> = science.iter().map(|m| root.join(format!("common/src/{m}.rs"))).collect();
-    let offenders = forbidden_imports(&files, root);
+    let offenders = forbidden_imports(&files, root, &["crate::figures", "crate::image", "crate::spec"]);
     assert!(offenders.is_empty(), "a science module imports rendering or the parser:\n{}", offenders.join("\n"));
+    let mut kinds = Vec::new();
+    sources(&root.join("common/src/task"), &mut kinds);
+    assert!(kinds.len() >= 5, "the kinds' files were found: {}", kinds.len());
+    let offenders = forbidden_imports(&kinds, root, &["crate::figures", "crate::image"]);
+    assert!(offenders.is_empty(), "a kind's common file imports rendering:\n{}", offenders.join("\n"));
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.rs");
     std::fs::write(&bad, "fn f() {\n    let s = crate::spec::format_number(1.0);\n}\n").unwrap();
-    assert_eq!(forbidden_imports(&[bad], dir.path()), ["bad.rs:2: crate::spec"], "the rule fails when it is broken");
+    assert_eq!(
+        forbidden_imports(&[bad], dir.path(), &["crate::figures", "crate::image", "crate::spec"]),
+        ["bad.rs:2: crate::spec"],
+        "the rule fails when it is broken"
+    );
 }
 
-fn forbidden_imports(files: &[PathBuf], root: &Path) -> Vec<String> {
+fn forbidden_imports(files: &[PathBuf], root: &Path, modules: &[&str]) -> Vec<String> {
     let mut offenders = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(file).unwrap();
         let code = code_only(text.split("#[cfg(test)]").next().unwrap_or_default());
         for (n, line) in code.lines().enumerate() {
-            for module in ["crate::figures", "crate::image", "crate::spec"] {
+            for &module in modules {
                 let whole = |text: &str, word: &str| {
                     text.match_indices(word).any(|(i, _)| {
                         let after = text[i + word.len()..].chars().next();
@@ -221,7 +232,7 @@ fn forbidden_imports(files: &[PathBuf], root: &Path) -> Vec<String> {
 
 /// The rooms decide by kind; nothing else does. Outside the coordinator's kind rooms
 /// (`coordinator/src/kinds/`), the worker's engine rooms (`worker/src/engine/`) and the kind
-/// types themselves (`common/src/task.rs`), no code names a kind's variant (`TaskSpec::Dfm`,
+/// types themselves (`common/src/task/`), no code names a kind's variant (`TaskSpec::Dfm`,
 /// `TaskOutcome::Bands(…)`, `TaskKind::Train`; `TaskKind::ALL` is fine): a new kind is then
 /// learnt in its room and in the exhaustive matches the compiler points to, never by a place
 /// that silently ignores it. Test code (after `#[cfg(test)]`) is free.
@@ -232,7 +243,7 @@ fn kinds_are_decided_only_in_their_rooms() {
     for krate in ["common/src", "coordinator/src", "worker/src"] {
         sources(&root.join(krate), &mut files);
     }
-    let rooms = ["coordinator/src/kinds/", "worker/src/engine/", "common/src/task.rs"];
+    let rooms = ["coordinator/src/kinds/", "worker/src/engine/", "common/src/task/"];
     files.retain(|f| !rooms.iter().any(|r| f.strip_prefix(root).unwrap().to_string_lossy().starts_with(r)));
     assert!(files.len() > 40, "the sources were found: {}", files.len());
     let offenders = kind_variants_named(&files, root, &["TaskSpec", "TaskOutcome", "TaskKind"]);
@@ -508,7 +519,9 @@ fn the_spec_parser_does_no_io() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let mut files = Vec::new();
     sources(&root.join("common/src/spec"), &mut files);
-    assert!(files.len() >= 8, "the parser's modules were found: {files:?}");
+    // Each kind's spec section is parsed in its file there.
+    sources(&root.join("common/src/task"), &mut files);
+    assert!(files.len() >= 13, "the parser's modules were found: {files:?}");
     let offenders = io_calls(&files, root);
     assert!(offenders.is_empty(), "the spec parser does I/O (ask the Probe instead):\n{}", offenders.join("\n"));
     let dir = tempfile::tempdir().unwrap();
@@ -536,6 +549,74 @@ fn io_calls(files: &[PathBuf], root: &Path) -> Vec<String> {
         for (n, line) in code.lines().enumerate() {
             if let Some(call) = IO.iter().find(|c| line.contains(*c)) {
                 offenders.push(format!("{}:{}: {call}", file.strip_prefix(root).unwrap().display(), n + 1));
+            }
+        }
+    }
+    offenders
+}
+
+/// A kind is its rooms. For every kind `TaskKind::as_str` names, the coordinator's room
+/// (`coordinator/src/kinds/<kind>.rs`) and the worker's (`worker/src/engine/<kind>.rs`) exist, and
+/// every file in the rooms' folders (those and `common/src/task/`) is declared in its `mod.rs`: a
+/// file that is not is silently never compiled. With the compiler's exhaustive matches, this
+/// points to every file a new kind touches (ARCHITECTURE.md, "Adding an analysis").
+#[test]
+fn every_kind_has_its_rooms_and_every_room_is_compiled() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let task = std::fs::read_to_string(root.join("common/src/task/mod.rs")).unwrap();
+    let kinds = kinds_of_task_kind(&task);
+    assert!(kinds.len() >= 5 && kinds.contains(&"train".to_string()), "the kinds were read: {kinds:?}");
+    let offenders = missing_rooms(root, &kinds);
+    assert!(offenders.is_empty(), "a kind lacks a room, or a room is not compiled:\n{}", offenders.join("\n"));
+    let dir = tempfile::tempdir().unwrap();
+    for folder in ["common/src/task", "coordinator/src/kinds", "worker/src/engine"] {
+        std::fs::create_dir_all(dir.path().join(folder)).unwrap();
+        std::fs::write(dir.path().join(folder).join("mod.rs"), "mod train;\n").unwrap();
+        std::fs::write(dir.path().join(folder).join("train.rs"), "").unwrap();
+    }
+    std::fs::write(dir.path().join("worker/src/engine/blur.rs"), "").unwrap();
+    assert_eq!(
+        missing_rooms(dir.path(), &["train".into(), "robustness".into()]),
+        [
+            "coordinator/src/kinds/robustness.rs: kind robustness has no room here",
+            "worker/src/engine/robustness.rs: kind robustness has no room here",
+            "worker/src/engine/blur.rs: not declared in its mod.rs (`mod blur;`)",
+        ],
+        "the rule fails when it is broken"
+    );
+}
+
+/// The kinds' names, from the arms of `TaskKind::as_str` (`TaskKind::Train => "train",`).
+fn kinds_of_task_kind(task_mod: &str) -> Vec<String> {
+    let body = task_mod.split("impl TaskKind {").nth(1).unwrap_or_default();
+    let body = body.split("pub fn as_str(self)").nth(1).unwrap_or_default();
+    let body = body.split("\n    }").next().unwrap_or_default();
+    body.lines()
+        .filter_map(|l| l.trim().strip_prefix("TaskKind::")?.split("=> \"").nth(1)?.strip_suffix("\","))
+        .map(str::to_string)
+        .collect()
+}
+
+fn missing_rooms(root: &Path, kinds: &[String]) -> Vec<String> {
+    let mut offenders = Vec::new();
+    for room in ["coordinator/src/kinds", "worker/src/engine"] {
+        for kind in kinds {
+            if !root.join(room).join(format!("{kind}.rs")).exists() {
+                offenders.push(format!("{room}/{kind}.rs: kind {kind} has no room here"));
+            }
+        }
+    }
+    for folder in ["common/src/task", "coordinator/src/kinds", "worker/src/engine"] {
+        let declared = std::fs::read_to_string(root.join(folder).join("mod.rs")).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(root.join(folder))
+            .unwrap()
+            .filter_map(|e| e.ok()?.path().file_stem()?.to_str().map(str::to_string))
+            .filter(|n| n != "mod" && n != "tests")
+            .collect();
+        names.sort();
+        for name in names {
+            if !declared.lines().any(|l| l.trim().trim_start_matches("pub ").starts_with(&format!("mod {name};"))) {
+                offenders.push(format!("{folder}/{name}.rs: not declared in its mod.rs (`mod {name};`)"));
             }
         }
     }

@@ -29,7 +29,7 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
     if raw.dataset.is_empty() {
         return Err(ctx.err_top("the spec needs at least one [[dataset]]"));
     }
-    let (band_radii, radii_span) = band_radii(ctx, raw.bands.as_ref())?;
+    let (band_radii, radii_span) = crate::task::band_radii(ctx, raw.analyses.bands.as_ref())?;
     let dataset = dataset_axis(ctx, &raw.dataset, band_radii, radii_span)?;
 
     let no_train = RawTrain::default();
@@ -43,10 +43,7 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
     check_model_outputs(ctx, trained, &given, &grid.dataset.values)?;
     let total = product_size(ctx, trained, &selection.lens)?;
 
-    let heatmap = raw.heatmap.as_ref().map(|h| heatmap(ctx, h, &grid.arch.values)).transpose()?;
-    let dfm = raw.dfm.as_ref().map(|d| dfm(ctx, d)).transpose()?;
-    let bands = bands_spec(ctx, raw.bands.as_ref())?;
-    check_dfm_patch(ctx, &grid, dfm.as_ref(), raw.dfm.as_ref())?;
+    let analyses = Analyses::parse(ctx, &raw.analyses, &grid.axes(trained.is_some()))?;
     // Every point plans at least one task, so the points are bounded while they are built
     // (memory grows with them), not after. How many tasks they plan is the planner's answer
     // (the coordinator's `kinds::count_tasks`, before it plans any).
@@ -61,9 +58,8 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
         return Err(ctx.err_top("the grid is empty (everything was excluded)"));
     }
 
-    check_heatmap_epochs(ctx, heatmap.as_ref(), raw.heatmap.as_ref(), trained, &mut points)?;
-    check_dfm_classes(ctx, dfm.as_ref(), raw.dfm.as_ref(), &points)?;
-    Ok(Sweep { name, points, heatmap, dfm, bands, band_radii })
+    analyses.check_points(ctx, &raw.analyses, &grid.axes(trained.is_some()), &mut points)?;
+    Ok(Sweep { name, points, analyses, band_radii })
 }
 
 /// `name`: the sweep's name.
@@ -310,43 +306,6 @@ fn product_size(ctx: &Ctx, trained: Option<&RawModel>, lens: &[usize; AXES]) -> 
         .ok_or_else(|| ctx.err_top(format!("the grid has over {MAX_POINTS} points; split the sweep")))
 }
 
-/// `[bands]`: the sufficiency analysis, unless `sufficiency = false`.
-fn bands_spec(ctx: &Ctx, raw: Option<&Spanned<RawBands>>) -> Result<Option<BandsSpec>, SpecError> {
-    Ok(match raw {
-        Some(b) if ctx.scalar(&b.get_ref().sufficiency, true, |v| boolean("sufficiency", v))? => {
-            let b = b.get_ref();
-            Some(BandsSpec {
-                tolerance: ctx.scalar(&b.tolerance, 0.05, |v| {
-                    number("tolerance", v, |x| (0.0..=1.0).contains(&x), "an F1 difference in [0, 1]")
-                })?,
-                images: ctx.scalar(&b.images, 0, |v| non_negative_usize("images", v))?,
-            })
-        }
-        _ => None,
-    })
-}
-
-/// The DFM's patch divides every dataset's images (each size is cut into units of it).
-fn check_dfm_patch(
-    ctx: &Ctx,
-    grid: &Grid,
-    dfm: Option<&DfmSpec>,
-    raw_dfm: Option<&Spanned<RawDfm>>,
-) -> Result<(), SpecError> {
-    let (Some(d), Some(raw_d)) = (dfm, raw_dfm) else { return Ok(()) };
-    let p = d.patch;
-    for (label, dataset) in grid.dataset.labels.iter().zip(&grid.dataset.values) {
-        let Some(shape) = dataset.image_shape() else { continue };
-        if p > shape.h.min(shape.w) || shape.h % p != 0 || shape.w % p != 0 {
-            let span = raw_d.get_ref().patch.as_ref().map_or_else(|| raw_d.span(), Spanned::span);
-            return Err(
-                ctx.err(&span, format!("patch {p} does not divide dataset {label}'s {} × {} images", shape.h, shape.w))
-            );
-        }
-    }
-    Ok(())
-}
-
 /// The points a sweep may build: at most [`MAX_TASKS`], since each plans at least one task.
 struct PointBudget {
     most_points: usize,
@@ -438,75 +397,6 @@ fn add_given_points(
             idx[DATASET] = d;
             idx[ARCH] = first_given + g;
             points.push(given_point(dataset, model, classes, GridValues { labels: Arc::clone(&labels), idx }, fixed));
-        }
-    }
-    Ok(())
-}
-
-/// Listed epochs must exist in every trained point's run; each run keeps their checkpoints.
-fn check_heatmap_epochs(
-    ctx: &Ctx,
-    heatmap: Option<&HeatmapSpec>,
-    raw_heatmap: Option<&Spanned<RawHeatmap>>,
-    trained: Option<&RawModel>,
-    points: &mut [GridPoint],
-) -> Result<(), SpecError> {
-    if let (Some(h), Some(raw_h)) = (heatmap, raw_heatmap) {
-        if let AtEpochs::Listed(list) = &h.at_epochs {
-            let span = raw_h.get_ref().at_epochs.as_ref().map_or_else(|| raw_h.span(), Spanned::span);
-            if trained.is_none() {
-                return Err(ctx.err(&span, "at_epochs maps checkpoints of training; this spec trains no model"));
-            }
-            let last = list.last().copied().unwrap_or(0);
-            if let Some(p) = points.iter().find(|p| p.given.is_none() && p.task.train.epochs < last) {
-                return Err(ctx.err(
-                    &span,
-                    format!("at_epochs lists epoch {last}, but point {} trains {} epochs", p.id, p.task.train.epochs),
-                ));
-            }
-        }
-        // Counted before listed: `"every"` of a run of 4 × 10⁹ epochs would be 16 GB of epochs.
-        if let Some(p) =
-            points.iter().find(|p| p.given.is_none() && h.at_epochs.count_of_run(p.task.train.epochs) > MAX_KEPT_EPOCHS)
-        {
-            let span = raw_h.get_ref().at_epochs.as_ref().map_or_else(|| raw_h.span(), Spanned::span);
-            return Err(ctx.err(
-                &span,
-                format!(
-                    "at_epochs keeps {} checkpoints of point {} ({} epochs), each with maps of its own; at most {MAX_KEPT_EPOCHS}",
-                    h.at_epochs.count_of_run(p.task.train.epochs),
-                    p.id,
-                    p.task.train.epochs
-                ),
-            ));
-        }
-        for p in points.iter_mut().filter(|p| p.given.is_none()) {
-            p.task.train.keep_epochs = h.at_epochs.of_run(p.task.train.epochs);
-        }
-    }
-    Ok(())
-}
-
-/// Listed DFM classes must exist in every point's model.
-fn check_dfm_classes(
-    ctx: &Ctx,
-    dfm: Option<&DfmSpec>,
-    raw_dfm: Option<&Spanned<RawDfm>>,
-    points: &[GridPoint],
-) -> Result<(), SpecError> {
-    if let (Some(d), Some(raw)) = (dfm, raw_dfm) {
-        let fewest = points.iter().map(|p| p.task.train.classes).min().unwrap_or(0);
-        if let ClassChoice::Listed(list) = &d.classes {
-            if let Some(&c) = list.iter().find(|&&c| c >= fewest) {
-                let span = raw.get_ref().classes.as_ref().map_or_else(|| raw.span(), Spanned::span);
-                return Err(ctx.err(
-                    &span,
-                    format!(
-                        "classes lists class {c}, but a model of the sweep has {fewest} classes (0-{})",
-                        fewest.saturating_sub(1)
-                    ),
-                ));
-            }
         }
     }
     Ok(())

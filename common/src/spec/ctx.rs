@@ -4,19 +4,19 @@ use super::*;
 
 // Errors with lines.
 
-pub(super) struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     pub(super) file: &'a str,
     pub(super) text: &'a str,
     pub(super) inputs: &'a Inputs<'a>,
 }
 
 impl Ctx<'_> {
-    pub(super) fn line(&self, offset: usize) -> usize {
+    pub(crate) fn line(&self, offset: usize) -> usize {
         self.text.as_bytes()[..offset.min(self.text.len())].iter().filter(|&&b| b == b'\n').count() + 1
     }
 
     /// The key assigned on 1-based `line` (`key = …`), if any.
-    pub(super) fn key_on_line(&self, line: usize) -> Option<&str> {
+    pub(crate) fn key_on_line(&self, line: usize) -> Option<&str> {
         let text = self.text.lines().nth(line.checked_sub(1)?)?;
         let (key, _) = text.split_once('=')?;
         let key = key.trim();
@@ -24,17 +24,17 @@ impl Ctx<'_> {
         (!key.is_empty() && key.chars().all(bare)).then_some(key)
     }
 
-    pub(super) fn err(&self, span: &Range<usize>, message: impl Into<String>) -> SpecError {
+    pub(crate) fn err(&self, span: &Range<usize>, message: impl Into<String>) -> SpecError {
         SpecError { file: self.file.to_string(), line: self.line(span.start), message: message.into() }
     }
 
     /// An error about the whole spec rather than one key.
-    pub(super) fn err_top(&self, message: impl Into<String>) -> SpecError {
+    pub(crate) fn err_top(&self, message: impl Into<String>) -> SpecError {
         SpecError { file: self.file.to_string(), line: 1, message: message.into() }
     }
 
     /// Check a scalar with `check`, placing its error on the value's line.
-    pub(super) fn scalar<T>(
+    pub(crate) fn scalar<T>(
         &self,
         raw: &Scalar,
         default: T,
@@ -47,7 +47,7 @@ impl Ctx<'_> {
     }
 
     /// Check every element of a one-or-many key; errors point at the element.
-    pub(super) fn list<T>(
+    pub(crate) fn list<T>(
         &self,
         key: &str,
         raw: &Spanned<Values>,
@@ -67,7 +67,7 @@ impl Ctx<'_> {
     }
 
     /// A grid axis from a one-or-many key (or `default` when absent); repeated values are errors.
-    pub(super) fn axis<T>(
+    pub(crate) fn axis<T>(
         &self,
         key: &str,
         raw: Option<&Spanned<Values>>,

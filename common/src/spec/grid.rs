@@ -5,9 +5,9 @@ use super::*;
 // The grid.
 
 /// One grid axis: value labels (as in ids, `results.csv` and include/exclude) and typed values.
-pub(super) struct Axis<T> {
-    pub(super) labels: Vec<String>,
-    pub(super) values: Vec<T>,
+pub(crate) struct Axis<T> {
+    pub(crate) labels: Vec<String>,
+    pub(crate) values: Vec<T>,
 }
 
 impl<T> Axis<T> {
@@ -61,6 +61,16 @@ impl Grid {
             BETA1 => &self.beta1.labels,
             BETA2 => &self.beta2.labels,
             _ => &self.seed.labels,
+        }
+    }
+
+    /// The axes an analysis section checks against.
+    pub(super) fn axes(&self, trains: bool) -> section::GridAxes<'_> {
+        section::GridAxes {
+            archs: &self.arch.values,
+            dataset_labels: &self.dataset.labels,
+            datasets: &self.dataset.values,
+            trains,
         }
     }
 

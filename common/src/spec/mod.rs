@@ -56,31 +56,8 @@
 //! test_limit = 0           # evaluate on the first N test images (0: all)
 //! clip = false             # clip band-filtered images to [0, 1]
 //!
-//! [heatmap]                # optional: Fourier heatmaps of every trained and given model
-//! eps = [4.0]              # one heatmap per value
-//! # cells = "all"          # or { max_radius = 20 } or { low_crop = 63 }: the rest are skipped (NaN)
-//! # at_epochs = [1, 2, 5]  # also maps of the checkpoints after these epochs (or "every")
-//! layers = true            # true: every named layer; false; or names such as ["conv1", "fc"]
-//! images = 500             # test images per heatmap (0: all)
-//! batch = 256              # perturbed images per forward pass
-//! chunk_cells = 64         # canonical cells per heatmap task (or chunks_per_map = 8)
-//! seed = 0
-//!
-//! [dfm]                    # optional: dominant frequency maps of every trained model (SCIENCE.md §7)
-//! patch = 1                # side of the square patches removed together (1: single frequencies)
-//! top = [1, 5, 10, 20]     # DFMs at these percentages of the units, each in (0, 100]
-//! images = 500             # test images (0: all)
-//! batch = 256              # filtered images per forward pass
-//! chunk_cells = 64         # removal units per task (or chunks_per_map = 8)
-//! classes = "all"          # or a list such as [0, 1]: the classes whose maps are written
-//! shortcut_degree = true   # then filter the test set to each class's DFM: TPR and FPR per class and top
-//!
-//! [bands]                  # optional: every model on the 15 band subsets (DC kept) of its test set
-//! tolerance = 0.05         # a band set suffices for a class if its F1 is within this of all bands'
-//! images = 0               # test images (0: all)
-//! # sufficiency = false    # only place the bands, plan no band-sufficiency tasks
-//! # radii = [4, 8, 12]     # band bounds in cells, or fractions = [0.25, 0.5, 0.75] of the
-//! #                        # Nyquist radius min(H, W)/2 (the default: 4, 8, 12 on 32 × 32)
+//! # [heatmap], [dfm], [bands], …: the analyses, one section per kind; each section's keys
+//! # are documented beside its parser, in common/src/task/<kind>.rs.
 //!
 //! [[exclude]]              # drop grid points matching every key given
 //! arch = "resnet18"
@@ -108,10 +85,12 @@
 //! tasks by them.
 
 use crate::bands::{Band, BandLayout, BandRadii, BandSet};
-use crate::heatmap::CellSelection;
 use crate::spectrum::Shape2;
 use crate::syn::SynConfig;
-use crate::task::{Augment, DatasetSource, LrSchedule, MemoryFormat, Optimizer, Precision, TrainConfig, TrainTask};
+use crate::task::{
+    Analyses, Augment, DatasetSource, LrSchedule, MemoryFormat, Optimizer, Precision, RawAnalyses, TrainConfig,
+    TrainTask,
+};
 use crate::text::one_line;
 use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -130,7 +109,6 @@ mod grid;
 mod inputs;
 mod models;
 mod raw;
-mod sections;
 pub use crate::text::format_number;
 use assemble::*;
 use checks::*;
@@ -141,7 +119,30 @@ use inputs::*;
 pub use inputs::{Probe, SpecInputs};
 use models::*;
 use raw::*;
-use sections::*;
+
+/// What an analysis section's parser (each kind's, in `crate::task`) uses of the spec's machinery.
+pub(crate) mod section {
+    pub(crate) use super::checks::*;
+    pub(crate) use super::ctx::Ctx;
+    pub(crate) use super::raw::{List, Scalar, Values};
+    pub(crate) use super::{
+        format_number, Chunking, GridPoint, SpecError, ARCHS, MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIDE,
+    };
+    pub(crate) use std::ops::Range;
+    pub(crate) use toml::Value;
+
+    /// What a section may check against: the grid's axes it can depend on.
+    pub(crate) struct GridAxes<'a> {
+        pub(crate) archs: &'a [String],
+        pub(crate) dataset_labels: &'a [String],
+        pub(crate) datasets: &'a [crate::task::DatasetSource],
+        /// Whether the spec trains models (given models only: no checkpoints, no epochs).
+        pub(crate) trains: bool,
+    }
+}
+
+// Each analysis kind's part of a spec, named here as before the sections moved to their kinds.
+pub use crate::task::{AtEpochs, BandsSpec, ClassChoice, DfmSpec, HeatmapSpec, LayerChoice, MAX_KEPT_EPOCHS};
 
 /// A spec that cannot be used: the file, the 1-based line (0 when the file cannot be read) and a
 /// one-line message naming the key. Displays as `file:line: message`, like a compiler: one line
@@ -165,14 +166,6 @@ fn few(labels: &[String]) -> String {
     out.join(", ")
 }
 
-/// Which layer maps a heatmap computes.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub enum LayerChoice {
-    None,
-    All,
-    Named(Vec<String>),
-}
-
 /// How a heatmap's canonical cells are cut into tasks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Chunking {
@@ -191,109 +184,6 @@ impl Chunking {
         }
         .max(1)
     }
-}
-
-/// The heatmap part of a spec.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct HeatmapSpec {
-    pub eps: Vec<f64>,
-    /// Heatmaps of the checkpoints after these epochs too, besides the trained model's.
-    pub at_epochs: AtEpochs,
-    /// The canonical cells computed (`"all"`, `{ max_radius = R }`, `{ low_crop = 63 }`).
-    pub cells: CellSelection,
-    pub layers: LayerChoice,
-    pub images: usize,
-    pub batch: usize,
-    pub chunks: Chunking,
-    pub seed: u64,
-    pub precision: Precision,
-    pub memory_format: MemoryFormat,
-}
-
-/// `[heatmap] at_epochs`: which epochs' checkpoints get heatmaps besides the final model.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub enum AtEpochs {
-    #[default]
-    None,
-    /// After every epoch.
-    Every,
-    Listed(Vec<u32>),
-}
-
-impl AtEpochs {
-    /// The epochs of a run of `epochs` whose checkpoints get maps of their own: the listed ones
-    /// before the last (the last epoch's model is the trained model, mapped anyway).
-    pub fn of_run(&self, epochs: u32) -> Vec<u32> {
-        match self {
-            AtEpochs::None => Vec::new(),
-            AtEpochs::Every => (1..epochs).collect(),
-            AtEpochs::Listed(list) => list.iter().copied().filter(|&e| e < epochs).collect(),
-        }
-    }
-
-    /// How many epochs [`AtEpochs::of_run`] gives, without listing them.
-    pub fn count_of_run(&self, epochs: u32) -> usize {
-        match self {
-            AtEpochs::None => 0,
-            AtEpochs::Every => epochs.saturating_sub(1) as usize,
-            AtEpochs::Listed(list) => list.iter().filter(|&&e| e < epochs).count(),
-        }
-    }
-}
-
-/// Checkpoints of one run that get maps of their own (`[heatmap] at_epochs`): each is a file
-/// every worker keeps and a full map.
-pub const MAX_KEPT_EPOCHS: usize = 10_000;
-
-/// The classes whose DFMs a sweep writes.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub enum ClassChoice {
-    All,
-    Listed(Vec<usize>),
-}
-
-impl ClassChoice {
-    /// The classes of a model with `classes` outputs.
-    pub fn of(&self, classes: usize) -> Vec<usize> {
-        match self {
-            ClassChoice::All => (0..classes).collect(),
-            ClassChoice::Listed(list) => list.iter().copied().filter(|&c| c < classes).collect(),
-        }
-    }
-}
-
-/// The DFM part of a spec (SCIENCE.md §7).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct DfmSpec {
-    pub patch: usize,
-    pub top: Vec<f64>,
-    pub images: usize,
-    pub batch: usize,
-    pub chunks: Chunking,
-    pub classes: ClassChoice,
-    /// Plan the shortcut-degree task after each model's maps (default true).
-    pub shortcut_degree: bool,
-    pub precision: Precision,
-    pub memory_format: MemoryFormat,
-}
-
-impl DfmSpec {
-    /// Removal units of a map of `shape` at this patch size.
-    pub fn units(&self, shape: Shape2) -> usize {
-        if self.patch <= 1 {
-            shape.heatmap_cells().len()
-        } else {
-            (shape.h / self.patch) * (shape.w / self.patch)
-        }
-    }
-}
-
-/// The band-sufficiency part of a spec: every model on the 15 band subsets of its test set.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct BandsSpec {
-    /// A band set suffices for a class when its F1 is at least the full spectrum's minus this.
-    pub tolerance: f64,
-    pub images: usize,
 }
 
 /// One point of the grid: its values (for names, `results.csv` and include/exclude matching) and
@@ -392,10 +282,8 @@ impl fmt::Debug for GridValues {
 pub struct Sweep {
     pub name: String,
     pub points: Vec<GridPoint>,
-    pub heatmap: Option<HeatmapSpec>,
-    pub dfm: Option<DfmSpec>,
-    /// Band sufficiency (`[bands]`, unless `sufficiency = false`).
-    pub bands: Option<BandsSpec>,
+    /// The analysis sections (`[heatmap]`, `[dfm]`, `[bands]`, …), one field per kind.
+    pub analyses: Analyses,
     /// Where the band radii lie (`[bands] radii` or `fractions`; each dataset's layout follows).
     pub band_radii: BandRadii,
 }
@@ -509,11 +397,12 @@ fn parse_with(text: &str, file: &str, inputs: &Inputs) -> Result<Sweep, SpecErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::heatmap::CellSelection;
 
     #[test]
     fn dfm_section_is_read_with_defaults_and_bad_values_are_named() {
         let base = "[[dataset]]\nkind = \"syn\"\nband = 1\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n[dfm]\n";
-        let d = parse(base, "s.toml").unwrap().dfm.unwrap();
+        let d = parse(base, "s.toml").unwrap().analyses.dfm.unwrap();
         assert_eq!(
             (d.patch, d.top.as_slice(), d.images, d.classes.clone()),
             (1, &[1.0, 5.0, 10.0, 20.0][..], 500, ClassChoice::All)
@@ -521,6 +410,7 @@ mod tests {
         assert_eq!((d.units(Shape2::new(32, 32)), d.chunks.chunks(d.units(Shape2::new(32, 32)))), (514, 9));
         let d = parse(&format!("{base}patch = 4\ntop = [2.5]\nclasses = [0, 1]\nchunks_per_map = 2\n"), "s.toml")
             .unwrap()
+            .analyses
             .dfm
             .unwrap();
         assert_eq!(
@@ -528,7 +418,7 @@ mod tests {
             (4, 64, &[2.5][..], vec![0, 1])
         );
         assert_eq!(
-            parse(&format!("{base}classes = \"all\"\n"), "s.toml").unwrap().dfm.unwrap().classes,
+            parse(&format!("{base}classes = \"all\"\n"), "s.toml").unwrap().analyses.dfm.unwrap().classes,
             ClassChoice::All
         );
         // A sweep's task count includes the DFM chunks (1 train + 9 chunks).
@@ -561,12 +451,13 @@ mod tests {
         assert_eq!((config.layout.upper_radii, task.train.band_layout), ([8.0, 16.0, 24.0], config.layout));
         let radii = parse(&format!("{base}[bands]\nradii = [3, 10, 20]\nsufficiency = false\n"), "s.toml").unwrap();
         assert_eq!(radii.points[0].task.train.band_layout.upper_radii, [3.0, 10.0, 20.0]);
-        assert_eq!(radii.bands, None, "sufficiency = false plans no band-sufficiency tasks");
+        assert_eq!(radii.analyses.bands, None, "sufficiency = false plans no band-sufficiency tasks");
         let fractions = parse(&format!("{base}[bands]\nfractions = [0.125, 0.5, 1]\n"), "s.toml").unwrap();
         assert_eq!(fractions.points[0].task.train.band_layout.upper_radii, [4.0, 16.0, 32.0]);
-        assert!(fractions.bands.is_some());
+        assert!(fractions.analyses.bands.is_some());
         let cells = |text: &str| {
-            parse(&format!("{base}[heatmap]\neps = 4\ncells = {text}\n"), "s.toml").map(|s| s.heatmap.unwrap().cells)
+            parse(&format!("{base}[heatmap]\neps = 4\ncells = {text}\n"), "s.toml")
+                .map(|s| s.analyses.heatmap.unwrap().cells)
         };
         assert_eq!(cells("\"all\""), Ok(CellSelection::All));
         assert_eq!(cells("{ max_radius = 12.5 }"), Ok(CellSelection::MaxRadius(12.5)));
@@ -785,10 +676,10 @@ mod tests {
     #[test]
     fn heatmap_precision_and_memory_format_are_read_and_default_to_fp32_auto() {
         let base = "[[dataset]]\nkind = \"syn\"\nband = 1\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n[heatmap]\neps = 4\n";
-        let plain = parse(base, "s.toml").unwrap().heatmap.unwrap();
+        let plain = parse(base, "s.toml").unwrap().analyses.heatmap.unwrap();
         assert_eq!((plain.precision, plain.memory_format), (Precision::Fp32, MemoryFormat::Auto));
         let fast = format!("{base}precision = \"bf16\"\nmemory_format = \"channels_last\"\n");
-        let fast = parse(&fast, "s.toml").unwrap().heatmap.unwrap();
+        let fast = parse(&fast, "s.toml").unwrap().analyses.heatmap.unwrap();
         assert_eq!((fast.precision, fast.memory_format), (Precision::Bf16, MemoryFormat::ChannelsLast));
         // Auto: channels-last for conv nets, NCHW for anything else; the others mean themselves.
         assert_eq!(MemoryFormat::Auto.resolve(true), MemoryFormat::ChannelsLast);
@@ -935,7 +826,7 @@ lr = 0.0001
         assert_eq!(first.task.train.eval_every_steps, 5);
         assert!(sweep.points.iter().all(|p| !(p.values["arch"] == "alexnet" && p.values["optimizer"] == "sgd")));
         assert!(sweep.points.iter().all(|p| !(p.values["arch"] == "tiny" && p.values["lr"] == "0.0001")));
-        let h = sweep.heatmap.clone().unwrap();
+        let h = sweep.analyses.heatmap.clone().unwrap();
         assert_eq!((h.eps, h.layers, h.chunks), (vec![2.0, 4.0], LayerChoice::All, Chunking::Cells(100)));
         assert_eq!(parse(SPEC, "t.toml").unwrap(), sweep, "deterministic");
     }
@@ -976,7 +867,7 @@ clip = true
         let sweep = parse(spec, "s.toml").unwrap();
         assert_eq!(sweep.points.len(), 1);
         assert_eq!(sweep.name, "sweep");
-        assert!(sweep.heatmap.is_none());
+        assert!(sweep.analyses.heatmap.is_none());
         let p = &sweep.points[0];
         let mut syn = SynConfig::new(Band::new(3).unwrap(), 7);
         (syn.train, syn.test, syn.special_energy) = (100, 20, 0.25);
@@ -1188,7 +1079,7 @@ layers = ["fc", "all"]
         assert_eq!(sweep.points[1].id, "small_Syn_2s0-tiny-adam-lr0.1-bs8-ep1-schedcosine-seed0");
         assert_eq!(sweep.points[1].task.train.schedule, LrSchedule::Cosine { min_lr: 0.001 });
         assert!(sweep.points.iter().all(|p| p.task.train.classes == 10 && p.task.train.test_sets.len() == 4));
-        let h = sweep.heatmap.unwrap();
+        let h = sweep.analyses.heatmap.unwrap();
         assert_eq!((h.chunks, h.layers, h.eps), (Chunking::PerMap(5), LayerChoice::All, vec![1.0]));
         assert_eq!((h.images, h.batch, h.seed), (500, 256, 0), "defaults");
         assert_eq!(Chunking::PerMap(5).chunks(514), 5);

@@ -5,26 +5,88 @@ use super::*;
 // Raw structure. Every leaf keeps its span; values are checked by hand (not by serde) so every
 // message names its key.
 
-pub(super) type Scalar = Option<Spanned<Value>>;
-pub(super) type List = Option<Spanned<Values>>;
+pub(crate) type Scalar = Option<Spanned<Value>>;
+pub(crate) type List = Option<Spanned<Values>>;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A whole spec. Its fixed sections are fields here; the analysis sections (`[heatmap]`, …) are
+/// each kind's, gathered in `task::RawAnalyses`, so a new kind's section is not added here.
 pub(super) struct RawSpec {
     pub(super) name: Scalar,
-    #[serde(default)]
     pub(super) dataset: Vec<Spanned<RawDataset>>,
     pub(super) model: RawModels,
     pub(super) train: Option<Spanned<RawTrain>>,
-    #[serde(default)]
     pub(super) eval: RawEval,
-    pub(super) heatmap: Option<Spanned<RawHeatmap>>,
-    pub(super) dfm: Option<Spanned<RawDfm>>,
-    pub(super) bands: Option<Spanned<RawBands>>,
-    #[serde(default)]
+    pub(super) analyses: RawAnalyses,
     pub(super) include: Vec<Spanned<RawPoint>>,
-    #[serde(default)]
     pub(super) exclude: Vec<Spanned<RawPoint>>,
+}
+
+/// The spec's fixed top-level keys (the analysis sections follow them in error messages).
+const FIXED_KEYS: [&str; 7] = ["name", "dataset", "model", "train", "eval", "include", "exclude"];
+
+/// Every top-level key, for "unknown field …, expected one of …" (serde wants a `'static` list).
+fn top_level_keys() -> &'static [&'static str] {
+    static KEYS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| FIXED_KEYS.iter().chain(RawAnalyses::KEYS).copied().collect())
+}
+
+// By hand rather than derived: `deny_unknown_fields` cannot be combined with a flattened
+// `RawAnalyses`, and an unknown key must still be refused with the line it is on.
+/// A top-level key no section has: its value is never read.
+struct Unknown<'k>(&'k str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Unknown<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, _: D) -> Result<(), D::Error> {
+        Err(serde::de::Error::unknown_field(self.0, top_level_keys()))
+    }
+}
+
+impl<'de> Deserialize<'de> for RawSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a spec")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawSpec, A::Error> {
+                use serde::de::Error;
+                let mut model = None;
+                let mut spec = RawSpec {
+                    name: None,
+                    dataset: Vec::new(),
+                    model: RawModels::Many(Vec::new()),
+                    train: None,
+                    eval: RawEval::default(),
+                    analyses: RawAnalyses::default(),
+                    include: Vec::new(),
+                    exclude: Vec::new(),
+                };
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "name" => spec.name = map.next_value()?,
+                        "dataset" => spec.dataset = map.next_value()?,
+                        "model" => model = Some(map.next_value()?),
+                        "train" => spec.train = map.next_value()?,
+                        "eval" => spec.eval = map.next_value()?,
+                        "include" => spec.include = map.next_value()?,
+                        "exclude" => spec.exclude = map.next_value()?,
+                        other => {
+                            if !spec.analyses.read(other, &mut map)? {
+                                // Refused while reading its value, so toml places the error on
+                                // the key's line.
+                                map.next_value_seed(Unknown(other))?;
+                            }
+                        }
+                    }
+                }
+                spec.model = model.ok_or_else(|| A::Error::missing_field("model"))?;
+                Ok(spec)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 pub(super) type RawPoint = BTreeMap<String, Spanned<Value>>;
@@ -123,50 +185,9 @@ pub(super) struct RawEval {
     pub(super) clip: Scalar,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawHeatmap {
-    pub(super) eps: Spanned<Values>,
-    pub(super) at_epochs: List,
-    pub(super) cells: Scalar,
-    pub(super) layers: List,
-    pub(super) images: Scalar,
-    pub(super) batch: Scalar,
-    pub(super) chunk_cells: Scalar,
-    pub(super) chunks_per_map: Scalar,
-    pub(super) seed: Scalar,
-    pub(super) precision: Scalar,
-    pub(super) memory_format: Scalar,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawBands {
-    pub(super) tolerance: Scalar,
-    pub(super) images: Scalar,
-    pub(super) radii: List,
-    pub(super) fractions: List,
-    pub(super) sufficiency: Scalar,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawDfm {
-    pub(super) patch: Scalar,
-    pub(super) top: List,
-    pub(super) images: Scalar,
-    pub(super) batch: Scalar,
-    pub(super) chunk_cells: Scalar,
-    pub(super) chunks_per_map: Scalar,
-    pub(super) classes: List,
-    pub(super) shortcut_degree: Scalar,
-    pub(super) precision: Scalar,
-    pub(super) memory_format: Scalar,
-}
-
 /// One value or a list of them. List elements keep their own spans (`None` for a lone value,
 /// which takes the key's), so an error inside a multi-line list points at the element's line.
-pub(super) struct Values(pub(super) Vec<(Option<Range<usize>>, Value)>);
+pub(crate) struct Values(pub(crate) Vec<(Option<Range<usize>>, Value)>);
 
 impl<'de> Deserialize<'de> for Values {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -17,7 +17,7 @@ use freqsweep_common::task::{BandsOutcome, BandsTask, TaskOutcome, TaskSpec, MOD
 use std::fmt::Write as _;
 
 pub(super) fn plan(sweep: &Sweep, point: &PointPlan<'_>, tasks: &mut Vec<PlannedTask>) {
-    let (Some(b), Some((model, deps))) = (&sweep.bands, point.model()) else { return };
+    let (Some(b), Some((model, deps))) = (&sweep.analyses.bands, point.model()) else { return };
     let t = &point.point.task;
     let spec = BandsTask {
         dataset: t.dataset.clone(),
@@ -82,7 +82,7 @@ struct BandsFiles {
 
 /// `results.csv` columns: per class, the smallest sufficient band sets (space-separated).
 pub(super) fn csv_header(run: &RunData<'_>, csv: &mut String) {
-    if run.sweep.bands.is_some() {
+    if run.sweep.analyses.bands.is_some() {
         for c in 0..run.classes {
             let _ = write!(csv, ",sufficient_bands_class{c}");
         }
@@ -99,7 +99,7 @@ pub(super) fn report(
     csv: &mut String,
 ) -> Result<()> {
     let (dir, outcome, columns) = (run.dir, run.merged.bands.get(index), run.classes);
-    let Some(spec) = run.sweep.bands.as_ref() else { return Ok(()) };
+    let Some(spec) = run.sweep.analyses.bands.as_ref() else { return Ok(()) };
     let Some(o) = outcome else {
         csv.push_str(&",".repeat(columns));
         return Ok(());

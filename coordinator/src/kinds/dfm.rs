@@ -52,7 +52,7 @@ pub(super) struct Prepared {
 
 impl Prepared {
     pub(super) fn new(sweep: &Sweep) -> Prepared {
-        let mut prepared = Prepared { spec: sweep.dfm.clone(), chunks: BTreeMap::new() };
+        let mut prepared = Prepared { spec: sweep.analyses.dfm.clone(), chunks: BTreeMap::new() };
         for shape in sweep.points.iter().filter_map(|p| p.task.dataset.image_shape()) {
             prepared.cut(shape);
         }
@@ -334,7 +334,7 @@ pub(super) fn report(
     _csv: &mut String,
 ) -> Result<()> {
     let (dir, maps) = (run.dir, &run.merged.dfms);
-    let (Some(spec), Some(acc)) = (run.sweep.dfm.as_ref(), maps.get(index)) else { return Ok(()) };
+    let (Some(spec), Some(acc)) = (run.sweep.analyses.dfm.as_ref(), maps.get(index)) else { return Ok(()) };
     let Some(clean) = acc.clean() else { return Ok(()) };
     let sub = format!("dfm/{}", point.id);
     // Classes without test images have no maps (their loss is undefined); the rest are written.

@@ -44,12 +44,12 @@ pub(super) struct Prepared {
 
 impl Prepared {
     pub(super) fn new(sweep: &Sweep) -> Prepared {
-        let layers = match sweep.heatmap.as_ref().map(|h| &h.layers) {
+        let layers = match sweep.analyses.heatmap.as_ref().map(|h| &h.layers) {
             None | Some(LayerChoice::None) => Vec::new(),
             Some(LayerChoice::All) => vec!["all".to_string()],
             Some(LayerChoice::Named(names)) => names.clone(),
         };
-        let mut prepared = Prepared { spec: sweep.heatmap.clone(), chunks: BTreeMap::new(), layers };
+        let mut prepared = Prepared { spec: sweep.analyses.heatmap.clone(), chunks: BTreeMap::new(), layers };
         for shape in sweep.points.iter().filter_map(|p| p.task.dataset.image_shape()) {
             prepared.cut(shape);
         }
@@ -532,7 +532,7 @@ pub(super) fn report(
 
 /// The sweep's ε list (none without `[heatmap]`).
 fn eps_list(sweep: &Sweep) -> &[f64] {
-    sweep.heatmap.as_ref().map_or(&[], |h| h.eps.as_slice())
+    sweep.analyses.heatmap.as_ref().map_or(&[], |h| h.eps.as_slice())
 }
 
 pub(crate) struct HeatmapFiles {

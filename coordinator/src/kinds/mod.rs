@@ -39,8 +39,8 @@ impl Planner {
     fn tasks_per_point(&self) -> usize {
         1 + self.heatmaps.tasks_per_point()
             + self.dfms.tasks_per_point()
-            + usize::from(self.sweep.dfm.as_ref().is_some_and(|d| d.shortcut_degree))
-            + usize::from(self.sweep.bands.is_some())
+            + usize::from(self.sweep.analyses.dfm.as_ref().is_some_and(|d| d.shortcut_degree))
+            + usize::from(self.sweep.analyses.bands.is_some())
     }
 
     /// How many tasks [`Planner::plan_point`] plans for `point`, without planning them: each
@@ -62,9 +62,9 @@ impl Planner {
                     dfm_chunks
                 }
                 TaskKind::Shortcut => {
-                    usize::from(self.sweep.dfm.as_ref().is_some_and(|d| d.shortcut_degree) && dfm_chunks > 0)
+                    usize::from(self.sweep.analyses.dfm.as_ref().is_some_and(|d| d.shortcut_degree) && dfm_chunks > 0)
                 }
-                TaskKind::Bands => usize::from(self.sweep.bands.is_some()),
+                TaskKind::Bands => usize::from(self.sweep.analyses.bands.is_some()),
             });
         }
         count

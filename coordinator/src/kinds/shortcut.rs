@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 
 /// Plan the point's shortcut-degree task after its DFM chunks (`dfm_chunks`, planned just before).
 pub(super) fn plan(sweep: &Sweep, point: &PointPlan<'_>, dfm_chunks: &[TaskId], tasks: &mut Vec<PlannedTask>) {
-    let (Some(d), Some((model, model_deps))) = (&sweep.dfm, point.model()) else { return };
+    let (Some(d), Some((model, model_deps))) = (&sweep.analyses.dfm, point.model()) else { return };
     if !d.shortcut_degree || dfm_chunks.is_empty() {
         return;
     }
@@ -106,7 +106,7 @@ struct ShortcutRows {
 
 /// `results.csv` columns: per chosen class and top, the TPR and FPR.
 pub(super) fn csv_header(run: &RunData<'_>, csv: &mut String) {
-    let Some(d) = run.sweep.dfm.as_ref().filter(|d| d.shortcut_degree) else { return };
+    let Some(d) = run.sweep.analyses.dfm.as_ref().filter(|d| d.shortcut_degree) else { return };
     for c in d.classes.of(run.classes) {
         for t in &d.top {
             let t = format_number(*t);
@@ -124,7 +124,7 @@ pub(super) fn report(
     csv: &mut String,
 ) -> Result<()> {
     let (dir, outcome, classes) = (run.dir, run.merged.shortcuts.get(index), run.classes);
-    let Some(d) = run.sweep.dfm.as_ref().filter(|d| d.shortcut_degree) else { return Ok(()) };
+    let Some(d) = run.sweep.analyses.dfm.as_ref().filter(|d| d.shortcut_degree) else { return Ok(()) };
     let columns = d.classes.of(classes).len() * d.top.len();
     let Some(o) = outcome else {
         csv.push_str(&",,".repeat(columns));

@@ -114,7 +114,7 @@ pub(crate) fn write(
     raw: &mut Vec<String>,
 ) -> Result<Vec<GroupReport>> {
     let columns: Vec<&str> = header.split(',').collect();
-    let eps_list: Vec<f64> = sweep.heatmap.as_ref().map(|h| h.eps.clone()).unwrap_or_default();
+    let eps_list: Vec<f64> = sweep.analyses.heatmap.as_ref().map(|h| h.eps.clone()).unwrap_or_default();
     let mut out = Vec::new();
     for (group, members) in groups(sweep) {
         let headline = headline(&columns, &members, rows);

@@ -2,14 +2,28 @@
 //! the worker's engine (which runs them). A task travels as the JSON of [`TaskSpec`] inside a
 //! `Lease`; results come back as the JSON of [`TaskOutcome`], metric points as [`MetricPoint`]s.
 //! Everything here is plain data with serde, so the wire format can grow without protocol changes.
+//!
+//! Each analysis kind has one file here (`heatmap.rs`, `dfm.rs`, `shortcut.rs`, `bands.rs`): its
+//! task and outcome, and the spec section that asks for it with the section's parser and checks.
+//! This file lists the kinds: the enums below and the registry of spec sections
+//! ([`RawAnalyses`], [`Analyses`]). The grid's own kind, `train`, lives here.
 
 use crate::bands::{BandLayout, BandSet};
-use crate::heatmap::CellStat;
-use crate::spectrum::Cell;
+use crate::spec::section::{Ctx, GridAxes, SpecError};
+use crate::spec::GridPoint;
 use crate::syn::SynConfig;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
+use toml::Spanned;
+
+mod bands;
+mod dfm;
+mod heatmap;
+mod shortcut;
+pub use bands::*;
+pub use dfm::*;
+pub use heatmap::*;
+pub use shortcut::*;
 
 /// Where a task's images come from. Syn_d is described rather than shipped: it is deterministic
 /// given its config, so a worker regenerates it bit for bit.
@@ -234,180 +248,9 @@ pub enum ModelSource {
     Given { artifact: String, model: String },
 }
 
-/// A chunk of one Fourier heatmap (SCIENCE.md §2–3): the error rate (and layer cosine distances)
-/// of `model` on the test split of `dataset`, perturbed at each of `cells` with norm `eps`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeatmapTask {
-    pub dataset: DatasetSource,
-    pub model: ModelSource,
-    pub eps: f64,
-    /// Canonical cells of this chunk (each stands for its conjugate too).
-    pub cells: Vec<Cell>,
-    /// Chunk number within the map (for names and logs).
-    #[serde(default)]
-    pub chunk: usize,
-    /// Intermediate layers whose cosine-distance maps are wanted (empty: error map only).
-    #[serde(default)]
-    pub layers: Vec<String>,
-    /// Use only the first this many test images (0: all).
-    #[serde(default)]
-    pub images: usize,
-    /// Seed of the per-image, per-channel signs `r`.
-    pub seed: u64,
-    /// Perturbed images per forward pass (bounds memory).
-    pub batch: usize,
-    /// Numbers of the model's forward pass (the perturbation and the counts stay fp32/fp64).
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub precision: Precision,
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub memory_format: MemoryFormat,
-    /// The training epoch whose checkpoint is the model (`None`: the trained model, after the
-    /// last epoch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epoch: Option<u32>,
-    /// The spec's classes: the model must return exactly this many logits per image, as for
-    /// every other kind (0: not said, in a task stored by a coordinator from before the field).
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub classes: usize,
-}
-
 /// The output name of a train task's checkpoint after `epoch` epochs, kept for analyses.
 pub fn epoch_output(epoch: u32) -> String {
     format!("epoch{epoch}")
-}
-
-/// A chunk of dominant-frequency loss maps (SCIENCE.md §7): `model` on the test split of
-/// `dataset` with each of `units` removed (a cell and its conjugate, or a patch of cells and
-/// their conjugates), every class's statistics from the same forward passes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DfmTask {
-    pub dataset: DatasetSource,
-    pub model: ModelSource,
-    /// Side of the square patches removed (1: single cells).
-    pub patch: usize,
-    /// The model's outputs (every class gets statistics; a result has exactly this many).
-    pub classes: usize,
-    /// Anchors of this chunk's removal units (`common::dfm::units`).
-    pub units: Vec<Cell>,
-    /// Chunk number within the map.
-    #[serde(default)]
-    pub chunk: usize,
-    /// Use only the first this many test images (0: all).
-    #[serde(default)]
-    pub images: usize,
-    /// Filtered images per forward pass (bounds memory).
-    pub batch: usize,
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub precision: Precision,
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub memory_format: MemoryFormat,
-}
-
-/// The shortcut degree (SCIENCE.md §7): `model` on the whole test split filtered to each chosen
-/// class's DFM at each `top` (DC kept), from the merged maps the input `maps` names.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShortcutTask {
-    pub dataset: DatasetSource,
-    pub model: ModelSource,
-    /// The input artifact holding the merged DFM maps (`common::dfm::MapsFile`).
-    pub maps: String,
-    /// The model's outputs.
-    pub classes: usize,
-    /// The classes whose DFMs filter the test set.
-    pub chosen: Vec<usize>,
-    /// DFM sizes, percent of the units.
-    pub top: Vec<f64>,
-    /// Use only the first this many test images (0: all).
-    #[serde(default)]
-    pub images: usize,
-    /// Clip filtered images to `[0, 1]`.
-    #[serde(default)]
-    pub clip: bool,
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub precision: Precision,
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub memory_format: MemoryFormat,
-}
-
-/// One (class, top) of a shortcut-degree result: the confusion matrix (`[truth][predicted]`) of
-/// the test set filtered to that class's DFM (TPR and FPR follow: `common::dfm::shortcut_degree`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ShortcutEntry {
-    pub class: usize,
-    pub top: f64,
-    pub confusion: Vec<Vec<u64>>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ShortcutOutcome {
-    pub images: usize,
-    /// In `chosen` × `top` order.
-    pub entries: Vec<ShortcutEntry>,
-    pub seconds: f64,
-    pub device: String,
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub precision: Precision,
-    #[serde(default, skip_serializing_if = "is_contiguous")]
-    pub memory_format: MemoryFormat,
-}
-
-/// Band sufficiency (the poster's "2 or 3 bands are enough", made automatic): `model` on the
-/// test split of `dataset` filtered to every non-empty subset of the four bands (DC kept).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BandsTask {
-    pub dataset: DatasetSource,
-    pub model: ModelSource,
-    /// The model's outputs (a result's confusion matrices are this many classes square).
-    pub classes: usize,
-    /// Use only the first this many test images (0: all).
-    #[serde(default)]
-    pub images: usize,
-    #[serde(default)]
-    pub band_layout: BandLayout,
-    /// Clip filtered images to `[0, 1]`.
-    #[serde(default)]
-    pub clip: bool,
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub precision: Precision,
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub memory_format: MemoryFormat,
-}
-
-/// What a band-sufficiency task reports: the confusion matrix (`[truth][predicted]`) on every
-/// band subset, in `common::dfm::band_subsets` order.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct BandsOutcome {
-    pub images: usize,
-    pub sets: Vec<(BandSet, Vec<Vec<u64>>)>,
-    pub seconds: f64,
-    pub device: String,
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub precision: Precision,
-    #[serde(default, skip_serializing_if = "is_contiguous")]
-    pub memory_format: MemoryFormat,
-}
-
-/// What a DFM chunk reports: per class its clean statistics, and per unit per class the summed
-/// loss and flip count (sums and counts, so chunks merge exactly).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DfmOutcome {
-    pub chunk: usize,
-    pub patch: usize,
-    pub images: usize,
-    pub clean: Vec<crate::dfm::CleanStat>,
-    pub units: Vec<(Cell, Vec<crate::dfm::ClassStat>)>,
-    pub seconds: f64,
-    /// Filtered images pushed through the model per second.
-    pub images_per_second: f64,
-    pub device: String,
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub precision: Precision,
-    #[serde(default, skip_serializing_if = "is_contiguous")]
-    pub memory_format: MemoryFormat,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -617,30 +460,6 @@ pub struct TrainOutcome {
     pub memory_format: MemoryFormat,
 }
 
-/// What a heatmap chunk reports: counts, not rates, so chunks merge by writing cells.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct HeatmapOutcome {
-    pub eps: f64,
-    pub chunk: usize,
-    pub images: usize,
-    /// Misclassified clean images out of `images`.
-    pub clean: CellStat,
-    /// Per canonical cell: misclassified perturbed images out of `n`.
-    pub error: Vec<(Cell, CellStat)>,
-    /// Per layer, per canonical cell: summed cosine distance out of `n`.
-    pub layers: BTreeMap<String, Vec<(Cell, CellStat)>>,
-    pub seconds: f64,
-    /// Perturbed images pushed through the model per second.
-    pub images_per_second: f64,
-    pub device: String,
-    /// What the model ran in: the precision (fp32 where bf16 was asked but the device lacks it)
-    /// and the resolved memory format (never `Auto`).
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub precision: Precision,
-    #[serde(default, skip_serializing_if = "is_contiguous")]
-    pub memory_format: MemoryFormat,
-}
-
 fn is_contiguous(f: &MemoryFormat) -> bool {
     matches!(f, MemoryFormat::Contiguous | MemoryFormat::Auto)
 }
@@ -683,6 +502,72 @@ pub struct MetricPoint {
     pub value: f64,
 }
 
+// The registry of analysis sections: one per kind that has one. A new kind with a section adds its
+// field to both structs and one line to each function below.
+
+/// The spec's analysis sections as TOML gives them.
+#[derive(Default)]
+pub(crate) struct RawAnalyses {
+    pub(crate) heatmap: Option<Spanned<RawHeatmap>>,
+    pub(crate) dfm: Option<Spanned<RawDfm>>,
+    pub(crate) bands: Option<Spanned<RawBands>>,
+}
+
+impl RawAnalyses {
+    /// The sections' names (top-level keys of a spec).
+    pub(crate) const KEYS: &'static [&'static str] = &["heatmap", "dfm", "bands"];
+
+    /// Read the section named `key` from `map`; `false` when no analysis has a section of that name.
+    pub(crate) fn read<'de, A: serde::de::MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
+        match key {
+            "heatmap" => self.heatmap = Some(map.next_value()?),
+            "dfm" => self.dfm = Some(map.next_value()?),
+            "bands" => self.bands = Some(map.next_value()?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// The analyses a sweep asks for, parsed and checked (`None`: not asked for).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Analyses {
+    pub heatmap: Option<HeatmapSpec>,
+    pub dfm: Option<DfmSpec>,
+    /// Band sufficiency (`[bands]`, unless `sufficiency = false`).
+    pub bands: Option<BandsSpec>,
+}
+
+impl Analyses {
+    /// Each section parsed and checked against the grid's axes, in this order (the order in which
+    /// a spec's first mistake is reported).
+    pub(crate) fn parse(ctx: &Ctx, raw: &RawAnalyses, grid: &GridAxes) -> Result<Analyses, SpecError> {
+        Ok(Analyses {
+            heatmap: raw.heatmap.as_ref().map(|h| heatmap::parse_section(ctx, h, grid)).transpose()?,
+            dfm: raw.dfm.as_ref().map(|d| dfm::parse_section(ctx, d, grid)).transpose()?,
+            bands: bands::parse_section(ctx, raw.bands.as_ref())?,
+        })
+    }
+
+    /// Checks against the grid's points, once they are built (a section may also set what the
+    /// points' training keeps for it, as `[heatmap] at_epochs` does).
+    pub(crate) fn check_points(
+        &self,
+        ctx: &Ctx,
+        raw: &RawAnalyses,
+        grid: &GridAxes,
+        points: &mut [GridPoint],
+    ) -> Result<(), SpecError> {
+        if let (Some(h), Some(raw_h)) = (&self.heatmap, &raw.heatmap) {
+            heatmap::check_points(ctx, h, raw_h, grid, points)?;
+        }
+        if let (Some(d), Some(raw_d)) = (&self.dfm, &raw.dfm) {
+            dfm::check_points(ctx, d, raw_d, points)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -690,6 +575,23 @@ mod tests {
 
     /// fp32/auto tasks serialise as before the keys existed (stored task JSON and resumed runs
     /// stay the same); bf16 round-trips.
+
+    /// Every section name the registry lists is one it reads (a name listed but not read would
+    /// be refused as unknown; one read but not listed would be missing from the error's list),
+    /// and each section appears in the sweep it parses to.
+    #[test]
+    fn every_listed_section_is_read() {
+        let base = "[[dataset]]\nkind = \"syn\"\nband = 1\n[model]\narch = \"tiny\"\n[train]\nlr = 0.1\nbatch_size = 8\nepochs = 1\n";
+        for key in RawAnalyses::KEYS {
+            let parsed = crate::spec::parse(&format!("{base}[{key}]\n"), "s.toml");
+            let message = parsed.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(!message.contains("unknown field"), "[{key}]: {message}");
+        }
+        let all = crate::spec::parse(&format!("{base}[heatmap]\neps = 4\n[dfm]\n[bands]\n"), "s.toml").unwrap();
+        assert!(all.analyses.heatmap.is_some() && all.analyses.dfm.is_some() && all.analyses.bands.is_some());
+        let err = crate::spec::parse(&format!("{base}[robustnes]\n"), "s.toml").unwrap_err().to_string();
+        assert!(err.starts_with("s.toml:10: unknown field `robustnes`") && err.contains("`bands`"), "{err}");
+    }
     #[test]
     fn default_numerics_are_not_written_and_bf16_round_trips() {
         let task = HeatmapTask {
