@@ -194,7 +194,7 @@ async fn result_of(
             (testing::train_result_json(t, "sim"), outputs)
         }
         TaskSpec::Heatmap(h) => {
-            let images = if h.images > 0 { h.images.min(32) } else { 32 };
+            let images = if h.target.images > 0 { h.target.images.min(32) } else { 32 };
             (testing::heatmap_result_json(h, images, 0, "sim"), Vec::new())
         }
         other => panic!("no {} tasks here", other.kind().as_str()),

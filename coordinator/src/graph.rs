@@ -116,7 +116,7 @@ mod tests {
         assert_eq!((last.id, last.deps.as_slice()), (TaskId(26), &[TaskId(14)][..]));
         let TaskSpec::Heatmap(h) = &last.spec else { panic!("heatmap expected") };
         assert_eq!(
-            (h.eps, h.chunk, h.model.clone()),
+            (h.eps, h.chunk, h.target.model.clone()),
             (4.0, 5, ModelSource::Checkpoint { artifact: freqsweep_common::task::MODEL_OUTPUT.into() })
         );
     }

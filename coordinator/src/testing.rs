@@ -3,7 +3,8 @@
 //! `freqsweep-worker` does, and write results that fit their task. Not used by the binary.
 
 use freqsweep_common::task::{
-    Augment, DatasetSource, HeatmapTask, LrSchedule, Optimizer, TaskKind, TaskSpec, TrainConfig, TrainTask,
+    AnalysisTarget, Augment, DatasetSource, HeatmapTask, LrSchedule, Optimizer, TaskKind, TaskSpec, TrainConfig,
+    TrainTask,
 };
 use freqsweep_proto::v1::coordinator_client::CoordinatorClient;
 use freqsweep_proto::v1::{self as pb};
@@ -71,19 +72,19 @@ impl SimSession {
 /// A heatmap chunk of no cells and no real data: a task for tests of the scheduling path only.
 pub fn empty_chunk() -> HeatmapTask {
     HeatmapTask {
-        dataset: freqsweep_common::task::DatasetSource::Cifar10 { path: "/none".into() },
-        model: freqsweep_common::task::ModelSource::TorchScript { path: "/none".into(), digest: None },
+        target: AnalysisTarget::new(
+            freqsweep_common::task::DatasetSource::Cifar10 { path: "/none".into() },
+            freqsweep_common::task::ModelSource::TorchScript { path: "/none".into(), digest: None },
+            0,
+            0,
+        ),
         eps: 4.0,
         cells: vec![],
         chunk: 0,
         layers: vec![],
-        images: 0,
         seed: 0,
         batch: 1,
-        precision: Default::default(),
-        memory_format: Default::default(),
         epoch: None,
-        classes: 0,
     }
 }
 

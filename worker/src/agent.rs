@@ -697,19 +697,19 @@ mod tests {
 
     fn spec() -> TaskSpec {
         TaskSpec::Heatmap(HeatmapTask {
-            dataset: DatasetSource::Cifar10 { path: "/nowhere".into() },
-            model: ModelSource::Checkpoint { artifact: "model".into() },
+            target: freqsweep_common::task::AnalysisTarget::new(
+                DatasetSource::Cifar10 { path: "/nowhere".into() },
+                ModelSource::Checkpoint { artifact: "model".into() },
+                0,
+                0,
+            ),
             eps: 4.0,
             cells: vec![],
             chunk: 0,
             layers: vec![],
-            images: 0,
             seed: 0,
             batch: 1,
-            precision: Default::default(),
-            memory_format: Default::default(),
             epoch: None,
-            classes: 0,
         })
     }
 

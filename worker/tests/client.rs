@@ -286,19 +286,19 @@ fn outcome() -> TaskOutcome {
 
 fn lease(task_id: u64, with_input: bool) -> pb::Lease {
     let spec = TaskSpec::Heatmap(freqsweep_common::task::HeatmapTask {
-        dataset: DatasetSource::Cifar10 { path: "/nowhere".into() },
-        model: ModelSource::Checkpoint { artifact: "model".into() },
+        target: freqsweep_common::task::AnalysisTarget::new(
+            DatasetSource::Cifar10 { path: "/nowhere".into() },
+            ModelSource::Checkpoint { artifact: "model".into() },
+            0,
+            0,
+        ),
         eps: 4.0,
         cells: vec![],
         chunk: 0,
         layers: vec![],
-        images: 0,
         seed: 0,
         batch: 1,
-        precision: Default::default(),
-        memory_format: Default::default(),
         epoch: None,
-        classes: 0,
     });
     let inputs = if with_input {
         vec![pb::ArtifactRef { name: "model".into(), digest: digest::of_bytes(INPUT), size: INPUT.len() as u64 }]

@@ -17,7 +17,7 @@ use freqsweep_common::dfm::{ClassStat, CleanStat, DfmAccumulator, MapsFile};
 use freqsweep_common::spectrum::Shape2;
 use freqsweep_common::syn::SynConfig;
 use freqsweep_common::task::{
-    BandsTask, DatasetSource, DfmTask, HeatmapTask, MetricPoint, ModelSource, ShortcutTask, TaskSpec,
+    AnalysisTarget, BandsTask, DatasetSource, DfmTask, HeatmapTask, MetricPoint, ModelSource, ShortcutTask, TaskSpec,
 };
 use freqsweep_worker::engine::{Engine, EngineError, EngineEvents, TorchEngine};
 use std::collections::HashMap;
@@ -89,62 +89,42 @@ fn tasks(name: &str) -> Vec<(&'static str, TaskSpec)> {
         (
             "heatmap",
             TaskSpec::Heatmap(HeatmapTask {
-                dataset: syn(),
-                model: model.clone(),
+                target: AnalysisTarget::new(syn(), model.clone(), 4, 8),
                 eps: 4.0,
                 cells: cells.clone(),
                 chunk: 0,
                 layers: vec![],
-                images: 8,
                 seed: 0,
                 batch: 16,
-                precision: Default::default(),
-                memory_format: Default::default(),
                 epoch: None,
-                classes: 4,
             }),
         ),
         (
             "dfm",
             TaskSpec::Dfm(DfmTask {
-                dataset: syn(),
-                model: model.clone(),
+                target: AnalysisTarget::new(syn(), model.clone(), 4, 8),
                 patch: 1,
-                classes: 4,
                 units: cells,
                 chunk: 0,
-                images: 8,
                 batch: 16,
-                precision: Default::default(),
-                memory_format: Default::default(),
             }),
         ),
         (
             "bands",
             TaskSpec::Bands(BandsTask {
-                dataset: syn(),
-                model: model.clone(),
-                classes: 4,
-                images: 8,
+                target: AnalysisTarget::new(syn(), model.clone(), 4, 8),
                 band_layout: BandLayout::default(),
                 clip: false,
-                precision: Default::default(),
-                memory_format: Default::default(),
             }),
         ),
         (
             "shortcut",
             TaskSpec::Shortcut(ShortcutTask {
-                dataset: syn(),
-                model,
+                target: AnalysisTarget::new(syn(), model, 4, 8),
                 maps: "dfm_maps".into(),
-                classes: 4,
                 chosen: vec![0],
                 top: vec![10.0],
-                images: 8,
                 clip: false,
-                precision: Default::default(),
-                memory_format: Default::default(),
             }),
         ),
     ]

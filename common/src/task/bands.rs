@@ -17,24 +17,17 @@ use crate::spec::section::*;
 /// Band sufficiency (the poster's "2 or 3 bands are enough", made automatic): `model` on the
 /// test split of `dataset` filtered to every non-empty subset of the four bands (DC kept).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Not `deny_unknown_fields` (serde cannot combine it with `flatten`): `AnalysisTarget`
+// refuses the fields no one reads.
 pub struct BandsTask {
-    pub dataset: DatasetSource,
-    pub model: ModelSource,
-    /// The model's outputs (a result's confusion matrices are this many classes square).
-    pub classes: usize,
-    /// Use only the first this many test images (0: all).
-    #[serde(default)]
-    pub images: usize,
+    /// The model, the test set and how the model runs.
+    #[serde(flatten)]
+    pub target: AnalysisTarget,
     #[serde(default)]
     pub band_layout: BandLayout,
     /// Clip filtered images to `[0, 1]`.
     #[serde(default)]
     pub clip: bool,
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub precision: Precision,
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub memory_format: MemoryFormat,
 }
 
 /// What a band-sufficiency task reports: the confusion matrix (`[truth][predicted]`) on every

@@ -20,28 +20,21 @@ use crate::spectrum::{Cell, Shape2};
 /// `dataset` with each of `units` removed (a cell and its conjugate, or a patch of cells and
 /// their conjugates), every class's statistics from the same forward passes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Not `deny_unknown_fields` (serde cannot combine it with `flatten`): `AnalysisTarget`
+// refuses the fields no one reads.
 pub struct DfmTask {
-    pub dataset: DatasetSource,
-    pub model: ModelSource,
+    /// The model, the test set and how the model runs.
+    #[serde(flatten)]
+    pub target: AnalysisTarget,
     /// Side of the square patches removed (1: single cells).
     pub patch: usize,
-    /// The model's outputs (every class gets statistics; a result has exactly this many).
-    pub classes: usize,
     /// Anchors of this chunk's removal units (`common::dfm::units`).
     pub units: Vec<Cell>,
     /// Chunk number within the map.
     #[serde(default)]
     pub chunk: usize,
-    /// Use only the first this many test images (0: all).
-    #[serde(default)]
-    pub images: usize,
     /// Filtered images per forward pass (bounds memory).
     pub batch: usize,
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub precision: Precision,
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub memory_format: MemoryFormat,
 }
 
 /// What a DFM chunk reports: per class its clean statistics, and per unit per class the summed

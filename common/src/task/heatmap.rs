@@ -22,10 +22,12 @@ use std::collections::BTreeMap;
 /// A chunk of one Fourier heatmap (SCIENCE.md §2–3): the error rate (and layer cosine distances)
 /// of `model` on the test split of `dataset`, perturbed at each of `cells` with norm `eps`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Not `deny_unknown_fields` (serde cannot combine it with `flatten`): `AnalysisTarget`
+// refuses the fields no one reads.
 pub struct HeatmapTask {
-    pub dataset: DatasetSource,
-    pub model: ModelSource,
+    /// The model, the test set and how the model runs.
+    #[serde(flatten)]
+    pub target: AnalysisTarget,
     pub eps: f64,
     /// Canonical cells of this chunk (each stands for its conjugate too).
     pub cells: Vec<Cell>,
@@ -35,26 +37,14 @@ pub struct HeatmapTask {
     /// Intermediate layers whose cosine-distance maps are wanted (empty: error map only).
     #[serde(default)]
     pub layers: Vec<String>,
-    /// Use only the first this many test images (0: all).
-    #[serde(default)]
-    pub images: usize,
     /// Seed of the per-image, per-channel signs `r`.
     pub seed: u64,
     /// Perturbed images per forward pass (bounds memory).
     pub batch: usize,
-    /// Numbers of the model's forward pass (the perturbation and the counts stay fp32/fp64).
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub precision: Precision,
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub memory_format: MemoryFormat,
     /// The training epoch whose checkpoint is the model (`None`: the trained model, after the
     /// last epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u32>,
-    /// The spec's classes: the model must return exactly this many logits per image, as for
-    /// every other kind (0: not said, in a task stored by a coordinator from before the field).
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub classes: usize,
 }
 
 /// What a heatmap chunk reports: counts, not rates, so chunks merge by writing cells.

@@ -248,6 +248,79 @@ pub enum ModelSource {
     Given { artifact: String, model: String },
 }
 
+/// What an analysis task evaluates and how: one model on the test split of one dataset. The four
+/// analysis tasks flatten it, so their JSON is as it was when each repeated these fields.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisTarget {
+    pub dataset: DatasetSource,
+    pub model: ModelSource,
+    /// The model's outputs: it must return exactly this many logits per image (0: not said, in a
+    /// heatmap task stored by a coordinator from before the field).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub classes: usize,
+    /// Use only the first this many test images (0: all).
+    #[serde(default)]
+    pub images: usize,
+    /// Numbers of the model's forward pass (the analysis's own arithmetic stays fp32/fp64).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub precision: Precision,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub memory_format: MemoryFormat,
+    /// Every field of the task that neither the task nor this names: refused.
+    #[serde(flatten, default)]
+    others: NoOtherFields,
+}
+
+impl AnalysisTarget {
+    pub fn new(dataset: DatasetSource, model: ModelSource, classes: usize, images: usize) -> AnalysisTarget {
+        AnalysisTarget {
+            dataset,
+            model,
+            classes,
+            images,
+            precision: Precision::default(),
+            memory_format: MemoryFormat::default(),
+            others: NoOtherFields,
+        }
+    }
+
+    pub fn with_numerics(self, precision: Precision, memory_format: MemoryFormat) -> AnalysisTarget {
+        AnalysisTarget { precision, memory_format, ..self }
+    }
+}
+
+/// The fields of a flattened task left after every named one is read: there must be none, as
+/// `deny_unknown_fields` would say (a task from a newer coordinator that this worker would
+/// misread is refused, not run without the field).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct NoOtherFields;
+
+impl Serialize for NoOtherFields {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        s.serialize_map(Some(0))?.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for NoOtherFields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = NoOtherFields;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("no other fields")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<NoOtherFields, A::Error> {
+                match map.next_key::<String>()? {
+                    Some(key) => Err(serde::de::Error::custom(format!("unknown field `{key}`"))),
+                    None => Ok(NoOtherFields),
+                }
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 /// The output name of a train task's checkpoint after `epoch` epochs, kept for analyses.
 pub fn epoch_output(epoch: u32) -> String {
     format!("epoch{epoch}")
@@ -411,8 +484,8 @@ impl TaskSpec {
     pub fn with_fields_added_since(self, planned: &TaskSpec) -> TaskSpec {
         match (self, planned) {
             // `HeatmapTask::classes` (issue 23): 0 in a task stored before it.
-            (TaskSpec::Heatmap(mut old), TaskSpec::Heatmap(new)) if old.classes == 0 => {
-                old.classes = new.classes;
+            (TaskSpec::Heatmap(mut old), TaskSpec::Heatmap(new)) if old.target.classes == 0 => {
+                old.target.classes = new.target.classes;
                 TaskSpec::Heatmap(old)
             }
             (stored, _) => stored,
@@ -573,9 +646,6 @@ mod tests {
     use super::*;
     use crate::bands::Band;
 
-    /// fp32/auto tasks serialise as before the keys existed (stored task JSON and resumed runs
-    /// stay the same); bf16 round-trips.
-
     /// Every section name the registry lists is one it reads (a name listed but not read would
     /// be refused as unknown; one read but not listed would be missing from the error's list),
     /// and each section appears in the sweep it parses to.
@@ -592,39 +662,56 @@ mod tests {
         let err = crate::spec::parse(&format!("{base}[robustnes]\n"), "s.toml").unwrap_err().to_string();
         assert!(err.starts_with("s.toml:10: unknown field `robustnes`") && err.contains("`bands`"), "{err}");
     }
+
+    /// fp32/auto tasks serialise as before the keys existed (stored task JSON and resumed runs
+    /// stay the same); bf16 round-trips.
     #[test]
     fn default_numerics_are_not_written_and_bf16_round_trips() {
         let task = HeatmapTask {
-            dataset: DatasetSource::Cifar10 { path: "/c".into() },
-            model: ModelSource::Checkpoint { artifact: "model".into() },
+            target: AnalysisTarget::new(
+                DatasetSource::Cifar10 { path: "/c".into() },
+                ModelSource::Checkpoint { artifact: "model".into() },
+                0,
+                0,
+            )
+            .with_numerics(Precision::Fp32, MemoryFormat::Auto),
             eps: 4.0,
             cells: vec![],
             chunk: 0,
             layers: vec![],
-            images: 0,
             seed: 0,
             batch: 1,
-            precision: Precision::Fp32,
-            memory_format: MemoryFormat::Auto,
             epoch: None,
-            classes: 0,
         };
         let json = serde_json::to_string(&task).unwrap();
         assert!(!json.contains("precision") && !json.contains("memory_format"), "{json}");
-        let fast = HeatmapTask { precision: Precision::Bf16, memory_format: MemoryFormat::ChannelsLast, ..task };
+        let fast = HeatmapTask {
+            target: task.target.clone().with_numerics(Precision::Bf16, MemoryFormat::ChannelsLast),
+            ..task
+        };
         let json = serde_json::to_string(&fast).unwrap();
         assert!(
             json.contains(r#""precision":"bf16""#) && json.contains(r#""memory_format":"channels_last""#),
             "{json}"
         );
         assert_eq!(serde_json::from_str::<HeatmapTask>(&json).unwrap(), fast);
+        // Flattened, the shared target still refuses a field no one reads, as each task did.
+        let unknown = json.replace(r#""eps":"#, r#""epz":1,"eps":"#);
+        let err = serde_json::from_str::<TaskSpec>(&format!(r#"{{"kind":"heatmap",{}"#, &unknown[1..])).unwrap_err();
+        assert!(err.to_string().contains("unknown field `epz`"), "{err}");
+        let unknown = json.replace(r#""eps":"#, r#""dataset2":1,"eps":"#);
+        assert!(serde_json::from_str::<HeatmapTask>(&unknown).unwrap_err().to_string().contains("dataset2"));
 
         // A heatmap task stored before `classes` existed is the task planned now with them;
         // another value than 0 is a change, kept as stored.
-        let stored = TaskSpec::Heatmap(HeatmapTask { classes: 0, ..fast.clone() });
-        let planned = TaskSpec::Heatmap(HeatmapTask { classes: 10, ..fast.clone() });
+        let with_classes = |classes| {
+            let mut task = fast.clone();
+            task.target.classes = classes;
+            TaskSpec::Heatmap(task)
+        };
+        let (stored, planned) = (with_classes(0), with_classes(10));
         assert_eq!(stored.with_fields_added_since(&planned), planned);
-        let other = TaskSpec::Heatmap(HeatmapTask { classes: 4, ..fast });
+        let other = with_classes(4);
         assert_eq!(other.clone().with_fields_added_since(&planned), other);
     }
 

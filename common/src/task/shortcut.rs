@@ -6,28 +6,21 @@ use super::*;
 /// The shortcut degree (SCIENCE.md §7): `model` on the whole test split filtered to each chosen
 /// class's DFM at each `top` (DC kept), from the merged maps the input `maps` names.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Not `deny_unknown_fields` (serde cannot combine it with `flatten`): `AnalysisTarget`
+// refuses the fields no one reads.
 pub struct ShortcutTask {
-    pub dataset: DatasetSource,
-    pub model: ModelSource,
+    /// The model, the test set and how the model runs.
+    #[serde(flatten)]
+    pub target: AnalysisTarget,
     /// The input artifact holding the merged DFM maps (`common::dfm::MapsFile`).
     pub maps: String,
-    /// The model's outputs.
-    pub classes: usize,
     /// The classes whose DFMs filter the test set.
     pub chosen: Vec<usize>,
     /// DFM sizes, percent of the units.
     pub top: Vec<f64>,
-    /// Use only the first this many test images (0: all).
-    #[serde(default)]
-    pub images: usize,
     /// Clip filtered images to `[0, 1]`.
     #[serde(default)]
     pub clip: bool,
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub precision: Precision,
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub memory_format: MemoryFormat,
 }
 
 /// One (class, top) of a shortcut-degree result: the confusion matrix (`[truth][predicted]`) of

@@ -13,21 +13,16 @@ use freqsweep_common::bands::BandSet;
 use freqsweep_common::dfm::{band_subsets, sufficient_sets};
 use freqsweep_common::metrics::ConfusionMatrix;
 use freqsweep_common::spec::{GridPoint, Sweep};
-use freqsweep_common::task::{BandsOutcome, BandsTask, TaskOutcome, TaskSpec, MODEL_OUTPUT};
+use freqsweep_common::task::{AnalysisTarget, BandsOutcome, BandsTask, TaskOutcome, TaskSpec, MODEL_OUTPUT};
 use std::fmt::Write as _;
 
 pub(super) fn plan(sweep: &Sweep, point: &PointPlan<'_>, tasks: &mut Vec<PlannedTask>) {
     let (Some(b), Some((model, deps))) = (&sweep.analyses.bands, point.model()) else { return };
     let t = &point.point.task;
     let spec = BandsTask {
-        dataset: t.dataset.clone(),
-        model,
-        classes: t.train.classes,
-        images: b.images,
+        target: AnalysisTarget::new(t.dataset.clone(), model, t.train.classes, b.images),
         band_layout: t.train.band_layout,
         clip: t.train.clip_filtered,
-        precision: Default::default(),
-        memory_format: Default::default(),
     };
     tasks.push(PlannedTask {
         id: next_id(tasks),
@@ -41,7 +36,7 @@ pub(super) fn plan(sweep: &Sweep, point: &PointPlan<'_>, tasks: &mut Vec<Planned
 
 /// Throughput class `bands/<arch>`; work units: test images × 15 band subsets.
 pub fn cost(b: &BandsTask, arch: &str) -> Cost {
-    let images = super::evaluated_images(&b.dataset, b.images);
+    let images = super::evaluated_images(&b.target.dataset, b.target.images);
     Cost { class: CostClass::new(&format!("bands/{arch}")), units: images.saturating_mul(15) as f64 }
 }
 
@@ -52,8 +47,8 @@ pub(super) fn inputs(task: &PlannedTask) -> Vec<Input> {
 
 /// Every band subset once, in order, each a `classes`-square confusion matrix of the images.
 pub(super) fn check(spec: &BandsTask, o: &BandsOutcome) -> Result<(), String> {
-    if o.images == 0 || (spec.images > 0 && o.images > spec.images) {
-        return Err(format!("the result evaluated {} images, the task allows 1..={}", o.images, spec.images));
+    if o.images == 0 || (spec.target.images > 0 && o.images > spec.target.images) {
+        return Err(format!("the result evaluated {} images, the task allows 1..={}", o.images, spec.target.images));
     }
     let expected = band_subsets();
     let got: Vec<BandSet> = o.sets.iter().map(|(s, _)| *s).collect();
@@ -61,10 +56,13 @@ pub(super) fn check(spec: &BandsTask, o: &BandsOutcome) -> Result<(), String> {
         return Err(format!("the result has {} band sets, not the {} subsets in order", got.len(), expected.len()));
     }
     for (set, rows) in &o.sets {
-        let square = rows.len() == spec.classes && rows.iter().all(|r| r.len() == spec.classes);
+        let square = rows.len() == spec.target.classes && rows.iter().all(|r| r.len() == spec.target.classes);
         let total: u64 = rows.iter().flatten().sum();
         if !square || total != o.images as u64 {
-            return Err(format!("{set}: the confusion matrix is not {0}×{0} over {1} images", spec.classes, o.images));
+            return Err(format!(
+                "{set}: the confusion matrix is not {0}×{0} over {1} images",
+                spec.target.classes, o.images
+            ));
         }
     }
     Ok(())
@@ -199,7 +197,7 @@ pub(crate) fn tensorboard_figures(point: &str, outcome: &TaskOutcome) -> Vec<(St
 /// `testing`): `images` images, all of class 0, every one classified right.
 pub fn simulated(task: &BandsTask, images: usize, device: &str) -> TaskOutcome {
     TaskOutcome::Bands({
-        let mut rows = vec![vec![0u64; task.classes]; task.classes];
+        let mut rows = vec![vec![0u64; task.target.classes]; task.target.classes];
         if let Some(first) = rows.first_mut().and_then(|r| r.first_mut()) {
             *first = images as u64;
         }

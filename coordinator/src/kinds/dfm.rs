@@ -15,7 +15,9 @@ use freqsweep_common::dfm::{self, ClassStat, CleanStat, DfmAccumulator};
 use freqsweep_common::heatmap::{partition_cells, CellChunk};
 use freqsweep_common::spec::{DfmSpec, GridPoint, Sweep};
 use freqsweep_common::spectrum::{Cell, Shape2};
-use freqsweep_common::task::{DfmOutcome, DfmTask, MemoryFormat, Precision, TaskOutcome, TaskSpec, MODEL_OUTPUT};
+use freqsweep_common::task::{
+    AnalysisTarget, DfmOutcome, DfmTask, MemoryFormat, Precision, TaskOutcome, TaskSpec, MODEL_OUTPUT,
+};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 
@@ -41,7 +43,7 @@ pub(super) fn merge(maps: &mut DfmMaps, task: &PlannedTask, outcome: &DfmOutcome
 
 /// The spectrum of a DFM task's images (the spec made sure every planned dataset has a size).
 pub(crate) fn shape_of(d: &DfmTask) -> Shape2 {
-    d.dataset.image_shape().unwrap_or(Shape2::new(32, 32))
+    d.target.dataset.image_shape().unwrap_or(Shape2::new(32, 32))
 }
 
 /// What every point's DFM tasks share, cut once per image size.
@@ -95,16 +97,17 @@ impl Prepared {
         let mut ids = Vec::with_capacity(chunks.len());
         for chunk in chunks {
             let spec = DfmTask {
-                dataset: point.point.task.dataset.clone(),
-                model: model.clone(),
+                target: AnalysisTarget::new(
+                    point.point.task.dataset.clone(),
+                    model.clone(),
+                    point.point.task.train.classes,
+                    d.images,
+                )
+                .with_numerics(d.precision, d.memory_format),
                 patch: d.patch,
-                classes: point.point.task.train.classes,
                 units: chunk.cells.clone(),
                 chunk: chunk.index,
-                images: d.images,
                 batch: d.batch,
-                precision: d.precision,
-                memory_format: d.memory_format,
             };
             ids.push(next_id(tasks));
             tasks.push(PlannedTask {
@@ -122,7 +125,7 @@ impl Prepared {
 
 /// Throughput class `dfm/<arch>`; work units: units × test images evaluated.
 pub fn cost(d: &DfmTask, arch: &str) -> Cost {
-    let images = super::evaluated_images(&d.dataset, d.images);
+    let images = super::evaluated_images(&d.target.dataset, d.target.images);
     let units = d.units.len().max(1).saturating_mul(images) as f64;
     Cost { class: CostClass::new(&format!("dfm/{arch}")), units }
 }
@@ -141,11 +144,11 @@ pub(super) fn check(spec: &DfmTask, o: &DfmOutcome) -> Result<(), String> {
             o.patch, o.chunk, spec.patch, spec.chunk
         ));
     }
-    if o.images == 0 || (spec.images > 0 && o.images > spec.images) {
-        return Err(format!("the result evaluated {} images, the task allows 1..={}", o.images, spec.images));
+    if o.images == 0 || (spec.target.images > 0 && o.images > spec.target.images) {
+        return Err(format!("the result evaluated {} images, the task allows 1..={}", o.images, spec.target.images));
     }
-    if o.clean.len() != spec.classes {
-        return Err(format!("the result has {} classes, the model {}", o.clean.len(), spec.classes));
+    if o.clean.len() != spec.target.classes {
+        return Err(format!("the result has {} classes, the model {}", o.clean.len(), spec.target.classes));
     }
     let per_class: u64 = o.clean.iter().map(|c| c.images).sum();
     if per_class != o.images as u64 {
@@ -161,8 +164,8 @@ pub(super) fn check(spec: &DfmTask, o: &DfmOutcome) -> Result<(), String> {
         return Err(format!("the result has {} units, not exactly the chunk's {}", o.units.len(), spec.units.len()));
     }
     for (anchor, stats) in &o.units {
-        if stats.len() != spec.classes {
-            return Err(format!("unit {anchor:?} has {} classes, the model {}", stats.len(), spec.classes));
+        if stats.len() != spec.target.classes {
+            return Err(format!("unit {anchor:?} has {} classes, the model {}", stats.len(), spec.target.classes));
         }
         let fits = |(s, clean): (&ClassStat, &CleanStat)| s.flipped <= clean.correct && loss_ok(s.loss);
         if let Some(c) = stats.iter().zip(&o.clean).position(|pair| !fits(pair)) {
@@ -203,7 +206,8 @@ impl DfmMaps {
         for task in tasks {
             if let TaskSpec::Dfm(d) = &task.spec {
                 let state = maps.entry(task.point).or_insert_with(|| MapState {
-                    acc: DfmAccumulator::new(shape_of(d), d.patch, d.classes).expect("planned from a checked spec"),
+                    acc: DfmAccumulator::new(shape_of(d), d.patch, d.target.classes)
+                        .expect("planned from a checked spec"),
                     chunks: 0,
                     merged_tasks: BTreeSet::new(),
                     numerics: BTreeMap::new(),
@@ -407,7 +411,7 @@ fn section(d: &DfmFiles) -> String {
 pub fn simulated(task: &DfmTask, images: usize, device: &str) -> TaskOutcome {
     TaskOutcome::Dfm({
         use freqsweep_common::dfm::{ClassStat, CleanStat};
-        let mut clean = vec![CleanStat::default(); task.classes];
+        let mut clean = vec![CleanStat::default(); task.target.classes];
         if let Some(first) = clean.first_mut() {
             *first = CleanStat { images: images as u64, loss: 0.0, correct: images as u64 };
         }
@@ -416,7 +420,7 @@ pub fn simulated(task: &DfmTask, images: usize, device: &str) -> TaskOutcome {
             patch: task.patch,
             images,
             clean,
-            units: task.units.iter().map(|&u| (u, vec![ClassStat::default(); task.classes])).collect(),
+            units: task.units.iter().map(|&u| (u, vec![ClassStat::default(); task.target.classes])).collect(),
             seconds: 0.0,
             images_per_second: 0.0,
             device: device.to_string(),
@@ -460,7 +464,7 @@ mod tests {
         let mut maps = DfmMaps::new(&tasks);
         for (i, t) in dfms.iter().enumerate() {
             let TaskSpec::Dfm(d) = &t.spec else { unreachable!() };
-            assert_eq!(d.classes, 4);
+            assert_eq!(d.target.classes, 4);
             check(d, &outcome(d, 3.0)).unwrap();
             assert_eq!(maps.merge(t, &outcome(d, 3.0)).unwrap(), i == 2, "complete with the last chunk");
             assert!(!maps.merge(t, &outcome(d, 3.0)).unwrap(), "a chunk merges once");

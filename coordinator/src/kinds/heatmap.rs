@@ -17,7 +17,7 @@ use freqsweep_common::spec::GridPoint;
 use freqsweep_common::spec::{LayerChoice, Sweep};
 use freqsweep_common::spectrum::{Cell, Shape2};
 use freqsweep_common::task::{
-    epoch_output, HeatmapOutcome, HeatmapTask, ModelSource, TaskOutcome, TaskSpec, MODEL_OUTPUT,
+    epoch_output, AnalysisTarget, HeatmapOutcome, HeatmapTask, ModelSource, TaskOutcome, TaskSpec, MODEL_OUTPUT,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -31,7 +31,7 @@ pub fn eps_label(eps: f64) -> String {
 
 /// The spectrum of a heatmap task's images (the spec made sure every planned dataset has a size).
 pub(crate) fn shape_of(h: &HeatmapTask) -> Shape2 {
-    h.dataset.image_shape().unwrap_or(Shape2::new(32, 32))
+    h.target.dataset.image_shape().unwrap_or(Shape2::new(32, 32))
 }
 
 /// What every point's heatmaps share, cut once per image size: the selected canonical cells
@@ -110,19 +110,20 @@ impl Prepared {
         for &eps in &h.eps {
             for chunk in chunks {
                 let spec = HeatmapTask {
-                    dataset: point.point.task.dataset.clone(),
-                    model: model.clone(),
+                    target: AnalysisTarget::new(
+                        point.point.task.dataset.clone(),
+                        model.clone(),
+                        point.point.task.train.classes,
+                        h.images,
+                    )
+                    .with_numerics(h.precision, h.memory_format),
                     eps,
                     cells: chunk.cells.clone(),
                     chunk: chunk.index,
                     layers: self.layers.clone(),
-                    images: h.images,
                     seed: h.seed,
                     batch: h.batch,
-                    precision: h.precision,
-                    memory_format: h.memory_format,
                     epoch,
-                    classes: point.point.task.train.classes,
                 };
                 tasks.push(PlannedTask {
                     id: next_id(tasks),
@@ -140,7 +141,7 @@ impl Prepared {
 /// Throughput class `heatmap/<arch>`; work units: cells × test images evaluated (the image limit
 /// or the test split, whichever is smaller; `.npy` datasets without a limit: cells).
 pub fn cost(h: &HeatmapTask, arch: &str) -> Cost {
-    let images = super::evaluated_images(&h.dataset, h.images);
+    let images = super::evaluated_images(&h.target.dataset, h.target.images);
     let units = h.cells.len().max(1).saturating_mul(images) as f64;
     Cost { class: CostClass::new(&format!("heatmap/{arch}")), units }
 }
@@ -164,8 +165,8 @@ pub(super) fn check(spec: &HeatmapTask, o: &HeatmapOutcome) -> Result<(), String
             o.eps, o.chunk, spec.eps, spec.chunk
         ));
     }
-    if o.images == 0 || (spec.images > 0 && o.images > spec.images) {
-        return Err(format!("the result evaluated {} images, the task allows 1..={}", o.images, spec.images));
+    if o.images == 0 || (spec.target.images > 0 && o.images > spec.target.images) {
+        return Err(format!("the result evaluated {} images, the task allows 1..={}", o.images, spec.target.images));
     }
     let images = o.images as u64;
     let counts = |s: CellStat| s.n == images && s.sum.is_finite() && s.sum >= 0.0 && s.sum <= images as f64;

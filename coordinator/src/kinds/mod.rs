@@ -381,10 +381,10 @@ pub fn trains_model(kind: TaskKind) -> bool {
 pub fn classes(task: &PlannedTask) -> usize {
     match &task.spec {
         TaskSpec::Train(t) => t.train.classes,
-        TaskSpec::Heatmap(h) => h.classes,
-        TaskSpec::Dfm(d) => d.classes,
-        TaskSpec::Shortcut(s) => s.classes,
-        TaskSpec::Bands(b) => b.classes,
+        TaskSpec::Heatmap(h) => h.target.classes,
+        TaskSpec::Dfm(d) => d.target.classes,
+        TaskSpec::Shortcut(s) => s.target.classes,
+        TaskSpec::Bands(b) => b.target.classes,
     }
 }
 
@@ -393,10 +393,10 @@ pub fn classes(task: &PlannedTask) -> usize {
 pub fn simulated_result(task: &TaskSpec, device: &str) -> TaskOutcome {
     match task {
         TaskSpec::Train(t) => train::simulated(t, device),
-        TaskSpec::Heatmap(h) => heatmap::simulated(h, h.images, 0, device),
-        TaskSpec::Dfm(d) => dfm::simulated(d, d.images, device),
-        TaskSpec::Shortcut(s) => shortcut::simulated(s, s.images.max(1), device),
-        TaskSpec::Bands(b) => bands::simulated(b, b.images, device),
+        TaskSpec::Heatmap(h) => heatmap::simulated(h, h.target.images, 0, device),
+        TaskSpec::Dfm(d) => dfm::simulated(d, d.target.images, device),
+        TaskSpec::Shortcut(s) => shortcut::simulated(s, s.target.images.max(1), device),
+        TaskSpec::Bands(b) => bands::simulated(b, b.target.images, device),
     }
 }
 
@@ -429,10 +429,10 @@ impl PointPlan<'_> {
 pub fn given_model(task: &PlannedTask) -> Option<&str> {
     let model = match &task.spec {
         TaskSpec::Train(_) => return None,
-        TaskSpec::Heatmap(t) => &t.model,
-        TaskSpec::Dfm(t) => &t.model,
-        TaskSpec::Shortcut(t) => &t.model,
-        TaskSpec::Bands(t) => &t.model,
+        TaskSpec::Heatmap(t) => &t.target.model,
+        TaskSpec::Dfm(t) => &t.target.model,
+        TaskSpec::Shortcut(t) => &t.target.model,
+        TaskSpec::Bands(t) => &t.target.model,
     };
     match model {
         ModelSource::Given { model, .. } => Some(model),

@@ -13,7 +13,7 @@ use crate::scheduler::{Cost, CostClass, TaskId};
 use anyhow::{Context, Result};
 use freqsweep_common::dfm::shortcut_degree;
 use freqsweep_common::spec::{format_number, GridPoint, Sweep};
-use freqsweep_common::task::{ShortcutOutcome, ShortcutTask, TaskOutcome, TaskSpec, MODEL_OUTPUT};
+use freqsweep_common::task::{AnalysisTarget, ShortcutOutcome, ShortcutTask, TaskOutcome, TaskSpec, MODEL_OUTPUT};
 use std::fmt::Write as _;
 
 /// Plan the point's shortcut-degree task after its DFM chunks (`dfm_chunks`, planned just before).
@@ -24,16 +24,12 @@ pub(super) fn plan(sweep: &Sweep, point: &PointPlan<'_>, dfm_chunks: &[TaskId], 
     }
     let t = &point.point.task;
     let spec = ShortcutTask {
-        dataset: t.dataset.clone(),
-        model,
+        target: AnalysisTarget::new(t.dataset.clone(), model, t.train.classes, 0)
+            .with_numerics(d.precision, d.memory_format),
         maps: DFM_MAPS_OUTPUT.into(),
-        classes: t.train.classes,
         chosen: d.classes.of(t.train.classes),
         top: d.top.clone(),
-        images: 0,
         clip: t.train.clip_filtered,
-        precision: d.precision,
-        memory_format: d.memory_format,
     };
     let mut deps = model_deps;
     deps.extend_from_slice(dfm_chunks);
@@ -49,7 +45,7 @@ pub(super) fn plan(sweep: &Sweep, point: &PointPlan<'_>, dfm_chunks: &[TaskId], 
 
 /// Throughput class `shortcut/<arch>`; work units: test images × chosen classes × tops.
 pub fn cost(s: &ShortcutTask, arch: &str) -> Cost {
-    let images = super::evaluated_images(&s.dataset, s.images);
+    let images = super::evaluated_images(&s.target.dataset, s.target.images);
     let units = images.saturating_mul(s.chosen.len().max(1)).saturating_mul(s.top.len().max(1)) as f64;
     Cost { class: CostClass::new(&format!("shortcut/{arch}")), units }
 }
@@ -70,8 +66,8 @@ pub(super) fn inputs(task: &PlannedTask) -> Vec<Input> {
 
 /// Exactly the chosen classes × tops in order, each a square confusion matrix over the images.
 pub(super) fn check(spec: &ShortcutTask, o: &ShortcutOutcome) -> Result<(), String> {
-    if o.images == 0 || (spec.images > 0 && o.images > spec.images) {
-        return Err(format!("the result evaluated {} images, the task allows 1..={}", o.images, spec.images));
+    if o.images == 0 || (spec.target.images > 0 && o.images > spec.target.images) {
+        return Err(format!("the result evaluated {} images, the task allows 1..={}", o.images, spec.target.images));
     }
     let expected: Vec<(usize, u64)> =
         spec.chosen.iter().flat_map(|&c| spec.top.iter().map(move |t| (c, t.to_bits()))).collect();
@@ -84,12 +80,13 @@ pub(super) fn check(spec: &ShortcutTask, o: &ShortcutOutcome) -> Result<(), Stri
         ));
     }
     for e in &o.entries {
-        let square = e.confusion.len() == spec.classes && e.confusion.iter().all(|r| r.len() == spec.classes);
+        let square =
+            e.confusion.len() == spec.target.classes && e.confusion.iter().all(|r| r.len() == spec.target.classes);
         let total: u64 = e.confusion.iter().flatten().sum();
         if !square || total != o.images as u64 {
             return Err(format!(
                 "class {} top {}: the confusion matrix is not {2}×{2} over {3} images",
-                e.class, e.top, spec.classes, o.images
+                e.class, e.top, spec.target.classes, o.images
             ));
         }
     }
@@ -182,7 +179,7 @@ fn section(s: &ShortcutRows) -> String {
 /// `testing`): `images` images, all of class 0, every one classified right.
 pub fn simulated(task: &ShortcutTask, images: usize, device: &str) -> TaskOutcome {
     TaskOutcome::Shortcut({
-        let mut rows = vec![vec![0u64; task.classes]; task.classes];
+        let mut rows = vec![vec![0u64; task.target.classes]; task.target.classes];
         if let Some(first) = rows.first_mut().and_then(|r| r.first_mut()) {
             *first = images as u64;
         }

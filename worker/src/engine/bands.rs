@@ -21,17 +21,18 @@ pub(super) fn run(
 ) -> Result<EngineResult, EngineError> {
     let started = Instant::now();
     let device = engine.device;
-    let test = engine.test_split(&b.dataset, b.images)?;
+    let test = engine.test_split(&b.target.dataset, b.target.images)?;
     if test.is_empty() {
         return Err(EngineError::fatal("no test images to evaluate (the test split, or its image limit, is empty)"));
     }
     let RoomModel { model, name: model_name, precision, memory_format: format } =
-        engine.room_model(&b.model, inputs, &test, Some(b.classes), (b.precision, b.memory_format))?;
+        engine.room_model(&b.target, inputs, &test)?;
     let subsets = band_subsets();
     let mut sets = Vec::with_capacity(subsets.len());
     for (i, &set) in subsets.iter().enumerate() {
         let filtered = eval::band_filtered_test_sets(&test, &[set], &b.band_layout, b.clip, device);
-        let m = eval::evaluate(model.as_ref(), &filtered[0], b.classes, BATCH).map_err(|e| model_name.fatal(e))?;
+        let m =
+            eval::evaluate(model.as_ref(), &filtered[0], b.target.classes, BATCH).map_err(|e| model_name.fatal(e))?;
         sets.push((set, m.rows()));
         let done = (i + 1) as f64 / subsets.len() as f64;
         events.progress(done, ((i + 1) * test.len()) as f64 / started.elapsed().as_secs_f64().max(1e-9));

@@ -19,9 +19,9 @@ pub(super) fn run(
 ) -> Result<EngineResult, EngineError> {
     let started = Instant::now();
     let device = engine.device;
-    let test = engine.test_split(&d.dataset, d.images)?;
+    let test = engine.test_split(&d.target.dataset, d.target.images)?;
     let RoomModel { model, name: model_name, precision, memory_format: format } =
-        engine.room_model(&d.model, inputs, &test, Some(d.classes), (d.precision, d.memory_format))?;
+        engine.room_model(&d.target, inputs, &test)?;
     let images = eval::images_tensor(&test, device);
     let config = DfmConfig { patch: d.patch, units: d.units.clone(), batch: d.batch };
     let mut stopped = false;
@@ -31,12 +31,12 @@ pub(super) fn run(
         stopped |= events.should_stop();
     })
     .map_err(|e| model_name.fatal(e))?;
-    if counts.clean.len() != d.classes {
+    if counts.clean.len() != d.target.classes {
         // Checked when the model was loaded; kept because a result must have exactly these.
         return Err(model_name.fatal(format!(
             "the model outputs {} classes, the task expects {}",
             counts.clean.len(),
-            d.classes
+            d.target.classes
         )));
     }
     if stopped {

@@ -18,10 +18,9 @@ pub(super) fn run(
 ) -> Result<EngineResult, EngineError> {
     let started = Instant::now();
     let device = engine.device;
-    let test = engine.test_split(&h.dataset, h.images)?;
-    let classes = (h.classes > 0).then_some(h.classes);
+    let test = engine.test_split(&h.target.dataset, h.target.images)?;
     let RoomModel { model, name: model_name, precision, memory_format: format } =
-        engine.room_model(&h.model, inputs, &test, classes, (h.precision, h.memory_format))?;
+        engine.room_model(&h.target, inputs, &test)?;
     let images = eval::images_tensor(&test, device);
     let config = HeatmapConfig {
         eps: h.eps,

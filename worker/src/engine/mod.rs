@@ -12,7 +12,9 @@ mod train;
 use crate::models::Requested;
 use crate::{checkpoint, data, device};
 use freqsweep_common::dataset::Dataset;
-use freqsweep_common::task::{DatasetSource, MemoryFormat, MetricPoint, ModelSource, Precision, TaskOutcome, TaskSpec};
+use freqsweep_common::task::{
+    AnalysisTarget, DatasetSource, MemoryFormat, MetricPoint, ModelSource, Precision, TaskOutcome, TaskSpec,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::Device;
@@ -176,19 +178,19 @@ impl TorchEngine {
         Ok(data::truncate(self.dataset(source)?.1.clone(), images))
     }
 
-    /// An analysis room's model for images the size of `test`'s, in the precision and layout the
-    /// task asks for where this device has them.
+    /// An analysis room's model (`target.model`) for images the size of `test`'s, in the
+    /// precision and layout the task asks for where this device has them, returning
+    /// `target.classes` logits (0: a task from an older coordinator that did not say).
     fn room_model(
         &self,
-        source: &ModelSource,
+        target: &AnalysisTarget,
         inputs: &HashMap<String, PathBuf>,
         test: &Dataset,
-        classes: Option<usize>,
-        (precision, format): (Precision, MemoryFormat),
     ) -> Result<RoomModel, EngineError> {
         let (height, width) = (test.dims[2] as i64, test.dims[3] as i64);
-        let requested = numerics_for(self.device, precision, format);
-        let (loaded, name) = self.model(source, inputs, (height, width), classes, requested)?;
+        let requested = numerics_for(self.device, target.precision, target.memory_format);
+        let classes = (target.classes > 0).then_some(target.classes);
+        let (loaded, name) = self.model(&target.model, inputs, (height, width), classes, requested)?;
         Ok(RoomModel {
             precision: loaded.numerics.precision(),
             memory_format: loaded.numerics.memory_format(),
@@ -415,19 +417,20 @@ mod tests {
 
         let cells: Vec<Cell> = Shape2::new(32, 32).heatmap_cells()[..10].to_vec();
         let chunk = TaskSpec::Heatmap(HeatmapTask {
-            dataset: DatasetSource::Syn(syn),
-            model: ModelSource::Checkpoint { artifact: "model".into() },
+            target: freqsweep_common::task::AnalysisTarget::new(
+                DatasetSource::Syn(syn),
+                ModelSource::Checkpoint { artifact: "model".into() },
+                4,
+                16,
+            )
+            .with_numerics(Precision::Fp32, MemoryFormat::Auto),
             eps: 4.0,
             cells: cells.clone(),
             chunk: 3,
             layers: vec!["fc".into()],
-            images: 16,
             seed: 0,
             batch: 64,
-            precision: Precision::Fp32,
-            memory_format: MemoryFormat::Auto,
             epoch: None,
-            classes: 4,
         });
         let inputs = HashMap::from([(MODEL_ARTIFACT.to_string(), artifacts[1].1.clone())]);
         let EngineResult::Done { outcome: TaskOutcome::Heatmap(h), .. } =

@@ -23,27 +23,27 @@ pub(super) fn run(
     let maps_path = inputs
         .get(&s.maps)
         .ok_or_else(|| EngineError::transient(format!("input artifact {:?} was not provided", s.maps)))?;
-    let test = engine.test_split(&s.dataset, s.images)?;
+    let test = engine.test_split(&s.target.dataset, s.target.images)?;
     if test.is_empty() {
         return Err(EngineError::fatal("no test images to filter (the test split, or its image limit, is empty)"));
     }
     let shape = Shape2::new(test.dims[2], test.dims[3]);
-    let text = freqsweep_common::files::read_bounded(maps_path, maps_limit(s.classes, shape))
+    let text = freqsweep_common::files::read_bounded(maps_path, maps_limit(s.target.classes, shape))
         .map_err(|e| EngineError::transient(format!("{}: {e}", maps_path.display())))?;
     let acc = serde_json::from_slice::<MapsFile>(&text)
         .map_err(|e| e.to_string())
         .and_then(|file| file.accumulator())
         .map_err(|e| EngineError::fatal(format!("{}: {e}", maps_path.display())))?;
-    if acc.classes() != s.classes {
+    if acc.classes() != s.target.classes {
         return Err(EngineError::fatal(format!(
             "{}: the DFM maps have {} classes, the task's model {}",
             maps_path.display(),
             acc.classes(),
-            s.classes
+            s.target.classes
         )));
     }
     let RoomModel { model, name: model_name, precision, memory_format: format } =
-        engine.room_model(&s.model, inputs, &test, Some(s.classes), (s.precision, s.memory_format))?;
+        engine.room_model(&s.target, inputs, &test)?;
     let total = s.chosen.len() * s.top.len();
     let entries =
         crate::dfm::shortcut_confusions(model.as_ref(), &test, &acc, &s.chosen, &s.top, s.clip, device, &mut |done| {
