@@ -1,7 +1,9 @@
 //! The corruption suite (SCIENCE.md §9.1) through its public API: deterministic corruptions against
 //! their definitions, random ones by their statistics, seeding, ranges, errors and odd sizes.
 
-use freqsweep_common::corruption::{corrupt, corrupt_batch, describe, params, Corruption, CorruptionError, ALL};
+use freqsweep_common::corruption::{
+    corrupt, corrupt_batch, describe, params, Corruption, CorruptionError, ALL, JPEG_ENCODER, LABEL,
+};
 use freqsweep_common::spectrum::{basis_image, signs, Cell, Fft2, Shape2};
 use num_complex::Complex;
 
@@ -339,4 +341,21 @@ fn snow_only_brightens_and_jpeg_loses_more_at_lower_quality() {
     let grey = vec![128.0f32 / 255.0; h * w];
     let out = one(&grey, 1, h, w, Corruption::JpegCompression, 5);
     assert!(out.iter().all(|v| (v - grey[0]).abs() <= 1.0 / 255.0 + 1e-6), "flat grey moved by more than a level");
+}
+
+#[test]
+fn descriptions_say_how_parameters_scale_and_which_encoder_ran() {
+    let blur = describe(Corruption::GaussianBlur, 3, 48, 64).unwrap();
+    assert_eq!(
+        blur,
+        format!("gaussian_blur severity 3 on 48×64 (scale min(H, W)/32 = 1.5): sigma 0.7 at 32×32, 1.05 here; {LABEL}")
+    );
+    let motion = describe(Corruption::MotionBlur, 5, 28, 28).unwrap();
+    assert!(
+        motion.contains("radius 9 at 32×32, 8 here") && motion.contains("sigma 2.5 at 32×32, 2.1875 here"),
+        "{motion}"
+    );
+    assert!(describe(Corruption::JpegCompression, 5, 32, 32).unwrap().contains(&format!("quality 40, {JPEG_ENCODER}")));
+    let zoom = describe(Corruption::ZoomBlur, 1, 32, 32).unwrap();
+    assert!(zoom.contains("zoom factors 1 to 1.06 step 0.01"), "{zoom}");
 }

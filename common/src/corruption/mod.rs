@@ -32,8 +32,9 @@
 //!   3 channels and return [`CorruptionError::Channels`] otherwise.
 //! - **Input.** Values outside `[0, 1]` or not finite are refused (0–255 data passed by mistake
 //!   would otherwise be clipped to white silently).
-//! - Per corruption, the module that implements it lists its own choices: [`noise`](self) draws,
-//!   blur kernels, weather layers, digital transforms.
+//! - Each corruption's own choices (kernels, borders, draw order, the reference's quirks kept or
+//!   not) are listed in the private module that implements it: `noise`, `blur`, `weather` (fog,
+//!   snow), `digital` (HSV, contrast, pixelate, JPEG), `elastic`, `fourier`, and `sample` (draws).
 //! - `frost` needs photographs and is refused by name ([`CorruptionError::Frost`]); `spatter`
 //!   (Hendrycks' extra set, not in §9.1) is not implemented.
 
@@ -451,7 +452,9 @@ pub fn describe(corruption: Corruption, severity: u32, height: usize, width: usi
     }
     let s = severity as usize - 1;
     let scale = height.min(width) as f64 / 32.0;
-    let sized = |what: &str, v: f64| format!("{what} {v} at 32×32, {} here", v * scale);
+    // Four decimals: enough to tell parameters apart, without float noise like 1.0499999999999998.
+    let short = |v: f64| (v * 1e4).round() / 1e4;
+    let sized = |what: &str, v: f64| format!("{what} {v} at 32×32, {} here", short(v * scale));
     let radius = |what: &str, v: f64| format!("{what} {v} at 32×32, {} here", scaled_radius(v, scale));
     let detail = match corruption {
         Corruption::GaussianNoise => format!("sigma {}", params::GAUSSIAN_NOISE[s]),
@@ -496,9 +499,9 @@ pub fn describe(corruption: Corruption, severity: u32, height: usize, width: usi
             let size = height.min(width) as f64;
             format!(
                 "alpha {}, sigma {}, affine {} pixels (fractions {alpha}, {sigma}, {affine} of min(H, W))",
-                alpha * size,
-                sigma * size,
-                affine * size
+                short(alpha * size),
+                short(sigma * size),
+                short(affine * size)
             )
         }
         Corruption::Pixelate => format!("box down to {} of the size and back", params::PIXELATE[s]),
@@ -506,7 +509,8 @@ pub fn describe(corruption: Corruption, severity: u32, height: usize, width: usi
         Corruption::Fourier { eps, .. } => format!("eps {eps}, signs per image and channel as the heatmap's"),
     };
     Ok(format!(
-        "{} severity {severity} on {height}×{width} (scale min(H, W)/32 = {scale}): {detail}; {LABEL}",
-        corruption.name()
+        "{} severity {severity} on {height}×{width} (scale min(H, W)/32 = {}): {detail}; {LABEL}",
+        corruption.name(),
+        short(scale)
     ))
 }
