@@ -146,15 +146,30 @@ fn zoom_axis(n: usize, factor: f64) -> Vec<f64> {
     (0..n).map(|o| top as f64 + (o + trim) as f64 * step).collect()
 }
 
+/// The two neighbours and the weight of the second for each position (positions lie in `[0, n − 1]`).
+fn linear_taps(positions: &[f64], n: usize) -> Vec<(usize, usize, f64)> {
+    positions
+        .iter()
+        .map(|&p| {
+            let i0 = (p.floor() as usize).min(n - 1);
+            (i0, (i0 + 1).min(n - 1), p - i0 as f64)
+        })
+        .collect()
+}
+
 /// The reference's `clipped_zoom(x, z)` for `z ≥ 1`, per axis on non-square planes. Positions stay
-/// inside the crop, so the border rule never matters.
+/// inside the crop, so the border rule never matters; order-1 interpolation is separable, so rows
+/// are interpolated first, then columns (the same bilinear value up to rounding).
 pub(crate) fn clipped_zoom(plane: &[f64], h: usize, w: usize, factor: f64) -> Vec<f64> {
-    let (ys, xs) = (zoom_axis(h, factor), zoom_axis(w, factor));
+    let (ys, xs) = (linear_taps(&zoom_axis(h, factor), h), linear_taps(&zoom_axis(w, factor), w));
+    let mut wide = Vec::with_capacity(plane.len());
+    for row in plane.chunks(w) {
+        wide.extend(xs.iter().map(|&(a, b, f)| row[a] * (1.0 - f) + row[b] * f));
+    }
     let mut out = Vec::with_capacity(plane.len());
-    for &y in &ys {
-        for &x in &xs {
-            out.push(bilinear(plane, h, w, y, x, Border::Nearest));
-        }
+    for &(a, b, f) in &ys {
+        let (top, bottom) = (&wide[a * w..(a + 1) * w], &wide[b * w..(b + 1) * w]);
+        out.extend(top.iter().zip(bottom).map(|(t, u)| t * (1.0 - f) + u * f));
     }
     out
 }
@@ -245,6 +260,22 @@ mod tests {
         let axis = zoom_axis(32, 1.1);
         assert_eq!(axis[0], 1.0);
         assert!((axis[31] - (1.0 + 31.0 * 29.0 / 32.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn separable_zoom_equals_bilinear_sampling() {
+        let (h, w) = (7, 9);
+        let plane: Vec<f64> = (0..h * w).map(|i| ((i * 37) % 11) as f64 / 10.0).collect();
+        for factor in [1.0, 1.07, 1.25, 2.25] {
+            let (ys, xs) = (zoom_axis(h, factor), zoom_axis(w, factor));
+            let want: Vec<f64> = ys
+                .iter()
+                .flat_map(|&y| xs.iter().map(move |&x| (y, x)))
+                .map(|(y, x)| bilinear(&plane, h, w, y, x, Border::Nearest))
+                .collect();
+            let got = clipped_zoom(&plane, h, w, factor);
+            assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12), "factor {factor}");
+        }
     }
 
     #[test]
