@@ -359,3 +359,26 @@ fn descriptions_say_how_parameters_scale_and_which_encoder_ran() {
     let zoom = describe(Corruption::ZoomBlur, 1, 32, 32).unwrap();
     assert!(zoom.contains("zoom factors 1 to 1.06 step 0.01"), "{zoom}");
 }
+
+#[test]
+fn glass_blur_copies_each_pixel_from_itself_or_its_upper_left_neighbours() {
+    // Severity 1 at 32×32: σ 0.05 (a one-tap Gaussian, the identity), δ 1, one pass.
+    let (h, w) = (32, 32);
+    let image: Vec<f32> = (0..h * w).map(|i| i as f32 / (h * w) as f32).collect();
+    let out = one(&image, 1, h, w, Corruption::GlassBlur, 1);
+    let mut moved = 0;
+    for y in 0..h {
+        for x in 0..w {
+            let v = out[y * w + x];
+            if !(2..h).contains(&y) || !(2..w).contains(&x) {
+                assert_eq!(v, image[y * w + x], "({y}, {x}) lies outside the shuffled rows and columns");
+                continue;
+            }
+            let sources = [(y, x), (y - 1, x), (y, x - 1), (y - 1, x - 1)].map(|(a, b)| image[a * w + b]);
+            assert!(sources.contains(&v), "({y}, {x}) took {v}, not a value of its upper-left neighbours");
+            moved += usize::from(v != image[y * w + x]);
+        }
+    }
+    // Each of the 900 visited pixels keeps its value with probability ¼.
+    assert!((600..750).contains(&moved), "{moved} of 900 pixels moved");
+}

@@ -12,7 +12,10 @@
 //! - `glass_blur`: Gaussian blur, local pixel shuffling, Gaussian blur again. The reference's
 //!   swap `x[h, w], x[h', w'] = x[h', w'], x[h, w]` on numpy views of an RGB image copies
 //!   `x[h', w']` into `x[h, w]` and leaves `x[h', w']` unchanged (both sides are views of the same
-//!   array); CIFAR-10-C was made that way, so this module copies, for every channel count. Shifts
+//!   array; numpy/numpy#14428); CIFAR-10-C was made that way, so this module copies, for every
+//!   channel count (on a 2-D grey array numpy would swap scalars instead). At δ = 1 (CIFAR size)
+//!   shifts are −1 or 0, so sources lie up or left and are visited later: every pixel takes the
+//!   value one of those neighbours had before the pass. Shifts
 //!   `dx`, `dy` are numpy's `randint(−δ, δ)`, which excludes `δ`; rows and columns are visited
 //!   from `H − δ` down to `δ + 1` as in the reference.
 //! - `motion_blur`: imagecorruptions ≥ 1.0's kernel, not ImageMagick's: `2r + 1` copies of the
