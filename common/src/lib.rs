@@ -3,6 +3,7 @@
 //!
 //! - [`spectrum`]: centred spectra, [`spectrum::Cell`]s, conjugate pairs, FFT plans, Fourier basis.
 //! - [`bands`]: the four radial bands, band sets like `B124`, batched band filtering.
+//! - [`corruption`]: the CIFAR-10-C corruption suite (regenerated) and `fourier(u, v, ε)`.
 //! - [`syn`]: the `Syn_d` generator.
 //! - [`digest`]: `sha256:` content digests of artifacts.
 //! - [`files`]: files read whole, each with a size bound.
@@ -19,6 +20,7 @@
 //! - [`text`]: untrusted text on one bounded line, as error messages quote it.
 
 pub mod bands;
+pub mod corruption;
 pub mod dataset;
 pub mod dfm;
 pub mod digest;

@@ -11,6 +11,7 @@
 //! FFTs go through [`Fft2`], which builds its `rustfft` plans once per shape and is reused.
 
 use num_complex::Complex;
+use rand::RngCore;
 use rustfft::{Fft, FftPlanner};
 use std::sync::Arc;
 
@@ -273,6 +274,48 @@ pub fn basis_image(shape: Shape2, cell: Cell) -> Vec<f32> {
     out.into_iter().map(|x| (x * inv_norm) as f32).collect()
 }
 
+/// The signs `r_ic ∈ {−1, +1}` of the perturbation `x + ε·r·U_{u,v}` (SCIENCE.md §2) for the first
+/// `images` images with `channels` channels, image-major, as ±1.
+///
+/// Convention, shared by the worker's heatmaps and [`crate::corruption`]'s `fourier(u, v, ε)`: cell
+/// `c` uses the ChaCha8 stream `centred_index(c)` of `seed`; image `i`, channel `ch` takes bit
+/// `i·C + ch` of the stream's successive 64-bit words (1 → +1). A sign depends only on
+/// `(seed, cell, i, ch)`, so chunking, batch size and image limits never change it.
+pub fn signs(seed: u64, shape: Shape2, cell: Cell, images: usize, channels: usize) -> Vec<f32> {
+    let mut rng = sign_stream(seed, shape, cell);
+    let mut out = Vec::with_capacity(images.saturating_mul(channels));
+    let mut word = 0u64;
+    for bit in 0..images.saturating_mul(channels) {
+        if bit % 64 == 0 {
+            word = rng.next_u64();
+        }
+        out.push(if (word >> (bit % 64)) & 1 == 1 { 1.0 } else { -1.0 });
+    }
+    out
+}
+
+/// The one sign of [`signs`] for image `image`, channel `channel` of `channels`, without drawing the
+/// signs of the images before it (the stream is seeked to the word that holds the bit).
+pub fn sign_at(seed: u64, shape: Shape2, cell: Cell, image: u64, channel: usize, channels: usize) -> f32 {
+    let bit = u128::from(image) * channels as u128 + channel as u128;
+    let mut rng = sign_stream(seed, shape, cell);
+    // `next_u64` reads two consecutive 32-bit words of the stream, so 64-bit word k starts at 2k.
+    rng.set_word_pos(2 * (bit / 64));
+    let word = rng.next_u64();
+    if (word >> (bit % 64)) & 1 == 1 {
+        1.0
+    } else {
+        -1.0
+    }
+}
+
+fn sign_stream(seed: u64, shape: Shape2, cell: Cell) -> rand_chacha::ChaCha8Rng {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(shape.centred_index(cell) as u64);
+    rng
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,5 +437,20 @@ mod tests {
         let centred = fftshift(shape, &x);
         assert_eq!(centred[shape.centred_index(Cell::new(0, 0))], 0);
         assert_eq!(ifftshift(shape, &centred), x);
+    }
+
+    #[test]
+    fn sign_at_seeks_to_the_sign_of_signs() {
+        let shape = Shape2::new(32, 32);
+        let cell = Cell::new(-3, 5);
+        let all = signs(11, shape, cell, 70, 3);
+        for image in [0usize, 1, 21, 22, 42, 69] {
+            for ch in 0..3 {
+                assert_eq!(sign_at(11, shape, cell, image as u64, ch, 3), all[image * 3 + ch], "image {image} ch {ch}");
+            }
+        }
+        let plus = all.iter().filter(|&&s| s > 0.0).count();
+        assert!((70..=140).contains(&plus), "{plus} of 210 signs positive");
+        assert_ne!(all, signs(12, shape, cell, 70, 3));
     }
 }

@@ -24,8 +24,6 @@
 use crate::models::{Classifier, ForwardError};
 use freqsweep_common::heatmap::CellStat;
 use freqsweep_common::spectrum::{basis_image, Cell, Shape2};
-use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
 
@@ -77,20 +75,9 @@ pub struct HeatmapCounts {
     pub layers: BTreeMap<String, Vec<(Cell, CellStat)>>,
 }
 
-/// The signs `r_ic` of `cell` for the first `images` images with `channels` channels, as ±1.
-pub fn signs(seed: u64, shape: Shape2, cell: Cell, images: usize, channels: usize) -> Vec<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(shape.centred_index(cell) as u64);
-    let mut out = Vec::with_capacity(images * channels);
-    let mut word = 0u64;
-    for bit in 0..images * channels {
-        if bit % 64 == 0 {
-            word = rng.next_u64();
-        }
-        out.push(if (word >> (bit % 64)) & 1 == 1 { 1.0 } else { -1.0 });
-    }
-    out
-}
+/// The signs `r_ic` of `cell` (one definition, in `common`, shared with the `fourier(u, v, ε)`
+/// corruption, so a corrupted set and a heatmap cell perturb an image alike).
+pub use freqsweep_common::spectrum::signs;
 
 /// Check inputs that would otherwise fail deep inside libtorch or silently give nonsense.
 pub fn validate_inputs(images: &Tensor, labels: &[i64]) -> Result<(), HeatmapError> {
