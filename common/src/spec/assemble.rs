@@ -41,25 +41,36 @@ pub(super) fn build(ctx: &Ctx, raw: RawSpec) -> Result<Sweep, SpecError> {
     check_keys_apply(ctx, t, &grid)?;
     let fixed = fixed_settings(ctx, t, &raw.eval, trained, band_radii)?;
     check_model_outputs(ctx, trained, &given, &grid.dataset.values)?;
-    let total = product_size(ctx, trained, &selection.lens)?;
+    product_size(ctx, trained, &selection.lens)?;
 
     let analyses = Analyses::parse(ctx, &raw.analyses, &grid.axes(trained.is_some()))?;
+    let mut given_classes = Vec::with_capacity(given.len());
+    for (model, raw_model) in &given {
+        given_classes.push((model.clone(), ctx.scalar(&raw_model.classes, None, check_classes)?));
+    }
+    let space = Space {
+        grid,
+        selection,
+        fixed,
+        trains: trained.is_some(),
+        given: given_classes,
+        file: ctx.file.to_string(),
+        nesterov_line: t.nesterov.as_ref().map_or(1, |n| ctx.line(n.span().start)),
+    };
     // Every point plans at least one task, so the points are bounded while they are built
     // (memory grows with them), not after. How many tasks they plan is the planner's answer
-    // (the coordinator's `kinds::count_tasks`, before it plans any).
-    let budget = PointBudget { most_points: selection.most_points(&grid, trained, given.len()) };
-    // Without excludes every distinct point is built: refuse before building any.
-    if selection.excludes.is_empty() && budget.most_points > MAX_TASKS {
-        return Err(budget.too_many(ctx));
+    // (the coordinator's `kinds::count_tasks`, before it plans any). Without excludes every
+    // distinct point is built: refuse before building any.
+    if space.selection.excludes.is_empty() && space.most_points() > MAX_TASKS {
+        return Err(space.too_many(space.most_points()));
     }
-    let mut points = trained_points(ctx, &grid, selection, total, &fixed, t, &budget)?;
-    add_given_points(ctx, &grid, &given, &fixed, &mut points)?;
+    // The grid strategy's walk (the search layer's first strategy): parsing ends with `space`.
+    let mut points = space.grid_points()?;
     if points.is_empty() {
         return Err(ctx.err_top("the grid is empty (everything was excluded)"));
     }
-
-    analyses.check_points(ctx, &raw.analyses, &grid.axes(trained.is_some()), &mut points)?;
-    Ok(Sweep { name, points, analyses, band_radii })
+    analyses.check_points(ctx, &raw.analyses, &space.grid.axes(space.trains), &mut points)?;
+    Ok(Sweep { name, points, analyses, band_radii, space: Arc::new(space) })
 }
 
 /// `name`: the sweep's name.
@@ -151,26 +162,6 @@ fn train_grid(
         beta2: ctx.axis("beta2", t.beta2.as_ref(), 0.999, check_beta2, f)?,
         seed: ctx.axis("seed", t.seed.as_ref(), 0, check_seed, u64::to_string)?,
     })
-}
-
-/// Which trained points the sweep plans: the product of the axes as written, then the
-/// [[include]] points (which may add values to the axes), less the [[exclude]] matches.
-struct Selection {
-    /// The axes' lengths as written: the cartesian product covers these.
-    lens: [usize; AXES],
-    includes: Vec<[usize; AXES]>,
-    excludes: Vec<Vec<(usize, usize)>>,
-}
-
-impl Selection {
-    /// An upper bound on the points: distinct trained ones, plus one per given model and dataset.
-    fn most_points(&self, grid: &Grid, trained: Option<&RawModel>, given: usize) -> usize {
-        match trained {
-            Some(_) => grid.distinct_points(&self.lens).saturating_add(self.includes.len()),
-            None => 0,
-        }
-        .saturating_add(given.saturating_mul(grid.dataset.values.len()))
-    }
 }
 
 /// Read [[include]] (its values join the axes) and [[exclude]].
@@ -304,100 +295,4 @@ fn product_size(ctx: &Ctx, trained: Option<&RawModel>, lens: &[usize; AXES]) -> 
     total
         .filter(|&n| n <= MAX_POINTS)
         .ok_or_else(|| ctx.err_top(format!("the grid has over {MAX_POINTS} points; split the sweep")))
-}
-
-/// The points a sweep may build: at most [`MAX_TASKS`], since each plans at least one task.
-struct PointBudget {
-    most_points: usize,
-}
-
-impl PointBudget {
-    fn too_many(&self, ctx: &Ctx) -> SpecError {
-        ctx.err_top(format!(
-            "the grid has {} points; each plans at least one task and a coordinator holds each task in memory (about 4 KB), so at most {MAX_TASKS} (8 GB) are planned; split the sweep",
-            self.most_points
-        ))
-    }
-}
-
-/// The trained points: the product of the axes (an odometer, the last axis fastest) less the
-/// excluded ones, then the included ones; each distinct point once.
-fn trained_points(
-    ctx: &Ctx,
-    grid: &Grid,
-    selection: Selection,
-    total: usize,
-    fixed: &Fixed,
-    t: &RawTrain,
-    budget: &PointBudget,
-) -> Result<Vec<GridPoint>, SpecError> {
-    let Selection { lens: grid_lens, includes, excludes } = selection;
-    let varying = grid.lens().map(|n| n > 1);
-    let labels = Arc::new((0..AXES).map(|a| grid.labels(a).to_vec()).collect::<Vec<_>>());
-    let excluded = |idx: &[usize; AXES]| excludes.iter().any(|f| f.iter().all(|&(a, i)| idx[a] == i));
-    let nesterov_span = t.nesterov.as_ref().map_or(0..0, Spanned::span);
-    let capacity = (total + includes.len()).min(1 << 20);
-    let mut seen: HashSet<[usize; AXES]> = HashSet::with_capacity(capacity);
-    let mut points = Vec::with_capacity(capacity);
-    let mut add = |idx: [usize; AXES], included: bool| -> Result<(), SpecError> {
-        let idx = grid.normalise(idx);
-        if (!included && excluded(&idx)) || !seen.insert(idx) {
-            return Ok(());
-        }
-        let point = grid.point(&idx, &varying, &labels, fixed);
-        // PyTorch refuses Nesterov without momentum; say so here rather than on a worker.
-        if let Optimizer::Sgd { momentum, nesterov: true, .. } = point.task.train.optimizer {
-            if momentum == 0.0 {
-                return Err(ctx.err(
-                    &nesterov_span,
-                    format!("nesterov = true needs momentum > 0 (point {}; exclude it with [[exclude]])", point.id),
-                ));
-            }
-        }
-        points.push(point);
-        if points.len() > MAX_TASKS {
-            return Err(PointBudget { most_points: budget.most_points.max(points.len()) }.too_many(ctx));
-        }
-        Ok(())
-    };
-    // Odometer over the product, the last axis fastest.
-    let mut idx = [0usize; AXES];
-    for _ in 0..total {
-        add(idx, false)?;
-        for a in (0..AXES).rev() {
-            idx[a] += 1;
-            if idx[a] < grid_lens[a] {
-                break;
-            }
-            idx[a] = 0;
-        }
-    }
-    for idx in includes {
-        add(idx, true)?;
-    }
-    Ok(points)
-}
-
-/// Given models: one analysis point per model and dataset, after the trained points.
-fn add_given_points(
-    ctx: &Ctx,
-    grid: &Grid,
-    given: &[(GivenModel, &RawModel)],
-    fixed: &Fixed,
-    points: &mut Vec<GridPoint>,
-) -> Result<(), SpecError> {
-    let mut labels: Vec<Vec<String>> = (0..AXES).map(|a| grid.labels(a).to_vec()).collect();
-    let first_given = labels[ARCH].len();
-    labels[ARCH].extend(given.iter().map(|(m, _)| m.name.clone()));
-    let labels = Arc::new(labels);
-    for (g, (model, raw_model)) in given.iter().enumerate() {
-        let classes = ctx.scalar(&raw_model.classes, None, check_classes)?;
-        for (d, dataset) in grid.dataset.values.iter().enumerate() {
-            let mut idx = [NOT_APPLICABLE; AXES];
-            idx[DATASET] = d;
-            idx[ARCH] = first_given + g;
-            points.push(given_point(dataset, model, classes, GridValues { labels: Arc::clone(&labels), idx }, fixed));
-        }
-    }
-    Ok(())
 }

@@ -5,6 +5,7 @@ use super::*;
 // The grid.
 
 /// One grid axis: value labels (as in ids, `results.csv` and include/exclude) and typed values.
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Axis<T> {
     pub(crate) labels: Vec<String>,
     pub(crate) values: Vec<T>,
@@ -29,6 +30,7 @@ impl<T> Axis<T> {
     }
 }
 
+#[derive(Clone, Debug, PartialEq)]
 pub(super) struct Grid {
     pub(super) dataset: Axis<DatasetSource>,
     pub(super) arch: Axis<String>,
@@ -148,6 +150,7 @@ impl Grid {
 }
 
 /// Settings shared by every point (scalars, not axes).
+#[derive(Clone, Debug, PartialEq)]
 pub(super) struct Fixed {
     pub(super) classes: Option<usize>,
     pub(super) adam_eps: f64,

@@ -109,6 +109,7 @@ mod grid;
 mod inputs;
 mod models;
 mod raw;
+mod space;
 pub use crate::text::format_number;
 use assemble::*;
 use checks::*;
@@ -119,6 +120,8 @@ use inputs::*;
 pub use inputs::{Probe, SpecInputs};
 use models::*;
 use raw::*;
+pub use space::Space;
+use space::*;
 
 /// What an analysis section's parser (each kind's, in `crate::task`) uses of the spec's machinery.
 pub(crate) mod section {
@@ -284,6 +287,8 @@ pub struct Sweep {
     pub points: Vec<GridPoint>,
     /// The analysis sections (`[heatmap]`, `[dfm]`, `[bands]`, …), one field per kind.
     pub analyses: Analyses,
+    /// The space the points come from (`points` is the grid strategy's walk of it).
+    pub space: Arc<Space>,
     /// Where the band radii lie (`[bands] radii` or `fractions`; each dataset's layout follows).
     pub band_radii: BandRadii,
 }
