@@ -74,6 +74,9 @@ struct Opened {
     dims: Vec<u64>,
     values: Box<dyn Read>,
     gzip: bool,
+    /// The bytes after the header, where the file system says (a plain regular file): a file of
+    /// the wrong length is refused without reading it.
+    after_header: Option<u64>,
 }
 
 /// Read into `buf` until it is full or the stream ends; the count read.
@@ -109,6 +112,7 @@ fn dims_text(dims: &[u64]) -> String {
 fn open(path: &Path, role: Role) -> Result<Opened, DatasetError> {
     let io = |cause| DatasetError::Io { path: path.to_path_buf(), cause };
     let mut file = std::fs::File::open(path).map_err(io)?;
+    let file_len = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
     let mut head = [0u8; 2];
     let got = read_up_to(&mut file, &mut head).map_err(io)?;
     // The two bytes already read go back in front of the rest of the file.
@@ -162,7 +166,8 @@ fn open(path: &Path, role: Role) -> Result<Opened, DatasetError> {
         return Err(short(4 + got));
     }
     let dims = header[4..].chunks_exact(4).map(|b| u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))).collect();
-    Ok(Opened { dims, values, gzip })
+    let after_header = file_len.filter(|_| !gzip).map(|len| len.saturating_sub(header_len as u64));
+    Ok(Opened { dims, values, gzip, after_header })
 }
 
 /// The dimensions of the IDX file at `path` (`[N, H, W]` for images, `[N]` for labels) from its
@@ -175,7 +180,7 @@ pub fn read_dims(path: &Path, role: Role) -> Result<Vec<usize>, DatasetError> {
 
 /// The dimensions and unsigned-byte values of the IDX file at `path`, read as `role`.
 pub fn read_u8(path: &Path, role: Role) -> Result<(Vec<usize>, Vec<u8>), DatasetError> {
-    let Opened { dims, values, gzip } = open(path, role)?;
+    let Opened { dims, values, gzip, after_header } = open(path, role)?;
     let claimed = dims_text(&dims);
     // Checked before a byte of values is read: four u32 dimensions overflow u64.
     let expected = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).filter(|&n| n <= MAX_IDX_BYTES);
@@ -188,21 +193,25 @@ pub fn read_u8(path: &Path, role: Role) -> Result<(Vec<usize>, Vec<u8>), Dataset
             ),
         ));
     };
-    // Grown as the bytes arrive, never to the header's claim: a 100-byte file may claim 1 GiB.
+    let held = if gzip { "decompresses to" } else { "holds" };
+    let wrong_length = |len: u64| {
+        let detail = if len < expected {
+            format!("truncated: its IDX header says {claimed} ({expected} bytes of values) but it {held} {len} after the header")
+        } else {
+            format!("{held} more than the {expected} bytes of values its IDX header says ({claimed}): not an IDX file of that shape")
+        };
+        invalid(path, detail)
+    };
+    // A plain file's length is known: one of the wrong length is refused before it is read.
+    if let Some(len) = after_header.filter(|&len| len != expected) {
+        return Err(wrong_length(len));
+    }
+    // Grown as the bytes arrive, never to the header's claim: a 100-byte gzip stream may claim
+    // 1 GiB. One byte past the claim tells whether more follows.
     let mut data = Vec::new();
     values.take(expected + 1).read_to_end(&mut data).map_err(|e| read_error(path, gzip, e))?;
-    let held = if gzip { "decompresses to" } else { "holds" };
-    if (data.len() as u64) < expected {
-        return Err(invalid(
-            path,
-            format!("truncated: its IDX header says {claimed} ({expected} bytes of values) but it {held} {} after the header", data.len()),
-        ));
-    }
-    if data.len() as u64 > expected {
-        return Err(invalid(
-            path,
-            format!("{held} more than the {expected} bytes of values its IDX header says ({claimed}): not an IDX file of that shape"),
-        ));
+    if data.len() as u64 != expected {
+        return Err(wrong_length(data.len() as u64));
     }
     let dims = dims.iter().map(|&d| d as usize).collect();
     Ok((dims, data))
@@ -373,6 +382,13 @@ mod tests {
         refused(read_idx_pair(&overflow, &y, 1), &overflow, "more than the 1 GiB");
         let lying = write(d, "lying", &idx_bytes(&[1 << 20, 32, 32], &[1; 10]));
         refused(read_idx_pair(&lying, &y, 1), &lying, "but it holds 10 after the header");
+        // A plain file longer than its header says is refused from its length, unread: a sparse
+        // 2 GiB file behind a header claiming the bound (1 GiB) exactly.
+        let sparse = write(d, "sparse", &idx_bytes(&[1 << 20, 32, 32], &[]));
+        std::fs::OpenOptions::new().write(true).open(&sparse).unwrap().set_len(16 + (2 << 30)).unwrap();
+        let started = std::time::Instant::now();
+        refused(read_idx_pair(&sparse, &y, 1), &sparse, "holds more than the 1073741824 bytes of values");
+        assert!(started.elapsed().as_millis() < 500, "refused at once");
         // A gzip bomb: 64 MiB of zeros (64 KB gzipped) behind a header claiming 32 bytes is
         // inflated only to 33 bytes, one past the claim to see that more follows.
         let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
