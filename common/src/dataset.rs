@@ -1,4 +1,5 @@
-//! In-memory image datasets and their readers: `.npy` pairs and CIFAR-10 binary batches.
+//! In-memory image datasets and their readers: `.npy` pairs, IDX pairs (MNIST and kin), image
+//! folders and CIFAR-10 binary batches.
 //!
 //! A [`Dataset`] is always `float32 [N, C, H, W]` in `[0, 1]` with `i64` labels; readers convert
 //! (`uint8 NHWC` → `float32 NCHW / 255`) and validate (shape, dtype, value range, label range, equal
@@ -26,7 +27,7 @@ pub enum DatasetError {
     Io { path: PathBuf, cause: std::io::Error },
 }
 
-fn invalid(path: &Path, detail: impl Into<String>) -> DatasetError {
+pub(crate) fn invalid(path: &Path, detail: impl Into<String>) -> DatasetError {
     DatasetError::Invalid { path: path.to_path_buf(), detail: detail.into() }
 }
 
@@ -336,6 +337,41 @@ pub fn read_npy_pair(images: &Path, labels: &Path) -> Result<Dataset, DatasetErr
         ));
     }
     Ok(Dataset { dims, images: images_data, labels: labels_data })
+}
+
+/// The `(H, W)` of the images in an IDX file (`[N, H, W]` unsigned bytes, gzipped or not), from
+/// its header alone.
+pub fn idx_image_size(path: &Path) -> Result<(usize, usize), DatasetError> {
+    match crate::idx::read_dims(path, crate::idx::Role::Images)?.as_slice() {
+        &[_, h, w] => Ok((h, w)),
+        other => Err(invalid(path, format!("images must be 3-D [N, H, W], got shape {other:?}"))),
+    }
+}
+
+/// An images/labels pair of IDX files (MNIST, Fashion-MNIST, KMNIST, EMNIST; gzipped or not):
+/// `uint8 [N, H, W]` images scaled to `[0, 1]`, as `channels` = 1 plane or the gray plane
+/// replicated to 3 (what models taking RGB want), and `uint8 [N]` labels, checked to number `N`.
+/// Labels are bytes, so the classes they imply (`max + 1 ≤ 256`) are within [`MAX_CLASSES`].
+pub fn read_idx_pair(images: &Path, labels: &Path, channels: usize) -> Result<Dataset, DatasetError> {
+    use crate::idx::{read_u8, Role};
+    if !matches!(channels, 1 | 3) {
+        return Err(invalid(images, format!("IDX images are read as 1 or 3 channels, not {channels}")));
+    }
+    let (dims, pixels) = read_u8(images, Role::Images)?;
+    let (label_dims, label_bytes) = read_u8(labels, Role::Labels)?;
+    let [n, h, w] = [dims[0], dims[1], dims[2]];
+    if label_dims[0] != n {
+        return Err(invalid(labels, format!("{} labels but {} has {n} images", label_dims[0], images.display())));
+    }
+    let plane = h * w;
+    let mut out = Vec::with_capacity(pixels.len() * channels);
+    // `max(1)`: `chunks_exact(0)` panics, and images of no pixels have no planes to copy.
+    for image in pixels.chunks_exact(plane.max(1)) {
+        for _ in 0..channels {
+            out.extend(image.iter().map(|&b| f32::from(b) / 255.0));
+        }
+    }
+    Ok(Dataset { dims: [n, channels, h, w], images: out, labels: label_bytes.iter().map(|&l| i64::from(l)).collect() })
 }
 
 /// Classes of a classifier (ImageNet-21k has 21 841).

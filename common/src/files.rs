@@ -79,6 +79,11 @@ impl crate::spec::Probe for FileSystem {
         Ok([h, w])
     }
 
+    fn idx_image_size(&self, path: &Path) -> Result<[usize; 2], String> {
+        let (h, w) = crate::dataset::idx_image_size(path).map_err(|e| e.to_string())?;
+        Ok([h, w])
+    }
+
     fn folder_classes(&self, dir: &Path) -> Result<Vec<String>, String> {
         crate::dataset::folder_classes(dir).map_err(|e| e.to_string())
     }

@@ -7,7 +7,8 @@
 //! - [`syn`]: the `Syn_d` generator.
 //! - [`digest`]: `sha256:` content digests of artifacts.
 //! - [`files`]: files read whole, each with a size bound.
-//! - [`dataset`], [`npy`]: datasets in memory, `.npy` and CIFAR-10 readers.
+//! - [`dataset`], [`npy`], [`idx`]: datasets in memory, `.npy`, IDX (MNIST and kin), image-folder
+//!   and CIFAR-10 readers.
 //! - [`metrics`]: confusion matrices, per-class F1, cosine similarity.
 //! - [`heatmap`]: cell chunks and the idempotent merge of chunk results.
 //! - [`image`]: PNG output. [`figures`]: heatmaps with colour bars, F1 curves, confusion matrices
@@ -27,6 +28,7 @@ pub mod digest;
 pub mod figures;
 pub mod files;
 pub mod heatmap;
+pub mod idx;
 pub mod image;
 pub mod logging;
 pub mod machine;

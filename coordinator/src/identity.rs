@@ -225,16 +225,18 @@ fn first_input_change(old: &SpecInputs, new: &SpecInputs) -> Option<String> {
             ));
         }
     }
-    for (file, size) in &new.npy_sizes {
-        if let Some(was) = old.npy_sizes.get(file).filter(|was| *was != size) {
-            return Some(format!(
-                "{} now holds {} × {} images ({} × {} when the run started)",
-                one_line(file, 160),
-                size[0],
-                size[1],
-                was[0],
-                was[1]
-            ));
+    for (now, then) in [(&new.npy_sizes, &old.npy_sizes), (&new.idx_sizes, &old.idx_sizes)] {
+        for (file, size) in now {
+            if let Some(was) = then.get(file).filter(|was| *was != size) {
+                return Some(format!(
+                    "{} now holds {} × {} images ({} × {} when the run started)",
+                    one_line(file, 160),
+                    size[0],
+                    size[1],
+                    was[0],
+                    was[1]
+                ));
+            }
         }
     }
     None

@@ -512,7 +512,7 @@ fn functions(code: &str) -> Vec<(usize, usize, String)> {
 }
 
 /// Parsing is pure: the spec parser (`common/src/spec/`) does no I/O of its own. What a spec
-/// needs of the file system (npy headers, image folders, globs) it asks the caller's
+/// needs of the file system (npy and IDX headers, image folders, globs) it asks the caller's
 /// `spec::Probe`: the file system when a run opens (`files::FileSystem`), the recorded answers
 /// when a stored spec is parsed again.
 #[test]
@@ -532,13 +532,15 @@ fn the_spec_parser_does_no_io() {
 }
 
 fn io_calls(files: &[PathBuf], root: &Path) -> Vec<String> {
-    const IO: [&str; 9] = [
+    const IO: [&str; 11] = [
         "std::fs",
         "fs::",
         "File::",
         "OpenOptions",
         "read_dir",
         "dataset::npy_image_size",
+        "dataset::idx_image_size",
+        "idx::read",
         "dataset::folder_classes",
         "files::expand_glob",
         "files::read",

@@ -1,6 +1,6 @@
 //! Loading a task's data on the worker: Syn_d is regenerated from its config (deterministic, so no
-//! bytes travel), CIFAR-10 and `.npy` files are read from paths and validated by
-//! `freqsweep_common::dataset`.
+//! bytes travel), CIFAR-10, `.npy`, IDX files and image folders are read from paths and validated
+//! by `freqsweep_common::dataset`.
 
 use freqsweep_common::dataset::{self, Dataset, DatasetError};
 use freqsweep_common::syn::{self, Split};
@@ -24,6 +24,11 @@ pub fn load_split(source: &DatasetSource, split: Split) -> Result<Dataset, Datas
         }
         (DatasetSource::Npy { test_images, test_labels, size, .. }, Split::Test) => {
             sized(dataset::read_npy_pair(test_images, test_labels)?, test_images, *size)
+        }
+        (DatasetSource::Idx { train_images, train_labels, test_images, test_labels, channels, size }, split) => {
+            let (images, labels) =
+                if split == Split::Train { (train_images, train_labels) } else { (test_images, test_labels) };
+            sized(dataset::read_idx_pair(images, labels, *channels)?, images, Some(*size))
         }
     }
 }

@@ -271,7 +271,7 @@ fn check_model_outputs(
                 DatasetSource::Cifar10 { .. } => ("CIFAR-10", 10),
                 DatasetSource::Folder { classes, .. } => ("the image folder", classes.len()),
                 // Its labels are read by the workers.
-                DatasetSource::Npy { .. } => continue,
+                DatasetSource::Npy { .. } | DatasetSource::Idx { .. } => continue,
             };
             if classes < has {
                 return Err(ctx.err(

@@ -168,12 +168,13 @@ pub(super) struct Fixed {
     pub(super) band_radii: BandRadii,
 }
 
-/// A model's outputs when the spec does not say: Syn_d's 4, an image folder's classes, else 10.
+/// A model's outputs when the spec does not say: Syn_d's 4, an image folder's classes, else 10
+/// (CIFAR-10, and MNIST, Fashion-MNIST and KMNIST among the idx sets; EMNIST's need `classes`).
 pub(super) fn default_classes(dataset: &DatasetSource) -> usize {
     match dataset {
         DatasetSource::Syn(_) => crate::syn::CLASSES,
         DatasetSource::Folder { classes, .. } => classes.len(),
-        DatasetSource::Cifar10 { .. } | DatasetSource::Npy { .. } => 10,
+        DatasetSource::Cifar10 { .. } | DatasetSource::Npy { .. } | DatasetSource::Idx { .. } => 10,
     }
 }
 

@@ -1,4 +1,4 @@
-//! What parsing asks of the file system (npy headers, image folders, globs). Parsing does no
+//! What parsing asks of the file system (npy and IDX headers, image folders, globs). Parsing does no
 //! I/O itself: the caller hands it a [`Probe`] — the coordinator the file system
 //! (`files::FileSystem`) when it opens a run, which records the answers — or the answers a run
 //! recorded, which every later parse of its stored spec replays.
@@ -6,13 +6,17 @@
 use super::*;
 
 /// What parsing a spec read from the file system, keyed by the path or pattern as the spec
-/// wrote it: each npy dataset's image size (from its header), each image folder's classes,
+/// wrote it: each npy or idx dataset's image size (from its header), each image folder's classes,
 /// each glob's matches. The plan depends on these answers, so a run stores them when it opens
 /// and every later parse of its stored spec replays them.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SpecInputs {
     #[serde(default)]
     pub npy_sizes: BTreeMap<String, [usize; 2]>,
+    /// Each idx dataset's image size (from its IDX header). Not written when empty, so the
+    /// record of a run without one is the JSON it was before idx datasets existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub idx_sizes: BTreeMap<String, [usize; 2]>,
     #[serde(default)]
     pub folder_classes: BTreeMap<String, Vec<String>>,
     #[serde(default)]
@@ -24,6 +28,8 @@ pub struct SpecInputs {
 pub trait Probe {
     /// The `[H, W]` of the images in the `.npy` file at `path`, from its header.
     fn npy_image_size(&self, path: &Path) -> Result<[usize; 2], String>;
+    /// The `[H, W]` of the images in the IDX file at `path` (gzipped or not), from its header.
+    fn idx_image_size(&self, path: &Path) -> Result<[usize; 2], String>;
     /// The classes of the image folder `dir` (its subdirectories, sorted).
     fn folder_classes(&self, dir: &Path) -> Result<Vec<String>, String>;
     /// The files a glob names, sorted.
@@ -61,6 +67,16 @@ impl<'p> Inputs<'p> {
         }
         let [h, w] = self.probe().npy_image_size(path)?;
         self.recorded.borrow_mut().npy_sizes.insert(key, [h, w]);
+        Ok([h, w])
+    }
+
+    pub(super) fn idx_image_size(&self, path: &Path) -> Result<[usize; 2], String> {
+        let key = path.display().to_string();
+        if let Some(replay) = &self.replay {
+            return replay.idx_sizes.get(&key).copied().ok_or_else(|| Self::missing("IDX image size", &key));
+        }
+        let [h, w] = self.probe().idx_image_size(path)?;
+        self.recorded.borrow_mut().idx_sizes.insert(key, [h, w]);
         Ok([h, w])
     }
 

@@ -9,7 +9,7 @@
 //! name = "syn-demo"
 //!
 //! [[dataset]]              # one or more; each expands on its own
-//! kind = "syn"             # syn | cifar10 | npy
+//! kind = "syn"             # syn | cifar10 | npy | idx | folder
 //! band = [1, 4]            # syn: the band of class 3 (a list expands)
 //! train = 2000             # syn: images per split
 //! test = 400
@@ -20,6 +20,13 @@
 //! # kind = "cifar10", path = "/data/cifar-10-batches-bin"
 //! # kind = "npy", train_images = "…", train_labels = "…", test_images = "…", test_labels = "…"
 //! #   size = [H, W]        # npy: read from test_images' header when not given
+//! # kind = "idx", train_images = "mnist/train-images-idx3-ubyte.gz", train_labels = "…",
+//! #   test_images = "mnist/t10k-images-idx3-ubyte.gz", test_labels = "…"   # MNIST and kin, as
+//! #                        # downloaded: gzipped or not (told by the bytes); uint8 [N, H, W] images
+//! #   channels = 3         # idx: the gray plane replicated to the 3 channels every model takes
+//! #                        # (the default, and the only value models take today; 1 is refused)
+//! #   size = [H, W]        # idx: read from test_images' header when not given
+//! # kind = "folder", train = "DIR", test = "DIR", size = 32   # one sub-directory per class
 //!
 //! [model]                  # the models the sweep trains; or [[model]] tables, which may also
 //! arch = ["alexnet", "resnet18"]   # alexnet | resnet18 | tiny   give models to analyse only:
@@ -551,6 +558,9 @@ mod tests {
                     return Err("not an npy file".into());
                 }
                 Ok([16, 16])
+            }
+            fn idx_image_size(&self, _: &Path) -> Result<[usize; 2], String> {
+                Ok([28, 28])
             }
             fn folder_classes(&self, _: &Path) -> Result<Vec<String>, String> {
                 Ok(vec!["ant".into(), "bee".into(), "cat".into(), "dog".into()])

@@ -107,6 +107,7 @@ pub(super) struct RawDataset {
     pub(super) train_labels: Scalar,
     pub(super) test_images: Scalar,
     pub(super) test_labels: Scalar,
+    pub(super) channels: Scalar,
 }
 
 /// One `[model]` table (models the sweep trains) or `[[model]]` tables (trained or given).

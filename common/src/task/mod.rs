@@ -55,6 +55,18 @@ pub enum DatasetSource {
         size: [usize; 2],
         classes: Vec<String>,
     },
+    /// IDX files, as MNIST, Fashion-MNIST, KMNIST and EMNIST ship (gzipped or not): images
+    /// `uint8 [N, H, W]`, labels `uint8 [N]`. `channels` is how the gray plane reaches a model:
+    /// replicated to 3 (what every model takes today) or 1; `size` is the images' `[H, W]` as the
+    /// spec gave or read it (a worker refuses files of another size).
+    Idx {
+        train_images: PathBuf,
+        train_labels: PathBuf,
+        test_images: PathBuf,
+        test_labels: PathBuf,
+        channels: usize,
+        size: [usize; 2],
+    },
 }
 
 impl DatasetSource {
@@ -67,10 +79,12 @@ impl DatasetSource {
             DatasetSource::Cifar10 { .. } => Some(Shape2::new(32, 32)),
             DatasetSource::Npy { size, .. } => size.map(|[h, w]| Shape2::new(h, w)),
             DatasetSource::Folder { size: [h, w], .. } => Some(Shape2::new(*h, *w)),
+            DatasetSource::Idx { size: [h, w], .. } => Some(Shape2::new(*h, *w)),
         }
     }
 
-    /// A short human name: `Syn_4`, `cifar10`, or the test images' file stem.
+    /// A short human name: `Syn_4`, `cifar10`, the test images' file stem (npy), or the name of
+    /// the directory holding them (folder, idx: every MNIST-like set names its files alike).
     pub fn name(&self) -> String {
         match self {
             DatasetSource::Syn(config) => config.name(),
@@ -79,6 +93,10 @@ impl DatasetSource {
                 .parent()
                 .and_then(|p| p.file_name())
                 .map_or_else(|| "folder".into(), |s| s.to_string_lossy().into_owned()),
+            DatasetSource::Idx { test_images, .. } => test_images
+                .parent()
+                .and_then(|p| p.file_name())
+                .map_or_else(|| "idx".into(), |s| s.to_string_lossy().into_owned()),
             DatasetSource::Npy { test_images, .. } => {
                 test_images.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "npy".into())
             }
@@ -713,6 +731,38 @@ mod tests {
         assert_eq!(stored.with_fields_added_since(&planned), planned);
         let other = with_classes(4);
         assert_eq!(other.clone().with_fields_added_since(&planned), other);
+    }
+
+    /// The idx kind's JSON; the other kinds' JSON is as before it (stored tasks still read).
+    #[test]
+    fn dataset_json_of_every_kind() {
+        let npy =
+            r#"{"kind":"npy","train_images":"a","train_labels":"b","test_images":"c","test_labels":"d","size":[8,8]}"#;
+        let folder = r#"{"kind":"folder","train":"t","test":"/data/digits/test","size":[16,16],"classes":["0","1"]}"#;
+        let cifar = r#"{"kind":"cifar10","path":"/c"}"#;
+        for json in [npy, folder, cifar] {
+            let source: DatasetSource = serde_json::from_str(json).unwrap();
+            assert_eq!(serde_json::to_string(&source).unwrap(), json);
+        }
+        let idx = DatasetSource::Idx {
+            train_images: "/data/fashion/train-images-idx3-ubyte.gz".into(),
+            train_labels: "/data/fashion/train-labels-idx1-ubyte.gz".into(),
+            test_images: "/data/fashion/t10k-images-idx3-ubyte.gz".into(),
+            test_labels: "/data/fashion/t10k-labels-idx1-ubyte.gz".into(),
+            channels: 3,
+            size: [28, 28],
+        };
+        let json = serde_json::to_string(&idx).unwrap();
+        assert!(
+            json.starts_with(r#"{"kind":"idx","train_images":"#) && json.ends_with(r#""channels":3,"size":[28,28]}"#)
+        );
+        assert_eq!(serde_json::from_str::<DatasetSource>(&json).unwrap(), idx);
+        assert_eq!(
+            (idx.name(), idx.image_shape()),
+            ("fashion".to_string(), Some(crate::spectrum::Shape2::new(28, 28)))
+        );
+        let err = serde_json::from_str::<DatasetSource>(&json.replace(r#","channels":3"#, "")).unwrap_err();
+        assert!(err.to_string().contains("missing field `channels`"), "{err}");
     }
 
     #[test]

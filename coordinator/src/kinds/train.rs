@@ -43,7 +43,7 @@ pub(crate) fn dataset_size(d: &DatasetSource) -> Option<(usize, usize)> {
     match d {
         DatasetSource::Syn(c) => Some((c.train, c.test)),
         DatasetSource::Cifar10 { .. } => Some((50_000, 10_000)),
-        DatasetSource::Npy { .. } | DatasetSource::Folder { .. } => None,
+        DatasetSource::Npy { .. } | DatasetSource::Idx { .. } | DatasetSource::Folder { .. } => None,
     }
 }
 
