@@ -26,7 +26,9 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    /// The points planned when the run opens.
+    /// The points planned when the run opens. The grid's are the walk of the spec's space
+    /// (`spec::Space::grid_points`) done when the spec was parsed; a strategy that picks its own
+    /// points builds them from the same space (`spec::Space::point`).
     pub fn initial_points(self, sweep: &Sweep) -> &[GridPoint] {
         match self {
             Strategy::Grid => &sweep.points,

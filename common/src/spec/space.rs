@@ -162,3 +162,46 @@ impl Space {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::spec::{parse, GRID_KEYS};
+
+    /// A point built by its axis indices is the grid's point at those indices; indices out of
+    /// range, of the wrong count, or a Nesterov point without momentum are one-line errors.
+    #[test]
+    fn a_point_by_indices_is_the_grids_point() {
+        let spec = "[[dataset]]\nkind = \"syn\"\nband = [1, 2]\n[model]\narch = \"tiny\"\n[train]\noptimizer = \"sgd\"\nlr = [0.1, 0.01]\nbatch_size = 8\nepochs = 1\nmomentum = [0.9, 0.0]\nnesterov = [false, true]\n[[exclude]]\nmomentum = 0.0\nnesterov = true\n";
+        let sweep = parse(spec, "s.toml").unwrap();
+        let sizes = sweep.space.axis_sizes();
+        assert_eq!(sizes.len(), GRID_KEYS.len());
+        assert_eq!(sizes[0] * sizes[3] * sizes[7] * sizes[8], 16, "2 datasets × 2 lr × 2 momentum × 2 nesterov");
+        assert_eq!(sweep.points.len(), 12, "the excluded Nesterov-without-momentum points are not walked");
+        let mut built = Vec::new();
+        for d in 0..2 {
+            for lr in 0..2 {
+                for m in 0..2 {
+                    for n in 0..2 {
+                        let mut idx = vec![0; GRID_KEYS.len()];
+                        (idx[0], idx[3], idx[7], idx[8]) = (d, lr, m, n);
+                        match sweep.space.point(&idx) {
+                            Ok(p) => built.push(p),
+                            Err(e) => {
+                                assert_eq!((m, n), (1, 1), "{e}");
+                                assert_eq!(e.line, 12, "{e}");
+                                assert!(e.message.contains("nesterov = true needs momentum > 0"), "{e}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(built, sweep.points);
+        let err = sweep.space.point(&[0; 3]).unwrap_err().to_string();
+        assert!(err.contains("one index per grid key (13), got 3"), "{err}");
+        let mut idx = vec![0; GRID_KEYS.len()];
+        idx[3] = 2;
+        let err = sweep.space.point(&idx).unwrap_err().to_string();
+        assert!(err.contains("lr has 2 values, no index 2"), "{err}");
+    }
+}
