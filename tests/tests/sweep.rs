@@ -295,6 +295,69 @@ tolerance = 0.05
     assert_eq!(file(&out, &format!("dfm/{point}/loss_class0.npy")), first);
 }
 
+/// The robustness stage end to end: each model on its test split corrupted by every (corruption,
+/// severity), cut into tasks of two pairs across workers; the table and the `results.csv` columns
+/// are the same with 1 and 2 workers (a corrupted image depends only on its corruption, severity,
+/// index and seed), and `freqsweep report` writes the same table from the store.
+#[test]
+fn a_robustness_stage_writes_its_table_identically_across_worker_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("robust.toml");
+    let text = r#"name = "robust"
+[[dataset]]
+kind = "syn"
+band = 4
+train = 256
+test = 32
+[model]
+arch = "tiny"
+[train]
+lr = 0.003
+batch_size = 64
+epochs = 2
+[eval]
+test_sets = ["B1234"]
+[robustness]
+corruptions = ["gaussian_noise", "contrast", "fourier(3,1,20)"]
+severities = [1, 5]
+images = 24
+pairs_per_task = 2
+"#;
+    std::fs::write(&spec, text).unwrap();
+    let point = "Syn_4-tiny-adam-lr0.003-bs64-ep2-seed0";
+    let csv = format!("robustness/{point}.csv");
+    let mut tables = Vec::new();
+    for workers in [1, 2] {
+        let out = dir.path().join(format!("run{workers}"));
+        run(&spec, &out, workers);
+        let table = String::from_utf8(file(&out, &csv)).unwrap();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 1 + 1 + 3 * 2, "{table}");
+        assert!(lines[0].starts_with("corruption,severity,error,error_class0"), "{table}");
+        assert!(lines[1].starts_with("\"clean\",0,"), "{table}");
+        assert!(lines.iter().any(|l| l.starts_with("\"fourier(3,1,20)\",5,")), "{table}");
+        for line in &lines[1..] {
+            let error: f64 = line.split("\",").nth(1).unwrap().split(',').nth(1).unwrap().parse().unwrap();
+            assert!((0.0..=1.0).contains(&error), "{line}");
+        }
+        let results = String::from_utf8(file(&out, "results.csv")).unwrap();
+        let header: Vec<&str> = results.lines().next().unwrap().split(',').collect();
+        let mce = header.iter().position(|c| *c == "mce_raw").expect("an mce_raw column");
+        let row: Vec<&str> = results.lines().nth(1).unwrap().split(',').collect();
+        assert!(row[mce].parse::<f64>().is_ok_and(|v| (0.0..=1.0).contains(&v)), "{results}");
+        let html = String::from_utf8(file(&out, "report.html")).unwrap();
+        assert!(html.contains("<h3>Corruption robustness</h3>") && html.contains("regenerated"), "a report section");
+        tables.push((table, row[mce].to_string()));
+        if workers == 2 {
+            std::fs::remove_dir_all(out.join("robustness")).unwrap();
+            let again = run_bounded(Command::new(binary("freqsweep")).arg("report").arg(&out), LIMIT);
+            assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+            assert_eq!(String::from_utf8(file(&out, &csv)).unwrap(), tables[1].0, "the report from the store");
+        }
+    }
+    assert_eq!(tables[0], tables[1], "1 and 2 workers give the same table and mCE_raw");
+}
+
 /// A sweep on 64 × 64 images end to end with 2 workers: Syn_4 generated at that size (bands
 /// scaled to 8, 16, 24), the tiny CNN trained on it, a heatmap of the cells within radius 10 in
 /// three chunks (the rest skipped: NaN in the array, never zeros) and DFMs of 8 × 8 patches,

@@ -625,3 +625,41 @@ fn missing_rooms(root: &Path, kinds: &[String]) -> Vec<String> {
     }
     offenders
 }
+
+/// A room names only its own kind: `coordinator/src/kinds/<kind>.rs` and
+/// `worker/src/engine/<kind>.rs` name no other kind's variant (`TaskSpec::Dfm` in the heatmap
+/// room), so a new kind never has to extend another kind's room: its files are its own, the
+/// kinds' list (`common/src/task/mod.rs`) and the two dispatch files the compiler points to.
+#[test]
+fn a_room_names_only_its_own_kind() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut offenders = Vec::new();
+    for room in ["coordinator/src/kinds", "worker/src/engine"] {
+        for entry in std::fs::read_dir(root.join(room)).unwrap() {
+            let path = entry.unwrap().path();
+            let kind = path.file_stem().unwrap().to_string_lossy().to_string();
+            if kind == "mod" || path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            offenders.extend(other_kinds_named(&path, root, &kind));
+        }
+    }
+    assert!(offenders.is_empty(), "a room names another kind:\n{}", offenders.join("\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("heatmap.rs");
+    std::fs::write(&bad, "fn f(t: &TaskSpec) -> bool {\n    matches!(t, TaskSpec::Heatmap(_) | TaskSpec::Dfm(_))\n}\n")
+        .unwrap();
+    assert_eq!(
+        other_kinds_named(&bad, dir.path(), "heatmap"),
+        ["heatmap.rs:2: TaskSpec::Dfm"],
+        "the rule fails when it is broken"
+    );
+}
+
+fn other_kinds_named(file: &Path, root: &Path, kind: &str) -> Vec<String> {
+    let own: String = kind.split('_').map(|w| w[..1].to_uppercase() + &w[1..]).collect();
+    kind_variants_named(&[file.to_path_buf()], root, &["TaskSpec", "TaskOutcome", "TaskKind"])
+        .into_iter()
+        .filter(|o| !o.ends_with(&format!("::{own}")))
+        .collect()
+}

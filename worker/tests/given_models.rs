@@ -1,5 +1,5 @@
 //! Given (TorchScript) models that are not plain classifiers of the task's images, through the
-//! engine as a lease runs them: every kind (heatmap, DFM, bands, shortcut) ends such a task with
+//! engine as a lease runs them: every kind (heatmap, DFM, bands, shortcut, robustness) ends such a task with
 //! one line naming the model, marked not retryable (the same file fails the same way on every
 //! worker), never a panic. The modules are traced here, from Rust, on 32 × 32 images:
 //! - `small_batches`: runs on one or two images and raises on more (as a module whose batch size
@@ -17,7 +17,8 @@ use freqsweep_common::dfm::{ClassStat, CleanStat, DfmAccumulator, MapsFile};
 use freqsweep_common::spectrum::Shape2;
 use freqsweep_common::syn::SynConfig;
 use freqsweep_common::task::{
-    AnalysisTarget, BandsTask, DatasetSource, DfmTask, HeatmapTask, MetricPoint, ModelSource, ShortcutTask, TaskSpec,
+    AnalysisTarget, BandsTask, DatasetSource, DfmTask, HeatmapTask, MetricPoint, ModelSource, RobustnessTask,
+    ShortcutTask, TaskSpec,
 };
 use freqsweep_worker::engine::{Engine, EngineError, EngineEvents, TorchEngine};
 use std::collections::HashMap;
@@ -115,6 +116,16 @@ fn tasks(name: &str) -> Vec<(&'static str, TaskSpec)> {
                 target: AnalysisTarget::new(syn(), model.clone(), 4, 8),
                 band_layout: BandLayout::default(),
                 clip: false,
+            }),
+        ),
+        (
+            "robustness",
+            TaskSpec::Robustness(RobustnessTask {
+                target: AnalysisTarget::new(syn(), model.clone(), 4, 8),
+                pairs: vec![("gaussian_noise".into(), 3)],
+                chunk: 0,
+                seed: 0,
+                batch: 16,
             }),
         ),
         (

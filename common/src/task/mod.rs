@@ -19,10 +19,12 @@ use toml::Spanned;
 mod bands;
 mod dfm;
 mod heatmap;
+mod robustness;
 mod shortcut;
 pub use bands::*;
 pub use dfm::*;
 pub use heatmap::*;
+pub use robustness::*;
 pub use shortcut::*;
 
 /// Where a task's images come from. Syn_d is described rather than shipped: it is deterministic
@@ -432,6 +434,7 @@ pub enum TaskSpec {
     Dfm(DfmTask),
     Shortcut(ShortcutTask),
     Bands(BandsTask),
+    Robustness(RobustnessTask),
 }
 
 /// The kinds of task: the unit of the design. Each has one room on either side (the coordinator's
@@ -446,12 +449,13 @@ pub enum TaskKind {
     Dfm,
     Shortcut,
     Bands,
+    Robustness,
 }
 
 impl TaskKind {
     /// Every kind, in planning order (a kind's dependencies come earlier).
-    pub const ALL: [TaskKind; 5] =
-        [TaskKind::Train, TaskKind::Heatmap, TaskKind::Dfm, TaskKind::Shortcut, TaskKind::Bands];
+    pub const ALL: [TaskKind; 6] =
+        [TaskKind::Train, TaskKind::Heatmap, TaskKind::Dfm, TaskKind::Shortcut, TaskKind::Bands, TaskKind::Robustness];
 
     /// The name in task keys, logs, the store's `tasks.kind` and `status`.
     pub fn as_str(self) -> &'static str {
@@ -461,6 +465,7 @@ impl TaskKind {
             TaskKind::Dfm => "dfm",
             TaskKind::Shortcut => "shortcut",
             TaskKind::Bands => "bands",
+            TaskKind::Robustness => "robustness",
         }
     }
 
@@ -474,7 +479,7 @@ impl TaskKind {
     pub fn outputs(self) -> &'static [&'static str] {
         match self {
             TaskKind::Train => &[CHECKPOINT_OUTPUT, MODEL_OUTPUT],
-            TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands => &[],
+            TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands | TaskKind::Robustness => &[],
         }
     }
 }
@@ -490,7 +495,11 @@ impl TaskSpec {
     pub fn kept_epochs(&self) -> &[u32] {
         match self {
             TaskSpec::Train(t) => &t.train.keep_epochs,
-            TaskSpec::Heatmap(_) | TaskSpec::Dfm(_) | TaskSpec::Shortcut(_) | TaskSpec::Bands(_) => &[],
+            TaskSpec::Heatmap(_)
+            | TaskSpec::Dfm(_)
+            | TaskSpec::Shortcut(_)
+            | TaskSpec::Bands(_)
+            | TaskSpec::Robustness(_) => &[],
         }
     }
 
@@ -510,6 +519,18 @@ impl TaskSpec {
         }
     }
 
+    /// What an analysis task evaluates (`None`: a train task).
+    pub fn target(&self) -> Option<&AnalysisTarget> {
+        match self {
+            TaskSpec::Train(_) => None,
+            TaskSpec::Heatmap(t) => Some(&t.target),
+            TaskSpec::Dfm(t) => Some(&t.target),
+            TaskSpec::Shortcut(t) => Some(&t.target),
+            TaskSpec::Bands(t) => Some(&t.target),
+            TaskSpec::Robustness(t) => Some(&t.target),
+        }
+    }
+
     pub fn kind(&self) -> TaskKind {
         match self {
             TaskSpec::Train(_) => TaskKind::Train,
@@ -517,6 +538,7 @@ impl TaskSpec {
             TaskSpec::Dfm(_) => TaskKind::Dfm,
             TaskSpec::Shortcut(_) => TaskKind::Shortcut,
             TaskSpec::Bands(_) => TaskKind::Bands,
+            TaskSpec::Robustness(_) => TaskKind::Robustness,
         }
     }
 }
@@ -563,6 +585,7 @@ pub enum TaskOutcome {
     Dfm(DfmOutcome),
     Shortcut(ShortcutOutcome),
     Bands(BandsOutcome),
+    Robustness(RobustnessOutcome),
 }
 
 impl TaskOutcome {
@@ -573,6 +596,7 @@ impl TaskOutcome {
             TaskOutcome::Dfm(_) => TaskKind::Dfm,
             TaskOutcome::Shortcut(_) => TaskKind::Shortcut,
             TaskOutcome::Bands(_) => TaskKind::Bands,
+            TaskOutcome::Robustness(_) => TaskKind::Robustness,
         }
     }
 }
@@ -602,11 +626,12 @@ pub(crate) struct RawAnalyses {
     pub(crate) heatmap: Option<Spanned<RawHeatmap>>,
     pub(crate) dfm: Option<Spanned<RawDfm>>,
     pub(crate) bands: Option<Spanned<RawBands>>,
+    pub(crate) robustness: Option<Spanned<RawRobustness>>,
 }
 
 impl RawAnalyses {
     /// The sections' names (top-level keys of a spec).
-    pub(crate) const KEYS: &'static [&'static str] = &["heatmap", "dfm", "bands"];
+    pub(crate) const KEYS: &'static [&'static str] = &["heatmap", "dfm", "bands", "robustness"];
 
     /// Read the section named `key` from `map`; `false` when no analysis has a section of that name.
     pub(crate) fn read<'de, A: serde::de::MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
@@ -614,6 +639,7 @@ impl RawAnalyses {
             "heatmap" => self.heatmap = Some(map.next_value()?),
             "dfm" => self.dfm = Some(map.next_value()?),
             "bands" => self.bands = Some(map.next_value()?),
+            "robustness" => self.robustness = Some(map.next_value()?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -627,6 +653,8 @@ pub struct Analyses {
     pub dfm: Option<DfmSpec>,
     /// Band sufficiency (`[bands]`, unless `sufficiency = false`).
     pub bands: Option<BandsSpec>,
+    /// Corruption robustness (`[robustness]`).
+    pub robustness: Option<RobustnessSpec>,
 }
 
 impl Analyses {
@@ -637,6 +665,7 @@ impl Analyses {
             heatmap: raw.heatmap.as_ref().map(|h| heatmap::parse_section(ctx, h, grid)).transpose()?,
             dfm: raw.dfm.as_ref().map(|d| dfm::parse_section(ctx, d, grid)).transpose()?,
             bands: bands::parse_section(ctx, raw.bands.as_ref())?,
+            robustness: raw.robustness.as_ref().map(|r| robustness::parse_section(ctx, r)).transpose()?,
         })
     }
 
@@ -675,8 +704,10 @@ mod tests {
             let message = parsed.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
             assert!(!message.contains("unknown field"), "[{key}]: {message}");
         }
-        let all = crate::spec::parse(&format!("{base}[heatmap]\neps = 4\n[dfm]\n[bands]\n"), "s.toml").unwrap();
-        assert!(all.analyses.heatmap.is_some() && all.analyses.dfm.is_some() && all.analyses.bands.is_some());
+        let all =
+            crate::spec::parse(&format!("{base}[heatmap]\neps = 4\n[dfm]\n[bands]\n[robustness]\n"), "s.toml").unwrap();
+        let a = &all.analyses;
+        assert!(a.heatmap.is_some() && a.dfm.is_some() && a.bands.is_some() && a.robustness.is_some());
         let err = crate::spec::parse(&format!("{base}[robustnes]\n"), "s.toml").unwrap_err().to_string();
         assert!(err.starts_with("s.toml:10: unknown field `robustnes`") && err.contains("`bands`"), "{err}");
     }

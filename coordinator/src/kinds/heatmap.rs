@@ -222,10 +222,9 @@ impl MapKey {
     }
 
     pub fn of(task: &PlannedTask) -> Option<MapKey> {
-        match &task.spec {
-            TaskSpec::Heatmap(h) => Some(MapKey { epoch: h.epoch, ..MapKey::new(task.point, h.eps) }),
-            TaskSpec::Train(_) | TaskSpec::Dfm(_) | TaskSpec::Shortcut(_) | TaskSpec::Bands(_) => None,
-        }
+        // Only a heatmap task has a map: every other kind is none, so no list of them here.
+        let TaskSpec::Heatmap(h) = &task.spec else { return None };
+        Some(MapKey { epoch: h.epoch, ..MapKey::new(task.point, h.eps) })
     }
 
     pub fn eps(self) -> f64 {

@@ -8,6 +8,7 @@
 pub mod bands;
 pub mod dfm;
 pub mod heatmap;
+pub mod robustness;
 pub mod shortcut;
 pub mod train;
 
@@ -41,6 +42,7 @@ impl Planner {
             + self.dfms.tasks_per_point()
             + usize::from(self.sweep.analyses.dfm.as_ref().is_some_and(|d| d.shortcut_degree))
             + usize::from(self.sweep.analyses.bands.is_some())
+            + robustness::count(&self.sweep)
     }
 
     /// How many tasks [`Planner::plan_point`] plans for `point`, without planning them: each
@@ -65,6 +67,7 @@ impl Planner {
                     usize::from(self.sweep.analyses.dfm.as_ref().is_some_and(|d| d.shortcut_degree) && dfm_chunks > 0)
                 }
                 TaskKind::Bands => usize::from(self.sweep.analyses.bands.is_some()),
+                TaskKind::Robustness => robustness::count(&self.sweep),
             });
         }
         count
@@ -91,6 +94,7 @@ impl Planner {
                 TaskKind::Dfm => planned.dfm_chunks = self.dfms.plan(&planned, &mut tasks),
                 TaskKind::Shortcut => shortcut::plan(&self.sweep, &planned, &planned.dfm_chunks, &mut tasks),
                 TaskKind::Bands => bands::plan(&self.sweep, &planned, &mut tasks),
+                TaskKind::Robustness => robustness::plan(&self.sweep, &planned, &mut tasks),
             }
         }
         let offset = first.0 - 1;
@@ -166,6 +170,7 @@ pub struct Merged {
     pub dfms: dfm::DfmMaps,
     pub shortcuts: PerPoint<freqsweep_common::task::ShortcutOutcome>,
     pub bands: PerPoint<freqsweep_common::task::BandsOutcome>,
+    pub robustness: robustness::Results,
 }
 
 /// An artifact a merge derived from accepted results (a point's complete maps). It has its own
@@ -187,6 +192,7 @@ impl Merged {
             dfms: dfm::DfmMaps::new(tasks),
             shortcuts: PerPoint::new(keep),
             bands: PerPoint::new(keep),
+            robustness: robustness::Results::new(keep),
         }
     }
 
@@ -209,6 +215,10 @@ impl Merged {
             }
             TaskOutcome::Bands(b) => {
                 self.bands.insert(task.point, b.clone());
+                Ok(Vec::new())
+            }
+            TaskOutcome::Robustness(r) => {
+                self.robustness.merge(task, r);
                 Ok(Vec::new())
             }
         }
@@ -247,6 +257,7 @@ pub(crate) fn csv_header(run: &RunData<'_>, csv: &mut String) {
             TaskKind::Dfm => dfm::csv_header(run, csv),
             TaskKind::Shortcut => shortcut::csv_header(run, csv),
             TaskKind::Bands => bands::csv_header(run, csv),
+            TaskKind::Robustness => robustness::csv_header(run, csv),
         }
     }
 }
@@ -267,6 +278,7 @@ pub(crate) fn report_point(
             TaskKind::Dfm => dfm::report(run, index, point, report, csv)?,
             TaskKind::Shortcut => shortcut::report(run, index, point, report, csv)?,
             TaskKind::Bands => bands::report(run, index, point, report, csv)?,
+            TaskKind::Robustness => robustness::report(run, index, point, report, csv)?,
         }
     }
     Ok(())
@@ -296,7 +308,8 @@ pub(crate) fn tensorboard_view(kind: TaskKind) -> TensorBoardView {
         TaskKind::Bands => TensorBoardView::FromResult(bands::tensorboard_figures),
         // Heatmaps are drawn when a map completes (its derived artifact), DFMs and shortcut
         // degrees in the report and on the dashboard.
-        TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Shortcut => TensorBoardView::Nothing,
+        // Corruption errors are in the report (TensorBoard scalars are to come).
+        TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Robustness => TensorBoardView::Nothing,
     }
 }
 
@@ -310,7 +323,7 @@ pub(crate) fn live_views(merged: &Merged, index: usize) -> BTreeMap<&'static str
             TaskKind::Dfm => Some(("dfm", serde_json::to_value(dfm::live_view(&merged.dfms, index)))),
             // Training shows as the point's state and F1 curves; shortcut degrees and band
             // sufficiency only once done, in the report and TensorBoard.
-            TaskKind::Train | TaskKind::Shortcut | TaskKind::Bands => None,
+            TaskKind::Train | TaskKind::Shortcut | TaskKind::Bands | TaskKind::Robustness => None,
         };
         if let Some((name, Ok(value))) = view {
             views.insert(name, value);
@@ -326,7 +339,7 @@ pub(crate) fn live_progress(merged: &Merged, index: usize) -> (usize, usize) {
     for kind in TaskKind::ALL {
         let (done, all) = match kind {
             TaskKind::Heatmap => heatmap::live_progress(&merged.heatmaps, index),
-            TaskKind::Train | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands => (0, 0),
+            TaskKind::Train | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands | TaskKind::Robustness => (0, 0),
         };
         progress = (progress.0 + done, progress.1 + all);
     }
@@ -348,7 +361,7 @@ pub(crate) fn tensorboard_derived_prefixes() -> Vec<&'static str> {
         .filter_map(|kind| match kind {
             TaskKind::Heatmap => Some("map/"),
             // The DFM maps are drawn in the report and on the dashboard.
-            TaskKind::Train | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands => None,
+            TaskKind::Train | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands | TaskKind::Robustness => None,
         })
         .collect()
 }
@@ -359,7 +372,7 @@ pub(crate) fn tensorboard_derived(name: &str, bytes: &[u8]) -> Result<Option<Der
     for kind in TaskKind::ALL {
         let drawn = match kind {
             TaskKind::Heatmap => heatmap::tensorboard_map(name, bytes)?,
-            TaskKind::Train | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands => None,
+            TaskKind::Train | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands | TaskKind::Robustness => None,
         };
         if drawn.is_some() {
             return Ok(drawn);
@@ -373,19 +386,16 @@ pub(crate) fn tensorboard_derived(name: &str, bytes: &[u8]) -> Result<Option<Der
 pub fn trains_model(kind: TaskKind) -> bool {
     match kind {
         TaskKind::Train => true,
-        TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands => false,
+        TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands | TaskKind::Robustness => false,
     }
 }
 
 /// The number of classes of the model `task` runs.
 pub fn classes(task: &PlannedTask) -> usize {
-    match &task.spec {
-        TaskSpec::Train(t) => t.train.classes,
-        TaskSpec::Heatmap(h) => h.target.classes,
-        TaskSpec::Dfm(d) => d.target.classes,
-        TaskSpec::Shortcut(s) => s.target.classes,
-        TaskSpec::Bands(b) => b.target.classes,
+    if let TaskSpec::Train(t) = &task.spec {
+        return t.train.classes;
     }
+    task.spec.target().map_or(0, |t| t.classes)
 }
 
 /// A result that fits `task`, whatever its kind: what the load and durability tests' simulated
@@ -397,6 +407,7 @@ pub fn simulated_result(task: &TaskSpec, device: &str) -> TaskOutcome {
         TaskSpec::Dfm(d) => dfm::simulated(d, d.target.images, device),
         TaskSpec::Shortcut(s) => shortcut::simulated(s, s.target.images.max(1), device),
         TaskSpec::Bands(b) => bands::simulated(b, b.target.images, device),
+        TaskSpec::Robustness(r) => robustness::simulated(r, r.target.images.max(1), device),
     }
 }
 
@@ -427,13 +438,7 @@ impl PointPlan<'_> {
 
 /// The given model a task analyses (`ModelSource::Given`), by its name.
 pub fn given_model(task: &PlannedTask) -> Option<&str> {
-    let model = match &task.spec {
-        TaskSpec::Train(_) => return None,
-        TaskSpec::Heatmap(t) => &t.target.model,
-        TaskSpec::Dfm(t) => &t.target.model,
-        TaskSpec::Shortcut(t) => &t.target.model,
-        TaskSpec::Bands(t) => &t.target.model,
-    };
+    let model = &task.spec.target()?.model;
     match model {
         ModelSource::Given { model, .. } => Some(model),
         ModelSource::Checkpoint { .. } | ModelSource::TorchScript { .. } => None,
@@ -467,7 +472,7 @@ pub(crate) fn next_id(tasks: &[PlannedTask]) -> TaskId {
 pub fn priority(kind: TaskKind) -> u8 {
     match kind {
         TaskKind::Train => 0,
-        TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Bands => 1,
+        TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Bands | TaskKind::Robustness => 1,
         TaskKind::Shortcut => 2,
     }
 }
@@ -480,6 +485,7 @@ pub fn inputs(task: &PlannedTask) -> Vec<Input> {
         TaskKind::Dfm => dfm::inputs(task),
         TaskKind::Shortcut => shortcut::inputs(task),
         TaskKind::Bands => bands::inputs(task),
+        TaskKind::Robustness => robustness::inputs(task),
     }
 }
 
@@ -520,7 +526,7 @@ pub fn lease_inputs(
 pub fn resumes_from_partial_checkpoints(kind: TaskKind) -> bool {
     match kind {
         TaskKind::Train => true,
-        TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands => false,
+        TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands | TaskKind::Robustness => false,
     }
 }
 
@@ -529,7 +535,7 @@ pub fn resumes_from_partial_checkpoints(kind: TaskKind) -> bool {
 pub fn attempts_report_whole_history(kind: TaskKind) -> bool {
     match kind {
         TaskKind::Train => true,
-        TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands => false,
+        TaskKind::Heatmap | TaskKind::Dfm | TaskKind::Shortcut | TaskKind::Bands | TaskKind::Robustness => false,
     }
 }
 
@@ -542,12 +548,20 @@ pub fn check_metrics(task: &PlannedTask, points: &[freqsweep_common::task::Metri
             let sets: Vec<String> = spec.train.test_sets.iter().map(|s| s.to_string()).collect();
             points.iter().try_for_each(|p| train::check_metric(spec, &sets, p))
         }
-        TaskSpec::Heatmap(_) | TaskSpec::Dfm(_) | TaskSpec::Shortcut(_) | TaskSpec::Bands(_) if points.is_empty() => {
+        TaskSpec::Heatmap(_)
+        | TaskSpec::Dfm(_)
+        | TaskSpec::Shortcut(_)
+        | TaskSpec::Bands(_)
+        | TaskSpec::Robustness(_)
+            if points.is_empty() =>
+        {
             Ok(())
         }
-        TaskSpec::Heatmap(_) | TaskSpec::Dfm(_) | TaskSpec::Shortcut(_) | TaskSpec::Bands(_) => {
-            Err(format!("a {} task reports no metric points", task.kind().as_str()))
-        }
+        TaskSpec::Heatmap(_)
+        | TaskSpec::Dfm(_)
+        | TaskSpec::Shortcut(_)
+        | TaskSpec::Bands(_)
+        | TaskSpec::Robustness(_) => Err(format!("a {} task reports no metric points", task.kind().as_str())),
     }
 }
 
@@ -574,8 +588,14 @@ pub fn check_result(task: &PlannedTask, result_json: &str, outputs: &[ArtifactRe
         (TaskSpec::Dfm(spec), TaskOutcome::Dfm(o)) => dfm::check(spec, o)?,
         (TaskSpec::Shortcut(spec), TaskOutcome::Shortcut(o)) => shortcut::check(spec, o)?,
         (TaskSpec::Bands(spec), TaskOutcome::Bands(o)) => bands::check(spec, o)?,
+        (TaskSpec::Robustness(spec), TaskOutcome::Robustness(o)) => robustness::check(spec, o)?,
         (
-            TaskSpec::Train(_) | TaskSpec::Heatmap(_) | TaskSpec::Dfm(_) | TaskSpec::Shortcut(_) | TaskSpec::Bands(_),
+            TaskSpec::Train(_)
+            | TaskSpec::Heatmap(_)
+            | TaskSpec::Dfm(_)
+            | TaskSpec::Shortcut(_)
+            | TaskSpec::Bands(_)
+            | TaskSpec::Robustness(_),
             _,
         ) => {
             unreachable!("the kinds were compared above")

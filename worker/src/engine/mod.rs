@@ -6,6 +6,7 @@
 mod bands;
 mod dfm;
 mod heatmap;
+mod robustness;
 mod shortcut;
 mod train;
 
@@ -292,6 +293,7 @@ impl Engine for TorchEngine {
             TaskSpec::Dfm(d) => dfm::run(self, task_key, d, inputs, events),
             TaskSpec::Shortcut(s) => shortcut::run(self, s, inputs, events),
             TaskSpec::Bands(b) => bands::run(self, b, inputs, events),
+            TaskSpec::Robustness(r) => robustness::run(self, r, inputs, events),
         }
     }
 }

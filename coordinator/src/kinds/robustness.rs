@@ -1,0 +1,354 @@
+//! The robustness room (SCIENCE.md §9.1–9.2): per model, the `(corruption, severity)` pairs of
+//! `[robustness]` cut into tasks of `pairs_per_task` pairs, each evaluating the model on its test
+//! split corrupted by its pairs (and clean). A corrupted image depends only on (corruption,
+//! severity, its index in the split, seed), so the cut changes no result. The report gives the
+//! error per corruption × severity and per class, `E_c` (mean over severities) and `mCE_raw`
+//! (mean of `E_c`), with the corruptions labelled as regenerated (CIFAR-10-C parameters).
+
+use super::{next_id, Input, Keep, PointPlan};
+use crate::graph::PlannedTask;
+use crate::report::{esc, PointReport, RunData};
+use crate::scheduler::{Cost, CostClass};
+use anyhow::{Context, Result};
+use freqsweep_common::spec::{GridPoint, Sweep};
+use freqsweep_common::task::{
+    AnalysisTarget, RobustnessOutcome, RobustnessSpec, RobustnessTask, TaskOutcome, TaskSpec, MODEL_OUTPUT,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+/// Tasks planned for `point` (one per chunk of pairs, for every point with a model).
+pub(super) fn count(sweep: &Sweep) -> usize {
+    sweep.analyses.robustness.as_ref().map_or(0, RobustnessSpec::chunks)
+}
+
+pub(super) fn plan(sweep: &Sweep, point: &PointPlan<'_>, tasks: &mut Vec<PlannedTask>) {
+    let (Some(r), Some((model, deps))) = (&sweep.analyses.robustness, point.model()) else { return };
+    let t = &point.point.task;
+    let pairs = r.pairs();
+    for (chunk, pairs) in pairs.chunks(r.pairs_per_task.max(1)).enumerate() {
+        let spec = RobustnessTask {
+            target: AnalysisTarget::new(t.dataset.clone(), model.clone(), t.train.classes, r.images)
+                .with_numerics(r.precision, r.memory_format),
+            pairs: pairs.to_vec(),
+            chunk,
+            seed: r.seed,
+            batch: r.batch,
+        };
+        tasks.push(PlannedTask {
+            id: next_id(tasks),
+            key: format!("robustness/{}/{chunk}", point.point.id),
+            point: point.index,
+            cost: cost(&spec, &t.train.model),
+            spec: TaskSpec::Robustness(spec),
+            deps: deps.clone(),
+        });
+    }
+}
+
+/// Throughput class `robustness/<arch>`; work units: test images × (pairs + the clean pass).
+pub fn cost(r: &RobustnessTask, arch: &str) -> Cost {
+    let images = super::evaluated_images(&r.target.dataset, r.target.images);
+    Cost {
+        class: CostClass::new(&format!("robustness/{arch}")),
+        units: images.saturating_mul(r.pairs.len() + 1) as f64,
+    }
+}
+
+/// The model's weights, from the train task it depends on.
+pub(super) fn inputs(task: &PlannedTask) -> Vec<Input> {
+    task.deps.iter().map(|&d| Input::output(d, MODEL_OUTPUT)).collect()
+}
+
+/// The task's chunk and pairs in order, each a `classes`-square confusion matrix of the images.
+pub(super) fn check(spec: &RobustnessTask, o: &RobustnessOutcome) -> Result<(), String> {
+    if o.images == 0 || (spec.target.images > 0 && o.images > spec.target.images) {
+        return Err(format!("the result evaluated {} images, the task allows 1..={}", o.images, spec.target.images));
+    }
+    if o.chunk != spec.chunk {
+        return Err(format!("the result is for chunk {}, the task is chunk {}", o.chunk, spec.chunk));
+    }
+    let named: Vec<(&str, u32)> = o.pairs.iter().map(|(c, s, _)| (c.as_str(), *s)).collect();
+    let asked: Vec<(&str, u32)> = spec.pairs.iter().map(|(c, s)| (c.as_str(), *s)).collect();
+    if named != asked {
+        return Err(format!(
+            "the result has {} (corruption, severity) pairs, not the task's {} in order",
+            named.len(),
+            asked.len()
+        ));
+    }
+    let classes = spec.target.classes;
+    let fits = |rows: &Vec<Vec<u64>>| {
+        rows.len() == classes
+            && rows.iter().all(|r| r.len() == classes)
+            && rows.iter().flatten().try_fold(0u64, |a, &n| a.checked_add(n)) == Some(o.images as u64)
+    };
+    if !fits(&o.clean) {
+        return Err(format!("clean: the confusion matrix is not {classes}×{classes} over {} images", o.images));
+    }
+    for (c, s, rows) in &o.pairs {
+        if !fits(rows) {
+            return Err(format!(
+                "{c} at severity {s}: the confusion matrix is not {classes}×{classes} over {} images",
+                o.images
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The accepted chunks of each point, kept only for the report ([`Keep::Everything`]).
+pub struct Results(Option<HashMap<usize, BTreeMap<usize, RobustnessOutcome>>>);
+
+impl Results {
+    pub(super) fn new(keep: Keep) -> Results {
+        Results((keep == Keep::Everything).then(HashMap::new))
+    }
+
+    pub(super) fn merge(&mut self, task: &PlannedTask, outcome: &RobustnessOutcome) {
+        if let Some(kept) = &mut self.0 {
+            kept.entry(task.point).or_default().insert(outcome.chunk, outcome.clone());
+        }
+    }
+
+    fn of(&self, point: usize) -> Option<&BTreeMap<usize, RobustnessOutcome>> {
+        self.0.as_ref()?.get(&point)
+    }
+}
+
+/// The error rate of a confusion matrix (`[truth][predicted]`), and per class (NaN for a class
+/// with no images).
+pub fn errors(rows: &[Vec<u64>]) -> (f64, Vec<f64>) {
+    let total: u64 = rows.iter().flatten().sum();
+    let right: u64 = rows.iter().enumerate().map(|(k, r)| r.get(k).copied().unwrap_or(0)).sum();
+    let per_class = rows
+        .iter()
+        .enumerate()
+        .map(|(k, r)| {
+            let n: u64 = r.iter().sum();
+            if n == 0 {
+                f64::NAN
+            } else {
+                1.0 - r.get(k).copied().unwrap_or(0) as f64 / n as f64
+            }
+        })
+        .collect();
+    let overall = if total == 0 { f64::NAN } else { 1.0 - right as f64 / total as f64 };
+    (overall, per_class)
+}
+
+/// `E_c` per corruption (the mean of its severities' errors, in the order first met) and
+/// `mCE_raw`, their mean (SCIENCE.md §9.2).
+pub fn mean_corruption_error(errors: &[(String, u32, f64)]) -> (Vec<(String, f64)>, f64) {
+    let mut by_corruption: Vec<(String, f64, usize)> = Vec::new();
+    for (c, _, e) in errors {
+        match by_corruption.iter_mut().find(|(name, _, _)| name == c) {
+            Some(entry) => {
+                entry.1 += e;
+                entry.2 += 1;
+            }
+            None => by_corruption.push((c.clone(), *e, 1)),
+        }
+    }
+    let e_c: Vec<(String, f64)> = by_corruption.into_iter().map(|(c, sum, n)| (c, sum / n as f64)).collect();
+    let mce = if e_c.is_empty() { f64::NAN } else { e_c.iter().map(|(_, e)| e).sum::<f64>() / e_c.len() as f64 };
+    (e_c, mce)
+}
+
+/// `results.csv` columns: the clean error and `mCE_raw` of the robustness evaluation.
+pub(super) fn csv_header(run: &RunData<'_>, csv: &mut String) {
+    if run.sweep.analyses.robustness.is_some() {
+        csv.push_str(",robustness_clean_error,mce_raw");
+    }
+}
+
+/// The section of a point, once every chunk is in: `robustness/<point>.csv` (per corruption and
+/// severity the error and the error per class) and the `results.csv` columns.
+pub(super) fn report(
+    run: &RunData<'_>,
+    index: usize,
+    point: &GridPoint,
+    report: &mut PointReport,
+    csv: &mut String,
+) -> Result<()> {
+    let Some(spec) = run.sweep.analyses.robustness.as_ref() else { return Ok(()) };
+    let chunks = run.merged.robustness.of(index).filter(|c| c.len() == spec.chunks());
+    let Some(chunks) = chunks else {
+        csv.push_str(",,");
+        return Ok(());
+    };
+    let first = chunks.values().next().expect("every chunk is in");
+    let (clean, clean_per_class) = errors(&first.clean);
+    let mut rows: Vec<(String, u32, f64, Vec<f64>)> = Vec::new();
+    for o in chunks.values() {
+        for (c, s, confusion) in &o.pairs {
+            let (e, per_class) = errors(confusion);
+            rows.push((c.clone(), *s, e, per_class));
+        }
+    }
+    let flat: Vec<(String, u32, f64)> = rows.iter().map(|(c, s, e, _)| (c.clone(), *s, *e)).collect();
+    let (e_c, mce_raw) = mean_corruption_error(&flat);
+    let _ = write!(csv, ",{clean},{mce_raw}");
+
+    let mut table = String::from("corruption,severity,error");
+    for k in 0..clean_per_class.len() {
+        let _ = write!(table, ",error_class{k}");
+    }
+    table.push('\n');
+    let mut line = |c: &str, s: &str, e: f64, per_class: &[f64]| {
+        // Names such as fourier(4,0,8) hold commas: quoted.
+        let _ = write!(table, "\"{c}\",{s},{e}");
+        for v in per_class {
+            let _ = write!(table, ",{v}");
+        }
+        table.push('\n');
+    };
+    line("clean", "0", clean, &clean_per_class);
+    for (c, s, e, per_class) in &rows {
+        line(c, &s.to_string(), *e, per_class);
+    }
+    let file = format!("robustness/{}.csv", point.id);
+    std::fs::create_dir_all(run.dir.join("robustness")).context("robustness/")?;
+    std::fs::write(run.dir.join(&file), table).with_context(|| file.clone())?;
+    report.raw.push(file.clone());
+    report.sections.push(section(spec, first.images, clean, &rows, &e_c, mce_raw, &file));
+    Ok(())
+}
+
+/// The report section: the error per corruption (rows) and severity (columns), `E_c`, `mCE_raw`.
+fn section(
+    spec: &RobustnessSpec,
+    images: usize,
+    clean: f64,
+    rows: &[(String, u32, f64, Vec<f64>)],
+    e_c: &[(String, f64)],
+    mce_raw: f64,
+    file: &str,
+) -> String {
+    let mut html = String::new();
+    let out = &mut html;
+    let _ = writeln!(
+        out,
+        "<h3>Corruption robustness</h3>\n<p>The model on its {images} test images corrupted by each corruption at each severity, regenerated with the CIFAR-10-C parameters (SCIENCE.md §9.1; not the released files). Clean error {clean:.4}; mCE<sub>raw</sub> {mce_raw:.4} (<a href=\"{}\">CSV, with the error per class</a>).</p>",
+        esc(file)
+    );
+    out.push_str("<table><tr><th class=\"l\">corruption</th>");
+    for s in &spec.severities {
+        let _ = write!(out, "<th>severity {s}</th>");
+    }
+    out.push_str("<th>E<sub>c</sub></th></tr>\n");
+    for (c, mean) in e_c {
+        let _ = write!(out, "<tr><td class=\"l\">{}</td>", esc(c));
+        for s in &spec.severities {
+            let e = rows.iter().find(|(rc, rs, _, _)| rc == c && rs == s).map_or(f64::NAN, |r| r.2);
+            let _ = write!(out, "<td>{e:.4}</td>");
+        }
+        let _ = writeln!(out, "<td>{mean:.4}</td></tr>");
+    }
+    out.push_str("</table>\n");
+    html
+}
+
+/// A result that fits `task` (for the load and durability tests' simulated workers, via
+/// `testing`): `images` images, all of class 0, every one classified right.
+pub fn simulated(task: &RobustnessTask, images: usize, device: &str) -> TaskOutcome {
+    let classes = task.target.classes;
+    let mut rows = vec![vec![0u64; classes]; classes];
+    if let Some(first) = rows.first_mut().and_then(|r| r.first_mut()) {
+        *first = images as u64;
+    }
+    TaskOutcome::Robustness(RobustnessOutcome {
+        chunk: task.chunk,
+        images,
+        clean: rows.clone(),
+        pairs: task.pairs.iter().map(|(c, s)| (c.clone(), *s, rows.clone())).collect(),
+        seconds: 0.0,
+        images_per_second: 0.0,
+        device: device.to_string(),
+        precision: Default::default(),
+        memory_format: Default::default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use freqsweep_common::spec;
+
+    const SPEC: &str = "[[dataset]]\nkind = \"syn\"\nband = 4\ntrain = 64\ntest = 32\n[model]\narch = \"tiny\"\n[train]\nlr = 0.001\nbatch_size = 16\nepochs = 1\n[robustness]\ncorruptions = [\"gaussian_noise\", \"contrast\", \"fourier(1,0,4)\"]\nseverities = [1, 3]\nimages = 20\npairs_per_task = 4\n";
+
+    #[test]
+    fn pairs_are_cut_into_chunks_and_results_that_do_not_fit_are_refused() {
+        let sweep = spec::parse(SPEC, "t.toml").unwrap();
+        let tasks = crate::graph::plan(&sweep);
+        // 3 corruptions × 2 severities = 6 pairs, 4 a task: 2 chunks after the train task.
+        assert_eq!(tasks.len(), 3);
+        assert_eq!(count(&sweep), 2);
+        assert_eq!(tasks[2].key, "robustness/Syn_4-tiny-adam-lr0.001-bs16-ep1-seed0/1");
+        assert_eq!(tasks[1].to_new_task().inputs, vec!["task:1/model".to_string()]);
+        let TaskSpec::Robustness(r) = &tasks[1].spec else { panic!("a robustness task") };
+        assert_eq!(r.pairs.len(), 4);
+        assert_eq!(r.pairs[0], ("gaussian_noise".to_string(), 1));
+        let TaskSpec::Robustness(r2) = &tasks[2].spec else { panic!("a robustness task") };
+        assert_eq!(r2.pairs, vec![("fourier(1,0,4)".to_string(), 1), ("fourier(1,0,4)".to_string(), 3)]);
+        let TaskOutcome::Robustness(good) = simulated(r, 20, "cpu") else { panic!() };
+        check(r, &good).unwrap();
+        let mut bad = good.clone();
+        bad.pairs.swap(0, 1);
+        assert!(check(r, &bad).unwrap_err().contains("not the task's 4 in order"));
+        let mut bad = good.clone();
+        bad.pairs[2].2[1][1] += 1;
+        assert!(check(r, &bad)
+            .unwrap_err()
+            .contains("contrast at severity 1: the confusion matrix is not 4×4 over 20"));
+        let mut bad = good.clone();
+        bad.clean[0][0] = u64::MAX;
+        assert!(check(r, &bad).unwrap_err().starts_with("clean:"));
+        let mut bad = good.clone();
+        bad.chunk = 1;
+        assert!(check(r, &bad).unwrap_err().contains("chunk 1"));
+        let mut bad = good;
+        bad.images = 21;
+        assert!(check(r, &bad).unwrap_err().contains("allows 1..=20"));
+    }
+
+    /// `E_c` is the mean over severities, `mCE_raw` the mean of `E_c` (SCIENCE.md §9.2), computed
+    /// by hand here.
+    #[test]
+    fn errors_and_mean_corruption_error_follow_the_definitions() {
+        let (e, per_class) = errors(&[vec![3, 1], vec![2, 4], vec![0, 0]]);
+        assert!((e - 0.3).abs() < 1e-12);
+        assert!((per_class[0] - 0.25).abs() < 1e-12 && (per_class[1] - 1.0 / 3.0).abs() < 1e-12);
+        assert!(per_class[2].is_nan());
+        let errors = [
+            ("noise".to_string(), 1, 0.1),
+            ("noise".to_string(), 2, 0.3),
+            ("fog".to_string(), 1, 0.5),
+            ("fog".to_string(), 2, 0.7),
+            ("fog".to_string(), 3, 0.9),
+        ];
+        let (e_c, mce) = mean_corruption_error(&errors);
+        assert_eq!(e_c.len(), 2);
+        assert_eq!(e_c[0].0, "noise");
+        assert!((e_c[0].1 - 0.2).abs() < 1e-12 && (e_c[1].1 - 0.7).abs() < 1e-12);
+        assert!((mce - 0.45).abs() < 1e-12);
+        assert!(mean_corruption_error(&[]).1.is_nan());
+    }
+
+    #[test]
+    fn bad_sections_are_one_line_naming_the_key() {
+        let base = SPEC.split("[robustness]").next().unwrap();
+        for (section, wanted) in [
+            ("corruptions = [\"gausian_noise\"]\n", ":13: corruptions: unknown corruption"),
+            ("corruptions = [\"frost\"]\n", ":13: corruptions: frost"),
+            ("severities = [0]\n", ":13: severities"),
+            ("severities = [6]\n", ":13: severities must be at most 5"),
+            ("corruptions = [\"fog\", \"fog\"]\n", ":13: corruptions lists fog twice"),
+            ("pairs_per_task = 0\n", ":13: pairs_per_task"),
+            ("colour = 1\n", ":13: unknown field `colour`"),
+        ] {
+            let err = spec::parse(&format!("{base}[robustness]\n{section}"), "t.toml").unwrap_err().to_string();
+            assert!(err.contains(wanted) && !err.contains('\n'), "{section}: {err}");
+        }
+    }
+}
