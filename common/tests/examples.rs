@@ -27,6 +27,7 @@ fn every_example_spec_parses() {
             "demo",
             "learning_dynamics",
             "poster_cpu",
+            "robustness_demo",
             "seed_poster",
             "shortcuts",
             "shortcuts_cpu",
@@ -34,6 +35,9 @@ fn every_example_spec_parses() {
             "zoo"
         ]
     );
+    let robust = &parsed.iter().find(|(n, _)| n == "robustness_demo").unwrap().1;
+    let r = robust.analyses.robustness.as_ref().expect("the robustness demo has a [robustness] stage");
+    assert_eq!((r.corruptions.len(), r.severities.as_slice(), r.chunks()), (17, &[1, 3, 5][..], 6));
     let zoo = &parsed.iter().find(|(n, _)| n == "zoo").unwrap().1;
     assert_eq!(zoo.points.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["digits-a", "digits-b"]);
     let demo = &parsed.iter().find(|(n, _)| n == "shortcuts_demo").unwrap().1;

@@ -3,8 +3,9 @@
 //! `Lease`; results come back as the JSON of [`TaskOutcome`], metric points as [`MetricPoint`]s.
 //! Everything here is plain data with serde, so the wire format can grow without protocol changes.
 //!
-//! Each analysis kind has one file here (`heatmap.rs`, `dfm.rs`, `shortcut.rs`, `bands.rs`): its
-//! task and outcome, and the spec section that asks for it with the section's parser and checks.
+//! Each analysis kind has one file here (`heatmap.rs`, `dfm.rs`, `shortcut.rs`, `bands.rs`,
+//! `robustness.rs`): its task and outcome, and the spec section that asks for it with the
+//! section's parser and checks.
 //! This file lists the kinds: the enums below and the registry of spec sections
 //! ([`RawAnalyses`], [`Analyses`]). The grid's own kind, `train`, lives here.
 
