@@ -164,3 +164,49 @@ fn train_then_heatmap_writes_every_promised_file() {
     assert!(line.contains("tiny.npy: images are 2×2; images must be 4 to 1024 pixels a side"), "{line}");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{line}");
 }
+
+/// `freqsweep-worker corrupt` as a user runs it: the corrupted set is exactly the library's
+/// (seeded per image), written as float32 [N,C,H,W]; uint8 [N,H,W,C] input reads as the other
+/// commands read it; the sheet holds every corruption (rows) clean and at severities 1 to 5; bad
+/// names, severities and image numbers are one line naming the value.
+#[test]
+fn corrupt_writes_the_librarys_corruption_and_a_sheet() {
+    use freqsweep_common::corruption::{corrupt_batch, Corruption, ALL};
+    let dir = tempfile::tempdir().unwrap();
+    let (n, c, h, w) = (3usize, 3usize, 16usize, 12usize);
+    let values: Vec<f32> = (0..n * c * h * w).map(|i| ((i * 37) % 255) as f32 / 255.0).collect();
+    let images = dir.path().join("x.npy");
+    NpyArray::from_f32(vec![n, c, h, w], &values).write(&images).unwrap();
+    let out = dir.path().join("y.npy");
+    let sheet = dir.path().join("sheet.png");
+    let run = |extra: &[&str]| {
+        let mut cmd = Command::new(binary("freqsweep-worker"));
+        cmd.arg("corrupt").arg("--images").arg(&images).args(extra);
+        run_bounded(&mut cmd, LIMIT)
+    };
+    let args = ["--corruption", "gaussian_noise", "--severity", "4", "--seed", "9", "--out"];
+    ok(&run(&[&args[..], &[out.to_str().unwrap(), "--sheet", sheet.to_str().unwrap()]].concat()));
+    let written = NpyArray::read(&out).unwrap();
+    assert_eq!(written.shape, vec![n, c, h, w]);
+    let expected = corrupt_batch(&values, c, h, w, Corruption::parse("gaussian_noise").unwrap(), 4, 9, 0).unwrap();
+    let got: Vec<f32> = written.to_f64().iter().map(|&v| v as f32).collect();
+    assert_eq!(got, expected, "the library's corruption, bit for bit");
+    assert_eq!(png_size(&std::fs::read(&sheet).unwrap()), ((6 * (w + 2) + 2) as u32, (ALL.len() * (h + 2) + 2) as u32));
+
+    for (extra, wanted) in [
+        (vec!["--corruption", "spatter", "--severity", "1", "--out", "z.npy"], "unknown corruption \"spatter\""),
+        (vec!["--corruption", "fog", "--severity", "6", "--out", "z.npy"], "6 is not in 1..=5"),
+        (vec!["--corruption", "fog", "--out", "z.npy"], "--out needs --corruption and --severity"),
+        (vec!["--sheet", "s.png", "--sheet-image", "3"], "--sheet-image 3 is not an image of"),
+        (vec![], "nothing to write"),
+    ] {
+        let out = run(&extra);
+        // clap's own refusals end with a usage hint; the command's are one line.
+        let said = if wanted.contains("1..=5") {
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        } else {
+            last_error_line(&out)
+        };
+        assert!(!out.status.success() && said.contains(wanted), "{extra:?}: {said}");
+    }
+}

@@ -2,6 +2,8 @@
 //! the engine without a coordinator and write plain files; each one listed by `--help` works end
 //! to end.
 
+mod corrupt_cmd;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use freqsweep_common::bands::BandSet;
@@ -84,6 +86,11 @@ enum Command {
     /// Writes DIR/loss_class<c>.npy/.png, DIR/accdrop_class<c>.npy/.png,
     /// DIR/dfm_class<c>_top<X>.npy/.png for every class and X, and DIR/dfm.json.
     Dfm(DfmArgs),
+    /// A corrupted copy of an image set (SCIENCE.md §9.1: the CIFAR-10-C suite regenerated, or
+    /// fourier(u,v,eps)), and/or a sample sheet of every corruption × severity of one image.
+    ///
+    /// Writes OUT.npy (float32 [N,C,H,W] in [0,1]) and/or SHEET.png.
+    Corrupt(corrupt_cmd::CorruptArgs),
 }
 
 #[derive(Args)]
@@ -310,6 +317,7 @@ fn main() {
         Some(Command::Train(args)) => train(args),
         Some(Command::Heatmap(args)) => heatmap_cmd(args),
         Some(Command::Dfm(args)) => dfm_cmd(args),
+        Some(Command::Corrupt(args)) => corrupt_cmd::run(args),
         None => match cli.coordinator.clone() {
             Some(url) => join(cli, url),
             None => Err(anyhow::anyhow!(
