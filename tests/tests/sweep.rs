@@ -322,6 +322,7 @@ corruptions = ["gaussian_noise", "contrast", "fourier(3,1,20)"]
 severities = [1, 5]
 images = 24
 pairs_per_task = 2
+baseline = "Syn_4-tiny-adam-lr0.003-bs64-ep2-seed0"
 "#;
     std::fs::write(&spec, text).unwrap();
     let point = "Syn_4-tiny-adam-lr0.003-bs64-ep2-seed0";
@@ -345,6 +346,11 @@ pairs_per_task = 2
         let mce = header.iter().position(|c| *c == "mce_raw").expect("an mce_raw column");
         let row: Vec<&str> = results.lines().nth(1).unwrap().split(',').collect();
         assert!(row[mce].parse::<f64>().is_ok_and(|v| (0.0..=1.0).contains(&v)), "{results}");
+        // The point is its own baseline here: every CE_c is 1, so mCE is 1.
+        let normalised = header.iter().position(|c| *c == "mce").expect("an mce column");
+        assert_eq!(row[normalised].parse::<f64>().ok(), Some(1.0), "{results}");
+        let ce = String::from_utf8(file(&out, &format!("robustness/{point}_ce.csv"))).unwrap();
+        assert_eq!(ce.lines().count(), 1 + 3, "{ce}");
         let html = String::from_utf8(file(&out, "report.html")).unwrap();
         assert!(html.contains("<h3>Corruption robustness</h3>") && html.contains("regenerated"), "a report section");
         tables.push((table, row[mce].to_string()));

@@ -685,6 +685,9 @@ impl Analyses {
         if let (Some(d), Some(raw_d)) = (&self.dfm, &raw.dfm) {
             dfm::check_points(ctx, d, raw_d, points)?;
         }
+        if let (Some(r), Some(raw_r)) = (&self.robustness, &raw.robustness) {
+            robustness::check_points(ctx, r, raw_r, points)?;
+        }
         Ok(())
     }
 }

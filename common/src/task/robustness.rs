@@ -10,6 +10,8 @@
 //! seed = 0                 # the random corruptions' seed (per corruption, severity and image)
 //! batch = 256              # images per forward pass
 //! pairs_per_task = 5       # (corruption, severity) pairs per task: the unit of work across workers
+//! # baseline = "<point id>"  # a point of the sweep (trained or given): mCE and relative mCE against
+//! #                        # its errors (Hendrycks & Dietterich normalise by AlexNet's, SCIENCE.md §9.2)
 //! ```
 
 use super::*;
@@ -64,6 +66,7 @@ pub(crate) struct RawRobustness {
     pub(crate) seed: Scalar,
     pub(crate) batch: Scalar,
     pub(crate) pairs_per_task: Scalar,
+    pub(crate) baseline: Scalar,
     pub(crate) precision: Scalar,
     pub(crate) memory_format: Scalar,
 }
@@ -78,6 +81,8 @@ pub struct RobustnessSpec {
     pub seed: u64,
     pub batch: usize,
     pub pairs_per_task: usize,
+    /// The point whose errors normalise `CE_c` and `rCE_c` (`None`: only `mCE_raw`).
+    pub baseline: Option<String>,
     pub precision: Precision,
     pub memory_format: MemoryFormat,
 }
@@ -142,7 +147,32 @@ pub(crate) fn parse_section(ctx: &Ctx, raw: &Spanned<RawRobustness>) -> Result<R
         seed: ctx.scalar(&r.seed, 0, |v| non_negative_int("seed", v))?,
         batch: ctx.scalar(&r.batch, 256, |v| bounded("batch", v, 1, MAX_BATCH, "images per forward pass"))?,
         pairs_per_task: ctx.scalar(&r.pairs_per_task, 5, |v| positive_usize("pairs_per_task", v))?,
+        baseline: ctx.scalar(&r.baseline, None, |v| string("baseline", v).map(Some))?,
         precision: ctx.scalar(&r.precision, Precision::Fp32, check_precision)?,
         memory_format: ctx.scalar(&r.memory_format, MemoryFormat::Auto, check_memory_format)?,
     })
+}
+
+/// The baseline names a point of the sweep (checked once the points are built).
+pub(crate) fn check_points(
+    ctx: &Ctx,
+    spec: &RobustnessSpec,
+    raw: &Spanned<RawRobustness>,
+    points: &[GridPoint],
+) -> Result<(), SpecError> {
+    let Some(baseline) = &spec.baseline else { return Ok(()) };
+    if points.iter().any(|p| &p.id == baseline) {
+        return Ok(());
+    }
+    let span = raw.get_ref().baseline.as_ref().map_or_else(|| raw.span(), Spanned::span);
+    let ids: Vec<&str> = points.iter().take(3).map(|p| p.id.as_str()).collect();
+    let more = if points.len() > 3 { format!(", … {} in all", points.len()) } else { String::new() };
+    Err(ctx.err(
+        &span,
+        format!(
+            "baseline {:?} is not a point of this sweep (its points: {}{more})",
+            crate::text::one_line(baseline, 120),
+            ids.join(", ")
+        ),
+    ))
 }

@@ -155,10 +155,91 @@ pub fn mean_corruption_error(errors: &[(String, u32, f64)]) -> (Vec<(String, f64
     (e_c, mce)
 }
 
-/// `results.csv` columns: the clean error and `mCE_raw` of the robustness evaluation.
+/// Per corruption, Hendrycks & Dietterich's `CE_c = Σ_s E_{c,s} / Σ_s E^base_{c,s}` and
+/// `rCE_c = Σ_s (E_{c,s} − E_clean) / Σ_s (E^base_{c,s} − E^base_clean)` over the severities both
+/// have (SCIENCE.md §9.2), in the order of `own`; NaN where the baseline's sum is 0.
+pub fn normalised_errors(
+    own: &[(String, u32, f64)],
+    own_clean: f64,
+    base: &[(String, u32, f64)],
+    base_clean: f64,
+) -> Vec<(String, f64, f64)> {
+    let mut out: Vec<(String, f64, f64)> = Vec::new();
+    let mut sums: Vec<[f64; 4]> = Vec::new();
+    for (c, s, e) in own {
+        let Some(b) = base.iter().find(|(bc, bs, _)| bc == c && bs == s).map(|r| r.2) else { continue };
+        let at = match out.iter().position(|(name, _, _)| name == c) {
+            Some(at) => at,
+            None => {
+                out.push((c.clone(), f64::NAN, f64::NAN));
+                sums.push([0.0; 4]);
+                out.len() - 1
+            }
+        };
+        let sum = &mut sums[at];
+        sum[0] += e;
+        sum[1] += b;
+        sum[2] += e - own_clean;
+        sum[3] += b - base_clean;
+    }
+    let ratio = |a: f64, b: f64| if b == 0.0 { f64::NAN } else { a / b };
+    for ((_, ce, rce), sum) in out.iter_mut().zip(&sums) {
+        *ce = ratio(sum[0], sum[1]);
+        *rce = ratio(sum[2], sum[3]);
+    }
+    out
+}
+
+/// Per corruption `(name, CE_c, rCE_c)`.
+type Normalised = [(String, f64, f64)];
+
+/// The mean of the finite values (NaN when there is none).
+fn finite_mean(values: impl Iterator<Item = f64>) -> f64 {
+    let finite: Vec<f64> = values.filter(|v| v.is_finite()).collect();
+    if finite.is_empty() {
+        f64::NAN
+    } else {
+        finite.iter().sum::<f64>() / finite.len() as f64
+    }
+}
+
+/// A point's errors once every chunk is in: the clean error and per class, per pair the error
+/// and per class, and the number of images.
+struct PointErrors {
+    images: usize,
+    clean: f64,
+    clean_per_class: Vec<f64>,
+    rows: Vec<(String, u32, f64, Vec<f64>)>,
+}
+
+impl PointErrors {
+    fn of(run: &RunData<'_>, spec: &RobustnessSpec, index: usize) -> Option<PointErrors> {
+        let chunks = run.merged.robustness.of(index).filter(|c| c.len() == spec.chunks())?;
+        let first = chunks.values().next()?;
+        let (clean, clean_per_class) = errors(&first.clean);
+        let mut rows = Vec::new();
+        for o in chunks.values() {
+            for (c, s, confusion) in &o.pairs {
+                let (e, per_class) = errors(confusion);
+                rows.push((c.clone(), *s, e, per_class));
+            }
+        }
+        Some(PointErrors { images: first.images, clean, clean_per_class, rows })
+    }
+
+    fn flat(&self) -> Vec<(String, u32, f64)> {
+        self.rows.iter().map(|(c, s, e, _)| (c.clone(), *s, *e)).collect()
+    }
+}
+
+/// `results.csv` columns: the clean error and `mCE_raw` of the robustness evaluation, and with a
+/// baseline `mCE` and the relative mCE.
 pub(super) fn csv_header(run: &RunData<'_>, csv: &mut String) {
-    if run.sweep.analyses.robustness.is_some() {
+    if let Some(spec) = &run.sweep.analyses.robustness {
         csv.push_str(",robustness_clean_error,mce_raw");
+        if spec.baseline.is_some() {
+            csv.push_str(",mce,relative_mce");
+        }
     }
 }
 
@@ -172,24 +253,27 @@ pub(super) fn report(
     csv: &mut String,
 ) -> Result<()> {
     let Some(spec) = run.sweep.analyses.robustness.as_ref() else { return Ok(()) };
-    let chunks = run.merged.robustness.of(index).filter(|c| c.len() == spec.chunks());
-    let Some(chunks) = chunks else {
-        csv.push_str(",,");
+    let columns = if spec.baseline.is_some() { 4 } else { 2 };
+    let Some(own) = PointErrors::of(run, spec, index) else {
+        csv.push_str(&",".repeat(columns));
         return Ok(());
     };
-    let first = chunks.values().next().expect("every chunk is in");
-    let (clean, clean_per_class) = errors(&first.clean);
-    let mut rows: Vec<(String, u32, f64, Vec<f64>)> = Vec::new();
-    for o in chunks.values() {
-        for (c, s, confusion) in &o.pairs {
-            let (e, per_class) = errors(confusion);
-            rows.push((c.clone(), *s, e, per_class));
+    let (clean, clean_per_class, rows) = (own.clean, &own.clean_per_class, &own.rows);
+    let (e_c, mce_raw) = mean_corruption_error(&own.flat());
+    let _ = write!(csv, ",{clean},{mce_raw}");
+    // Against the baseline, once its chunks are in too.
+    let base_index = spec.baseline.as_ref().and_then(|b| run.sweep.points.iter().position(|p| &p.id == b));
+    let normalised = base_index
+        .and_then(|b| PointErrors::of(run, spec, b))
+        .map(|base| normalised_errors(&own.flat(), clean, &base.flat(), base.clean));
+    if spec.baseline.is_some() {
+        match &normalised {
+            Some(n) => {
+                let _ = write!(csv, ",{},{}", finite_mean(n.iter().map(|r| r.1)), finite_mean(n.iter().map(|r| r.2)));
+            }
+            None => csv.push_str(",,"),
         }
     }
-    let flat: Vec<(String, u32, f64)> = rows.iter().map(|(c, s, e, _)| (c.clone(), *s, *e)).collect();
-    let (e_c, mce_raw) = mean_corruption_error(&flat);
-    let _ = write!(csv, ",{clean},{mce_raw}");
-
     let mut table = String::from("corruption,severity,error");
     for k in 0..clean_per_class.len() {
         let _ = write!(table, ",error_class{k}");
@@ -203,28 +287,38 @@ pub(super) fn report(
         }
         table.push('\n');
     };
-    line("clean", "0", clean, &clean_per_class);
-    for (c, s, e, per_class) in &rows {
+    line("clean", "0", clean, clean_per_class);
+    for (c, s, e, per_class) in rows {
         line(c, &s.to_string(), *e, per_class);
     }
     let file = format!("robustness/{}.csv", point.id);
     std::fs::create_dir_all(run.dir.join("robustness")).context("robustness/")?;
     std::fs::write(run.dir.join(&file), table).with_context(|| file.clone())?;
     report.raw.push(file.clone());
-    report.sections.push(section(spec, first.images, clean, &rows, &e_c, mce_raw, &file));
+    if let Some(n) = &normalised {
+        let mut ce = String::from("corruption,ce,relative_ce\n");
+        for (c, v, r) in n {
+            let _ = writeln!(ce, "\"{c}\",{v},{r}");
+        }
+        let ce_file = format!("robustness/{}_ce.csv", point.id);
+        std::fs::write(run.dir.join(&ce_file), ce).with_context(|| ce_file.clone())?;
+        report.raw.push(ce_file);
+    }
+    let against = spec.baseline.as_deref().zip(normalised.as_deref());
+    report.sections.push(section(spec, &own, &e_c, mce_raw, against, &file));
     Ok(())
 }
 
 /// The report section: the error per corruption (rows) and severity (columns), `E_c`, `mCE_raw`.
 fn section(
     spec: &RobustnessSpec,
-    images: usize,
-    clean: f64,
-    rows: &[(String, u32, f64, Vec<f64>)],
+    own: &PointErrors,
     e_c: &[(String, f64)],
     mce_raw: f64,
+    against: Option<(&str, &Normalised)>,
     file: &str,
 ) -> String {
+    let (images, clean, rows) = (own.images, own.clean, &own.rows);
     let mut html = String::new();
     let out = &mut html;
     let _ = writeln!(
@@ -232,6 +326,15 @@ fn section(
         "<h3>Corruption robustness</h3>\n<p>The model on its {images} test images corrupted by each corruption at each severity, regenerated with the CIFAR-10-C parameters (SCIENCE.md §9.1; not the released files). Clean error {clean:.4}; mCE<sub>raw</sub> {mce_raw:.4} (<a href=\"{}\">CSV, with the error per class</a>).</p>",
         esc(file)
     );
+    if let Some((baseline, n)) = against {
+        let _ = writeln!(
+            out,
+            "<p>Against the baseline {}: mCE {:.4}, relative mCE {:.4} (CE<sub>c</sub> and rCE<sub>c</sub> per corruption in the CSV beside it).</p>",
+            esc(baseline),
+            finite_mean(n.iter().map(|r| r.1)),
+            finite_mean(n.iter().map(|r| r.2))
+        );
+    }
     out.push_str("<table><tr><th class=\"l\">corruption</th>");
     for s in &spec.severities {
         let _ = write!(out, "<th>severity {s}</th>");
@@ -333,6 +436,21 @@ mod tests {
         assert!((e_c[0].1 - 0.2).abs() < 1e-12 && (e_c[1].1 - 0.7).abs() < 1e-12);
         assert!((mce - 0.45).abs() < 1e-12);
         assert!(mean_corruption_error(&[]).1.is_nan());
+        // CE and rCE against a baseline, by hand: noise (0.1 + 0.3) / (0.2 + 0.6) = 0.5,
+        // rCE ((0.1 − 0.05) + (0.3 − 0.05)) / ((0.2 − 0.1) + (0.6 − 0.1)) = 0.5; fog has no
+        // baseline severity 3, so only 1 and 2 count; a zero baseline sum is NaN.
+        let base = [
+            ("noise".to_string(), 1, 0.2),
+            ("noise".to_string(), 2, 0.6),
+            ("fog".to_string(), 1, 0.1),
+            ("fog".to_string(), 2, 0.1),
+        ];
+        let n = normalised_errors(&errors, 0.05, &base, 0.1);
+        assert_eq!(n.len(), 2);
+        assert!((n[0].1 - 0.5).abs() < 1e-12 && (n[0].2 - 0.5).abs() < 1e-12, "{n:?}");
+        assert!((n[1].1 - 6.0).abs() < 1e-12, "{n:?}");
+        assert!(n[1].2.is_nan(), "fog's baseline is no worse than its clean error: {n:?}");
+        assert!((finite_mean(n.iter().map(|r| r.2)) - 0.5).abs() < 1e-12);
     }
 
     #[test]
@@ -346,6 +464,7 @@ mod tests {
             ("corruptions = [\"fog\", \"fog\"]\n", ":13: corruptions lists fog twice"),
             ("pairs_per_task = 0\n", ":13: pairs_per_task"),
             ("colour = 1\n", ":13: unknown field `colour`"),
+            ("baseline = \"nope\"\n", ":13: baseline \"nope\" is not a point of this sweep (its points: Syn_4-tiny"),
         ] {
             let err = spec::parse(&format!("{base}[robustness]\n{section}"), "t.toml").unwrap_err().to_string();
             assert!(err.contains(wanted) && !err.contains('\n'), "{section}: {err}");
