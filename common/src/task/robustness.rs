@@ -71,6 +71,9 @@ pub(crate) struct RawRobustness {
     pub(crate) memory_format: Scalar,
 }
 
+/// At most this many (corruption, severity) pairs in one task.
+pub const MAX_PAIRS_PER_TASK: usize = 1000;
+
 /// The robustness part of a spec.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RobustnessSpec {
@@ -146,7 +149,10 @@ pub(crate) fn parse_section(ctx: &Ctx, raw: &Spanned<RawRobustness>) -> Result<R
         images: ctx.scalar(&r.images, 500, |v| non_negative_usize("images", v))?,
         seed: ctx.scalar(&r.seed, 0, |v| non_negative_int("seed", v))?,
         batch: ctx.scalar(&r.batch, 256, |v| bounded("batch", v, 1, MAX_BATCH, "images per forward pass"))?,
-        pairs_per_task: ctx.scalar(&r.pairs_per_task, 5, |v| positive_usize("pairs_per_task", v))?,
+        // A task's lease lists its pairs and its result holds a confusion matrix per pair.
+        pairs_per_task: ctx.scalar(&r.pairs_per_task, 5, |v| {
+            bounded("pairs_per_task", v, 1, MAX_PAIRS_PER_TASK as u64, "pairs in one task's lease and result")
+        })?,
         baseline: ctx.scalar(&r.baseline, None, |v| string("baseline", v).map(Some))?,
         precision: ctx.scalar(&r.precision, Precision::Fp32, check_precision)?,
         memory_format: ctx.scalar(&r.memory_format, MemoryFormat::Auto, check_memory_format)?,

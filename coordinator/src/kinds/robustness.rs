@@ -463,6 +463,7 @@ mod tests {
             ("severities = [6]\n", ":13: severities must be at most 5"),
             ("corruptions = [\"fog\", \"fog\"]\n", ":13: corruptions lists fog twice"),
             ("pairs_per_task = 0\n", ":13: pairs_per_task"),
+            ("pairs_per_task = 1001\n", ":13: pairs_per_task must be at most 1000"),
             ("colour = 1\n", ":13: unknown field `colour`"),
             ("baseline = \"nope\"\n", ":13: baseline \"nope\" is not a point of this sweep (its points: Syn_4-tiny"),
         ] {
