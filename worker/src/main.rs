@@ -341,7 +341,12 @@ fn watch_parent(parent: u32) {
         .spawn(move || loop {
             if std::os::unix::process::parent_id() != parent {
                 eprintln!("freqsweep-worker: error: the freqsweep run (pid {parent}) that started this worker is gone; exiting");
-                std::process::exit(1);
+                // Not `process::exit`: it runs the exit handlers, whose libtorch destructors
+                // pulled the context from under the engine thread's convolution, which then
+                // panicked with a libtorch backtrace. Nothing is left to flush: stderr is
+                // unbuffered, and the run whose work this was is gone (its next run re-leases it).
+                // SAFETY: `_exit` only ends the process.
+                unsafe { libc::_exit(1) }
             }
             std::thread::sleep(std::time::Duration::from_millis(200));
         })
