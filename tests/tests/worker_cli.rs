@@ -199,6 +199,10 @@ fn corrupt_writes_the_librarys_corruption_and_a_sheet() {
         (vec!["--corruption", "fog", "--out", "z.npy"], "--out needs --corruption and --severity"),
         (vec!["--sheet", "s.png", "--sheet-image", "3"], "--sheet-image 3 is not an image of"),
         (vec![], "nothing to write"),
+        (
+            vec!["--corruption", "fourier(100000,0,4)", "--severity", "1", "--out", "z.npy"],
+            "lies outside the 16×12 spectrum",
+        ),
     ] {
         let out = run(&extra);
         // clap's own refusals end with a usage hint; the command's are one line.
@@ -208,5 +212,14 @@ fn corrupt_writes_the_librarys_corruption_and_a_sheet() {
             last_error_line(&out)
         };
         assert!(!out.status.success() && said.contains(wanted), "{extra:?}: {said}");
+    }
+    // Not a file of images: refused in one line, never read (a FIFO would block forever).
+    let fifo = dir.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for bad in [Path::new("/dev/zero"), fifo.as_path()] {
+        let mut cmd = Command::new(binary("freqsweep-worker"));
+        cmd.arg("corrupt").arg("--images").arg(bad).args(["--sheet", "s.png"]);
+        let line = last_error_line(&run_bounded(&mut cmd, LIMIT));
+        assert!(line.ends_with("not a regular file") && line.matches(bad.to_str().unwrap()).count() == 1, "{line}");
     }
 }

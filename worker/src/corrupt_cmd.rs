@@ -41,7 +41,8 @@ pub fn run(args: CorruptArgs) -> Result<()> {
     if args.out.is_none() && args.sheet.is_none() {
         bail!("nothing to write: give --out OUT.npy (with --corruption and --severity) and/or --sheet SHEET.png");
     }
-    let (dims, images) = read_images_npy(&args.images).with_context(|| args.images.display().to_string())?;
+    // Its errors name the file.
+    let (dims, images) = read_images_npy(&args.images)?;
     let [n, channels, height, width] = dims;
     if let Some(out) = &args.out {
         let (Some(name), Some(severity)) = (&args.corruption, args.severity) else {
@@ -49,8 +50,8 @@ pub fn run(args: CorruptArgs) -> Result<()> {
         };
         let corruption = Corruption::parse(name).context("--corruption")?;
         let started = Instant::now();
-        let corrupted = corruption::corrupt_batch(&images, channels, height, width, corruption, severity, args.seed, 0)
-            .with_context(|| corruption.name())?;
+        let corrupted =
+            corruption::corrupt_batch(&images, channels, height, width, corruption, severity, args.seed, 0)?;
         NpyArray::from_f32(dims.to_vec(), &corrupted).write(out).with_context(|| out.display().to_string())?;
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(

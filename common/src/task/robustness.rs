@@ -139,10 +139,6 @@ pub(crate) fn parse_section(ctx: &Ctx, raw: &Spanned<RawRobustness>) -> Result<R
             out
         }
     };
-    if corruptions.is_empty() || severities.is_empty() {
-        let span = r.corruptions.as_ref().filter(|_| corruptions.is_empty()).or(r.severities.as_ref());
-        return Err(ctx.err(&span.map_or_else(|| raw.span(), Spanned::span), "an empty list: nothing to evaluate"));
-    }
     Ok(RobustnessSpec {
         corruptions,
         severities,

@@ -197,10 +197,7 @@ pub(crate) fn tensorboard_figures(point: &str, outcome: &TaskOutcome) -> Vec<(St
 /// `testing`): `images` images, all of class 0, every one classified right.
 pub fn simulated(task: &BandsTask, images: usize, device: &str) -> TaskOutcome {
     TaskOutcome::Bands({
-        let mut rows = vec![vec![0u64; task.target.classes]; task.target.classes];
-        if let Some(first) = rows.first_mut().and_then(|r| r.first_mut()) {
-            *first = images as u64;
-        }
+        let rows = super::simulated_confusion(task.target.classes, images);
         let sets = freqsweep_common::dfm::band_subsets().into_iter().map(|s| (s, rows.clone())).collect();
         freqsweep_common::task::BandsOutcome {
             images,

@@ -356,10 +356,7 @@ fn section(
 /// `testing`): `images` images, all of class 0, every one classified right.
 pub fn simulated(task: &RobustnessTask, images: usize, device: &str) -> TaskOutcome {
     let classes = task.target.classes;
-    let mut rows = vec![vec![0u64; classes]; classes];
-    if let Some(first) = rows.first_mut().and_then(|r| r.first_mut()) {
-        *first = images as u64;
-    }
+    let rows = super::simulated_confusion(classes, images);
     TaskOutcome::Robustness(RobustnessOutcome {
         chunk: task.chunk,
         images,
@@ -464,6 +461,17 @@ mod tests {
             ("corruptions = [\"fog\", \"fog\"]\n", ":13: corruptions lists fog twice"),
             ("pairs_per_task = 0\n", ":13: pairs_per_task"),
             ("pairs_per_task = 1001\n", ":13: pairs_per_task must be at most 1000"),
+            ("pairs_per_task = -1\n", ":13: pairs_per_task"),
+            ("batch = 0\n", ":13: batch"),
+            ("batch = 1000000000\n", ":13: batch must be at most 65536"),
+            ("images = -1\n", ":13: images"),
+            ("seed = -1\n", ":13: seed"),
+            ("severities = [-1]\n", ":13: severities"),
+            ("severities = []\n", ":13: severities is an empty list"),
+            ("corruptions = []\n", ":13: corruptions is an empty list"),
+            ("corruptions = 7\n", ":13: corruptions must be a string"),
+            ("corruptions = [\"fourier(1,0,-4)\"]\n", ":13: corruptions: fourier(1,0,-4): expected"),
+            ("baseline = 5\n", ":13: baseline must be a string"),
             ("colour = 1\n", ":13: unknown field `colour`"),
             ("baseline = \"nope\"\n", ":13: baseline \"nope\" is not a point of this sweep (its points: Syn_4-tiny"),
         ] {

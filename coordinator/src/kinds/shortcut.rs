@@ -179,10 +179,7 @@ fn section(s: &ShortcutRows) -> String {
 /// `testing`): `images` images, all of class 0, every one classified right.
 pub fn simulated(task: &ShortcutTask, images: usize, device: &str) -> TaskOutcome {
     TaskOutcome::Shortcut({
-        let mut rows = vec![vec![0u64; task.target.classes]; task.target.classes];
-        if let Some(first) = rows.first_mut().and_then(|r| r.first_mut()) {
-            *first = images as u64;
-        }
+        let rows = super::simulated_confusion(task.target.classes, images);
         let entries = task
             .chosen
             .iter()
